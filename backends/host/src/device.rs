@@ -1,0 +1,486 @@
+//! The host `Device`.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use hetero_core::half::{bf16, f16};
+use hetero_core::device::{check_range, check_same_shape};
+use hetero_core::host_kernels::{self, Arith};
+use hetero_core::{
+    Backend, Capabilities, DType, Device, DeviceId, DeviceInfo, DeviceKind, Error, GemmSpec,
+    HostSlice, HostSliceMut, MemoryUsage, ReduceOp, Result, with_dtype,
+};
+
+use crate::buffer::{HostBuffer, Ledger};
+use crate::system;
+
+/// Below this many bytes per operand a kernel runs on the calling thread:
+/// spawning threads costs more than it saves.
+const PARALLEL_MIN_BYTES: usize = 256 * 1024;
+
+/// A CPU device with a memory budget and a thread count. Cheap to clone
+/// (clones share the budget).
+#[derive(Debug, Clone)]
+pub struct HostDevice {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    ledger: Arc<Ledger>,
+    threads: usize,
+    name: String,
+    vendor: String,
+}
+
+/// Builder for [`HostDevice`].
+#[derive(Debug, Clone, Default)]
+pub struct HostDeviceBuilder {
+    index: u32,
+    threads: Option<usize>,
+    memory_budget: Option<u64>,
+}
+
+impl HostDeviceBuilder {
+    /// Index within the host backend (ids must be unique among devices used together).
+    pub fn index(mut self, index: u32) -> Self {
+        self.index = index;
+        self
+    }
+
+    /// Threads the kernels of this device use (default: all hardware threads).
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = Some(threads);
+        self
+    }
+
+    /// Memory budget in bytes (default: what the OS reports available).
+    pub fn memory_budget(mut self, bytes: u64) -> Self {
+        self.memory_budget = Some(bytes);
+        self
+    }
+
+    pub fn build(self) -> Result<HostDevice> {
+        let threads = self.threads.unwrap_or_else(system::hardware_threads);
+        if threads == 0 {
+            return Err(Error::invalid("threads", "a host device needs at least 1 thread"));
+        }
+        let budget = match self.memory_budget {
+            Some(b) => b,
+            None => system::available_memory_bytes()?,
+        };
+        let (cpu, vendor) = system::cpu_description();
+        Ok(HostDevice {
+            inner: Arc::new(Inner {
+                ledger: Arc::new(Ledger {
+                    device: DeviceId::new(Backend::Host, self.index),
+                    budget,
+                    allocated: Default::default(),
+                }),
+                threads,
+                name: format!("{cpu} ({threads} threads)"),
+                vendor,
+            }),
+        })
+    }
+}
+
+impl HostDevice {
+    pub fn builder() -> HostDeviceBuilder {
+        HostDeviceBuilder::default()
+    }
+
+    /// Index 0, all hardware threads, budget = available memory.
+    pub fn system() -> Result<Self> {
+        Self::builder().build()
+    }
+
+    pub fn threads(&self) -> usize {
+        self.inner.threads
+    }
+
+    pub fn memory_budget(&self) -> u64 {
+        self.inner.ledger.budget
+    }
+
+    /// Split `len` elements into per-thread ranges and run `f` on each
+    /// (on the calling thread when the data is small).
+    fn parallel_chunks(&self, len: usize, elem_bytes: usize) -> usize {
+        if len * elem_bytes < PARALLEL_MIN_BYTES || self.inner.threads == 1 {
+            len.max(1)
+        } else {
+            len.div_ceil(self.inner.threads).max(1)
+        }
+    }
+
+    fn check_owned(&self, buf: &HostBuffer, what: &str) -> Result<()> {
+        let owner = hetero_core::DeviceBuffer::device(buf);
+        if owner == self.id() {
+            Ok(())
+        } else {
+            Err(Error::invalid(
+                what,
+                format!("buffer belongs to {owner}, passed to {}", self.id()),
+            ))
+        }
+    }
+
+    fn combine_typed<T: Arith>(&self, op: ReduceOp, acc: &mut [T], src: &[T]) -> Result<()> {
+        let chunk = self.parallel_chunks(acc.len(), size_of::<T>());
+        if chunk >= acc.len() {
+            return host_kernels::combine(op, acc, src);
+        }
+        std::thread::scope(|s| {
+            let handles: Vec<_> = acc
+                .chunks_mut(chunk)
+                .zip(src.chunks(chunk))
+                .map(|(a, b)| s.spawn(move || host_kernels::combine(op, a, b)))
+                .collect();
+            join_all(self.id(), handles)
+        })
+    }
+
+    fn map_typed<T: Arith>(&self, buf: &mut [T], f: impl Fn(&mut [T]) + Sync) -> Result<()> {
+        let chunk = self.parallel_chunks(buf.len(), size_of::<T>());
+        if chunk >= buf.len() {
+            f(buf);
+            return Ok(());
+        }
+        std::thread::scope(|s| {
+            let f = &f;
+            let handles: Vec<_> = buf
+                .chunks_mut(chunk)
+                .map(|part| {
+                    s.spawn(move || {
+                        f(part);
+                        Ok(())
+                    })
+                })
+                .collect();
+            join_all(self.id(), handles)
+        })
+    }
+
+    /// Row-major sgemm/dgemm, rows of C split over the device's threads.
+    fn gemm_native<T: NativeGemm>(&self, spec: &GemmSpec, a: &[T], b: &[T], c: &mut [T]) {
+        let (m, n, k) = (spec.m, spec.n, spec.k);
+        let (rsa, csa) = if spec.trans_a { (1, m) } else { (k, 1) };
+        let (rsb, csb) = if spec.trans_b { (1, k) } else { (n, 1) };
+        // Splitting pays once each thread gets a few dozen rows of real work.
+        let threads = if spec.flops() < 4e6 {
+            1
+        } else {
+            self.inner.threads.min(m.div_ceil(16)).max(1)
+        };
+        let rows = m.div_ceil(threads).max(1);
+        std::thread::scope(|s| {
+            for (t, c_rows) in c.chunks_mut(rows * n).enumerate() {
+                let r0 = t * rows;
+                let mr = c_rows.len() / n;
+                let a_off = r0 * rsa;
+                let mut work = move || {
+                    // SAFETY: lengths were validated against the spec, so A
+                    // (from row r0), B and this chunk of C are in bounds for
+                    // the strides given; chunks of C are disjoint.
+                    unsafe {
+                        T::gemm(
+                            mr,
+                            k,
+                            n,
+                            spec.alpha,
+                            a.as_ptr().add(a_off),
+                            rsa as isize,
+                            csa as isize,
+                            b.as_ptr(),
+                            rsb as isize,
+                            csb as isize,
+                            spec.beta,
+                            c_rows.as_mut_ptr(),
+                            n as isize,
+                            1,
+                        )
+                    }
+                };
+                if threads == 1 {
+                    work();
+                } else {
+                    s.spawn(work);
+                }
+            }
+        });
+    }
+}
+
+fn join_all(
+    device: DeviceId,
+    handles: Vec<std::thread::ScopedJoinHandle<'_, Result<()>>>,
+) -> Result<()> {
+    for h in handles {
+        h.join().map_err(|_| Error::DeviceLost {
+            device,
+            reason: "a host kernel thread panicked".into(),
+        })??;
+    }
+    Ok(())
+}
+
+/// The element types matrixmultiply has kernels for.
+trait NativeGemm: Arith {
+    /// # Safety
+    /// As `matrixmultiply::sgemm`: pointers valid for the given shapes and strides.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: f64,
+        a: *const Self,
+        rsa: isize,
+        csa: isize,
+        b: *const Self,
+        rsb: isize,
+        csb: isize,
+        beta: f64,
+        c: *mut Self,
+        rsc: isize,
+        csc: isize,
+    );
+}
+
+impl NativeGemm for f32 {
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: f64,
+        a: *const f32,
+        rsa: isize,
+        csa: isize,
+        b: *const f32,
+        rsb: isize,
+        csb: isize,
+        beta: f64,
+        c: *mut f32,
+        rsc: isize,
+        csc: isize,
+    ) {
+        // SAFETY: forwarded from the caller's contract.
+        unsafe {
+            matrixmultiply::sgemm(
+                m, k, n, alpha as f32, a, rsa, csa, b, rsb, csb, beta as f32, c, rsc, csc,
+            )
+        }
+    }
+}
+
+impl NativeGemm for f64 {
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: f64,
+        a: *const f64,
+        rsa: isize,
+        csa: isize,
+        b: *const f64,
+        rsb: isize,
+        csb: isize,
+        beta: f64,
+        c: *mut f64,
+        rsc: isize,
+        csc: isize,
+    ) {
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { matrixmultiply::dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+    }
+}
+
+fn widen<T: Arith>(v: &[T]) -> Vec<f32> {
+    v.iter().map(|x| x.to_f64() as f32).collect()
+}
+
+impl Device for HostDevice {
+    type Buffer = HostBuffer;
+
+    fn id(&self) -> DeviceId {
+        self.inner.ledger.device
+    }
+
+    fn info(&self) -> DeviceInfo {
+        let used = self.inner.ledger.allocated.load(Ordering::Acquire);
+        DeviceInfo {
+            id: self.id(),
+            name: self.inner.name.clone(),
+            kind: DeviceKind::Cpu,
+            vendor: self.inner.vendor.clone(),
+            memory_total_bytes: self.inner.ledger.budget,
+            memory_free_bytes: Some(self.inner.ledger.budget.saturating_sub(used)),
+            driver: None,
+            compute_units: u32::try_from(self.inner.threads).ok(),
+        }
+    }
+
+    fn memory(&self) -> Result<MemoryUsage> {
+        let used = self.inner.ledger.allocated.load(Ordering::Acquire);
+        Ok(MemoryUsage {
+            total_bytes: self.inner.ledger.budget,
+            free_bytes: Some(self.inner.ledger.budget.saturating_sub(used)),
+            allocated_bytes: used,
+        })
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            reduce_dtypes: DType::ALL.to_vec(),
+            scale_dtypes: DType::ALL.to_vec(),
+            gemm_dtypes: vec![DType::F32, DType::F64, DType::F16, DType::BF16],
+        }
+    }
+
+    fn alloc(&self, dtype: DType, len: usize) -> Result<HostBuffer> {
+        HostBuffer::zeroed(&self.inner.ledger, dtype, len)
+    }
+
+    fn upload(&self, dst: &mut HostBuffer, offset: usize, src: HostSlice<'_>) -> Result<()> {
+        self.check_owned(dst, "upload destination")?;
+        check_dtype("upload", hetero_core::DeviceBuffer::dtype(dst), src.dtype())?;
+        let range = offset..offset.saturating_add(src.len());
+        check_range("upload destination", &range, hetero_core::DeviceBuffer::len(dst))?;
+        let s = src.dtype().size_bytes();
+        dst.as_bytes_mut()[range.start * s..range.end * s].copy_from_slice(src.as_bytes());
+        Ok(())
+    }
+
+    fn download(&self, src: &HostBuffer, offset: usize, mut dst: HostSliceMut<'_>) -> Result<()> {
+        self.check_owned(src, "download source")?;
+        check_dtype("download", hetero_core::DeviceBuffer::dtype(src), dst.dtype())?;
+        let range = offset..offset.saturating_add(dst.len());
+        check_range("download source", &range, hetero_core::DeviceBuffer::len(src))?;
+        let s = dst.dtype().size_bytes();
+        dst.as_bytes_mut()
+            .copy_from_slice(&src.as_bytes()[range.start * s..range.end * s]);
+        Ok(())
+    }
+
+    fn copy(
+        &self,
+        src: &HostBuffer,
+        src_range: Range<usize>,
+        dst: &mut HostBuffer,
+        dst_offset: usize,
+    ) -> Result<()> {
+        self.check_owned(src, "copy source")?;
+        self.check_owned(dst, "copy destination")?;
+        check_dtype(
+            "copy",
+            hetero_core::DeviceBuffer::dtype(dst),
+            hetero_core::DeviceBuffer::dtype(src),
+        )?;
+        check_range("copy source", &src_range, hetero_core::DeviceBuffer::len(src))?;
+        let dst_range = dst_offset..dst_offset.saturating_add(src_range.len());
+        check_range("copy destination", &dst_range, hetero_core::DeviceBuffer::len(dst))?;
+        let s = hetero_core::DeviceBuffer::dtype(src).size_bytes();
+        dst.as_bytes_mut()[dst_range.start * s..dst_range.end * s]
+            .copy_from_slice(&src.as_bytes()[src_range.start * s..src_range.end * s]);
+        Ok(())
+    }
+
+    fn reduce(&self, op: ReduceOp, acc: &mut HostBuffer, src: &HostBuffer) -> Result<()> {
+        self.check_owned(acc, "reduce accumulator")?;
+        self.check_owned(src, "reduce source")?;
+        check_same_shape(acc, src, "reduce operands")?;
+        with_dtype!(hetero_core::DeviceBuffer::dtype(acc), T => {
+            self.combine_typed::<T>(op, acc.typed_mut::<T>()?, src.typed::<T>()?)
+        })
+    }
+
+    fn finish_reduce(&self, op: ReduceOp, buf: &mut HostBuffer, count: usize) -> Result<()> {
+        self.check_owned(buf, "reduce buffer")?;
+        if count == 0 {
+            return Err(Error::invalid("count", "a reduction needs at least one contribution"));
+        }
+        if op != ReduceOp::Avg || count == 1 {
+            return Ok(());
+        }
+        with_dtype!(hetero_core::DeviceBuffer::dtype(buf), T => {
+            self.map_typed::<T>(buf.typed_mut::<T>()?, |part| {
+                part.iter_mut().for_each(|x| *x = x.div_count(count))
+            })
+        })
+    }
+
+    fn scale(&self, buf: &mut HostBuffer, alpha: f64) -> Result<()> {
+        self.check_owned(buf, "scale buffer")?;
+        with_dtype!(hetero_core::DeviceBuffer::dtype(buf), T => {
+            self.map_typed::<T>(buf.typed_mut::<T>()?, |part| host_kernels::scale(part, alpha))
+        })
+    }
+
+    fn gemm(&self, spec: &GemmSpec, a: &HostBuffer, b: &HostBuffer, c: &mut HostBuffer) -> Result<()> {
+        for (buf, what) in [(a, "gemm a"), (b, "gemm b")] {
+            self.check_owned(buf, what)?;
+        }
+        self.check_owned(c, "gemm c")?;
+        let dtype = hetero_core::DeviceBuffer::dtype(c);
+        for (buf, what) in [(a, "gemm a"), (b, "gemm b")] {
+            check_dtype(what, dtype, hetero_core::DeviceBuffer::dtype(buf))?;
+        }
+        spec.validate(
+            hetero_core::DeviceBuffer::len(a),
+            hetero_core::DeviceBuffer::len(b),
+            hetero_core::DeviceBuffer::len(c),
+        )?;
+        if spec.m == 0 || spec.n == 0 {
+            return Ok(());
+        }
+        match dtype {
+            DType::F32 => self.gemm_native::<f32>(spec, a.typed()?, b.typed()?, c.typed_mut()?),
+            DType::F64 => self.gemm_native::<f64>(spec, a.typed()?, b.typed()?, c.typed_mut()?),
+            DType::F16 => self.gemm_widened::<f16>(spec, a, b, c)?,
+            DType::BF16 => self.gemm_widened::<bf16>(spec, a, b, c)?,
+            other => {
+                return Err(Error::unsupported(
+                    Backend::Host,
+                    format!("gemm on {other}; the host has gemm for f32, f64, f16 and bf16"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        // Host kernels complete before they return.
+        Ok(())
+    }
+}
+
+impl HostDevice {
+    /// 16-bit GEMM: computed in f32, rounded once at the end.
+    fn gemm_widened<T: Arith>(
+        &self,
+        spec: &GemmSpec,
+        a: &HostBuffer,
+        b: &HostBuffer,
+        c: &mut HostBuffer,
+    ) -> Result<()> {
+        let (aw, bw) = (widen(a.typed::<T>()?), widen(b.typed::<T>()?));
+        let mut cw = widen(c.typed::<T>()?);
+        self.gemm_native::<f32>(spec, &aw, &bw, &mut cw);
+        for (dst, v) in c.typed_mut::<T>()?.iter_mut().zip(cw) {
+            *dst = T::from_f64(f64::from(v));
+        }
+        Ok(())
+    }
+}
+
+fn check_dtype(what: &str, expected: DType, actual: DType) -> Result<()> {
+    if expected == actual {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            what,
+            format!("dtype {actual} does not match the buffer's {expected}"),
+        ))
+    }
+}

@@ -1,0 +1,282 @@
+//! The `Device` trait: identity, memory, buffers and the few kernels hetero needs.
+//!
+//! Methods are blocking: a call returns when its work is done or has been
+//! ordered on the device's queue such that later calls on the same device see
+//! its result; [`Device::download`] and [`Device::synchronize`] wait for the
+//! device. Work that waits on the network (collectives) is async instead.
+
+use std::fmt;
+use std::ops::Range;
+
+use serde::{Deserialize, Serialize};
+
+use crate::dtype::{DType, HostSlice, HostSliceMut, ReduceOp};
+use crate::error::{Error, Result};
+
+/// The backend a device belongs to. Part of every [`DeviceId`], so ids of
+/// different backends never collide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Backend {
+    Host,
+    Wgpu,
+    Cuda,
+    Rocm,
+}
+
+impl Backend {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Backend::Host => "host",
+            Backend::Wgpu => "wgpu",
+            Backend::Cuda => "cuda",
+            Backend::Rocm => "rocm",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A device's identity: its backend and its index within that backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DeviceId {
+    pub backend: Backend,
+    pub index: u32,
+}
+
+impl DeviceId {
+    pub const fn new(backend: Backend, index: u32) -> Self {
+        DeviceId { backend, index }
+    }
+}
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.backend, self.index)
+    }
+}
+
+/// What sort of processor a device is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceKind {
+    Cpu,
+    DiscreteGpu,
+    IntegratedGpu,
+    /// A software or virtualised device (lavapipe, llvmpipe, a vGPU).
+    Virtual,
+}
+
+impl fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::DiscreteGpu => "discrete gpu",
+            DeviceKind::IntegratedGpu => "integrated gpu",
+            DeviceKind::Virtual => "virtual",
+        })
+    }
+}
+
+/// Static description of a device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    pub id: DeviceId,
+    pub name: String,
+    pub kind: DeviceKind,
+    pub vendor: String,
+    /// Memory this device may use, in bytes (for budgeted devices, the budget).
+    pub memory_total_bytes: u64,
+    /// Free memory when the backend can tell; `None` when it cannot.
+    #[serde(default)]
+    pub memory_free_bytes: Option<u64>,
+    /// Driver or runtime version, when known.
+    #[serde(default)]
+    pub driver: Option<String>,
+    /// Hardware threads / compute units this device uses, when meaningful.
+    #[serde(default)]
+    pub compute_units: Option<u32>,
+}
+
+/// Memory figures of a device at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryUsage {
+    /// Memory this device may use, in bytes (its budget, or the hardware total).
+    pub total_bytes: u64,
+    /// Free memory as far as the device can tell.
+    pub free_bytes: Option<u64>,
+    /// Bytes currently held by buffers this process allocated through hetero.
+    pub allocated_bytes: u64,
+}
+
+/// Shape and options of a row-major GEMM: `C = alpha * op(A) * op(B) + beta * C`
+/// with `op(A)` of shape `m x k`, `op(B)` of shape `k x n`, `C` of shape `m x n`.
+/// `trans_a` means `A` is stored `k x m` (and `op(A)` is its transpose).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GemmSpec {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub alpha: f64,
+    pub beta: f64,
+}
+
+impl GemmSpec {
+    /// `C = A * B` with no transposes.
+    pub const fn new(m: usize, n: usize, k: usize) -> Self {
+        GemmSpec {
+            m,
+            n,
+            k,
+            trans_a: false,
+            trans_b: false,
+            alpha: 1.0,
+            beta: 0.0,
+        }
+    }
+
+    /// Floating-point operations of one call (2mnk).
+    pub fn flops(&self) -> f64 {
+        2.0 * self.m as f64 * self.n as f64 * self.k as f64
+    }
+
+    /// Check buffer lengths against the shape.
+    pub fn validate(&self, a_len: usize, b_len: usize, c_len: usize) -> Result<()> {
+        let need = |name: &str, have: usize, rows: usize, cols: usize| -> Result<()> {
+            let want = rows.checked_mul(cols).ok_or_else(|| {
+                Error::invalid("gemm shape", format!("{rows} x {cols} overflows usize"))
+            })?;
+            if have != want {
+                return Err(Error::invalid(
+                    name,
+                    format!("holds {have} elements, the gemm shape needs {rows} x {cols} = {want}"),
+                ));
+            }
+            Ok(())
+        };
+        need("gemm a", a_len, self.m, self.k)?;
+        need("gemm b", b_len, self.k, self.n)?;
+        need("gemm c", c_len, self.m, self.n)
+    }
+}
+
+/// Which dtypes a device's kernels accept. Test harnesses read this to report
+/// unsupported combinations as skipped (with the reason) instead of failing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    pub reduce_dtypes: Vec<DType>,
+    pub scale_dtypes: Vec<DType>,
+    pub gemm_dtypes: Vec<DType>,
+}
+
+/// A buffer in some device's memory.
+pub trait DeviceBuffer: Send + Sync + fmt::Debug + 'static {
+    fn dtype(&self) -> DType;
+    /// Number of elements.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The device that owns this buffer.
+    fn device(&self) -> DeviceId;
+    fn size_bytes(&self) -> usize {
+        self.len() * self.dtype().size_bytes()
+    }
+}
+
+/// A compute device of one backend, with static dispatch on its buffer type.
+///
+/// Every method that can fail for a reason the user or the hardware causes
+/// returns an [`Error`]; none panics for such reasons. A kernel a backend does
+/// not have for a dtype returns [`Error::Unsupported`].
+pub trait Device: Send + Sync + fmt::Debug + 'static {
+    type Buffer: DeviceBuffer;
+
+    fn id(&self) -> DeviceId;
+
+    fn info(&self) -> DeviceInfo;
+
+    fn memory(&self) -> Result<MemoryUsage>;
+
+    fn capabilities(&self) -> Capabilities;
+
+    /// A zero-filled buffer of `len` elements. Past the device's memory or
+    /// budget this is [`Error::OutOfMemory`] and the device stays usable.
+    fn alloc(&self, dtype: DType, len: usize) -> Result<Self::Buffer>;
+
+    /// Copy `src` into `dst[offset..offset + src.len()]`.
+    fn upload(&self, dst: &mut Self::Buffer, offset: usize, src: HostSlice<'_>) -> Result<()>;
+
+    /// Copy `src[offset..offset + dst.len()]` into `dst`, waiting for the device.
+    fn download(&self, src: &Self::Buffer, offset: usize, dst: HostSliceMut<'_>) -> Result<()>;
+
+    /// Copy `src[src_range]` into `dst[dst_offset..]` on the device.
+    fn copy(
+        &self,
+        src: &Self::Buffer,
+        src_range: Range<usize>,
+        dst: &mut Self::Buffer,
+        dst_offset: usize,
+    ) -> Result<()>;
+
+    /// Elementwise `acc[i] = op(acc[i], src[i])`; `Avg` accumulates as `Sum`
+    /// (finish with [`Device::finish_reduce`]).
+    fn reduce(&self, op: ReduceOp, acc: &mut Self::Buffer, src: &Self::Buffer) -> Result<()>;
+
+    /// Final step of a reduction over `count` contributions: divides by
+    /// `count` for `Avg`, does nothing for the other operators.
+    fn finish_reduce(&self, op: ReduceOp, buf: &mut Self::Buffer, count: usize) -> Result<()>;
+
+    /// `buf[i] *= alpha` (integers: computed in f64, truncated toward zero, saturating).
+    fn scale(&self, buf: &mut Self::Buffer, alpha: f64) -> Result<()>;
+
+    /// Row-major GEMM, see [`GemmSpec`].
+    fn gemm(
+        &self,
+        spec: &GemmSpec,
+        a: &Self::Buffer,
+        b: &Self::Buffer,
+        c: &mut Self::Buffer,
+    ) -> Result<()>;
+
+    /// Wait until all work ordered on this device so far has finished.
+    fn synchronize(&self) -> Result<()>;
+}
+
+/// Check that `range` fits in a buffer of `len` elements; `field` names the argument.
+pub fn check_range(field: &str, range: &Range<usize>, len: usize) -> Result<()> {
+    if range.start > range.end || range.end > len {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "range {}..{} is outside a buffer of {len} elements",
+                range.start, range.end
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Check that two buffers have the same dtype and length, as elementwise kernels need.
+pub fn check_same_shape(a: &dyn DeviceBuffer, b: &dyn DeviceBuffer, what: &str) -> Result<()> {
+    if a.dtype() != b.dtype() {
+        return Err(Error::invalid(
+            what,
+            format!("dtypes differ: {} and {}", a.dtype(), b.dtype()),
+        ));
+    }
+    if a.len() != b.len() {
+        return Err(Error::invalid(
+            what,
+            format!("lengths differ: {} and {} elements", a.len(), b.len()),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,175 @@
+//! Object-safe layer over [`Device`], so one plan can hold devices of several
+//! backends as `Arc<dyn DynDevice>`.
+//!
+//! Every `Device` is a `DynDevice` through a blanket impl; buffers cross the
+//! boundary as `Box<dyn DynBuffer>` and are downcast back to the backend's own
+//! type. Handing a device a buffer of another device is an
+//! [`Error::InvalidInput`], never a panic.
+
+use std::any::Any;
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+
+use crate::device::{Capabilities, Device, DeviceBuffer, DeviceId, DeviceInfo, GemmSpec, MemoryUsage};
+use crate::dtype::{DType, HostSlice, HostSliceMut, ReduceOp};
+use crate::error::{Error, Result};
+
+/// A buffer of any backend.
+pub trait DynBuffer: DeviceBuffer {
+    fn as_any(&self) -> &dyn Any;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+impl<B: DeviceBuffer> DynBuffer for B {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// A boxed buffer of any backend.
+pub type BoxedBuffer = Box<dyn DynBuffer>;
+
+/// A shared device of any backend.
+pub type SharedDevice = Arc<dyn DynDevice>;
+
+/// Object-safe mirror of [`Device`]. See the module docs.
+pub trait DynDevice: Send + Sync + fmt::Debug {
+    fn id(&self) -> DeviceId;
+    fn info(&self) -> DeviceInfo;
+    fn memory(&self) -> Result<MemoryUsage>;
+    fn capabilities(&self) -> Capabilities;
+    fn alloc(&self, dtype: DType, len: usize) -> Result<BoxedBuffer>;
+    fn upload(&self, dst: &mut dyn DynBuffer, offset: usize, src: HostSlice<'_>) -> Result<()>;
+    fn download(&self, src: &dyn DynBuffer, offset: usize, dst: HostSliceMut<'_>) -> Result<()>;
+    fn copy(
+        &self,
+        src: &dyn DynBuffer,
+        src_range: Range<usize>,
+        dst: &mut dyn DynBuffer,
+        dst_offset: usize,
+    ) -> Result<()>;
+    fn reduce(&self, op: ReduceOp, acc: &mut dyn DynBuffer, src: &dyn DynBuffer) -> Result<()>;
+    fn finish_reduce(&self, op: ReduceOp, buf: &mut dyn DynBuffer, count: usize) -> Result<()>;
+    fn scale(&self, buf: &mut dyn DynBuffer, alpha: f64) -> Result<()>;
+    fn gemm(
+        &self,
+        spec: &GemmSpec,
+        a: &dyn DynBuffer,
+        b: &dyn DynBuffer,
+        c: &mut dyn DynBuffer,
+    ) -> Result<()>;
+    fn synchronize(&self) -> Result<()>;
+}
+
+fn foreign(device: DeviceId, buffer: DeviceId, arg: &str) -> Error {
+    Error::invalid(
+        arg,
+        format!("buffer belongs to device {buffer}, it was passed to device {device}"),
+    )
+}
+
+fn down<'a, D: Device>(dev: &D, b: &'a dyn DynBuffer, arg: &str) -> Result<&'a D::Buffer> {
+    let owner = b.device();
+    b.as_any()
+        .downcast_ref::<D::Buffer>()
+        .filter(|_| owner == dev.id())
+        .ok_or_else(|| foreign(dev.id(), owner, arg))
+}
+
+fn down_mut<'a, D: Device>(
+    dev: &D,
+    b: &'a mut dyn DynBuffer,
+    arg: &str,
+) -> Result<&'a mut D::Buffer> {
+    let owner = b.device();
+    if owner != dev.id() {
+        return Err(foreign(dev.id(), owner, arg));
+    }
+    b.as_any_mut()
+        .downcast_mut::<D::Buffer>()
+        .ok_or_else(|| foreign(dev.id(), owner, arg))
+}
+
+impl<D: Device> DynDevice for D {
+    fn id(&self) -> DeviceId {
+        Device::id(self)
+    }
+    fn info(&self) -> DeviceInfo {
+        Device::info(self)
+    }
+    fn memory(&self) -> Result<MemoryUsage> {
+        Device::memory(self)
+    }
+    fn capabilities(&self) -> Capabilities {
+        Device::capabilities(self)
+    }
+    fn alloc(&self, dtype: DType, len: usize) -> Result<BoxedBuffer> {
+        Ok(Box::new(Device::alloc(self, dtype, len)?))
+    }
+    fn upload(&self, dst: &mut dyn DynBuffer, offset: usize, src: HostSlice<'_>) -> Result<()> {
+        Device::upload(self, down_mut(self, dst, "upload destination")?, offset, src)
+    }
+    fn download(&self, src: &dyn DynBuffer, offset: usize, dst: HostSliceMut<'_>) -> Result<()> {
+        Device::download(self, down(self, src, "download source")?, offset, dst)
+    }
+    fn copy(
+        &self,
+        src: &dyn DynBuffer,
+        src_range: Range<usize>,
+        dst: &mut dyn DynBuffer,
+        dst_offset: usize,
+    ) -> Result<()> {
+        let src = down(self, src, "copy source")?;
+        let dst = down_mut(self, dst, "copy destination")?;
+        Device::copy(self, src, src_range, dst, dst_offset)
+    }
+    fn reduce(&self, op: ReduceOp, acc: &mut dyn DynBuffer, src: &dyn DynBuffer) -> Result<()> {
+        let src = down(self, src, "reduce source")?;
+        let acc = down_mut(self, acc, "reduce accumulator")?;
+        Device::reduce(self, op, acc, src)
+    }
+    fn finish_reduce(&self, op: ReduceOp, buf: &mut dyn DynBuffer, count: usize) -> Result<()> {
+        Device::finish_reduce(self, op, down_mut(self, buf, "reduce buffer")?, count)
+    }
+    fn scale(&self, buf: &mut dyn DynBuffer, alpha: f64) -> Result<()> {
+        Device::scale(self, down_mut(self, buf, "scale buffer")?, alpha)
+    }
+    fn gemm(
+        &self,
+        spec: &GemmSpec,
+        a: &dyn DynBuffer,
+        b: &dyn DynBuffer,
+        c: &mut dyn DynBuffer,
+    ) -> Result<()> {
+        let a = down(self, a, "gemm a")?;
+        let b = down(self, b, "gemm b")?;
+        let c = down_mut(self, c, "gemm c")?;
+        Device::gemm(self, spec, a, b, c)
+    }
+    fn synchronize(&self) -> Result<()> {
+        Device::synchronize(self)
+    }
+}
+
+/// Convenience methods on any `DynDevice`.
+pub trait DynDeviceExt: DynDevice {
+    /// Allocate a buffer and fill it from `data`.
+    fn alloc_from(&self, data: HostSlice<'_>) -> Result<BoxedBuffer> {
+        let mut buf = self.alloc(data.dtype(), data.len())?;
+        self.upload(buf.as_mut(), 0, data)?;
+        Ok(buf)
+    }
+
+    /// Download a whole buffer into a new `Vec<T>`.
+    fn to_vec<T: crate::Element + Default>(&self, buf: &dyn DynBuffer) -> Result<Vec<T>> {
+        let mut out = vec![T::default(); buf.len()];
+        self.download(buf, 0, HostSliceMut::new(&mut out))?;
+        Ok(out)
+    }
+}
+
+impl<D: DynDevice + ?Sized> DynDeviceExt for D {}

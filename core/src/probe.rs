@@ -1,0 +1,136 @@
+//! Backend-neutral probes: GEMM throughput of a device, and a measured
+//! [`Topology`] from devices and links. Backends supply the devices and the
+//! links; the measuring is the same for all of them.
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::device::{DeviceId, GemmSpec};
+use crate::dtype::{DType, HostSlice};
+use crate::dyn_device::{DynDevice, DynDeviceExt};
+use crate::error::Result;
+use crate::link::{Link, LinkFit, LinkProbe};
+use crate::topology::{Topology, TopologyDevice};
+
+/// How hard to probe a device's compute.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GemmProbe {
+    /// Square matrix size.
+    pub n: usize,
+    /// Timed repetitions; the best is reported (throughput probes report the
+    /// peak the device reached, not the noise of a shared machine).
+    pub repetitions: usize,
+}
+
+impl Default for GemmProbe {
+    fn default() -> Self {
+        GemmProbe {
+            n: 1024,
+            repetitions: 5,
+        }
+    }
+}
+
+impl GemmProbe {
+    /// A cheaper probe for quick listings.
+    pub fn quick() -> Self {
+        GemmProbe {
+            n: 512,
+            repetitions: 3,
+        }
+    }
+
+    /// Measured f32 GEMM throughput of `device`, FLOP/s.
+    pub fn measure(&self, device: &dyn DynDevice) -> Result<f64> {
+        let n = self.n.max(1);
+        let values: Vec<f32> = (0..n * n).map(|i| ((i % 13) as f32 - 6.0) / 8.0).collect();
+        let a = device.alloc_from(HostSlice::new(&values))?;
+        let b = device.alloc_from(HostSlice::new(&values))?;
+        let mut c = device.alloc(DType::F32, n * n)?;
+        let spec = GemmSpec::new(n, n, n);
+        device.gemm(&spec, a.as_ref(), b.as_ref(), c.as_mut())?;
+        device.synchronize()?;
+        let mut best = f64::INFINITY;
+        for _ in 0..self.repetitions.max(1) {
+            let start = Instant::now();
+            device.gemm(&spec, a.as_ref(), b.as_ref(), c.as_mut())?;
+            device.synchronize()?;
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+        Ok(spec.flops() / best.max(1e-12))
+    }
+}
+
+/// A link's measurement, with the indices of its endpoints in the device list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MeasuredLink {
+    pub src: DeviceId,
+    pub dst: DeviceId,
+    pub fit: LinkFit,
+}
+
+/// Progress callback of [`measure_topology`]: one line per finished step.
+pub type Progress<'a> = &'a mut dyn FnMut(&str);
+
+/// Measure every device's GEMM throughput (if `gemm` is given) and every link
+/// that `link_between(i, j)` returns, and build a [`Topology`].
+///
+/// `link_between` returns `None` for pairs it has no path for; such a pair
+/// makes the topology invalid unless `i == j`, so backends return a staged
+/// path (through the host) rather than nothing.
+pub fn measure_topology(
+    devices: &[&dyn DynDevice],
+    gemm: Option<&GemmProbe>,
+    link_probe: &LinkProbe,
+    mut link_between: impl FnMut(usize, usize) -> Result<Option<Box<dyn Link>>>,
+    progress: Progress<'_>,
+) -> Result<(Topology, Vec<MeasuredLink>)> {
+    let mut entries = Vec::with_capacity(devices.len());
+    for device in devices {
+        let flops = match gemm {
+            Some(probe) => {
+                let f = probe.measure(*device)?;
+                progress(&format!(
+                    "{}: {:.1} GFLOP/s (f32 gemm {n}x{n})",
+                    device.id(),
+                    f / 1e9,
+                    n = probe.n
+                ));
+                Some(f)
+            }
+            None => None,
+        };
+        entries.push(TopologyDevice {
+            info: device.info(),
+            gemm_flops_per_s: flops,
+        });
+    }
+    let n = devices.len();
+    let mut links = vec![vec![None; n]; n];
+    let mut measured = Vec::new();
+    for i in 0..n {
+        for j in 0..n {
+            let Some(link) = link_between(i, j)? else {
+                continue;
+            };
+            let fit = link_probe.measure(link.as_ref())?;
+            progress(&format!(
+                "{} -> {}: {:.2} GB/s, {:.1} us latency ({}, r2 {:.3})",
+                link.src(),
+                link.dst(),
+                fit.model.bandwidth_bytes_per_s / 1e9,
+                fit.model.latency_s * 1e6,
+                fit.model.kind,
+                fit.r_squared
+            ));
+            links[i][j] = Some(fit.model);
+            measured.push(MeasuredLink {
+                src: link.src(),
+                dst: link.dst(),
+                fit,
+            });
+        }
+    }
+    Ok((Topology::new(entries, links)?, measured))
+}
