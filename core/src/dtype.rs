@@ -324,9 +324,9 @@ mod tests {
 
     #[test]
     fn dtype_sizes_match_rust_types() {
-        assert_eq!(DType::F16.size_bytes(), std::mem::size_of::<f16>());
-        assert_eq!(DType::BF16.size_bytes(), std::mem::size_of::<bf16>());
-        assert_eq!(DType::I64.size_bytes(), std::mem::size_of::<i64>());
+        assert_eq!(DType::F16.size_bytes(), size_of::<f16>());
+        assert_eq!(DType::BF16.size_bytes(), size_of::<bf16>());
+        assert_eq!(DType::I64.size_bytes(), size_of::<i64>());
         assert_eq!(
             serde_json::to_string(&DType::BF16).unwrap(),
             "\"bf16\"".to_string()

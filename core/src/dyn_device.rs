@@ -11,7 +11,9 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
 
-use crate::device::{Capabilities, Device, DeviceBuffer, DeviceId, DeviceInfo, GemmSpec, MemoryUsage};
+use crate::device::{
+    Capabilities, Device, DeviceBuffer, DeviceId, DeviceInfo, GemmSpec, MemoryUsage,
+};
 use crate::dtype::{DType, HostSlice, HostSliceMut, ReduceOp};
 use crate::error::{Error, Result};
 
@@ -111,7 +113,12 @@ impl<D: Device> DynDevice for D {
         Ok(Box::new(Device::alloc(self, dtype, len)?))
     }
     fn upload(&self, dst: &mut dyn DynBuffer, offset: usize, src: HostSlice<'_>) -> Result<()> {
-        Device::upload(self, down_mut(self, dst, "upload destination")?, offset, src)
+        Device::upload(
+            self,
+            down_mut(self, dst, "upload destination")?,
+            offset,
+            src,
+        )
     }
     fn download(&self, src: &dyn DynBuffer, offset: usize, dst: HostSliceMut<'_>) -> Result<()> {
         Device::download(self, down(self, src, "download source")?, offset, dst)

@@ -214,7 +214,9 @@ mod tests {
         let mut a = [1.0f32; 3];
         assert!(combine(ReduceOp::Sum, &mut a, &[1.0; 2]).is_err());
         let b = [1i32; 3];
-        assert!(combine_host(ReduceOp::Sum, HostSliceMut::new(&mut a), HostSlice::new(&b)).is_err());
+        assert!(
+            combine_host(ReduceOp::Sum, HostSliceMut::new(&mut a), HostSlice::new(&b)).is_err()
+        );
         assert!(finish(ReduceOp::Avg, &mut a, 0).is_err());
     }
 }

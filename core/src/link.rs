@@ -98,7 +98,10 @@ impl LinkModel {
         if samples.len() < 2 {
             return Err(Error::invalid(
                 "link samples",
-                format!("need at least 2 (bytes, seconds) samples, got {}", samples.len()),
+                format!(
+                    "need at least 2 (bytes, seconds) samples, got {}",
+                    samples.len()
+                ),
             ));
         }
         if let Some((n, t)) = samples
@@ -160,7 +163,11 @@ impl LinkModel {
             .iter()
             .map(|s| weight(s.1) * (s.1 - model.time_s(s.0)).powi(2))
             .sum();
-        let r_squared = if ss_tot > 0.0 { 1.0 - ss_res / ss_tot } else { 1.0 };
+        let r_squared = if ss_tot > 0.0 {
+            1.0 - ss_res / ss_tot
+        } else {
+            1.0
+        };
         Ok(LinkFit {
             model,
             r_squared,
@@ -224,7 +231,10 @@ impl LinkProbe {
             Error::invalid("link probe sizes", "no sizes given; list at least two")
         })?;
         if self.repetitions == 0 {
-            return Err(Error::invalid("link probe repetitions", "must be at least 1"));
+            return Err(Error::invalid(
+                "link probe repetitions",
+                "must be at least 1",
+            ));
         }
         link.transfer(largest)?;
         let mut samples = Vec::with_capacity(self.sizes_bytes.len());

@@ -120,9 +120,7 @@ impl Graph {
             let stuck = (0..n).find(|&i| indegree[i] > 0).unwrap_or(0);
             return Err(Error::invalid(
                 "edges",
-                format!(
-                    "the graph has a cycle through node index {stuck}; placement needs a DAG"
-                ),
+                format!("the graph has a cycle through node index {stuck}; placement needs a DAG"),
             ));
         }
         Ok(order)

@@ -109,8 +109,8 @@ pub fn measure_topology(
     let n = devices.len();
     let mut links = vec![vec![None; n]; n];
     let mut measured = Vec::new();
-    for i in 0..n {
-        for j in 0..n {
+    for (i, row) in links.iter_mut().enumerate() {
+        for (j, slot) in row.iter_mut().enumerate() {
             let Some(link) = link_between(i, j)? else {
                 continue;
             };
@@ -124,7 +124,7 @@ pub fn measure_topology(
                 fit.model.kind,
                 fit.r_squared
             ));
-            links[i][j] = Some(fit.model);
+            *slot = Some(fit.model);
             measured.push(MeasuredLink {
                 src: link.src(),
                 dst: link.dst(),

@@ -249,9 +249,12 @@ fn roundtrip(d: &dyn DynDevice, dtype: DType) -> Result<(), String> {
 
 fn copy_region(d: &dyn DynDevice) -> Result<(), String> {
     let data: Vec<f32> = (0..100).map(|i| i as f32).collect();
-    let src = d.alloc_from(HostSlice::new(&data)).map_err(err("alloc src"))?;
+    let src = d
+        .alloc_from(HostSlice::new(&data))
+        .map_err(err("alloc src"))?;
     let mut dst = d.alloc(DType::F32, 50).map_err(err("alloc dst"))?;
-    d.copy(src.as_ref(), 20..45, dst.as_mut(), 5).map_err(err("copy"))?;
+    d.copy(src.as_ref(), 20..45, dst.as_mut(), 5)
+        .map_err(err("copy"))?;
     let got: Vec<f32> = d.to_vec(dst.as_ref()).map_err(err("download"))?;
     let mut want = vec![0.0f32; 50];
     want[5..30].copy_from_slice(&data[20..45]);
@@ -297,8 +300,12 @@ fn oom_then_working(d: &dyn DynDevice) -> Result<(), String> {
     }
     // The device keeps working.
     let a = vec![1.5f32; 4099];
-    let mut acc = d.alloc_from(HostSlice::new(&a)).map_err(err("alloc after OOM"))?;
-    let src = d.alloc_from(HostSlice::new(&a)).map_err(err("alloc after OOM"))?;
+    let mut acc = d
+        .alloc_from(HostSlice::new(&a))
+        .map_err(err("alloc after OOM"))?;
+    let src = d
+        .alloc_from(HostSlice::new(&a))
+        .map_err(err("alloc after OOM"))?;
     d.reduce(ReduceOp::Sum, acc.as_mut(), src.as_ref())
         .map_err(err("reduce after OOM"))?;
     let got: Vec<f32> = d.to_vec(acc.as_ref()).map_err(err("download after OOM"))?;
@@ -341,7 +348,12 @@ fn bad_arguments(d: &dyn DynDevice) -> Result<(), String> {
     )?;
     expect_invalid(
         "gemm with wrong lengths",
-        d.gemm(&GemmSpec::new(3, 3, 3), a.as_ref(), a.as_ref(), &mut *d.alloc(DType::F32, 9).map_err(err("alloc"))?),
+        d.gemm(
+            &GemmSpec::new(3, 3, 3),
+            a.as_ref(),
+            a.as_ref(),
+            &mut *d.alloc(DType::F32, 9).map_err(err("alloc"))?,
+        ),
     )
 }
 
@@ -383,8 +395,20 @@ fn scale_matches_reference(d: &dyn DynDevice, dtype: DType) -> Result<(), String
 /// Naive triple loop in f64, row-major, honouring transposes, alpha and beta.
 pub fn reference_gemm(spec: &GemmSpec, a: &[f64], b: &[f64], c: &[f64]) -> Vec<f64> {
     let (m, n, k) = (spec.m, spec.n, spec.k);
-    let at = |i: usize, p: usize| if spec.trans_a { a[p * m + i] } else { a[i * k + p] };
-    let bt = |p: usize, j: usize| if spec.trans_b { b[j * k + p] } else { b[p * n + j] };
+    let at = |i: usize, p: usize| {
+        if spec.trans_a {
+            a[p * m + i]
+        } else {
+            a[i * k + p]
+        }
+    };
+    let bt = |p: usize, j: usize| {
+        if spec.trans_b {
+            b[j * k + p]
+        } else {
+            b[p * n + j]
+        }
+    };
     let mut out = vec![0.0; m * n];
     for i in 0..m {
         for j in 0..n {

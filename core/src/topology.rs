@@ -187,7 +187,10 @@ impl Topology {
         if self.links.len() != n {
             return Err(Error::invalid(
                 "links",
-                format!("expected {n} rows (one per device), got {}", self.links.len()),
+                format!(
+                    "expected {n} rows (one per device), got {}",
+                    self.links.len()
+                ),
             ));
         }
         for (i, row) in self.links.iter().enumerate() {
@@ -219,10 +222,16 @@ impl Topology {
                     format!("must be a finite number > 0, got {f}"),
                 ));
             }
-            if let Some(j) = self.devices[..i].iter().position(|b| b.info.id == a.info.id) {
+            if let Some(j) = self.devices[..i]
+                .iter()
+                .position(|b| b.info.id == a.info.id)
+            {
                 return Err(Error::invalid(
                     format!("devices[{i}].info.id"),
-                    format!("{} is also devices[{j}]; device ids must be unique", a.info.id),
+                    format!(
+                        "{} is also devices[{j}]; device ids must be unique",
+                        a.info.id
+                    ),
                 ));
             }
         }
@@ -413,8 +422,12 @@ impl Topology {
         let tmp = path.with_extension("json.tmp");
         std::fs::write(&tmp, json.as_bytes())
             .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
-        std::fs::rename(&tmp, path)
-            .map_err(|e| Error::io(format!("renaming {} to {}", tmp.display(), path.display()), e))
+        std::fs::rename(&tmp, path).map_err(|e| {
+            Error::io(
+                format!("renaming {} to {}", tmp.display(), path.display()),
+                e,
+            )
+        })
     }
 
     /// Read a topology saved by [`Topology::save`] (or written by hand).

@@ -20,7 +20,8 @@ impl Ledger {
     pub(crate) fn reserve(&self, bytes: u64) -> Result<()> {
         self.allocated
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(bytes).filter(|&total| total <= self.budget)
+                used.checked_add(bytes)
+                    .filter(|&total| total <= self.budget)
             })
             .map(|_| ())
             .map_err(|used| Error::OutOfMemory {

@@ -4,8 +4,8 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use hetero_core::half::{bf16, f16};
 use hetero_core::device::{check_range, check_same_shape};
+use hetero_core::half::{bf16, f16};
 use hetero_core::host_kernels::{self, Arith};
 use hetero_core::{
     Backend, Capabilities, DType, Device, DeviceId, DeviceInfo, DeviceKind, Error, GemmSpec,
@@ -64,7 +64,10 @@ impl HostDeviceBuilder {
     pub fn build(self) -> Result<HostDevice> {
         let threads = self.threads.unwrap_or_else(system::hardware_threads);
         if threads == 0 {
-            return Err(Error::invalid("threads", "a host device needs at least 1 thread"));
+            return Err(Error::invalid(
+                "threads",
+                "a host device needs at least 1 thread",
+            ));
         }
         let budget = match self.memory_budget {
             Some(b) => b,
@@ -79,7 +82,10 @@ impl HostDeviceBuilder {
                     allocated: Default::default(),
                 }),
                 threads,
-                name: format!("{cpu} ({threads} threads)"),
+                name: format!(
+                    "{cpu} ({threads} thread{})",
+                    if threads == 1 { "" } else { "s" }
+                ),
                 vendor,
             }),
         })
@@ -268,7 +274,20 @@ impl NativeGemm for f32 {
         // SAFETY: forwarded from the caller's contract.
         unsafe {
             matrixmultiply::sgemm(
-                m, k, n, alpha as f32, a, rsa, csa, b, rsb, csb, beta as f32, c, rsc, csc,
+                m,
+                k,
+                n,
+                alpha as f32,
+                a,
+                rsa,
+                csa,
+                b,
+                rsb,
+                csb,
+                beta as f32,
+                c,
+                rsc,
+                csc,
             )
         }
     }
@@ -292,7 +311,9 @@ impl NativeGemm for f64 {
         csc: isize,
     ) {
         // SAFETY: forwarded from the caller's contract.
-        unsafe { matrixmultiply::dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+        unsafe {
+            matrixmultiply::dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+        }
     }
 }
 
@@ -346,7 +367,11 @@ impl Device for HostDevice {
         self.check_owned(dst, "upload destination")?;
         check_dtype("upload", hetero_core::DeviceBuffer::dtype(dst), src.dtype())?;
         let range = offset..offset.saturating_add(src.len());
-        check_range("upload destination", &range, hetero_core::DeviceBuffer::len(dst))?;
+        check_range(
+            "upload destination",
+            &range,
+            hetero_core::DeviceBuffer::len(dst),
+        )?;
         let s = src.dtype().size_bytes();
         dst.as_bytes_mut()[range.start * s..range.end * s].copy_from_slice(src.as_bytes());
         Ok(())
@@ -354,9 +379,17 @@ impl Device for HostDevice {
 
     fn download(&self, src: &HostBuffer, offset: usize, mut dst: HostSliceMut<'_>) -> Result<()> {
         self.check_owned(src, "download source")?;
-        check_dtype("download", hetero_core::DeviceBuffer::dtype(src), dst.dtype())?;
+        check_dtype(
+            "download",
+            hetero_core::DeviceBuffer::dtype(src),
+            dst.dtype(),
+        )?;
         let range = offset..offset.saturating_add(dst.len());
-        check_range("download source", &range, hetero_core::DeviceBuffer::len(src))?;
+        check_range(
+            "download source",
+            &range,
+            hetero_core::DeviceBuffer::len(src),
+        )?;
         let s = dst.dtype().size_bytes();
         dst.as_bytes_mut()
             .copy_from_slice(&src.as_bytes()[range.start * s..range.end * s]);
@@ -377,9 +410,17 @@ impl Device for HostDevice {
             hetero_core::DeviceBuffer::dtype(dst),
             hetero_core::DeviceBuffer::dtype(src),
         )?;
-        check_range("copy source", &src_range, hetero_core::DeviceBuffer::len(src))?;
+        check_range(
+            "copy source",
+            &src_range,
+            hetero_core::DeviceBuffer::len(src),
+        )?;
         let dst_range = dst_offset..dst_offset.saturating_add(src_range.len());
-        check_range("copy destination", &dst_range, hetero_core::DeviceBuffer::len(dst))?;
+        check_range(
+            "copy destination",
+            &dst_range,
+            hetero_core::DeviceBuffer::len(dst),
+        )?;
         let s = hetero_core::DeviceBuffer::dtype(src).size_bytes();
         dst.as_bytes_mut()[dst_range.start * s..dst_range.end * s]
             .copy_from_slice(&src.as_bytes()[src_range.start * s..src_range.end * s]);
@@ -398,7 +439,10 @@ impl Device for HostDevice {
     fn finish_reduce(&self, op: ReduceOp, buf: &mut HostBuffer, count: usize) -> Result<()> {
         self.check_owned(buf, "reduce buffer")?;
         if count == 0 {
-            return Err(Error::invalid("count", "a reduction needs at least one contribution"));
+            return Err(Error::invalid(
+                "count",
+                "a reduction needs at least one contribution",
+            ));
         }
         if op != ReduceOp::Avg || count == 1 {
             return Ok(());
@@ -417,7 +461,13 @@ impl Device for HostDevice {
         })
     }
 
-    fn gemm(&self, spec: &GemmSpec, a: &HostBuffer, b: &HostBuffer, c: &mut HostBuffer) -> Result<()> {
+    fn gemm(
+        &self,
+        spec: &GemmSpec,
+        a: &HostBuffer,
+        b: &HostBuffer,
+        c: &mut HostBuffer,
+    ) -> Result<()> {
         for (buf, what) in [(a, "gemm a"), (b, "gemm b")] {
             self.check_owned(buf, what)?;
         }

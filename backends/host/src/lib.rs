@@ -64,7 +64,7 @@ pub fn measure_topology(
         link_probe,
         |i, j| {
             Ok(Some(
-                Box::new(HostLink::new(devices[i].clone(), devices[j].clone())) as Box<dyn Link>
+                Box::new(HostLink::new(devices[i].clone(), devices[j].clone())) as Box<dyn Link>,
             ))
         },
         progress,

@@ -50,7 +50,12 @@ fn parse_meminfo(text: &str, key: &str) -> Option<u64> {
 
 /// `(model name, vendor)` of the CPU, as far as the OS tells.
 pub fn cpu_description() -> (String, String) {
-    let fallback = || (format!("{} CPU", std::env::consts::ARCH), "unknown".to_string());
+    let fallback = || {
+        (
+            format!("{} CPU", std::env::consts::ARCH),
+            "unknown".to_string(),
+        )
+    };
     #[cfg(target_os = "linux")]
     {
         let Ok(text) = std::fs::read_to_string("/proc/cpuinfo") else {
@@ -82,7 +87,10 @@ mod tests {
     #[test]
     fn parses_meminfo_lines() {
         let text = "MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   20000000 kB\n";
-        assert_eq!(parse_meminfo(text, "MemAvailable:"), Some(20_000_000 * 1024));
+        assert_eq!(
+            parse_meminfo(text, "MemAvailable:"),
+            Some(20_000_000 * 1024)
+        );
         assert_eq!(parse_meminfo(text, "MemFree:"), Some(100 * 1024));
         assert_eq!(parse_meminfo(text, "Missing:"), None);
         assert_eq!(parse_meminfo("MemFree: x kB", "MemFree:"), None);

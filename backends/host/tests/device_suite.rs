@@ -41,13 +41,22 @@ fn main() {
             });
         }
     }
-    trials.push(Trial::test("host::foreign_buffers_are_rejected", foreign_buffers));
+    trials.push(Trial::test(
+        "host::foreign_buffers_are_rejected",
+        foreign_buffers,
+    ));
     libtest_mimic::run(&args, trials).exit();
 }
 
 fn foreign_buffers() -> Result<(), Failed> {
-    let a = HostDevice::builder().index(0).memory_budget(1 << 20).build()?;
-    let b = HostDevice::builder().index(1).memory_budget(1 << 20).build()?;
+    let a = HostDevice::builder()
+        .index(0)
+        .memory_budget(1 << 20)
+        .build()?;
+    let b = HostDevice::builder()
+        .index(1)
+        .memory_budget(1 << 20)
+        .build()?;
     let mut on_a = DynDevice::alloc(&a, DType::F32, 4)?;
     let on_b = DynDevice::alloc(&b, DType::F32, 4)?;
     match DynDevice::reduce(&a, hetero_core::ReduceOp::Sum, on_a.as_mut(), on_b.as_ref()) {
