@@ -25,8 +25,15 @@ pub struct DeviceTest {
     pub name: String,
     /// Why this test cannot run on the device it was generated for, if it cannot.
     pub skip: Option<String>,
+    /// Runs alone (other tests of the process wait), for tests that read
+    /// device-wide figures such as allocated bytes.
+    exclusive: bool,
     run: TestFn,
 }
+
+/// Ordinary tests hold this for reading, exclusive ones for writing, so a
+/// test that measures device-wide memory never sees another test's buffers.
+static EXCLUSIVE: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 impl fmt::Debug for DeviceTest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -45,8 +52,14 @@ impl DeviceTest {
         DeviceTest {
             name: name.into(),
             skip: None,
+            exclusive: false,
             run: Arc::new(run),
         }
+    }
+
+    fn exclusive(mut self) -> Self {
+        self.exclusive = true;
+        self
     }
 
     fn skip_unless(mut self, supported: bool, reason: impl FnOnce() -> String) -> Self {
@@ -58,7 +71,13 @@ impl DeviceTest {
 
     /// Run the test on `device`.
     pub fn run(&self, device: &dyn DynDevice) -> Result<(), String> {
-        (self.run)(device)
+        if self.exclusive {
+            let _alone = EXCLUSIVE.write().unwrap_or_else(|e| e.into_inner());
+            (self.run)(device)
+        } else {
+            let _shared = EXCLUSIVE.read().unwrap_or_else(|e| e.into_inner());
+            (self.run)(device)
+        }
     }
 }
 
@@ -71,11 +90,14 @@ pub fn device_tests(caps: &Capabilities) -> Vec<DeviceTest> {
         }));
     }
     tests.push(DeviceTest::new("copy_region", copy_region));
-    tests.push(DeviceTest::new("memory_accounting", memory_accounting));
-    tests.push(DeviceTest::new(
-        "alloc_past_budget_is_oom_and_device_keeps_working",
-        oom_then_working,
-    ));
+    tests.push(DeviceTest::new("memory_accounting", memory_accounting).exclusive());
+    tests.push(
+        DeviceTest::new(
+            "alloc_past_budget_is_oom_and_device_keeps_working",
+            oom_then_working,
+        )
+        .exclusive(),
+    );
     tests.push(DeviceTest::new("bad_arguments_are_errors", bad_arguments));
     for dtype in DType::ALL {
         let supported = caps.reduce_dtypes.contains(&dtype);
