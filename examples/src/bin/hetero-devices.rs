@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hetero_core::probe::GemmProbe;
-use hetero_core::{LinkProbe, Result, Topology};
+use hetero_core::{DynDevice, Link, LinkProbe, Result, Topology};
 
 /// List every device of every compiled backend with its memory and measured
 /// GEMM throughput, the measured link matrix (latency, bandwidth) and the
@@ -78,21 +78,87 @@ fn run(args: &Args) -> Result<()> {
         .map_err(|e| hetero_core::Error::io("writing to stdout", e))
 }
 
+/// A device of any compiled backend (an enum keeps the link choice explicit).
+#[derive(Debug, Clone)]
+enum AnyDevice {
+    Host(hetero_host::HostDevice),
+    #[cfg(feature = "cuda")]
+    Cuda(hetero_cuda::CudaDevice),
+}
+
+impl AnyDevice {
+    fn as_dyn(&self) -> &dyn DynDevice {
+        match self {
+            AnyDevice::Host(d) => d,
+            #[cfg(feature = "cuda")]
+            AnyDevice::Cuda(d) => d,
+        }
+    }
+}
+
+/// The measured path from `a` to `b`.
+fn link_between(a: &AnyDevice, b: &AnyDevice) -> Box<dyn Link> {
+    match (a, b) {
+        (AnyDevice::Host(x), AnyDevice::Host(y)) => {
+            Box::new(hetero_host::HostLink::new(x.clone(), y.clone()))
+        }
+        #[cfg(feature = "cuda")]
+        (AnyDevice::Host(h), AnyDevice::Cuda(g)) => Box::new(hetero_cuda::CudaHostLink::new(
+            g.clone(),
+            hetero_core::Device::id(h),
+            hetero_cuda::Direction::HostToDevice,
+        )),
+        #[cfg(feature = "cuda")]
+        (AnyDevice::Cuda(g), AnyDevice::Host(h)) => Box::new(hetero_cuda::CudaHostLink::new(
+            g.clone(),
+            hetero_core::Device::id(h),
+            hetero_cuda::Direction::DeviceToHost,
+        )),
+        #[cfg(feature = "cuda")]
+        (AnyDevice::Cuda(x), AnyDevice::Cuda(y)) => {
+            if x.ordinal() == y.ordinal() {
+                Box::new(hetero_cuda::CudaHostLink::new(
+                    x.clone(),
+                    hetero_core::Device::id(x),
+                    hetero_cuda::Direction::OnDevice,
+                ))
+            } else {
+                Box::new(hetero_cuda::CudaStagedLink::new(x.clone(), y.clone()))
+            }
+        }
+    }
+}
+
 fn measure(args: &Args) -> Result<Topology> {
     let (gemm, links) = if args.quick {
         (GemmProbe::quick(), LinkProbe::quick())
     } else {
         (GemmProbe::default(), LinkProbe::default())
     };
-    let devices = hetero_host::host_devices(args.host_devices)?;
+    #[cfg_attr(not(feature = "cuda"), allow(unused_mut))]
+    let mut devices: Vec<AnyDevice> = hetero_host::host_devices(args.host_devices)?
+        .into_iter()
+        .map(AnyDevice::Host)
+        .collect();
+    #[cfg(feature = "cuda")]
+    match hetero_cuda::devices() {
+        Ok(gpus) => devices.extend(gpus.into_iter().map(AnyDevice::Cuda)),
+        Err(e) => eprintln!("cuda: no devices listed ({e})"),
+    }
     eprintln!(
-        "measuring {} host device(s) and {} link(s)...",
+        "measuring {} device(s) and {} link(s)...",
         devices.len(),
         devices.len() * devices.len()
     );
+    let dyns: Vec<&dyn DynDevice> = devices.iter().map(AnyDevice::as_dyn).collect();
     let mut progress = |line: &str| eprintln!("  {line}");
-    let (topology, _) =
-        hetero_host::measure_topology(&devices, Some(&gemm), &links, &mut progress)?;
+    let (topology, _) = hetero_core::probe::measure_topology(
+        &dyns,
+        Some(&gemm),
+        &links,
+        |i, j| Ok(Some(link_between(&devices[i], &devices[j]))),
+        &mut progress,
+    )?;
     Ok(topology)
 }
 

@@ -1,0 +1,583 @@
+//! The CUDA `Device`: one GPU, one context (the primary one), one stream.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use cudarc::cublas::CudaBlas;
+use cudarc::cublas::sys::cublasOperation_t;
+use cudarc::driver::sys::CUdevice_attribute;
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
+    LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::CompileOptions;
+use hetero_core::device::{check_range, check_same_shape};
+use hetero_core::{
+    Backend, Capabilities, DType, Device, DeviceBuffer, DeviceId, DeviceInfo, DeviceKind, Error,
+    GemmSpec, HostSlice, HostSliceMut, MemoryUsage, ReduceOp, Result,
+};
+
+use crate::error::CudaError;
+use crate::kernels;
+
+/// One NVIDIA GPU. Cheap to clone (clones share the context and stream).
+#[derive(Debug, Clone)]
+pub struct CudaDevice {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: DeviceId,
+    ordinal: usize,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    allocated: Arc<AtomicU64>,
+    module: OnceLock<std::result::Result<Arc<CudaModule>, String>>,
+    blas: OnceLock<std::result::Result<CudaBlas, String>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaDevice")
+            .field("id", &self.id)
+            .field("ordinal", &self.ordinal)
+            .finish()
+    }
+}
+
+/// A buffer in GPU memory. Stored as bytes; the dtype says how kernels read it.
+pub struct CudaBuffer {
+    data: CudaSlice<u8>,
+    dtype: DType,
+    len: usize,
+    device: DeviceId,
+    allocated: Arc<AtomicU64>,
+    bytes: u64,
+}
+
+impl std::fmt::Debug for CudaBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaBuffer")
+            .field("device", &self.device)
+            .field("dtype", &self.dtype)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl Drop for CudaBuffer {
+    fn drop(&mut self) {
+        self.allocated.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+impl DeviceBuffer for CudaBuffer {
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn device(&self) -> DeviceId {
+        self.device
+    }
+}
+
+const BLOCK: u32 = 256;
+
+fn launch_config(n: usize) -> LaunchConfig {
+    // Grid-stride loops: enough blocks to fill the GPU, not one per element.
+    let blocks = n.div_ceil(BLOCK as usize).clamp(1, 65_535) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+impl CudaDevice {
+    /// Open GPU `ordinal` (its primary context and a new stream).
+    pub fn new(ordinal: usize) -> Result<Self> {
+        crate::check_driver()?;
+        let id = DeviceId::new(Backend::Cuda, ordinal as u32);
+        let ctx = CudaContext::new(ordinal).map_err(|e| CudaError::driver(id, "cuCtxRetain", e))?;
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| CudaError::driver(id, "cuStreamCreate", e))?;
+        Ok(CudaDevice {
+            inner: Arc::new(Inner {
+                id,
+                ordinal,
+                ctx,
+                stream,
+                allocated: Arc::new(AtomicU64::new(0)),
+                module: OnceLock::new(),
+                blas: OnceLock::new(),
+            }),
+        })
+    }
+
+    pub fn ordinal(&self) -> usize {
+        self.inner.ordinal
+    }
+
+    /// The cudarc context, for code that goes beyond hetero's API.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.inner.ctx
+    }
+
+    /// The stream all of this device's work is ordered on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.inner.stream
+    }
+
+    /// (major, minor) compute capability.
+    pub fn compute_capability(&self) -> Result<(i32, i32)> {
+        self.inner
+            .ctx
+            .compute_capability()
+            .map_err(|e| CudaError::driver(self.inner.id, "cuDeviceGetAttribute", e).into())
+    }
+
+    /// Compile (once) and load every kernel of this backend, so the first
+    /// real call pays no compilation; an error says what is missing.
+    pub fn prepare_kernels(&self) -> Result<()> {
+        for name in kernels::all_names() {
+            self.function(&name)?;
+        }
+        Ok(())
+    }
+
+    fn driver_err(&self, call: &'static str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
+        move |e| CudaError::driver(self.inner.id, call, e).into()
+    }
+
+    fn module(&self) -> Result<&Arc<CudaModule>> {
+        let compiled = self.inner.module.get_or_init(|| {
+            if !crate::nvrtc_present() {
+                return Err(CudaError::MissingLibrary {
+                    library: "libnvrtc",
+                    what: "compiling reduce and scale kernels",
+                }
+                .to_string());
+            }
+            let (major, minor) = self.compute_capability().map_err(|e| e.to_string())?;
+            let opts = CompileOptions {
+                options: vec![format!("--gpu-architecture=compute_{major}{minor}")],
+                ..Default::default()
+            };
+            let ptx = cudarc::nvrtc::compile_ptx_with_opts(kernels::source(), opts)
+                .map_err(|e| CudaError::Compile(format!("{e:?}")).to_string())?;
+            self.inner
+                .ctx
+                .load_module(ptx)
+                .map_err(|e| CudaError::driver(self.inner.id, "cuModuleLoadData", e).to_string())
+        });
+        compiled.as_ref().map_err(|reason| Error::Unsupported {
+            what: reason.clone(),
+            backend: Backend::Cuda,
+        })
+    }
+
+    fn function(&self, name: &str) -> Result<CudaFunction> {
+        self.module()?
+            .load_function(name)
+            .map_err(self.driver_err("cuModuleGetFunction"))
+    }
+
+    fn blas(&self) -> Result<&CudaBlas> {
+        let blas = self.inner.blas.get_or_init(|| {
+            if !crate::cublas_present() {
+                return Err(CudaError::MissingLibrary {
+                    library: "libcublas",
+                    what: "gemm",
+                }
+                .to_string());
+            }
+            CudaBlas::new(self.inner.stream.clone()).map_err(|e| {
+                CudaError::Cublas {
+                    device: self.inner.id,
+                    call: "cublasCreate",
+                    reason: format!("{e:?}"),
+                }
+                .to_string()
+            })
+        });
+        blas.as_ref().map_err(|reason| Error::Unsupported {
+            what: reason.clone(),
+            backend: Backend::Cuda,
+        })
+    }
+
+    fn check_owned(&self, buf: &CudaBuffer, what: &str) -> Result<()> {
+        if buf.device == self.inner.id {
+            Ok(())
+        } else {
+            Err(Error::invalid(
+                what,
+                format!(
+                    "buffer belongs to {}, passed to {}",
+                    buf.device, self.inner.id
+                ),
+            ))
+        }
+    }
+
+    fn bytes_of(dtype: DType, range: &Range<usize>) -> Range<usize> {
+        range.start * dtype.size_bytes()..range.end * dtype.size_bytes()
+    }
+
+    /// Launch an elementwise kernel over `buf` with extra scalar arguments.
+    fn launch_unary(&self, name: &str, buf: &mut CudaBuffer, arg: UnaryArg) -> Result<()> {
+        if buf.len == 0 {
+            return Ok(());
+        }
+        let f = self.function(name)?;
+        let n = buf.len as u64;
+        let stream = &self.inner.stream;
+        let mut launch = stream.launch_builder(&f);
+        launch.arg(&mut buf.data).arg(&n);
+        match &arg {
+            UnaryArg::Count(c) => launch.arg(c),
+            UnaryArg::Alpha(a) => launch.arg(a),
+        };
+        // SAFETY: the kernel reads and writes `n` elements of `buf`, whose
+        // allocation holds at least n * size_of(dtype) bytes; the argument
+        // types match the kernel's signature in kernels.rs.
+        unsafe { launch.launch(launch_config(buf.len)) }
+            .map(|_| ())
+            .map_err(self.driver_err("cuLaunchKernel"))
+    }
+}
+
+enum UnaryArg {
+    Count(u64),
+    Alpha(f64),
+}
+
+impl Device for CudaDevice {
+    type Buffer = CudaBuffer;
+
+    fn id(&self) -> DeviceId {
+        self.inner.id
+    }
+
+    fn info(&self) -> DeviceInfo {
+        let ctx = &self.inner.ctx;
+        let (free, total) = ctx
+            .mem_get_info()
+            .map(|(f, t)| (Some(f as u64), t as u64))
+            .unwrap_or((None, 0));
+        let integrated = ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_INTEGRATED)
+            .unwrap_or(0)
+            != 0;
+        let (major, minor) = ctx.compute_capability().unwrap_or((0, 0));
+        DeviceInfo {
+            id: self.inner.id,
+            name: format!(
+                "{} (sm_{major}{minor})",
+                ctx.name().unwrap_or_else(|_| "NVIDIA GPU".into())
+            ),
+            kind: if integrated {
+                DeviceKind::IntegratedGpu
+            } else {
+                DeviceKind::DiscreteGpu
+            },
+            vendor: "NVIDIA".into(),
+            memory_total_bytes: total,
+            memory_free_bytes: free,
+            driver: crate::driver_version(),
+            compute_units: ctx
+                .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+                .ok()
+                .and_then(|n| u32::try_from(n).ok()),
+        }
+    }
+
+    fn memory(&self) -> Result<MemoryUsage> {
+        let (free, total) = self
+            .inner
+            .ctx
+            .mem_get_info()
+            .map_err(self.driver_err("cuMemGetInfo"))?;
+        Ok(MemoryUsage {
+            total_bytes: total as u64,
+            free_bytes: Some(free as u64),
+            allocated_bytes: self.inner.allocated.load(Ordering::Acquire),
+        })
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let kernels = if crate::nvrtc_present() {
+            DType::ALL.to_vec()
+        } else {
+            Vec::new()
+        };
+        Capabilities {
+            reduce_dtypes: kernels.clone(),
+            scale_dtypes: kernels,
+            gemm_dtypes: if crate::cublas_present() {
+                vec![DType::F32, DType::F64]
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    fn alloc(&self, dtype: DType, len: usize) -> Result<CudaBuffer> {
+        let id = self.inner.id;
+        let bytes = len
+            .checked_mul(dtype.size_bytes())
+            .ok_or(Error::OutOfMemory {
+                device: id,
+                requested_bytes: u64::MAX,
+                available_bytes: None,
+            })?;
+        // The driver rejects zero-byte allocations; keep one byte so every
+        // buffer has a valid pointer.
+        let data = self
+            .inner
+            .stream
+            .alloc_zeros::<u8>(bytes.max(1))
+            .map_err(|e| CudaError::Driver {
+                device: id,
+                call: "cuMemAlloc",
+                code: e.0,
+                requested_bytes: bytes as u64,
+            })?;
+        self.inner
+            .allocated
+            .fetch_add(bytes as u64, Ordering::AcqRel);
+        Ok(CudaBuffer {
+            data,
+            dtype,
+            len,
+            device: id,
+            allocated: Arc::clone(&self.inner.allocated),
+            bytes: bytes as u64,
+        })
+    }
+
+    fn upload(&self, dst: &mut CudaBuffer, offset: usize, src: HostSlice<'_>) -> Result<()> {
+        self.check_owned(dst, "upload destination")?;
+        check_dtype("upload", dst.dtype, src.dtype())?;
+        let range = offset..offset.saturating_add(src.len());
+        check_range("upload destination", &range, dst.len)?;
+        if range.is_empty() {
+            return Ok(());
+        }
+        let bytes = Self::bytes_of(dst.dtype, &range);
+        let mut view = dst.data.slice_mut(bytes);
+        self.inner
+            .stream
+            .memcpy_htod(src.as_bytes(), &mut view)
+            .map_err(self.driver_err("cuMemcpyHtoDAsync"))
+    }
+
+    fn download(&self, src: &CudaBuffer, offset: usize, mut dst: HostSliceMut<'_>) -> Result<()> {
+        self.check_owned(src, "download source")?;
+        check_dtype("download", src.dtype, dst.dtype())?;
+        let range = offset..offset.saturating_add(dst.len());
+        check_range("download source", &range, src.len)?;
+        if range.is_empty() {
+            return Ok(());
+        }
+        let view = src.data.slice(Self::bytes_of(src.dtype, &range));
+        self.inner
+            .stream
+            .memcpy_dtoh(&view, dst.as_bytes_mut())
+            .map_err(self.driver_err("cuMemcpyDtoHAsync"))?;
+        self.synchronize()
+    }
+
+    fn copy(
+        &self,
+        src: &CudaBuffer,
+        src_range: Range<usize>,
+        dst: &mut CudaBuffer,
+        dst_offset: usize,
+    ) -> Result<()> {
+        self.check_owned(src, "copy source")?;
+        self.check_owned(dst, "copy destination")?;
+        check_dtype("copy", dst.dtype, src.dtype)?;
+        check_range("copy source", &src_range, src.len)?;
+        let dst_range = dst_offset..dst_offset.saturating_add(src_range.len());
+        check_range("copy destination", &dst_range, dst.len)?;
+        if src_range.is_empty() {
+            return Ok(());
+        }
+        let from = src.data.slice(Self::bytes_of(src.dtype, &src_range));
+        let mut to = dst.data.slice_mut(Self::bytes_of(dst.dtype, &dst_range));
+        self.inner
+            .stream
+            .memcpy_dtod(&from, &mut to)
+            .map_err(self.driver_err("cuMemcpyDtoDAsync"))
+    }
+
+    fn reduce(&self, op: ReduceOp, acc: &mut CudaBuffer, src: &CudaBuffer) -> Result<()> {
+        self.check_owned(acc, "reduce accumulator")?;
+        self.check_owned(src, "reduce source")?;
+        check_same_shape(acc, src, "reduce operands")?;
+        if acc.len == 0 {
+            return Ok(());
+        }
+        let f = self.function(&kernels::reduce_name(op, acc.dtype))?;
+        let n = acc.len as u64;
+        let mut launch = self.inner.stream.launch_builder(&f);
+        launch.arg(&mut acc.data).arg(&src.data).arg(&n);
+        // SAFETY: both buffers hold `n` elements of the kernel's dtype
+        // (checked above); the signature matches kernels.rs.
+        unsafe { launch.launch(launch_config(acc.len)) }
+            .map(|_| ())
+            .map_err(self.driver_err("cuLaunchKernel"))
+    }
+
+    fn finish_reduce(&self, op: ReduceOp, buf: &mut CudaBuffer, count: usize) -> Result<()> {
+        self.check_owned(buf, "reduce buffer")?;
+        if count == 0 {
+            return Err(Error::invalid(
+                "count",
+                "a reduction needs at least one contribution",
+            ));
+        }
+        if op != ReduceOp::Avg || count == 1 {
+            return Ok(());
+        }
+        let name = kernels::avg_name(buf.dtype);
+        self.launch_unary(&name, buf, UnaryArg::Count(count as u64))
+    }
+
+    fn scale(&self, buf: &mut CudaBuffer, alpha: f64) -> Result<()> {
+        self.check_owned(buf, "scale buffer")?;
+        let name = kernels::scale_name(buf.dtype);
+        self.launch_unary(&name, buf, UnaryArg::Alpha(alpha))
+    }
+
+    fn gemm(
+        &self,
+        spec: &GemmSpec,
+        a: &CudaBuffer,
+        b: &CudaBuffer,
+        c: &mut CudaBuffer,
+    ) -> Result<()> {
+        self.check_owned(a, "gemm a")?;
+        self.check_owned(b, "gemm b")?;
+        self.check_owned(c, "gemm c")?;
+        check_dtype("gemm a", c.dtype, a.dtype)?;
+        check_dtype("gemm b", c.dtype, b.dtype)?;
+        spec.validate(a.len, b.len, c.len)?;
+        if !matches!(c.dtype, DType::F32 | DType::F64) {
+            return Err(Error::unsupported(
+                Backend::Cuda,
+                format!(
+                    "gemm on {}; the CUDA backend has cuBLAS gemm for f32 and f64",
+                    c.dtype
+                ),
+            ));
+        }
+        if spec.m == 0 || spec.n == 0 {
+            return Ok(());
+        }
+        let dims = [spec.m, spec.n, spec.k];
+        if dims.iter().any(|&d| d > i32::MAX as usize) {
+            return Err(Error::invalid(
+                "gemm shape",
+                "cuBLAS takes dimensions up to 2^31 - 1",
+            ));
+        }
+        let blas = self.blas()?;
+        // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T:
+        // call cuBLAS with the operands swapped and the shape transposed.
+        let (m, n, k) = (spec.m as i32, spec.n as i32, spec.k as i32);
+        let op = |t: bool| {
+            if t {
+                cublasOperation_t::CUBLAS_OP_T
+            } else {
+                cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        let ldb = if spec.trans_b { k } else { n };
+        let lda = if spec.trans_a { m } else { k };
+        let stream = &self.inner.stream;
+        let (bp, _b_sync) = b.data.device_ptr(stream);
+        let (ap, _a_sync) = a.data.device_ptr(stream);
+        let (cp, _c_sync) = c.data.device_ptr_mut(stream);
+        let handle = *blas.handle();
+        let status = match c.dtype {
+            DType::F32 => {
+                let (alpha, beta) = (spec.alpha as f32, spec.beta as f32);
+                // SAFETY: pointers are device allocations holding the
+                // validated shapes; alpha/beta are host scalars (cuBLAS'
+                // default pointer mode).
+                unsafe {
+                    cudarc::cublas::result::sgemm(
+                        handle,
+                        op(spec.trans_b),
+                        op(spec.trans_a),
+                        n,
+                        m,
+                        k,
+                        &alpha,
+                        bp as *const f32,
+                        ldb,
+                        ap as *const f32,
+                        lda,
+                        &beta,
+                        cp as *mut f32,
+                        n,
+                    )
+                }
+            }
+            _ => {
+                let (alpha, beta) = (spec.alpha, spec.beta);
+                // SAFETY: as above, for f64.
+                unsafe {
+                    cudarc::cublas::result::dgemm(
+                        handle,
+                        op(spec.trans_b),
+                        op(spec.trans_a),
+                        n,
+                        m,
+                        k,
+                        &alpha,
+                        bp as *const f64,
+                        ldb,
+                        ap as *const f64,
+                        lda,
+                        &beta,
+                        cp as *mut f64,
+                        n,
+                    )
+                }
+            }
+        };
+        status.map_err(|e| {
+            CudaError::Cublas {
+                device: self.inner.id,
+                call: "gemm",
+                reason: format!("{e:?}"),
+            }
+            .into()
+        })
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.inner
+            .stream
+            .synchronize()
+            .map_err(self.driver_err("cuStreamSynchronize"))
+    }
+}
+
+fn check_dtype(what: &str, expected: DType, actual: DType) -> Result<()> {
+    if expected == actual {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            what,
+            format!("dtype {actual} does not match the buffer's {expected}"),
+        ))
+    }
+}

@@ -1,0 +1,241 @@
+//! hetero's CUDA kernels: elementwise reduce, finish (average) and scale for
+//! every dtype, as CUDA C compiled once per device by NVRTC.
+//!
+//! The arithmetic matches `hetero_core::host_kernels` exactly: integer sums
+//! and products wrap (computed in unsigned types, where C defines wrapping),
+//! integer averages truncate toward zero, scaling integers goes through f64
+//! and saturates, 16-bit floats compute in f32 and round once (round to
+//! nearest even, NaN kept quiet), float max/min ignore a NaN operand. No
+//! CUDA headers are needed: the 16-bit conversions are PTX `cvt` and bit
+//! arithmetic, so NVRTC alone (no toolkit include path) compiles this.
+
+use hetero_core::{DType, ReduceOp};
+
+/// Kernel name for `acc = op(acc, src)`.
+pub(crate) fn reduce_name(op: ReduceOp, dtype: DType) -> String {
+    format!("hetero_reduce_{}_{}", op.combine_op().name(), dtype.name())
+}
+
+pub(crate) fn avg_name(dtype: DType) -> String {
+    format!("hetero_finish_avg_{}", dtype.name())
+}
+
+pub(crate) fn scale_name(dtype: DType) -> String {
+    format!("hetero_scale_{}", dtype.name())
+}
+
+/// Every kernel name the module defines (tests check they all load).
+pub(crate) fn all_names() -> Vec<String> {
+    let mut names = Vec::new();
+    for dtype in DType::ALL {
+        for op in [ReduceOp::Sum, ReduceOp::Prod, ReduceOp::Max, ReduceOp::Min] {
+            names.push(reduce_name(op, dtype));
+        }
+        names.push(avg_name(dtype));
+        names.push(scale_name(dtype));
+    }
+    names
+}
+
+const PRELUDE: &str = r#"
+typedef unsigned long long u64;
+__device__ __forceinline__ float h2f(unsigned short h) {
+    float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h)); return f;
+}
+__device__ __forceinline__ unsigned short f2h(float f) {
+    unsigned short h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h;
+}
+__device__ __forceinline__ float b2f(unsigned short b) {
+    return __uint_as_float(((unsigned int)b) << 16);
+}
+__device__ __forceinline__ unsigned short f2b(float f) {
+    unsigned int u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+}
+__device__ __forceinline__ long long sat_i64(double v) {
+    if (v != v) return 0;
+    if (v >= 9223372036854775807.0) return 9223372036854775807LL;
+    if (v <= -9223372036854775808.0) return (-9223372036854775807LL - 1);
+    return (long long)v;
+}
+__device__ __forceinline__ int sat_i32(double v) {
+    if (v != v) return 0;
+    if (v >= 2147483647.0) return 2147483647;
+    if (v <= -2147483648.0) return (-2147483647 - 1);
+    return (int)v;
+}
+__device__ __forceinline__ unsigned char sat_u8(double v) {
+    if (v != v || v <= 0.0) return 0;
+    if (v >= 255.0) return 255;
+    return (unsigned char)v;
+}
+#define GRID_STRIDE(n) for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (u64)gridDim.x * blockDim.x)
+"#;
+
+/// How one dtype is stored, loaded into its compute type and stored back.
+struct Spec {
+    dtype: DType,
+    storage: &'static str,
+    compute: &'static str,
+    load: &'static str,
+    store: &'static str,
+    add: &'static str,
+    mul: &'static str,
+    max: &'static str,
+    min: &'static str,
+    avg: &'static str,
+    scale: &'static str,
+}
+
+const SPECS: [Spec; 7] = [
+    Spec {
+        dtype: DType::F32,
+        storage: "float",
+        compute: "float",
+        load: "(X)",
+        store: "(X)",
+        add: "a + b",
+        mul: "a * b",
+        max: "fmaxf(a, b)",
+        min: "fminf(a, b)",
+        avg: "a / (float)count",
+        scale: "a * (float)alpha",
+    },
+    Spec {
+        dtype: DType::F64,
+        storage: "double",
+        compute: "double",
+        load: "(X)",
+        store: "(X)",
+        add: "a + b",
+        mul: "a * b",
+        max: "fmax(a, b)",
+        min: "fmin(a, b)",
+        avg: "a / (double)count",
+        scale: "a * alpha",
+    },
+    Spec {
+        dtype: DType::F16,
+        storage: "unsigned short",
+        compute: "float",
+        load: "h2f(X)",
+        store: "f2h(X)",
+        add: "a + b",
+        mul: "a * b",
+        max: "fmaxf(a, b)",
+        min: "fminf(a, b)",
+        avg: "a / (float)count",
+        scale: "a * (float)alpha",
+    },
+    Spec {
+        dtype: DType::BF16,
+        storage: "unsigned short",
+        compute: "float",
+        load: "b2f(X)",
+        store: "f2b(X)",
+        add: "a + b",
+        mul: "a * b",
+        max: "fmaxf(a, b)",
+        min: "fminf(a, b)",
+        avg: "a / (float)count",
+        scale: "a * (float)alpha",
+    },
+    Spec {
+        dtype: DType::I32,
+        storage: "int",
+        compute: "int",
+        load: "(X)",
+        store: "(X)",
+        add: "(int)((unsigned int)a + (unsigned int)b)",
+        mul: "(int)((unsigned int)a * (unsigned int)b)",
+        max: "(a > b ? a : b)",
+        min: "(a < b ? a : b)",
+        avg: "(int)((long long)a / (long long)count)",
+        scale: "sat_i32((double)a * alpha)",
+    },
+    Spec {
+        dtype: DType::I64,
+        storage: "long long",
+        compute: "long long",
+        load: "(X)",
+        store: "(X)",
+        add: "(long long)((u64)a + (u64)b)",
+        mul: "(long long)((u64)a * (u64)b)",
+        max: "(a > b ? a : b)",
+        min: "(a < b ? a : b)",
+        avg: "a / (long long)count",
+        scale: "sat_i64((double)a * alpha)",
+    },
+    Spec {
+        dtype: DType::U8,
+        storage: "unsigned char",
+        compute: "unsigned int",
+        load: "(unsigned int)(X)",
+        store: "(unsigned char)(X)",
+        add: "a + b",
+        mul: "a * b",
+        max: "(a > b ? a : b)",
+        min: "(a < b ? a : b)",
+        avg: "a / (unsigned int)count",
+        scale: "sat_u8((double)a * alpha)",
+    },
+];
+
+/// The CUDA C source of every kernel.
+pub(crate) fn source() -> String {
+    let mut src = String::from(PRELUDE);
+    for s in &SPECS {
+        let load = |x: &str| s.load.replace('X', x);
+        let store = |x: &str| s.store.replace('X', x);
+        for (op, expr) in [
+            (ReduceOp::Sum, s.add),
+            (ReduceOp::Prod, s.mul),
+            (ReduceOp::Max, s.max),
+            (ReduceOp::Min, s.min),
+        ] {
+            src += &format!(
+                "extern \"C\" __global__ void {name}({t}* acc, const {t}* src, u64 n) {{\n  GRID_STRIDE(n) {{ {c} a = {la}; {c} b = {lb}; acc[i] = {st}; }}\n}}\n",
+                name = reduce_name(op, s.dtype),
+                t = s.storage,
+                c = s.compute,
+                la = load("acc[i]"),
+                lb = load("src[i]"),
+                st = store(expr),
+            );
+        }
+        src += &format!(
+            "extern \"C\" __global__ void {name}({t}* buf, u64 n, u64 count) {{\n  GRID_STRIDE(n) {{ {c} a = {la}; buf[i] = {st}; }}\n}}\n",
+            name = avg_name(s.dtype),
+            t = s.storage,
+            c = s.compute,
+            la = load("buf[i]"),
+            st = store(s.avg),
+        );
+        src += &format!(
+            "extern \"C\" __global__ void {name}({t}* buf, u64 n, double alpha) {{\n  GRID_STRIDE(n) {{ {c} a = {la}; buf[i] = {st}; }}\n}}\n",
+            name = scale_name(s.dtype),
+            t = s.storage,
+            c = s.compute,
+            la = load("buf[i]"),
+            st = store(s.scale),
+        );
+    }
+    src
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_defines_every_kernel_once() {
+        let src = source();
+        for name in all_names() {
+            let decl = format!("void {name}(");
+            assert_eq!(src.matches(&decl).count(), 1, "{name}");
+        }
+        assert_eq!(all_names().len(), DType::ALL.len() * 6);
+    }
+}

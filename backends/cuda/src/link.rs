@@ -1,0 +1,157 @@
+//! Links of a CUDA device: host <-> GPU copies and copies within the GPU.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hetero_core::{
+    DType, Device, DeviceBuffer, DeviceId, Error, HostSlice, HostSliceMut, Link, LinkKind, Result,
+};
+
+use crate::device::{CudaBuffer, CudaDevice};
+
+/// Which way a [`CudaHostLink`] moves data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    HostToDevice,
+    DeviceToHost,
+    /// Within the GPU's own memory.
+    OnDevice,
+}
+
+/// The path between host memory (device `host`, any backend's CPU device id)
+/// and a GPU, or within one GPU. Transfers use the same calls as
+/// [`Device::upload`] / [`Device::download`] / [`Device::copy`] with
+/// pageable host memory, so the measured figures are what hetero's own
+/// staging gets. Host <-> GPU is reported as PCIe: the driver cannot tell a
+/// C2C link apart without NVML.
+#[derive(Debug)]
+pub struct CudaHostLink {
+    gpu: CudaDevice,
+    host: DeviceId,
+    direction: Direction,
+    state: Mutex<Option<(Vec<u8>, CudaBuffer, CudaBuffer)>>,
+}
+
+impl CudaHostLink {
+    pub fn new(gpu: CudaDevice, host: DeviceId, direction: Direction) -> Self {
+        CudaHostLink {
+            gpu,
+            host,
+            direction,
+            state: Mutex::new(None),
+        }
+    }
+}
+
+impl Link for CudaHostLink {
+    fn src(&self) -> DeviceId {
+        match self.direction {
+            Direction::HostToDevice => self.host,
+            _ => self.gpu.id(),
+        }
+    }
+
+    fn dst(&self) -> DeviceId {
+        match self.direction {
+            Direction::DeviceToHost => self.host,
+            _ => self.gpu.id(),
+        }
+    }
+
+    fn kind(&self) -> LinkKind {
+        match self.direction {
+            Direction::OnDevice => LinkKind::SameDevice,
+            _ => LinkKind::Pcie,
+        }
+    }
+
+    fn transfer(&self, bytes: usize) -> Result<Duration> {
+        let mut guard = self.state.lock().map_err(|_| Error::DeviceLost {
+            device: self.gpu.id(),
+            reason: "a previous transfer on this link panicked".into(),
+        })?;
+        if guard.as_ref().is_none_or(|(h, _, _)| h.len() < bytes) {
+            *guard = None;
+            let host = vec![1u8; bytes];
+            let a = self.gpu.alloc(DType::U8, bytes)?;
+            let b = self.gpu.alloc(DType::U8, bytes)?;
+            *guard = Some((host, a, b));
+        }
+        let Some((host, a, b)) = guard.as_mut() else {
+            return Err(Error::invalid("link buffers", "missing after allocation"));
+        };
+        self.gpu.synchronize()?;
+        let start = Instant::now();
+        match self.direction {
+            Direction::HostToDevice => {
+                self.gpu.upload(a, 0, HostSlice::new(&host[..bytes]))?;
+                self.gpu.synchronize()?;
+            }
+            Direction::DeviceToHost => {
+                self.gpu
+                    .download(a, 0, HostSliceMut::new(&mut host[..bytes]))?;
+            }
+            Direction::OnDevice => {
+                self.gpu.copy(a, 0..bytes.min(a.len()), b, 0)?;
+                self.gpu.synchronize()?;
+            }
+        }
+        Ok(start.elapsed())
+    }
+}
+
+/// GPU to GPU through host memory (download, then upload): the data path
+/// hetero uses between two GPUs until peer-to-peer copies are implemented,
+/// measured as such. Reported as PCIe.
+#[derive(Debug)]
+pub struct CudaStagedLink {
+    src: CudaDevice,
+    dst: CudaDevice,
+    state: Mutex<Option<(Vec<u8>, CudaBuffer, CudaBuffer)>>,
+}
+
+impl CudaStagedLink {
+    pub fn new(src: CudaDevice, dst: CudaDevice) -> Self {
+        CudaStagedLink {
+            src,
+            dst,
+            state: Mutex::new(None),
+        }
+    }
+}
+
+impl Link for CudaStagedLink {
+    fn src(&self) -> DeviceId {
+        self.src.id()
+    }
+
+    fn dst(&self) -> DeviceId {
+        self.dst.id()
+    }
+
+    fn kind(&self) -> LinkKind {
+        LinkKind::Pcie
+    }
+
+    fn transfer(&self, bytes: usize) -> Result<Duration> {
+        let mut guard = self.state.lock().map_err(|_| Error::DeviceLost {
+            device: self.dst.id(),
+            reason: "a previous transfer on this link panicked".into(),
+        })?;
+        if guard.as_ref().is_none_or(|(h, _, _)| h.len() < bytes) {
+            *guard = None;
+            let s = self.src.alloc(DType::U8, bytes)?;
+            let d = self.dst.alloc(DType::U8, bytes)?;
+            *guard = Some((vec![0u8; bytes], s, d));
+        }
+        let Some((host, s, d)) = guard.as_mut() else {
+            return Err(Error::invalid("link buffers", "missing after allocation"));
+        };
+        let start = Instant::now();
+        self.src
+            .download(s, 0, HostSliceMut::new(&mut host[..bytes]))?;
+        self.dst.upload(d, 0, HostSlice::new(&host[..bytes]))?;
+        self.dst.synchronize()?;
+        Ok(start.elapsed())
+    }
+}
