@@ -53,8 +53,9 @@ impl BackendName {
     fn package(self) -> Result<&'static str, String> {
         match self {
             BackendName::Host => Ok("hetero-host"),
+            BackendName::Cuda => Ok("hetero-cuda"),
             other => Err(format!(
-                "the {other:?} backend is not part of this workspace yet; available: host"
+                "the {other:?} backend is not part of this workspace yet; available: host, cuda"
             )),
         }
     }
