@@ -48,7 +48,7 @@ impl std::fmt::Debug for Inner {
 
 /// A buffer in GPU memory. Stored as bytes; the dtype says how kernels read it.
 pub struct CudaBuffer {
-    data: CudaSlice<u8>,
+    pub(crate) data: CudaSlice<u8>,
     dtype: DType,
     len: usize,
     device: DeviceId,

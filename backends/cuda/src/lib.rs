@@ -22,10 +22,12 @@ mod device;
 mod error;
 mod kernels;
 mod link;
+mod nccl;
 
 pub use device::{CudaBuffer, CudaDevice};
 pub use error::CudaError;
 pub use link::{CudaHostLink, CudaStagedLink, Direction};
+pub use nccl::{NCCL_UNIQUE_ID_BYTES, NcclCollective};
 
 use hetero_core::Result;
 
