@@ -1,0 +1,90 @@
+//! Errors of the ROCm backend, converted into `hetero_core::Error`.
+
+use hetero_core::{Backend, DeviceId, Error};
+
+/// HIP's status code for out of memory.
+pub(crate) const HIP_ERROR_OUT_OF_MEMORY: i32 = 2;
+/// HIP's status code for an invalid argument.
+pub(crate) const HIP_ERROR_INVALID_VALUE: i32 = 1;
+/// HIP's status code when there is no device.
+#[cfg_attr(not(feature = "rocm"), allow(dead_code))]
+pub(crate) const HIP_ERROR_NO_DEVICE: i32 = 100;
+
+/// What can go wrong in the ROCm backend.
+#[derive(Debug, thiserror::Error)]
+pub enum RocmError {
+    /// This build of hetero-rocm has no `rocm` feature.
+    #[error(
+        "hetero-rocm was built without the `rocm` feature; rebuild with it (needs the HIP runtime: libamdhip64-dev with HIP_PATH=/usr, or /opt/rocm)"
+    )]
+    NotBuilt,
+
+    /// The HIP runtime reports no usable device.
+    #[error("no AMD GPU available: {0}")]
+    NoDevice(String),
+
+    /// A HIP call failed with a status code.
+    #[error("{call} on {device} failed with HIP status {code}")]
+    Hip {
+        device: DeviceId,
+        call: &'static str,
+        code: i32,
+        requested_bytes: u64,
+    },
+}
+
+impl From<RocmError> for Error {
+    fn from(e: RocmError) -> Self {
+        match e {
+            RocmError::Hip {
+                device,
+                code: HIP_ERROR_OUT_OF_MEMORY,
+                requested_bytes,
+                ..
+            } => Error::OutOfMemory {
+                device,
+                requested_bytes,
+                available_bytes: None,
+            },
+            RocmError::Hip {
+                code: HIP_ERROR_INVALID_VALUE,
+                call,
+                ..
+            } => Error::invalid(call, "the HIP runtime rejected the arguments"),
+            RocmError::Hip { device, .. } => Error::DeviceLost {
+                device,
+                reason: e.to_string(),
+            },
+            RocmError::NotBuilt | RocmError::NoDevice(_) => Error::Unsupported {
+                what: e.to_string(),
+                backend: Backend::Rocm,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_map_to_core_errors() {
+        let device = DeviceId::new(Backend::Rocm, 0);
+        let oom = Error::from(RocmError::Hip {
+            device,
+            call: "hipMalloc",
+            code: HIP_ERROR_OUT_OF_MEMORY,
+            requested_bytes: 64,
+        });
+        assert!(oom.is_out_of_memory());
+        let lost = Error::from(RocmError::Hip {
+            device,
+            call: "hipMemcpy",
+            code: 999,
+            requested_bytes: 0,
+        });
+        assert!(matches!(lost, Error::DeviceLost { .. }), "{lost}");
+        assert!(Error::from(RocmError::NotBuilt).is_unsupported());
+        assert_eq!(HIP_ERROR_NO_DEVICE, 100);
+    }
+}
