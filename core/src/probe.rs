@@ -1,5 +1,6 @@
-//! Backend-neutral probes: GEMM throughput of a device, and a measured
-//! [`Topology`] from devices and links. Backends supply the devices and the
+//! Backend-neutral probes: GEMM throughput of a device, a measured
+//! [`Topology`] from devices and links, and [`StagedLink`] for devices of
+//! different backends. Backends supply the devices and the
 //! links; the measuring is the same for all of them.
 
 use std::time::Instant;
@@ -7,10 +8,10 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::device::{DeviceId, GemmSpec};
-use crate::dtype::{DType, HostSlice};
-use crate::dyn_device::{DynDevice, DynDeviceExt};
-use crate::error::Result;
-use crate::link::{Link, LinkFit, LinkProbe};
+use crate::dtype::{DType, HostSlice, HostSliceMut};
+use crate::dyn_device::{BoxedBuffer, DynDevice, DynDeviceExt, SharedDevice};
+use crate::error::{Error, Result};
+use crate::link::{Link, LinkFit, LinkKind, LinkProbe};
 use crate::topology::{Topology, TopologyDevice};
 
 /// How hard to probe a device's compute.
@@ -133,4 +134,62 @@ pub fn measure_topology(
         }
     }
     Ok((Topology::new(entries, links)?, measured))
+}
+
+/// A path between two devices of any backends through host memory
+/// (download from `src`, upload to `dst`): the real data path between
+/// devices that have no direct link, measured as such. Its kind is
+/// [`LinkKind::Unknown`]: what the bytes cross depends on both backends.
+#[derive(Debug)]
+pub struct StagedLink {
+    src: SharedDevice,
+    dst: SharedDevice,
+    state: std::sync::Mutex<Option<(Vec<u8>, BoxedBuffer, BoxedBuffer)>>,
+}
+
+impl StagedLink {
+    pub fn new(src: SharedDevice, dst: SharedDevice) -> Self {
+        StagedLink {
+            src,
+            dst,
+            state: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl Link for StagedLink {
+    fn src(&self) -> DeviceId {
+        self.src.id()
+    }
+
+    fn dst(&self) -> DeviceId {
+        self.dst.id()
+    }
+
+    fn kind(&self) -> LinkKind {
+        LinkKind::Unknown
+    }
+
+    fn transfer(&self, bytes: usize) -> Result<std::time::Duration> {
+        let mut guard = self.state.lock().map_err(|_| Error::DeviceLost {
+            device: self.dst.id(),
+            reason: "a previous transfer on this link panicked".into(),
+        })?;
+        if guard.as_ref().is_none_or(|(h, _, _)| h.len() < bytes) {
+            *guard = None;
+            let s = self.src.alloc(DType::U8, bytes)?;
+            let d = self.dst.alloc(DType::U8, bytes)?;
+            *guard = Some((vec![0u8; bytes], s, d));
+        }
+        let Some((host, s, d)) = guard.as_mut() else {
+            return Err(Error::invalid("link buffers", "missing after allocation"));
+        };
+        let start = Instant::now();
+        self.src
+            .download(s.as_ref(), 0, HostSliceMut::new(&mut host[..bytes]))?;
+        self.dst
+            .upload(d.as_mut(), 0, HostSlice::new(&host[..bytes]))?;
+        self.dst.synchronize()?;
+        Ok(start.elapsed())
+    }
 }

@@ -80,7 +80,7 @@ fn run(task: Task) -> Result<(), String> {
             lint()?;
             let mut args = vec!["test", "--workspace"];
             args.extend(feature_args());
-            cargo(&args)
+            cargo_test(&args)
         }
         Task::Test { backend, test_args } => {
             let mut args: Vec<String> = vec!["test".into()];
@@ -93,7 +93,7 @@ fn run(task: Task) -> Result<(), String> {
                 args.push("--".into());
                 args.extend(test_args);
             }
-            cargo(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            cargo_test(&args.iter().map(String::as_str).collect::<Vec<_>>())
         }
         Task::Bench { backend } => match backend {
             Some(b) => cargo(&["bench", "--package", b.package()?]),
@@ -150,6 +150,59 @@ fn hip_runtime_found() -> bool {
     false
 }
 
+/// `cargo test ...`, streaming its output, then one closing line that adds
+/// up every test binary's summary (ignored tests are the skipped ones: the
+/// device suites register what cannot run here as ignored, with the reason).
+fn cargo_test(args: &[&str]) -> Result<(), String> {
+    use std::io::{BufRead, BufReader, Write};
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let mut child = Command::new(&cargo)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {cargo}: {e}"))?;
+    let mut totals = [0u64; 3];
+    if let Some(out) = child.stdout.take() {
+        let mut stdout = std::io::stdout().lock();
+        for line in BufReader::new(out).lines() {
+            let line = line.map_err(|e| format!("reading cargo's output: {e}"))?;
+            if let Some(summary) = line.strip_prefix("test result: ") {
+                for (slot, word) in totals.iter_mut().zip(["passed", "failed", "ignored"]) {
+                    *slot += count_before(summary, word);
+                }
+            }
+            // A closed stdout (e.g. piped into `head`) must not stop the tests.
+            let _ = writeln!(stdout, "{line}");
+        }
+    }
+    let status = child
+        .wait()
+        .map_err(|e| format!("waiting for cargo: {e}"))?;
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        totals[0], totals[1], totals[2]
+    );
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`cargo {}` failed ({status})", args.join(" ")))
+    }
+}
+
+/// The number just before `word` in a libtest summary ("3 passed; 0 failed; ...").
+fn count_before(summary: &str, word: &str) -> u64 {
+    let tokens: Vec<&str> = summary
+        .split(|c: char| c == ';' || c == '.' || c.is_whitespace())
+        .filter(|t| !t.is_empty())
+        .collect();
+    tokens
+        .windows(2)
+        .find(|w| w[1] == word)
+        .and_then(|w| w[0].parse().ok())
+        .unwrap_or(0)
+}
+
 fn cargo(args: &[&str]) -> Result<(), String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("xtask: cargo {}", args.join(" "));
@@ -161,5 +214,20 @@ fn cargo(args: &[&str]) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("`cargo {}` failed ({status})", args.join(" ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count_before;
+
+    #[test]
+    fn parses_libtest_summaries() {
+        let s =
+            "ok. 117 passed; 2 failed; 59 ignored; 0 measured; 0 filtered out; finished in 0.60s";
+        assert_eq!(count_before(s, "passed"), 117);
+        assert_eq!(count_before(s, "failed"), 2);
+        assert_eq!(count_before(s, "ignored"), 59);
+        assert_eq!(count_before("FAILED. 1 passed", "failed"), 0);
     }
 }

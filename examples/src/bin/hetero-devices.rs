@@ -84,6 +84,8 @@ enum AnyDevice {
     Host(hetero_host::HostDevice),
     #[cfg(feature = "cuda")]
     Cuda(hetero_cuda::CudaDevice),
+    #[cfg(feature = "rocm")]
+    Rocm(hetero_rocm::RocmDevice),
 }
 
 impl AnyDevice {
@@ -92,6 +94,18 @@ impl AnyDevice {
             AnyDevice::Host(d) => d,
             #[cfg(feature = "cuda")]
             AnyDevice::Cuda(d) => d,
+            #[cfg(feature = "rocm")]
+            AnyDevice::Rocm(d) => d,
+        }
+    }
+
+    fn shared(&self) -> hetero_core::SharedDevice {
+        match self {
+            AnyDevice::Host(d) => std::sync::Arc::new(d.clone()),
+            #[cfg(feature = "cuda")]
+            AnyDevice::Cuda(d) => std::sync::Arc::new(d.clone()),
+            #[cfg(feature = "rocm")]
+            AnyDevice::Rocm(d) => std::sync::Arc::new(d.clone()),
         }
     }
 }
@@ -126,6 +140,28 @@ fn link_between(a: &AnyDevice, b: &AnyDevice) -> Box<dyn Link> {
                 Box::new(hetero_cuda::CudaStagedLink::new(x.clone(), y.clone()))
             }
         }
+        #[cfg(feature = "rocm")]
+        (AnyDevice::Host(h), AnyDevice::Rocm(g)) => Box::new(hetero_rocm::RocmLink::new(
+            g.clone(),
+            hetero_rocm::RocmLinkPath::HostToDevice(hetero_core::Device::id(h)),
+        )),
+        #[cfg(feature = "rocm")]
+        (AnyDevice::Rocm(g), AnyDevice::Host(h)) => Box::new(hetero_rocm::RocmLink::new(
+            g.clone(),
+            hetero_rocm::RocmLinkPath::DeviceToHost(hetero_core::Device::id(h)),
+        )),
+        #[cfg(feature = "rocm")]
+        (AnyDevice::Rocm(x), AnyDevice::Rocm(y)) => Box::new(hetero_rocm::RocmLink::new(
+            x.clone(),
+            if x.ordinal() == y.ordinal() {
+                hetero_rocm::RocmLinkPath::OnDevice
+            } else {
+                hetero_rocm::RocmLinkPath::Peer(y.clone())
+            },
+        )),
+        // Devices of two accelerator backends: through host memory.
+        #[allow(unreachable_patterns)]
+        (x, y) => Box::new(hetero_core::probe::StagedLink::new(x.shared(), y.shared())),
     }
 }
 
@@ -135,7 +171,7 @@ fn measure(args: &Args) -> Result<Topology> {
     } else {
         (GemmProbe::default(), LinkProbe::default())
     };
-    #[cfg_attr(not(feature = "cuda"), allow(unused_mut))]
+    #[cfg_attr(not(any(feature = "cuda", feature = "rocm")), allow(unused_mut))]
     let mut devices: Vec<AnyDevice> = hetero_host::host_devices(args.host_devices)?
         .into_iter()
         .map(AnyDevice::Host)
@@ -144,6 +180,11 @@ fn measure(args: &Args) -> Result<Topology> {
     match hetero_cuda::devices() {
         Ok(gpus) => devices.extend(gpus.into_iter().map(AnyDevice::Cuda)),
         Err(e) => eprintln!("cuda: no devices listed ({e})"),
+    }
+    #[cfg(feature = "rocm")]
+    match hetero_rocm::devices() {
+        Ok(gpus) => devices.extend(gpus.into_iter().map(AnyDevice::Rocm)),
+        Err(e) => eprintln!("rocm: no devices listed ({e})"),
     }
     eprintln!(
         "measuring {} device(s) and {} link(s)...",
