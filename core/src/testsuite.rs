@@ -81,6 +81,13 @@ impl DeviceTest {
     }
 }
 
+/// Run `f` while no other suite test of this process runs (for backend
+/// tests that time the device, such as link probes, next to the suite).
+pub fn run_exclusive<R>(f: impl FnOnce() -> R) -> R {
+    let _alone = EXCLUSIVE.write().unwrap_or_else(|e| e.into_inner());
+    f()
+}
+
 /// The suite for a device with capabilities `caps`.
 pub fn device_tests(caps: &Capabilities) -> Vec<DeviceTest> {
     let mut tests = Vec::new();

@@ -319,7 +319,7 @@ impl Device for CudaDevice {
             reduce_dtypes: kernels.clone(),
             scale_dtypes: kernels,
             gemm_dtypes: if crate::cublas_present() {
-                vec![DType::F32, DType::F64]
+                vec![DType::F32, DType::F64, DType::F16, DType::BF16]
             } else {
                 Vec::new()
             },
@@ -468,11 +468,11 @@ impl Device for CudaDevice {
         check_dtype("gemm a", c.dtype, a.dtype)?;
         check_dtype("gemm b", c.dtype, b.dtype)?;
         spec.validate(a.len, b.len, c.len)?;
-        if !matches!(c.dtype, DType::F32 | DType::F64) {
+        if !matches!(c.dtype, DType::F32 | DType::F64 | DType::F16 | DType::BF16) {
             return Err(Error::unsupported(
                 Backend::Cuda,
                 format!(
-                    "gemm on {}; the CUDA backend has cuBLAS gemm for f32 and f64",
+                    "gemm on {}; the CUDA backend has cuBLAS gemm for f32, f64, f16 and bf16",
                     c.dtype
                 ),
             ));
@@ -530,7 +530,7 @@ impl Device for CudaDevice {
                     )
                 }
             }
-            _ => {
+            DType::F64 => {
                 let (alpha, beta) = (spec.alpha, spec.beta);
                 // SAFETY: as above, for f64.
                 unsafe {
@@ -549,6 +549,41 @@ impl Device for CudaDevice {
                         &beta,
                         cp as *mut f64,
                         n,
+                    )
+                }
+            }
+            half => {
+                // 16-bit operands, f32 accumulation and scalars, one rounding
+                // of the result: the host backend's semantics.
+                use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType};
+                let ty = if half == DType::F16 {
+                    cudaDataType::CUDA_R_16F
+                } else {
+                    cudaDataType::CUDA_R_16BF
+                };
+                let (alpha, beta) = (spec.alpha as f32, spec.beta as f32);
+                // SAFETY: as above; scalars are f32 as CUBLAS_COMPUTE_32F requires.
+                unsafe {
+                    cudarc::cublas::result::gemm_ex(
+                        handle,
+                        op(spec.trans_b),
+                        op(spec.trans_a),
+                        n,
+                        m,
+                        k,
+                        (&alpha as *const f32).cast(),
+                        bp as *const _,
+                        ty,
+                        ldb,
+                        ap as *const _,
+                        ty,
+                        lda,
+                        (&beta as *const f32).cast(),
+                        cp as *mut _,
+                        ty,
+                        n,
+                        cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                        cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
                     )
                 }
             }

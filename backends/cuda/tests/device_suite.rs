@@ -5,7 +5,7 @@
 //! shows what did not run and why.
 
 use hetero_core::probe::GemmProbe;
-use hetero_core::testsuite::device_tests;
+use hetero_core::testsuite::{device_tests, run_exclusive};
 use hetero_core::{Capabilities, DType, Device, DynDevice, LinkProbe};
 use hetero_cuda::{CudaDevice, CudaHostLink, Direction};
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -39,14 +39,13 @@ fn main() {
                 let dev = device.clone();
                 trials.push(Trial::test(
                     format!("{label}::host_links_are_measured"),
-                    move || host_links(&dev),
+                    move || run_exclusive(|| host_links(&dev)),
                 ));
                 let dev = device.clone();
                 trials.push(Trial::test(
                     format!("{label}::gemm_probe_reports_throughput"),
                     move || {
-                        let flops = GemmProbe::quick()
-                            .measure(&dev)
+                        let flops = run_exclusive(|| GemmProbe::quick().measure(&dev))
                             .map_err(|e| Failed::from(e.to_string()))?;
                         if flops > 1e9 {
                             Ok(())
@@ -90,13 +89,19 @@ fn main() {
 
 fn host_links(device: &CudaDevice) -> Result<(), Failed> {
     let host = hetero_core::DeviceId::new(hetero_core::Backend::Host, 0);
+    // 64 KiB to 64 MiB: large enough that even on-GPU copies (~2 TB/s)
+    // are not all latency, so the fit sees time grow with size.
+    let probe = LinkProbe {
+        sizes_bytes: (0..6).map(|i| 65536usize << (2 * i)).collect(),
+        repetitions: 3,
+    };
     for direction in [
         Direction::HostToDevice,
         Direction::DeviceToHost,
         Direction::OnDevice,
     ] {
         let link = CudaHostLink::new(device.clone(), host, direction);
-        let fit = LinkProbe::quick()
+        let fit = probe
             .measure(&link)
             .map_err(|e| Failed::from(format!("{direction:?}: {e}")))?;
         let gbps = fit.model.bandwidth_bytes_per_s / 1e9;

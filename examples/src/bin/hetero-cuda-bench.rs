@@ -6,8 +6,11 @@
 
 use std::time::Instant;
 
+use hetero_core::host_kernels::Arith;
 use hetero_core::probe::GemmProbe;
-use hetero_core::{DType, DynDevice, DynDeviceExt, HostSlice, LinkProbe, ReduceOp, Result};
+use hetero_core::{
+    DType, DynDevice, DynDeviceExt, HostSlice, LinkProbe, ReduceOp, Result, with_dtype,
+};
 use hetero_cuda::{CudaHostLink, Direction};
 
 fn main() {
@@ -36,9 +39,11 @@ fn gemm_gflops(d: &dyn DynDevice, dtype: DType, n: usize) -> Result<f64> {
     if dtype == DType::F32 {
         return Ok(GemmProbe { n, repetitions: 5 }.measure(d)? / 1e9);
     }
-    let values: Vec<f64> = (0..n * n).map(|i| (i % 7) as f64 * 0.25).collect();
-    let a = d.alloc_from(HostSlice::new(&values))?;
-    let mut c = d.alloc(DType::F64, n * n)?;
+    let a = with_dtype!(dtype, T => {
+        let values: Vec<T> = (0..n * n).map(|i| T::from_f64((i % 7) as f64 * 0.25)).collect();
+        d.alloc_from(HostSlice::new(&values))?
+    });
+    let mut c = d.alloc(dtype, n * n)?;
     let spec = hetero_core::GemmSpec::new(n, n, n);
     d.gemm(&spec, a.as_ref(), a.as_ref(), c.as_mut())?;
     d.synchronize()?;
@@ -90,6 +95,16 @@ fn run() -> Result<()> {
                 "gemm f64 2048 (GFLOP/s)".into(),
                 gemm_gflops(&host, DType::F64, 1024)?,
                 gemm_gflops(gpu, DType::F64, 2048)?,
+            ),
+            (
+                "gemm f16 4096 (GFLOP/s; host at 512)".into(),
+                gemm_gflops(&host, DType::F16, 512)?,
+                gemm_gflops(gpu, DType::F16, 4096)?,
+            ),
+            (
+                "gemm bf16 4096 (GFLOP/s; host at 512)".into(),
+                gemm_gflops(&host, DType::BF16, 512)?,
+                gemm_gflops(gpu, DType::BF16, 4096)?,
             ),
             (
                 "reduce sum f32 64 Mi (GB/s)".into(),
