@@ -55,9 +55,7 @@ impl BackendName {
             BackendName::Host => Ok("hetero-host"),
             BackendName::Cuda => Ok("hetero-cuda"),
             BackendName::Rocm => Ok("hetero-rocm"),
-            other => Err(format!(
-                "the {other:?} backend is not part of this workspace yet; available: host, cuda, rocm"
-            )),
+            BackendName::Wgpu => Ok("hetero-wgpu"),
         }
     }
 }

@@ -1,0 +1,107 @@
+//! The core device test suite, once per wgpu adapter (learned from wgpu's
+//! own GPU test harness): each test's name names the adapter
+//! (`wgpu[0-vulkan-llvmpipe]::reduce_sum_f16`), kernels an adapter lacks are
+//! ignored with the reason, and with no adapter at all every test is listed
+//! as `wgpu[none]::...` and ignored with the reason. `WGPU_BACKEND=gl` (or
+//! `vulkan`) restricts the run to one backend.
+
+use hetero_core::testsuite::{device_tests, run_exclusive};
+use hetero_core::{Capabilities, DType, Device, DynDevice, LinkProbe};
+use hetero_wgpu::{WgpuDevice, WgpuDirection, WgpuLink};
+use libtest_mimic::{Arguments, Failed, Trial};
+
+fn main() {
+    let args = Arguments::from_args();
+    let mut trials = Vec::new();
+    match hetero_wgpu::devices() {
+        Ok(devices) => {
+            for device in devices {
+                let label = format!("wgpu[{}]", device.label());
+                for test in device_tests(&Device::capabilities(&device)) {
+                    let skip = test.skip.clone();
+                    let dev = device.clone();
+                    let trial = Trial::test(format!("{label}::{}", test.name), move || {
+                        test.run(&dev as &dyn DynDevice).map_err(Failed::from)
+                    });
+                    trials.push(match skip {
+                        Some(reason) => trial.with_ignored_flag(true).with_kind(reason),
+                        None => trial,
+                    });
+                }
+                let dev = device.clone();
+                trials.push(Trial::test(
+                    format!("{label}::links_are_measured"),
+                    move || run_exclusive(|| links(&dev)),
+                ));
+                let dev = device.clone();
+                trials.push(Trial::test(
+                    format!("{label}::small_budget_is_enforced_and_device_keeps_working"),
+                    move || small_budget(&dev),
+                ));
+            }
+        }
+        Err(reason) => {
+            eprintln!("wgpu device suite skipped: {reason}");
+            let every_kernel = Capabilities {
+                reduce_dtypes: DType::ALL.to_vec(),
+                scale_dtypes: DType::ALL.to_vec(),
+                gemm_dtypes: DType::ALL.to_vec(),
+            };
+            for test in device_tests(&every_kernel) {
+                trials.push(
+                    Trial::test(format!("wgpu[none]::{}", test.name), || Ok(()))
+                        .with_ignored_flag(true)
+                        .with_kind("skipped: no wgpu adapter"),
+                );
+            }
+        }
+    }
+    libtest_mimic::run(&args, trials).exit();
+}
+
+fn links(device: &WgpuDevice) -> Result<(), Failed> {
+    let host = hetero_core::DeviceId::new(hetero_core::Backend::Host, 0);
+    let probe = LinkProbe {
+        sizes_bytes: (0..5).map(|i| 65536usize << (2 * i)).collect(),
+        repetitions: 3,
+    };
+    for direction in [
+        WgpuDirection::HostToDevice,
+        WgpuDirection::DeviceToHost,
+        WgpuDirection::OnDevice,
+    ] {
+        let link = WgpuLink::new(device.clone(), host, direction);
+        let fit = probe
+            .measure(&link)
+            .map_err(|e| Failed::from(format!("{direction:?}: {e}")))?;
+        let gbps = fit.model.bandwidth_bytes_per_s / 1e9;
+        if gbps.is_nan() || gbps <= 0.01 {
+            return Err(format!("{direction:?}: {gbps} GB/s is implausible").into());
+        }
+    }
+    Ok(())
+}
+
+/// A second device on the same adapter with a 1 MiB budget: the budget is
+/// what `memory()` reports, allocations past it fail, smaller ones work.
+fn small_budget(device: &WgpuDevice) -> Result<(), Failed> {
+    let adapter = hetero_wgpu::adapters()
+        .into_iter()
+        .find(|a| a.get_info() == *device.adapter_info())
+        .ok_or("the adapter disappeared")?;
+    let small = WgpuDevice::new(&adapter, 99, Some(1 << 20))?;
+    if Device::memory(&small)?.total_bytes != 1 << 20 {
+        return Err("budget not reported as the total".into());
+    }
+    let held = Device::alloc(&small, DType::F32, 200_000)?; // 800 KB
+    match Device::alloc(&small, DType::F32, 100_000) {
+        Err(e) if e.is_out_of_memory() => {}
+        other => return Err(format!("alloc past the budget gave {other:?}").into()),
+    }
+    drop(held);
+    let again = Device::alloc(&small, DType::F32, 100_000)?;
+    if hetero_core::DeviceBuffer::len(&again) != 100_000 {
+        return Err("wrong length".into());
+    }
+    Ok(())
+}
