@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hetero_core::probe::GemmProbe;
-use hetero_core::{DynDevice, Link, LinkProbe, Result, Topology};
+use hetero_core::{DynDevice, LinkProbe, Result, Topology};
+use hetero_examples::{AnyDevice, discover, link_between};
 
 /// List every device of every compiled backend with its memory and measured
 /// GEMM throughput, the measured link matrix (latency, bandwidth) and the
@@ -78,114 +79,13 @@ fn run(args: &Args) -> Result<()> {
         .map_err(|e| hetero_core::Error::io("writing to stdout", e))
 }
 
-/// A device of any compiled backend (an enum keeps the link choice explicit).
-#[derive(Debug, Clone)]
-enum AnyDevice {
-    Host(hetero_host::HostDevice),
-    #[cfg(feature = "cuda")]
-    Cuda(hetero_cuda::CudaDevice),
-    #[cfg(feature = "rocm")]
-    Rocm(hetero_rocm::RocmDevice),
-}
-
-impl AnyDevice {
-    fn as_dyn(&self) -> &dyn DynDevice {
-        match self {
-            AnyDevice::Host(d) => d,
-            #[cfg(feature = "cuda")]
-            AnyDevice::Cuda(d) => d,
-            #[cfg(feature = "rocm")]
-            AnyDevice::Rocm(d) => d,
-        }
-    }
-
-    fn shared(&self) -> hetero_core::SharedDevice {
-        match self {
-            AnyDevice::Host(d) => std::sync::Arc::new(d.clone()),
-            #[cfg(feature = "cuda")]
-            AnyDevice::Cuda(d) => std::sync::Arc::new(d.clone()),
-            #[cfg(feature = "rocm")]
-            AnyDevice::Rocm(d) => std::sync::Arc::new(d.clone()),
-        }
-    }
-}
-
-/// The measured path from `a` to `b`.
-fn link_between(a: &AnyDevice, b: &AnyDevice) -> Box<dyn Link> {
-    match (a, b) {
-        (AnyDevice::Host(x), AnyDevice::Host(y)) => {
-            Box::new(hetero_host::HostLink::new(x.clone(), y.clone()))
-        }
-        #[cfg(feature = "cuda")]
-        (AnyDevice::Host(h), AnyDevice::Cuda(g)) => Box::new(hetero_cuda::CudaHostLink::new(
-            g.clone(),
-            hetero_core::Device::id(h),
-            hetero_cuda::Direction::HostToDevice,
-        )),
-        #[cfg(feature = "cuda")]
-        (AnyDevice::Cuda(g), AnyDevice::Host(h)) => Box::new(hetero_cuda::CudaHostLink::new(
-            g.clone(),
-            hetero_core::Device::id(h),
-            hetero_cuda::Direction::DeviceToHost,
-        )),
-        #[cfg(feature = "cuda")]
-        (AnyDevice::Cuda(x), AnyDevice::Cuda(y)) => {
-            if x.ordinal() == y.ordinal() {
-                Box::new(hetero_cuda::CudaHostLink::new(
-                    x.clone(),
-                    hetero_core::Device::id(x),
-                    hetero_cuda::Direction::OnDevice,
-                ))
-            } else {
-                Box::new(hetero_cuda::CudaStagedLink::new(x.clone(), y.clone()))
-            }
-        }
-        #[cfg(feature = "rocm")]
-        (AnyDevice::Host(h), AnyDevice::Rocm(g)) => Box::new(hetero_rocm::RocmLink::new(
-            g.clone(),
-            hetero_rocm::RocmLinkPath::HostToDevice(hetero_core::Device::id(h)),
-        )),
-        #[cfg(feature = "rocm")]
-        (AnyDevice::Rocm(g), AnyDevice::Host(h)) => Box::new(hetero_rocm::RocmLink::new(
-            g.clone(),
-            hetero_rocm::RocmLinkPath::DeviceToHost(hetero_core::Device::id(h)),
-        )),
-        #[cfg(feature = "rocm")]
-        (AnyDevice::Rocm(x), AnyDevice::Rocm(y)) => Box::new(hetero_rocm::RocmLink::new(
-            x.clone(),
-            if x.ordinal() == y.ordinal() {
-                hetero_rocm::RocmLinkPath::OnDevice
-            } else {
-                hetero_rocm::RocmLinkPath::Peer(y.clone())
-            },
-        )),
-        // Devices of two accelerator backends: through host memory.
-        #[allow(unreachable_patterns)]
-        (x, y) => Box::new(hetero_core::probe::StagedLink::new(x.shared(), y.shared())),
-    }
-}
-
 fn measure(args: &Args) -> Result<Topology> {
     let (gemm, links) = if args.quick {
         (GemmProbe::quick(), LinkProbe::quick())
     } else {
         (GemmProbe::default(), LinkProbe::default())
     };
-    #[cfg_attr(not(any(feature = "cuda", feature = "rocm")), allow(unused_mut))]
-    let mut devices: Vec<AnyDevice> = hetero_host::host_devices(args.host_devices)?
-        .into_iter()
-        .map(AnyDevice::Host)
-        .collect();
-    #[cfg(feature = "cuda")]
-    match hetero_cuda::devices() {
-        Ok(gpus) => devices.extend(gpus.into_iter().map(AnyDevice::Cuda)),
-        Err(e) => eprintln!("cuda: no devices listed ({e})"),
-    }
-    #[cfg(feature = "rocm")]
-    match hetero_rocm::devices() {
-        Ok(gpus) => devices.extend(gpus.into_iter().map(AnyDevice::Rocm)),
-        Err(e) => eprintln!("rocm: no devices listed ({e})"),
-    }
+    let devices = discover(args.host_devices, &mut |note| eprintln!("{note}"))?;
     eprintln!(
         "measuring {} device(s) and {} link(s)...",
         devices.len(),

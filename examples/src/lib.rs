@@ -1,0 +1,154 @@
+//! Shared plumbing of hetero's example binaries: the devices of every
+//! compiled backend behind one enum, and the measured link between any two.
+
+use std::sync::Arc;
+
+use hetero_core::{Link, Result, SharedDevice};
+
+/// A device of any compiled backend. An enum rather than a trait object so
+/// that choosing the link between two devices stays an exhaustive match.
+#[derive(Debug, Clone)]
+pub enum AnyDevice {
+    Host(hetero_host::HostDevice),
+    #[cfg(feature = "cuda")]
+    Cuda(hetero_cuda::CudaDevice),
+    #[cfg(feature = "wgpu")]
+    Wgpu(hetero_wgpu::WgpuDevice),
+    #[cfg(feature = "rocm")]
+    Rocm(hetero_rocm::RocmDevice),
+}
+
+impl AnyDevice {
+    pub fn as_dyn(&self) -> &dyn hetero_core::DynDevice {
+        match self {
+            AnyDevice::Host(d) => d,
+            #[cfg(feature = "cuda")]
+            AnyDevice::Cuda(d) => d,
+            #[cfg(feature = "wgpu")]
+            AnyDevice::Wgpu(d) => d,
+            #[cfg(feature = "rocm")]
+            AnyDevice::Rocm(d) => d,
+        }
+    }
+
+    pub fn shared(&self) -> SharedDevice {
+        match self {
+            AnyDevice::Host(d) => Arc::new(d.clone()),
+            #[cfg(feature = "cuda")]
+            AnyDevice::Cuda(d) => Arc::new(d.clone()),
+            #[cfg(feature = "wgpu")]
+            AnyDevice::Wgpu(d) => Arc::new(d.clone()),
+            #[cfg(feature = "rocm")]
+            AnyDevice::Rocm(d) => Arc::new(d.clone()),
+        }
+    }
+}
+
+/// `host_devices` host devices (the machine split evenly) plus every device
+/// of every compiled accelerator backend. A backend with no devices is
+/// reported through `note` (with the reason) and skipped.
+pub fn discover(host_devices: usize, note: &mut dyn FnMut(&str)) -> Result<Vec<AnyDevice>> {
+    #[cfg_attr(
+        not(any(feature = "cuda", feature = "wgpu", feature = "rocm")),
+        allow(unused_mut)
+    )]
+    let mut devices: Vec<AnyDevice> = hetero_host::host_devices(host_devices)?
+        .into_iter()
+        .map(AnyDevice::Host)
+        .collect();
+    #[cfg(feature = "cuda")]
+    match hetero_cuda::devices() {
+        Ok(gpus) => devices.extend(gpus.into_iter().map(AnyDevice::Cuda)),
+        Err(e) => note(&format!("cuda: no devices ({e})")),
+    }
+    #[cfg(feature = "wgpu")]
+    match hetero_wgpu::devices() {
+        Ok(adapters) => devices.extend(adapters.into_iter().map(AnyDevice::Wgpu)),
+        Err(e) => note(&format!("wgpu: no adapters ({e})")),
+    }
+    #[cfg(feature = "rocm")]
+    match hetero_rocm::devices() {
+        Ok(gpus) => devices.extend(gpus.into_iter().map(AnyDevice::Rocm)),
+        Err(e) => note(&format!("rocm: no devices ({e})")),
+    }
+    let _ = note;
+    Ok(devices)
+}
+
+/// The measured path from `a` to `b`: the backend's own link where it has
+/// one, otherwise `StagedLink` through host memory.
+pub fn link_between(a: &AnyDevice, b: &AnyDevice) -> Box<dyn Link> {
+    match (a, b) {
+        (AnyDevice::Host(x), AnyDevice::Host(y)) => {
+            Box::new(hetero_host::HostLink::new(x.clone(), y.clone()))
+        }
+        #[cfg(feature = "cuda")]
+        (AnyDevice::Host(h), AnyDevice::Cuda(g)) => Box::new(hetero_cuda::CudaHostLink::new(
+            g.clone(),
+            hetero_core::Device::id(h),
+            hetero_cuda::Direction::HostToDevice,
+        )),
+        #[cfg(feature = "cuda")]
+        (AnyDevice::Cuda(g), AnyDevice::Host(h)) => Box::new(hetero_cuda::CudaHostLink::new(
+            g.clone(),
+            hetero_core::Device::id(h),
+            hetero_cuda::Direction::DeviceToHost,
+        )),
+        #[cfg(feature = "cuda")]
+        (AnyDevice::Cuda(x), AnyDevice::Cuda(y)) if x.ordinal() == y.ordinal() => {
+            Box::new(hetero_cuda::CudaHostLink::new(
+                x.clone(),
+                hetero_core::Device::id(x),
+                hetero_cuda::Direction::OnDevice,
+            ))
+        }
+        #[cfg(feature = "cuda")]
+        (AnyDevice::Cuda(x), AnyDevice::Cuda(y)) => {
+            Box::new(hetero_cuda::CudaStagedLink::new(x.clone(), y.clone()))
+        }
+        #[cfg(feature = "wgpu")]
+        (AnyDevice::Host(h), AnyDevice::Wgpu(g)) => Box::new(hetero_wgpu::WgpuLink::new(
+            g.clone(),
+            hetero_core::Device::id(h),
+            hetero_wgpu::WgpuDirection::HostToDevice,
+        )),
+        #[cfg(feature = "wgpu")]
+        (AnyDevice::Wgpu(g), AnyDevice::Host(h)) => Box::new(hetero_wgpu::WgpuLink::new(
+            g.clone(),
+            hetero_core::Device::id(h),
+            hetero_wgpu::WgpuDirection::DeviceToHost,
+        )),
+        #[cfg(feature = "wgpu")]
+        (AnyDevice::Wgpu(x), AnyDevice::Wgpu(y))
+            if hetero_core::Device::id(x) == hetero_core::Device::id(y) =>
+        {
+            Box::new(hetero_wgpu::WgpuLink::new(
+                x.clone(),
+                hetero_core::Device::id(x),
+                hetero_wgpu::WgpuDirection::OnDevice,
+            ))
+        }
+        #[cfg(feature = "rocm")]
+        (AnyDevice::Host(h), AnyDevice::Rocm(g)) => Box::new(hetero_rocm::RocmLink::new(
+            g.clone(),
+            hetero_rocm::RocmLinkPath::HostToDevice(hetero_core::Device::id(h)),
+        )),
+        #[cfg(feature = "rocm")]
+        (AnyDevice::Rocm(g), AnyDevice::Host(h)) => Box::new(hetero_rocm::RocmLink::new(
+            g.clone(),
+            hetero_rocm::RocmLinkPath::DeviceToHost(hetero_core::Device::id(h)),
+        )),
+        #[cfg(feature = "rocm")]
+        (AnyDevice::Rocm(x), AnyDevice::Rocm(y)) => Box::new(hetero_rocm::RocmLink::new(
+            x.clone(),
+            if x.ordinal() == y.ordinal() {
+                hetero_rocm::RocmLinkPath::OnDevice
+            } else {
+                hetero_rocm::RocmLinkPath::Peer(y.clone())
+            },
+        )),
+        // Devices of two accelerator backends, or two wgpu adapters: through host memory.
+        #[allow(unreachable_patterns)]
+        (x, y) => Box::new(hetero_core::probe::StagedLink::new(x.shared(), y.shared())),
+    }
+}
