@@ -18,6 +18,18 @@ use crate::kernels::{self, Elementwise};
 /// Fallback budget for a hardware GPU: wgpu cannot tell its memory size.
 pub const FALLBACK_GPU_BUDGET_BYTES: u64 = 4 << 30;
 
+/// Which WGSL GEMM kernel a device uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GemmKernel {
+    /// Register blocks on software (CPU) adapters, shared-memory tiles elsewhere.
+    #[default]
+    Auto,
+    /// 16 x 16 shared-memory tiles with workgroup barriers.
+    Tiled,
+    /// 4 x 4 register blocks per invocation, no barriers.
+    Blocked,
+}
+
 /// One wgpu adapter as a hetero device. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct WgpuDevice {
@@ -37,6 +49,7 @@ struct Inner {
     lost: Arc<Mutex<Option<String>>>,
     uncaptured: Arc<Mutex<Option<String>>>,
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+    gemm_kernel: Mutex<GemmKernel>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -152,6 +165,7 @@ impl WgpuDevice {
                 lost,
                 uncaptured,
                 pipelines: Mutex::new(HashMap::new()),
+                gemm_kernel: Mutex::new(GemmKernel::Auto),
             }),
         })
     }
@@ -159,6 +173,13 @@ impl WgpuDevice {
     /// The adapter's description as wgpu reports it.
     pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
         &self.inner.info
+    }
+
+    /// Choose the GEMM kernel (tests use this to check both on one adapter).
+    pub fn set_gemm_kernel(&self, kernel: GemmKernel) {
+        if let Ok(mut k) = self.inner.gemm_kernel.lock() {
+            *k = kernel;
+        }
     }
 
     /// The memory budget this device allocates against, bytes.
@@ -719,8 +740,29 @@ impl Device for WgpuDevice {
             .map(|&d| u32::try_from(d))
             .collect::<std::result::Result<_, _>>()
             .map_err(|_| Error::invalid("gemm shape", "dimensions must fit in a u32"))?;
-        let groups_x = dims[1].div_ceil(kernels::TILE);
-        let groups_y = dims[0].div_ceil(kernels::TILE);
+        // Hardware GPUs: shared-memory tiles. Software adapters: register
+        // blocks (their workgroup barriers are slow; measured in the README).
+        let chosen = self
+            .inner
+            .gemm_kernel
+            .lock()
+            .map(|k| *k)
+            .unwrap_or_default();
+        let blocked = match chosen {
+            GemmKernel::Auto => self.inner.info.device_type == wgpu::DeviceType::Cpu,
+            GemmKernel::Tiled => false,
+            GemmKernel::Blocked => true,
+        };
+        let (per_group_x, per_group_y) = if blocked {
+            (
+                kernels::BLOCK * kernels::BLOCKED_WG,
+                kernels::BLOCK * kernels::BLOCKED_WG,
+            )
+        } else {
+            (kernels::TILE, kernels::TILE)
+        };
+        let groups_x = dims[1].div_ceil(per_group_x);
+        let groups_y = dims[0].div_ceil(per_group_y);
         let max = self.inner.limits.max_compute_workgroups_per_dimension;
         if groups_x > max || groups_y > max {
             return Err(Error::unsupported(
@@ -734,7 +776,11 @@ impl Device for WgpuDevice {
         for buf in [a, b, &*c] {
             self.check_binding(buf)?;
         }
-        let pipeline = self.pipeline("gemm_f32", || kernels::GEMM_F32.to_string())?;
+        let pipeline = if blocked {
+            self.pipeline("gemm_f32_blocked", || kernels::GEMM_F32_BLOCKED.to_string())?
+        } else {
+            self.pipeline("gemm_f32", || kernels::GEMM_F32.to_string())?
+        };
         let mut params = Vec::with_capacity(32);
         for v in [
             dims[0],

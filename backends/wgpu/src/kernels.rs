@@ -179,6 +179,61 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
 }
 "#;
 
+/// Output block edge of [`GEMM_F32_BLOCKED`] per invocation.
+pub(crate) const BLOCK: u32 = 4;
+/// Workgroup edge of [`GEMM_F32_BLOCKED`].
+pub(crate) const BLOCKED_WG: u32 = 8;
+
+/// Row-major f32 GEMM without shared memory or barriers: each invocation
+/// computes a 4 x 4 block of C from global memory. Software adapters
+/// (lavapipe, llvmpipe) run workgroup barriers slowly, so they get this one.
+pub(crate) const GEMM_F32_BLOCKED: &str = r#"
+struct G { m: u32, n: u32, k: u32, ta: u32, tb: u32, alpha: f32, beta: f32, pad: u32 }
+@group(0) @binding(0) var<storage, read> A: array<f32>;
+@group(0) @binding(1) var<storage, read> B: array<f32>;
+@group(0) @binding(2) var<storage, read_write> C: array<f32>;
+@group(0) @binding(3) var<uniform> g: G;
+fn a_at(i: u32, q: u32) -> f32 {
+    if (i >= g.m) { return 0.0; }
+    if (g.ta == 1u) { return A[q * g.m + i]; }
+    return A[i * g.k + q];
+}
+fn b_at(q: u32, j: u32) -> f32 {
+    if (j >= g.n) { return 0.0; }
+    if (g.tb == 1u) { return B[j * g.k + q]; }
+    return B[q * g.n + j];
+}
+@compute @workgroup_size(8, 8)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let r0 = gid.y * 4u;
+    let c0 = gid.x * 4u;
+    if (r0 >= g.m || c0 >= g.n) { return; }
+    var acc: array<vec4<f32>, 4>;
+    for (var q = 0u; q < g.k; q = q + 1u) {
+        let b = vec4<f32>(b_at(q, c0), b_at(q, c0 + 1u), b_at(q, c0 + 2u), b_at(q, c0 + 3u));
+        acc[0] = acc[0] + a_at(r0, q) * b;
+        acc[1] = acc[1] + a_at(r0 + 1u, q) * b;
+        acc[2] = acc[2] + a_at(r0 + 2u, q) * b;
+        acc[3] = acc[3] + a_at(r0 + 3u, q) * b;
+    }
+    for (var i = 0u; i < 4u; i = i + 1u) {
+        let row = r0 + i;
+        if (row >= g.m) { break; }
+        for (var j = 0u; j < 4u; j = j + 1u) {
+            let col = c0 + j;
+            if (col < g.n) {
+                let idx = row * g.n + col;
+                if (g.beta == 0.0) {
+                    C[idx] = g.alpha * acc[i][j];
+                } else {
+                    C[idx] = g.alpha * acc[i][j] + g.beta * C[idx];
+                }
+            }
+        }
+    }
+}
+"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,7 +242,10 @@ mod tests {
     /// so a typo fails here rather than on a device.
     #[test]
     fn every_kernel_is_valid_wgsl() {
-        let mut sources = vec![("gemm_f32".to_string(), GEMM_F32.to_string())];
+        let mut sources = vec![
+            ("gemm_f32".to_string(), GEMM_F32.to_string()),
+            ("gemm_f32_blocked".to_string(), GEMM_F32_BLOCKED.to_string()),
+        ];
         for dtype in REDUCE_DTYPES {
             for op in [ReduceOp::Sum, ReduceOp::Prod, ReduceOp::Max, ReduceOp::Min] {
                 let k = Elementwise::Combine(op);

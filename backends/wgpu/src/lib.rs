@@ -15,7 +15,8 @@
 //! - Kernels in WGSL (`kernels.rs`), compiled once per device and cached:
 //!   reduce / average for f32, i32, u8, f16, bf16 (16- and 8-bit types packed
 //!   in 32-bit words, so no `SHADER_F16` is needed), scale for the float
-//!   types, a tiled f32 GEMM. f64 / i64 (no 64-bit types in core WGSL) and
+//!   types, an f32 GEMM (shared-memory tiles on GPUs, register blocks on
+//!   software adapters, whose barriers are slow; see [`GemmKernel`]). f64 / i64 (no 64-bit types in core WGSL) and
 //!   integer scaling are `Error::Unsupported`.
 //! - Data path: `upload` is a queue write, `download` copies to a mapped
 //!   staging buffer; 8/16-bit ranges that do not start and end on a 4-byte
@@ -29,7 +30,7 @@ mod error;
 mod kernels;
 mod link;
 
-pub use device::{FALLBACK_GPU_BUDGET_BYTES, WgpuBuffer, WgpuDevice};
+pub use device::{FALLBACK_GPU_BUDGET_BYTES, GemmKernel, WgpuBuffer, WgpuDevice};
 pub use error::WgpuError;
 pub use link::{WgpuDirection, WgpuLink};
 

@@ -7,7 +7,7 @@
 
 use hetero_core::testsuite::{device_tests, run_exclusive};
 use hetero_core::{Capabilities, DType, Device, DynDevice, LinkProbe};
-use hetero_wgpu::{WgpuDevice, WgpuDirection, WgpuLink};
+use hetero_wgpu::{GemmKernel, WgpuDevice, WgpuDirection, WgpuLink};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 fn main() {
@@ -27,6 +27,13 @@ fn main() {
                         Some(reason) => trial.with_ignored_flag(true).with_kind(reason),
                         None => trial,
                     });
+                }
+                // The suite ran the kernel this adapter picks by default;
+                // check both kernels, each on a device of its own.
+                for kernel in [GemmKernel::Tiled, GemmKernel::Blocked] {
+                    let dev = device.clone();
+                    let name = format!("{label}::gemm_f32_with_{kernel:?}_kernel").to_lowercase();
+                    trials.push(Trial::test(name, move || gemm_with(&dev, kernel)));
                 }
                 let dev = device.clone();
                 trials.push(Trial::test(
@@ -57,6 +64,20 @@ fn main() {
         }
     }
     libtest_mimic::run(&args, trials).exit();
+}
+
+fn gemm_with(device: &WgpuDevice, kernel: GemmKernel) -> Result<(), Failed> {
+    let adapter = hetero_wgpu::adapters()
+        .into_iter()
+        .find(|a| a.get_info() == *device.adapter_info())
+        .ok_or("the adapter disappeared")?;
+    let own = WgpuDevice::new(&adapter, 98, None)?;
+    own.set_gemm_kernel(kernel);
+    let gemm = device_tests(&Device::capabilities(&own))
+        .into_iter()
+        .find(|t| t.name == "gemm_f32")
+        .ok_or("the suite has no gemm_f32 test")?;
+    gemm.run(&own as &dyn DynDevice).map_err(Failed::from)
 }
 
 fn links(device: &WgpuDevice) -> Result<(), Failed> {
