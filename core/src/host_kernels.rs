@@ -24,6 +24,20 @@ pub trait Arith: Element {
     fn to_f64(self) -> f64;
     /// Convert from f64 (rounding / saturating as `as` does).
     fn from_f64(v: f64) -> Self;
+
+    /// `acc[i] = op(acc[i], src[i])` over equal-length slices (`op` is never
+    /// `Avg`). The default is one loop per operator, which the compiler
+    /// vectorises; 16-bit floats override it to convert blocks at a time.
+    fn combine_slice(op: ReduceOp, acc: &mut [Self], src: &[Self]) {
+        match op {
+            ReduceOp::Prod => acc.iter_mut().zip(src).for_each(|(a, &b)| *a = a.mul(b)),
+            ReduceOp::Max => acc.iter_mut().zip(src).for_each(|(a, &b)| *a = a.max_of(b)),
+            ReduceOp::Min => acc.iter_mut().zip(src).for_each(|(a, &b)| *a = a.min_of(b)),
+            ReduceOp::Sum | ReduceOp::Avg => {
+                acc.iter_mut().zip(src).for_each(|(a, &b)| *a = a.add(b))
+            }
+        }
+    }
 }
 
 macro_rules! arith_float {
@@ -55,6 +69,29 @@ macro_rules! arith_half {
             #[inline] fn scale_by(self, a: f64) -> Self { <$t>::from_f32(self.to_f32() * a as f32) }
             #[inline] fn to_f64(self) -> f64 { self.to_f64() }
             #[inline] fn from_f64(v: f64) -> Self { <$t>::from_f64(v) }
+
+            fn combine_slice(op: ReduceOp, acc: &mut [Self], src: &[Self]) {
+                use half::slice::HalfFloatSliceExt;
+                // Blocks converted with the library's (SIMD where available)
+                // slice conversions; same arithmetic as the scalar methods:
+                // compute in f32, round once.
+                const BLOCK: usize = 256;
+                let mut a32 = [0f32; BLOCK];
+                let mut b32 = [0f32; BLOCK];
+                for (a, b) in acc.chunks_mut(BLOCK).zip(src.chunks(BLOCK)) {
+                    let n = a.len();
+                    a.convert_to_f32_slice(&mut a32[..n]);
+                    b.convert_to_f32_slice(&mut b32[..n]);
+                    let (x, y) = (&mut a32[..n], &b32[..n]);
+                    match op {
+                        ReduceOp::Prod => x.iter_mut().zip(y).for_each(|(p, q)| *p *= q),
+                        ReduceOp::Max => x.iter_mut().zip(y).for_each(|(p, q)| *p = p.max(*q)),
+                        ReduceOp::Min => x.iter_mut().zip(y).for_each(|(p, q)| *p = p.min(*q)),
+                        ReduceOp::Sum | ReduceOp::Avg => x.iter_mut().zip(y).for_each(|(p, q)| *p += q),
+                    }
+                    a.convert_from_f32_slice(x);
+                }
+            }
         }
     )*};
 }
@@ -79,13 +116,7 @@ arith_int!(i32, i64, u8);
 /// `acc[i] = op(acc[i], src[i])`, `Avg` combining as `Sum`. Lengths must match.
 pub fn combine<T: Arith>(op: ReduceOp, acc: &mut [T], src: &[T]) -> Result<()> {
     check_lengths(acc.len(), src.len())?;
-    match op.combine_op() {
-        ReduceOp::Sum => acc.iter_mut().zip(src).for_each(|(a, &b)| *a = a.add(b)),
-        ReduceOp::Prod => acc.iter_mut().zip(src).for_each(|(a, &b)| *a = a.mul(b)),
-        ReduceOp::Max => acc.iter_mut().zip(src).for_each(|(a, &b)| *a = a.max_of(b)),
-        ReduceOp::Min => acc.iter_mut().zip(src).for_each(|(a, &b)| *a = a.min_of(b)),
-        ReduceOp::Avg => unreachable!("combine_op never returns Avg"),
-    }
+    T::combine_slice(op.combine_op(), acc, src);
     Ok(())
 }
 
