@@ -1,0 +1,266 @@
+//! Measuring what a device can hold and how fast it steps.
+//!
+//! Memory: the largest batch `B*` whose weights, KV cache and step
+//! activations really allocate on the device, found by doubling then
+//! bisection; a failed allocation is an `OutOfMemory` error that only
+//! shrinks the batch, never a crash (the device keeps working).
+//!
+//! Speed: the step time of the decode step's projections (QKV, attention
+//! output, the two MLP matrices, the logits) as real GEMMs on the device for
+//! a few batch sizes, fitted by [`StepModel::fit`]. Attention over the KV
+//! cache, softmax and layer norm are not run yet: they need kernels the
+//! backends do not have (see the crate README); at decode time the
+//! projections are most of the arithmetic at short and moderate lengths.
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use hetero_core::{BoxedBuffer, DType, DeviceId, DynDevice, Error, GemmSpec, Result};
+
+use crate::policy::{DeviceProfile, StepFit, StepModel};
+use crate::workload::ModelShape;
+
+/// What memory profiling found on one device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemoryProfile {
+    pub device: DeviceId,
+    pub model: String,
+    /// Maximum sequence length profiled (L_max).
+    pub max_len: usize,
+    /// Largest batch that allocated (B*).
+    pub max_batch: usize,
+    /// Allocation attempts that failed with out-of-memory on the way.
+    pub failed_attempts: usize,
+}
+
+/// The buffers of one decode step at a batch: per-layer K and V caches and
+/// two activation buffers. Dropping them frees the memory.
+struct StepBuffers {
+    _buffers: Vec<BoxedBuffer>,
+}
+
+fn elements(bytes: u64, dtype: DType) -> Result<usize> {
+    usize::try_from(bytes / dtype.size_bytes() as u64)
+        .map_err(|_| Error::invalid("model", "buffer larger than the address space"))
+}
+
+fn allocate_step(
+    device: &dyn DynDevice,
+    model: &ModelShape,
+    batch: usize,
+    len: usize,
+) -> Result<StepBuffers> {
+    let dtype = model.dtype;
+    let per_layer_kv = elements(
+        model.kv_bytes_per_sequence(len) / model.layers as u64,
+        dtype,
+    )?
+    .checked_mul(batch)
+    .ok_or_else(|| Error::invalid("batch", "too large"))?;
+    let mut buffers = Vec::with_capacity(2 * model.layers + 2);
+    for _ in 0..model.layers {
+        // Keys and values of one layer, as a runtime holds them.
+        buffers.push(device.alloc(dtype, per_layer_kv / 2)?);
+        buffers.push(device.alloc(dtype, per_layer_kv / 2)?);
+    }
+    let act = elements(model.activation_bytes(batch, len) / 2, dtype)?;
+    buffers.push(device.alloc(dtype, act)?);
+    buffers.push(device.alloc(dtype, act)?);
+    Ok(StepBuffers { _buffers: buffers })
+}
+
+/// The weights, allocated as a runtime would (one buffer per matrix).
+pub struct Weights {
+    buffers: Vec<BoxedBuffer>,
+}
+
+impl std::fmt::Debug for Weights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Weights")
+            .field("buffers", &self.buffers.len())
+            .finish()
+    }
+}
+
+/// Allocate `model`'s weights on `device` (zero-filled; values do not matter
+/// for memory or timing). Out of memory here means the model does not fit.
+pub fn allocate_weights(device: &dyn DynDevice, model: &ModelShape) -> Result<Weights> {
+    model.validate()?;
+    let (h, f) = (model.hidden, model.ffn);
+    let mut buffers = Vec::new();
+    let mut push = |n: usize| -> Result<()> {
+        buffers.push(device.alloc(model.dtype, n).map_err(|e| match e {
+            Error::OutOfMemory { .. } => Error::invalid(
+                "model",
+                format!(
+                    "{} needs {} bytes of weights; {} cannot hold them ({e})",
+                    model.name,
+                    model.weight_bytes(),
+                    device.id()
+                ),
+            ),
+            other => other,
+        })?);
+        Ok(())
+    };
+    for _ in 0..model.layers {
+        push(3 * h * h + 3 * h)?; // QKV
+        push(h * h + h)?; // attention output
+        push(h * f + f)?; // MLP up
+        push(f * h + h)?; // MLP down
+        push(4 * h)?; // two layer norms
+    }
+    push((model.vocab + model.max_positions) * h)?;
+    push(2 * h)?;
+    Ok(Weights { buffers })
+}
+
+/// Largest batch `B*` at length `max_len` whose step buffers allocate next
+/// to `weights`, trying at most `limit` sequences.
+pub fn profile_memory(
+    device: &dyn DynDevice,
+    model: &ModelShape,
+    _weights: &Weights,
+    max_len: usize,
+    limit: usize,
+) -> Result<MemoryProfile> {
+    if max_len == 0 {
+        return Err(Error::invalid("max_len", "must be at least 1"));
+    }
+    let mut failed = 0;
+    let mut fits = |b: usize| -> Result<bool> {
+        match allocate_step(device, model, b, max_len) {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_out_of_memory() => {
+                failed += 1;
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    };
+    // Doubling finds a failing batch, bisection the boundary.
+    let (mut good, mut bad) = (0usize, None);
+    let mut b = 1usize;
+    while b <= limit {
+        if fits(b)? {
+            good = b;
+            b = b.saturating_mul(2);
+        } else {
+            bad = Some(b);
+            break;
+        }
+    }
+    let mut bad = bad
+        .unwrap_or(limit.saturating_add(1))
+        .min(limit.saturating_add(1));
+    if good == limit {
+        bad = good + 1;
+    }
+    while bad - good > 1 {
+        let mid = good + (bad - good) / 2;
+        if fits(mid)? {
+            good = mid;
+        } else {
+            bad = mid;
+        }
+    }
+    Ok(MemoryProfile {
+        device: device.id(),
+        model: model.name.clone(),
+        max_len,
+        max_batch: good,
+        failed_attempts: failed,
+    })
+}
+
+/// Time of the decode step's projections for `batch` sequences (best of
+/// `repetitions`), computed in f32 when the device has no GEMM for the
+/// model's dtype.
+pub fn projection_step_time(
+    device: &dyn DynDevice,
+    model: &ModelShape,
+    batch: usize,
+    repetitions: usize,
+) -> Result<f64> {
+    let caps = device.capabilities();
+    let dtype = if caps.gemm_dtypes.contains(&model.dtype) {
+        model.dtype
+    } else if caps.gemm_dtypes.contains(&DType::F32) {
+        DType::F32
+    } else {
+        return Err(Error::unsupported(
+            device.id().backend,
+            format!(
+                "timing a decode step needs a GEMM; {} has none",
+                device.id()
+            ),
+        ));
+    };
+    let (h, f, v) = (model.hidden, model.ffn, model.vocab);
+    // (k, n) of each projection's weight; m = batch. The logits come last.
+    let shapes = [(h, 3 * h), (h, h), (h, f), (f, h), (h, v)];
+    let mut buffers = Vec::with_capacity(shapes.len());
+    for &(k, n) in &shapes {
+        let w = device.alloc(dtype, k * n)?;
+        let x = device.alloc(dtype, batch * k)?;
+        let y = device.alloc(dtype, batch * n)?;
+        buffers.push((GemmSpec::new(batch, n, k), w, x, y));
+    }
+    let mut run = || -> Result<()> {
+        for layer in 0..=model.layers {
+            // Every layer runs the four projections; after the last, the logits.
+            let range = if layer < model.layers { 0..4 } else { 4..5 };
+            for (spec, w, x, y) in &mut buffers[range] {
+                device.gemm(spec, x.as_ref(), w.as_ref(), y.as_mut())?;
+            }
+        }
+        device.synchronize()
+    };
+    run()?;
+    let mut best = f64::INFINITY;
+    for _ in 0..repetitions.max(1) {
+        let start = Instant::now();
+        run()?;
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
+/// Measure the step-time curve at `batches` and fit it.
+pub fn profile_speed(
+    device: &dyn DynDevice,
+    model: &ModelShape,
+    batches: &[usize],
+    repetitions: usize,
+) -> Result<(StepFit, Vec<(usize, f64)>)> {
+    let samples = batches
+        .iter()
+        .map(|&b| projection_step_time(device, model, b, repetitions).map(|t| (b, t)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((StepModel::fit(&samples)?, samples))
+}
+
+/// Both profiles of one device, as the policies take them.
+pub fn profile_device(
+    device: &dyn DynDevice,
+    model: &ModelShape,
+    max_len: usize,
+    batch_limit: usize,
+    speed_batches: &[usize],
+) -> Result<(DeviceProfile, MemoryProfile, StepFit)> {
+    let weights = allocate_weights(device, model)?;
+    let memory = profile_memory(device, model, &weights, max_len, batch_limit)?;
+    drop(weights);
+    let (fit, _) = profile_speed(device, model, speed_batches, 3)?;
+    Ok((
+        DeviceProfile {
+            device: device.id(),
+            name: device.info().name,
+            max_batch: memory.max_batch,
+            step: fit.model,
+        },
+        memory,
+        fit,
+    ))
+}

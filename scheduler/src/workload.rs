@@ -1,0 +1,181 @@
+//! The workload: a decoder-only transformer described by its shape, and
+//! what that shape costs in memory per batch.
+
+use serde::{Deserialize, Serialize};
+
+use hetero_core::{DType, Error, Result};
+
+/// Shape of a decoder-only transformer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelShape {
+    pub name: String,
+    pub layers: usize,
+    pub hidden: usize,
+    pub heads: usize,
+    pub ffn: usize,
+    pub vocab: usize,
+    /// Learned position embeddings (0 for models with rotary / ALiBi, like BLOOM).
+    pub max_positions: usize,
+    pub dtype: DType,
+}
+
+impl ModelShape {
+    /// A two-layer model for tests.
+    pub fn tiny() -> Self {
+        ModelShape {
+            name: "tiny".into(),
+            layers: 2,
+            hidden: 64,
+            heads: 4,
+            ffn: 256,
+            vocab: 512,
+            max_positions: 2048,
+            dtype: DType::F32,
+        }
+    }
+
+    /// OPT-125m (Zhang et al. 2022), as in the HASC paper.
+    pub fn opt_125m() -> Self {
+        ModelShape {
+            name: "opt-125m".into(),
+            layers: 12,
+            hidden: 768,
+            heads: 12,
+            ffn: 3072,
+            vocab: 50272,
+            max_positions: 2050,
+            dtype: DType::F16,
+        }
+    }
+
+    /// BLOOM-3b (BigScience), as in the HASC paper (ALiBi: no position table).
+    pub fn bloom_3b() -> Self {
+        ModelShape {
+            name: "bloom-3b".into(),
+            layers: 30,
+            hidden: 2560,
+            heads: 32,
+            ffn: 10240,
+            vocab: 250880,
+            max_positions: 0,
+            dtype: DType::F16,
+        }
+    }
+
+    /// A preset by name: `tiny`, `opt-125m`, `bloom-3b`.
+    pub fn preset(name: &str) -> Result<Self> {
+        match name {
+            "tiny" => Ok(Self::tiny()),
+            "opt-125m" => Ok(Self::opt_125m()),
+            "bloom-3b" => Ok(Self::bloom_3b()),
+            other => Err(Error::invalid(
+                "model",
+                format!("unknown preset {other:?}; choose tiny, opt-125m or bloom-3b"),
+            )),
+        }
+    }
+
+    /// Check the shape is usable.
+    pub fn validate(&self) -> Result<()> {
+        for (field, v) in [
+            ("layers", self.layers),
+            ("hidden", self.hidden),
+            ("heads", self.heads),
+            ("ffn", self.ffn),
+            ("vocab", self.vocab),
+        ] {
+            if v == 0 {
+                return Err(Error::invalid(field, "must be at least 1"));
+            }
+        }
+        if !self.hidden.is_multiple_of(self.heads) {
+            return Err(Error::invalid(
+                "heads",
+                format!(
+                    "{} heads do not divide hidden size {}",
+                    self.heads, self.hidden
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden / self.heads
+    }
+
+    /// Parameters of one layer: QKV and output projections with biases, the
+    /// two MLP matrices with biases, two layer norms (scale and shift).
+    pub fn layer_params(&self) -> u64 {
+        let (h, f) = (self.hidden as u64, self.ffn as u64);
+        4 * h * h + 4 * h + 2 * h * f + f + h + 4 * h
+    }
+
+    /// All parameters: layers, token (and position) embeddings, final norm.
+    /// The output projection is tied to the token embedding.
+    pub fn params(&self) -> u64 {
+        let h = self.hidden as u64;
+        self.layers as u64 * self.layer_params()
+            + (self.vocab as u64 + self.max_positions as u64) * h
+            + 2 * h
+    }
+
+    pub fn weight_bytes(&self) -> u64 {
+        self.params() * self.dtype.size_bytes() as u64
+    }
+
+    /// KV-cache bytes of one sequence at length `len` (keys and values of every layer).
+    pub fn kv_bytes_per_sequence(&self, len: usize) -> u64 {
+        2 * self.layers as u64 * self.hidden as u64 * len as u64 * self.dtype.size_bytes() as u64
+    }
+
+    /// Working memory of one decode step for `batch` sequences of length up
+    /// to `len`: the widest intermediate per sequence (the MLP's `ffn`
+    /// activations, the attention scores over `len` positions of every
+    /// head, the logits), counted twice for input and output of a kernel.
+    pub fn activation_bytes(&self, batch: usize, len: usize) -> u64 {
+        let widest = self.ffn.max(self.heads * len).max(self.vocab) + 3 * self.hidden;
+        2 * batch as u64 * widest as u64 * self.dtype.size_bytes() as u64
+    }
+
+    /// Device memory one decode step needs: weights, KV cache, activations.
+    pub fn step_bytes(&self, batch: usize, len: usize) -> u64 {
+        self.weight_bytes()
+            + batch as u64 * self.kv_bytes_per_sequence(len)
+            + self.activation_bytes(batch, len)
+    }
+
+    /// Floating-point operations of one decode step for one sequence whose
+    /// context is `len` tokens: 2 per weight multiply-add, plus attention.
+    pub fn flops_per_token(&self, len: usize) -> f64 {
+        let (h, f, l) = (self.hidden as f64, self.ffn as f64, self.layers as f64);
+        let per_layer = 2.0 * (4.0 * h * h + 2.0 * h * f) + 4.0 * h * len as f64;
+        l * per_layer + 2.0 * h * self.vocab as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameter_counts_match_the_published_models() {
+        // OPT-125m is published as 125M parameters, BLOOM-3b as 3.0B.
+        let opt = ModelShape::opt_125m().params() as f64 / 1e6;
+        assert!((opt - 125.2).abs() < 1.0, "{opt}M");
+        let bloom = ModelShape::bloom_3b().params() as f64 / 1e9;
+        assert!((bloom - 3.0).abs() < 0.05, "{bloom}B");
+    }
+
+    #[test]
+    fn memory_grows_with_batch_and_length() {
+        let m = ModelShape::opt_125m();
+        assert_eq!(m.kv_bytes_per_sequence(2048), 2 * 12 * 768 * 2048 * 2);
+        assert!(m.step_bytes(2, 2048) > m.step_bytes(1, 2048));
+        assert!(m.step_bytes(1, 2048) > m.step_bytes(1, 512));
+        assert!(ModelShape::preset("gpt-5").is_err());
+        let mut bad = ModelShape::tiny();
+        bad.heads = 3;
+        assert!(bad.validate().unwrap_err().to_string().contains("heads"));
+    }
+}
