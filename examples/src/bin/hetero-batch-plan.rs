@@ -1,0 +1,263 @@
+//! hetero-batch-plan: profile devices for an LLM and split a batch across
+//! them with each allocation policy.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use hetero_core::{Error, Result};
+use hetero_examples::{AnyDevice, discover};
+use hetero_scheduler::policy::policy;
+use hetero_scheduler::{Allocation, DeviceProfile, ModelShape, profile_device};
+use serde_json::json;
+
+/// Profile each device for a decoder-only model (the largest batch that
+/// really allocates at the maximum length, and a fitted step-time curve),
+/// then split a total batch across the devices with the Uniform, HASC and
+/// Balanced policies and print the predicted step time and throughput of
+/// each, with the ratio to Uniform.
+///
+/// The step time is that of the decode step's projections (QKV, attention
+/// output, MLP, logits) run as real GEMMs on each device; attention over the
+/// KV cache, softmax and layer norm are not timed yet.
+#[derive(Debug, Parser)]
+#[command(name = "hetero-batch-plan", version)]
+struct Args {
+    /// A device to use, repeatable: `host:threads=2,memory=2GiB` (a host
+    /// device with that many threads and that budget; both optional),
+    /// `cuda:0`, `wgpu:1`, `rocm:0`. Default: every device found.
+    #[arg(long = "device", value_name = "SPEC")]
+    devices: Vec<String>,
+    /// Model preset: tiny, opt-125m or bloom-3b.
+    #[arg(long, default_value = "tiny")]
+    model: String,
+    /// Total batch (sequences decoded together).
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Maximum sequence length the KV cache must hold (L_max).
+    #[arg(long, default_value_t = 2048)]
+    max_len: usize,
+    /// Policy: uniform, hasc, balanced, or all (prints the ablation).
+    #[arg(long, default_value = "all")]
+    policy: String,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse_bytes(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let (num, unit) = t
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map_or((t, ""), |i| t.split_at(i));
+    let value: f64 = num.trim().parse().map_err(|_| {
+        Error::invalid(
+            "memory",
+            format!("{text:?} is not a size like 512MiB or 2GiB"),
+        )
+    })?;
+    let scale = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kib" | "k" => 1024.0,
+        "mib" | "m" => 1024.0 * 1024.0,
+        "gib" | "g" => 1024.0 * 1024.0 * 1024.0,
+        other => {
+            return Err(Error::invalid(
+                "memory",
+                format!("unknown unit {other:?}; use B, KiB, MiB or GiB"),
+            ));
+        }
+    };
+    Ok((value * scale) as u64)
+}
+
+/// Resolve `--device` specs against the devices found.
+fn select(specs: &[String], found: &[AnyDevice], host_count: &mut u32) -> Result<Vec<AnyDevice>> {
+    let mut out = Vec::new();
+    for spec in specs {
+        let (kind, rest) = spec.split_once(':').unwrap_or((spec.as_str(), ""));
+        if kind == "host" {
+            let mut b = hetero_host::HostDevice::builder().index(*host_count);
+            *host_count += 1;
+            for kv in rest.split(',').filter(|s| !s.is_empty()) {
+                match kv.split_once('=') {
+                    Some(("threads", v)) => {
+                        b = b.threads(v.parse().map_err(|_| {
+                            Error::invalid(
+                                "device",
+                                format!("threads={v} in {spec:?} is not a number"),
+                            )
+                        })?)
+                    }
+                    Some(("memory", v)) => b = b.memory_budget(parse_bytes(v)?),
+                    _ => {
+                        return Err(Error::invalid(
+                            "device",
+                            format!("{kv:?} in {spec:?}: host takes threads=N and memory=SIZE"),
+                        ));
+                    }
+                }
+            }
+            out.push(AnyDevice::Host(b.build()?));
+            continue;
+        }
+        let index: u32 = rest.parse().map_err(|_| {
+            Error::invalid(
+                "device",
+                format!("{spec:?}: expected BACKEND:INDEX, e.g. cuda:0"),
+            )
+        })?;
+        let hit = found.iter().find(|d| {
+            let id = d.as_dyn().id();
+            id.backend.name() == kind && id.index == index
+        });
+        match hit {
+            Some(d) => out.push(d.clone()),
+            None => {
+                let names: Vec<String> =
+                    found.iter().map(|d| d.as_dyn().id().to_string()).collect();
+                return Err(Error::invalid(
+                    "device",
+                    format!("{spec:?} was not found; available: {}", names.join(", ")),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn run(args: &Args) -> Result<()> {
+    let model = ModelShape::preset(&args.model)?;
+    model.validate()?;
+    let found = discover(1, &mut |note| eprintln!("{note}"))?;
+    let devices = if args.devices.is_empty() {
+        found
+    } else {
+        let mut host_count = 0;
+        select(&args.devices, &found, &mut host_count)?
+    };
+    let mut profiles: Vec<DeviceProfile> = Vec::new();
+    let mut fits = Vec::new();
+    for d in &devices {
+        let dev = d.as_dyn();
+        eprintln!(
+            "profiling {} ({}) for {}...",
+            dev.id(),
+            dev.info().name,
+            model.name
+        );
+        let (profile, _, fit) =
+            profile_device(dev, &model, args.max_len, 1 << 16, &[1, 4, 16, 32])?;
+        eprintln!(
+            "  B* = {} at length {}; step {:.3} ms + {:.3} ms per sequence (fit error <= {:.1}%)",
+            profile.max_batch,
+            args.max_len,
+            profile.step.fixed_s * 1e3,
+            profile.step.per_sequence_s * 1e3,
+            fit.max_relative_error * 100.0
+        );
+        profiles.push(profile);
+        fits.push(fit);
+    }
+    let names: Vec<&str> = match args.policy.as_str() {
+        "all" => vec!["uniform", "hasc", "balanced"],
+        one => vec![one],
+    };
+    let mut plans: Vec<(String, std::result::Result<Allocation, String>)> = Vec::new();
+    for name in names {
+        let p = policy(name)?;
+        plans.push((
+            name.into(),
+            p.allocate(&profiles, args.batch).map_err(|e| e.to_string()),
+        ));
+    }
+    // A single requested policy that cannot place the batch is a failure.
+    if let [(_, Err(e))] = plans.as_slice() {
+        return Err(Error::invalid("batch", e.clone()));
+    }
+    if args.json {
+        let out = json!({
+            "model": model,
+            "batch": args.batch,
+            "max_len": args.max_len,
+            "devices": profiles,
+            "fits": fits,
+            "plans": plans.iter().map(|(n, r)| match r {
+                Ok(a) => json!({"policy": n, "allocation": a, "throughput": a.throughput()}),
+                Err(e) => json!({"policy": n, "error": e}),
+            }).collect::<Vec<_>>(),
+        });
+        println!("{out:#}");
+        return Ok(());
+    }
+    let thr_total: f64 = profiles
+        .iter()
+        .map(|p| p.step.throughput(p.max_batch))
+        .sum();
+    println!(
+        "{} x {} sequences, L_max {}",
+        model.name, args.batch, args.max_len
+    );
+    println!("{:<8} {:>8} {:>10}  name", "device", "B*", "thr share");
+    for p in &profiles {
+        println!(
+            "{:<8} {:>8} {:>9.1}%  {}",
+            p.device.to_string(),
+            p.max_batch,
+            100.0 * p.step.throughput(p.max_batch) / thr_total.max(f64::MIN_POSITIVE),
+            p.name
+        );
+    }
+    println!();
+    let uniform_thr = plans.iter().find_map(|(n, r)| match r {
+        Ok(a) if n == "uniform" && a.overflows.is_empty() => Some(a.throughput()),
+        _ => None,
+    });
+    println!(
+        "{:<10} {:>24} {:>12} {:>12} {:>10}",
+        "policy", "batches", "step ms", "seq/s", "vs uniform"
+    );
+    for (name, result) in &plans {
+        match result {
+            Ok(a) => {
+                let batches: Vec<String> = a.batches.iter().map(|b| b.to_string()).collect();
+                let note = if a.overflows.is_empty() {
+                    String::new()
+                } else {
+                    let over: Vec<String> = a
+                        .overflows
+                        .iter()
+                        .map(|&g| profiles[g].device.to_string())
+                        .collect();
+                    format!("  (out of memory on {})", over.join(", "))
+                };
+                let ratio = match uniform_thr {
+                    Some(u) if u > 0.0 && a.overflows.is_empty() => {
+                        format!("{:.2}x", a.throughput() / u)
+                    }
+                    _ => "-".into(),
+                };
+                println!(
+                    "{:<10} {:>24} {:>12.3} {:>12.1} {:>10}{note}",
+                    name,
+                    batches.join(" / "),
+                    a.step_time_s * 1e3,
+                    a.throughput(),
+                    ratio
+                );
+            }
+            Err(e) => println!("{name:<10} rejected: {e}"),
+        }
+    }
+    Ok(())
+}
