@@ -173,17 +173,17 @@ fn run(args: &Args) -> Result<()> {
         "all" => vec!["uniform", "hasc", "balanced"],
         one => vec![one],
     };
-    let mut plans: Vec<(String, std::result::Result<Allocation, String>)> = Vec::new();
+    let mut plans: Vec<(String, Result<Allocation>)> = Vec::new();
     for name in names {
         let p = policy(name)?;
-        plans.push((
-            name.into(),
-            p.allocate(&profiles, args.batch).map_err(|e| e.to_string()),
-        ));
+        plans.push((name.into(), p.allocate(&profiles, args.batch)));
     }
     // A single requested policy that cannot place the batch is a failure.
-    if let [(_, Err(e))] = plans.as_slice() {
-        return Err(Error::invalid("batch", e.clone()));
+    if plans.len() == 1
+        && let Some((_, Err(_))) = plans.first()
+        && let Some((_, Err(e))) = plans.pop()
+    {
+        return Err(e);
     }
     if args.json {
         let out = json!({
@@ -194,7 +194,7 @@ fn run(args: &Args) -> Result<()> {
             "fits": fits,
             "plans": plans.iter().map(|(n, r)| match r {
                 Ok(a) => json!({"policy": n, "allocation": a, "throughput": a.throughput()}),
-                Err(e) => json!({"policy": n, "error": e}),
+                Err(e) => json!({"policy": n, "error": e.to_string()}),
             }).collect::<Vec<_>>(),
         });
         println!("{out:#}");
