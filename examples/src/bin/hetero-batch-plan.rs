@@ -157,7 +157,17 @@ fn run(args: &Args) -> Result<()> {
             model.name
         );
         let (profile, _, fit) =
-            profile_device(dev, &model, args.max_len, 1 << 16, &[1, 4, 16, 32])?;
+            match profile_device(dev, &model, args.max_len, 1 << 16, &[1, 4, 16, 32]) {
+                Ok(p) => p,
+                // A device that cannot run this model is left out, not fatal.
+                Err(e @ (Error::Unsupported { .. } | Error::InvalidInput { .. }))
+                    if devices.len() > 1 =>
+                {
+                    eprintln!("  skipped: {e}");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
         eprintln!(
             "  B* = {} at length {}; step {:.3} ms + {:.3} ms per sequence (fit error <= {:.1}%)",
             profile.max_batch,
@@ -168,6 +178,9 @@ fn run(args: &Args) -> Result<()> {
         );
         profiles.push(profile);
         fits.push(fit);
+    }
+    if profiles.is_empty() {
+        return Err(Error::invalid("device", "no device can run this model"));
     }
     let names: Vec<&str> = match args.policy.as_str() {
         "all" => vec!["uniform", "hasc", "balanced"],
