@@ -264,6 +264,57 @@ pub fn check_range(field: &str, range: &Range<usize>, len: usize) -> Result<()> 
     Ok(())
 }
 
+/// Check that `actual` is the buffer's dtype `expected`; `what` names the operation.
+pub fn check_dtype(what: &str, expected: DType, actual: DType) -> Result<()> {
+    if expected == actual {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            what,
+            format!("dtype {actual} does not match the buffer's {expected}"),
+        ))
+    }
+}
+
+/// Check an upload of `src` into `dst[offset..]` and return the element range written.
+pub fn check_upload(
+    dst: &dyn DeviceBuffer,
+    offset: usize,
+    src: &HostSlice<'_>,
+) -> Result<Range<usize>> {
+    check_dtype("upload", dst.dtype(), src.dtype())?;
+    let range = offset..offset.saturating_add(src.len());
+    check_range("upload destination", &range, dst.len())?;
+    Ok(range)
+}
+
+/// Check a download of `src[offset..]` into `dst` and return the element range read.
+pub fn check_download(
+    src: &dyn DeviceBuffer,
+    offset: usize,
+    dst: &HostSliceMut<'_>,
+) -> Result<Range<usize>> {
+    check_dtype("download", src.dtype(), dst.dtype())?;
+    let range = offset..offset.saturating_add(dst.len());
+    check_range("download source", &range, src.len())?;
+    Ok(range)
+}
+
+/// Check a device copy of `src[src_range]` into `dst[dst_offset..]` and
+/// return the destination's element range.
+pub fn check_copy(
+    src: &dyn DeviceBuffer,
+    src_range: &Range<usize>,
+    dst: &dyn DeviceBuffer,
+    dst_offset: usize,
+) -> Result<Range<usize>> {
+    check_dtype("copy", dst.dtype(), src.dtype())?;
+    check_range("copy source", src_range, src.len())?;
+    let dst_range = dst_offset..dst_offset.saturating_add(src_range.len());
+    check_range("copy destination", &dst_range, dst.len())?;
+    Ok(dst_range)
+}
+
 /// Check that two buffers have the same dtype and length, as elementwise kernels need.
 pub fn check_same_shape(a: &dyn DeviceBuffer, b: &dyn DeviceBuffer, what: &str) -> Result<()> {
     if a.dtype() != b.dtype() {

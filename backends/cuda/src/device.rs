@@ -12,7 +12,9 @@ use cudarc::driver::{
     LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::CompileOptions;
-use hetero_core::device::{check_range, check_same_shape};
+use hetero_core::device::{
+    check_copy, check_download, check_dtype, check_same_shape, check_upload,
+};
 use hetero_core::{
     Backend, Capabilities, DType, Device, DeviceBuffer, DeviceId, DeviceInfo, DeviceKind, Error,
     GemmSpec, HostSlice, HostSliceMut, MemoryUsage, ReduceOp, Result,
@@ -362,9 +364,7 @@ impl Device for CudaDevice {
 
     fn upload(&self, dst: &mut CudaBuffer, offset: usize, src: HostSlice<'_>) -> Result<()> {
         self.check_owned(dst, "upload destination")?;
-        check_dtype("upload", dst.dtype, src.dtype())?;
-        let range = offset..offset.saturating_add(src.len());
-        check_range("upload destination", &range, dst.len)?;
+        let range = check_upload(dst, offset, &src)?;
         if range.is_empty() {
             return Ok(());
         }
@@ -378,9 +378,7 @@ impl Device for CudaDevice {
 
     fn download(&self, src: &CudaBuffer, offset: usize, mut dst: HostSliceMut<'_>) -> Result<()> {
         self.check_owned(src, "download source")?;
-        check_dtype("download", src.dtype, dst.dtype())?;
-        let range = offset..offset.saturating_add(dst.len());
-        check_range("download source", &range, src.len)?;
+        let range = check_download(src, offset, &dst)?;
         if range.is_empty() {
             return Ok(());
         }
@@ -401,10 +399,7 @@ impl Device for CudaDevice {
     ) -> Result<()> {
         self.check_owned(src, "copy source")?;
         self.check_owned(dst, "copy destination")?;
-        check_dtype("copy", dst.dtype, src.dtype)?;
-        check_range("copy source", &src_range, src.len)?;
-        let dst_range = dst_offset..dst_offset.saturating_add(src_range.len());
-        check_range("copy destination", &dst_range, dst.len)?;
+        let dst_range = check_copy(src, &src_range, dst, dst_offset)?;
         if src_range.is_empty() {
             return Ok(());
         }
@@ -603,16 +598,5 @@ impl Device for CudaDevice {
             .stream
             .synchronize()
             .map_err(self.driver_err("cuStreamSynchronize"))
-    }
-}
-
-fn check_dtype(what: &str, expected: DType, actual: DType) -> Result<()> {
-    if expected == actual {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            what,
-            format!("dtype {actual} does not match the buffer's {expected}"),
-        ))
     }
 }

@@ -4,7 +4,9 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use hetero_core::device::{check_range, check_same_shape};
+use hetero_core::device::{
+    check_copy, check_download, check_dtype, check_same_shape, check_upload,
+};
 use hetero_core::half::{bf16, f16};
 use hetero_core::host_kernels::{self, Arith};
 use hetero_core::{
@@ -365,13 +367,7 @@ impl Device for HostDevice {
 
     fn upload(&self, dst: &mut HostBuffer, offset: usize, src: HostSlice<'_>) -> Result<()> {
         self.check_owned(dst, "upload destination")?;
-        check_dtype("upload", hetero_core::DeviceBuffer::dtype(dst), src.dtype())?;
-        let range = offset..offset.saturating_add(src.len());
-        check_range(
-            "upload destination",
-            &range,
-            hetero_core::DeviceBuffer::len(dst),
-        )?;
+        let range = check_upload(dst, offset, &src)?;
         let s = src.dtype().size_bytes();
         dst.as_bytes_mut()[range.start * s..range.end * s].copy_from_slice(src.as_bytes());
         Ok(())
@@ -379,17 +375,7 @@ impl Device for HostDevice {
 
     fn download(&self, src: &HostBuffer, offset: usize, mut dst: HostSliceMut<'_>) -> Result<()> {
         self.check_owned(src, "download source")?;
-        check_dtype(
-            "download",
-            hetero_core::DeviceBuffer::dtype(src),
-            dst.dtype(),
-        )?;
-        let range = offset..offset.saturating_add(dst.len());
-        check_range(
-            "download source",
-            &range,
-            hetero_core::DeviceBuffer::len(src),
-        )?;
+        let range = check_download(src, offset, &dst)?;
         let s = dst.dtype().size_bytes();
         dst.as_bytes_mut()
             .copy_from_slice(&src.as_bytes()[range.start * s..range.end * s]);
@@ -405,22 +391,7 @@ impl Device for HostDevice {
     ) -> Result<()> {
         self.check_owned(src, "copy source")?;
         self.check_owned(dst, "copy destination")?;
-        check_dtype(
-            "copy",
-            hetero_core::DeviceBuffer::dtype(dst),
-            hetero_core::DeviceBuffer::dtype(src),
-        )?;
-        check_range(
-            "copy source",
-            &src_range,
-            hetero_core::DeviceBuffer::len(src),
-        )?;
-        let dst_range = dst_offset..dst_offset.saturating_add(src_range.len());
-        check_range(
-            "copy destination",
-            &dst_range,
-            hetero_core::DeviceBuffer::len(dst),
-        )?;
+        let dst_range = check_copy(src, &src_range, dst, dst_offset)?;
         let s = hetero_core::DeviceBuffer::dtype(src).size_bytes();
         dst.as_bytes_mut()[dst_range.start * s..dst_range.end * s]
             .copy_from_slice(&src.as_bytes()[src_range.start * s..src_range.end * s]);
@@ -521,16 +492,5 @@ impl HostDevice {
             *dst = T::from_f64(f64::from(v));
         }
         Ok(())
-    }
-}
-
-fn check_dtype(what: &str, expected: DType, actual: DType) -> Result<()> {
-    if expected == actual {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            what,
-            format!("dtype {actual} does not match the buffer's {expected}"),
-        ))
     }
 }

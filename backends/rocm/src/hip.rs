@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use hetero_core::device::{check_range, check_same_shape};
+use hetero_core::device::{check_copy, check_download, check_same_shape, check_upload};
 use hetero_core::host_kernels::{self, Arith};
 use hetero_core::{
     Backend, Capabilities, DType, Device, DeviceBuffer, DeviceId, DeviceInfo, DeviceKind, Error,
@@ -311,9 +311,7 @@ impl Device for RocmDevice {
 
     fn upload(&self, dst: &mut RocmBuffer, offset: usize, src: HostSlice<'_>) -> Result<()> {
         self.check_owned(dst, "upload destination")?;
-        check_dtype("upload", dst.dtype, src.dtype())?;
-        let range = offset..offset.saturating_add(src.len());
-        check_range("upload destination", &range, dst.len)?;
+        check_upload(dst, offset, &src)?;
         self.select("hipSetDevice")?;
         let bytes = src.as_bytes();
         // SAFETY: the range was checked against the allocation.
@@ -329,9 +327,7 @@ impl Device for RocmDevice {
 
     fn download(&self, src: &RocmBuffer, offset: usize, mut dst: HostSliceMut<'_>) -> Result<()> {
         self.check_owned(src, "download source")?;
-        check_dtype("download", src.dtype, dst.dtype())?;
-        let range = offset..offset.saturating_add(dst.len());
-        check_range("download source", &range, src.len)?;
+        check_download(src, offset, &dst)?;
         self.select("hipSetDevice")?;
         let bytes = dst.as_bytes_mut();
         // SAFETY: the range was checked against the allocation.
@@ -354,10 +350,7 @@ impl Device for RocmDevice {
     ) -> Result<()> {
         self.check_owned(src, "copy source")?;
         self.check_owned(dst, "copy destination")?;
-        check_dtype("copy", dst.dtype, src.dtype)?;
-        check_range("copy source", &src_range, src.len)?;
-        let dst_range = dst_offset..dst_offset.saturating_add(src_range.len());
-        check_range("copy destination", &dst_range, dst.len)?;
+        check_copy(src, &src_range, dst, dst_offset)?;
         self.select("hipSetDevice")?;
         let bytes = src_range.len() * src.dtype.size_bytes();
         // SAFETY: both ranges were checked against their allocations.
@@ -421,17 +414,6 @@ impl Device for RocmDevice {
         self.select("hipSetDevice")?;
         // SAFETY: plain runtime call.
         self.status("hipDeviceSynchronize", unsafe { hipDeviceSynchronize() })
-    }
-}
-
-fn check_dtype(what: &str, expected: DType, actual: DType) -> Result<()> {
-    if expected == actual {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            what,
-            format!("dtype {actual} does not match the buffer's {expected}"),
-        ))
     }
 }
 

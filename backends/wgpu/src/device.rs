@@ -5,7 +5,9 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use hetero_core::device::{check_range, check_same_shape};
+use hetero_core::device::{
+    check_copy, check_download, check_dtype, check_same_shape, check_upload,
+};
 use hetero_core::{
     Backend, Capabilities, DType, Device, DeviceBuffer, DeviceId, DeviceInfo, DeviceKind, Error,
     GemmSpec, HostSlice, HostSliceMut, MemoryUsage, ReduceOp, Result,
@@ -624,9 +626,7 @@ impl Device for WgpuDevice {
 
     fn upload(&self, dst: &mut WgpuBuffer, offset: usize, src: HostSlice<'_>) -> Result<()> {
         self.check_owned(dst, "upload destination")?;
-        check_dtype("upload", dst.dtype, src.dtype())?;
-        let range = offset..offset.saturating_add(src.len());
-        check_range("upload destination", &range, dst.len)?;
+        check_upload(dst, offset, &src)?;
         self.write_bytes(
             dst,
             (offset * dst.dtype.size_bytes()) as u64,
@@ -636,9 +636,7 @@ impl Device for WgpuDevice {
 
     fn download(&self, src: &WgpuBuffer, offset: usize, mut dst: HostSliceMut<'_>) -> Result<()> {
         self.check_owned(src, "download source")?;
-        check_dtype("download", src.dtype, dst.dtype())?;
-        let range = offset..offset.saturating_add(dst.len());
-        check_range("download source", &range, src.len)?;
+        check_download(src, offset, &dst)?;
         self.read_bytes(
             src,
             (offset * src.dtype.size_bytes()) as u64,
@@ -655,10 +653,7 @@ impl Device for WgpuDevice {
     ) -> Result<()> {
         self.check_owned(src, "copy source")?;
         self.check_owned(dst, "copy destination")?;
-        check_dtype("copy", dst.dtype, src.dtype)?;
-        check_range("copy source", &src_range, src.len)?;
-        let dst_range = dst_offset..dst_offset.saturating_add(src_range.len());
-        check_range("copy destination", &dst_range, dst.len)?;
+        check_copy(src, &src_range, dst, dst_offset)?;
         if src_range.is_empty() {
             return Ok(());
         }
@@ -832,16 +827,5 @@ impl Device for WgpuDevice {
 
     fn synchronize(&self) -> Result<()> {
         self.wait()
-    }
-}
-
-fn check_dtype(what: &str, expected: DType, actual: DType) -> Result<()> {
-    if expected == actual {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            what,
-            format!("dtype {actual} does not match the buffer's {expected}"),
-        ))
     }
 }
