@@ -174,6 +174,100 @@ pub struct Capabilities {
     pub reduce_dtypes: Vec<DType>,
     pub scale_dtypes: Vec<DType>,
     pub gemm_dtypes: Vec<DType>,
+    /// Dtypes of the decode-step kernels (`layer_norm`, `bias_activation`,
+    /// `attention_decode`, `argmax_rows`).
+    #[serde(default)]
+    pub decode_dtypes: Vec<DType>,
+}
+
+impl Capabilities {
+    /// Every kernel for every dtype (test harnesses list the whole suite
+    /// with this when there is no device to ask).
+    pub fn all() -> Self {
+        Capabilities {
+            reduce_dtypes: DType::ALL.to_vec(),
+            scale_dtypes: DType::ALL.to_vec(),
+            gemm_dtypes: DType::ALL.to_vec(),
+            decode_dtypes: DType::ALL.to_vec(),
+        }
+    }
+}
+
+/// Elementwise activation applied after adding a bias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// Bias only.
+    Identity,
+    Relu,
+    /// GELU, tanh approximation: `0.5 x (1 + tanh(0.79788456 (x + 0.044715 x^3)))`.
+    Gelu,
+}
+
+impl Activation {
+    /// The activation in f64, as the references compute it.
+    pub fn apply(self, x: f64) -> f64 {
+        match self {
+            Activation::Identity => x,
+            Activation::Relu => x.max(0.0),
+            Activation::Gelu => {
+                0.5 * x * (1.0 + (0.797_884_560_802_865_4 * (x + 0.044_715 * x * x * x)).tanh())
+            }
+        }
+    }
+}
+
+/// Shape of one decode step's attention: `batch` sequences, each with a
+/// query of `heads * head_dim` values, attending over its first `lens[b]`
+/// cached positions. The caches are `[batch][max_len][heads * head_dim]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttentionSpec {
+    pub batch: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub max_len: usize,
+}
+
+impl AttentionSpec {
+    pub fn width(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    /// Check buffer lengths and per-sequence lengths against the spec.
+    pub fn validate(&self, q: usize, k: usize, v: usize, out: usize, lens: &[u32]) -> Result<()> {
+        let w = self.width();
+        let cache = self.batch * self.max_len * w;
+        for (name, have, want) in [
+            ("attention q", q, self.batch * w),
+            ("attention k cache", k, cache),
+            ("attention v cache", v, cache),
+            ("attention out", out, self.batch * w),
+        ] {
+            if have != want {
+                return Err(Error::invalid(
+                    name,
+                    format!("holds {have} elements, the attention shape needs {want}"),
+                ));
+            }
+        }
+        if lens.len() != self.batch {
+            return Err(Error::invalid(
+                "attention lengths",
+                format!("{} lengths for a batch of {}", lens.len(), self.batch),
+            ));
+        }
+        if let Some((b, l)) = lens
+            .iter()
+            .enumerate()
+            .find(|(_, l)| **l == 0 || **l as usize > self.max_len)
+        {
+            return Err(Error::invalid(
+                format!("attention lengths[{b}]"),
+                format!("{l} is not in 1..={}", self.max_len),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A buffer in some device's memory.
@@ -245,6 +339,53 @@ pub trait Device: Send + Sync + fmt::Debug + 'static {
         b: &Self::Buffer,
         c: &mut Self::Buffer,
     ) -> Result<()>;
+
+    /// `out[r] = (x[r] - mean) / sqrt(var + eps) * gamma + beta` for each of
+    /// `rows` rows of `gamma.len()` columns.
+    fn layer_norm(
+        &self,
+        x: &Self::Buffer,
+        gamma: &Self::Buffer,
+        beta: &Self::Buffer,
+        out: &mut Self::Buffer,
+        eps: f32,
+    ) -> Result<()> {
+        let _ = (x, gamma, beta, out, eps);
+        Err(Error::unsupported(self.id().backend, "layer_norm"))
+    }
+
+    /// `x[r][c] = act(x[r][c] + bias[c])` over rows of `bias.len()` columns.
+    fn bias_activation(
+        &self,
+        x: &mut Self::Buffer,
+        bias: &Self::Buffer,
+        act: Activation,
+    ) -> Result<()> {
+        let _ = (x, bias, act);
+        Err(Error::unsupported(self.id().backend, "bias_activation"))
+    }
+
+    /// Scaled dot-product attention of one decode step (see [`AttentionSpec`]):
+    /// for each sequence `b` and head `h`,
+    /// `out = softmax(q . K[0..lens[b]]^T / sqrt(head_dim)) . V[0..lens[b]]`.
+    fn attention_decode(
+        &self,
+        spec: &AttentionSpec,
+        q: &Self::Buffer,
+        k_cache: &Self::Buffer,
+        v_cache: &Self::Buffer,
+        lens: &[u32],
+        out: &mut Self::Buffer,
+    ) -> Result<()> {
+        let _ = (spec, q, k_cache, v_cache, lens, out);
+        Err(Error::unsupported(self.id().backend, "attention_decode"))
+    }
+
+    /// Index of the largest value of each of `rows` rows (ties: the lowest index).
+    fn argmax_rows(&self, x: &Self::Buffer, rows: usize) -> Result<Vec<u32>> {
+        let _ = (x, rows);
+        Err(Error::unsupported(self.id().backend, "argmax_rows"))
+    }
 
     /// Wait until all work ordered on this device so far has finished.
     fn synchronize(&self) -> Result<()>;

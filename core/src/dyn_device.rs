@@ -12,7 +12,8 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use crate::device::{
-    Capabilities, Device, DeviceBuffer, DeviceId, DeviceInfo, GemmSpec, MemoryUsage,
+    Activation, AttentionSpec, Capabilities, Device, DeviceBuffer, DeviceId, DeviceInfo, GemmSpec,
+    MemoryUsage,
 };
 use crate::dtype::{DType, HostSlice, HostSliceMut, ReduceOp};
 use crate::error::{Error, Result};
@@ -64,6 +65,30 @@ pub trait DynDevice: Send + Sync + fmt::Debug {
         b: &dyn DynBuffer,
         c: &mut dyn DynBuffer,
     ) -> Result<()>;
+    fn layer_norm(
+        &self,
+        x: &dyn DynBuffer,
+        gamma: &dyn DynBuffer,
+        beta: &dyn DynBuffer,
+        out: &mut dyn DynBuffer,
+        eps: f32,
+    ) -> Result<()>;
+    fn bias_activation(
+        &self,
+        x: &mut dyn DynBuffer,
+        bias: &dyn DynBuffer,
+        act: Activation,
+    ) -> Result<()>;
+    fn attention_decode(
+        &self,
+        spec: &AttentionSpec,
+        q: &dyn DynBuffer,
+        k_cache: &dyn DynBuffer,
+        v_cache: &dyn DynBuffer,
+        lens: &[u32],
+        out: &mut dyn DynBuffer,
+    ) -> Result<()>;
+    fn argmax_rows(&self, x: &dyn DynBuffer, rows: usize) -> Result<Vec<u32>>;
     fn synchronize(&self) -> Result<()>;
 }
 
@@ -156,6 +181,48 @@ impl<D: Device> DynDevice for D {
         let b = down(self, b, "gemm b")?;
         let c = down_mut(self, c, "gemm c")?;
         Device::gemm(self, spec, a, b, c)
+    }
+    fn layer_norm(
+        &self,
+        x: &dyn DynBuffer,
+        gamma: &dyn DynBuffer,
+        beta: &dyn DynBuffer,
+        out: &mut dyn DynBuffer,
+        eps: f32,
+    ) -> Result<()> {
+        let x = down(self, x, "layer_norm x")?;
+        let gamma = down(self, gamma, "layer_norm gamma")?;
+        let beta = down(self, beta, "layer_norm beta")?;
+        let out = down_mut(self, out, "layer_norm out")?;
+        Device::layer_norm(self, x, gamma, beta, out, eps)
+    }
+    fn bias_activation(
+        &self,
+        x: &mut dyn DynBuffer,
+        bias: &dyn DynBuffer,
+        act: Activation,
+    ) -> Result<()> {
+        let bias = down(self, bias, "bias")?;
+        let x = down_mut(self, x, "bias_activation x")?;
+        Device::bias_activation(self, x, bias, act)
+    }
+    fn attention_decode(
+        &self,
+        spec: &AttentionSpec,
+        q: &dyn DynBuffer,
+        k_cache: &dyn DynBuffer,
+        v_cache: &dyn DynBuffer,
+        lens: &[u32],
+        out: &mut dyn DynBuffer,
+    ) -> Result<()> {
+        let q = down(self, q, "attention q")?;
+        let k = down(self, k_cache, "attention k cache")?;
+        let v = down(self, v_cache, "attention v cache")?;
+        let out = down_mut(self, out, "attention out")?;
+        Device::attention_decode(self, spec, q, k, v, lens, out)
+    }
+    fn argmax_rows(&self, x: &dyn DynBuffer, rows: usize) -> Result<Vec<u32>> {
+        Device::argmax_rows(self, down(self, x, "argmax x")?, rows)
     }
     fn synchronize(&self) -> Result<()> {
         Device::synchronize(self)

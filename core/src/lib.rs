@@ -29,8 +29,8 @@ pub mod topology;
 
 pub use collective::{Collective, Tensor, TensorMut, chunk_range};
 pub use device::{
-    Backend, Capabilities, Device, DeviceBuffer, DeviceId, DeviceInfo, DeviceKind, GemmSpec,
-    MemoryUsage,
+    Activation, AttentionSpec, Backend, Capabilities, Device, DeviceBuffer, DeviceId, DeviceInfo,
+    DeviceKind, GemmSpec, MemoryUsage,
 };
 pub use dtype::{DType, Element, HostSlice, HostSliceMut, ReduceOp};
 pub use dyn_device::{BoxedBuffer, DynBuffer, DynDevice, DynDeviceExt, SharedDevice};

@@ -10,7 +10,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::device::{Capabilities, GemmSpec};
+use crate::device::{Activation, AttentionSpec, Capabilities, GemmSpec};
 use crate::dtype::{DType, HostSlice, HostSliceMut, ReduceOp};
 use crate::dyn_device::{DynDevice, DynDeviceExt};
 use crate::error::Error;
@@ -137,6 +137,27 @@ pub fn device_tests(caps: &Capabilities) -> Vec<DeviceTest> {
             }),
         );
     }
+    let decode = caps.decode_dtypes.contains(&DType::F32);
+    let no_decode = || "device has no decode-step kernels for f32".to_string();
+    tests.push(
+        DeviceTest::new("layer_norm_f32", layer_norm_matches_reference)
+            .skip_unless(decode, no_decode),
+    );
+    for act in [Activation::Identity, Activation::Relu, Activation::Gelu] {
+        tests.push(
+            DeviceTest::new(format!("bias_{act:?}_f32").to_lowercase(), move |d| {
+                bias_activation_matches_reference(d, act)
+            })
+            .skip_unless(decode, no_decode),
+        );
+    }
+    tests.push(
+        DeviceTest::new("attention_decode_f32", attention_matches_reference)
+            .skip_unless(decode, no_decode),
+    );
+    tests.push(
+        DeviceTest::new("argmax_rows_f32", argmax_matches_reference).skip_unless(decode, no_decode),
+    );
     let unsupported: Vec<DType> = DType::ALL
         .into_iter()
         .filter(|d| !caps.reduce_dtypes.contains(d) || !caps.gemm_dtypes.contains(d))
@@ -498,6 +519,221 @@ fn missing_kernels_are_unsupported(d: &dyn DynDevice, caps: &Capabilities) -> Re
                 Err(e) if e.is_unsupported() => {}
                 other => return Err(format!("gemm on {dtype}: {other:?}, want Unsupported")),
             }
+        }
+    }
+    Ok(())
+}
+
+/// Pseudo-random f32 values in [-2, 2) (not exactly representable sums:
+/// these kernels are compared with a tolerance).
+fn random_f32(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = SplitMix::new(seed);
+    (0..len)
+        .map(|_| (rng.next_u64() % 4096) as f32 / 1024.0 - 2.0)
+        .collect()
+}
+
+const DECODE_TOL: f64 = 1e-4;
+
+fn layer_norm_matches_reference(d: &dyn DynDevice) -> Result<(), String> {
+    for (rows, cols) in [(1, 1), (3, 64), (5, 127), (2, 1000)] {
+        let x = random_f32(rows * cols, 500 + cols as u64);
+        let gamma = random_f32(cols, 501);
+        let beta = random_f32(cols, 502);
+        let eps = 1e-5f32;
+        let mut want = vec![0.0f32; rows * cols];
+        for r in 0..rows {
+            let row = &x[r * cols..(r + 1) * cols];
+            let mean = row.iter().map(|&v| v as f64).sum::<f64>() / cols as f64;
+            let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / cols as f64;
+            for c in 0..cols {
+                let norm = (row[c] as f64 - mean) / (var + eps as f64).sqrt();
+                want[r * cols + c] = (norm * gamma[c] as f64 + beta[c] as f64) as f32;
+            }
+        }
+        let xb = d.alloc_from(HostSlice::new(&x)).map_err(err("alloc"))?;
+        let gb = d.alloc_from(HostSlice::new(&gamma)).map_err(err("alloc"))?;
+        let bb = d.alloc_from(HostSlice::new(&beta)).map_err(err("alloc"))?;
+        let mut out = d.alloc(DType::F32, rows * cols).map_err(err("alloc"))?;
+        d.layer_norm(xb.as_ref(), gb.as_ref(), bb.as_ref(), out.as_mut(), eps)
+            .map_err(err("layer_norm"))?;
+        let got: Vec<f32> = d.to_vec(out.as_ref()).map_err(err("download"))?;
+        compare(
+            &format!("layer_norm {rows}x{cols}"),
+            &got,
+            &want,
+            DECODE_TOL,
+        )?;
+    }
+    // A wrong output length is an error.
+    let x = d.alloc(DType::F32, 8).map_err(err("alloc"))?;
+    let g = d.alloc(DType::F32, 4).map_err(err("alloc"))?;
+    let mut out = d.alloc(DType::F32, 7).map_err(err("alloc"))?;
+    match d.layer_norm(x.as_ref(), g.as_ref(), g.as_ref(), out.as_mut(), 1e-5) {
+        Err(Error::InvalidInput { .. }) => Ok(()),
+        other => Err(format!("layer_norm with a short output gave {other:?}")),
+    }
+}
+
+fn bias_activation_matches_reference(d: &dyn DynDevice, act: Activation) -> Result<(), String> {
+    for (rows, cols) in [(1, 1), (4, 33), (7, 300)] {
+        let x = random_f32(rows * cols, 600 + cols as u64);
+        let bias = random_f32(cols, 601);
+        let want: Vec<f32> = (0..rows * cols)
+            .map(|i| act.apply(x[i] as f64 + bias[i % cols] as f64) as f32)
+            .collect();
+        let mut xb = d.alloc_from(HostSlice::new(&x)).map_err(err("alloc"))?;
+        let bb = d.alloc_from(HostSlice::new(&bias)).map_err(err("alloc"))?;
+        d.bias_activation(xb.as_mut(), bb.as_ref(), act)
+            .map_err(err("bias_activation"))?;
+        let got: Vec<f32> = d.to_vec(xb.as_ref()).map_err(err("download"))?;
+        compare(
+            &format!("bias {act:?} {rows}x{cols}"),
+            &got,
+            &want,
+            DECODE_TOL,
+        )?;
+    }
+    Ok(())
+}
+
+/// Naive attention in f64.
+fn reference_attention(
+    spec: &AttentionSpec,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    lens: &[u32],
+) -> Vec<f32> {
+    let (w, dh) = (spec.width(), spec.head_dim);
+    let mut out = vec![0.0f32; spec.batch * w];
+    for b in 0..spec.batch {
+        for h in 0..spec.heads {
+            let qv = &q[b * w + h * dh..b * w + (h + 1) * dh];
+            let len = lens[b] as usize;
+            let scores: Vec<f64> = (0..len)
+                .map(|t| {
+                    let kv = &k[(b * spec.max_len + t) * w + h * dh..][..dh];
+                    qv.iter()
+                        .zip(kv)
+                        .map(|(&a, &c)| a as f64 * c as f64)
+                        .sum::<f64>()
+                        / (dh as f64).sqrt()
+                })
+                .collect();
+            let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+            let z: f64 = e.iter().sum();
+            for i in 0..dh {
+                let acc: f64 = (0..len)
+                    .map(|t| e[t] / z * v[(b * spec.max_len + t) * w + h * dh + i] as f64)
+                    .sum();
+                out[b * w + h * dh + i] = acc as f32;
+            }
+        }
+    }
+    out
+}
+
+fn attention_matches_reference(d: &dyn DynDevice) -> Result<(), String> {
+    let cases = [
+        (
+            AttentionSpec {
+                batch: 1,
+                heads: 1,
+                head_dim: 4,
+                max_len: 1,
+            },
+            vec![1u32],
+        ),
+        (
+            AttentionSpec {
+                batch: 3,
+                heads: 2,
+                head_dim: 8,
+                max_len: 17,
+            },
+            vec![1, 17, 9],
+        ),
+        (
+            AttentionSpec {
+                batch: 2,
+                heads: 4,
+                head_dim: 16,
+                max_len: 300,
+            },
+            vec![300, 123],
+        ),
+    ];
+    for (case, (spec, lens)) in cases.iter().enumerate() {
+        let w = spec.width();
+        let q = random_f32(spec.batch * w, 700 + case as u64);
+        let k = random_f32(spec.batch * spec.max_len * w, 710 + case as u64);
+        let v = random_f32(spec.batch * spec.max_len * w, 720 + case as u64);
+        let want = reference_attention(spec, &q, &k, &v, lens);
+        let qb = d.alloc_from(HostSlice::new(&q)).map_err(err("alloc"))?;
+        let kb = d.alloc_from(HostSlice::new(&k)).map_err(err("alloc"))?;
+        let vb = d.alloc_from(HostSlice::new(&v)).map_err(err("alloc"))?;
+        let mut out = d.alloc(DType::F32, spec.batch * w).map_err(err("alloc"))?;
+        d.attention_decode(
+            spec,
+            qb.as_ref(),
+            kb.as_ref(),
+            vb.as_ref(),
+            lens,
+            out.as_mut(),
+        )
+        .map_err(err("attention_decode"))?;
+        let got: Vec<f32> = d.to_vec(out.as_ref()).map_err(err("download"))?;
+        compare(&format!("attention case {case}"), &got, &want, DECODE_TOL)?;
+        // A length past the cache is an error, not a read out of bounds.
+        let mut bad = lens.clone();
+        bad[0] = spec.max_len as u32 + 1;
+        match d.attention_decode(
+            spec,
+            qb.as_ref(),
+            kb.as_ref(),
+            vb.as_ref(),
+            &bad,
+            out.as_mut(),
+        ) {
+            Err(Error::InvalidInput { .. }) => {}
+            other => {
+                return Err(format!(
+                    "attention with a length past the cache gave {other:?}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn argmax_matches_reference(d: &dyn DynDevice) -> Result<(), String> {
+    for (rows, cols) in [(1, 1), (3, 50), (4, 50272)] {
+        let mut x = random_f32(rows * cols, 800 + cols as u64);
+        if cols > 2 {
+            // A tie in row 0: the lower index wins.
+            x[1] = 9.0;
+            x[2] = 9.0;
+        }
+        let want: Vec<u32> = (0..rows)
+            .map(|r| {
+                let row = &x[r * cols..(r + 1) * cols];
+                let mut best = 0;
+                for (i, &v) in row.iter().enumerate() {
+                    if v > row[best] {
+                        best = i;
+                    }
+                }
+                best as u32
+            })
+            .collect();
+        let xb = d.alloc_from(HostSlice::new(&x)).map_err(err("alloc"))?;
+        let got = d
+            .argmax_rows(xb.as_ref(), rows)
+            .map_err(err("argmax_rows"))?;
+        if got != want {
+            return Err(format!("argmax {rows}x{cols}: got {got:?}, want {want:?}"));
         }
     }
     Ok(())

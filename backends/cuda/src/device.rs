@@ -16,8 +16,9 @@ use hetero_core::device::{
     check_copy, check_download, check_dtype, check_same_shape, check_upload,
 };
 use hetero_core::{
-    Backend, Capabilities, DType, Device, DeviceBuffer, DeviceId, DeviceInfo, DeviceKind, Error,
-    GemmSpec, HostSlice, HostSliceMut, MemoryUsage, ReduceOp, Result,
+    Activation, AttentionSpec, Backend, Capabilities, DType, Device, DeviceBuffer, DeviceId,
+    DeviceInfo, DeviceKind, Error, GemmSpec, HostSlice, HostSliceMut, MemoryUsage, ReduceOp,
+    Result,
 };
 
 use crate::error::CudaError;
@@ -317,6 +318,11 @@ impl Device for CudaDevice {
         } else {
             Vec::new()
         };
+        let decode = if kernels.is_empty() {
+            Vec::new()
+        } else {
+            vec![DType::F32]
+        };
         Capabilities {
             reduce_dtypes: kernels.clone(),
             scale_dtypes: kernels,
@@ -325,6 +331,7 @@ impl Device for CudaDevice {
             } else {
                 Vec::new()
             },
+            decode_dtypes: decode,
         }
     }
 
@@ -593,10 +600,202 @@ impl Device for CudaDevice {
         })
     }
 
+    fn layer_norm(
+        &self,
+        x: &CudaBuffer,
+        gamma: &CudaBuffer,
+        beta: &CudaBuffer,
+        out: &mut CudaBuffer,
+        eps: f32,
+    ) -> Result<()> {
+        for (b, what) in [
+            (x, "layer_norm x"),
+            (gamma, "layer_norm gamma"),
+            (beta, "layer_norm beta"),
+        ] {
+            self.check_owned(b, what)?;
+            check_f32(what, b)?;
+        }
+        self.check_owned(out, "layer_norm out")?;
+        check_f32("layer_norm out", out)?;
+        let cols = gamma.len;
+        if cols == 0 || !x.len.is_multiple_of(cols) || beta.len != cols || out.len != x.len {
+            return Err(Error::invalid(
+                "layer_norm",
+                format!(
+                    "x {} / gamma {} / beta {} / out {} elements are not rows of one width",
+                    x.len, cols, beta.len, out.len
+                ),
+            ));
+        }
+        let rows = x.len / cols;
+        if rows == 0 {
+            return Ok(());
+        }
+        let f = self.function("hetero_layer_norm_f32")?;
+        let cols64 = cols as u64;
+        let mut launch = self.inner.stream.launch_builder(&f);
+        launch
+            .arg(&x.data)
+            .arg(&gamma.data)
+            .arg(&beta.data)
+            .arg(&mut out.data)
+            .arg(&cols64)
+            .arg(&eps);
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (kernels::DECODE_BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: shapes checked above; one block per row of `cols` floats.
+        unsafe { launch.launch(cfg) }
+            .map(|_| ())
+            .map_err(self.driver_err("cuLaunchKernel"))
+    }
+
+    fn bias_activation(
+        &self,
+        x: &mut CudaBuffer,
+        bias: &CudaBuffer,
+        act: Activation,
+    ) -> Result<()> {
+        self.check_owned(x, "bias_activation x")?;
+        self.check_owned(bias, "bias")?;
+        check_f32("bias_activation x", x)?;
+        check_f32("bias", bias)?;
+        let cols = bias.len;
+        if cols == 0 || !x.len.is_multiple_of(cols) {
+            return Err(Error::invalid(
+                "bias_activation",
+                format!("{} elements are not rows of {cols}", x.len),
+            ));
+        }
+        if x.len == 0 {
+            return Ok(());
+        }
+        let f = self.function("hetero_bias_act_f32")?;
+        let (n, c) = (x.len as u64, cols as u64);
+        let code: i32 = match act {
+            Activation::Identity => 0,
+            Activation::Relu => 1,
+            Activation::Gelu => 2,
+        };
+        let mut launch = self.inner.stream.launch_builder(&f);
+        launch
+            .arg(&mut x.data)
+            .arg(&bias.data)
+            .arg(&n)
+            .arg(&c)
+            .arg(&code);
+        // SAFETY: `x` holds n floats, `bias` cols floats.
+        unsafe { launch.launch(launch_config(x.len)) }
+            .map(|_| ())
+            .map_err(self.driver_err("cuLaunchKernel"))
+    }
+
+    fn attention_decode(
+        &self,
+        spec: &AttentionSpec,
+        q: &CudaBuffer,
+        k_cache: &CudaBuffer,
+        v_cache: &CudaBuffer,
+        lens: &[u32],
+        out: &mut CudaBuffer,
+    ) -> Result<()> {
+        for (b, what) in [
+            (q, "attention q"),
+            (k_cache, "attention k cache"),
+            (v_cache, "attention v cache"),
+        ] {
+            self.check_owned(b, what)?;
+            check_f32(what, b)?;
+        }
+        self.check_owned(out, "attention out")?;
+        check_f32("attention out", out)?;
+        spec.validate(q.len, k_cache.len, v_cache.len, out.len, lens)?;
+        if spec.max_len > kernels::ATTENTION_MAX_LEN {
+            return Err(Error::unsupported(
+                Backend::Cuda,
+                format!(
+                    "attention over {} positions; the kernel keeps scores in shared memory, up to {}",
+                    spec.max_len,
+                    kernels::ATTENTION_MAX_LEN
+                ),
+            ));
+        }
+        if spec.batch == 0 || spec.heads == 0 {
+            return Ok(());
+        }
+        let lens_i32: Vec<i32> = lens.iter().map(|&l| l as i32).collect();
+        let mut lens_buf = self.alloc(DType::I32, lens.len())?;
+        self.upload(&mut lens_buf, 0, HostSlice::new(&lens_i32))?;
+        let f = self.function("hetero_attention_decode_f32")?;
+        let (heads, dh, max_len) = (spec.heads as u64, spec.head_dim as u64, spec.max_len as u64);
+        let mut launch = self.inner.stream.launch_builder(&f);
+        launch
+            .arg(&q.data)
+            .arg(&k_cache.data)
+            .arg(&v_cache.data)
+            .arg(&lens_buf.data)
+            .arg(&mut out.data)
+            .arg(&heads)
+            .arg(&dh)
+            .arg(&max_len);
+        let cfg = LaunchConfig {
+            grid_dim: ((spec.batch * spec.heads) as u32, 1, 1),
+            block_dim: (kernels::DECODE_BLOCK, 1, 1),
+            shared_mem_bytes: (spec.max_len * 4) as u32,
+        };
+        // SAFETY: spec.validate checked every buffer and length; scores fit
+        // in the dynamic shared memory requested.
+        unsafe { launch.launch(cfg) }
+            .map(|_| ())
+            .map_err(self.driver_err("cuLaunchKernel"))?;
+        // `lens_buf` is freed when dropped; the stream orders the free after the kernel.
+        Ok(())
+    }
+
+    fn argmax_rows(&self, x: &CudaBuffer, rows: usize) -> Result<Vec<u32>> {
+        self.check_owned(x, "argmax x")?;
+        check_f32("argmax x", x)?;
+        if rows == 0 || !x.len.is_multiple_of(rows) {
+            return Err(Error::invalid(
+                "argmax rows",
+                format!("{} elements do not split into {rows} rows", x.len),
+            ));
+        }
+        let cols = (x.len / rows) as u64;
+        let mut ids = self.alloc(DType::I32, rows)?;
+        let f = self.function("hetero_argmax_f32")?;
+        let mut launch = self.inner.stream.launch_builder(&f);
+        launch.arg(&x.data).arg(&mut ids.data).arg(&cols);
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (kernels::DECODE_BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: one block per row of `cols` floats; `ids` holds `rows` ints.
+        unsafe { launch.launch(cfg) }.map_err(self.driver_err("cuLaunchKernel"))?;
+        let mut host = vec![0i32; rows];
+        self.download(&ids, 0, HostSliceMut::new(&mut host))?;
+        Ok(host.into_iter().map(|i| i as u32).collect())
+    }
+
     fn synchronize(&self) -> Result<()> {
         self.inner
             .stream
             .synchronize()
             .map_err(self.driver_err("cuStreamSynchronize"))
+    }
+}
+
+fn check_f32(what: &str, b: &CudaBuffer) -> Result<()> {
+    if b.dtype == DType::F32 {
+        Ok(())
+    } else {
+        Err(Error::unsupported(
+            Backend::Cuda,
+            format!("{what} in {}: the decode-step kernels are f32", b.dtype),
+        ))
     }
 }

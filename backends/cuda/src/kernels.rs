@@ -24,9 +24,107 @@ pub(crate) fn scale_name(dtype: DType) -> String {
     format!("hetero_scale_{}", dtype.name())
 }
 
+/// The decode-step kernels (f32), in the same module.
+pub(crate) const DECODE_NAMES: [&str; 4] = [
+    "hetero_layer_norm_f32",
+    "hetero_bias_act_f32",
+    "hetero_attention_decode_f32",
+    "hetero_argmax_f32",
+];
+
+/// Threads per block of the decode-step kernels (a power of two).
+pub(crate) const DECODE_BLOCK: u32 = 256;
+
+/// Largest `max_len` the attention kernel holds in shared memory.
+pub(crate) const ATTENTION_MAX_LEN: usize = 11 * 1024;
+
+const DECODE: &str = r#"
+__device__ float block_sum(float v, float* sh) {
+    sh[threadIdx.x] = v; __syncthreads();
+    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
+        __syncthreads();
+    }
+    float r = sh[0]; __syncthreads(); return r;
+}
+__device__ float block_max(float v, float* sh) {
+    sh[threadIdx.x] = v; __syncthreads();
+    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) sh[threadIdx.x] = fmaxf(sh[threadIdx.x], sh[threadIdx.x + s]);
+        __syncthreads();
+    }
+    float r = sh[0]; __syncthreads(); return r;
+}
+extern "C" __global__ void hetero_layer_norm_f32(const float* x, const float* g, const float* b, float* out, u64 cols, float eps) {
+    __shared__ float sh[256];
+    const float* row = x + blockIdx.x * cols;
+    float* o = out + blockIdx.x * cols;
+    float s = 0.0f;
+    for (u64 c = threadIdx.x; c < cols; c += blockDim.x) s += row[c];
+    float mean = block_sum(s, sh) / (float)cols;
+    float v = 0.0f;
+    for (u64 c = threadIdx.x; c < cols; c += blockDim.x) { float d = row[c] - mean; v += d * d; }
+    float inv = rsqrtf(block_sum(v, sh) / (float)cols + eps);
+    for (u64 c = threadIdx.x; c < cols; c += blockDim.x) o[c] = (row[c] - mean) * inv * g[c] + b[c];
+}
+extern "C" __global__ void hetero_bias_act_f32(float* x, const float* bias, u64 n, u64 cols, int act) {
+    GRID_STRIDE(n) {
+        float v = x[i] + bias[i % cols];
+        if (act == 1) v = fmaxf(v, 0.0f);
+        else if (act == 2) v = 0.5f * v * (1.0f + tanhf(0.7978845608f * (v + 0.044715f * v * v * v)));
+        x[i] = v;
+    }
+}
+extern "C" __global__ void hetero_attention_decode_f32(const float* q, const float* k, const float* v, const int* lens, float* out, u64 heads, u64 dh, u64 max_len) {
+    extern __shared__ float scores[];
+    __shared__ float sh[256];
+    u64 b = blockIdx.x / heads, h = blockIdx.x % heads, w = heads * dh;
+    u64 len = (u64)lens[b];
+    const float* qv = q + b * w + h * dh;
+    float scale = rsqrtf((float)dh);
+    float m = __int_as_float(0xff800000);
+    for (u64 t = threadIdx.x; t < len; t += blockDim.x) {
+        const float* kv = k + (b * max_len + t) * w + h * dh;
+        float s = 0.0f;
+        for (u64 d = 0; d < dh; d++) s += qv[d] * kv[d];
+        s *= scale; scores[t] = s; m = fmaxf(m, s);
+    }
+    m = block_max(m, sh);
+    float z = 0.0f;
+    for (u64 t = threadIdx.x; t < len; t += blockDim.x) { float e = expf(scores[t] - m); scores[t] = e; z += e; }
+    z = block_sum(z, sh);
+    for (u64 d = threadIdx.x; d < dh; d += blockDim.x) {
+        float acc = 0.0f;
+        for (u64 t = 0; t < len; t++) acc += scores[t] * v[(b * max_len + t) * w + h * dh + d];
+        out[b * w + h * dh + d] = acc / z;
+    }
+}
+extern "C" __global__ void hetero_argmax_f32(const float* x, unsigned int* out, u64 cols) {
+    __shared__ float best_v[256];
+    __shared__ unsigned int best_i[256];
+    const float* row = x + blockIdx.x * cols;
+    float bv = __int_as_float(0xff800000); unsigned int bi = 0xffffffffu;
+    for (u64 c = threadIdx.x; c < cols; c += blockDim.x) {
+        float v = row[c];
+        if (v > bv || (v == bv && (unsigned int)c < bi)) { bv = v; bi = (unsigned int)c; }
+    }
+    best_v[threadIdx.x] = bv; best_i[threadIdx.x] = bi; __syncthreads();
+    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) {
+            float ov = best_v[threadIdx.x + s]; unsigned int oi = best_i[threadIdx.x + s];
+            if (ov > best_v[threadIdx.x] || (ov == best_v[threadIdx.x] && oi < best_i[threadIdx.x])) {
+                best_v[threadIdx.x] = ov; best_i[threadIdx.x] = oi;
+            }
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[blockIdx.x] = best_i[0] == 0xffffffffu ? 0u : best_i[0];
+}
+"#;
+
 /// Every kernel name the module defines (tests check they all load).
 pub(crate) fn all_names() -> Vec<String> {
-    let mut names = Vec::new();
+    let mut names: Vec<String> = DECODE_NAMES.iter().map(|s| s.to_string()).collect();
     for dtype in DType::ALL {
         for op in [ReduceOp::Sum, ReduceOp::Prod, ReduceOp::Max, ReduceOp::Min] {
             names.push(reduce_name(op, dtype));
@@ -186,6 +284,7 @@ const SPECS: [Spec; 7] = [
 /// The CUDA C source of every kernel.
 pub(crate) fn source() -> String {
     let mut src = String::from(PRELUDE);
+    src += DECODE;
     for s in &SPECS {
         let load = |x: &str| s.load.replace('X', x);
         let store = |x: &str| s.store.replace('X', x);
@@ -236,6 +335,6 @@ mod tests {
             let decl = format!("void {name}(");
             assert_eq!(src.matches(&decl).count(), 1, "{name}");
         }
-        assert_eq!(all_names().len(), DType::ALL.len() * 6);
+        assert_eq!(all_names().len(), DType::ALL.len() * 6 + DECODE_NAMES.len());
     }
 }

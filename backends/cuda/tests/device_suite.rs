@@ -6,7 +6,7 @@
 
 use hetero_core::probe::GemmProbe;
 use hetero_core::testsuite::{device_tests, run_exclusive};
-use hetero_core::{Capabilities, DType, Device, DynDevice, LinkProbe};
+use hetero_core::{Capabilities, Device, DynDevice, LinkProbe};
 use hetero_cuda::{CudaDevice, CudaHostLink, Direction};
 use libtest_mimic::{Arguments, Failed, Trial};
 
@@ -63,11 +63,7 @@ fn main() {
             } else {
                 "skipped: no CUDA driver (libcuda.so not loadable)"
             };
-            let every_kernel = Capabilities {
-                reduce_dtypes: DType::ALL.to_vec(),
-                scale_dtypes: DType::ALL.to_vec(),
-                gemm_dtypes: DType::ALL.to_vec(),
-            };
+            let every_kernel = Capabilities::all();
             let names = device_tests(&every_kernel)
                 .into_iter()
                 .map(|t| t.name)

@@ -10,8 +10,9 @@ use hetero_core::device::{
 use hetero_core::half::{bf16, f16};
 use hetero_core::host_kernels::{self, Arith};
 use hetero_core::{
-    Backend, Capabilities, DType, Device, DeviceId, DeviceInfo, DeviceKind, Error, GemmSpec,
-    HostSlice, HostSliceMut, MemoryUsage, ReduceOp, Result, with_dtype,
+    Activation, AttentionSpec, Backend, Capabilities, DType, Device, DeviceId, DeviceInfo,
+    DeviceKind, Error, GemmSpec, HostSlice, HostSliceMut, MemoryUsage, ReduceOp, Result,
+    with_dtype,
 };
 
 use crate::buffer::{HostBuffer, Ledger};
@@ -358,6 +359,7 @@ impl Device for HostDevice {
             reduce_dtypes: DType::ALL.to_vec(),
             scale_dtypes: DType::ALL.to_vec(),
             gemm_dtypes: vec![DType::F32, DType::F64, DType::F16, DType::BF16],
+            decode_dtypes: vec![DType::F32],
         }
     }
 
@@ -470,10 +472,160 @@ impl Device for HostDevice {
         Ok(())
     }
 
+    fn layer_norm(
+        &self,
+        x: &HostBuffer,
+        gamma: &HostBuffer,
+        beta: &HostBuffer,
+        out: &mut HostBuffer,
+        eps: f32,
+    ) -> Result<()> {
+        for (b, what) in [
+            (x, "layer_norm x"),
+            (gamma, "layer_norm gamma"),
+            (beta, "layer_norm beta"),
+        ] {
+            self.check_owned(b, what)?;
+        }
+        self.check_owned(out, "layer_norm out")?;
+        let (x, g, bt) = (
+            x.typed::<f32>()?,
+            gamma.typed::<f32>()?,
+            beta.typed::<f32>()?,
+        );
+        let cols = g.len();
+        check_rows("layer_norm", x.len(), cols, bt.len())?;
+        let out = out.typed_mut::<f32>()?;
+        if out.len() != x.len() {
+            return Err(Error::invalid(
+                "layer_norm out",
+                format!("holds {} elements, x holds {}", out.len(), x.len()),
+            ));
+        }
+        for (row, o) in x.chunks(cols).zip(out.chunks_mut(cols)) {
+            let mean = row.iter().map(|&v| v as f64).sum::<f64>() / cols as f64;
+            let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / cols as f64;
+            let inv = 1.0 / (var + eps as f64).sqrt();
+            for c in 0..cols {
+                o[c] = ((row[c] as f64 - mean) * inv) as f32 * g[c] + bt[c];
+            }
+        }
+        Ok(())
+    }
+
+    fn bias_activation(
+        &self,
+        x: &mut HostBuffer,
+        bias: &HostBuffer,
+        act: Activation,
+    ) -> Result<()> {
+        self.check_owned(x, "bias_activation x")?;
+        self.check_owned(bias, "bias")?;
+        let b = bias.typed::<f32>()?;
+        let x = x.typed_mut::<f32>()?;
+        check_rows("bias_activation", x.len(), b.len(), b.len())?;
+        for row in x.chunks_mut(b.len()) {
+            for (v, &c) in row.iter_mut().zip(b) {
+                *v = act.apply(f64::from(*v + c)) as f32;
+            }
+        }
+        Ok(())
+    }
+
+    fn attention_decode(
+        &self,
+        spec: &AttentionSpec,
+        q: &HostBuffer,
+        k_cache: &HostBuffer,
+        v_cache: &HostBuffer,
+        lens: &[u32],
+        out: &mut HostBuffer,
+    ) -> Result<()> {
+        for (b, what) in [
+            (q, "attention q"),
+            (k_cache, "attention k cache"),
+            (v_cache, "attention v cache"),
+        ] {
+            self.check_owned(b, what)?;
+        }
+        self.check_owned(out, "attention out")?;
+        let (q, k, v) = (
+            q.typed::<f32>()?,
+            k_cache.typed::<f32>()?,
+            v_cache.typed::<f32>()?,
+        );
+        let out = out.typed_mut::<f32>()?;
+        spec.validate(q.len(), k.len(), v.len(), out.len(), lens)?;
+        let (w, dh) = (spec.width(), spec.head_dim);
+        let scale = 1.0 / (dh as f32).sqrt();
+        let mut scores = vec![0.0f32; spec.max_len];
+        for b in 0..spec.batch {
+            let len = lens[b] as usize;
+            for h in 0..spec.heads {
+                let qv = &q[b * w + h * dh..][..dh];
+                let mut max = f32::NEG_INFINITY;
+                for (t, s) in scores[..len].iter_mut().enumerate() {
+                    let kv = &k[(b * spec.max_len + t) * w + h * dh..][..dh];
+                    *s = qv.iter().zip(kv).map(|(a, c)| a * c).sum::<f32>() * scale;
+                    max = max.max(*s);
+                }
+                let mut z = 0.0f32;
+                for s in &mut scores[..len] {
+                    *s = (*s - max).exp();
+                    z += *s;
+                }
+                let o = &mut out[b * w + h * dh..][..dh];
+                o.iter_mut().for_each(|x| *x = 0.0);
+                for (t, &p) in scores[..len].iter().enumerate() {
+                    let vv = &v[(b * spec.max_len + t) * w + h * dh..][..dh];
+                    for (x, &y) in o.iter_mut().zip(vv) {
+                        *x += p / z * y;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn argmax_rows(&self, x: &HostBuffer, rows: usize) -> Result<Vec<u32>> {
+        self.check_owned(x, "argmax x")?;
+        let x = x.typed::<f32>()?;
+        if rows == 0 || !x.len().is_multiple_of(rows) {
+            return Err(Error::invalid(
+                "argmax rows",
+                format!("{} elements do not split into {rows} rows", x.len()),
+            ));
+        }
+        let cols = x.len() / rows;
+        Ok(x.chunks(cols)
+            .map(|row| {
+                let mut best = 0;
+                for (i, &v) in row.iter().enumerate() {
+                    if v > row[best] {
+                        best = i;
+                    }
+                }
+                best as u32
+            })
+            .collect())
+    }
+
     fn synchronize(&self) -> Result<()> {
         // Host kernels complete before they return.
         Ok(())
     }
+}
+
+/// `len` elements must be whole rows of `cols`, and `other` (a per-column
+/// vector) must have `cols` elements.
+fn check_rows(what: &str, len: usize, cols: usize, other: usize) -> Result<()> {
+    if cols == 0 || !len.is_multiple_of(cols) || other != cols {
+        return Err(Error::invalid(
+            what,
+            format!("{len} elements are not rows of {cols} columns (per-column vector: {other})"),
+        ));
+    }
+    Ok(())
 }
 
 impl HostDevice {

@@ -267,6 +267,7 @@ impl Device for RocmDevice {
             reduce_dtypes: DType::ALL.to_vec(),
             scale_dtypes: DType::ALL.to_vec(),
             gemm_dtypes: Vec::new(),
+            decode_dtypes: Vec::new(),
         }
     }
 

@@ -2,8 +2,8 @@
 //! feature or without a GPU (`hipErrorNoDevice`), every test is listed as
 //! `rocm[none]::...` and reported ignored with the reason.
 
+use hetero_core::Capabilities;
 use hetero_core::testsuite::device_tests;
-use hetero_core::{Capabilities, DType};
 use libtest_mimic::{Arguments, Trial};
 
 fn main() {
@@ -38,11 +38,7 @@ fn main() {
             } else {
                 "skipped: no AMD GPU"
             };
-            let every_kernel = Capabilities {
-                reduce_dtypes: DType::ALL.to_vec(),
-                scale_dtypes: DType::ALL.to_vec(),
-                gemm_dtypes: DType::ALL.to_vec(),
-            };
+            let every_kernel = Capabilities::all();
             for test in device_tests(&every_kernel) {
                 trials.push(
                     Trial::test(format!("rocm[none]::{}", test.name), || Ok(()))

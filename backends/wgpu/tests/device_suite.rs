@@ -49,11 +49,7 @@ fn main() {
         }
         Err(reason) => {
             eprintln!("wgpu device suite skipped: {reason}");
-            let every_kernel = Capabilities {
-                reduce_dtypes: DType::ALL.to_vec(),
-                scale_dtypes: DType::ALL.to_vec(),
-                gemm_dtypes: DType::ALL.to_vec(),
-            };
+            let every_kernel = Capabilities::all();
             for test in device_tests(&every_kernel) {
                 trials.push(
                     Trial::test(format!("wgpu[none]::{}", test.name), || Ok(()))
