@@ -9,8 +9,9 @@ use hetero_core::device::{
     check_copy, check_download, check_dtype, check_same_shape, check_upload,
 };
 use hetero_core::{
-    Backend, Capabilities, DType, Device, DeviceBuffer, DeviceId, DeviceInfo, DeviceKind, Error,
-    GemmSpec, HostSlice, HostSliceMut, MemoryUsage, ReduceOp, Result,
+    Activation, AttentionSpec, Backend, Capabilities, DType, Device, DeviceBuffer, DeviceId,
+    DeviceInfo, DeviceKind, Error, GemmSpec, HostSlice, HostSliceMut, MemoryUsage, ReduceOp,
+    Result,
 };
 use wgpu::util::DeviceExt;
 
@@ -329,6 +330,57 @@ impl WgpuDevice {
             })
     }
 
+    /// Run kernel `name` (compiled from `source` once) with `buffers` bound
+    /// at 0.., the uniform `params` after them, over `groups` workgroups.
+    fn dispatch(
+        &self,
+        name: &str,
+        source: &'static str,
+        buffers: &[&wgpu::Buffer],
+        params: &[u8],
+        groups: (u32, u32, u32),
+    ) -> Result<()> {
+        let max = self.inner.limits.max_compute_workgroups_per_dimension;
+        if groups.0 > max || groups.1 > max || groups.2 > max {
+            return Err(Error::unsupported(
+                Backend::Wgpu,
+                format!(
+                    "{name} over {groups:?} workgroups; this adapter allows {max} per dimension"
+                ),
+            ));
+        }
+        let pipeline = self.pipeline(name, || source.to_string())?;
+        let device = &self.inner.device;
+        self.scoped("running a kernel", || {
+            let uniform = self.uniform(params);
+            let mut entries: Vec<wgpu::BindGroupEntry<'_>> = buffers
+                .iter()
+                .enumerate()
+                .map(|(i, b)| wgpu::BindGroupEntry {
+                    binding: i as u32,
+                    resource: b.as_entire_binding(),
+                })
+                .collect();
+            entries.push(wgpu::BindGroupEntry {
+                binding: buffers.len() as u32,
+                resource: uniform.as_entire_binding(),
+            });
+            let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(name),
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &entries,
+            });
+            let mut encoder = device.create_command_encoder(&Default::default());
+            {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                pass.set_pipeline(&pipeline);
+                pass.set_bind_group(0, &bind, &[]);
+                pass.dispatch_workgroups(groups.0, groups.1, groups.2);
+            }
+            self.inner.queue.submit([encoder.finish()]);
+        })
+    }
+
     fn check_binding(&self, buf: &WgpuBuffer) -> Result<()> {
         if buf.buffer.size() > self.inner.limits.max_storage_buffer_binding_size {
             return Err(Error::unsupported(
@@ -557,8 +609,7 @@ impl Device for WgpuDevice {
             reduce_dtypes: kernels::REDUCE_DTYPES.into_iter().filter(usable).collect(),
             scale_dtypes: kernels::SCALE_DTYPES.into_iter().filter(usable).collect(),
             gemm_dtypes: vec![DType::F32],
-            // The decode-step kernels are not written in WGSL yet.
-            decode_dtypes: Vec::new(),
+            decode_dtypes: vec![DType::F32],
         }
     }
 
@@ -827,7 +878,188 @@ impl Device for WgpuDevice {
         })
     }
 
+    fn layer_norm(
+        &self,
+        x: &WgpuBuffer,
+        gamma: &WgpuBuffer,
+        beta: &WgpuBuffer,
+        out: &mut WgpuBuffer,
+        eps: f32,
+    ) -> Result<()> {
+        for (b, what) in [
+            (x, "layer_norm x"),
+            (gamma, "layer_norm gamma"),
+            (beta, "layer_norm beta"),
+        ] {
+            self.check_owned(b, what)?;
+            check_f32(what, b)?;
+            self.check_binding(b)?;
+        }
+        self.check_owned(out, "layer_norm out")?;
+        check_f32("layer_norm out", out)?;
+        let cols = gamma.len;
+        if cols == 0 || !x.len.is_multiple_of(cols) || beta.len != cols || out.len != x.len {
+            return Err(Error::invalid(
+                "layer_norm",
+                format!(
+                    "x {} / gamma {cols} / beta {} / out {} elements are not rows of one width",
+                    x.len, beta.len, out.len
+                ),
+            ));
+        }
+        let rows = u32::try_from(x.len / cols)
+            .map_err(|_| Error::invalid("layer_norm", "too many rows"))?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let params = words(&[cols as u32, eps.to_bits(), 0, 0]);
+        self.dispatch(
+            "layer_norm_f32",
+            kernels::LAYER_NORM_F32,
+            &[&x.buffer, &gamma.buffer, &beta.buffer, &out.buffer],
+            &params,
+            (rows, 1, 1),
+        )
+    }
+
+    fn bias_activation(
+        &self,
+        x: &mut WgpuBuffer,
+        bias: &WgpuBuffer,
+        act: Activation,
+    ) -> Result<()> {
+        self.check_owned(x, "bias_activation x")?;
+        self.check_owned(bias, "bias")?;
+        check_f32("bias_activation x", x)?;
+        check_f32("bias", bias)?;
+        self.check_binding(x)?;
+        let cols = bias.len;
+        if cols == 0 || !x.len.is_multiple_of(cols) {
+            return Err(Error::invalid(
+                "bias_activation",
+                format!("{} elements are not rows of {cols}", x.len),
+            ));
+        }
+        if x.len == 0 {
+            return Ok(());
+        }
+        let code = match act {
+            Activation::Identity => 0,
+            Activation::Relu => 1,
+            Activation::Gelu => 2,
+        };
+        let n = x.len as u32;
+        let params = words(&[n, cols as u32, code, 0]);
+        let groups = n
+            .div_ceil(kernels::WORKGROUP)
+            .clamp(1, self.inner.limits.max_compute_workgroups_per_dimension);
+        self.dispatch(
+            "bias_act_f32",
+            kernels::BIAS_ACT_F32,
+            &[&x.buffer, &bias.buffer],
+            &params,
+            (groups, 1, 1),
+        )
+    }
+
+    fn attention_decode(
+        &self,
+        spec: &AttentionSpec,
+        q: &WgpuBuffer,
+        k_cache: &WgpuBuffer,
+        v_cache: &WgpuBuffer,
+        lens: &[u32],
+        out: &mut WgpuBuffer,
+    ) -> Result<()> {
+        for (b, what) in [
+            (q, "attention q"),
+            (k_cache, "attention k cache"),
+            (v_cache, "attention v cache"),
+        ] {
+            self.check_owned(b, what)?;
+            check_f32(what, b)?;
+            self.check_binding(b)?;
+        }
+        self.check_owned(out, "attention out")?;
+        check_f32("attention out", out)?;
+        spec.validate(q.len, k_cache.len, v_cache.len, out.len, lens)?;
+        let blocks = spec.batch * spec.heads;
+        if blocks == 0 {
+            return Ok(());
+        }
+        let as_u32 =
+            |v: usize| u32::try_from(v).map_err(|_| Error::invalid("attention shape", "too large"));
+        let lens_i32: Vec<i32> = lens.iter().map(|&l| l as i32).collect();
+        let mut lens_buf = self.alloc(DType::I32, lens.len())?;
+        self.upload(&mut lens_buf, 0, HostSlice::new(&lens_i32))?;
+        // Scores live in a scratch buffer: workgroup memory is too small for long contexts.
+        let scratch = self.alloc(DType::F32, blocks * spec.max_len)?;
+        let params = words(&[
+            as_u32(spec.heads)?,
+            as_u32(spec.head_dim)?,
+            as_u32(spec.max_len)?,
+            0,
+        ]);
+        self.dispatch(
+            "attention_f32",
+            kernels::ATTENTION_F32,
+            &[
+                &q.buffer,
+                &k_cache.buffer,
+                &v_cache.buffer,
+                &lens_buf.buffer,
+                &out.buffer,
+                &scratch.buffer,
+            ],
+            &params,
+            (as_u32(blocks)?, 1, 1),
+        )
+    }
+
+    fn argmax_rows(&self, x: &WgpuBuffer, rows: usize) -> Result<Vec<u32>> {
+        self.check_owned(x, "argmax x")?;
+        check_f32("argmax x", x)?;
+        self.check_binding(x)?;
+        if rows == 0 || !x.len.is_multiple_of(rows) {
+            return Err(Error::invalid(
+                "argmax rows",
+                format!("{} elements do not split into {rows} rows", x.len),
+            ));
+        }
+        let cols =
+            u32::try_from(x.len / rows).map_err(|_| Error::invalid("argmax", "rows too long"))?;
+        let ids = self.alloc(DType::I32, rows)?;
+        let params = words(&[cols, 0, 0, 0]);
+        let groups = u32::try_from(rows).map_err(|_| Error::invalid("argmax", "too many rows"))?;
+        self.dispatch(
+            "argmax_f32",
+            kernels::ARGMAX_F32,
+            &[&x.buffer, &ids.buffer],
+            &params,
+            (groups, 1, 1),
+        )?;
+        let mut host = vec![0i32; rows];
+        self.download(&ids, 0, HostSliceMut::new(&mut host))?;
+        Ok(host.into_iter().map(|i| i as u32).collect())
+    }
+
     fn synchronize(&self) -> Result<()> {
         self.wait()
+    }
+}
+
+/// Uniform bytes from 32-bit words.
+fn words(w: &[u32]) -> Vec<u8> {
+    w.iter().flat_map(|x| x.to_ne_bytes()).collect()
+}
+
+fn check_f32(what: &str, b: &WgpuBuffer) -> Result<()> {
+    if b.dtype == DType::F32 {
+        Ok(())
+    } else {
+        Err(Error::unsupported(
+            Backend::Wgpu,
+            format!("{what} in {}: the decode-step kernels are f32", b.dtype),
+        ))
     }
 }

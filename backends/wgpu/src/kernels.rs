@@ -234,6 +234,144 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 "#;
 
+/// Decode-step kernels (f32). Each binds its buffers at 0.. and a uniform
+/// `P` after them; reductions use a 256-wide workgroup.
+pub(crate) const LAYER_NORM_F32: &str = r#"
+struct P { cols: u32, eps: f32, pad0: u32, pad1: u32 }
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> g: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> o: array<f32>;
+@group(0) @binding(4) var<uniform> p: P;
+var<workgroup> sh: array<f32, 256>;
+fn block_sum(v: f32, lid: u32) -> f32 {
+    sh[lid] = v;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s = s >> 1u) {
+        if (lid < s) { sh[lid] = sh[lid] + sh[lid + s]; }
+        workgroupBarrier();
+    }
+    let r = sh[0];
+    workgroupBarrier();
+    return r;
+}
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_id) l: vec3<u32>, @builtin(workgroup_id) w: vec3<u32>) {
+    let base = w.x * p.cols;
+    var s = 0.0;
+    for (var c = l.x; c < p.cols; c = c + 256u) { s = s + x[base + c]; }
+    let mean = block_sum(s, l.x) / f32(p.cols);
+    var v = 0.0;
+    for (var c = l.x; c < p.cols; c = c + 256u) { let d = x[base + c] - mean; v = v + d * d; }
+    let inv = inverseSqrt(block_sum(v, l.x) / f32(p.cols) + p.eps);
+    for (var c = l.x; c < p.cols; c = c + 256u) { o[base + c] = (x[base + c] - mean) * inv * g[c] + b[c]; }
+}
+"#;
+
+pub(crate) const BIAS_ACT_F32: &str = r#"
+struct P { n: u32, cols: u32, act: u32, pad: u32 }
+@group(0) @binding(0) var<storage, read_write> x: array<f32>;
+@group(0) @binding(1) var<storage, read> bias: array<f32>;
+@group(0) @binding(2) var<uniform> p: P;
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let stride = nwg.x * 256u;
+    for (var i = gid.x; i < p.n; i = i + stride) {
+        var v = x[i] + bias[i % p.cols];
+        if (p.act == 1u) { v = max(v, 0.0); }
+        if (p.act == 2u) { v = 0.5 * v * (1.0 + tanh(0.7978845608 * (v + 0.044715 * v * v * v))); }
+        x[i] = v;
+    }
+}
+"#;
+
+pub(crate) const ATTENTION_F32: &str = r#"
+struct P { heads: u32, dh: u32, max_len: u32, pad: u32 }
+@group(0) @binding(0) var<storage, read> q: array<f32>;
+@group(0) @binding(1) var<storage, read> k: array<f32>;
+@group(0) @binding(2) var<storage, read> v: array<f32>;
+@group(0) @binding(3) var<storage, read> lens: array<u32>;
+@group(0) @binding(4) var<storage, read_write> o: array<f32>;
+@group(0) @binding(5) var<storage, read_write> scores: array<f32>;
+@group(0) @binding(6) var<uniform> p: P;
+var<workgroup> sh: array<f32, 256>;
+fn block_reduce(v: f32, lid: u32, is_max: bool) -> f32 {
+    sh[lid] = v;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s = s >> 1u) {
+        if (lid < s) {
+            if (is_max) { sh[lid] = max(sh[lid], sh[lid + s]); } else { sh[lid] = sh[lid] + sh[lid + s]; }
+        }
+        workgroupBarrier();
+    }
+    let r = sh[0];
+    workgroupBarrier();
+    return r;
+}
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_id) l: vec3<u32>, @builtin(workgroup_id) w: vec3<u32>) {
+    let b = w.x / p.heads;
+    let h = w.x % p.heads;
+    let width = p.heads * p.dh;
+    let len = lens[b];
+    let qb = b * width + h * p.dh;
+    let sb = w.x * p.max_len;
+    let scale = inverseSqrt(f32(p.dh));
+    var m = -3.4028235e38;
+    for (var t = l.x; t < len; t = t + 256u) {
+        let kb = (b * p.max_len + t) * width + h * p.dh;
+        var s = 0.0;
+        for (var d = 0u; d < p.dh; d = d + 1u) { s = s + q[qb + d] * k[kb + d]; }
+        s = s * scale;
+        scores[sb + t] = s;
+        m = max(m, s);
+    }
+    m = block_reduce(m, l.x, true);
+    var z = 0.0;
+    for (var t = l.x; t < len; t = t + 256u) { let e = exp(scores[sb + t] - m); scores[sb + t] = e; z = z + e; }
+    z = block_reduce(z, l.x, false);
+    storageBarrier();
+    for (var d = l.x; d < p.dh; d = d + 256u) {
+        var acc = 0.0;
+        for (var t = 0u; t < len; t = t + 1u) { acc = acc + scores[sb + t] * v[(b * p.max_len + t) * width + h * p.dh + d]; }
+        o[qb + d] = acc / z;
+    }
+}
+"#;
+
+pub(crate) const ARGMAX_F32: &str = r#"
+struct P { cols: u32, pad0: u32, pad1: u32, pad2: u32 }
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<u32>;
+@group(0) @binding(2) var<uniform> p: P;
+var<workgroup> bv: array<f32, 256>;
+var<workgroup> bi: array<u32, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_id) l: vec3<u32>, @builtin(workgroup_id) w: vec3<u32>) {
+    let base = w.x * p.cols;
+    var best = -3.4028235e38;
+    var idx = 0xffffffffu;
+    for (var c = l.x; c < p.cols; c = c + 256u) {
+        let v = x[base + c];
+        if (v > best || (v == best && c < idx)) { best = v; idx = c; }
+    }
+    bv[l.x] = best;
+    bi[l.x] = idx;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s = s >> 1u) {
+        if (l.x < s) {
+            let ov = bv[l.x + s];
+            let oi = bi[l.x + s];
+            if (ov > bv[l.x] || (ov == bv[l.x] && oi < bi[l.x])) { bv[l.x] = ov; bi[l.x] = oi; }
+        }
+        workgroupBarrier();
+    }
+    if (l.x == 0u) {
+        if (bi[0] == 0xffffffffu) { out[w.x] = 0u; } else { out[w.x] = bi[0]; }
+    }
+}
+"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +383,10 @@ mod tests {
         let mut sources = vec![
             ("gemm_f32".to_string(), GEMM_F32.to_string()),
             ("gemm_f32_blocked".to_string(), GEMM_F32_BLOCKED.to_string()),
+            ("layer_norm_f32".to_string(), LAYER_NORM_F32.to_string()),
+            ("bias_act_f32".to_string(), BIAS_ACT_F32.to_string()),
+            ("attention_f32".to_string(), ATTENTION_F32.to_string()),
+            ("argmax_f32".to_string(), ARGMAX_F32.to_string()),
         ];
         for dtype in REDUCE_DTYPES {
             for op in [ReduceOp::Sum, ReduceOp::Prod, ReduceOp::Max, ReduceOp::Min] {
