@@ -16,10 +16,12 @@
 //! What this crate must not do: depend on a backend. It drives devices only
 //! through `hetero_core::DynDevice`.
 
+pub mod decode;
 pub mod policy;
 pub mod profile;
 pub mod workload;
 
+pub use decode::DecodeModel;
 pub use policy::{
     Allocation, AllocationPolicy, Balanced, DeviceProfile, Hasc, StepFit, StepModel, Uniform,
 };

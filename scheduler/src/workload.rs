@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use hetero_core::{DType, Error, Result};
+use hetero_core::{Activation, DType, Error, Result};
 
 /// Shape of a decoder-only transformer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,6 +17,8 @@ pub struct ModelShape {
     /// Learned position embeddings (0 for models with rotary / ALiBi, like BLOOM).
     pub max_positions: usize,
     pub dtype: DType,
+    /// The MLP's activation (OPT: ReLU; BLOOM: GELU).
+    pub activation: Activation,
 }
 
 impl ModelShape {
@@ -31,6 +33,7 @@ impl ModelShape {
             vocab: 512,
             max_positions: 2048,
             dtype: DType::F32,
+            activation: Activation::Gelu,
         }
     }
 
@@ -45,6 +48,7 @@ impl ModelShape {
             vocab: 50272,
             max_positions: 2050,
             dtype: DType::F16,
+            activation: Activation::Relu,
         }
     }
 
@@ -59,6 +63,7 @@ impl ModelShape {
             vocab: 250880,
             max_positions: 0,
             dtype: DType::F16,
+            activation: Activation::Gelu,
         }
     }
 

@@ -1,0 +1,293 @@
+//! A real greedy decode step of a decoder-only transformer on any device.
+//!
+//! Pre-layer-norm blocks (as OPT and BLOOM): `x += Wo attn(LN1 x)`,
+//! `x += W2 act(W1 LN2 x)`, then the final layer norm and logits against
+//! the tied token embedding, and the next token by argmax. Weights are
+//! synthetic and deterministic (a seeded generator, scaled like a fresh
+//! initialisation), computed in f32 whatever the model's storage dtype, so
+//! the same model gives the same numbers on every backend.
+
+use hetero_core::{
+    Activation, AttentionSpec, BoxedBuffer, DType, DynDevice, DynDeviceExt, Error, GemmSpec,
+    HostSlice, ReduceOp, Result,
+};
+
+use crate::workload::ModelShape;
+
+struct Layer {
+    ln1: (BoxedBuffer, BoxedBuffer),
+    w_qkv: BoxedBuffer,
+    b_qkv: BoxedBuffer,
+    w_o: BoxedBuffer,
+    b_o: BoxedBuffer,
+    ln2: (BoxedBuffer, BoxedBuffer),
+    w_up: BoxedBuffer,
+    b_up: BoxedBuffer,
+    w_down: BoxedBuffer,
+    b_down: BoxedBuffer,
+    k_cache: BoxedBuffer,
+    v_cache: BoxedBuffer,
+}
+
+/// A model resident on one device with a KV cache for `batch` sequences of
+/// up to `max_len` tokens.
+pub struct DecodeModel<'d> {
+    device: &'d dyn DynDevice,
+    shape: ModelShape,
+    batch: usize,
+    max_len: usize,
+    layers: Vec<Layer>,
+    embed: BoxedBuffer,
+    positions: Option<BoxedBuffer>,
+    ln_f: (BoxedBuffer, BoxedBuffer),
+    /// Tokens already in each sequence's cache.
+    lens: Vec<u32>,
+}
+
+impl std::fmt::Debug for DecodeModel<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecodeModel")
+            .field("device", &self.device.id())
+            .field("model", &self.shape.name)
+            .field("batch", &self.batch)
+            .field("max_len", &self.max_len)
+            .finish()
+    }
+}
+
+/// Deterministic values in `[-scale, scale)` (splitmix64 stream per seed).
+fn synthetic(len: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    (0..len)
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+impl<'d> DecodeModel<'d> {
+    /// Put `shape` (f32) on `device` with room for `batch` x `max_len` tokens.
+    pub fn new(
+        device: &'d dyn DynDevice,
+        shape: &ModelShape,
+        batch: usize,
+        max_len: usize,
+    ) -> Result<Self> {
+        shape.validate()?;
+        if batch == 0 || max_len == 0 {
+            return Err(Error::invalid(
+                "batch",
+                "batch and max_len must be at least 1",
+            ));
+        }
+        if shape.max_positions > 0 && max_len > shape.max_positions {
+            return Err(Error::invalid(
+                "max_len",
+                format!(
+                    "{max_len} exceeds the model's {} positions",
+                    shape.max_positions
+                ),
+            ));
+        }
+        let (h, f) = (shape.hidden, shape.ffn);
+        let mut seed = 1u64;
+        let mut put = |len: usize, scale: f32| -> Result<BoxedBuffer> {
+            seed += 1;
+            device.alloc_from(HostSlice::new(&synthetic(len, seed, scale)))
+        };
+        let init = 1.0 / (h as f32).sqrt();
+        let ones =
+            || -> Result<BoxedBuffer> { device.alloc_from(HostSlice::new(&vec![1.0f32; h])) };
+        let mut layers = Vec::with_capacity(shape.layers);
+        for _ in 0..shape.layers {
+            let ln1 = (ones()?, device.alloc(DType::F32, h)?);
+            let ln2 = (ones()?, device.alloc(DType::F32, h)?);
+            layers.push(Layer {
+                ln1,
+                w_qkv: put(h * 3 * h, init)?,
+                b_qkv: put(3 * h, 0.02)?,
+                w_o: put(h * h, init)?,
+                b_o: put(h, 0.02)?,
+                ln2,
+                w_up: put(h * f, init)?,
+                b_up: put(f, 0.02)?,
+                w_down: put(f * h, 1.0 / (f as f32).sqrt())?,
+                b_down: put(h, 0.02)?,
+                k_cache: device.alloc(DType::F32, batch * max_len * h)?,
+                v_cache: device.alloc(DType::F32, batch * max_len * h)?,
+            });
+        }
+        let embed = put(shape.vocab * h, 1.0)?;
+        let positions = if shape.max_positions > 0 {
+            Some(put(shape.max_positions * h, 0.1)?)
+        } else {
+            None
+        };
+        let ln_f = (ones()?, device.alloc(DType::F32, h)?);
+        Ok(DecodeModel {
+            device,
+            shape: shape.clone(),
+            batch,
+            max_len,
+            layers,
+            embed,
+            positions,
+            ln_f,
+            lens: vec![0; batch],
+        })
+    }
+
+    /// Tokens in each sequence's cache.
+    pub fn lens(&self) -> &[u32] {
+        &self.lens
+    }
+
+    /// Forget every sequence (the cache is reused).
+    pub fn reset(&mut self) {
+        self.lens.iter_mut().for_each(|l| *l = 0);
+    }
+
+    fn gemm(
+        &self,
+        x: &BoxedBuffer,
+        w: &BoxedBuffer,
+        m: usize,
+        k: usize,
+        n: usize,
+    ) -> Result<BoxedBuffer> {
+        let mut y = self.device.alloc(DType::F32, m * n)?;
+        self.device
+            .gemm(&GemmSpec::new(m, n, k), x.as_ref(), w.as_ref(), y.as_mut())?;
+        Ok(y)
+    }
+
+    /// Run one decode step: append `tokens[b]` to sequence `b` and return
+    /// the logits (`batch x vocab`) and each sequence's next token (argmax).
+    pub fn step_with_logits(&mut self, tokens: &[u32]) -> Result<(BoxedBuffer, Vec<u32>)> {
+        let d = self.device;
+        let (b, h, heads) = (self.batch, self.shape.hidden, self.shape.heads);
+        if tokens.len() != b {
+            return Err(Error::invalid(
+                "tokens",
+                format!("{} tokens for a batch of {b}", tokens.len()),
+            ));
+        }
+        if let Some(t) = tokens.iter().find(|&&t| t as usize >= self.shape.vocab) {
+            return Err(Error::invalid(
+                "tokens",
+                format!(
+                    "token {t} is not below the vocabulary size {}",
+                    self.shape.vocab
+                ),
+            ));
+        }
+        if let Some(s) = self.lens.iter().position(|&l| l as usize >= self.max_len) {
+            return Err(Error::invalid(
+                "tokens",
+                format!("sequence {s} is full ({} tokens)", self.max_len),
+            ));
+        }
+        // Embedding (+ learned position), gathered row by row on the device.
+        let mut x = d.alloc(DType::F32, b * h)?;
+        for (s, &t) in tokens.iter().enumerate() {
+            let t = t as usize;
+            d.copy(self.embed.as_ref(), t * h..(t + 1) * h, x.as_mut(), s * h)?;
+        }
+        if let Some(pos) = &self.positions {
+            let mut p = d.alloc(DType::F32, b * h)?;
+            for (s, &l) in self.lens.iter().enumerate() {
+                let l = l as usize;
+                d.copy(pos.as_ref(), l * h..(l + 1) * h, p.as_mut(), s * h)?;
+            }
+            d.reduce(ReduceOp::Sum, x.as_mut(), p.as_ref())?;
+        }
+        let new_lens: Vec<u32> = self.lens.iter().map(|l| l + 1).collect();
+        let spec = AttentionSpec {
+            batch: b,
+            heads,
+            head_dim: h / heads,
+            max_len: self.max_len,
+        };
+        let mut a = d.alloc(DType::F32, b * h)?;
+        for layer in 0..self.layers.len() {
+            let l = &self.layers[layer];
+            d.layer_norm(
+                x.as_ref(),
+                l.ln1.0.as_ref(),
+                l.ln1.1.as_ref(),
+                a.as_mut(),
+                1e-5,
+            )?;
+            let mut qkv = self.gemm(&a, &l.w_qkv, b, h, 3 * h)?;
+            d.bias_activation(qkv.as_mut(), l.b_qkv.as_ref(), Activation::Identity)?;
+            let mut q = d.alloc(DType::F32, b * h)?;
+            let l = &mut self.layers[layer];
+            for s in 0..b {
+                let row = s * 3 * h;
+                let at = (s * self.max_len + self.lens[s] as usize) * h;
+                d.copy(qkv.as_ref(), row..row + h, q.as_mut(), s * h)?;
+                d.copy(qkv.as_ref(), row + h..row + 2 * h, l.k_cache.as_mut(), at)?;
+                d.copy(
+                    qkv.as_ref(),
+                    row + 2 * h..row + 3 * h,
+                    l.v_cache.as_mut(),
+                    at,
+                )?;
+            }
+            let l = &self.layers[layer];
+            let mut attn = d.alloc(DType::F32, b * h)?;
+            d.attention_decode(
+                &spec,
+                q.as_ref(),
+                l.k_cache.as_ref(),
+                l.v_cache.as_ref(),
+                &new_lens,
+                attn.as_mut(),
+            )?;
+            let mut o = self.gemm(&attn, &l.w_o, b, h, h)?;
+            d.bias_activation(o.as_mut(), l.b_o.as_ref(), Activation::Identity)?;
+            d.reduce(ReduceOp::Sum, x.as_mut(), o.as_ref())?;
+            d.layer_norm(
+                x.as_ref(),
+                l.ln2.0.as_ref(),
+                l.ln2.1.as_ref(),
+                a.as_mut(),
+                1e-5,
+            )?;
+            let mut up = self.gemm(&a, &l.w_up, b, h, self.shape.ffn)?;
+            d.bias_activation(up.as_mut(), l.b_up.as_ref(), self.shape.activation)?;
+            let mut down = self.gemm(&up, &l.w_down, b, self.shape.ffn, h)?;
+            d.bias_activation(down.as_mut(), l.b_down.as_ref(), Activation::Identity)?;
+            d.reduce(ReduceOp::Sum, x.as_mut(), down.as_ref())?;
+        }
+        d.layer_norm(
+            x.as_ref(),
+            self.ln_f.0.as_ref(),
+            self.ln_f.1.as_ref(),
+            a.as_mut(),
+            1e-5,
+        )?;
+        let vocab = self.shape.vocab;
+        let mut logits = d.alloc(DType::F32, b * vocab)?;
+        let spec = GemmSpec {
+            trans_b: true,
+            ..GemmSpec::new(b, vocab, h)
+        };
+        d.gemm(&spec, a.as_ref(), self.embed.as_ref(), logits.as_mut())?;
+        let next = d.argmax_rows(logits.as_ref(), b)?;
+        self.lens = new_lens;
+        Ok((logits, next))
+    }
+
+    /// One decode step; returns each sequence's next token.
+    pub fn step(&mut self, tokens: &[u32]) -> Result<Vec<u32>> {
+        let (_, next) = self.step_with_logits(tokens)?;
+        self.device.synchronize()?;
+        Ok(next)
+    }
+}
