@@ -12,7 +12,10 @@ use libtest_mimic::{Arguments, Failed, Trial};
 const STEPS: usize = 4;
 const BATCH: usize = 3;
 
-fn run(device: &dyn DynDevice) -> Result<Vec<(Vec<f32>, Vec<u32>)>, Failed> {
+/// Each step's logits and next tokens.
+type Trace = Vec<(Vec<f32>, Vec<u32>)>;
+
+fn run(device: &dyn DynDevice) -> Result<Trace, Failed> {
     let shape = ModelShape::tiny();
     let mut model = DecodeModel::new(device, &shape, BATCH, 16)?;
     let mut tokens = vec![7u32, 42, 300];
