@@ -1,0 +1,414 @@
+//! Flat collectives over any [`Transport`]: ring (bandwidth-optimal) and
+//! binomial tree (latency-optimal), chosen per call by the alpha-beta model.
+//!
+//! Every operation works on host bytes: host tensors in place, device
+//! buffers downloaded into aligned host memory and uploaded afterwards.
+//! Chunks follow [`chunk_range`] so any length works, including 0 and
+//! lengths not divisible by the rank count.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use hetero_core::collective::check_len;
+use hetero_core::{
+    Collective, DType, LinkKind, LinkModel, ReduceOp, Result, Tensor, TensorMut, chunk_range,
+};
+
+use crate::cost::{self, Algorithm};
+use crate::error::CollectiveError;
+use crate::kernels::{
+    Header, OpKind, Staged, combine_bytes, finish_bytes, read_tensor, read_tensor_mut, write_tensor,
+};
+use crate::transport::Transport;
+
+/// A flat communicator: every rank talks to every other over one transport.
+pub struct FlatCollective {
+    transport: Arc<dyn Transport>,
+    algorithm: Algorithm,
+    link: LinkModel,
+    link_source: String,
+}
+
+impl fmt::Debug for FlatCollective {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FlatCollective")
+            .field("rank", &self.transport.rank())
+            .field("size", &self.transport.size())
+            .field("algorithm", &self.algorithm)
+            .field("link", &self.link)
+            .finish()
+    }
+}
+
+fn byte_range(r: std::ops::Range<usize>, es: usize) -> std::ops::Range<usize> {
+    r.start * es..r.end * es
+}
+
+impl FlatCollective {
+    /// A communicator whose cost model uses `link` (the slowest link between
+    /// its ranks, normally measured by [`crate::sense`]); `source` says where
+    /// the numbers came from (shown by `explain`).
+    pub fn new(
+        transport: Arc<dyn Transport>,
+        algorithm: Algorithm,
+        link: LinkModel,
+        source: impl Into<String>,
+    ) -> Self {
+        FlatCollective {
+            transport,
+            algorithm,
+            link,
+            link_source: source.into(),
+        }
+    }
+
+    /// A communicator used only to move data before anything was measured
+    /// (ring for bulk operations, tree for reduce/broadcast).
+    pub fn unmeasured(transport: Arc<dyn Transport>, algorithm: Algorithm) -> Self {
+        Self::new(
+            transport,
+            algorithm,
+            LinkModel::new(LinkKind::Unknown, 10e-6, 1e9),
+            "not measured: placeholder 10 us, 1 GB/s",
+        )
+    }
+
+    pub fn transport(&self) -> &Arc<dyn Transport> {
+        &self.transport
+    }
+
+    pub fn link(&self) -> LinkModel {
+        self.link
+    }
+
+    /// The algorithm an all-reduce of `bytes` bytes runs.
+    pub fn choose(&self, bytes: usize) -> Algorithm {
+        match self.algorithm {
+            Algorithm::Auto => cost::best_all_reduce(self.size(), bytes as f64, &self.link).0,
+            a => a,
+        }
+    }
+
+    fn rank_size(&self) -> (usize, usize) {
+        (self.transport.rank(), self.transport.size())
+    }
+
+    async fn send(&self, peer: usize, h: &Header, payload: &[u8]) -> Result<()> {
+        self.transport.send(peer, h.frame(payload)).await
+    }
+
+    async fn recv_into(
+        &self,
+        peer: usize,
+        h: &Header,
+        dst: &mut [u8],
+        reduce: Option<ReduceOp>,
+    ) -> Result<()> {
+        let msg = self.transport.recv(peer).await?;
+        let payload = h.open(self.transport.rank(), peer, &msg, dst.len())?;
+        match reduce {
+            Some(op) => combine_bytes(h.dtype, op, dst, payload),
+            None => {
+                dst.copy_from_slice(payload);
+                Ok(())
+            }
+        }
+    }
+
+    /// Ring reduce-scatter in place: afterwards `buf`'s chunk `rank` holds the
+    /// combined (not yet finished) values of every rank.
+    async fn ring_reduce_scatter(&self, h: &Header, op: ReduceOp, buf: &mut [u8]) -> Result<()> {
+        let (rank, n) = self.rank_size();
+        if n == 1 {
+            return Ok(());
+        }
+        let es = h.dtype.size_bytes();
+        let len = h.len as usize;
+        let (right, left) = ((rank + 1) % n, (rank + n - 1) % n);
+        for s in 0..n - 1 {
+            let send_idx = (rank + 2 * n - s - 1) % n;
+            let recv_idx = (rank + 2 * n - s - 2) % n;
+            let sr = byte_range(chunk_range(len, n, send_idx), es);
+            self.send(right, h, &buf[sr]).await?;
+            let rr = byte_range(chunk_range(len, n, recv_idx), es);
+            self.recv_into(left, h, &mut buf[rr], Some(op)).await?;
+        }
+        Ok(())
+    }
+
+    /// Ring all-gather in place: chunk `rank` of `buf` is this rank's; every
+    /// chunk is filled afterwards.
+    async fn ring_all_gather(&self, h: &Header, buf: &mut [u8]) -> Result<()> {
+        let (rank, n) = self.rank_size();
+        if n == 1 {
+            return Ok(());
+        }
+        let es = h.dtype.size_bytes();
+        let len = h.len as usize;
+        let (right, left) = ((rank + 1) % n, (rank + n - 1) % n);
+        for s in 0..n - 1 {
+            let send_idx = (rank + n - s) % n;
+            let recv_idx = (rank + 2 * n - s - 1) % n;
+            let sr = byte_range(chunk_range(len, n, send_idx), es);
+            self.send(right, h, &buf[sr]).await?;
+            let rr = byte_range(chunk_range(len, n, recv_idx), es);
+            self.recv_into(left, h, &mut buf[rr], None).await?;
+        }
+        Ok(())
+    }
+
+    /// Binomial-tree reduce to `root` (combined, not finished).
+    async fn tree_reduce(
+        &self,
+        h: &Header,
+        op: ReduceOp,
+        buf: &mut [u8],
+        root: usize,
+    ) -> Result<()> {
+        let (rank, n) = self.rank_size();
+        let vr = (rank + n - root) % n;
+        let mut mask = 1;
+        while mask < n {
+            if vr & mask != 0 {
+                let parent = (vr - mask + root) % n;
+                return self.send(parent, h, buf).await;
+            }
+            if vr + mask < n {
+                let child = (vr + mask + root) % n;
+                self.recv_into(child, h, buf, Some(op)).await?;
+            }
+            mask <<= 1;
+        }
+        Ok(())
+    }
+
+    /// Binomial-tree broadcast from `root`.
+    async fn tree_broadcast(&self, h: &Header, buf: &mut [u8], root: usize) -> Result<()> {
+        let (rank, n) = self.rank_size();
+        let vr = (rank + n - root) % n;
+        let mut mask = 1;
+        while mask < n {
+            if vr & mask != 0 {
+                let parent = (vr - mask + root) % n;
+                self.recv_into(parent, h, buf, None).await?;
+                break;
+            }
+            mask <<= 1;
+        }
+        mask >>= 1;
+        while mask > 0 {
+            if vr + mask < n {
+                let child = (vr + mask + root) % n;
+                self.send(child, h, buf).await?;
+            }
+            mask >>= 1;
+        }
+        Ok(())
+    }
+
+    /// All-reduce of host bytes in place (`buf` aligned for `dtype`).
+    pub async fn all_reduce_bytes(&self, dtype: DType, op: ReduceOp, buf: &mut [u8]) -> Result<()> {
+        let (rank, n) = self.rank_size();
+        let len = buf.len() / dtype.size_bytes();
+        let h = Header {
+            kind: OpKind::AllReduce,
+            dtype,
+            op: Some(op),
+            len: len as u64,
+        };
+        match self.choose(buf.len()) {
+            Algorithm::Tree => {
+                self.tree_reduce(&h, op, buf, 0).await?;
+                if rank == 0 {
+                    finish_bytes(dtype, op, buf, n)?;
+                }
+                self.tree_broadcast(&h, buf, 0).await
+            }
+            _ => {
+                self.ring_reduce_scatter(&h, op, buf).await?;
+                let own = byte_range(chunk_range(len, n, rank), dtype.size_bytes());
+                finish_bytes(dtype, op, &mut buf[own], n)?;
+                self.ring_all_gather(&h, buf).await
+            }
+        }
+    }
+
+    fn check_root(&self, root: usize) -> Result<()> {
+        let n = self.size();
+        if root < n {
+            Ok(())
+        } else {
+            Err(CollectiveError::BadRank {
+                rank: root,
+                size: n,
+            }
+            .into())
+        }
+    }
+}
+
+#[async_trait]
+impl Collective for FlatCollective {
+    fn rank(&self) -> usize {
+        self.transport.rank()
+    }
+
+    fn size(&self) -> usize {
+        self.transport.size()
+    }
+
+    async fn all_reduce(&self, mut data: TensorMut<'_>, op: ReduceOp) -> Result<()> {
+        let dtype = data.dtype();
+        match &mut data {
+            TensorMut::Host(h) => self.all_reduce_bytes(dtype, op, h.as_bytes_mut()).await,
+            TensorMut::Device { .. } => {
+                let mut s = read_tensor_mut(&data)?;
+                self.all_reduce_bytes(dtype, op, s.bytes_mut()).await?;
+                write_tensor(&mut data, &s)
+            }
+        }
+    }
+
+    async fn reduce_scatter(
+        &self,
+        input: Tensor<'_>,
+        mut output: TensorMut<'_>,
+        op: ReduceOp,
+    ) -> Result<()> {
+        let (rank, n) = self.rank_size();
+        let dtype = input.dtype();
+        hetero_core::device::check_dtype("reduce_scatter output", dtype, output.dtype())?;
+        let len = input.len();
+        let own = chunk_range(len, n, rank);
+        check_len("reduce_scatter output", output.len(), own.len())?;
+        let mut s = read_tensor(&input)?;
+        let h = Header {
+            kind: OpKind::ReduceScatter,
+            dtype,
+            op: Some(op),
+            len: len as u64,
+        };
+        self.ring_reduce_scatter(&h, op, s.bytes_mut()).await?;
+        let br = byte_range(own.clone(), dtype.size_bytes());
+        let mut out = Staged::zeroed(dtype, own.len());
+        out.bytes_mut().copy_from_slice(&s.bytes()[br]);
+        finish_bytes(dtype, op, out.bytes_mut(), n)?;
+        write_tensor(&mut output, &out)
+    }
+
+    async fn all_gather(&self, input: Tensor<'_>, mut output: TensorMut<'_>) -> Result<()> {
+        let (rank, n) = self.rank_size();
+        let dtype = output.dtype();
+        hetero_core::device::check_dtype("all_gather input", dtype, input.dtype())?;
+        let len = output.len();
+        let own = chunk_range(len, n, rank);
+        check_len("all_gather input", input.len(), own.len())?;
+        let h = Header {
+            kind: OpKind::AllGather,
+            dtype,
+            op: None,
+            len: len as u64,
+        };
+        let inp = read_tensor(&input)?;
+        let br = byte_range(own, dtype.size_bytes());
+        match &mut output {
+            TensorMut::Host(o) => {
+                let buf = o.as_bytes_mut();
+                buf[br].copy_from_slice(inp.bytes());
+                self.ring_all_gather(&h, buf).await
+            }
+            TensorMut::Device { .. } => {
+                let mut s = Staged::zeroed(dtype, len);
+                s.bytes_mut()[br].copy_from_slice(inp.bytes());
+                self.ring_all_gather(&h, s.bytes_mut()).await?;
+                write_tensor(&mut output, &s)
+            }
+        }
+    }
+
+    async fn broadcast(&self, mut data: TensorMut<'_>, root: usize) -> Result<()> {
+        self.check_root(root)?;
+        let h = Header {
+            kind: OpKind::Broadcast,
+            dtype: data.dtype(),
+            op: None,
+            len: data.len() as u64,
+        };
+        match &mut data {
+            TensorMut::Host(d) => self.tree_broadcast(&h, d.as_bytes_mut(), root).await,
+            TensorMut::Device { .. } => {
+                let mut s = read_tensor_mut(&data)?;
+                self.tree_broadcast(&h, s.bytes_mut(), root).await?;
+                write_tensor(&mut data, &s)
+            }
+        }
+    }
+
+    async fn reduce(&self, mut data: TensorMut<'_>, op: ReduceOp, root: usize) -> Result<()> {
+        self.check_root(root)?;
+        let (rank, n) = self.rank_size();
+        let dtype = data.dtype();
+        let h = Header {
+            kind: OpKind::Reduce,
+            dtype,
+            op: Some(op),
+            len: data.len() as u64,
+        };
+        match &mut data {
+            TensorMut::Host(d) => {
+                let buf = d.as_bytes_mut();
+                self.tree_reduce(&h, op, buf, root).await?;
+                if rank == root {
+                    finish_bytes(dtype, op, buf, n)?;
+                }
+                Ok(())
+            }
+            TensorMut::Device { .. } => {
+                let mut s = read_tensor_mut(&data)?;
+                self.tree_reduce(&h, op, s.bytes_mut(), root).await?;
+                if rank == root {
+                    finish_bytes(dtype, op, s.bytes_mut(), n)?;
+                    write_tensor(&mut data, &s)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn barrier(&self) -> Result<()> {
+        let h = Header {
+            kind: OpKind::Barrier,
+            dtype: DType::U8,
+            op: None,
+            len: 0,
+        };
+        let mut empty = [0u8; 0];
+        self.tree_reduce(&h, ReduceOp::Sum, &mut empty, 0).await?;
+        self.tree_broadcast(&h, &mut empty, 0).await
+    }
+
+    fn explain(&self) -> String {
+        let n = self.size();
+        let algo = match self.algorithm {
+            Algorithm::Auto => match cost::crossover_bytes(n, &self.link) {
+                Some(x) => format!(
+                    "all-reduce picks by an alpha-beta model: binomial tree (reduce + broadcast) below {:.0} bytes, ring (reduce-scatter + all-gather) above",
+                    x
+                ),
+                None => format!(
+                    "all-reduce picks by an alpha-beta model: {} at every size for {n} ranks",
+                    cost::best_all_reduce(n, 1.0, &self.link).0.name()
+                ),
+            },
+            a => format!("all-reduce always uses the {}", a.name()),
+        };
+        format!(
+            "flat communicator of {n} ranks over {}; {algo}; model link alpha {:.2} us, beta {:.3} GB/s ({}); reduce-scatter and all-gather use the ring, reduce, broadcast and barrier a binomial tree; host slices are used in place, device buffers are staged through the host (download, reduce on the CPU, upload)",
+            self.transport.describe(),
+            self.link.latency_s * 1e6,
+            self.link.bandwidth_bytes_per_s / 1e9,
+            self.link_source,
+        )
+    }
+}

@@ -1,0 +1,16 @@
+//! Collectives for hetero: transports, flat algorithms, hierarchical all-reduce.
+//!
+//! See the crate README for the design, the cost model and measured numbers.
+
+pub mod cost;
+pub mod error;
+pub mod flat;
+pub mod inproc;
+pub mod kernels;
+pub mod transport;
+
+pub use cost::Algorithm;
+pub use error::CollectiveError;
+pub use flat::FlatCollective;
+pub use inproc::InProcessTransport;
+pub use transport::{DEFAULT_TIMEOUT, SubTransport, Transport};

@@ -1,0 +1,77 @@
+//! Shared test helpers: run N ranks as tasks, make data, compute naive results.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hetero_collectives::kernels::{Staged, combine_bytes, finish_bytes};
+use hetero_collectives::{Algorithm, FlatCollective, InProcessTransport, Transport};
+use hetero_core::host_kernels::Arith;
+use hetero_core::{DType, LinkKind, LinkModel, ReduceOp, Result};
+
+/// Run `f(rank transport)` for every rank of a group concurrently; results by rank.
+pub fn run_group<T, F, Fut, R>(transports: Vec<T>, f: F) -> Vec<Result<R>>
+where
+    T: Transport + 'static,
+    F: Fn(Arc<dyn Transport>) -> Fut,
+    Fut: Future<Output = Result<R>> + Send + 'static,
+    R: Send + 'static,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let handles: Vec<_> = transports
+            .into_iter()
+            .map(|t| tokio::spawn(f(Arc::new(t))))
+            .collect();
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.await.expect("rank task panicked"));
+        }
+        out
+    })
+}
+
+pub fn inproc(n: usize) -> Vec<InProcessTransport> {
+    InProcessTransport::group_with_timeout(n, Duration::from_secs(20))
+}
+
+pub fn flat(t: Arc<dyn Transport>, algo: Algorithm) -> FlatCollective {
+    FlatCollective::new(
+        t,
+        algo,
+        LinkModel::new(LinkKind::SharedMemory, 5e-6, 5e9),
+        "test constants",
+    )
+}
+
+/// Small integers (exact in every dtype for sums and products of 8 ranks).
+pub fn data(dtype: DType, rank: usize, len: usize, seed: usize) -> Staged {
+    let mut s = Staged::zeroed(dtype, len);
+    hetero_core::with_dtype!(dtype, T => {
+        let v: &mut [T] = bytemuck::cast_slice_mut(s.bytes_mut());
+        for (i, x) in v.iter_mut().enumerate() {
+            let k = ((rank * 7 + i * 3 + seed) % 4) as f64;
+            let k = if dtype == DType::U8 { k } else { k - 1.0 };
+            *x = <T as Arith>::from_f64(k);
+        }
+    });
+    s
+}
+
+/// The reduction computed in one place, rank by rank.
+pub fn naive(dtype: DType, op: ReduceOp, n: usize, len: usize, seed: usize) -> Staged {
+    let mut acc = data(dtype, 0, len, seed);
+    for r in 1..n {
+        let d = data(dtype, r, len, seed);
+        combine_bytes(dtype, op, acc.bytes_mut(), d.bytes()).expect("combine");
+    }
+    finish_bytes(dtype, op, acc.bytes_mut(), n).expect("finish");
+    acc
+}
+
+pub const SIZES: [usize; 7] = [0, 1, 2, 7, 13, 31, 100];
