@@ -147,6 +147,23 @@ impl<'d> DecodeModel<'d> {
         &self.lens
     }
 
+    /// Treat the first `len` cache positions of every sequence as filled
+    /// (with whatever the cache holds): profiling uses this to time a step
+    /// at a given context length without decoding up to it.
+    pub fn set_context(&mut self, len: usize) -> Result<()> {
+        if len >= self.max_len {
+            return Err(Error::invalid(
+                "context",
+                format!(
+                    "{len} leaves no room in a cache of {} positions",
+                    self.max_len
+                ),
+            ));
+        }
+        self.lens.iter_mut().for_each(|l| *l = len as u32);
+        Ok(())
+    }
+
     /// Forget every sequence (the cache is reused).
     pub fn reset(&mut self) {
         self.lens.iter_mut().for_each(|l| *l = 0);

@@ -5,19 +5,17 @@
 //! bisection; a failed allocation is an `OutOfMemory` error that only
 //! shrinks the batch, never a crash (the device keeps working).
 //!
-//! Speed: the step time of the decode step's projections (QKV, attention
-//! output, the two MLP matrices, the logits) as real GEMMs on the device for
-//! a few batch sizes, fitted by [`StepModel::fit`]. Attention over the KV
-//! cache, softmax and layer norm are not run yet: they need kernels the
-//! backends do not have (see the crate README); at decode time the
-//! projections are most of the arithmetic at short and moderate lengths.
+//! Speed: the time of a real decode step ([`DecodeModel`]) at a context of
+//! [`SPEED_CONTEXT`] tokens for a few batch sizes, fitted by
+//! [`StepModel::fit`].
 
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use hetero_core::{BoxedBuffer, DType, DeviceId, DynDevice, Error, GemmSpec, Result};
+use hetero_core::{BoxedBuffer, DType, DeviceId, DynDevice, Error, Result};
 
+use crate::decode::DecodeModel;
 use crate::policy::{DeviceProfile, StepFit, StepModel};
 use crate::workload::ModelShape;
 
@@ -174,60 +172,36 @@ pub fn profile_memory(
     })
 }
 
-/// Time of the decode step's projections for `batch` sequences (best of
-/// `repetitions`), computed in f32 when the device has no GEMM for the
-/// model's dtype.
-pub fn projection_step_time(
+/// Time of one real decode step (see [`DecodeModel`]) for `batch`
+/// sequences whose context is `context` tokens (best of `repetitions`).
+/// The step computes in f32 whatever the model's storage dtype.
+pub fn decode_step_time(
     device: &dyn DynDevice,
     model: &ModelShape,
     batch: usize,
+    context: usize,
     repetitions: usize,
 ) -> Result<f64> {
-    let caps = device.capabilities();
-    let dtype = if caps.gemm_dtypes.contains(&model.dtype) {
-        model.dtype
-    } else if caps.gemm_dtypes.contains(&DType::F32) {
-        DType::F32
-    } else {
-        return Err(Error::unsupported(
-            device.id().backend,
-            format!(
-                "timing a decode step needs a GEMM; {} has none",
-                device.id()
-            ),
-        ));
-    };
-    let (h, f, v) = (model.hidden, model.ffn, model.vocab);
-    // (k, n) of each projection's weight; m = batch. The logits come last.
-    let shapes = [(h, 3 * h), (h, h), (h, f), (f, h), (h, v)];
-    let mut buffers = Vec::with_capacity(shapes.len());
-    for &(k, n) in &shapes {
-        let w = device.alloc(dtype, k * n)?;
-        let x = device.alloc(dtype, batch * k)?;
-        let y = device.alloc(dtype, batch * n)?;
-        buffers.push((GemmSpec::new(batch, n, k), w, x, y));
-    }
-    let mut run = || -> Result<()> {
-        for layer in 0..=model.layers {
-            // Every layer runs the four projections; after the last, the logits.
-            let range = if layer < model.layers { 0..4 } else { 4..5 };
-            for (spec, w, x, y) in &mut buffers[range] {
-                device.gemm(spec, x.as_ref(), w.as_ref(), y.as_mut())?;
-            }
-        }
-        device.synchronize()
-    };
-    run()?;
+    let mut shape = model.clone();
+    shape.dtype = DType::F32;
+    let mut m = DecodeModel::new(device, &shape, batch, context + 2)?;
+    let tokens: Vec<u32> = (0..batch).map(|b| (b % shape.vocab) as u32).collect();
+    m.set_context(context)?;
+    m.step(&tokens)?;
     let mut best = f64::INFINITY;
     for _ in 0..repetitions.max(1) {
+        m.set_context(context)?;
         let start = Instant::now();
-        run()?;
+        m.step(&tokens)?;
         best = best.min(start.elapsed().as_secs_f64());
     }
     Ok(best)
 }
 
-/// Measure the step-time curve at `batches` and fit it.
+/// Context length at which step times are measured.
+pub const SPEED_CONTEXT: usize = 128;
+
+/// Measure the step-time curve at `batches` (context [`SPEED_CONTEXT`]) and fit it.
 pub fn profile_speed(
     device: &dyn DynDevice,
     model: &ModelShape,
@@ -236,7 +210,7 @@ pub fn profile_speed(
 ) -> Result<(StepFit, Vec<(usize, f64)>)> {
     let samples = batches
         .iter()
-        .map(|&b| projection_step_time(device, model, b, repetitions).map(|t| (b, t)))
+        .map(|&b| decode_step_time(device, model, b, SPEED_CONTEXT, repetitions).map(|t| (b, t)))
         .collect::<Result<Vec<_>>>()?;
     Ok((StepModel::fit(&samples)?, samples))
 }
