@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use hetero_core::{Link, Result, SharedDevice};
+use hetero_core::{Error, Link, Result, SharedDevice};
 
 /// A device of any compiled backend. An enum rather than a trait object so
 /// that choosing the link between two devices stays an exhaustive match.
@@ -151,4 +151,90 @@ pub fn link_between(a: &AnyDevice, b: &AnyDevice) -> Box<dyn Link> {
         #[allow(unreachable_patterns)]
         (x, y) => Box::new(hetero_core::probe::StagedLink::new(x.shared(), y.shared())),
     }
+}
+
+/// A size like `512MiB`, `2GiB`, `1024` (bytes).
+pub fn parse_bytes(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let (num, unit) = t
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map_or((t, ""), |i| t.split_at(i));
+    let value: f64 = num.trim().parse().map_err(|_| {
+        Error::invalid(
+            "memory",
+            format!("{text:?} is not a size like 512MiB or 2GiB"),
+        )
+    })?;
+    let scale = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kib" | "k" => 1024.0,
+        "mib" | "m" => 1024.0 * 1024.0,
+        "gib" | "g" => 1024.0 * 1024.0 * 1024.0,
+        other => {
+            return Err(Error::invalid(
+                "memory",
+                format!("unknown unit {other:?}; use B, KiB, MiB or GiB"),
+            ));
+        }
+    };
+    Ok((value * scale) as u64)
+}
+
+/// Resolve `--device` specs (`host:threads=N,memory=SIZE`, `cuda:0`,
+/// `wgpu:1`, `rocm:0`) against the devices found; each `host:` spec makes
+/// a new host device.
+pub fn select_devices(specs: &[String], found: &[AnyDevice]) -> Result<Vec<AnyDevice>> {
+    let mut host_count = 0u32;
+    let host_count = &mut host_count;
+    let mut out = Vec::new();
+    for spec in specs {
+        let (kind, rest) = spec.split_once(':').unwrap_or((spec.as_str(), ""));
+        if kind == "host" {
+            let mut b = hetero_host::HostDevice::builder().index(*host_count);
+            *host_count += 1;
+            for kv in rest.split(',').filter(|s| !s.is_empty()) {
+                match kv.split_once('=') {
+                    Some(("threads", v)) => {
+                        b = b.threads(v.parse().map_err(|_| {
+                            Error::invalid(
+                                "device",
+                                format!("threads={v} in {spec:?} is not a number"),
+                            )
+                        })?)
+                    }
+                    Some(("memory", v)) => b = b.memory_budget(parse_bytes(v)?),
+                    _ => {
+                        return Err(Error::invalid(
+                            "device",
+                            format!("{kv:?} in {spec:?}: host takes threads=N and memory=SIZE"),
+                        ));
+                    }
+                }
+            }
+            out.push(AnyDevice::Host(b.build()?));
+            continue;
+        }
+        let index: u32 = rest.parse().map_err(|_| {
+            Error::invalid(
+                "device",
+                format!("{spec:?}: expected BACKEND:INDEX, e.g. cuda:0"),
+            )
+        })?;
+        let hit = found.iter().find(|d| {
+            let id = d.as_dyn().id();
+            id.backend.name() == kind && id.index == index
+        });
+        match hit {
+            Some(d) => out.push(d.clone()),
+            None => {
+                let names: Vec<String> =
+                    found.iter().map(|d| d.as_dyn().id().to_string()).collect();
+                return Err(Error::invalid(
+                    "device",
+                    format!("{spec:?} was not found; available: {}", names.join(", ")),
+                ));
+            }
+        }
+    }
+    Ok(out)
 }

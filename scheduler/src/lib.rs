@@ -19,6 +19,7 @@
 pub mod decode;
 pub mod policy;
 pub mod profile;
+pub mod serve;
 pub mod workload;
 
 pub use decode::DecodeModel;
@@ -26,4 +27,5 @@ pub use policy::{
     Allocation, AllocationPolicy, Balanced, DeviceProfile, Hasc, StepFit, StepModel, Uniform,
 };
 pub use profile::{MemoryProfile, allocate_weights, profile_device, profile_memory};
+pub use serve::{ServeReport, serve};
 pub use workload::ModelShape;

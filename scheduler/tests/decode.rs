@@ -64,3 +64,20 @@ fn bad_input_is_an_error() {
     model.step(&[1, 2]).unwrap();
     assert!(DecodeModel::new(&d, &ModelShape::tiny(), 0, 2).is_err());
 }
+
+#[test]
+fn lock_step_serving_on_two_host_devices_is_deterministic() {
+    let a = host(1);
+    let b = host(2);
+    let devices: Vec<&dyn hetero_core::DynDevice> = vec![&a, &b];
+    let model = ModelShape::tiny();
+    let first = hetero_scheduler::serve(&devices, &model, &[2, 3], 4, 5).unwrap();
+    let again = hetero_scheduler::serve(&devices, &model, &[2, 3], 4, 5).unwrap();
+    assert_eq!(first.first_sequence_tokens, again.first_sequence_tokens);
+    assert_eq!(first.first_sequence_tokens[0].len(), 5);
+    assert!(first.tokens_per_s > 0.0 && first.per_token_latency_s > 0.0);
+    // An idle device takes no part; a batch/device mismatch is an error.
+    let idle = hetero_scheduler::serve(&devices, &model, &[0, 3], 2, 2).unwrap();
+    assert!(idle.first_sequence_tokens[0].is_empty());
+    assert!(hetero_scheduler::serve(&devices, &model, &[1], 2, 2).is_err());
+}

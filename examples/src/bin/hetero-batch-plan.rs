@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hetero_core::{Error, Result};
-use hetero_examples::{AnyDevice, discover};
+use hetero_examples::{discover, select_devices};
 use hetero_scheduler::policy::policy;
 use hetero_scheduler::{Allocation, DeviceProfile, ModelShape, profile_device};
 use serde_json::json;
@@ -55,87 +55,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn parse_bytes(text: &str) -> Result<u64> {
-    let t = text.trim();
-    let (num, unit) = t
-        .find(|c: char| c.is_ascii_alphabetic())
-        .map_or((t, ""), |i| t.split_at(i));
-    let value: f64 = num.trim().parse().map_err(|_| {
-        Error::invalid(
-            "memory",
-            format!("{text:?} is not a size like 512MiB or 2GiB"),
-        )
-    })?;
-    let scale = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "kib" | "k" => 1024.0,
-        "mib" | "m" => 1024.0 * 1024.0,
-        "gib" | "g" => 1024.0 * 1024.0 * 1024.0,
-        other => {
-            return Err(Error::invalid(
-                "memory",
-                format!("unknown unit {other:?}; use B, KiB, MiB or GiB"),
-            ));
-        }
-    };
-    Ok((value * scale) as u64)
-}
-
-/// Resolve `--device` specs against the devices found.
-fn select(specs: &[String], found: &[AnyDevice], host_count: &mut u32) -> Result<Vec<AnyDevice>> {
-    let mut out = Vec::new();
-    for spec in specs {
-        let (kind, rest) = spec.split_once(':').unwrap_or((spec.as_str(), ""));
-        if kind == "host" {
-            let mut b = hetero_host::HostDevice::builder().index(*host_count);
-            *host_count += 1;
-            for kv in rest.split(',').filter(|s| !s.is_empty()) {
-                match kv.split_once('=') {
-                    Some(("threads", v)) => {
-                        b = b.threads(v.parse().map_err(|_| {
-                            Error::invalid(
-                                "device",
-                                format!("threads={v} in {spec:?} is not a number"),
-                            )
-                        })?)
-                    }
-                    Some(("memory", v)) => b = b.memory_budget(parse_bytes(v)?),
-                    _ => {
-                        return Err(Error::invalid(
-                            "device",
-                            format!("{kv:?} in {spec:?}: host takes threads=N and memory=SIZE"),
-                        ));
-                    }
-                }
-            }
-            out.push(AnyDevice::Host(b.build()?));
-            continue;
-        }
-        let index: u32 = rest.parse().map_err(|_| {
-            Error::invalid(
-                "device",
-                format!("{spec:?}: expected BACKEND:INDEX, e.g. cuda:0"),
-            )
-        })?;
-        let hit = found.iter().find(|d| {
-            let id = d.as_dyn().id();
-            id.backend.name() == kind && id.index == index
-        });
-        match hit {
-            Some(d) => out.push(d.clone()),
-            None => {
-                let names: Vec<String> =
-                    found.iter().map(|d| d.as_dyn().id().to_string()).collect();
-                return Err(Error::invalid(
-                    "device",
-                    format!("{spec:?} was not found; available: {}", names.join(", ")),
-                ));
-            }
-        }
-    }
-    Ok(out)
-}
-
 fn run(args: &Args) -> Result<()> {
     let model = ModelShape::preset(&args.model)?;
     model.validate()?;
@@ -143,8 +62,7 @@ fn run(args: &Args) -> Result<()> {
     let devices = if args.devices.is_empty() {
         found
     } else {
-        let mut host_count = 0;
-        select(&args.devices, &found, &mut host_count)?
+        select_devices(&args.devices, &found)?
     };
     let mut profiles: Vec<DeviceProfile> = Vec::new();
     let mut fits = Vec::new();

@@ -1,0 +1,103 @@
+//! Runs the exact and the linearized DP on every shipped graph of the paper
+//! and prints a table: units, ideals, pairs, our objective and time, the
+//! reference's objective and time, and the speed-up.
+//!
+//! `cargo run --release -p hetero-partition --example bench-place [DATA_DIR]`
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use hetero_partition::{ExactDp, LinearDp, PaperGraph};
+
+/// (file, reference exact objective, reference seconds, reference linearized objective)
+const GRAPHS: &[(&str, Option<f64>, &str, f64)] = &[
+    ("LayerGraphs/bert24_inference", Some(17.7899), "<0.1", 17.7899),
+    ("LayerGraphs/bert24_training", Some(41.7458), "<0.1", 41.7458),
+    ("LayerGraphs/gnmt_inference", Some(32.9107), "22-35", 33.0326),
+    ("LayerGraphs/gnmt_training", Some(107.004), "55", 107.004),
+    ("LayerGraphs/inceptionv3_inference", None, ">900", 51.5519),
+    ("LayerGraphs/inceptionv3_training", None, ">600", 123.93),
+    ("LayerGraphs/resnet50_inference", Some(33.7747), "<1", 33.7747),
+    ("LayerGraphs/resnet50_training", Some(78.6318), "<1", 78.6498),
+    ("OperatorGraphs/bert_l-3_inference", Some(27.9186), "1.1", 27.9186),
+    ("OperatorGraphs/bert_l-3_training", Some(65.3031), "17", 65.3031),
+    ("OperatorGraphs/bert_l-6_inference", Some(29.5795), "11", 29.5795),
+    ("OperatorGraphs/bert_l-6_training", Some(72.865), "64", 72.865),
+    ("OperatorGraphs/bert_l-12_inference", Some(147.478), "18-30", 147.478),
+    ("OperatorGraphs/bert_L-12_training", Some(437.998), "91", 437.998),
+    ("OperatorGraphs/resnet50_inference", Some(124.349), "<1", 124.349),
+    ("OperatorGraphs/resnet50_training", Some(255.194), "<1", 255.194),
+];
+
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn main() -> std::process::ExitCode {
+    let dir = std::env::args().nth(1).map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/data/dnn-partitioning/throughput-inputs"
+        ))
+    });
+    println!(
+        "| graph | units | ideals | pairs | exact DP | reference | DP time (s) | ref time (s) | speed-up | linear DP | ref linear | linear time (s) | peak RSS (MiB) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut failed = false;
+    for &(name, reference, ref_time, ref_linear) in GRAPHS {
+        let path = dir.join(format!("{name}.json"));
+        let pg = match PaperGraph::from_path(&path) {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                failed = true;
+                continue;
+            }
+        };
+        let cluster = pg.cluster();
+        let t = Instant::now();
+        let linear = LinearDp.solve(&pg.graph, &cluster);
+        let lin_time = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let exact = ExactDp::default().solve(&pg.graph, &cluster);
+        let time = t.elapsed().as_secs_f64();
+        let (Ok((plan, stats)), Ok((lplan, _))) = (exact, linear) else {
+            eprintln!("{name}: a solver failed");
+            failed = true;
+            continue;
+        };
+        let ratio = ref_time
+            .trim_start_matches(['<', '>'])
+            .split('-')
+            .next_back()
+            .and_then(|x| x.parse::<f64>().ok())
+            .map_or("-".to_string(), |r| {
+                let bound = if ref_time.starts_with('>') { ">" } else if ref_time.starts_with('<') { "<" } else { "" };
+                format!("{bound}{:.0}x", r / time)
+            });
+        let ok = reference.is_none_or(|r| ((plan.objective - r) / r).abs() < 1e-5);
+        failed |= !ok;
+        println!(
+            "| {name} | {} | {} | {} | {:.6} | {} | {:.3} | {ref_time} | {ratio} | {:.6} | {ref_linear} | {:.3} | {} |{}",
+            stats.units,
+            stats.ideals,
+            stats.pairs,
+            plan.objective,
+            reference.map_or("not finished".to_string(), |r| r.to_string()),
+            time,
+            lplan.objective,
+            lin_time,
+            peak_rss_mib().map_or("-".into(), |m| format!("{m:.0}")),
+            if ok { "" } else { " MISMATCH" }
+        );
+    }
+    if failed {
+        std::process::ExitCode::FAILURE
+    } else {
+        std::process::ExitCode::SUCCESS
+    }
+}

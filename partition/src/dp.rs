@@ -1,0 +1,591 @@
+//! The exact DP over ideals, the linearized DP, and a greedy split.
+//!
+//! Both DPs run on a lattice of ideals of the order graph on units (see
+//! [`crate::problem`]): the exact DP on all of them, the linearized DP on the
+//! prefixes of one topological order. For an ideal `J` and a state `s` (how
+//! many devices of each kind are used), `dp[J][s]` is the least maximum load
+//! with which the units of `J` can be split over the devices of `s`, each
+//! device taking the difference `J \ I` of two ideals:
+//!
+//! `dp[J][s] = min( dp[J][s - one device of kind t],
+//!                  min over I ⊂ J, kind t of max(dp[I][s - t], cost_t(J \ I)) )`.
+//!
+//! The pairs `I ⊂ J` are walked by a depth-first search down the Hasse
+//! diagram from `J` (each sub-ideal once, marked by a stamp, no hashing), and
+//! the costs of `J \ I` are kept incrementally: times, memory and support are
+//! sums, and the communication term is kept per node from the number of its
+//! successors inside the set. Times and memory only grow as `I` shrinks, so
+//! the search stops where the set is too slow for every kind against an upper
+//! bound (the linearized DP's objective for the exact DP, the greedy split's
+//! for the linearized DP) or too big for every accelerator. Pruning only
+//! drops pairs that no split with objective at most the bound can use, so the
+//! result stays exact.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use hetero_core::placement::{Cluster, Graph, Placement, Plan, Slot};
+
+use crate::eval::evaluate_indexed;
+use crate::problem::{Indexed, Kind, Units, kinds, memory_vacuous};
+use crate::{PartitionError, Result};
+
+/// What a solver did, for reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SolveStats {
+    /// Units after contraction.
+    pub units: usize,
+    /// Ideals in the lattice the DP ran on.
+    pub ideals: usize,
+    /// Pairs of ideals whose difference was scored.
+    pub pairs: u64,
+    /// The bound used for pruning (infinite: none).
+    pub upper_bound: f64,
+    /// The DP's own value of the objective (the plan's is the evaluator's).
+    pub dp_objective: f64,
+    /// Wall time, seconds.
+    pub seconds: f64,
+}
+
+/// Exact DP over all ideals (contiguous splits).
+#[derive(Debug, Clone)]
+pub struct ExactDp {
+    /// Give up with [`PartitionError::TooManyIdeals`] beyond this many ideals.
+    pub ideal_limit: usize,
+}
+
+impl Default for ExactDp {
+    fn default() -> Self {
+        ExactDp {
+            ideal_limit: 3_000_000,
+        }
+    }
+}
+
+/// DP over the prefixes of one topological order (#ideals = #units + 1).
+#[derive(Debug, Clone, Default)]
+pub struct LinearDp;
+
+/// Greedy baseline: walk a topological order and fill each accelerator up to
+/// its share of the total time; nodes that cannot run on an accelerator go to
+/// the first CPU.
+#[derive(Debug, Clone, Default)]
+pub struct Greedy;
+
+fn no_interconnect(cluster: &Cluster) -> Result<()> {
+    if cluster.interconnect.is_some() {
+        return Err(PartitionError::Unsupported(
+            "the two-level interconnect is not modelled yet; leave `interconnect` unset".into(),
+        ));
+    }
+    Ok(())
+}
+
+struct Prepared<'g> {
+    ix: Indexed<'g>,
+    units: Units,
+    kinds: Vec<Kind>,
+}
+
+fn prepare<'g>(graph: &'g Graph, cluster: &Cluster) -> Result<Prepared<'g>> {
+    no_interconnect(cluster)?;
+    let ix = Indexed::new(graph)?;
+    let kinds = kinds(cluster)?;
+    let units = Units::build(&ix, memory_vacuous(graph, &kinds))?;
+    units.check_fits(graph, &kinds)?;
+    Ok(Prepared { ix, units, kinds })
+}
+
+impl ExactDp {
+    /// Place `graph` on `cluster`; the plan and what it took.
+    pub fn solve(&self, graph: &Graph, cluster: &Cluster) -> Result<(Plan, SolveStats)> {
+        let start = Instant::now();
+        let p = prepare(graph, cluster)?;
+        let linear = Lattice::prefixes(p.units.len());
+        let greedy_ub = greedy_assignment(&p)
+            .and_then(|a| evaluate_indexed(&p.ix, &p.kinds, &a).ok())
+            .filter(|e| e.fits())
+            .map_or(f64::INFINITY, |e| e.plan.objective);
+        let (lin_value, _, _) = run_dp(&p, &linear, greedy_ub)?;
+        let lattice = Lattice::ideals(&p.units, self.ideal_limit)?;
+        let ub = lin_value.min(greedy_ub);
+        let (value, chain, pairs) = run_dp(&p, &lattice, ub)?;
+        finish(&p, &lattice, (value, pairs), chain, ub, "exact-dp", start)
+    }
+}
+
+impl LinearDp {
+    /// Place `graph` on `cluster`; the plan and what it took.
+    pub fn solve(&self, graph: &Graph, cluster: &Cluster) -> Result<(Plan, SolveStats)> {
+        let start = Instant::now();
+        let p = prepare(graph, cluster)?;
+        let ub = greedy_assignment(&p)
+            .and_then(|a| evaluate_indexed(&p.ix, &p.kinds, &a).ok())
+            .filter(|e| e.fits())
+            .map_or(f64::INFINITY, |e| e.plan.objective);
+        let lattice = Lattice::prefixes(p.units.len());
+        let (value, chain, pairs) = run_dp(&p, &lattice, ub)?;
+        finish(&p, &lattice, (value, pairs), chain, ub, "linear-dp", start)
+    }
+}
+
+impl Greedy {
+    /// Place `graph` on `cluster` greedily.
+    pub fn solve(&self, graph: &Graph, cluster: &Cluster) -> Result<(Plan, SolveStats)> {
+        let start = Instant::now();
+        let p = prepare(graph, cluster)?;
+        let a = greedy_assignment(&p).ok_or_else(|| {
+            PartitionError::Infeasible("the greedy split found no device for some nodes".into())
+        })?;
+        let e = evaluate_indexed(&p.ix, &p.kinds, &a)?;
+        if !e.fits() {
+            return Err(PartitionError::Infeasible(format!(
+                "the greedy split overflows the memory of {:?}",
+                e.memory_violations
+            )));
+        }
+        let mut plan = e.plan;
+        plan.solver = "greedy".into();
+        let stats = SolveStats {
+            units: p.units.len(),
+            ideals: 0,
+            pairs: 0,
+            upper_bound: f64::INFINITY,
+            dp_objective: plan.objective,
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        Ok((plan, stats))
+    }
+}
+
+impl Placement for ExactDp {
+    fn place(&self, graph: &Graph, cluster: &Cluster) -> hetero_core::Result<Plan> {
+        Ok(self.solve(graph, cluster)?.0)
+    }
+}
+
+impl Placement for LinearDp {
+    fn place(&self, graph: &Graph, cluster: &Cluster) -> hetero_core::Result<Plan> {
+        Ok(self.solve(graph, cluster)?.0)
+    }
+}
+
+impl Placement for Greedy {
+    fn place(&self, graph: &Graph, cluster: &Cluster) -> hetero_core::Result<Plan> {
+        Ok(self.solve(graph, cluster)?.0)
+    }
+}
+
+fn greedy_assignment(p: &Prepared<'_>) -> Option<Vec<Slot>> {
+    let u = &p.units;
+    let cpu = p.kinds.iter().find(|k| k.is_cpu).map(|k| k.slot(0));
+    let accs: Vec<(Slot, f64, u64)> = p
+        .kinds
+        .iter()
+        .filter(|k| !k.is_cpu)
+        .flat_map(|k| (0..k.count).map(move |j| (k.slot(j), k.speed, k.memory)))
+        .collect();
+    let total_speed: f64 = accs.iter().map(|a| a.1).sum();
+    let total: f64 = (0..u.len())
+        .filter(|&x| u.accelerator_ok[x])
+        .map(|x| u.accelerator_time[x])
+        .sum();
+    let mut unit_slot = vec![None; u.len()];
+    let (mut d, mut time, mut mem) = (0usize, 0.0f64, 0u64);
+    for x in 0..u.len() {
+        if !u.accelerator_ok[x] || accs.is_empty() {
+            unit_slot[x] = Some(cpu?);
+            continue;
+        }
+        loop {
+            let (slot, speed, cap) = accs[d];
+            let share = total * speed / total_speed;
+            let t = u.accelerator_time[x] / speed;
+            let fits = mem.saturating_add(u.memory[x]) <= cap;
+            let last = d + 1 == accs.len();
+            if (fits && (time + t <= share || time == 0.0)) || (last && fits) {
+                unit_slot[x] = Some(slot);
+                time += t;
+                mem += u.memory[x];
+                break;
+            }
+            if last {
+                unit_slot[x] = Some(cpu?);
+                break;
+            }
+            d += 1;
+            time = 0.0;
+            mem = 0;
+        }
+    }
+    let n = p.ix.graph.nodes.len();
+    (0..n).map(|i| unit_slot[u.unit_of[i]]).collect()
+}
+
+/// Ideals with their Hasse diagram downwards: `down[J]` lists `(I, unit)`
+/// with `I = J \ {unit}`. Ideal 0 is empty, the last is everything, and ids
+/// grow with size.
+struct Lattice {
+    count: usize,
+    down_start: Vec<u32>,
+    down: Vec<(u32, u32)>,
+    /// `Some(words)`: ideals as bitsets over units; `None`: prefixes.
+    bits: Option<(usize, Vec<u64>)>,
+}
+
+impl Lattice {
+    fn prefixes(units: usize) -> Self {
+        let down_start = (0..=units as u32 + 1)
+            .map(|j| j.saturating_sub(1))
+            .collect();
+        let down = (0..units as u32).map(|j| (j, j)).collect();
+        Lattice {
+            count: units + 1,
+            down_start,
+            down,
+            bits: None,
+        }
+    }
+
+    fn ideals(units: &Units, limit: usize) -> Result<Self> {
+        let n = units.len();
+        let words = n.div_ceil(64).max(1);
+        let mut data: Vec<u64> = vec![0; words];
+        let mut index: HashMap<Box<[u64]>, u32> = HashMap::new();
+        index.insert(vec![0u64; words].into_boxed_slice(), 0);
+        let mut up: Vec<(u32, u32, u32)> = Vec::new(); // (J, I, unit)
+        let mut q = 0usize;
+        let mut child = vec![0u64; words];
+        while q * words < data.len() {
+            for v in 0..n {
+                let base = q * words;
+                let has = |x: usize| data[base + x / 64] >> (x % 64) & 1 == 1;
+                if has(v) || !units.preds[v].iter().all(|&x| has(x)) {
+                    continue;
+                }
+                child.copy_from_slice(&data[base..base + words]);
+                child[v / 64] |= 1 << (v % 64);
+                let id = match index.get(child.as_slice()) {
+                    Some(&id) => id,
+                    None => {
+                        let id = index.len();
+                        if id >= limit {
+                            return Err(PartitionError::TooManyIdeals { limit });
+                        }
+                        index.insert(child.clone().into_boxed_slice(), id as u32);
+                        data.extend_from_slice(&child);
+                        id as u32
+                    }
+                };
+                up.push((id, q as u32, v as u32));
+            }
+            q += 1;
+        }
+        drop(index);
+        let count = data.len() / words;
+        up.sort_unstable();
+        let mut down_start = vec![0u32; count + 1];
+        for &(j, _, _) in &up {
+            down_start[j as usize + 1] += 1;
+        }
+        for j in 0..count {
+            down_start[j + 1] += down_start[j];
+        }
+        let down = up.into_iter().map(|(_, i, v)| (i, v)).collect();
+        Ok(Lattice {
+            count,
+            down_start,
+            down,
+            bits: Some((words, data)),
+        })
+    }
+
+    /// Units of `J \ I`.
+    fn difference(&self, j: usize, i: usize) -> Vec<usize> {
+        match &self.bits {
+            None => (i..j).collect(),
+            Some((w, data)) => {
+                let mut out = Vec::new();
+                for k in 0..*w {
+                    let mut x = data[j * w + k] & !data[i * w + k];
+                    while x != 0 {
+                        out.push(k * 64 + x.trailing_zeros() as usize);
+                        x &= x - 1;
+                    }
+                }
+                out
+            }
+        }
+    }
+}
+
+/// The set `J \ I` being grown by the search, with its costs.
+struct SetState {
+    in_set: Vec<bool>,
+    succ_in: Vec<u32>,
+    outdeg: Vec<u32>,
+    comm: f64,
+    acc_time: f64,
+    cpu_time: f64,
+    memory: u64,
+    unsupported: u32,
+}
+
+impl SetState {
+    fn pays(&self, u: usize) -> bool {
+        if self.in_set[u] {
+            self.succ_in[u] < self.outdeg[u]
+        } else {
+            self.succ_in[u] > 0
+        }
+    }
+
+    fn add(&mut self, p: &Prepared<'_>, unit: usize) {
+        let u = &p.units;
+        self.acc_time += u.accelerator_time[unit];
+        self.cpu_time += u.cpu_time[unit];
+        self.memory = self.memory.saturating_add(u.memory[unit]);
+        self.unsupported += u32::from(!u.accelerator_ok[unit]);
+        for &x in &u.members[unit] {
+            let before = self.pays(x);
+            self.in_set[x] = true;
+            let after = self.pays(x);
+            self.comm += (f64::from(u8::from(after)) - f64::from(u8::from(before))) * p.ix.out_cost[x];
+            for &y in p.ix.pred.row(x) {
+                let before = self.pays(y);
+                self.succ_in[y] += 1;
+                let after = self.pays(y);
+                self.comm +=
+                    (f64::from(u8::from(after)) - f64::from(u8::from(before))) * p.ix.out_cost[y];
+            }
+        }
+    }
+
+    fn remove(&mut self, p: &Prepared<'_>, unit: usize) {
+        let u = &p.units;
+        self.acc_time -= u.accelerator_time[unit];
+        self.cpu_time -= u.cpu_time[unit];
+        self.memory = self.memory.saturating_sub(u.memory[unit]);
+        self.unsupported -= u32::from(!u.accelerator_ok[unit]);
+        for &x in u.members[unit].iter().rev() {
+            for &y in p.ix.pred.row(x) {
+                let before = self.pays(y);
+                self.succ_in[y] -= 1;
+                let after = self.pays(y);
+                self.comm +=
+                    (f64::from(u8::from(after)) - f64::from(u8::from(before))) * p.ix.out_cost[y];
+            }
+            let before = self.pays(x);
+            self.in_set[x] = false;
+            let after = self.pays(x);
+            self.comm += (f64::from(u8::from(after)) - f64::from(u8::from(before))) * p.ix.out_cost[x];
+        }
+    }
+}
+
+/// One step of the optimal chain: `J \ I` on a device of kind `kind`
+/// (`I == J`: the device is left empty).
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    j: u32,
+    i: u32,
+    kind: u8,
+}
+
+const NO_CHOICE: u8 = u8::MAX;
+
+fn run_dp(p: &Prepared<'_>, lat: &Lattice, ub: f64) -> Result<(f64, Vec<Step>, u64)> {
+    let kinds = &p.kinds;
+    if kinds.len() >= NO_CHOICE as usize {
+        return Err(PartitionError::Unsupported(format!(
+            "{} device kinds; at most 254 are supported",
+            kinds.len()
+        )));
+    }
+    let mut strides = Vec::with_capacity(kinds.len());
+    let mut ns = 1usize;
+    for k in kinds {
+        strides.push(ns);
+        ns = ns.checked_mul(k.count + 1).ok_or_else(|| {
+            PartitionError::Unsupported("too many devices for the DP's state space".into())
+        })?;
+    }
+    let cells = ns.checked_mul(lat.count).filter(|&c| c <= 1 << 31).ok_or_else(|| {
+        PartitionError::Unsupported(format!(
+            "{} ideals x {ns} device states is too large for the DP table",
+            lat.count
+        ))
+    })?;
+    let digit = |s: usize, t: usize| (s / strides[t]) % (kinds[t].count + 1);
+    let with_kind: Vec<Vec<u32>> = (0..kinds.len())
+        .map(|t| (0..ns).filter(|&s| digit(s, t) > 0).map(|s| s as u32).collect())
+        .collect();
+    let bound = if ub.is_finite() {
+        ub * (1.0 + 1e-9) + 1e-12
+    } else {
+        f64::INFINITY
+    };
+
+    let mut dp = vec![f64::INFINITY; cells];
+    let mut choice = vec![(0u32, NO_CHOICE); cells];
+    dp[..ns].fill(0.0);
+    let n = p.ix.graph.nodes.len();
+    let mut st = SetState {
+        in_set: vec![false; n],
+        succ_in: vec![0; n],
+        outdeg: (0..n).map(|i| p.ix.succ.row(i).len() as u32).collect(),
+        comm: 0.0,
+        acc_time: 0.0,
+        cpu_time: 0.0,
+        memory: 0,
+        unsupported: 0,
+    };
+    let mut stamp = vec![u32::MAX; lat.count];
+    let mut stack: Vec<(u32, u32, u32)> = Vec::new(); // (ideal, next down edge, unit added to reach it)
+    let mut cost = vec![0.0f64; kinds.len()];
+    let mut pairs = 0u64;
+    for j in 1..lat.count {
+        stamp[j] = j as u32;
+        stack.push((j as u32, lat.down_start[j], u32::MAX));
+        while let Some(top) = stack.last_mut() {
+            let (ideal, pos, added) = *top;
+            if pos == lat.down_start[ideal as usize + 1] {
+                stack.pop();
+                if added != u32::MAX {
+                    st.remove(p, added as usize);
+                }
+                continue;
+            }
+            top.1 += 1;
+            let (sub, unit) = lat.down[pos as usize];
+            if stamp[sub as usize] == j as u32 {
+                continue;
+            }
+            stamp[sub as usize] = j as u32;
+            st.add(p, unit as usize);
+            let mut any = false;
+            for (t, k) in kinds.iter().enumerate() {
+                cost[t] = if k.is_cpu {
+                    st.cpu_time
+                } else if st.unsupported > 0 || st.memory > k.memory {
+                    f64::INFINITY
+                } else {
+                    st.acc_time / k.speed
+                };
+                any |= cost[t] <= bound;
+                if !k.is_cpu {
+                    cost[t] += st.comm;
+                }
+            }
+            if !any {
+                // every superset of this set is too slow or too big as well
+                st.remove(p, unit as usize);
+                continue;
+            }
+            pairs += 1;
+            let (jrow, irow) = (j * ns, sub as usize * ns);
+            for (t, states) in with_kind.iter().enumerate() {
+                let c = cost[t];
+                if c > bound {
+                    continue;
+                }
+                for &s in states {
+                    let s = s as usize;
+                    let cand = dp[irow + s - strides[t]].max(c);
+                    if cand < dp[jrow + s] {
+                        dp[jrow + s] = cand;
+                        choice[jrow + s] = (sub, t as u8);
+                    }
+                }
+            }
+            stack.push((sub, lat.down_start[sub as usize], unit));
+        }
+        // leaving a device empty
+        let jrow = j * ns;
+        for s in 0..ns {
+            for t in 0..kinds.len() {
+                if digit(s, t) > 0 && dp[jrow + s - strides[t]] < dp[jrow + s] {
+                    dp[jrow + s] = dp[jrow + s - strides[t]];
+                    choice[jrow + s] = (j as u32, t as u8);
+                }
+            }
+        }
+    }
+    let full = lat.count - 1;
+    let value = dp[full * ns + ns - 1];
+    if !value.is_finite() {
+        return Err(PartitionError::Infeasible(
+            "no contiguous split satisfies the memory and accelerator-support constraints (or \
+             the devices are too few for the groups that must stay together)"
+                .into(),
+        ));
+    }
+    let mut chain = Vec::new();
+    let (mut j, mut s) = (full, ns - 1);
+    while j != 0 {
+        let (i, t) = choice[j * ns + s];
+        if t == NO_CHOICE {
+            return Err(PartitionError::Unsupported(
+                "internal error: the DP's back-links are incomplete".into(),
+            ));
+        }
+        chain.push(Step {
+            j: j as u32,
+            i,
+            kind: t,
+        });
+        s -= strides[t as usize];
+        j = i as usize;
+    }
+    Ok((value, chain, pairs))
+}
+
+fn finish(
+    p: &Prepared<'_>,
+    lat: &Lattice,
+    (value, pairs): (f64, u64),
+    chain: Vec<Step>,
+    ub: f64,
+    solver: &str,
+    start: Instant,
+) -> Result<(Plan, SolveStats)> {
+    let n = p.ix.graph.nodes.len();
+    let mut slot = vec![None; n];
+    let mut used = vec![0usize; p.kinds.len()];
+    for step in chain.iter().rev() {
+        if step.i == step.j {
+            continue;
+        }
+        let t = step.kind as usize;
+        let s = p.kinds[t].slot(used[t]);
+        used[t] += 1;
+        for u in lat.difference(step.j as usize, step.i as usize) {
+            for &x in &p.units.members[u] {
+                slot[x] = Some(s);
+            }
+        }
+    }
+    let assignment: Vec<Slot> = slot
+        .into_iter()
+        .map(|s| {
+            s.ok_or_else(|| {
+                PartitionError::Unsupported("internal error: the DP left a node unplaced".into())
+            })
+        })
+        .collect::<Result<_>>()?;
+    let e = evaluate_indexed(&p.ix, &p.kinds, &assignment)?;
+    let mut plan = e.plan;
+    plan.optimal = true;
+    plan.solver = solver.into();
+    Ok((
+        plan,
+        SolveStats {
+            units: p.units.len(),
+            ideals: lat.count,
+            pairs,
+            upper_bound: ub,
+            dp_objective: value,
+            seconds: start.elapsed().as_secs_f64(),
+        },
+    ))
+}
