@@ -11,22 +11,87 @@ use hetero_partition::{ExactDp, LinearDp, PaperGraph};
 
 /// (file, reference exact objective, reference seconds, reference linearized objective)
 const GRAPHS: &[(&str, Option<f64>, &str, f64)] = &[
-    ("LayerGraphs/bert24_inference", Some(17.7899), "<0.1", 17.7899),
-    ("LayerGraphs/bert24_training", Some(41.7458), "<0.1", 41.7458),
-    ("LayerGraphs/gnmt_inference", Some(32.9107), "22-35", 33.0326),
+    (
+        "LayerGraphs/bert24_inference",
+        Some(17.7899),
+        "<0.1",
+        17.7899,
+    ),
+    (
+        "LayerGraphs/bert24_training",
+        Some(41.7458),
+        "<0.1",
+        41.7458,
+    ),
+    (
+        "LayerGraphs/gnmt_inference",
+        Some(32.9107),
+        "22-35",
+        33.0326,
+    ),
     ("LayerGraphs/gnmt_training", Some(107.004), "55", 107.004),
     ("LayerGraphs/inceptionv3_inference", None, ">900", 51.5519),
     ("LayerGraphs/inceptionv3_training", None, ">600", 123.93),
-    ("LayerGraphs/resnet50_inference", Some(33.7747), "<1", 33.7747),
-    ("LayerGraphs/resnet50_training", Some(78.6318), "<1", 78.6498),
-    ("OperatorGraphs/bert_l-3_inference", Some(27.9186), "1.1", 27.9186),
-    ("OperatorGraphs/bert_l-3_training", Some(65.3031), "17", 65.3031),
-    ("OperatorGraphs/bert_l-6_inference", Some(29.5795), "11", 29.5795),
-    ("OperatorGraphs/bert_l-6_training", Some(72.865), "64", 72.865),
-    ("OperatorGraphs/bert_l-12_inference", Some(147.478), "18-30", 147.478),
-    ("OperatorGraphs/bert_L-12_training", Some(437.998), "91", 437.998),
-    ("OperatorGraphs/resnet50_inference", Some(124.349), "<1", 124.349),
-    ("OperatorGraphs/resnet50_training", Some(255.194), "<1", 255.194),
+    (
+        "LayerGraphs/resnet50_inference",
+        Some(33.7747),
+        "<1",
+        33.7747,
+    ),
+    (
+        "LayerGraphs/resnet50_training",
+        Some(78.6318),
+        "<1",
+        78.6498,
+    ),
+    (
+        "OperatorGraphs/bert_l-3_inference",
+        Some(27.9186),
+        "1.1",
+        27.9186,
+    ),
+    (
+        "OperatorGraphs/bert_l-3_training",
+        Some(65.3031),
+        "17",
+        65.3031,
+    ),
+    (
+        "OperatorGraphs/bert_l-6_inference",
+        Some(29.5795),
+        "11",
+        29.5795,
+    ),
+    (
+        "OperatorGraphs/bert_l-6_training",
+        Some(72.865),
+        "64",
+        72.865,
+    ),
+    (
+        "OperatorGraphs/bert_l-12_inference",
+        Some(147.478),
+        "18-30",
+        147.478,
+    ),
+    (
+        "OperatorGraphs/bert_L-12_training",
+        Some(437.998),
+        "91",
+        437.998,
+    ),
+    (
+        "OperatorGraphs/resnet50_inference",
+        Some(124.349),
+        "<1",
+        124.349,
+    ),
+    (
+        "OperatorGraphs/resnet50_training",
+        Some(255.194),
+        "<1",
+        255.194,
+    ),
 ];
 
 fn peak_rss_mib() -> Option<f64> {
@@ -37,12 +102,15 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 fn main() -> std::process::ExitCode {
-    let dir = std::env::args().nth(1).map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/data/dnn-partitioning/throughput-inputs"
-        ))
-    });
+    let dir = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../shared/data/dnn-partitioning/throughput-inputs"
+            ))
+        });
     println!(
         "| graph | units | ideals | pairs | exact DP | reference | DP time (s) | ref time (s) | speed-up | linear DP | ref linear | linear time (s) | peak RSS (MiB) |"
     );
@@ -76,7 +144,13 @@ fn main() -> std::process::ExitCode {
             .next_back()
             .and_then(|x| x.parse::<f64>().ok())
             .map_or("-".to_string(), |r| {
-                let bound = if ref_time.starts_with('>') { ">" } else if ref_time.starts_with('<') { "<" } else { "" };
+                let bound = if ref_time.starts_with('>') {
+                    ">"
+                } else if ref_time.starts_with('<') {
+                    "<"
+                } else {
+                    ""
+                };
                 format!("{bound}{:.0}x", r / time)
             });
         let ok = reference.is_none_or(|r| ((plan.objective - r) / r).abs() < 1e-5);

@@ -52,10 +52,11 @@ pub fn best_contiguous(graph: &Graph, cluster: &Cluster) -> Result<Option<(f64, 
                 *a = slots[x];
             }
             // colour and support violations are errors of the evaluator: skip those
-            if let Ok(e) = evaluate_indexed(&ix, &kinds, &assignment) {
-                if e.fits() && best.as_ref().is_none_or(|b| e.plan.objective < b.0) {
-                    best = Some((e.plan.objective, assignment.clone()));
-                }
+            if let Ok(e) = evaluate_indexed(&ix, &kinds, &assignment)
+                && e.fits()
+                && best.as_ref().is_none_or(|b| e.plan.objective < b.0)
+            {
+                best = Some((e.plan.objective, assignment.clone()));
             }
         }
         for x in digits.iter_mut() {
@@ -78,7 +79,9 @@ fn contiguous(ix: &Indexed<'_>, dev: &[usize], d: usize) -> bool {
             adj[a][b] = true;
         }
     }
-    let mut indeg: Vec<usize> = (0..d).map(|b| (0..d).filter(|&a| adj[a][b]).count()).collect();
+    let mut indeg: Vec<usize> = (0..d)
+        .map(|b| (0..d).filter(|&a| adj[a][b]).count())
+        .collect();
     let mut ready: Vec<usize> = (0..d).filter(|&b| indeg[b] == 0).collect();
     let mut seen = 0;
     while let Some(a) = ready.pop() {

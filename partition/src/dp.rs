@@ -192,6 +192,7 @@ fn greedy_assignment(p: &Prepared<'_>) -> Option<Vec<Slot>> {
         .sum();
     let mut unit_slot = vec![None; u.len()];
     let (mut d, mut time, mut mem) = (0usize, 0.0f64, 0u64);
+    #[allow(clippy::needless_range_loop)] // x indexes several unit arrays
     for x in 0..u.len() {
         if !u.accelerator_ok[x] || accs.is_empty() {
             unit_slot[x] = Some(cpu?);
@@ -203,7 +204,7 @@ fn greedy_assignment(p: &Prepared<'_>) -> Option<Vec<Slot>> {
             let t = u.accelerator_time[x] / speed;
             let fits = mem.saturating_add(u.memory[x]) <= cap;
             let last = d + 1 == accs.len();
-            if (fits && (time + t <= share || time == 0.0)) || (last && fits) {
+            if fits && (time + t <= share || time == 0.0 || last) {
                 unit_slot[x] = Some(slot);
                 time += t;
                 mem += u.memory[x];
@@ -350,7 +351,8 @@ impl SetState {
             let before = self.pays(x);
             self.in_set[x] = true;
             let after = self.pays(x);
-            self.comm += (f64::from(u8::from(after)) - f64::from(u8::from(before))) * p.ix.out_cost[x];
+            self.comm +=
+                (f64::from(u8::from(after)) - f64::from(u8::from(before))) * p.ix.out_cost[x];
             for &y in p.ix.pred.row(x) {
                 let before = self.pays(y);
                 self.succ_in[y] += 1;
@@ -378,7 +380,8 @@ impl SetState {
             let before = self.pays(x);
             self.in_set[x] = false;
             let after = self.pays(x);
-            self.comm += (f64::from(u8::from(after)) - f64::from(u8::from(before))) * p.ix.out_cost[x];
+            self.comm +=
+                (f64::from(u8::from(after)) - f64::from(u8::from(before))) * p.ix.out_cost[x];
         }
     }
 }
@@ -410,15 +413,23 @@ fn run_dp(p: &Prepared<'_>, lat: &Lattice, ub: f64) -> Result<(f64, Vec<Step>, u
             PartitionError::Unsupported("too many devices for the DP's state space".into())
         })?;
     }
-    let cells = ns.checked_mul(lat.count).filter(|&c| c <= 1 << 31).ok_or_else(|| {
-        PartitionError::Unsupported(format!(
-            "{} ideals x {ns} device states is too large for the DP table",
-            lat.count
-        ))
-    })?;
+    let cells = ns
+        .checked_mul(lat.count)
+        .filter(|&c| c <= 1 << 31)
+        .ok_or_else(|| {
+            PartitionError::Unsupported(format!(
+                "{} ideals x {ns} device states is too large for the DP table",
+                lat.count
+            ))
+        })?;
     let digit = |s: usize, t: usize| (s / strides[t]) % (kinds[t].count + 1);
     let with_kind: Vec<Vec<u32>> = (0..kinds.len())
-        .map(|t| (0..ns).filter(|&s| digit(s, t) > 0).map(|s| s as u32).collect())
+        .map(|t| {
+            (0..ns)
+                .filter(|&s| digit(s, t) > 0)
+                .map(|s| s as u32)
+                .collect()
+        })
         .collect();
     let bound = if ub.is_finite() {
         ub * (1.0 + 1e-9) + 1e-12

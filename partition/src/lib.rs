@@ -49,7 +49,9 @@ pub enum PartitionError {
     )]
     UnequalOutEdgeCosts { node: u64, a: f64, b: f64 },
     /// An edge goes from a backward node to a forward node.
-    #[error("edge from backward node id {src} to forward node id {dst}; training graphs must not have those")]
+    #[error(
+        "edge from backward node id {src} to forward node id {dst}; training graphs must not have those"
+    )]
     BackwardToForwardEdge { src: u64, dst: u64 },
     /// A number that must be finite and non-negative is not.
     #[error("{field} must be a finite number >= 0, got {value}")]

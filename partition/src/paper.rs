@@ -53,8 +53,8 @@ fn flag(v: &Value, at: &str) -> Result<bool> {
     match v {
         Value::Bool(b) => Ok(*b),
         Value::Number(n) => match n.as_f64() {
-            Some(x) if x == 0.0 => Ok(false),
-            Some(x) if x == 1.0 => Ok(true),
+            Some(0.0) => Ok(false),
+            Some(1.0) => Ok(true),
             _ => Err(malformed(format!("{at} must be a boolean or 0/1, got {n}"))),
         },
         other => Err(malformed(format!(
@@ -100,8 +100,10 @@ impl PaperGraph {
         }
         let accelerators = count(field(&root, "maxFPGAs", "the graph")?, "maxFPGAs")?;
         let cpus = count(field(&root, "maxCPUs", "the graph")?, "maxCPUs")?;
-        let memory_per_accelerator =
-            bytes(field(&root, "maxSizePerFPGA", "the graph")?, "maxSizePerFPGA")?;
+        let memory_per_accelerator = bytes(
+            field(&root, "maxSizePerFPGA", "the graph")?,
+            "maxSizePerFPGA",
+        )?;
         let nodes_v = field(&root, "nodes", "the graph")?
             .as_array()
             .ok_or_else(|| malformed("`nodes` must be a list"))?;
@@ -335,12 +337,7 @@ impl PaperSplit {
             .iter()
             .enumerate()
             .map(|(i, d)| (Slot::Accelerator(i), d))
-            .chain(
-                self.cpus
-                    .iter()
-                    .enumerate()
-                    .map(|(i, d)| (Slot::Cpu(i), d)),
-            );
+            .chain(self.cpus.iter().enumerate().map(|(i, d)| (Slot::Cpu(i), d)));
         for (slot, dev) in devices {
             for &id in &dev.nodes {
                 let idx = u64::try_from(id)
@@ -367,14 +364,13 @@ impl PaperSplit {
         let partial = self.assignment(graph)?;
         let mut by_color: HashMap<u64, Slot> = HashMap::new();
         for (i, s) in partial.iter().enumerate() {
-            if let (Some(s), Some(c)) = (s, graph.nodes[i].color_class) {
-                if let Some(prev) = by_color.insert(c, *s) {
-                    if prev != *s {
-                        return Err(PartitionError::BadSplit(format!(
-                            "colour class {c} is split between {prev:?} and {s:?}"
-                        )));
-                    }
-                }
+            if let (Some(s), Some(c)) = (s, graph.nodes[i].color_class)
+                && let Some(prev) = by_color.insert(c, *s)
+                && prev != *s
+            {
+                return Err(PartitionError::BadSplit(format!(
+                    "colour class {c} is split between {prev:?} and {s:?}"
+                )));
             }
         }
         partial

@@ -474,7 +474,11 @@ impl Units {
                 .iter()
                 .any(|k| self.accelerator_ok[u] && self.memory[u] <= k.memory);
             if !fits {
-                let ids: Vec<u64> = self.members[u].iter().take(5).map(|&i| g.nodes[i].id).collect();
+                let ids: Vec<u64> = self.members[u]
+                    .iter()
+                    .take(5)
+                    .map(|&i| g.nodes[i].id)
+                    .collect();
                 let why = if self.accelerator_ok[u] {
                     format!(
                         "needs {} bytes, more than any accelerator's memory ({} bytes)",

@@ -1,6 +1,7 @@
 //! The paper's shipped graphs: the exact DP reaches the reference objectives,
 //! expert splits score to the reference values, and every solver's objective
 //! is the evaluator's on its own split.
+#![allow(clippy::unwrap_used)] // test helpers may unwrap
 
 use std::path::PathBuf;
 
@@ -15,7 +16,9 @@ fn data() -> PathBuf {
 }
 
 fn graph(name: &str) -> PaperGraph {
-    let path = data().join("throughput-inputs").join(format!("{name}.json"));
+    let path = data()
+        .join("throughput-inputs")
+        .join(format!("{name}.json"));
     PaperGraph::from_path(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -121,7 +124,10 @@ fn sweeps_over_the_number_of_accelerators() {
         for &(k, reference) in points {
             let cluster = Cluster::homogeneous(k, pg.memory_per_accelerator, pg.cpus);
             let got = exact(&pg, &cluster);
-            assert!(close(got, reference, 1e-5), "{name} k={k}: {got} vs {reference}");
+            assert!(
+                close(got, reference, 1e-5),
+                "{name} k={k}: {got} vs {reference}"
+            );
         }
     }
 }
@@ -140,7 +146,9 @@ fn expert_splits_score_to_the_reference_values() {
     ];
     for (g, split, reference) in cases {
         let pg = graph(&format!("LayerGraphs/{g}"));
-        let path = data().join("human-experts").join(format!("{split}_expert.json"));
+        let path = data()
+            .join("human-experts")
+            .join(format!("{split}_expert.json"));
         let split = PaperSplit::from_path(&path).unwrap();
         let assignment = split.complete_assignment(&pg.graph).unwrap();
         let cluster = Cluster::homogeneous(split.fpgas.len(), pg.memory_per_accelerator, 1);
