@@ -97,8 +97,10 @@ fn run(args: &Args) -> Result<()> {
         one => vec![one],
     };
     let mut runs: Vec<(String, Result<ServeReport>)> = Vec::new();
+    let mut predicted: Vec<Option<f64>> = Vec::new();
     for name in names {
         let allocation = policy(name)?.allocate(&profiles, args.batch);
+        predicted.push(allocation.as_ref().ok().map(|a| a.throughput()));
         let outcome = allocation.and_then(|a| {
             if let Some(&g) = a.overflows.first() {
                 // Running it would only reproduce the out-of-memory error.
@@ -134,7 +136,7 @@ fn run(args: &Args) -> Result<()> {
         println!("{out:#}");
         return Ok(());
     }
-    print_tables(args, &model, &profiles, &used, &runs);
+    print_tables(args, &model, &profiles, &used, &runs, &predicted);
     Ok(())
 }
 
@@ -144,6 +146,7 @@ fn print_tables(
     profiles: &[DeviceProfile],
     used: &[&dyn DynDevice],
     runs: &[(String, Result<ServeReport>)],
+    predicted: &[Option<f64>],
 ) {
     let thr: Vec<f64> = profiles
         .iter()
@@ -180,21 +183,25 @@ fn print_tables(
         _ => None,
     });
     println!(
-        "{:<10} {:>12} {:>16} {:>11}",
-        "policy", "tokens/s", "ms per token", "vs uniform"
+        "{:<10} {:>12} {:>16} {:>11} {:>18}",
+        "policy", "tokens/s", "ms per token", "vs uniform", "predicted tokens/s"
     );
-    for (name, r) in runs {
+    for ((name, r), pred) in runs.iter().zip(predicted) {
+        let pred = pred
+            .map(|p| format!("{p:.1}"))
+            .unwrap_or_else(|| "-".into());
         match r {
             Ok(rep) => {
                 let ratio = uniform
                     .map(|u| format!("{:.2}x", rep.tokens_per_s / u))
                     .unwrap_or_else(|| "-".into());
                 println!(
-                    "{:<10} {:>12.1} {:>16.3} {:>11}",
+                    "{:<10} {:>12.1} {:>16.3} {:>11} {:>18}",
                     name,
                     rep.tokens_per_s,
                     rep.per_token_latency_s * 1e3,
-                    ratio
+                    ratio,
+                    pred
                 );
             }
             Err(e) => println!("{name:<10} failed: {e}"),
