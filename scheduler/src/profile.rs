@@ -238,3 +238,90 @@ pub fn profile_device(
         fit,
     ))
 }
+
+/// `B*` at several maximum lengths (buckets such as 512 / 1024 / 2048):
+/// shorter requests can then be batched more densely.
+pub fn profile_buckets(
+    device: &dyn DynDevice,
+    model: &ModelShape,
+    weights: &Weights,
+    lengths: &[usize],
+    limit: usize,
+) -> Result<Vec<MemoryProfile>> {
+    lengths
+        .iter()
+        .map(|&len| profile_memory(device, model, weights, len, limit))
+        .collect()
+}
+
+/// Memory profiles saved as JSON, keyed by the device's identity (id and
+/// name), so a profile is reused only on the device it was measured on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProfileCache {
+    pub entries: Vec<CachedProfile>,
+}
+
+/// One cached profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CachedProfile {
+    pub device: DeviceId,
+    pub device_name: String,
+    /// Memory the device had when profiled: a different budget invalidates it.
+    pub memory_total_bytes: u64,
+    pub profile: MemoryProfile,
+}
+
+impl ProfileCache {
+    /// The cached profile of `device` for `model` at `max_len`, if any.
+    pub fn get(
+        &self,
+        device: &dyn DynDevice,
+        model: &str,
+        max_len: usize,
+    ) -> Option<&MemoryProfile> {
+        let info = device.info();
+        self.entries
+            .iter()
+            .find(|e| {
+                e.device == info.id
+                    && e.device_name == info.name
+                    && e.memory_total_bytes == info.memory_total_bytes
+                    && e.profile.model == model
+                    && e.profile.max_len == max_len
+            })
+            .map(|e| &e.profile)
+    }
+
+    /// Remember `profile` for `device`, replacing an older one.
+    pub fn insert(&mut self, device: &dyn DynDevice, profile: MemoryProfile) {
+        let info = device.info();
+        self.entries.retain(|e| {
+            !(e.device == info.id
+                && e.profile.model == profile.model
+                && e.profile.max_len == profile.max_len)
+        });
+        self.entries.push(CachedProfile {
+            device: info.id,
+            device_name: info.name,
+            memory_total_bytes: info.memory_total_bytes,
+            profile,
+        });
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        serde_json::from_str(&text)
+            .map_err(|e| Error::invalid(format!("profile cache {}", path.display()), e.to_string()))
+    }
+
+    /// Write atomically (a temporary file, then a rename).
+    pub fn save(&self, path: &std::path::Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self)
+            .map_err(|e| Error::invalid("profile cache", e.to_string()))?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, text)
+            .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("renaming {}", tmp.display()), e))
+    }
+}

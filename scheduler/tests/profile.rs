@@ -104,3 +104,30 @@ fn two_unequal_host_devices_get_a_valid_plan() {
     let uniform = Uniform.allocate(&profiles, total).unwrap();
     assert_eq!(uniform.overflows, vec![0]);
 }
+
+#[test]
+fn buckets_and_the_json_cache() {
+    use hetero_scheduler::profile::{ProfileCache, profile_buckets};
+    let model = ModelShape::tiny();
+    let d = device(0, 1, 16 << 20);
+    let weights = allocate_weights(&d, &model).unwrap();
+    let buckets = profile_buckets(&d, &model, &weights, &[512, 1024, 2048], 10_000).unwrap();
+    assert!(
+        buckets[0].max_batch > buckets[1].max_batch && buckets[1].max_batch > buckets[2].max_batch
+    );
+    let mut cache = ProfileCache::default();
+    for p in &buckets {
+        cache.insert(&d, p.clone());
+    }
+    let path = std::env::temp_dir().join(format!("hetero-profiles-{}.json", std::process::id()));
+    cache.save(&path).unwrap();
+    let back = ProfileCache::load(&path).unwrap();
+    assert_eq!(back.get(&d, "tiny", 1024), Some(&buckets[1]));
+    // Another budget is another device as far as the cache knows.
+    let other = device(0, 1, 32 << 20);
+    assert_eq!(back.get(&other, "tiny", 1024), None);
+    std::fs::write(&path, "{ \"entries\": 3 }").unwrap();
+    let err = ProfileCache::load(&path).unwrap_err().to_string();
+    assert!(err.contains("hetero-profiles") && err.contains("expected a sequence"), "{err}");
+    std::fs::remove_file(&path).unwrap();
+}
