@@ -106,9 +106,15 @@ impl ExactDp {
             .and_then(|a| evaluate_indexed(&p.ix, &p.kinds, &a).ok())
             .filter(|e| e.fits())
             .map_or(f64::INFINITY, |e| e.plan.objective);
-        let (lin_value, _, _) = run_dp(&p, &linear, greedy_ub)?;
+        // The linearized DP may find no split where the exact one does.
+        let lin_value = match run_dp(&p, &linear, greedy_ub) {
+            Ok((v, _, _)) => v,
+            Err(PartitionError::Infeasible(_)) => f64::INFINITY,
+            Err(e) => return Err(e),
+        };
         let lattice = Lattice::ideals(&p.units, self.ideal_limit)?;
-        let ub = lin_value.min(greedy_ub);
+        // The linearized DP's split is a contiguous split: a valid bound.
+        let ub = lin_value;
         let (value, chain, pairs) = run_dp(&p, &lattice, ub)?;
         finish(&p, &lattice, (value, pairs), chain, ub, "exact-dp", start)
     }
@@ -397,7 +403,18 @@ struct Step {
 
 const NO_CHOICE: u8 = u8::MAX;
 
+/// The DP pruned by `ub`; if no split of the lattice reaches `ub` (the bound
+/// came from a split outside it), again without a bound.
 fn run_dp(p: &Prepared<'_>, lat: &Lattice, ub: f64) -> Result<(f64, Vec<Step>, u64)> {
+    match run_dp_bounded(p, lat, ub) {
+        Err(PartitionError::Infeasible(_)) if ub.is_finite() => {
+            run_dp_bounded(p, lat, f64::INFINITY)
+        }
+        other => other,
+    }
+}
+
+fn run_dp_bounded(p: &Prepared<'_>, lat: &Lattice, ub: f64) -> Result<(f64, Vec<Step>, u64)> {
     let kinds = &p.kinds;
     if kinds.len() >= NO_CHOICE as usize {
         return Err(PartitionError::Unsupported(format!(

@@ -1,0 +1,131 @@
+//! Property tests on random small DAGs: the exact DP equals brute force over
+//! every contiguous split (with colour classes, CPU-only nodes, memory limits
+//! and accelerators of different speeds and memories), the linearized DP is
+//! never better, and every solver's objective is the evaluator's on its split.
+#![allow(clippy::unwrap_used)] // test helpers may unwrap
+
+use hetero_core::placement::{AcceleratorClass, Cluster, Edge, Graph, Node};
+use hetero_partition::{ExactDp, Greedy, LinearDp, PartitionError, brute, evaluate};
+use proptest::prelude::*;
+
+#[derive(Debug, Clone)]
+struct Case {
+    graph: Graph,
+    cluster: Cluster,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (1usize..=6)
+        .prop_flat_map(|n| {
+            let nodes = proptest::collection::vec(
+                (
+                    0u32..20,                             // cpu time
+                    0u32..10,                             // accelerator time
+                    0u64..6,                              // memory
+                    prop::bool::weighted(0.85),           // runs on an accelerator
+                    prop::option::weighted(0.3, 0u64..2), // colour class
+                    0u32..4,                              // out cost
+                ),
+                n,
+            );
+            let edges = proptest::collection::vec(prop::bool::weighted(0.4), n * (n - 1) / 2);
+            let cluster = (
+                1usize..=2,
+                1u64..=12,
+                prop::bool::ANY, // second accelerator class
+                0usize..=1,      // cpus
+            );
+            (nodes, edges, cluster)
+        })
+        .prop_map(|(nodes, edges, (k, mem, hetero, cpus))| {
+            let n = nodes.len();
+            let graph_nodes: Vec<Node> = nodes
+                .iter()
+                .enumerate()
+                .map(|(i, &(c, a, m, ok, color, _))| Node {
+                    id: 10 * i as u64 + 3,
+                    name: None,
+                    cpu_time: f64::from(c),
+                    accelerator_time: f64::from(a) / 2.0,
+                    memory_bytes: m,
+                    accelerator_ok: ok,
+                    color_class: color,
+                    backward: false,
+                })
+                .collect();
+            let mut graph_edges = Vec::new();
+            let mut e = 0;
+            for i in 0..n {
+                for j in i + 1..n {
+                    if edges[e] {
+                        graph_edges.push(Edge {
+                            src: i,
+                            dst: j,
+                            transfer_time: f64::from(nodes[i].5) / 4.0,
+                            bytes: None,
+                        });
+                    }
+                    e += 1;
+                }
+            }
+            let mut accelerators = vec![AcceleratorClass {
+                name: "a".into(),
+                count: k,
+                memory_bytes: mem,
+                speed_factor: 1.0,
+            }];
+            if hetero {
+                accelerators.push(AcceleratorClass {
+                    name: "b".into(),
+                    count: 1,
+                    memory_bytes: mem / 2 + 1,
+                    speed_factor: 2.0,
+                });
+            }
+            Case {
+                graph: Graph {
+                    nodes: graph_nodes,
+                    edges: graph_edges,
+                },
+                cluster: Cluster {
+                    accelerators,
+                    cpus,
+                    interconnect: None,
+                },
+            }
+        })
+}
+
+fn consistent(c: &Case, plan: &hetero_core::placement::Plan) {
+    let e = evaluate(&c.graph, &c.cluster, &plan.assignment).unwrap();
+    assert!(e.fits());
+    assert_eq!(e.plan.objective, plan.objective);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    #[test]
+    fn exact_dp_equals_brute_force(c in case()) {
+        let brute = brute::best_contiguous(&c.graph, &c.cluster).unwrap();
+        let exact = ExactDp::default().solve(&c.graph, &c.cluster);
+        match (brute, exact) {
+            (None, Err(PartitionError::Infeasible(_))) => {}
+            (Some((best, _)), Ok((plan, stats))) => {
+                consistent(&c, &plan);
+                prop_assert!((plan.objective - best).abs() <= 1e-9 * best.max(1.0),
+                    "DP {} vs brute force {}", plan.objective, best);
+                prop_assert!((stats.dp_objective - plan.objective).abs() <= 1e-9 * best.max(1.0));
+                // the prefixes of one order may admit no feasible split
+                if let Ok((lin, _)) = LinearDp.solve(&c.graph, &c.cluster) {
+                    consistent(&c, &lin);
+                    prop_assert!(lin.objective >= best - 1e-9);
+                }
+                if let Ok((g, _)) = Greedy.solve(&c.graph, &c.cluster) {
+                    consistent(&c, &g);
+                }
+            }
+            (b, e) => prop_assert!(false, "brute force {b:?} but DP {e:?}"),
+        }
+    }
+}
