@@ -55,6 +55,7 @@ fn case() -> impl Strategy<Value = Case> {
                 .collect();
             let mut graph_edges = Vec::new();
             let mut e = 0;
+            #[allow(clippy::needless_range_loop)] // i indexes nodes and numbers edges
             for i in 0..n {
                 for j in i + 1..n {
                     if edges[e] {
