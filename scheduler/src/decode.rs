@@ -55,9 +55,27 @@ impl std::fmt::Debug for DecodeModel<'_> {
     }
 }
 
-/// Deterministic values in `[-scale, scale)` (splitmix64 stream per seed).
-fn synthetic(len: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+/// How a synthetic tensor is initialised.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Init {
+    Ones,
+    Zeros,
+    /// Uniform in `[-scale, scale)`.
+    Uniform(f32),
+}
+
+/// Deterministic values for tensor `name` (splitmix64 seeded by the name,
+/// so every tensor has the same values whatever the order of creation).
+pub fn synthetic(name: &str, len: usize, init: Init) -> Vec<f32> {
+    let scale = match init {
+        Init::Ones => return vec![1.0; len],
+        Init::Zeros => return vec![0.0; len],
+        Init::Uniform(s) => s,
+    };
+    // FNV-1a of the name.
+    let mut state = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
     (0..len)
         .map(|_| {
             state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -70,13 +88,141 @@ fn synthetic(len: usize, seed: u64, scale: f32) -> Vec<f32> {
         .collect()
 }
 
+/// Every tensor of `shape`: name, dimensions and synthetic initialisation.
+/// This is also the naming a safetensors file must follow.
+pub fn tensor_specs(shape: &ModelShape) -> Vec<(String, Vec<usize>, Init)> {
+    let (h, f) = (shape.hidden, shape.ffn);
+    let init = Init::Uniform(1.0 / (h as f32).sqrt());
+    let mut specs = Vec::new();
+    for i in 0..shape.layers {
+        let p = format!("layers.{i}");
+        specs.extend([
+            (format!("{p}.ln1.weight"), vec![h], Init::Ones),
+            (format!("{p}.ln1.bias"), vec![h], Init::Zeros),
+            (format!("{p}.attn.qkv.weight"), vec![h, 3 * h], init),
+            (
+                format!("{p}.attn.qkv.bias"),
+                vec![3 * h],
+                Init::Uniform(0.02),
+            ),
+            (format!("{p}.attn.out.weight"), vec![h, h], init),
+            (format!("{p}.attn.out.bias"), vec![h], Init::Uniform(0.02)),
+            (format!("{p}.ln2.weight"), vec![h], Init::Ones),
+            (format!("{p}.ln2.bias"), vec![h], Init::Zeros),
+            (format!("{p}.mlp.up.weight"), vec![h, f], init),
+            (format!("{p}.mlp.up.bias"), vec![f], Init::Uniform(0.02)),
+            (
+                format!("{p}.mlp.down.weight"),
+                vec![f, h],
+                Init::Uniform(1.0 / (f as f32).sqrt()),
+            ),
+            (format!("{p}.mlp.down.bias"), vec![h], Init::Uniform(0.02)),
+        ]);
+    }
+    specs.push((
+        "embed.weight".into(),
+        vec![shape.vocab, h],
+        Init::Uniform(1.0),
+    ));
+    if shape.max_positions > 0 {
+        specs.push((
+            "positions.weight".into(),
+            vec![shape.max_positions, h],
+            Init::Uniform(0.1),
+        ));
+    }
+    specs.push(("ln_f.weight".into(), vec![h], Init::Ones));
+    specs.push(("ln_f.bias".into(), vec![h], Init::Zeros));
+    specs
+}
+
+/// The synthetic weights of `shape` as `(name, dims, values)`, e.g. to
+/// write a safetensors file.
+pub fn synthetic_tensors(shape: &ModelShape) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    tensor_specs(shape)
+        .into_iter()
+        .map(|(name, dims, init)| {
+            let values = synthetic(&name, dims.iter().product(), init);
+            (name, dims, values)
+        })
+        .collect()
+}
+
+/// Values of `view` as f32 (f32, f16 and bf16 files are accepted).
+fn to_f32(name: &str, view: &safetensors::tensor::TensorView<'_>) -> Result<Vec<f32>> {
+    use safetensors::Dtype;
+    let bytes = view.data();
+    Ok(match view.dtype() {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| hetero_core::half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| hetero_core::half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        other => {
+            return Err(Error::invalid(
+                format!("tensor {name}"),
+                format!("dtype {other:?}; expected F32, F16 or BF16"),
+            ));
+        }
+    })
+}
+
 impl<'d> DecodeModel<'d> {
-    /// Put `shape` (f32) on `device` with room for `batch` x `max_len` tokens.
+    /// Put `shape` on `device` with synthetic weights and room for
+    /// `batch` x `max_len` tokens (computes in f32).
     pub fn new(
         device: &'d dyn DynDevice,
         shape: &ModelShape,
         batch: usize,
         max_len: usize,
+    ) -> Result<Self> {
+        Self::build(device, shape, batch, max_len, |name, dims, init| {
+            Ok(synthetic(name, dims.iter().product(), init))
+        })
+    }
+
+    /// Put `shape` on `device` with the weights of a safetensors file (names
+    /// as in [`tensor_specs`]; f32, f16 or bf16). A missing tensor or a
+    /// wrong shape is an error naming the tensor.
+    pub fn from_safetensors(
+        device: &'d dyn DynDevice,
+        shape: &ModelShape,
+        bytes: &[u8],
+        batch: usize,
+        max_len: usize,
+    ) -> Result<Self> {
+        let file = safetensors::SafeTensors::deserialize(bytes)
+            .map_err(|e| Error::invalid("safetensors file", e.to_string()))?;
+        Self::build(device, shape, batch, max_len, |name, dims, _| {
+            let view = file.tensor(name).map_err(|_| {
+                Error::invalid(
+                    format!("tensor {name}"),
+                    format!("missing from the file; a {} model needs it", shape.name),
+                )
+            })?;
+            if view.shape() != dims {
+                return Err(Error::invalid(
+                    format!("tensor {name}"),
+                    format!("has shape {:?}, the model needs {dims:?}", view.shape()),
+                ));
+            }
+            to_f32(name, &view)
+        })
+    }
+
+    fn build(
+        device: &'d dyn DynDevice,
+        shape: &ModelShape,
+        batch: usize,
+        max_len: usize,
+        mut tensor: impl FnMut(&str, &[usize], Init) -> Result<Vec<f32>>,
     ) -> Result<Self> {
         shape.validate()?;
         if batch == 0 || max_len == 0 {
@@ -94,41 +240,48 @@ impl<'d> DecodeModel<'d> {
                 ),
             ));
         }
-        let (h, f) = (shape.hidden, shape.ffn);
-        let mut seed = 1u64;
-        let mut put = |len: usize, scale: f32| -> Result<BoxedBuffer> {
-            seed += 1;
-            device.alloc_from(HostSlice::new(&synthetic(len, seed, scale)))
+        let h = shape.hidden;
+        let mut loaded = std::collections::HashMap::new();
+        for (name, dims, init) in tensor_specs(shape) {
+            let values = tensor(&name, &dims, init)?;
+            loaded.insert(name, device.alloc_from(HostSlice::new(&values))?);
+        }
+        let mut take = |name: &str| -> Result<BoxedBuffer> {
+            loaded
+                .remove(name)
+                .ok_or_else(|| Error::invalid(format!("tensor {name}"), "missing"))
         };
-        let init = 1.0 / (h as f32).sqrt();
-        let ones =
-            || -> Result<BoxedBuffer> { device.alloc_from(HostSlice::new(&vec![1.0f32; h])) };
         let mut layers = Vec::with_capacity(shape.layers);
-        for _ in 0..shape.layers {
-            let ln1 = (ones()?, device.alloc(DType::F32, h)?);
-            let ln2 = (ones()?, device.alloc(DType::F32, h)?);
+        for i in 0..shape.layers {
+            let p = format!("layers.{i}");
             layers.push(Layer {
-                ln1,
-                w_qkv: put(h * 3 * h, init)?,
-                b_qkv: put(3 * h, 0.02)?,
-                w_o: put(h * h, init)?,
-                b_o: put(h, 0.02)?,
-                ln2,
-                w_up: put(h * f, init)?,
-                b_up: put(f, 0.02)?,
-                w_down: put(f * h, 1.0 / (f as f32).sqrt())?,
-                b_down: put(h, 0.02)?,
+                ln1: (
+                    take(&format!("{p}.ln1.weight"))?,
+                    take(&format!("{p}.ln1.bias"))?,
+                ),
+                w_qkv: take(&format!("{p}.attn.qkv.weight"))?,
+                b_qkv: take(&format!("{p}.attn.qkv.bias"))?,
+                w_o: take(&format!("{p}.attn.out.weight"))?,
+                b_o: take(&format!("{p}.attn.out.bias"))?,
+                ln2: (
+                    take(&format!("{p}.ln2.weight"))?,
+                    take(&format!("{p}.ln2.bias"))?,
+                ),
+                w_up: take(&format!("{p}.mlp.up.weight"))?,
+                b_up: take(&format!("{p}.mlp.up.bias"))?,
+                w_down: take(&format!("{p}.mlp.down.weight"))?,
+                b_down: take(&format!("{p}.mlp.down.bias"))?,
                 k_cache: device.alloc(DType::F32, batch * max_len * h)?,
                 v_cache: device.alloc(DType::F32, batch * max_len * h)?,
             });
         }
-        let embed = put(shape.vocab * h, 1.0)?;
+        let embed = take("embed.weight")?;
         let positions = if shape.max_positions > 0 {
-            Some(put(shape.max_positions * h, 0.1)?)
+            Some(take("positions.weight")?)
         } else {
             None
         };
-        let ln_f = (ones()?, device.alloc(DType::F32, h)?);
+        let ln_f = (take("ln_f.weight")?, take("ln_f.bias")?);
         Ok(DecodeModel {
             device,
             shape: shape.clone(),

@@ -81,3 +81,92 @@ fn lock_step_serving_on_two_host_devices_is_deterministic() {
     assert!(idle.first_sequence_tokens[0].is_empty());
     assert!(hetero_scheduler::serve(&devices, &model, &[1], 2, 2).is_err());
 }
+
+/// Serialise the synthetic weights of `shape`, optionally as f16.
+fn safetensors_bytes(
+    shape: &ModelShape,
+    f16: bool,
+    skip: Option<&str>,
+    reshape: Option<&str>,
+) -> Vec<u8> {
+    use safetensors::tensor::{Dtype, TensorView};
+    let tensors = hetero_scheduler::decode::synthetic_tensors(shape);
+    let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .filter(|(n, _, _)| Some(n.as_str()) != skip)
+        .map(|(n, mut dims, v)| {
+            if Some(n.as_str()) == reshape {
+                dims.reverse();
+                dims.push(1);
+            }
+            let bytes = if f16 {
+                v.iter()
+                    .flat_map(|x| hetero_core::half::f16::from_f32(*x).to_le_bytes())
+                    .collect()
+            } else {
+                v.iter().flat_map(|x| x.to_le_bytes()).collect()
+            };
+            (n, dims, bytes)
+        })
+        .collect();
+    let views: Vec<(String, TensorView<'_>)> = encoded
+        .iter()
+        .map(|(n, d, b)| {
+            let dtype = if f16 { Dtype::F16 } else { Dtype::F32 };
+            (n.clone(), TensorView::new(dtype, d.clone(), b).unwrap())
+        })
+        .collect();
+    safetensors::serialize(views, None).unwrap()
+}
+
+#[test]
+fn safetensors_weights_load_and_match_the_synthetic_model() {
+    let d = host(2);
+    let shape = ModelShape::tiny();
+    let mut reference = DecodeModel::new(&d, &shape, 2, 8).unwrap();
+    let (want, want_next) = reference.step_with_logits(&[5, 6]).unwrap();
+    let want: Vec<f32> = d.to_vec(want.as_ref()).unwrap();
+    // Written as f32: identical.
+    let bytes = safetensors_bytes(&shape, false, None, None);
+    let mut loaded = DecodeModel::from_safetensors(&d, &shape, &bytes, 2, 8).unwrap();
+    let (got, next) = loaded.step_with_logits(&[5, 6]).unwrap();
+    assert_eq!(d.to_vec::<f32>(got.as_ref()).unwrap(), want);
+    assert_eq!(next, want_next);
+    // Written as f16: the same model up to f16 rounding of the weights.
+    let bytes = safetensors_bytes(&shape, true, None, None);
+    let mut half = DecodeModel::from_safetensors(&d, &shape, &bytes, 2, 8).unwrap();
+    let (got, _) = half.step_with_logits(&[5, 6]).unwrap();
+    let got: Vec<f32> = d.to_vec(got.as_ref()).unwrap();
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(g, w)| (g - w).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 0.05, "largest logit difference {worst}");
+}
+
+#[test]
+fn bad_safetensors_files_name_the_problem() {
+    let d = host(1);
+    let shape = ModelShape::tiny();
+    let missing = safetensors_bytes(&shape, false, Some("layers.1.mlp.up.bias"), None);
+    let err = DecodeModel::from_safetensors(&d, &shape, &missing, 1, 4)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("layers.1.mlp.up.bias") && err.contains("missing"),
+        "{err}"
+    );
+    let wrong = safetensors_bytes(&shape, false, None, Some("embed.weight"));
+    let err = DecodeModel::from_safetensors(&d, &shape, &wrong, 1, 4)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("embed.weight") && err.contains("shape"),
+        "{err}"
+    );
+    let err = DecodeModel::from_safetensors(&d, &shape, b"not a file", 1, 4)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("safetensors"), "{err}");
+}

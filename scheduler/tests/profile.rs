@@ -128,6 +128,9 @@ fn buckets_and_the_json_cache() {
     assert_eq!(back.get(&other, "tiny", 1024), None);
     std::fs::write(&path, "{ \"entries\": 3 }").unwrap();
     let err = ProfileCache::load(&path).unwrap_err().to_string();
-    assert!(err.contains("hetero-profiles") && err.contains("expected a sequence"), "{err}");
+    assert!(
+        err.contains("hetero-profiles") && err.contains("expected a sequence"),
+        "{err}"
+    );
     std::fs::remove_file(&path).unwrap();
 }
