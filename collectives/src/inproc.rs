@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use hetero_core::Result;
+use hetero_core::{LinkKind, Result};
 use tokio::sync::mpsc;
 
 use crate::error::CollectiveError;
@@ -87,5 +87,8 @@ impl Transport for InProcessTransport {
     }
     fn describe(&self) -> String {
         "in-process channels (messages moved, not copied)".into()
+    }
+    fn link_kind(&self, _peer: usize) -> LinkKind {
+        LinkKind::SharedMemory
     }
 }

@@ -7,10 +7,12 @@ pub mod error;
 pub mod flat;
 pub mod inproc;
 pub mod kernels;
+pub mod tcp;
 pub mod transport;
 
 pub use cost::Algorithm;
 pub use error::CollectiveError;
 pub use flat::FlatCollective;
 pub use inproc::InProcessTransport;
+pub use tcp::{TcpConfig, TcpTransport};
 pub use transport::{DEFAULT_TIMEOUT, SubTransport, Transport};

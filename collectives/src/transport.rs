@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use hetero_core::Result;
+use hetero_core::{LinkKind, Result};
 use tokio::sync::{Mutex, mpsc};
 
 use crate::error::CollectiveError;
@@ -32,6 +32,10 @@ pub trait Transport: Send + Sync + fmt::Debug {
     fn timeout(&self) -> Duration;
     /// Short name of the medium ("in-process channels", "TCP full mesh").
     fn describe(&self) -> String;
+    /// What kind of link reaches `peer` (for the measured topology).
+    fn link_kind(&self, _peer: usize) -> LinkKind {
+        LinkKind::Unknown
+    }
 }
 
 /// What a reader side pushes: a message, or why the peer is gone.
@@ -172,5 +176,9 @@ impl Transport for SubTransport {
     }
     fn describe(&self) -> String {
         self.parent.describe()
+    }
+    fn link_kind(&self, peer: usize) -> LinkKind {
+        self.global(peer)
+            .map_or(LinkKind::Unknown, |g| self.parent.link_kind(g))
     }
 }
