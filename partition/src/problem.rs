@@ -170,9 +170,10 @@ impl Kind {
 /// The device kinds of a cluster, accelerator classes first, then CPUs.
 /// Classes with no devices are left out.
 pub fn kinds(cluster: &Cluster) -> Result<Vec<Kind>> {
-    cluster
-        .validate()
-        .map_err(|e| PartitionError::Unsupported(e.to_string()))?;
+    cluster.validate().map_err(|e| PartitionError::Malformed {
+        what: "cluster".into(),
+        reason: e.to_string(),
+    })?;
     let mut out = Vec::new();
     let mut first = 0;
     for c in &cluster.accelerators {

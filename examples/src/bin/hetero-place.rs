@@ -1,0 +1,150 @@
+//! hetero-place: place a DNN graph (the paper's JSON format) on accelerators
+//! and CPUs for pipelined throughput, or score a given split.
+//!
+//! Prints the split in the paper's output format (`maxLoad`, `fpgas`, `cpus`)
+//! on stdout and a human summary on stderr.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use hetero_core::placement::{Cluster, Plan};
+use hetero_partition::{
+    ExactDp, Greedy, LinearDp, PaperGraph, PaperSplit, PartitionError, SolveStats, evaluate,
+};
+
+/// Place the nodes of a DNN graph on k accelerators and l CPUs so that the
+/// time per sample under pipelining (the largest device load) is least,
+/// after Tarnawski et al., "Efficient Algorithms for Device Placement of DNN
+/// Graph Operators" (NeurIPS 2020).
+///
+/// The graph file is the paper's input format (`maxFPGAs`, `maxCPUs`,
+/// `maxSizePerFPGA`, `nodes`, `edges`); k, l and the memory default to the
+/// file's values. The split goes to stdout in the paper's output format.
+#[derive(Debug, Parser)]
+#[command(name = "hetero-place", version)]
+struct Args {
+    /// Graph file in the paper's JSON format.
+    #[arg(long, value_name = "FILE")]
+    graph: PathBuf,
+    /// Algorithm: exact DP over all ideals, DP over the prefixes of one
+    /// topological order, or the greedy baseline.
+    #[arg(long, value_enum, default_value_t = Algo::Dp)]
+    algo: Algo,
+    /// Number of accelerators (default: the file's maxFPGAs).
+    #[arg(long, value_name = "K")]
+    accelerators: Option<usize>,
+    /// Number of CPUs (default: the file's maxCPUs).
+    #[arg(long, value_name = "L")]
+    cpus: Option<usize>,
+    /// Memory of each accelerator, bytes (default: the file's maxSizePerFPGA).
+    #[arg(long, value_name = "BYTES")]
+    memory: Option<u64>,
+    /// Score this split (paper output format, e.g. a human-experts file)
+    /// instead of solving. Nodes it leaves out follow their colour class.
+    #[arg(long, value_name = "SPLIT.json")]
+    score: Option<PathBuf>,
+    /// Cluster of several accelerator kinds, JSON: {"accelerators": [{"name":
+    /// "a100", "count": 4, "memory_bytes": 40000000000, "speed_factor": 1.0},
+    /// ...], "cpus": 1}. Overrides --accelerators, --cpus and --memory.
+    #[arg(long, value_name = "CLUSTER.json")]
+    cluster: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Algo {
+    /// Exact DP over all ideals (contiguous splits).
+    Dp,
+    /// DP over the prefixes of one topological order (fast, not optimal).
+    DpLinear,
+    /// Fill accelerators in topological order up to their share of the time.
+    Greedy,
+}
+
+fn run(args: &Args) -> Result<(), PartitionError> {
+    let pg = PaperGraph::from_path(&args.graph)?;
+    let cluster = match &args.cluster {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| PartitionError::Io {
+                context: format!("reading {}", path.display()),
+                source,
+            })?;
+            serde_json::from_str::<Cluster>(&text).map_err(|e| PartitionError::Malformed {
+                what: format!("cluster file {}", path.display()),
+                reason: e.to_string(),
+            })?
+        }
+        None => Cluster::homogeneous(
+            args.accelerators.unwrap_or(pg.accelerators),
+            args.memory.unwrap_or(pg.memory_per_accelerator),
+            args.cpus.unwrap_or(pg.cpus),
+        ),
+    };
+    let g = &pg.graph;
+    eprintln!(
+        "graph {}: {} nodes, {} edges; {} accelerator(s), {} CPU(s)",
+        args.graph.display(),
+        g.nodes.len(),
+        g.edges.len(),
+        cluster.accelerator_count(),
+        cluster.cpus
+    );
+    let (plan, stats): (Plan, Option<SolveStats>) = if let Some(path) = &args.score {
+        let split = PaperSplit::from_path(path)?;
+        let assignment = split.complete_assignment(g)?;
+        let e = evaluate(g, &cluster, &assignment)?;
+        if !e.fits() {
+            eprintln!(
+                "warning: the split overflows the memory of {:?}",
+                e.memory_violations
+            );
+        }
+        (e.plan, None)
+    } else {
+        let (plan, stats) = match args.algo {
+            Algo::Dp => ExactDp::default().solve(g, &cluster)?,
+            Algo::DpLinear => LinearDp.solve(g, &cluster)?,
+            Algo::Greedy => Greedy.solve(g, &cluster)?,
+        };
+        (plan, Some(stats))
+    };
+    let out = PaperSplit::from_plan(g, &plan);
+    let text = serde_json::to_string_pretty(&out).map_err(|e| PartitionError::Malformed {
+        what: "output".into(),
+        reason: e.to_string(),
+    })?;
+    println!("{text}");
+    if let Some(s) = stats {
+        eprintln!(
+            "{}: {} units, {} ideals, {} pairs scored, {:.3} s",
+            plan.solver, s.units, s.ideals, s.pairs, s.seconds
+        );
+    }
+    for l in &plan.loads {
+        if !l.nodes.is_empty() {
+            eprintln!(
+                "  {:?}: {} nodes, load {:.6}, memory {} bytes",
+                l.slot,
+                l.nodes.len(),
+                l.load,
+                l.memory_bytes
+            );
+        }
+    }
+    eprintln!(
+        "objective (max load, time per sample): {:.6}",
+        plan.objective
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hetero-place: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
