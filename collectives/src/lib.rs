@@ -5,14 +5,17 @@
 pub mod cost;
 pub mod error;
 pub mod flat;
+pub mod hier;
 pub mod inproc;
 pub mod kernels;
+pub mod sense;
 pub mod tcp;
 pub mod transport;
 
 pub use cost::Algorithm;
 pub use error::CollectiveError;
 pub use flat::FlatCollective;
+pub use hier::{HierPlan, Hierarchical, Scheme};
 pub use inproc::InProcessTransport;
 pub use tcp::{TcpConfig, TcpTransport};
 pub use transport::{DEFAULT_TIMEOUT, SubTransport, Transport};

@@ -1,0 +1,449 @@
+//! Hierarchical all-reduce over a measured topology.
+//!
+//! Two schemes, as in MPICH's SMP all-reduce and Horovod's hierarchical
+//! all-reduce:
+//!
+//! - **leader**: reduce to each domain's leader (intra, binomial tree), all-reduce
+//!   among the leaders (inter), broadcast from the leader (intra);
+//! - **sharded**: reduce-scatter inside each domain (intra ring), all-reduce of
+//!   each shard among the ranks with the same local index (one inter group per
+//!   shard, all at once), all-gather inside each domain. Needs domains of equal size.
+//!
+//! The [`HierPlan`] prices both and the flat algorithm with the alpha-beta
+//! model, per message size, from the measured links: `intra` is the slowest
+//! link inside any domain, `inter` the slowest between domains. The sharded
+//! scheme's `L` concurrent inter-domain flows are assumed to share one
+//! domain's external bandwidth (one NIC per node), so each gets `beta / L`.
+//! With one domain (no split passes the topology's bandwidth-ratio test) the
+//! plan collapses to flat. Operations other than all-reduce run flat.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use hetero_core::{
+    Collective, LinkKind, LinkModel, ReduceOp, Result, Tensor, TensorMut, Topology, chunk_range,
+};
+use serde::Serialize;
+
+use crate::cost::{self, Algorithm};
+use crate::flat::FlatCollective;
+use crate::kernels::{Staged, finish_bytes, read_tensor_mut, write_tensor};
+use crate::transport::{SubTransport, Transport};
+
+/// How an all-reduce is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scheme {
+    Flat,
+    Leader,
+    Sharded,
+}
+
+impl Scheme {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::Flat => "flat",
+            Scheme::Leader => "leader",
+            Scheme::Sharded => "sharded",
+        }
+    }
+}
+
+/// Domains, leaders and link parameters of a topology, with the cost of each scheme.
+#[derive(Debug, Clone)]
+pub struct HierPlan {
+    n: usize,
+    domains: Vec<Vec<usize>>,
+    leaders: Vec<usize>,
+    intra: LinkModel,
+    inter: LinkModel,
+    flat: LinkModel,
+    ratio: f64,
+}
+
+fn fmt_bytes(b: f64) -> String {
+    if b >= (1u64 << 30) as f64 {
+        format!("{:.1} GiB", b / (1u64 << 30) as f64)
+    } else if b >= (1 << 20) as f64 {
+        format!("{:.1} MiB", b / (1 << 20) as f64)
+    } else if b >= 1024.0 {
+        format!("{:.1} KiB", b / 1024.0)
+    } else {
+        format!("{b:.0} B")
+    }
+}
+
+fn fmt_link(l: &LinkModel) -> String {
+    format!(
+        "alpha {:.1} us, beta {:.3} GB/s",
+        l.latency_s * 1e6,
+        l.bandwidth_bytes_per_s / 1e9
+    )
+}
+
+impl HierPlan {
+    pub fn new(topo: &Topology) -> Result<Self> {
+        let n = topo.len();
+        let doms = topo.domains();
+        let domains: Vec<Vec<usize>> = doms.iter().map(|d| d.members.clone()).collect();
+        let leaders = doms.iter().map(|d| d.leader).collect();
+        let mut domain_of = vec![0usize; n];
+        for (k, d) in domains.iter().enumerate() {
+            for &m in d {
+                if let Some(x) = domain_of.get_mut(m) {
+                    *x = k;
+                }
+            }
+        }
+        let mut intra = Vec::new();
+        let mut inter = Vec::new();
+        for i in 0..n {
+            for j in 0..n {
+                if let (true, Some(l)) = (i != j, topo.link(i, j)) {
+                    if domain_of[i] == domain_of[j] {
+                        intra.push(*l);
+                    } else {
+                        inter.push(*l);
+                    }
+                }
+            }
+        }
+        let placeholder = LinkModel::new(LinkKind::Unknown, 10e-6, 1e9);
+        let flat = cost::worst_link(intra.iter().chain(inter.iter())).unwrap_or(placeholder);
+        Ok(HierPlan {
+            n,
+            domains,
+            leaders,
+            intra: cost::worst_link(&intra).unwrap_or(flat),
+            inter: cost::worst_link(&inter).unwrap_or(flat),
+            flat,
+            ratio: topo.domain_ratio(),
+        })
+    }
+
+    pub fn domains(&self) -> &[Vec<usize>] {
+        &self.domains
+    }
+
+    pub fn leaders(&self) -> &[usize] {
+        &self.leaders
+    }
+
+    fn equal_domains(&self) -> bool {
+        self.domains.windows(2).all(|w| w[0].len() == w[1].len())
+    }
+
+    /// Predicted seconds of each scheme that can run, for `bytes` bytes.
+    pub fn costs(&self, bytes: f64) -> Vec<(Scheme, f64)> {
+        let mut out = vec![(
+            Scheme::Flat,
+            cost::best_all_reduce(self.n, bytes, &self.flat).1,
+        )];
+        let d = self.domains.len();
+        if d <= 1 {
+            return out;
+        }
+        let l_max = self.domains.iter().map(Vec::len).max().unwrap_or(1);
+        let leader = 2.0 * cost::tree_one_way_s(l_max, bytes, &self.intra)
+            + cost::best_all_reduce(d, bytes, &self.inter).1;
+        out.push((Scheme::Leader, leader));
+        if self.equal_domains() {
+            let l = l_max;
+            let shared = LinkModel::new(
+                self.inter.kind,
+                self.inter.latency_s,
+                self.inter.bandwidth_bytes_per_s / l as f64,
+            );
+            let sharded = 2.0 * cost::ring_half_s(l, bytes, &self.intra)
+                + cost::best_all_reduce(d, bytes / l as f64, &shared).1;
+            out.push((Scheme::Sharded, sharded));
+        }
+        out
+    }
+
+    /// The cheapest scheme for `bytes` bytes and its predicted seconds.
+    pub fn choose(&self, bytes: f64) -> (Scheme, f64) {
+        self.costs(bytes)
+            .into_iter()
+            .fold((Scheme::Flat, f64::INFINITY), |best, c| {
+                if c.1 < best.1 { c } else { best }
+            })
+    }
+
+    /// Which plan is chosen and why, with the numbers.
+    pub fn explain(&self) -> String {
+        let mut s = String::new();
+        if self.domains.len() <= 1 {
+            let _ = write!(
+                s,
+                "hierarchical all-reduce collapsed to flat: {} ranks form one domain (no split has internal bandwidth >= {:.1}x the bandwidth leaving it); flat link {}",
+                self.n,
+                self.ratio,
+                fmt_link(&self.flat)
+            );
+            return s;
+        }
+        let sizes: Vec<String> = self.domains.iter().map(|d| format!("{d:?}")).collect();
+        let _ = write!(
+            s,
+            "{} domains {} with leaders {:?} (domain ratio {:.1}); intra-domain link {}, inter-domain link {}; ",
+            self.domains.len(),
+            sizes.join(" "),
+            self.leaders,
+            self.ratio,
+            fmt_link(&self.intra),
+            fmt_link(&self.inter)
+        );
+        if !self.equal_domains() {
+            s.push_str("domains differ in size, so the sharded scheme is not available; ");
+        }
+        s.push_str("predicted all-reduce times:");
+        for bytes in [8.0, 65536.0, 1048576.0, 67108864.0] {
+            let costs = self.costs(bytes);
+            let (best, _) = self.choose(bytes);
+            let parts: Vec<String> = costs
+                .iter()
+                .map(|(k, t)| format!("{} {:.1} us", k.name(), t * 1e6))
+                .collect();
+            let _ = write!(
+                s,
+                " {}: {} -> {};",
+                fmt_bytes(bytes),
+                parts.join(", "),
+                best.name()
+            );
+        }
+        s
+    }
+}
+
+/// An all-reduce that follows a [`HierPlan`]; other operations run flat.
+#[derive(Debug)]
+pub struct Hierarchical {
+    plan: HierPlan,
+    rank: usize,
+    flat: Box<dyn Collective>,
+    /// This rank's domain communicator and the leader's index in it.
+    intra: Option<(Box<dyn Collective>, usize)>,
+    /// Leaders' communicator (only on leaders).
+    leaders: Option<Box<dyn Collective>>,
+    /// Communicator of the ranks with this rank's local index (equal domains only).
+    shard: Option<Box<dyn Collective>>,
+    forced: Option<Scheme>,
+}
+
+impl Hierarchical {
+    /// Build the sub-communicators over `transport` (flat ring / tree groups
+    /// whose cost models use the plan's measured links).
+    pub fn new(transport: Arc<dyn Transport>, topo: &Topology) -> Result<Self> {
+        let plan = HierPlan::new(topo)?;
+        let rank = transport.rank();
+        if plan.n != transport.size() {
+            return Err(hetero_core::Error::invalid(
+                "topology",
+                format!(
+                    "has {} devices, the transport {} ranks",
+                    plan.n,
+                    transport.size()
+                ),
+            ));
+        }
+        let sub =
+            |members: Vec<usize>, link: LinkModel, what: &str| -> Result<Box<dyn Collective>> {
+                let t = SubTransport::new(transport.clone(), members)?;
+                Ok(Box::new(FlatCollective::new(
+                    Arc::new(t),
+                    Algorithm::Auto,
+                    link,
+                    what,
+                )))
+            };
+        let flat = sub((0..plan.n).collect(), plan.flat, "measured, slowest link")?;
+        let mut intra = None;
+        let mut leaders = None;
+        let mut shard = None;
+        if plan.domains.len() > 1 {
+            let Some((k, dom)) = plan
+                .domains
+                .iter()
+                .enumerate()
+                .find(|(_, d)| d.contains(&rank))
+            else {
+                return Err(hetero_core::Error::invalid(
+                    "topology",
+                    format!("rank {rank} is in no domain"),
+                ));
+            };
+            let leader = plan.leaders.get(k).copied().unwrap_or(dom[0]);
+            let leader_local = dom.iter().position(|&m| m == leader).unwrap_or(0);
+            intra = Some((
+                sub(dom.clone(), plan.intra, "measured, intra-domain")?,
+                leader_local,
+            ));
+            if rank == leader {
+                leaders = Some(sub(
+                    plan.leaders.clone(),
+                    plan.inter,
+                    "measured, inter-domain",
+                )?);
+            }
+            if plan.equal_domains() {
+                let local = dom.iter().position(|&m| m == rank).unwrap_or(0);
+                let members = plan.domains.iter().map(|d| d[local]).collect();
+                shard = Some(sub(members, plan.inter, "measured, inter-domain")?);
+            }
+        }
+        Ok(Self::compose(plan, rank, flat, intra, leaders, shard))
+    }
+
+    /// Compose communicators of any kind (for example in-process inside a
+    /// domain and TCP between domains). `intra` carries the leader's index
+    /// within the domain communicator.
+    pub fn compose(
+        plan: HierPlan,
+        rank: usize,
+        flat: Box<dyn Collective>,
+        intra: Option<(Box<dyn Collective>, usize)>,
+        leaders: Option<Box<dyn Collective>>,
+        shard: Option<Box<dyn Collective>>,
+    ) -> Self {
+        Hierarchical {
+            plan,
+            rank,
+            flat,
+            intra,
+            leaders,
+            shard,
+            forced: None,
+        }
+    }
+
+    /// Always use `scheme` (for benchmarks and tests); falls back to what can
+    /// run when it is not available.
+    pub fn with_scheme(mut self, scheme: Scheme) -> Self {
+        self.forced = Some(scheme);
+        self
+    }
+
+    pub fn plan(&self) -> &HierPlan {
+        &self.plan
+    }
+
+    /// The scheme an all-reduce of `bytes` bytes uses.
+    pub fn scheme_for(&self, bytes: usize) -> Scheme {
+        let want = self
+            .forced
+            .unwrap_or_else(|| self.plan.choose(bytes as f64).0);
+        match want {
+            Scheme::Sharded if self.shard.is_some() && self.intra.is_some() => Scheme::Sharded,
+            Scheme::Leader | Scheme::Sharded if self.intra.is_some() => Scheme::Leader,
+            _ => Scheme::Flat,
+        }
+    }
+
+    async fn leader_scheme(&self, s: &mut Staged, op: ReduceOp) -> Result<()> {
+        let Some((intra, root)) = &self.intra else {
+            return Err(hetero_core::Error::invalid(
+                "plan",
+                "no domain communicator",
+            ));
+        };
+        let dtype = s.dtype();
+        intra
+            .reduce(TensorMut::Host(s.host_mut()?), op.combine_op(), *root)
+            .await?;
+        if let Some(leaders) = &self.leaders {
+            leaders
+                .all_reduce(TensorMut::Host(s.host_mut()?), op.combine_op())
+                .await?;
+            finish_bytes(dtype, op, s.bytes_mut(), self.plan.n)?;
+        }
+        intra.broadcast(TensorMut::Host(s.host_mut()?), *root).await
+    }
+
+    async fn sharded_scheme(&self, s: &mut Staged, op: ReduceOp) -> Result<()> {
+        let (Some((intra, _)), Some(shard)) = (&self.intra, &self.shard) else {
+            return Err(hetero_core::Error::invalid("plan", "no shard communicator"));
+        };
+        let dtype = s.dtype();
+        let own = chunk_range(s.len(), intra.size(), intra.rank());
+        let mut part = Staged::zeroed(dtype, own.len());
+        intra
+            .reduce_scatter(
+                Tensor::Host(s.host()?),
+                TensorMut::Host(part.host_mut()?),
+                op.combine_op(),
+            )
+            .await?;
+        shard
+            .all_reduce(TensorMut::Host(part.host_mut()?), op.combine_op())
+            .await?;
+        finish_bytes(dtype, op, part.bytes_mut(), self.plan.n)?;
+        intra
+            .all_gather(Tensor::Host(part.host()?), TensorMut::Host(s.host_mut()?))
+            .await
+    }
+}
+
+#[async_trait]
+impl Collective for Hierarchical {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn size(&self) -> usize {
+        self.plan.n
+    }
+
+    async fn all_reduce(&self, mut data: TensorMut<'_>, op: ReduceOp) -> Result<()> {
+        let bytes = data.len() * data.dtype().size_bytes();
+        let scheme = self.scheme_for(bytes);
+        if scheme == Scheme::Flat {
+            return self.flat.all_reduce(data, op).await;
+        }
+        let mut s = read_tensor_mut(&data)?;
+        match scheme {
+            Scheme::Sharded => self.sharded_scheme(&mut s, op).await?,
+            _ => self.leader_scheme(&mut s, op).await?,
+        }
+        write_tensor(&mut data, &s)
+    }
+
+    async fn reduce_scatter(
+        &self,
+        input: Tensor<'_>,
+        output: TensorMut<'_>,
+        op: ReduceOp,
+    ) -> Result<()> {
+        self.flat.reduce_scatter(input, output, op).await
+    }
+
+    async fn all_gather(&self, input: Tensor<'_>, output: TensorMut<'_>) -> Result<()> {
+        self.flat.all_gather(input, output).await
+    }
+
+    async fn broadcast(&self, data: TensorMut<'_>, root: usize) -> Result<()> {
+        self.flat.broadcast(data, root).await
+    }
+
+    async fn reduce(&self, data: TensorMut<'_>, op: ReduceOp, root: usize) -> Result<()> {
+        self.flat.reduce(data, op, root).await
+    }
+
+    async fn barrier(&self) -> Result<()> {
+        self.flat.barrier().await
+    }
+
+    fn explain(&self) -> String {
+        let forced = match self.forced {
+            Some(s) => format!(" (scheme forced to {})", s.name()),
+            None => String::new(),
+        };
+        format!(
+            "{}{forced}. Other operations run flat: {} Hierarchical all-reduce stages device buffers through the host once and runs every step on host memory.",
+            self.plan.explain(),
+            self.flat.explain()
+        )
+    }
+}

@@ -1,0 +1,173 @@
+//! Hierarchical all-reduce (leader and sharded schemes, collapse to flat),
+//! its explanation on synthetic topologies (insta), and topology sensing.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use hetero_collectives::sense::{SenseConfig, sense_or_load, sense_topology};
+use hetero_collectives::{HierPlan, Hierarchical, Scheme, Transport};
+use hetero_core::{
+    Backend, Collective, DType, DeviceId, DeviceInfo, DeviceKind, LinkKind, LinkModel, ReduceOp,
+    Result, TensorMut, Topology, TopologyDevice,
+};
+
+fn device(i: usize) -> TopologyDevice {
+    TopologyDevice {
+        info: DeviceInfo {
+            id: DeviceId::new(Backend::Host, i as u32),
+            name: format!("rank {i} on synthetic"),
+            kind: DeviceKind::Virtual,
+            vendor: String::new(),
+            memory_total_bytes: 0,
+            memory_free_bytes: None,
+            driver: None,
+            compute_units: None,
+        },
+        gemm_flops_per_s: None,
+    }
+}
+
+/// `domain_sizes` nodes; 20 GB/s and 1 us inside a node, `inter_bw` and 50 us between.
+fn synthetic(domain_sizes: &[usize], inter_bw: f64) -> Topology {
+    let node: Vec<usize> = domain_sizes
+        .iter()
+        .enumerate()
+        .flat_map(|(k, &s)| std::iter::repeat_n(k, s))
+        .collect();
+    let n = node.len();
+    Topology::from_fn((0..n).map(device).collect(), |i, j| {
+        (i != j).then(|| {
+            if node[i] == node[j] {
+                LinkModel::new(LinkKind::SharedMemory, 1e-6, 20e9)
+            } else {
+                LinkModel::new(LinkKind::Ethernet, 50e-6, inter_bw)
+            }
+        })
+    })
+    .expect("valid topology")
+}
+
+#[test]
+fn explain_snapshots() {
+    let two_nodes = HierPlan::new(&synthetic(&[4, 4], 125e6)).expect("plan");
+    insta::assert_snapshot!("two_nodes_1gbit", two_nodes.explain());
+    let uneven = HierPlan::new(&synthetic(&[3, 2], 125e6)).expect("plan");
+    insta::assert_snapshot!("uneven_nodes", uneven.explain());
+    let equal = HierPlan::new(&synthetic(&[2, 2], 20e9)).expect("plan");
+    insta::assert_snapshot!("equal_links_collapse", equal.explain());
+    assert_eq!(equal.domains().len(), 1);
+    assert_eq!(equal.choose(64e6).0, Scheme::Flat);
+    // Across a 1 Gbit/s network a 64 MiB all-reduce is hierarchical.
+    assert_ne!(two_nodes.choose(64e6).0, Scheme::Flat);
+}
+
+fn check_all(topo: Topology, schemes: &[Option<Scheme>]) {
+    let n = topo.len();
+    let schemes = schemes.to_vec();
+    let results = run_group(inproc(n), move |t: Arc<dyn Transport>| {
+        let topo = topo.clone();
+        let schemes = schemes.clone();
+        async move {
+            let rank = t.rank();
+            for scheme in schemes {
+                let mut h = Hierarchical::new(t.clone(), &topo)?;
+                if let Some(s) = scheme {
+                    h = h.with_scheme(s);
+                }
+                for dtype in DType::ALL {
+                    for op in ReduceOp::ALL {
+                        for (si, &len) in SIZES.iter().enumerate() {
+                            let mut d = data(dtype, rank, len, si);
+                            h.all_reduce(TensorMut::Host(d.host_mut()?), op).await?;
+                            let want = naive(dtype, op, n, len, si);
+                            if d.bytes() != want.bytes() {
+                                return Err(hetero_core::Error::invalid(
+                                    "result",
+                                    format!(
+                                        "{scheme:?} rank {rank} {dtype} {op} len {len}: {:?} vs {:?}",
+                                        d.host(),
+                                        want.host()
+                                    ),
+                                ));
+                            }
+                        }
+                    }
+                }
+                h.barrier().await?;
+            }
+            Result::Ok(())
+        }
+    });
+    for (rank, r) in results.into_iter().enumerate() {
+        r.unwrap_or_else(|e| panic!("rank {rank}: {e}"));
+    }
+}
+
+#[test]
+fn leader_and_sharded_schemes_match_the_naive_reduction() {
+    check_all(
+        synthetic(&[4, 4], 125e6),
+        &[
+            Some(Scheme::Leader),
+            Some(Scheme::Sharded),
+            Some(Scheme::Flat),
+            None,
+        ],
+    );
+    check_all(
+        synthetic(&[2, 3, 1], 125e6),
+        &[Some(Scheme::Leader), Some(Scheme::Sharded)],
+    );
+}
+
+#[test]
+fn sensing_builds_a_topology_and_caches_it() {
+    let dir = std::env::temp_dir().join(format!("hetero-collectives-sense-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join("topology.json");
+    let _ = std::fs::remove_file(&path);
+    let cfg = SenseConfig {
+        sizes: vec![64, 4096, 65536],
+        repetitions: 2,
+    };
+    let p = path.clone();
+    let results = run_group(inproc(3), move |t| {
+        let cfg = cfg.clone();
+        let p = p.clone();
+        async move {
+            let topo = sense_topology(t.clone(), &cfg).await?;
+            // Per-rank cache files: the first call measures and writes them,
+            // the second finds all of them and loads.
+            let mine = p.with_file_name(format!("rank{}.json", t.rank()));
+            let first = sense_or_load(t.clone(), &cfg, &mine).await?;
+            let loaded = sense_or_load(t.clone(), &cfg, &mine).await?;
+            assert_eq!(first, loaded, "the second call loads the cache");
+            let h = Hierarchical::new(t.clone(), &topo)?;
+            let mut d = data(DType::F32, t.rank(), 10, 0);
+            h.all_reduce(TensorMut::Host(d.host_mut()?), ReduceOp::Sum)
+                .await?;
+            Result::Ok((topo, loaded, h.explain()))
+        }
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    for (rank, r) in results.into_iter().enumerate() {
+        let (topo, loaded, explain) = r.unwrap_or_else(|e| panic!("rank {rank}: {e}"));
+        assert_eq!(topo.len(), 3);
+        assert!(topo.devices()[1].info.name.starts_with("rank 1 on "));
+        assert_eq!(
+            topo.link(0, 1).map(|l| l.kind),
+            Some(LinkKind::SharedMemory)
+        );
+        assert!(
+            topo.link(2, 1)
+                .is_some_and(|l| l.bandwidth_bytes_per_s > 0.0)
+        );
+        assert_eq!(loaded.len(), 3);
+        assert!(
+            explain.contains("collapsed to flat") || explain.contains("domains"),
+            "{explain}"
+        );
+    }
+}
