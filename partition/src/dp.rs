@@ -52,12 +52,25 @@ pub struct SolveStats {
 pub struct ExactDp {
     /// Give up with [`PartitionError::TooManyIdeals`] beyond this many ideals.
     pub ideal_limit: usize,
+    /// Threads for the DP (ideals of one size are independent); 0: one per
+    /// available core. The result does not depend on it.
+    pub threads: usize,
 }
 
 impl Default for ExactDp {
     fn default() -> Self {
         ExactDp {
             ideal_limit: 3_000_000,
+            threads: 0,
+        }
+    }
+}
+
+impl ExactDp {
+    fn worker_threads(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(16)),
+            t => t,
         }
     }
 }
@@ -107,7 +120,7 @@ impl ExactDp {
             .filter(|e| e.fits())
             .map_or(f64::INFINITY, |e| e.plan.objective);
         // The linearized DP may find no split where the exact one does.
-        let lin_value = match run_dp(&p, &linear, greedy_ub) {
+        let lin_value = match run_dp(&p, &linear, greedy_ub, 1) {
             Ok((v, _, _)) => v,
             Err(PartitionError::Infeasible(_)) => f64::INFINITY,
             Err(e) => return Err(e),
@@ -115,7 +128,7 @@ impl ExactDp {
         let lattice = Lattice::ideals(&p.units, self.ideal_limit)?;
         // The linearized DP's split is a contiguous split: a valid bound.
         let ub = lin_value;
-        let (value, chain, pairs) = run_dp(&p, &lattice, ub)?;
+        let (value, chain, pairs) = run_dp(&p, &lattice, ub, self.worker_threads())?;
         finish(&p, &lattice, (value, pairs), chain, ub, "exact-dp", start)
     }
 }
@@ -130,7 +143,7 @@ impl LinearDp {
             .filter(|e| e.fits())
             .map_or(f64::INFINITY, |e| e.plan.objective);
         let lattice = Lattice::prefixes(p.units.len());
-        let (value, chain, pairs) = run_dp(&p, &lattice, ub)?;
+        let (value, chain, pairs) = run_dp(&p, &lattice, ub, 1)?;
         finish(&p, &lattice, (value, pairs), chain, ub, "linear-dp", start)
     }
 }
@@ -307,6 +320,29 @@ impl Lattice {
         })
     }
 
+    /// Boundaries of the runs of ideals of one size: ideals
+    /// `levels[i]..levels[i + 1]` all have the same number of units.
+    fn levels(&self) -> Vec<usize> {
+        let mut out = vec![0];
+        if let Some((w, data)) = &self.bits {
+            let size = |j: usize| -> u32 {
+                data[j * w..(j + 1) * w]
+                    .iter()
+                    .map(|x| x.count_ones())
+                    .sum()
+            };
+            for j in 1..self.count {
+                if size(j) != size(j - 1) {
+                    out.push(j);
+                }
+            }
+        } else {
+            out.extend(1..self.count);
+        }
+        out.push(self.count);
+        out
+    }
+
     /// Units of `J \ I`.
     fn difference(&self, j: usize, i: usize) -> Vec<usize> {
         match &self.bits {
@@ -405,16 +441,26 @@ const NO_CHOICE: u8 = u8::MAX;
 
 /// The DP pruned by `ub`; if no split of the lattice reaches `ub` (the bound
 /// came from a split outside it), again without a bound.
-fn run_dp(p: &Prepared<'_>, lat: &Lattice, ub: f64) -> Result<(f64, Vec<Step>, u64)> {
-    match run_dp_bounded(p, lat, ub) {
+fn run_dp(
+    p: &Prepared<'_>,
+    lat: &Lattice,
+    ub: f64,
+    threads: usize,
+) -> Result<(f64, Vec<Step>, u64)> {
+    match run_dp_bounded(p, lat, ub, threads) {
         Err(PartitionError::Infeasible(_)) if ub.is_finite() => {
-            run_dp_bounded(p, lat, f64::INFINITY)
+            run_dp_bounded(p, lat, f64::INFINITY, threads)
         }
         other => other,
     }
 }
 
-fn run_dp_bounded(p: &Prepared<'_>, lat: &Lattice, ub: f64) -> Result<(f64, Vec<Step>, u64)> {
+fn run_dp_bounded(
+    p: &Prepared<'_>,
+    lat: &Lattice,
+    ub: f64,
+    threads: usize,
+) -> Result<(f64, Vec<Step>, u64)> {
     let kinds = &p.kinds;
     if kinds.len() >= NO_CHOICE as usize {
         return Err(PartitionError::Unsupported(format!(
@@ -439,11 +485,10 @@ fn run_dp_bounded(p: &Prepared<'_>, lat: &Lattice, ub: f64) -> Result<(f64, Vec<
                 lat.count
             ))
         })?;
-    let digit = |s: usize, t: usize| (s / strides[t]) % (kinds[t].count + 1);
     let with_kind: Vec<Vec<u32>> = (0..kinds.len())
         .map(|t| {
             (0..ns)
-                .filter(|&s| digit(s, t) > 0)
+                .filter(|&s| (s / strides[t]) % (kinds[t].count + 1) > 0)
                 .map(|s| s as u32)
                 .collect()
         })
@@ -457,88 +502,60 @@ fn run_dp_bounded(p: &Prepared<'_>, lat: &Lattice, ub: f64) -> Result<(f64, Vec<
     let mut dp = vec![f64::INFINITY; cells];
     let mut choice = vec![(0u32, NO_CHOICE); cells];
     dp[..ns].fill(0.0);
-    let n = p.ix.graph.nodes.len();
-    let mut st = SetState {
-        in_set: vec![false; n],
-        succ_in: vec![0; n],
-        outdeg: (0..n).map(|i| p.ix.succ.row(i).len() as u32).collect(),
-        comm: 0.0,
-        acc_time: 0.0,
-        cpu_time: 0.0,
-        memory: 0,
-        unsupported: 0,
+    let ctx = RowCtx {
+        p,
+        lat,
+        strides: &strides,
+        with_kind: &with_kind,
+        bound,
+        ns,
     };
-    let mut stamp = vec![u32::MAX; lat.count];
-    let mut stack: Vec<(u32, u32, u32)> = Vec::new(); // (ideal, next down edge, unit added to reach it)
-    let mut cost = vec![0.0f64; kinds.len()];
-    let mut pairs = 0u64;
-    for j in 1..lat.count {
-        stamp[j] = j as u32;
-        stack.push((j as u32, lat.down_start[j], u32::MAX));
-        while let Some(top) = stack.last_mut() {
-            let (ideal, pos, added) = *top;
-            if pos == lat.down_start[ideal as usize + 1] {
-                stack.pop();
-                if added != u32::MAX {
-                    st.remove(p, added as usize);
-                }
-                continue;
-            }
-            top.1 += 1;
-            let (sub, unit) = lat.down[pos as usize];
-            if stamp[sub as usize] == j as u32 {
-                continue;
-            }
-            stamp[sub as usize] = j as u32;
-            st.add(p, unit as usize);
-            let mut any = false;
-            for (t, k) in kinds.iter().enumerate() {
-                cost[t] = if k.is_cpu {
-                    st.cpu_time
-                } else if st.unsupported > 0 || st.memory > k.memory {
-                    f64::INFINITY
-                } else {
-                    st.acc_time / k.speed
-                };
-                any |= cost[t] <= bound;
-                if !k.is_cpu {
-                    cost[t] += st.comm;
-                }
-            }
-            if !any {
-                // every superset of this set is too slow or too big as well
-                st.remove(p, unit as usize);
-                continue;
-            }
-            pairs += 1;
-            let (jrow, irow) = (j * ns, sub as usize * ns);
-            for (t, states) in with_kind.iter().enumerate() {
-                let c = cost[t];
-                if c > bound {
-                    continue;
-                }
-                for &s in states {
-                    let s = s as usize;
-                    let cand = dp[irow + s - strides[t]].max(c);
-                    if cand < dp[jrow + s] {
-                        dp[jrow + s] = cand;
-                        choice[jrow + s] = (sub, t as u8);
-                    }
-                }
-            }
-            stack.push((sub, lat.down_start[sub as usize], unit));
+    let threads = threads.max(1);
+    let mut workers: Vec<Worker> = (0..threads).map(|_| Worker::new(p, lat.count)).collect();
+    // Ideals of one size do not depend on each other: each level is split
+    // over the workers (rows of one level are contiguous, ids grow with size).
+    let levels = lat.levels();
+    for w in levels.windows(2) {
+        let (lo, hi) = (w[0].max(1), w[1]);
+        if lo >= hi {
+            continue;
         }
-        // leaving a device empty
-        let jrow = j * ns;
-        for s in 0..ns {
-            for t in 0..kinds.len() {
-                if digit(s, t) > 0 && dp[jrow + s - strides[t]] < dp[jrow + s] {
-                    dp[jrow + s] = dp[jrow + s - strides[t]];
-                    choice[jrow + s] = (j as u32, t as u8);
-                }
+        let (done, rest) = dp.split_at_mut(lo * ns);
+        let level = &mut rest[..(hi - lo) * ns];
+        let (_, crest) = choice.split_at_mut(lo * ns);
+        let clevel = &mut crest[..(hi - lo) * ns];
+        if threads == 1 || hi - lo < 4 * threads {
+            for (r, (row, crow)) in level.chunks_mut(ns).zip(clevel.chunks_mut(ns)).enumerate() {
+                row_dp(&ctx, &mut workers[0], lo + r, done, row, crow);
             }
+        } else {
+            const CHUNK: usize = 2;
+            let mut jobs: Vec<Vec<Job<'_>>> = (0..threads).map(|_| Vec::new()).collect();
+            for (c, (rows, crows)) in level
+                .chunks_mut(CHUNK * ns)
+                .zip(clevel.chunks_mut(CHUNK * ns))
+                .enumerate()
+            {
+                jobs[c % threads].push((lo + c * CHUNK, rows, crows));
+            }
+            let done: &[f64] = done;
+            let ctx = &ctx;
+            std::thread::scope(|scope| {
+                for (worker, job) in workers.iter_mut().zip(jobs) {
+                    scope.spawn(move || {
+                        for (first, rows, crows) in job {
+                            for (r, (row, crow)) in
+                                rows.chunks_mut(ns).zip(crows.chunks_mut(ns)).enumerate()
+                            {
+                                row_dp(ctx, worker, first + r, done, row, crow);
+                            }
+                        }
+                    });
+                }
+            });
         }
     }
+    let pairs = workers.iter().map(|w| w.pairs).sum();
     let full = lat.count - 1;
     let value = dp[full * ns + ns - 1];
     if !value.is_finite() {
@@ -566,6 +583,137 @@ fn run_dp_bounded(p: &Prepared<'_>, lat: &Lattice, ub: f64) -> Result<(f64, Vec<
         j = i as usize;
     }
     Ok((value, chain, pairs))
+}
+
+/// Rows of one level for one thread: first ideal, dp rows, back-link rows.
+type Job<'a> = (usize, &'a mut [f64], &'a mut [(u32, u8)]);
+
+struct RowCtx<'a, 'g> {
+    p: &'a Prepared<'g>,
+    lat: &'a Lattice,
+    strides: &'a [usize],
+    with_kind: &'a [Vec<u32>],
+    bound: f64,
+    ns: usize,
+}
+
+/// What one thread keeps between rows.
+struct Worker {
+    st: SetState,
+    stamp: Vec<u32>,
+    /// (ideal, next down edge, unit added to reach it)
+    stack: Vec<(u32, u32, u32)>,
+    cost: Vec<f64>,
+    pairs: u64,
+}
+
+impl Worker {
+    fn new(p: &Prepared<'_>, ideals: usize) -> Self {
+        let n = p.ix.graph.nodes.len();
+        Worker {
+            st: SetState {
+                in_set: vec![false; n],
+                succ_in: vec![0; n],
+                outdeg: (0..n).map(|i| p.ix.succ.row(i).len() as u32).collect(),
+                comm: 0.0,
+                acc_time: 0.0,
+                cpu_time: 0.0,
+                memory: 0,
+                unsupported: 0,
+            },
+            stamp: vec![u32::MAX; ideals],
+            stack: Vec::new(),
+            cost: vec![0.0; p.kinds.len()],
+            pairs: 0,
+        }
+    }
+}
+
+/// Fill `row` (= dp[j]) and its back-links from the finished rows `done`.
+fn row_dp(
+    ctx: &RowCtx<'_, '_>,
+    w: &mut Worker,
+    j: usize,
+    done: &[f64],
+    row: &mut [f64],
+    crow: &mut [(u32, u8)],
+) {
+    let (p, lat, ns, bound) = (ctx.p, ctx.lat, ctx.ns, ctx.bound);
+    let kinds = &p.kinds;
+    w.stamp[j] = j as u32;
+    w.stack.push((j as u32, lat.down_start[j], u32::MAX));
+    while let Some(top) = w.stack.last_mut() {
+        let (ideal, pos, added) = *top;
+        if pos == lat.down_start[ideal as usize + 1] {
+            w.stack.pop();
+            if added != u32::MAX {
+                w.st.remove(p, added as usize);
+            }
+            continue;
+        }
+        top.1 += 1;
+        let (sub, unit) = lat.down[pos as usize];
+        if w.stamp[sub as usize] == j as u32 {
+            continue;
+        }
+        w.stamp[sub as usize] = j as u32;
+        w.st.add(p, unit as usize);
+        let st = &w.st;
+        let mut any = false;
+        for (t, k) in kinds.iter().enumerate() {
+            let mut c = if k.is_cpu {
+                st.cpu_time
+            } else if st.unsupported > 0 || st.memory > k.memory {
+                f64::INFINITY
+            } else {
+                st.acc_time / k.speed
+            };
+            any |= c <= bound;
+            if !k.is_cpu {
+                c += st.comm;
+            }
+            w.cost[t] = c;
+        }
+        if !any {
+            // every superset of this set is too slow or too big as well
+            w.st.remove(p, unit as usize);
+            continue;
+        }
+        w.pairs += 1;
+        let irow = &done[sub as usize * ns..sub as usize * ns + ns];
+        // with every device, I's best is its least value: nothing to gain past the bound
+        if irow[ns - 1] <= bound {
+            for (t, states) in ctx.with_kind.iter().enumerate() {
+                let c = w.cost[t];
+                if c > bound {
+                    continue;
+                }
+                let back = ctx.strides[t];
+                for &s in states {
+                    let s = s as usize;
+                    if c >= row[s] {
+                        continue;
+                    }
+                    let cand = irow[s - back].max(c);
+                    if cand < row[s] {
+                        row[s] = cand;
+                        crow[s] = (sub, t as u8);
+                    }
+                }
+            }
+        }
+        w.stack.push((sub, lat.down_start[sub as usize], unit));
+    }
+    // leaving a device empty
+    for s in 0..ns {
+        for (t, k) in kinds.iter().enumerate() {
+            let back = ctx.strides[t];
+            if !(s / back).is_multiple_of(k.count + 1) && row[s - back] < row[s] {
+                row[s] = row[s - back];
+                crow[s] = (j as u32, t as u8);
+            }
+        }
+    }
 }
 
 fn finish(

@@ -176,3 +176,21 @@ fn paper_output_round_trips() {
     let again = PaperGraph::from_json_str(&pg.to_json().to_string()).unwrap();
     assert_eq!(again, pg);
 }
+
+#[test]
+fn threads_do_not_change_the_result() {
+    let pg = graph("OperatorGraphs/bert_l-3_training");
+    let cluster = pg.cluster();
+    let one = ExactDp {
+        threads: 1,
+        ..ExactDp::default()
+    };
+    let three = ExactDp {
+        threads: 3,
+        ..ExactDp::default()
+    };
+    let (a, sa) = one.solve(&pg.graph, &cluster).unwrap();
+    let (b, sb) = three.solve(&pg.graph, &cluster).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(sa.pairs, sb.pairs);
+}
