@@ -1,0 +1,392 @@
+//! hetero-collective-bench: nccl-tests style all-reduce benchmark of
+//! hetero-collectives, every result checked.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use hetero_collectives::kernels::{Staged, combine_bytes, finish_bytes};
+use hetero_collectives::sense::{SenseConfig, measured_flat, sense_topology};
+use hetero_collectives::{
+    Algorithm, Hierarchical, InProcessTransport, TcpConfig, TcpTransport, Transport,
+};
+use hetero_core::host_kernels::Arith;
+use hetero_core::{Collective, DType, Error, ReduceOp, Result, TensorMut};
+use serde_json::json;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Algo {
+    FlatRing,
+    FlatTree,
+    Hierarchical,
+    Auto,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TransportKind {
+    Inproc,
+    Tcp,
+    Mpi,
+}
+
+/// All-reduce benchmark in the style of nccl-tests: for each size from
+/// `--min-bytes` to `--max-bytes` (times `--factor`), prints size, count,
+/// type, op, time, algbw, busbw (algbw x 2(n-1)/n, as nccl-tests) and #wrong
+/// (every element of every rank is checked against a naive reduction after
+/// the timed iterations). Also measures a single-thread memcpy of the largest
+/// size in the same run, as a baseline.
+///
+/// `--transport inproc` runs `--ranks` ranks as tasks of this process.
+/// `--transport tcp` runs them as tasks over loopback TCP, or, when `RANK`
+/// is set (torchrun, or by hand with WORLD_SIZE, MASTER_ADDR, MASTER_PORT),
+/// runs this process as that one rank.
+#[derive(Debug, Parser)]
+#[command(name = "hetero-collective-bench", version)]
+struct Args {
+    #[arg(long, value_enum, default_value = "auto")]
+    algo: Algo,
+    #[arg(long, value_enum, default_value = "inproc")]
+    transport: TransportKind,
+    /// Number of ranks (ignored when RANK / WORLD_SIZE are set).
+    #[arg(long, default_value_t = 4)]
+    ranks: usize,
+    #[arg(long, default_value_t = 8)]
+    min_bytes: usize,
+    #[arg(long, default_value_t = 64 << 20)]
+    max_bytes: usize,
+    /// Size multiplier between rows.
+    #[arg(long, default_value_t = 2)]
+    factor: usize,
+    /// Timed iterations per size.
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// f32, f16, bf16, f64, i32, i64 or u8.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// sum, prod, max, min or avg.
+    #[arg(long, default_value = "sum")]
+    op: String,
+    /// Receive timeout in seconds.
+    #[arg(long, default_value_t = 60.0)]
+    timeout_s: f64,
+    /// Print one JSON document instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_dtype(s: &str) -> Result<DType> {
+    DType::ALL
+        .into_iter()
+        .find(|d| d.name() == s)
+        .ok_or_else(|| Error::invalid("--dtype", format!("unknown dtype {s:?}")))
+}
+
+fn parse_op(s: &str) -> Result<ReduceOp> {
+    ReduceOp::ALL
+        .into_iter()
+        .find(|d| d.name() == s)
+        .ok_or_else(|| Error::invalid("--op", format!("unknown op {s:?}")))
+}
+
+/// Small integers, exact in every dtype for the sizes of a benchmark.
+fn fill(dtype: DType, rank: usize, len: usize) -> Staged {
+    let mut s = Staged::zeroed(dtype, len);
+    hetero_core::with_dtype!(dtype, T => {
+        let bytes = s.bytes_mut();
+        let es = dtype.size_bytes();
+        for i in 0..len {
+            let k = ((rank * 7 + i * 3) % 4) as f64;
+            let x = <T as Arith>::from_f64(k);
+            bytes[i * es..(i + 1) * es].copy_from_slice(bytemuck_bytes(&x));
+        }
+    });
+    s
+}
+
+fn bytemuck_bytes<T: hetero_core::Element>(x: &T) -> &[u8] {
+    hetero_core::HostSlice::new(std::slice::from_ref(x)).as_bytes()
+}
+
+#[derive(Debug, Clone)]
+struct Row {
+    bytes: usize,
+    count: usize,
+    dtype: String,
+    op: String,
+    time_us: f64,
+    algbw_gb_s: f64,
+    busbw_gb_s: f64,
+    wrong: i64,
+}
+
+struct Setup {
+    dtype: DType,
+    op: ReduceOp,
+    sizes: Vec<usize>,
+    iters: usize,
+    warmup: usize,
+    algo: Algo,
+}
+
+async fn make_comm(t: Arc<dyn Transport>, algo: Algo) -> Result<Box<dyn Collective>> {
+    let cfg = SenseConfig::default();
+    Ok(match algo {
+        Algo::FlatRing => Box::new(measured_flat(t, Algorithm::Ring, &cfg).await?.0),
+        Algo::FlatTree => Box::new(measured_flat(t, Algorithm::Tree, &cfg).await?.0),
+        Algo::Auto => Box::new(measured_flat(t, Algorithm::Auto, &cfg).await?.0),
+        Algo::Hierarchical => {
+            let topo = sense_topology(t.clone(), &cfg).await?;
+            Box::new(Hierarchical::new(t, &topo)?)
+        }
+    })
+}
+
+/// One rank's benchmark; rank 0's rows (with #wrong summed over ranks).
+async fn rank_main(t: Arc<dyn Transport>, s: Arc<Setup>) -> Result<(Vec<Row>, String)> {
+    let rank = t.rank();
+    let n = t.size();
+    let comm = make_comm(t, s.algo).await?;
+    let es = s.dtype.size_bytes();
+    let mut rows = Vec::new();
+    for &bytes in &s.sizes {
+        let count = bytes / es;
+        let mut buf = fill(s.dtype, rank, count);
+        for _ in 0..s.warmup {
+            comm.all_reduce(TensorMut::Host(buf.host_mut()?), s.op)
+                .await?;
+        }
+        comm.barrier().await?;
+        let start = Instant::now();
+        for _ in 0..s.iters {
+            comm.all_reduce(TensorMut::Host(buf.host_mut()?), s.op)
+                .await?;
+        }
+        let secs = start.elapsed().as_secs_f64() / s.iters.max(1) as f64;
+        // Check one fresh all-reduce against the naive reduction.
+        let mut buf = fill(s.dtype, rank, count);
+        comm.all_reduce(TensorMut::Host(buf.host_mut()?), s.op)
+            .await?;
+        let mut want = fill(s.dtype, 0, count);
+        for r in 1..n {
+            combine_bytes(
+                s.dtype,
+                s.op,
+                want.bytes_mut(),
+                fill(s.dtype, r, count).bytes(),
+            )?;
+        }
+        finish_bytes(s.dtype, s.op, want.bytes_mut(), n)?;
+        let wrong = buf
+            .bytes()
+            .chunks(es)
+            .zip(want.bytes().chunks(es))
+            .filter(|(a, b)| a != b)
+            .count() as i64;
+        let mut w = [wrong];
+        comm.all_reduce(
+            TensorMut::Host(hetero_core::HostSliceMut::new(&mut w[..])),
+            ReduceOp::Sum,
+        )
+        .await?;
+        let mut secs_max = [secs];
+        comm.all_reduce(
+            TensorMut::Host(hetero_core::HostSliceMut::new(&mut secs_max[..])),
+            ReduceOp::Max,
+        )
+        .await?;
+        let secs = secs_max[0];
+        let algbw = bytes as f64 / secs / 1e9;
+        let busbw = algbw * 2.0 * (n as f64 - 1.0) / n as f64;
+        rows.push(Row {
+            bytes,
+            count,
+            dtype: s.dtype.to_string(),
+            op: s.op.to_string(),
+            time_us: secs * 1e6,
+            algbw_gb_s: algbw,
+            busbw_gb_s: if n > 1 { busbw } else { 0.0 },
+            wrong: w[0],
+        });
+    }
+    Ok((rows, comm.explain()))
+}
+
+fn memcpy_gb_s(bytes: usize) -> f64 {
+    let src = vec![1u8; bytes.max(1)];
+    let mut dst = vec![0u8; bytes.max(1)];
+    dst.copy_from_slice(&src);
+    let reps = 5;
+    let start = Instant::now();
+    for _ in 0..reps {
+        dst.copy_from_slice(std::hint::black_box(&src));
+        std::hint::black_box(&mut dst);
+    }
+    bytes as f64 * reps as f64 / start.elapsed().as_secs_f64() / 1e9
+}
+
+fn run(args: Args) -> Result<()> {
+    let dtype = parse_dtype(&args.dtype)?;
+    let op = parse_op(&args.op)?;
+    if args.factor < 2 || args.min_bytes == 0 || args.max_bytes < args.min_bytes {
+        return Err(Error::invalid(
+            "sizes",
+            "need --factor >= 2 and 0 < --min-bytes <= --max-bytes",
+        ));
+    }
+    let mut sizes = Vec::new();
+    let mut b = args.min_bytes;
+    while b <= args.max_bytes {
+        sizes.push(b / dtype.size_bytes() * dtype.size_bytes());
+        b = b.saturating_mul(args.factor);
+    }
+    let last = args.max_bytes / dtype.size_bytes() * dtype.size_bytes();
+    if sizes.last() != Some(&last) {
+        sizes.push(last);
+    }
+    let timeout = Duration::from_secs_f64(args.timeout_s.max(0.001));
+    let env_rank = std::env::var("RANK").is_ok();
+    let ranks = args.ranks.max(1);
+    let setup = Arc::new(Setup {
+        dtype,
+        op,
+        sizes,
+        iters: args.iters.max(1),
+        warmup: args.warmup,
+        algo: args.algo,
+    });
+    let workers = if env_rank { 2 } else { ranks.max(2) };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting the tokio runtime", e))?;
+    let (world, results) = rt.block_on(async {
+        let transports: Vec<Arc<dyn Transport>> = match args.transport {
+            TransportKind::Mpi => {
+                return Err(Error::unsupported(
+                    hetero_core::Backend::Host,
+                    "the MPI transport is not built yet (feature `mpi` of hetero-collectives does not exist); use --transport inproc or tcp",
+                ));
+            }
+            TransportKind::Inproc => InProcessTransport::group_with_timeout(ranks, timeout)
+                .into_iter()
+                .map(|t| Arc::new(t) as Arc<dyn Transport>)
+                .collect(),
+            TransportKind::Tcp if env_rank => {
+                let cfg = TcpConfig::from_env()?.with_timeout(timeout);
+                vec![Arc::new(TcpTransport::connect(&cfg).await?) as Arc<dyn Transport>]
+            }
+            TransportKind::Tcp => {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .map_err(|e| Error::io("binding 127.0.0.1:0", e))?;
+                let master = listener
+                    .local_addr()
+                    .map_err(|e| Error::io("listener address", e))?
+                    .to_string();
+                let mut listener = Some(listener);
+                let mut hs = Vec::new();
+                for r in 0..ranks {
+                    let cfg = TcpConfig::new(r, ranks, master.clone()).with_timeout(timeout);
+                    let l = if r == 0 { listener.take() } else { None };
+                    hs.push(tokio::spawn(async move { TcpTransport::connect_with(&cfg, l).await }));
+                }
+                let mut ts = Vec::new();
+                for h in hs {
+                    let t = h
+                        .await
+                        .map_err(|e| Error::invalid("rank task", e.to_string()))??;
+                    ts.push(Arc::new(t) as Arc<dyn Transport>);
+                }
+                ts
+            }
+        };
+        let world = transports.first().map_or(ranks, |t| t.size());
+        let hs: Vec<_> = transports
+            .into_iter()
+            .map(|t| tokio::spawn(rank_main(t, setup.clone())))
+            .collect();
+        let mut out = Vec::new();
+        for h in hs {
+            out.push(
+                h.await
+                    .map_err(|e| Error::invalid("rank task", e.to_string()))?,
+            );
+        }
+        Ok((world, out))
+    })?;
+    let mut first = None;
+    for r in results {
+        let r = r?;
+        first.get_or_insert(r);
+    }
+    let Some((rows, explain)) = first else {
+        return Err(Error::invalid("--ranks", "no rank ran"));
+    };
+    let my_rank = std::env::var("RANK")
+        .ok()
+        .and_then(|r| r.parse::<usize>().ok())
+        .unwrap_or(0);
+    if my_rank != 0 {
+        return Ok(());
+    }
+    let memcpy = memcpy_gb_s(args.max_bytes);
+    let transport = format!("{:?}", args.transport).to_lowercase();
+    let algo = format!("{:?}", args.algo);
+    if args.json {
+        let doc = json!({
+            "transport": transport,
+            "ranks": world,
+            "algo": algo,
+            "explain": explain,
+            "memcpy_gb_s": memcpy,
+            "rows": rows.iter().map(|r| json!({
+                "bytes": r.bytes, "count": r.count, "type": r.dtype, "redop": r.op,
+                "time_us": r.time_us, "algbw_gb_s": r.algbw_gb_s, "busbw_gb_s": r.busbw_gb_s,
+                "wrong": r.wrong,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{doc:#}");
+    } else {
+        println!(
+            "# hetero-collective-bench: all_reduce, {world} ranks, transport {transport}, algo {algo}"
+        );
+        println!("# {explain}");
+        println!(
+            "#{:>12} {:>12} {:>6} {:>6} {:>11} {:>9} {:>9} {:>7}",
+            "size(B)", "count", "type", "redop", "time(us)", "algbw", "busbw", "#wrong"
+        );
+        for r in &rows {
+            println!(
+                " {:>12} {:>12} {:>6} {:>6} {:>11.1} {:>9.3} {:>9.3} {:>7}",
+                r.bytes, r.count, r.dtype, r.op, r.time_us, r.algbw_gb_s, r.busbw_gb_s, r.wrong
+            );
+        }
+        let wrong: i64 = rows.iter().map(|r| r.wrong).sum();
+        println!("# bandwidths in GB/s; #wrong total: {wrong}");
+        println!(
+            "# single-thread memcpy of {} bytes in this run: {memcpy:.3} GB/s",
+            args.max_bytes
+        );
+    }
+    if rows.iter().any(|r| r.wrong > 0) {
+        return Err(Error::invalid(
+            "results",
+            "some elements were wrong (see #wrong)",
+        ));
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hetero-collective-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
