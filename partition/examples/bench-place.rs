@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use hetero_core::placement::{Cluster, Edge, Graph, Node};
 use hetero_partition::{ExactDp, LinearDp, PaperGraph};
 
 /// (file, reference exact objective, reference seconds, reference linearized objective)
@@ -169,9 +170,94 @@ fn main() -> std::process::ExitCode {
             if ok { "" } else { " MISMATCH" }
         );
     }
+    // A synthetic transformer-like graph of 50,000 operators, linearized DP.
+    let g = transformer(5_000);
+    let cluster = Cluster::homogeneous(8, u64::MAX, 1);
+    let t = Instant::now();
+    match LinearDp.solve(&g, &cluster) {
+        Ok((plan, stats)) => println!(
+            "\nsynthetic transformer, {} nodes, {} edges, 8 accelerators + 1 CPU: linearized DP {:.3} in {:.2} s ({} pairs)",
+            g.nodes.len(),
+            g.edges.len(),
+            plan.objective,
+            t.elapsed().as_secs_f64(),
+            stats.pairs
+        ),
+        Err(e) => {
+            eprintln!("synthetic transformer: {e}");
+            failed = true;
+        }
+    }
     if failed {
         std::process::ExitCode::FAILURE
     } else {
         std::process::ExitCode::SUCCESS
     }
+}
+
+/// `layers` transformer blocks of 10 operators each (Q, K, V projections,
+/// attention, output projection, residual add, layer norm, two feed-forward
+/// matmuls, residual add + norm), with deterministic pseudo-random costs.
+fn transformer(layers: usize) -> Graph {
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % 1000) as f64 / 1000.0
+    };
+    let mut nodes = Vec::new();
+    let mut edges = Vec::new();
+    let node = |nodes: &mut Vec<Node>, heavy: f64, r: f64| {
+        let id = nodes.len();
+        nodes.push(Node {
+            id: id as u64,
+            name: None,
+            cpu_time: heavy * (8.0 + 4.0 * r),
+            accelerator_time: heavy * (0.5 + 0.5 * r),
+            memory_bytes: (heavy * 1e6) as u64,
+            accelerator_ok: true,
+            color_class: None,
+            backward: false,
+        });
+        id
+    };
+    let edge = |edges: &mut Vec<Edge>, src: usize, dst: usize, cost: f64| {
+        edges.push(Edge {
+            src,
+            dst,
+            transfer_time: cost,
+            bytes: None,
+        });
+    };
+    let mut x = node(&mut nodes, 0.1, rnd());
+    for _ in 0..layers {
+        let q = node(&mut nodes, 1.0, rnd());
+        let k = node(&mut nodes, 1.0, rnd());
+        let v = node(&mut nodes, 1.0, rnd());
+        let att = node(&mut nodes, 2.0, rnd());
+        let out = node(&mut nodes, 1.0, rnd());
+        let add = node(&mut nodes, 0.1, rnd());
+        let ln = node(&mut nodes, 0.1, rnd());
+        let ff1 = node(&mut nodes, 4.0, rnd());
+        let ff2 = node(&mut nodes, 4.0, rnd());
+        let add2 = node(&mut nodes, 0.2, rnd());
+        let c = 0.05;
+        for t in [q, k, v, add] {
+            edge(&mut edges, x, t, c);
+        }
+        for s in [q, k, v] {
+            edge(&mut edges, s, att, c);
+        }
+        edge(&mut edges, att, out, c);
+        edge(&mut edges, out, add, c);
+        edge(&mut edges, add, ln, c);
+        for t in [ff1, add2] {
+            edge(&mut edges, ln, t, c);
+        }
+        edge(&mut edges, ff1, ff2, 4.0 * c);
+        edge(&mut edges, ff2, add2, c);
+        x = add2;
+    }
+    Graph { nodes, edges }
 }
