@@ -18,7 +18,8 @@ use hetero_core::{
 use crate::cost::{self, Algorithm};
 use crate::error::CollectiveError;
 use crate::kernels::{
-    Header, OpKind, Staged, combine_bytes, finish_bytes, read_tensor, read_tensor_mut, write_tensor,
+    HEADER, Header, OpKind, Staged, combine_bytes, finish_bytes, read_tensor, read_tensor_mut,
+    write_tensor,
 };
 use crate::transport::Transport;
 
@@ -116,8 +117,20 @@ impl FlatCollective {
         }
     }
 
+    /// Receive a message from `peer` and check its header and length.
+    async fn recv_checked(&self, peer: usize, h: &Header, bytes: usize) -> Result<Vec<u8>> {
+        let msg = self.transport.recv(peer).await?;
+        h.open(self.transport.rank(), peer, &msg, bytes)?;
+        Ok(msg)
+    }
+
     /// Ring reduce-scatter in place: afterwards `buf`'s chunk `rank` holds the
     /// combined (not yet finished) values of every rank.
+    ///
+    /// A received partial is combined with this rank's chunk *inside the
+    /// received message* and that message is forwarded as is, so each step
+    /// costs one read of each operand and one write, with no framing copy
+    /// (only the first send copies). The last step combines into `buf`.
     async fn ring_reduce_scatter(&self, h: &Header, op: ReduceOp, buf: &mut [u8]) -> Result<()> {
         let (rank, n) = self.rank_size();
         if n == 1 {
@@ -126,19 +139,31 @@ impl FlatCollective {
         let es = h.dtype.size_bytes();
         let len = h.len as usize;
         let (right, left) = ((rank + 1) % n, (rank + n - 1) % n);
+        let mut carry: Option<Vec<u8>> = None;
         for s in 0..n - 1 {
             let send_idx = (rank + 2 * n - s - 1) % n;
             let recv_idx = (rank + 2 * n - s - 2) % n;
-            let sr = byte_range(chunk_range(len, n, send_idx), es);
-            self.send(right, h, &buf[sr]).await?;
+            let msg = match carry.take() {
+                Some(m) => m,
+                None => h.frame(&buf[byte_range(chunk_range(len, n, send_idx), es)]),
+            };
+            self.transport.send(right, msg).await?;
             let rr = byte_range(chunk_range(len, n, recv_idx), es);
-            self.recv_into(left, h, &mut buf[rr], Some(op)).await?;
+            let mut msg = self.recv_checked(left, h, rr.len()).await?;
+            let last = s == n - 2;
+            let payload = &mut msg[HEADER..];
+            if !last && combine_bytes(h.dtype, op, payload, &buf[rr.clone()]).is_ok() {
+                carry = Some(msg);
+            } else {
+                combine_bytes(h.dtype, op, &mut buf[rr], &msg[HEADER..])?;
+            }
         }
         Ok(())
     }
 
     /// Ring all-gather in place: chunk `rank` of `buf` is this rank's; every
-    /// chunk is filled afterwards.
+    /// chunk is filled afterwards. Received messages are forwarded as they
+    /// are (moved, not re-framed).
     async fn ring_all_gather(&self, h: &Header, buf: &mut [u8]) -> Result<()> {
         let (rank, n) = self.rank_size();
         if n == 1 {
@@ -147,13 +172,21 @@ impl FlatCollective {
         let es = h.dtype.size_bytes();
         let len = h.len as usize;
         let (right, left) = ((rank + 1) % n, (rank + n - 1) % n);
+        let mut carry: Option<Vec<u8>> = None;
         for s in 0..n - 1 {
             let send_idx = (rank + n - s) % n;
             let recv_idx = (rank + 2 * n - s - 1) % n;
-            let sr = byte_range(chunk_range(len, n, send_idx), es);
-            self.send(right, h, &buf[sr]).await?;
+            let msg = match carry.take() {
+                Some(m) => m,
+                None => h.frame(&buf[byte_range(chunk_range(len, n, send_idx), es)]),
+            };
+            self.transport.send(right, msg).await?;
             let rr = byte_range(chunk_range(len, n, recv_idx), es);
-            self.recv_into(left, h, &mut buf[rr], None).await?;
+            let msg = self.recv_checked(left, h, rr.len()).await?;
+            buf[rr].copy_from_slice(&msg[HEADER..]);
+            if s < n - 2 {
+                carry = Some(msg);
+            }
         }
         Ok(())
     }
