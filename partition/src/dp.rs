@@ -529,26 +529,22 @@ fn run_dp_bounded(
                 row_dp(&ctx, &mut workers[0], lo + r, done, row, crow);
             }
         } else {
-            const CHUNK: usize = 2;
-            let mut jobs: Vec<Vec<Job<'_>>> = (0..threads).map(|_| Vec::new()).collect();
-            for (c, (rows, crows)) in level
-                .chunks_mut(CHUNK * ns)
-                .zip(clevel.chunks_mut(CHUNK * ns))
+            // one row per job, taken from a shared queue as threads free up
+            let mut jobs: Vec<Job<'_>> = level
+                .chunks_mut(ns)
+                .zip(clevel.chunks_mut(ns))
                 .enumerate()
-            {
-                jobs[c % threads].push((lo + c * CHUNK, rows, crows));
-            }
-            let done: &[f64] = done;
-            let ctx = &ctx;
+                .map(|(r, (row, crow))| (lo + r, row, crow))
+                .collect();
+            jobs.reverse();
+            let queue = std::sync::Mutex::new(jobs);
+            let (done, ctx, queue): (&[f64], _, _) = (done, &ctx, &queue);
             std::thread::scope(|scope| {
-                for (worker, job) in workers.iter_mut().zip(jobs) {
+                for worker in workers.iter_mut() {
                     scope.spawn(move || {
-                        for (first, rows, crows) in job {
-                            for (r, (row, crow)) in
-                                rows.chunks_mut(ns).zip(crows.chunks_mut(ns)).enumerate()
-                            {
-                                row_dp(ctx, worker, first + r, done, row, crow);
-                            }
+                        while let Some((j, row, crow)) = queue.lock().ok().and_then(|mut q| q.pop())
+                        {
+                            row_dp(ctx, worker, j, done, row, crow);
                         }
                     });
                 }
@@ -585,7 +581,7 @@ fn run_dp_bounded(
     Ok((value, chain, pairs))
 }
 
-/// Rows of one level for one thread: first ideal, dp rows, back-link rows.
+/// One row of a level: the ideal, its dp row, its back-link row.
 type Job<'a> = (usize, &'a mut [f64], &'a mut [(u32, u8)]);
 
 struct RowCtx<'a, 'g> {
