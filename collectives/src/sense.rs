@@ -3,7 +3,7 @@
 //! ## Scheme
 //!
 //! Every pair of ranks `i < j` runs a ping-pong of a few sizes (default 64 B,
-//! 16 KiB, 256 KiB, 3 repetitions each; the fastest repetition per size is
+//! 64 KiB, 1 MiB, after one untimed warm-up exchange; 3 repetitions each; the fastest repetition per size is
 //! kept), one pair at a time in a fixed global order, so measurements do not
 //! disturb each other and no rank waits on a pair out of order. Half the
 //! round trip is fitted with [`LinkModel::fit`] (`t = alpha + n / beta`).
@@ -41,7 +41,7 @@ pub struct SenseConfig {
 impl Default for SenseConfig {
     fn default() -> Self {
         SenseConfig {
-            sizes: vec![64, 16 << 10, 256 << 10],
+            sizes: vec![64, 64 << 10, 1 << 20],
             repetitions: 3,
         }
     }
@@ -75,7 +75,11 @@ async fn ping_pong(
     lead: bool,
 ) -> Result<Vec<(f64, f64)>> {
     let mut samples = Vec::new();
-    for &size in &cfg.sizes {
+    // One untimed exchange of the largest size first: warms the connection
+    // (TCP slow start, page faults of fresh buffers) so the fit sees the link.
+    let largest = cfg.sizes.iter().copied().max().unwrap_or(0);
+    let plan = std::iter::once((largest, false)).chain(cfg.sizes.iter().map(|&s| (s, true)));
+    for (size, timed) in plan {
         let h = Header {
             kind: OpKind::Probe,
             dtype: DType::U8,
@@ -84,7 +88,8 @@ async fn ping_pong(
         };
         let payload = vec![0u8; size];
         let mut best = f64::INFINITY;
-        for _ in 0..cfg.repetitions.max(1) {
+        let reps = if timed { cfg.repetitions.max(1) } else { 1 };
+        for _ in 0..reps {
             if lead {
                 let start = Instant::now();
                 t.send(peer, h.frame(&payload)).await?;
@@ -99,7 +104,7 @@ async fn ping_pong(
                 t.send(peer, h.frame(body)).await?;
             }
         }
-        if lead {
+        if lead && timed {
             samples.push((size as f64, best));
         }
     }

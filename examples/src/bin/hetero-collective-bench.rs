@@ -9,7 +9,7 @@ use clap::{Parser, ValueEnum};
 use hetero_collectives::kernels::{Staged, combine_bytes, finish_bytes};
 use hetero_collectives::sense::{SenseConfig, measured_flat, sense_topology};
 use hetero_collectives::{
-    Algorithm, Hierarchical, InProcessTransport, TcpConfig, TcpTransport, Transport,
+    Algorithm, Hierarchical, InProcessTransport, Scheme, TcpConfig, TcpTransport, Transport,
 };
 use hetero_core::host_kernels::Arith;
 use hetero_core::{Collective, DType, Error, ReduceOp, Result, TensorMut};
@@ -19,7 +19,12 @@ use serde_json::json;
 enum Algo {
     FlatRing,
     FlatTree,
+    /// Hierarchical, scheme chosen per size by the cost model.
     Hierarchical,
+    /// Hierarchical, always the leader scheme.
+    HierarchicalLeader,
+    /// Hierarchical, always the sharded scheme (equal domains).
+    HierarchicalSharded,
     Auto,
 }
 
@@ -137,9 +142,14 @@ async fn make_comm(t: Arc<dyn Transport>, algo: Algo) -> Result<Box<dyn Collecti
         Algo::FlatRing => Box::new(measured_flat(t, Algorithm::Ring, &cfg).await?.0),
         Algo::FlatTree => Box::new(measured_flat(t, Algorithm::Tree, &cfg).await?.0),
         Algo::Auto => Box::new(measured_flat(t, Algorithm::Auto, &cfg).await?.0),
-        Algo::Hierarchical => {
+        Algo::Hierarchical | Algo::HierarchicalLeader | Algo::HierarchicalSharded => {
             let topo = sense_topology(t.clone(), &cfg).await?;
-            Box::new(Hierarchical::new(t, &topo)?)
+            let h = Hierarchical::new(t, &topo)?;
+            Box::new(match algo {
+                Algo::HierarchicalLeader => h.with_scheme(Scheme::Leader),
+                Algo::HierarchicalSharded => h.with_scheme(Scheme::Sharded),
+                _ => h,
+            })
         }
     })
 }
