@@ -139,21 +139,20 @@ fn main() -> std::process::ExitCode {
             failed = true;
             continue;
         };
-        let ratio = ref_time
-            .trim_start_matches(['<', '>'])
-            .split('-')
-            .next_back()
-            .and_then(|x| x.parse::<f64>().ok())
-            .map_or("-".to_string(), |r| {
-                let bound = if ref_time.starts_with('>') {
-                    ">"
-                } else if ref_time.starts_with('<') {
-                    "<"
-                } else {
-                    ""
-                };
-                format!("{bound}{:.0}x", r / time)
-            });
+        // the reference's time as an upper bound ("<1") gives no ratio
+        let ratio = if ref_time.starts_with('<') {
+            "-".to_string()
+        } else {
+            ref_time
+                .trim_start_matches('>')
+                .split('-')
+                .next_back()
+                .and_then(|x| x.parse::<f64>().ok())
+                .map_or("-".to_string(), |r| {
+                    let at_least = if ref_time.starts_with('>') { ">" } else { "" };
+                    format!("{at_least}{:.0}x", r / time)
+                })
+        };
         let ok = reference.is_none_or(|r| ((plan.objective - r) / r).abs() < 1e-5);
         failed |= !ok;
         println!(
