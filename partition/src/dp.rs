@@ -47,14 +47,29 @@ pub struct SolveStats {
     pub seconds: f64,
 }
 
+/// Called as the exact DP goes: (ideals done, ideals in all).
+pub type ProgressFn = dyn Fn(usize, usize) + Send + Sync;
+
 /// Exact DP over all ideals (contiguous splits).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ExactDp {
     /// Give up with [`PartitionError::TooManyIdeals`] beyond this many ideals.
     pub ideal_limit: usize,
     /// Threads for the DP (ideals of one size are independent); 0: one per
     /// available core. The result does not depend on it.
     pub threads: usize,
+    /// Told after each size of ideals is done (for progress bars).
+    pub progress: Option<std::sync::Arc<ProgressFn>>,
+}
+
+impl std::fmt::Debug for ExactDp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExactDp")
+            .field("ideal_limit", &self.ideal_limit)
+            .field("threads", &self.threads)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
 }
 
 impl Default for ExactDp {
@@ -62,6 +77,7 @@ impl Default for ExactDp {
         ExactDp {
             ideal_limit: 3_000_000,
             threads: 0,
+            progress: None,
         }
     }
 }
@@ -120,7 +136,7 @@ impl ExactDp {
             .filter(|e| e.fits())
             .map_or(f64::INFINITY, |e| e.plan.objective);
         // The linearized DP may find no split where the exact one does.
-        let lin_value = match run_dp(&p, &linear, greedy_ub, 1) {
+        let lin_value = match run_dp(&p, &linear, greedy_ub, 1, None) {
             Ok((v, _, _)) => v,
             Err(PartitionError::Infeasible(_)) => f64::INFINITY,
             Err(e) => return Err(e),
@@ -128,7 +144,13 @@ impl ExactDp {
         let lattice = Lattice::ideals(&p.units, self.ideal_limit)?;
         // The linearized DP's split is a contiguous split: a valid bound.
         let ub = lin_value;
-        let (value, chain, pairs) = run_dp(&p, &lattice, ub, self.worker_threads())?;
+        let (value, chain, pairs) = run_dp(
+            &p,
+            &lattice,
+            ub,
+            self.worker_threads(),
+            self.progress.as_deref(),
+        )?;
         finish(&p, &lattice, (value, pairs), chain, ub, "exact-dp", start)
     }
 }
@@ -143,7 +165,7 @@ impl LinearDp {
             .filter(|e| e.fits())
             .map_or(f64::INFINITY, |e| e.plan.objective);
         let lattice = Lattice::prefixes(p.units.len());
-        let (value, chain, pairs) = run_dp(&p, &lattice, ub, 1)?;
+        let (value, chain, pairs) = run_dp(&p, &lattice, ub, 1, None)?;
         finish(&p, &lattice, (value, pairs), chain, ub, "linear-dp", start)
     }
 }
@@ -446,10 +468,11 @@ fn run_dp(
     lat: &Lattice,
     ub: f64,
     threads: usize,
+    progress: Option<&ProgressFn>,
 ) -> Result<(f64, Vec<Step>, u64)> {
-    match run_dp_bounded(p, lat, ub, threads) {
+    match run_dp_bounded(p, lat, ub, threads, progress) {
         Err(PartitionError::Infeasible(_)) if ub.is_finite() => {
-            run_dp_bounded(p, lat, f64::INFINITY, threads)
+            run_dp_bounded(p, lat, f64::INFINITY, threads, progress)
         }
         other => other,
     }
@@ -460,6 +483,7 @@ fn run_dp_bounded(
     lat: &Lattice,
     ub: f64,
     threads: usize,
+    progress: Option<&ProgressFn>,
 ) -> Result<(f64, Vec<Step>, u64)> {
     let kinds = &p.kinds;
     if kinds.len() >= NO_CHOICE as usize {
@@ -549,6 +573,9 @@ fn run_dp_bounded(
                     });
                 }
             });
+        }
+        if let Some(f) = progress {
+            f(hi, lat.count);
         }
     }
     let pairs = workers.iter().map(|w| w.pairs).sum();

@@ -18,7 +18,7 @@ pub mod eval;
 pub mod paper;
 pub mod problem;
 
-pub use dp::{ExactDp, Greedy, LinearDp, SolveStats};
+pub use dp::{ExactDp, Greedy, LinearDp, ProgressFn, SolveStats};
 pub use eval::{Evaluation, evaluate};
 pub use paper::{PaperGraph, PaperSplit};
 

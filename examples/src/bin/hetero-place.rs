@@ -4,13 +4,18 @@
 //! Prints the split in the paper's output format (`maxLoad`, `fpgas`, `cpus`)
 //! on stdout and a human summary on stderr.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use hetero_core::placement::{Cluster, Plan};
 use hetero_partition::{
-    ExactDp, Greedy, LinearDp, PaperGraph, PaperSplit, PartitionError, SolveStats, evaluate,
+    ExactDp, Greedy, LinearDp, PaperGraph, PaperSplit, PartitionError, ProgressFn, SolveStats,
+    evaluate,
 };
 
 /// Place the nodes of a DNN graph on k accelerators and l CPUs so that the
@@ -102,7 +107,15 @@ fn run(args: &Args) -> Result<(), PartitionError> {
         (e.plan, None)
     } else {
         let (plan, stats) = match args.algo {
-            Algo::Dp => ExactDp::default().solve(g, &cluster)?,
+            Algo::Dp => {
+                let dp = ExactDp {
+                    progress: Some(progress_bar()),
+                    ..ExactDp::default()
+                };
+                let out = dp.solve(g, &cluster);
+                finish_progress_bar();
+                out?
+            }
             Algo::DpLinear => LinearDp.solve(g, &cluster)?,
             Algo::Greedy => Greedy.solve(g, &cluster)?,
         };
@@ -136,6 +149,39 @@ fn run(args: &Args) -> Result<(), PartitionError> {
         plan.objective
     );
     Ok(())
+}
+
+static BAR_DRAWN: AtomicBool = AtomicBool::new(false);
+
+/// A progress bar on stderr (a terminal only) for runs over two seconds.
+fn progress_bar() -> Arc<ProgressFn> {
+    let start = Instant::now();
+    let last = Mutex::new(usize::MAX);
+    Arc::new(move |done: usize, total: usize| {
+        if start.elapsed() < Duration::from_secs(2) || !std::io::stderr().is_terminal() {
+            return;
+        }
+        let percent = done * 100 / total.max(1);
+        let Ok(mut last) = last.lock() else { return };
+        if *last == percent {
+            return;
+        }
+        *last = percent;
+        let filled = percent * 40 / 100;
+        eprint!(
+            "\r[{}{}] {percent:3}% of {total} ideals, {:.1} s",
+            "#".repeat(filled),
+            ".".repeat(40 - filled),
+            start.elapsed().as_secs_f64()
+        );
+        BAR_DRAWN.store(true, Ordering::Relaxed);
+    })
+}
+
+fn finish_progress_bar() {
+    if BAR_DRAWN.swap(false, Ordering::Relaxed) {
+        eprintln!();
+    }
 }
 
 fn main() -> ExitCode {
