@@ -324,6 +324,9 @@ impl Lattice {
             q += 1;
         }
         drop(index);
+        if up.len() >= u32::MAX as usize {
+            return Err(PartitionError::TooManyIdeals { limit });
+        }
         let count = data.len() / words;
         up.sort_unstable();
         let mut down_start = vec![0u32; count + 1];
