@@ -335,11 +335,37 @@ impl Hierarchical {
         let want = self
             .forced
             .unwrap_or_else(|| self.plan.choose(bytes as f64).0);
+        self.runnable(want)
+    }
+
+    /// `want` if this rank has its communicators, else the closest that runs
+    /// (sharded -> leader -> flat).
+    fn runnable(&self, want: Scheme) -> Scheme {
         match want {
             Scheme::Sharded if self.shard.is_some() && self.intra.is_some() => Scheme::Sharded,
             Scheme::Leader | Scheme::Sharded if self.intra.is_some() => Scheme::Leader,
             _ => Scheme::Flat,
         }
+    }
+
+    /// All-reduce with `scheme` (or the closest that can run), whatever the
+    /// model would choose. Every rank must pass the same scheme.
+    pub async fn all_reduce_with(
+        &self,
+        scheme: Scheme,
+        mut data: TensorMut<'_>,
+        op: ReduceOp,
+    ) -> Result<()> {
+        let scheme = self.runnable(scheme);
+        if scheme == Scheme::Flat {
+            return self.flat.all_reduce(data, op).await;
+        }
+        let mut s = read_tensor_mut(&data)?;
+        match scheme {
+            Scheme::Sharded => self.sharded_scheme(&mut s, op).await?,
+            _ => self.leader_scheme(&mut s, op).await?,
+        }
+        write_tensor(&mut data, &s)
     }
 
     async fn leader_scheme(&self, s: &mut Staged, op: ReduceOp) -> Result<()> {
@@ -396,18 +422,9 @@ impl Collective for Hierarchical {
         self.plan.n
     }
 
-    async fn all_reduce(&self, mut data: TensorMut<'_>, op: ReduceOp) -> Result<()> {
+    async fn all_reduce(&self, data: TensorMut<'_>, op: ReduceOp) -> Result<()> {
         let bytes = data.len() * data.dtype().size_bytes();
-        let scheme = self.scheme_for(bytes);
-        if scheme == Scheme::Flat {
-            return self.flat.all_reduce(data, op).await;
-        }
-        let mut s = read_tensor_mut(&data)?;
-        match scheme {
-            Scheme::Sharded => self.sharded_scheme(&mut s, op).await?,
-            _ => self.leader_scheme(&mut s, op).await?,
-        }
-        write_tensor(&mut data, &s)
+        self.all_reduce_with(self.scheme_for(bytes), data, op).await
     }
 
     async fn reduce_scatter(

@@ -188,3 +188,117 @@ fn environment_variables_are_read_and_checked() {
     let e = TcpConfig::from_env().expect_err("bad port").to_string();
     assert!(e.contains("MASTER_PORT"), "{e}");
 }
+
+/// `Hierarchical::compose` over communicators of different kinds: in-process
+/// inside each of 2 domains, TCP between them (leaders and shards), TCP flat.
+#[test]
+fn hierarchical_composes_in_process_and_tcp() {
+    use hetero_collectives::{FlatCollective, HierPlan, Hierarchical, InProcessTransport, Scheme};
+    use hetero_core::{
+        Backend, DeviceId, DeviceInfo, DeviceKind, LinkKind, LinkModel, Topology, TopologyDevice,
+    };
+    let dev = |i: usize| TopologyDevice {
+        info: DeviceInfo {
+            id: DeviceId::new(Backend::Host, i as u32),
+            name: format!("rank {i} on synthetic"),
+            kind: DeviceKind::Virtual,
+            vendor: String::new(),
+            memory_total_bytes: 0,
+            memory_free_bytes: None,
+            driver: None,
+            compute_units: None,
+        },
+        gemm_flops_per_s: None,
+    };
+    let topo = Topology::from_fn((0..4).map(dev).collect(), |i, j| {
+        (i != j).then(|| {
+            if i / 2 == j / 2 {
+                LinkModel::new(LinkKind::SharedMemory, 1e-6, 20e9)
+            } else {
+                LinkModel::new(LinkKind::Ethernet, 50e-6, 125e6)
+            }
+        })
+    })
+    .expect("topology");
+    let plan = HierPlan::new(&topo).expect("plan");
+    assert_eq!(plan.domains(), &[vec![0, 1], vec![2, 3]]);
+    rt().block_on(async {
+        let link = LinkModel::new(LinkKind::Loopback, 20e-6, 1e9);
+        let mk = move |t: Arc<dyn Transport>| -> Box<dyn Collective> {
+            Box::new(FlatCollective::new(t, Algorithm::Auto, link, "test"))
+        };
+        let mut flat: Vec<Option<TcpTransport>> = mesh(4, Duration::from_secs(20))
+            .await
+            .expect("mesh")
+            .into_iter()
+            .map(Some)
+            .collect();
+        // Leaders 0 and 2 (also the shard group of local index 0), shard group 1 and 3.
+        let mut group0: Vec<Option<TcpTransport>> = mesh(2, Duration::from_secs(20))
+            .await
+            .expect("mesh")
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut group1: Vec<Option<TcpTransport>> = mesh(2, Duration::from_secs(20))
+            .await
+            .expect("mesh")
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut intra: Vec<Option<InProcessTransport>> = InProcessTransport::group(2)
+            .into_iter()
+            .chain(InProcessTransport::group(2))
+            .map(Some)
+            .collect();
+        let mut handles = Vec::new();
+        for rank in 0..4usize {
+            let (domain, local) = (rank / 2, rank % 2);
+            let f = flat[rank].take().expect("flat");
+            let i = intra[rank].take().expect("intra");
+            let g = if local == 0 {
+                group0[domain].take()
+            } else {
+                group1[domain].take()
+            }
+            .expect("group");
+            let plan = plan.clone();
+            handles.push(tokio::spawn(async move {
+                let g: Arc<dyn Transport> = Arc::new(g);
+                let leaders = (local == 0).then(|| mk(g.clone()));
+                let shard = mk(g);
+                let h = Hierarchical::compose(
+                    plan,
+                    rank,
+                    mk(Arc::new(f)),
+                    Some((mk(Arc::new(i)), 0)),
+                    leaders,
+                    Some(shard),
+                );
+                for scheme in [Scheme::Leader, Scheme::Sharded] {
+                    let h2 = &h;
+                    for op in ReduceOp::ALL {
+                        for len in [0usize, 1, 5, 1003] {
+                            let mut d = data(DType::I32, rank, len, 1);
+                            h2.all_reduce_with(scheme, TensorMut::Host(d.host_mut()?), op)
+                                .await?;
+                            let want = naive(DType::I32, op, 4, len, 1);
+                            if d.bytes() != want.bytes() {
+                                return Err(Error::invalid(
+                                    "result",
+                                    format!("{scheme:?} rank {rank} {op} len {len}"),
+                                ));
+                            }
+                        }
+                    }
+                }
+                h.barrier().await?;
+                Ok(h.explain())
+            }));
+        }
+        for h in handles {
+            let explain = h.await.expect("task").expect("rank ok");
+            assert!(explain.contains("2 domains"), "{explain}");
+        }
+    });
+}
