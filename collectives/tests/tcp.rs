@@ -109,7 +109,6 @@ fn tcp_ranks_agree_with_the_naive_reduction() {
 fn a_rank_that_drops_its_connections_fails_the_others_in_time() {
     rt().block_on(async {
         let ts = mesh(3, Duration::from_secs(30)).await.expect("mesh");
-        let started = std::time::Instant::now();
         let mut handles = Vec::new();
         for t in ts {
             handles.push(tokio::spawn(async move {
@@ -125,17 +124,11 @@ fn a_rank_that_drops_its_connections_fails_the_others_in_time() {
         }
         let results: Vec<Result<()>> = futures_join(handles).await;
         assert!(results[1].is_ok());
+        // Closed connections are seen at once as peer failures, not after
+        // the 30 s timeout.
         for r in [&results[0], &results[2]] {
-            assert!(
-                matches!(
-                    r,
-                    Err(Error::PeerFailure { .. }) | Err(Error::Timeout { .. })
-                ),
-                "{r:?}"
-            );
+            assert!(matches!(r, Err(Error::PeerFailure { .. })), "{r:?}");
         }
-        // A peer failure, not the 30 s timeout (generous bound, not a timing test).
-        assert!(started.elapsed() < Duration::from_secs(25));
     });
 }
 
