@@ -29,7 +29,14 @@ pub struct FlatCollective {
     algorithm: Algorithm,
     link: LinkModel,
     link_source: String,
+    /// Message buffers whose last use is over, reused for the next frames
+    /// (at most [`POOL_MAX`]), so large all-reduces do not fault in fresh
+    /// pages for every message.
+    pool: std::sync::Mutex<Vec<Vec<u8>>>,
 }
+
+/// Most buffers a communicator keeps for reuse.
+const POOL_MAX: usize = 4;
 
 impl fmt::Debug for FlatCollective {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -61,6 +68,7 @@ impl FlatCollective {
             algorithm,
             link,
             link_source: source.into(),
+            pool: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -91,12 +99,40 @@ impl FlatCollective {
         }
     }
 
+    /// A message of `h` and `payload`, in a reused buffer when one is big enough.
+    fn frame(&self, h: &Header, payload: &[u8]) -> Vec<u8> {
+        let need = HEADER + payload.len();
+        let reused = self.pool.lock().ok().and_then(|mut p| {
+            let i = p.iter().position(|b| b.capacity() >= need)?;
+            Some(p.swap_remove(i))
+        });
+        match reused {
+            Some(mut v) => {
+                h.frame_into(&mut v, payload);
+                v
+            }
+            None => h.frame(payload),
+        }
+    }
+
+    /// Keep `buf` for a later [`FlatCollective::frame`] (large buffers only).
+    fn recycle(&self, buf: Vec<u8>) {
+        if buf.capacity() < 64 << 10 {
+            return;
+        }
+        if let Ok(mut p) = self.pool.lock()
+            && p.len() < POOL_MAX
+        {
+            p.push(buf);
+        }
+    }
+
     fn rank_size(&self) -> (usize, usize) {
         (self.transport.rank(), self.transport.size())
     }
 
     async fn send(&self, peer: usize, h: &Header, payload: &[u8]) -> Result<()> {
-        self.transport.send(peer, h.frame(payload)).await
+        self.transport.send(peer, self.frame(h, payload)).await
     }
 
     async fn recv_into(
@@ -108,13 +144,15 @@ impl FlatCollective {
     ) -> Result<()> {
         let msg = self.transport.recv(peer).await?;
         let payload = h.open(self.transport.rank(), peer, &msg, dst.len())?;
-        match reduce {
+        let r = match reduce {
             Some(op) => combine_bytes(h.dtype, op, dst, payload),
             None => {
                 dst.copy_from_slice(payload);
                 Ok(())
             }
-        }
+        };
+        self.recycle(msg);
+        r
     }
 
     /// Receive a message from `peer` and check its header and length.
@@ -145,7 +183,7 @@ impl FlatCollective {
             let recv_idx = (rank + 2 * n - s - 2) % n;
             let msg = match carry.take() {
                 Some(m) => m,
-                None => h.frame(&buf[byte_range(chunk_range(len, n, send_idx), es)]),
+                None => self.frame(h, &buf[byte_range(chunk_range(len, n, send_idx), es)]),
             };
             self.transport.send(right, msg).await?;
             let rr = byte_range(chunk_range(len, n, recv_idx), es);
@@ -156,6 +194,7 @@ impl FlatCollective {
                 carry = Some(msg);
             } else {
                 combine_bytes(h.dtype, op, &mut buf[rr], &msg[HEADER..])?;
+                self.recycle(msg);
             }
         }
         Ok(())
@@ -178,7 +217,7 @@ impl FlatCollective {
             let recv_idx = (rank + 2 * n - s - 1) % n;
             let msg = match carry.take() {
                 Some(m) => m,
-                None => h.frame(&buf[byte_range(chunk_range(len, n, send_idx), es)]),
+                None => self.frame(h, &buf[byte_range(chunk_range(len, n, send_idx), es)]),
             };
             self.transport.send(right, msg).await?;
             let rr = byte_range(chunk_range(len, n, recv_idx), es);
@@ -186,6 +225,8 @@ impl FlatCollective {
             buf[rr].copy_from_slice(&msg[HEADER..]);
             if s < n - 2 {
                 carry = Some(msg);
+            } else {
+                self.recycle(msg);
             }
         }
         Ok(())

@@ -237,6 +237,13 @@ impl Header {
         v
     }
 
+    /// Like [`Header::frame`], into `v` (cleared first; keeps its allocation).
+    pub fn frame_into(&self, v: &mut Vec<u8>, payload: &[u8]) {
+        v.clear();
+        v.extend_from_slice(&self.bytes());
+        v.extend_from_slice(payload);
+    }
+
     /// Check `msg` from `peer` has this header and `payload_bytes` of payload;
     /// return the payload.
     pub fn open<'m>(
