@@ -23,6 +23,8 @@
 //! [`CollectiveError::Timeout`] after the configured timeout.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -214,6 +216,8 @@ pub struct TcpTransport {
     inboxes: Inboxes,
     timeout: Duration,
     peers: Vec<Option<SocketAddr>>,
+    /// Messages queued but not yet written, over all connections.
+    pending: Arc<AtomicUsize>,
 }
 
 impl TcpTransport {
@@ -374,6 +378,7 @@ impl TcpTransport {
 
     fn start(rank: usize, n: usize, streams: Vec<Option<TcpStream>>, timeout: Duration) -> Self {
         let mut writers = Vec::with_capacity(n);
+        let pending = Arc::new(AtomicUsize::new(0));
         let mut receivers = Vec::with_capacity(n);
         let mut peers = Vec::with_capacity(n);
         for s in streams {
@@ -389,6 +394,7 @@ impl TcpTransport {
             let (mut rd, mut wr) = s.into_split();
             let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
             writers.push(Some(out_tx));
+            let pending_w = pending.clone();
             tokio::spawn(async move {
                 while let Some(msg) = out_rx.recv().await {
                     let ok = async {
@@ -396,7 +402,13 @@ impl TcpTransport {
                         wr.write_all(&msg).await
                     }
                     .await;
+                    pending_w.fetch_sub(1, Ordering::AcqRel);
                     if ok.is_err() {
+                        // Nothing more can be written: drop what is queued.
+                        out_rx.close();
+                        while out_rx.try_recv().is_ok() {
+                            pending_w.fetch_sub(1, Ordering::AcqRel);
+                        }
                         break;
                     }
                 }
@@ -432,6 +444,7 @@ impl TcpTransport {
             inboxes: Inboxes::new(rank, receivers),
             timeout,
             peers,
+            pending,
         }
     }
 }
@@ -453,7 +466,9 @@ impl Transport for TcpTransport {
                     rank: peer,
                     size: self.size,
                 })?;
+        self.pending.fetch_add(1, Ordering::AcqRel);
         tx.send(data).map_err(|_| {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
             CollectiveError::PeerFailure {
                 rank: peer,
                 reason: "its connection's writer stopped (write error)".into(),
@@ -463,6 +478,16 @@ impl Transport for TcpTransport {
     }
     async fn recv(&self, peer: usize) -> Result<Vec<u8>> {
         self.inboxes.recv(peer, self.timeout).await
+    }
+    async fn flush(&self) -> Result<()> {
+        let deadline = Instant::now() + self.timeout;
+        while self.pending.load(Ordering::Acquire) > 0 {
+            if Instant::now() >= deadline {
+                return Err(timed_out("flushing queued messages to peers", self.timeout).into());
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok(())
     }
     fn timeout(&self) -> Duration {
         self.timeout

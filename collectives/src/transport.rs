@@ -28,6 +28,12 @@ pub trait Transport: Send + Sync + fmt::Debug {
     async fn send(&self, peer: usize, data: Vec<u8>) -> Result<()>;
     /// The next message from `peer`, waiting at most [`Transport::timeout`].
     async fn recv(&self, peer: usize) -> Result<Vec<u8>>;
+    /// Wait until every message queued by `send` has been handed to the
+    /// medium (call before a process exits, so its last messages are not
+    /// lost). In-process sends are delivered at once.
+    async fn flush(&self) -> Result<()> {
+        Ok(())
+    }
     /// How long a receive waits before [`CollectiveError::Timeout`].
     fn timeout(&self) -> Duration;
     /// Short name of the medium ("in-process channels", "TCP full mesh").
@@ -170,6 +176,9 @@ impl Transport for SubTransport {
     async fn recv(&self, peer: usize) -> Result<Vec<u8>> {
         let g = self.global(peer)?;
         self.parent.recv(g).await
+    }
+    async fn flush(&self) -> Result<()> {
+        self.parent.flush().await
     }
     fn timeout(&self) -> Duration {
         self.parent.timeout()

@@ -95,6 +95,7 @@ fn tcp_ranks_agree_with_the_naive_reduction() {
                         assert_eq!(out.bytes(), &want.bytes()[own.start * 4..own.end * 4]);
                         c.barrier().await?;
                     }
+                    t.flush().await?;
                     Ok(())
                 }));
             }

@@ -158,6 +158,7 @@ async fn make_comm(t: Arc<dyn Transport>, algo: Algo) -> Result<Box<dyn Collecti
 async fn rank_main(t: Arc<dyn Transport>, s: Arc<Setup>) -> Result<(Vec<Row>, String)> {
     let rank = t.rank();
     let n = t.size();
+    let transport = t.clone();
     let comm = make_comm(t, s.algo).await?;
     let es = s.dtype.size_bytes();
     let mut rows = Vec::new();
@@ -221,6 +222,8 @@ async fn rank_main(t: Arc<dyn Transport>, s: Arc<Setup>) -> Result<(Vec<Row>, St
             wrong: w[0],
         });
     }
+    // Hand every queued message to the network before this process may exit.
+    transport.flush().await?;
     Ok((rows, comm.explain()))
 }
 
