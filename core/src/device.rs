@@ -405,6 +405,72 @@ pub fn check_range(field: &str, range: &Range<usize>, len: usize) -> Result<()> 
     Ok(())
 }
 
+/// Check that `buf` belongs to `device`; `what` names the argument.
+pub fn check_owner(buf: &dyn DeviceBuffer, device: DeviceId, what: &str) -> Result<()> {
+    let owner = buf.device();
+    if owner == device {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            what,
+            format!("buffer belongs to {owner}, passed to {device}"),
+        ))
+    }
+}
+
+/// The decode-step kernels take f32; another dtype is `Unsupported` on `backend`.
+pub fn check_decode_f32(backend: Backend, what: &str, buf: &dyn DeviceBuffer) -> Result<()> {
+    if buf.dtype() == DType::F32 {
+        Ok(())
+    } else {
+        Err(Error::unsupported(
+            backend,
+            format!("{what} in {}: the decode-step kernels are f32", buf.dtype()),
+        ))
+    }
+}
+
+/// Rows of a layer norm over `x_len` elements with per-column vectors of
+/// `cols` (gamma) and `beta_len` (beta), writing `out_len` elements.
+pub fn layer_norm_rows(
+    x_len: usize,
+    cols: usize,
+    beta_len: usize,
+    out_len: usize,
+) -> Result<usize> {
+    if cols == 0 || !x_len.is_multiple_of(cols) || beta_len != cols || out_len != x_len {
+        return Err(Error::invalid(
+            "layer_norm",
+            format!(
+                "x {x_len} / gamma {cols} / beta {beta_len} / out {out_len} elements are not rows of one width"
+            ),
+        ));
+    }
+    Ok(x_len / cols)
+}
+
+/// Rows of `len` elements for a per-column vector of `cols`.
+pub fn bias_rows(len: usize, cols: usize) -> Result<usize> {
+    if cols == 0 || !len.is_multiple_of(cols) {
+        return Err(Error::invalid(
+            "bias_activation",
+            format!("{len} elements are not rows of {cols}"),
+        ));
+    }
+    Ok(len / cols)
+}
+
+/// Columns of `len` elements split into `rows` rows.
+pub fn argmax_cols(len: usize, rows: usize) -> Result<usize> {
+    if rows == 0 || !len.is_multiple_of(rows) {
+        return Err(Error::invalid(
+            "argmax rows",
+            format!("{len} elements do not split into {rows} rows"),
+        ));
+    }
+    Ok(len / rows)
+}
+
 /// Check that `actual` is the buffer's dtype `expected`; `what` names the operation.
 pub fn check_dtype(what: &str, expected: DType, actual: DType) -> Result<()> {
     if expected == actual {

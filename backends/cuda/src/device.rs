@@ -13,7 +13,8 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::CompileOptions;
 use hetero_core::device::{
-    check_copy, check_download, check_dtype, check_same_shape, check_upload,
+    argmax_cols, bias_rows, check_copy, check_decode_f32, check_download, check_dtype, check_owner,
+    check_same_shape, check_upload, layer_norm_rows,
 };
 use hetero_core::{
     Activation, AttentionSpec, Backend, Capabilities, DType, Device, DeviceBuffer, DeviceId,
@@ -214,17 +215,7 @@ impl CudaDevice {
     }
 
     fn check_owned(&self, buf: &CudaBuffer, what: &str) -> Result<()> {
-        if buf.device == self.inner.id {
-            Ok(())
-        } else {
-            Err(Error::invalid(
-                what,
-                format!(
-                    "buffer belongs to {}, passed to {}",
-                    buf.device, self.inner.id
-                ),
-            ))
-        }
+        check_owner(buf, self.inner.id, what)
     }
 
     fn bytes_of(dtype: DType, range: &Range<usize>) -> Range<usize> {
@@ -619,16 +610,7 @@ impl Device for CudaDevice {
         self.check_owned(out, "layer_norm out")?;
         check_f32("layer_norm out", out)?;
         let cols = gamma.len;
-        if cols == 0 || !x.len.is_multiple_of(cols) || beta.len != cols || out.len != x.len {
-            return Err(Error::invalid(
-                "layer_norm",
-                format!(
-                    "x {} / gamma {} / beta {} / out {} elements are not rows of one width",
-                    x.len, cols, beta.len, out.len
-                ),
-            ));
-        }
-        let rows = x.len / cols;
+        let rows = layer_norm_rows(x.len, cols, beta.len, out.len)?;
         if rows == 0 {
             return Ok(());
         }
@@ -664,12 +646,7 @@ impl Device for CudaDevice {
         check_f32("bias_activation x", x)?;
         check_f32("bias", bias)?;
         let cols = bias.len;
-        if cols == 0 || !x.len.is_multiple_of(cols) {
-            return Err(Error::invalid(
-                "bias_activation",
-                format!("{} elements are not rows of {cols}", x.len),
-            ));
-        }
+        bias_rows(x.len, cols)?;
         if x.len == 0 {
             return Ok(());
         }
@@ -758,13 +735,7 @@ impl Device for CudaDevice {
     fn argmax_rows(&self, x: &CudaBuffer, rows: usize) -> Result<Vec<u32>> {
         self.check_owned(x, "argmax x")?;
         check_f32("argmax x", x)?;
-        if rows == 0 || !x.len.is_multiple_of(rows) {
-            return Err(Error::invalid(
-                "argmax rows",
-                format!("{} elements do not split into {rows} rows", x.len),
-            ));
-        }
-        let cols = (x.len / rows) as u64;
+        let cols = argmax_cols(x.len, rows)? as u64;
         let mut ids = self.alloc(DType::I32, rows)?;
         let f = self.function("hetero_argmax_f32")?;
         let mut launch = self.inner.stream.launch_builder(&f);
@@ -789,13 +760,6 @@ impl Device for CudaDevice {
     }
 }
 
-fn check_f32(what: &str, b: &CudaBuffer) -> Result<()> {
-    if b.dtype == DType::F32 {
-        Ok(())
-    } else {
-        Err(Error::unsupported(
-            Backend::Cuda,
-            format!("{what} in {}: the decode-step kernels are f32", b.dtype),
-        ))
-    }
+fn check_f32(what: &str, b: &dyn DeviceBuffer) -> Result<()> {
+    check_decode_f32(Backend::Cuda, what, b)
 }

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use hetero_core::device::{
-    check_copy, check_download, check_dtype, check_same_shape, check_upload,
+    argmax_cols, bias_rows, check_copy, check_download, check_dtype, check_owner, check_same_shape,
+    check_upload, layer_norm_rows,
 };
 use hetero_core::half::{bf16, f16};
 use hetero_core::host_kernels::{self, Arith};
@@ -124,15 +125,7 @@ impl HostDevice {
     }
 
     fn check_owned(&self, buf: &HostBuffer, what: &str) -> Result<()> {
-        let owner = hetero_core::DeviceBuffer::device(buf);
-        if owner == self.id() {
-            Ok(())
-        } else {
-            Err(Error::invalid(
-                what,
-                format!("buffer belongs to {owner}, passed to {}", self.id()),
-            ))
-        }
+        check_owner(buf, self.id(), what)
     }
 
     fn combine_typed<T: Arith>(&self, op: ReduceOp, acc: &mut [T], src: &[T]) -> Result<()> {
@@ -494,7 +487,7 @@ impl Device for HostDevice {
             beta.typed::<f32>()?,
         );
         let cols = g.len();
-        check_rows("layer_norm", x.len(), cols, bt.len())?;
+        layer_norm_rows(x.len(), cols, bt.len(), x.len())?;
         let out = out.typed_mut::<f32>()?;
         if out.len() != x.len() {
             return Err(Error::invalid(
@@ -523,7 +516,7 @@ impl Device for HostDevice {
         self.check_owned(bias, "bias")?;
         let b = bias.typed::<f32>()?;
         let x = x.typed_mut::<f32>()?;
-        check_rows("bias_activation", x.len(), b.len(), b.len())?;
+        bias_rows(x.len(), b.len())?;
         for row in x.chunks_mut(b.len()) {
             for (v, &c) in row.iter_mut().zip(b) {
                 *v = act.apply(f64::from(*v + c)) as f32;
@@ -590,13 +583,7 @@ impl Device for HostDevice {
     fn argmax_rows(&self, x: &HostBuffer, rows: usize) -> Result<Vec<u32>> {
         self.check_owned(x, "argmax x")?;
         let x = x.typed::<f32>()?;
-        if rows == 0 || !x.len().is_multiple_of(rows) {
-            return Err(Error::invalid(
-                "argmax rows",
-                format!("{} elements do not split into {rows} rows", x.len()),
-            ));
-        }
-        let cols = x.len() / rows;
+        let cols = argmax_cols(x.len(), rows)?;
         Ok(x.chunks(cols)
             .map(|row| {
                 let mut best = 0;
@@ -614,18 +601,6 @@ impl Device for HostDevice {
         // Host kernels complete before they return.
         Ok(())
     }
-}
-
-/// `len` elements must be whole rows of `cols`, and `other` (a per-column
-/// vector) must have `cols` elements.
-fn check_rows(what: &str, len: usize, cols: usize, other: usize) -> Result<()> {
-    if cols == 0 || !len.is_multiple_of(cols) || other != cols {
-        return Err(Error::invalid(
-            what,
-            format!("{len} elements are not rows of {cols} columns (per-column vector: {other})"),
-        ));
-    }
-    Ok(())
 }
 
 impl HostDevice {

@@ -13,7 +13,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use hetero_core::device::{check_copy, check_download, check_same_shape, check_upload};
+use hetero_core::device::{
+    check_copy, check_download, check_owner, check_same_shape, check_upload,
+};
 use hetero_core::host_kernels::{self, Arith};
 use hetero_core::{
     Backend, Capabilities, DType, Device, DeviceBuffer, DeviceId, DeviceInfo, DeviceKind, Error,
@@ -194,17 +196,7 @@ impl RocmDevice {
     }
 
     fn check_owned(&self, buf: &RocmBuffer, what: &str) -> Result<()> {
-        if buf.device == self.inner.id {
-            Ok(())
-        } else {
-            Err(Error::invalid(
-                what,
-                format!(
-                    "buffer belongs to {}, passed to {}",
-                    buf.device, self.inner.id
-                ),
-            ))
-        }
+        check_owner(buf, self.inner.id, what)
     }
 
     fn to_host<T: Arith + Default>(&self, buf: &RocmBuffer) -> Result<Vec<T>> {

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hetero_core::device::{
-    check_copy, check_download, check_dtype, check_same_shape, check_upload,
+    argmax_cols, bias_rows, check_copy, check_decode_f32, check_download, check_dtype, check_owner,
+    check_same_shape, check_upload, layer_norm_rows,
 };
 use hetero_core::{
     Activation, AttentionSpec, Backend, Capabilities, DType, Device, DeviceBuffer, DeviceId,
@@ -275,17 +276,7 @@ impl WgpuDevice {
     }
 
     fn check_owned(&self, buf: &WgpuBuffer, what: &str) -> Result<()> {
-        if buf.device == self.inner.id {
-            Ok(())
-        } else {
-            Err(Error::invalid(
-                what,
-                format!(
-                    "buffer belongs to {}, passed to {}",
-                    buf.device, self.inner.id
-                ),
-            ))
-        }
+        check_owner(buf, self.inner.id, what)
     }
 
     fn pipeline(
@@ -898,16 +889,7 @@ impl Device for WgpuDevice {
         self.check_owned(out, "layer_norm out")?;
         check_f32("layer_norm out", out)?;
         let cols = gamma.len;
-        if cols == 0 || !x.len.is_multiple_of(cols) || beta.len != cols || out.len != x.len {
-            return Err(Error::invalid(
-                "layer_norm",
-                format!(
-                    "x {} / gamma {cols} / beta {} / out {} elements are not rows of one width",
-                    x.len, beta.len, out.len
-                ),
-            ));
-        }
-        let rows = u32::try_from(x.len / cols)
+        let rows = u32::try_from(layer_norm_rows(x.len, cols, beta.len, out.len)?)
             .map_err(|_| Error::invalid("layer_norm", "too many rows"))?;
         if rows == 0 {
             return Ok(());
@@ -934,12 +916,7 @@ impl Device for WgpuDevice {
         check_f32("bias", bias)?;
         self.check_binding(x)?;
         let cols = bias.len;
-        if cols == 0 || !x.len.is_multiple_of(cols) {
-            return Err(Error::invalid(
-                "bias_activation",
-                format!("{} elements are not rows of {cols}", x.len),
-            ));
-        }
+        bias_rows(x.len, cols)?;
         if x.len == 0 {
             return Ok(());
         }
@@ -1020,14 +997,8 @@ impl Device for WgpuDevice {
         self.check_owned(x, "argmax x")?;
         check_f32("argmax x", x)?;
         self.check_binding(x)?;
-        if rows == 0 || !x.len.is_multiple_of(rows) {
-            return Err(Error::invalid(
-                "argmax rows",
-                format!("{} elements do not split into {rows} rows", x.len),
-            ));
-        }
-        let cols =
-            u32::try_from(x.len / rows).map_err(|_| Error::invalid("argmax", "rows too long"))?;
+        let cols = u32::try_from(argmax_cols(x.len, rows)?)
+            .map_err(|_| Error::invalid("argmax", "rows too long"))?;
         let ids = self.alloc(DType::I32, rows)?;
         let params = words(&[cols, 0, 0, 0]);
         let groups = u32::try_from(rows).map_err(|_| Error::invalid("argmax", "too many rows"))?;
@@ -1053,13 +1024,6 @@ fn words(w: &[u32]) -> Vec<u8> {
     w.iter().flat_map(|x| x.to_ne_bytes()).collect()
 }
 
-fn check_f32(what: &str, b: &WgpuBuffer) -> Result<()> {
-    if b.dtype == DType::F32 {
-        Ok(())
-    } else {
-        Err(Error::unsupported(
-            Backend::Wgpu,
-            format!("{what} in {}: the decode-step kernels are f32", b.dtype),
-        ))
-    }
+fn check_f32(what: &str, b: &dyn DeviceBuffer) -> Result<()> {
+    check_decode_f32(Backend::Wgpu, what, b)
 }
