@@ -102,10 +102,6 @@ pub fn link_between(a: &AnyDevice, b: &AnyDevice) -> Box<dyn Link> {
                 hetero_cuda::Direction::OnDevice,
             ))
         }
-        #[cfg(feature = "cuda")]
-        (AnyDevice::Cuda(x), AnyDevice::Cuda(y)) => {
-            Box::new(hetero_cuda::CudaStagedLink::new(x.clone(), y.clone()))
-        }
         #[cfg(feature = "wgpu")]
         (AnyDevice::Host(h), AnyDevice::Wgpu(g)) => Box::new(hetero_wgpu::WgpuLink::new(
             g.clone(),
@@ -147,7 +143,8 @@ pub fn link_between(a: &AnyDevice, b: &AnyDevice) -> Box<dyn Link> {
                 hetero_rocm::RocmLinkPath::Peer(y.clone())
             },
         )),
-        // Devices of two accelerator backends, or two wgpu adapters: through host memory.
+        // Two GPUs, devices of two accelerator backends, or two wgpu
+        // adapters: through host memory.
         #[allow(unreachable_patterns)]
         (x, y) => Box::new(hetero_core::probe::StagedLink::new(x.shared(), y.shared())),
     }

@@ -10,10 +10,10 @@
 //! - [`CudaDevice`]: real free/total memory (`cuMemGetInfo`), allocation with
 //!   out-of-memory as an error, copies on the device's stream, reduce /
 //!   average / scale kernels for every dtype compiled once per device by
-//!   NVRTC, cuBLAS GEMM (f32, f64).
-//! - [`CudaHostLink`]: host <-> GPU and on-GPU transfers, measured as links;
-//!   [`CudaStagedLink`]: GPU -> host -> GPU (peer-to-peer copies are not
-//!   implemented yet, so this is the real path between two GPUs).
+//!   NVRTC, cuBLAS GEMM (f32, f64, f16, bf16).
+//! - [`CudaHostLink`]: host <-> GPU and on-GPU transfers, measured as links.
+//!   Between two GPUs the path is core's `StagedLink` through host memory
+//!   (peer-to-peer copies are not implemented yet).
 //!
 //! What this crate must not do: depend on another backend or on
 //! `hetero-collectives` (an NCCL unique id crosses as bytes).
@@ -26,7 +26,7 @@ mod nccl;
 
 pub use device::{CudaBuffer, CudaDevice};
 pub use error::CudaError;
-pub use link::{CudaHostLink, CudaStagedLink, Direction};
+pub use link::{CudaHostLink, Direction};
 pub use nccl::{NCCL_UNIQUE_ID_BYTES, NcclCollective};
 
 use hetero_core::Result;
