@@ -5,6 +5,17 @@ use std::sync::Arc;
 
 use hetero_core::{Error, Link, Result, SharedDevice};
 
+/// A binary's exit: success, or the error on stderr and a non-zero code.
+pub fn exit_code(result: Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// A device of any compiled backend. An enum rather than a trait object so
 /// that choosing the link between two devices stays an exhaustive match.
 #[derive(Debug, Clone)]

@@ -35,14 +35,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    hetero_examples::exit_code(run(&Args::parse()))
 }
 
 /// Best time of `reps` runs of `f` (after one warm-up), seconds.

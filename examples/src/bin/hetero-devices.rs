@@ -48,14 +48,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    hetero_examples::exit_code(run(&Args::parse()))
 }
 
 fn run(args: &Args) -> Result<()> {
