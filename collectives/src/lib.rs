@@ -9,6 +9,7 @@ pub mod hier;
 pub mod inproc;
 pub mod kernels;
 pub mod sense;
+pub mod shaped;
 pub mod tcp;
 pub mod transport;
 
@@ -17,5 +18,6 @@ pub use error::CollectiveError;
 pub use flat::FlatCollective;
 pub use hier::{HierPlan, Hierarchical, Scheme};
 pub use inproc::InProcessTransport;
+pub use shaped::ShapedTransport;
 pub use tcp::{TcpConfig, TcpTransport};
 pub use transport::{DEFAULT_TIMEOUT, SubTransport, Transport};
