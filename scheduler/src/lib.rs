@@ -20,6 +20,7 @@ pub mod decode;
 pub mod policy;
 pub mod profile;
 pub mod serve;
+pub mod sync;
 pub mod workload;
 
 pub use decode::DecodeModel;
