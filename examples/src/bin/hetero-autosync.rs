@@ -77,6 +77,10 @@ struct Args {
     /// Candidates ranked by the simulator per round.
     #[arg(long, default_value_t = 400)]
     candidates: usize,
+    /// Strategies per round drawn at random from the candidates rather
+    /// than from the top of the ranking (exploration).
+    #[arg(long, default_value_t = 2)]
+    explore: usize,
     /// Timed steps per strategy (the median is kept), after --warmup steps.
     #[arg(long, default_value_t = 3)]
     steps: usize,
@@ -165,8 +169,9 @@ fn print_summary(r: &SearchReport, transfer: Option<f64>) {
     );
     let pct = |x: Option<f64>| x.map_or("n/a".to_string(), |v| format!("{:.1}%", v * 100.0));
     println!(
-        "pairwise ranking accuracy on {} held-out strategies (ties under {:.0}% left out): analytic {}, learned {}",
-        r.held_out,
+        "pairwise ranking accuracy, {}-fold cross-validated over {} held-out pairs (ties under {:.0}% left out): analytic {}, learned {}",
+        r.folds,
+        r.held_out_pairs,
         r.tie * 100.0,
         pct(r.ranking_accuracy_analytic),
         pct(r.ranking_accuracy_learned)
@@ -184,6 +189,7 @@ async fn drive(args: &Args, driver: &Driver, cm: &ClusterModel, model: &ModelSpe
         trials: args.trials,
         per_round: args.per_round,
         candidates: args.candidates,
+        explore: args.explore,
         warmup: args.warmup,
         steps: args.steps,
         seed: args.seed,

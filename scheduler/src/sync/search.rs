@@ -14,6 +14,9 @@ use super::model::ModelSpec;
 use super::sim::{Learned, analytic, features, pairwise_accuracy};
 use super::strategy::{Rng, Sampler, Strategy, baselines};
 
+/// A candidate: simulator score, analytic seconds, features, strategy.
+type Candidate = (f64, f64, Vec<f64>, Strategy);
+
 /// Knobs of the search.
 #[derive(Debug, Clone)]
 pub struct SearchConfig {
@@ -23,6 +26,10 @@ pub struct SearchConfig {
     pub per_round: usize,
     /// Candidates ranked by the simulator per round.
     pub candidates: usize,
+    /// Of each round's strategies, how many are drawn at random from the
+    /// candidates instead of taken from the top of the ranking, so the
+    /// learned simulator also sees strategies it would not pick.
+    pub explore: usize,
     pub warmup: usize,
     pub steps: usize,
     pub seed: u64,
@@ -37,6 +44,7 @@ impl Default for SearchConfig {
             trials: 50,
             per_round: 5,
             candidates: 400,
+            explore: 2,
             warmup: 1,
             steps: 3,
             seed: 1,
@@ -75,11 +83,14 @@ pub struct SearchReport {
     pub speedup_over_best_baseline: f64,
     /// Share of search trials faster than the best baseline.
     pub hit_rate: f64,
-    /// Pairwise ranking accuracy on held-out measurements (30%), for the
-    /// analytic simulator and the learned one trained on the other 70%.
+    /// Pairwise ranking accuracy on held-out measurements (`folds`-fold
+    /// cross-validation: pairs inside each fold, the learned simulator
+    /// trained on the other folds), for the analytic and learned simulators.
     pub ranking_accuracy_analytic: Option<f64>,
     pub ranking_accuracy_learned: Option<f64>,
-    pub held_out: usize,
+    /// Pairs counted (not ties).
+    pub held_out_pairs: usize,
+    pub folds: usize,
     pub tie: f64,
     /// The best strategy was re-run and every rank matched the reference.
     pub best_verified: bool,
@@ -94,6 +105,77 @@ impl SearchReport {
             .map(|t| (t.features.clone(), t.measured_s))
             .collect()
     }
+}
+
+/// Folds of the cross-validated ranking accuracy.
+pub const CV_FOLDS: usize = 5;
+
+/// Cross-validated pairwise ranking accuracy of both simulators.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CrossValidation {
+    pub analytic: Option<f64>,
+    pub learned: Option<f64>,
+    pub pairs: usize,
+}
+
+/// Split `(features, measured, analytic)` rows into `folds` random folds;
+/// for each, train the learned simulator on the others and count the
+/// pairs inside the fold that each simulator orders right.
+pub fn cross_validate(
+    rows: &[(Vec<f64>, f64, f64)],
+    folds: usize,
+    tie: f64,
+    seed: u64,
+) -> CrossValidation {
+    let folds = folds.max(2);
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    let mut rng = Rng::new(seed ^ 0x5eed);
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.below(i + 1));
+    }
+    let (mut learned_right, mut analytic_right, mut pairs) = (0.0, 0.0, 0usize);
+    for f in 0..folds {
+        let test: Vec<usize> = order
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| k % folds == f)
+            .map(|(_, &i)| i)
+            .collect();
+        let train: Vec<(Vec<f64>, f64)> = order
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| k % folds != f)
+            .map(|(_, &i)| (rows[i].0.clone(), rows[i].1))
+            .collect();
+        let real: Vec<f64> = test.iter().map(|&i| rows[i].1).collect();
+        let analytic: Vec<f64> = test.iter().map(|&i| rows[i].2).collect();
+        let sim = Learned::fit(&train, tie);
+        let learned: Vec<f64> = test.iter().map(|&i| sim.score(&rows[i].0)).collect();
+        let n = count_pairs(&real, tie);
+        if n == 0 {
+            continue;
+        }
+        pairs += n;
+        analytic_right += pairwise_accuracy(&analytic, &real, tie).unwrap_or(0.0) * n as f64;
+        learned_right += pairwise_accuracy(&learned, &real, tie).unwrap_or(0.0) * n as f64;
+    }
+    CrossValidation {
+        analytic: (pairs > 0).then(|| analytic_right / pairs as f64),
+        learned: (pairs > 0).then(|| learned_right / pairs as f64),
+        pairs,
+    }
+}
+
+fn count_pairs(real: &[f64], tie: f64) -> usize {
+    let mut n = 0;
+    for i in 0..real.len() {
+        for j in i + 1..real.len() {
+            if (real[i] - real[j]).abs() > tie * real[i].min(real[j]) {
+                n += 1;
+            }
+        }
+    }
+    n
 }
 
 /// Pairwise accuracy on `test` of a learned simulator trained on `train`
@@ -202,7 +284,7 @@ pub async fn search(
             .take(5)
             .map(|t| t.strategy.clone())
             .collect();
-        let mut pool: Vec<(f64, f64, Vec<f64>, Strategy)> = Vec::new();
+        let mut pool: Vec<Candidate> = Vec::new();
         let mut fresh: HashSet<Strategy> = HashSet::new();
         for k in 0..cfg.candidates {
             let s = if k % 2 == 0 || parents.is_empty() {
@@ -224,13 +306,25 @@ pub async fn search(
             progress("no new candidates: the sampler's space is exhausted");
             break;
         }
-        for (_, analytic_s, feats, s) in pool.into_iter().take(take) {
+        // The top of the ranking, then random picks from the rest.
+        let exploit = take.saturating_sub(cfg.explore).max(1).min(pool.len());
+        let mut rest = pool.split_off(exploit);
+        let mut chosen: Vec<(bool, Candidate)> = pool.into_iter().map(|c| (false, c)).collect();
+        while chosen.len() < take && !rest.is_empty() {
+            let k = rng.below(rest.len());
+            chosen.push((true, rest.swap_remove(k)));
+        }
+        for (explored, (_, analytic_s, feats, s)) in chosen {
             let m = driver
                 .measure(model, &s, cfg.warmup, cfg.steps, false)
                 .await?;
             seen.insert(s.clone());
             trials.push(Trial {
-                label: format!("trial {}", trials.len() + 1),
+                label: format!(
+                    "trial {}{}",
+                    trials.len() + 1,
+                    if explored { " (explore)" } else { "" }
+                ),
                 strategy: s.clone(),
                 measured_s: m.median_s,
                 analytic_s,
@@ -241,9 +335,10 @@ pub async fn search(
                 .map(|t| t.measured_s)
                 .fold(f64::INFINITY, f64::min);
             progress(&format!(
-                "trial {}/{}: {:.4} s (analytic {:.4} s; {}); best {:.4} s, best baseline {:.4} s",
+                "trial {}/{}{}: {:.4} s (analytic {:.4} s; {}); best {:.4} s, best baseline {:.4} s",
                 trials.len(),
                 cfg.trials,
+                if explored { " (explore)" } else { "" },
                 m.median_s,
                 analytic_s,
                 describe(&s),
@@ -273,27 +368,14 @@ pub async fn search(
     driver.measure(model, &best.strategy, 0, 1, true).await?;
     let hits = trials.iter().filter(|t| t.measured_s < best_base_s).count();
 
-    // Held-out ranking accuracy: a fixed random 30% of all measurements.
-    let all: Vec<&Trial> = base.iter().chain(&trials).collect();
-    let mut order: Vec<usize> = (0..all.len()).collect();
-    let mut split_rng = Rng::new(cfg.seed ^ 0x5eed);
-    for i in (1..order.len()).rev() {
-        order.swap(i, split_rng.below(i + 1));
-    }
-    let held = (all.len() * 3).div_ceil(10);
-    let (test_idx, train_idx) = order.split_at(held);
-    let train: Vec<(Vec<f64>, f64)> = train_idx
+    // Held-out ranking accuracy by k-fold cross-validation over every
+    // measurement: each strategy is scored by a simulator that never saw it.
+    let all: Vec<(Vec<f64>, f64, f64)> = base
         .iter()
-        .map(|&i| (all[i].features.clone(), all[i].measured_s))
+        .chain(&trials)
+        .map(|t| (t.features.clone(), t.measured_s, t.analytic_s))
         .collect();
-    let test: Vec<(Vec<f64>, f64)> = test_idx
-        .iter()
-        .map(|&i| (all[i].features.clone(), all[i].measured_s))
-        .collect();
-    let real: Vec<f64> = test.iter().map(|t| t.1).collect();
-    let analytic_pred: Vec<f64> = test_idx.iter().map(|&i| all[i].analytic_s).collect();
-    let ranking_accuracy_analytic = pairwise_accuracy(&analytic_pred, &real, cfg.tie);
-    let ranking_accuracy_learned = transfer_accuracy(&train, &test, cfg.tie);
+    let cv = cross_validate(&all, CV_FOLDS, cfg.tie, cfg.seed);
 
     Ok(SearchReport {
         model: model.name.clone(),
@@ -322,9 +404,10 @@ pub async fn search(
         best_baseline_s: best_base_s,
         baselines: base,
         trials,
-        ranking_accuracy_analytic,
-        ranking_accuracy_learned,
-        held_out: held,
+        ranking_accuracy_analytic: cv.analytic,
+        ranking_accuracy_learned: cv.learned,
+        held_out_pairs: cv.pairs,
+        folds: CV_FOLDS,
         tie: cfg.tie,
         best_verified: true,
     })
