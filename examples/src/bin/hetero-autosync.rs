@@ -88,6 +88,10 @@ struct Args {
     warmup: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Leave fp16 compression out of the search space (the baselines never
+    /// compress; this shows what the rest of the space gains).
+    #[arg(long)]
+    no_fp16: bool,
     /// Print the whole report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -193,6 +197,7 @@ async fn drive(args: &Args, driver: &Driver, cm: &ClusterModel, model: &ModelSpe
         warmup: args.warmup,
         steps: args.steps,
         seed: args.seed,
+        fp16: !args.no_fp16,
         ..SearchConfig::default()
     };
     eprintln!(

@@ -33,6 +33,8 @@ pub struct SearchConfig {
     pub warmup: usize,
     pub steps: usize,
     pub seed: u64,
+    /// Allow fp16 compression in the candidates.
+    pub fp16: bool,
     /// Relative difference below which two measured times count as a tie
     /// (left out of training pairs and accuracy).
     pub tie: f64,
@@ -48,6 +50,7 @@ impl Default for SearchConfig {
             warmup: 1,
             steps: 3,
             seed: 1,
+            fp16: true,
             tie: 0.02,
         }
     }
@@ -266,7 +269,7 @@ pub async fn search(
         },
     );
 
-    let sampler = Sampler::new(model, layout);
+    let sampler = Sampler::new(model, layout).with_fp16(cfg.fp16);
     let mut rng = Rng::new(cfg.seed);
     let mut trials: Vec<Trial> = Vec::new();
     while trials.len() < cfg.trials {

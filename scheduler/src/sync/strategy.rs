@@ -429,6 +429,7 @@ pub mod baselines {
 pub struct Sampler {
     model: ModelSpec,
     layout: Layout,
+    fp16: bool,
 }
 
 impl Sampler {
@@ -436,7 +437,15 @@ impl Sampler {
         Sampler {
             model: model.clone(),
             layout,
+            fp16: true,
         }
+    }
+
+    /// Whether strategies may cast gradients to f16 (an ablation knob: the
+    /// hand-written baselines never do).
+    pub fn with_fp16(mut self, allowed: bool) -> Self {
+        self.fp16 = allowed;
+        self
     }
 
     fn ps_for(
@@ -488,6 +497,7 @@ impl Sampler {
             .pick(&[1usize, 4, 16, 64, 128, usize::MAX])
             .unwrap_or(128);
         let p_fp16 = match rng.below(3) {
+            _ if !self.fp16 => 0.0,
             0 => 0.0,
             1 => 1.0,
             _ => rng.unit(),
@@ -572,7 +582,7 @@ impl Sampler {
         match rng.below(5) {
             0 if !groups.is_empty() => {
                 let g = groups[rng.below(groups.len())];
-                let (na, nc) = (rng.pick(&ArAlgorithm::ALL), rng.chance(0.5));
+                let (na, nc) = (rng.pick(&ArAlgorithm::ALL), self.fp16 && rng.chance(0.5));
                 for v in &mut out.variables {
                     if let Synchronizer::AllReduce {
                         group,
@@ -681,6 +691,30 @@ mod tests {
             s.compile(&m, &l).expect("samples are valid");
             let t = sampler.mutate(&s, &mut rng);
             t.compile(&m, &l).expect("mutations are valid");
+        }
+    }
+
+    #[test]
+    fn without_fp16_no_sample_or_mutation_compresses() {
+        let m = tiny();
+        let l = Layout::new(2, 2).expect("layout");
+        let sampler = Sampler::new(&m, l).with_fp16(false);
+        let mut rng = Rng::new(3);
+        let fp16 = |s: &Strategy| {
+            s.variables.iter().any(|v| {
+                matches!(
+                    v.sync,
+                    Synchronizer::AllReduce {
+                        compression: Compression::Fp16,
+                        ..
+                    }
+                )
+            })
+        };
+        for _ in 0..300 {
+            let s = sampler.sample(&mut rng);
+            assert!(!fp16(&s));
+            assert!(!fp16(&sampler.mutate(&s, &mut rng)));
         }
     }
 
