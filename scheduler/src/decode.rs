@@ -317,6 +317,19 @@ impl<'d> DecodeModel<'d> {
         Ok(())
     }
 
+    /// Forget sequence `slot` (continuous batching: a new request takes it).
+    pub fn reset_slot(&mut self, slot: usize) -> Result<()> {
+        let batch = self.batch;
+        let len = self.lens.get_mut(slot).ok_or_else(|| {
+            Error::invalid(
+                "slot",
+                format!("{slot} is not below the batch size {batch}"),
+            )
+        })?;
+        *len = 0;
+        Ok(())
+    }
+
     /// Forget every sequence (the cache is reused).
     pub fn reset(&mut self) {
         self.lens.iter_mut().for_each(|l| *l = 0);

@@ -16,6 +16,7 @@
 //! What this crate must not do: depend on a backend. It drives devices only
 //! through `hetero_core::DynDevice`.
 
+pub mod continuous;
 pub mod decode;
 pub mod policy;
 pub mod profile;
