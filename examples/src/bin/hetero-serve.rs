@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use hetero_core::{DynDevice, Error, Result};
 use hetero_examples::{discover, select_devices};
+use hetero_scheduler::continuous::{ContinuousReport, Request, serve_continuous};
 use hetero_scheduler::policy::policy;
 use hetero_scheduler::{DeviceProfile, ModelShape, ServeReport, profile_device, serve};
 use serde_json::json;
@@ -18,6 +19,12 @@ use serde_json::json;
 /// and batch, and per policy the measured tokens/s and per-token latency;
 /// `--policy all` adds the ratio to uniform (the ablation). Weights are
 /// synthetic; the arithmetic is real, in f32.
+///
+/// With `--requests N`, each policy's batches become KV-cache slots and N
+/// requests of varied lengths (prompt 1..=prompt-len, generation
+/// 1..=gen-len) are served with continuous batching: a finished request's
+/// slot takes the next queued one; the next tokens of all devices are
+/// gathered every round by an all-gather (hetero-collectives).
 #[derive(Debug, Parser)]
 #[command(name = "hetero-serve", version)]
 struct Args {
@@ -40,9 +47,26 @@ struct Args {
     /// Policy: uniform, hasc, balanced, or all (the ablation).
     #[arg(long, default_value = "all")]
     policy: String,
+    /// Serve this many requests with continuous batching (0: decode one
+    /// fixed batch per policy).
+    #[arg(long, default_value_t = 0)]
+    requests: usize,
     /// Print JSON instead of tables.
     #[arg(long)]
     json: bool,
+}
+
+/// Request `i` of `--requests`: lengths vary deterministically so slots
+/// free at different rounds.
+fn make_request(i: usize, args: &Args, vocab: usize) -> Request {
+    let prompt_len = 1 + (i * 7) % args.prompt_len.max(1);
+    Request {
+        id: i,
+        prompt: (0..prompt_len)
+            .map(|k| ((i * 131 + k * 7) % vocab) as u32)
+            .collect(),
+        gen_len: 1 + (i * 5) % args.gen_len.max(1),
+    }
 }
 
 fn main() -> ExitCode {
@@ -59,6 +83,7 @@ fn run(args: &Args) -> Result<()> {
     };
     let max_len = args.prompt_len + args.gen_len;
     let mut used = Vec::new();
+    let mut shared = Vec::new();
     let mut profiles: Vec<DeviceProfile> = Vec::new();
     for d in &devices {
         let dev = d.as_dyn();
@@ -73,6 +98,7 @@ fn run(args: &Args) -> Result<()> {
                 );
                 profiles.push(p);
                 used.push(dev);
+                shared.push(d.shared());
             }
             Err(e @ (Error::Unsupported { .. } | Error::InvalidInput { .. }))
                 if devices.len() > 1 =>
@@ -89,6 +115,9 @@ fn run(args: &Args) -> Result<()> {
         "all" => vec!["uniform", "hasc", "balanced"],
         one => vec![one],
     };
+    if args.requests > 0 {
+        return run_continuous(args, &model, &profiles, &shared, &names, max_len);
+    }
     let mut runs: Vec<(String, Result<ServeReport>)> = Vec::new();
     let mut predicted: Vec<Option<f64>> = Vec::new();
     for name in names {
@@ -130,6 +159,93 @@ fn run(args: &Args) -> Result<()> {
         return Ok(());
     }
     print_tables(args, &model, &profiles, &used, &runs, &predicted);
+    Ok(())
+}
+
+fn run_continuous(
+    args: &Args,
+    model: &ModelShape,
+    profiles: &[DeviceProfile],
+    devices: &[hetero_core::SharedDevice],
+    names: &[&str],
+    max_len: usize,
+) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting the tokio runtime", e))?;
+    let requests: Vec<Request> = (0..args.requests)
+        .map(|i| make_request(i, args, model.vocab))
+        .collect();
+    let mut runs: Vec<(String, Result<ContinuousReport>)> = Vec::new();
+    for &name in names {
+        let outcome = policy(name)?.allocate(profiles, args.batch).and_then(|a| {
+            if let Some(&g) = a.overflows.first() {
+                return Err(Error::OutOfMemory {
+                    device: profiles[g].device,
+                    requested_bytes: model.step_bytes(a.batches[g], max_len),
+                    available_bytes: None,
+                });
+            }
+            eprintln!(
+                "serving {} requests with {name}: slots {:?}...",
+                requests.len(),
+                a.batches
+            );
+            rt.block_on(serve_continuous(
+                devices,
+                model,
+                &a.batches,
+                max_len,
+                requests.clone(),
+            ))
+        });
+        runs.push((name.into(), outcome));
+    }
+    if runs.len() == 1
+        && let Some((_, Err(_))) = runs.first()
+        && let Some((_, Err(e))) = runs.pop()
+    {
+        return Err(e);
+    }
+    if args.json {
+        let out = json!({
+            "model": model.name,
+            "requests": args.requests,
+            "batch": args.batch,
+            "max_len": max_len,
+            "devices": profiles,
+            "runs": runs.iter().map(|(n, r)| match r {
+                Ok(rep) => json!({"policy": n, "report": rep}),
+                Err(e) => json!({"policy": n, "error": e.to_string()}),
+            }).collect::<Vec<_>>(),
+        });
+        println!("{out:#}");
+        return Ok(());
+    }
+    println!(
+        "{}: {} requests (prompt 1..={}, generate 1..={}), {} slots in all, continuous batching",
+        model.name, args.requests, args.prompt_len, args.gen_len, args.batch
+    );
+    println!(
+        "{:<10} {:>14} {:>10} {:>14} {:>16} {:>10} {:>9}",
+        "policy", "slots", "tokens/s", "ms per token", "ms to 1st token", "occupancy", "rejected"
+    );
+    for (name, r) in &runs {
+        match r {
+            Ok(rep) => println!(
+                "{:<10} {:>14} {:>10.1} {:>14.3} {:>16.1} {:>9.0}% {:>9}",
+                name,
+                format!("{:?}", rep.slots),
+                rep.tokens_per_s,
+                rep.mean_per_token_s * 1e3,
+                rep.mean_time_to_first_token_s * 1e3,
+                rep.occupancy * 100.0,
+                rep.rejected.len()
+            ),
+            Err(e) => println!("{name:<10} failed: {e}"),
+        }
+    }
     Ok(())
 }
 
