@@ -8,6 +8,7 @@ pub mod flat;
 pub mod hier;
 pub mod inproc;
 pub mod kernels;
+pub mod netns;
 pub mod sense;
 pub mod shaped;
 pub mod tcp;

@@ -34,6 +34,15 @@ enum Task {
         #[arg(long, value_enum)]
         backend: Option<BackendName>,
     },
+    /// Run a program as the ranks of an emulated cluster (network
+    /// namespaces, shaped links; needs root): builds and runs
+    /// hetero-emulated-cluster with these arguments, e.g.
+    /// `cargo xtask emulated-cluster --nodes 2 -- target/release/hetero-collective-bench --transport tcp`.
+    EmulatedCluster {
+        /// Arguments of hetero-emulated-cluster (see its --help).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Check formatting (cargo fmt --check).
     Fmt,
     /// Run clippy on every target with -D warnings.
@@ -97,6 +106,20 @@ fn run(task: Task) -> Result<(), String> {
             Some(b) => cargo(&["bench", "--package", b.package()?]),
             None => cargo(&["bench", "--workspace"]),
         },
+        Task::EmulatedCluster { args } => {
+            let mut all: Vec<&str> = vec![
+                "run",
+                "--release",
+                "--package",
+                "hetero-examples",
+                "--no-default-features",
+                "--bin",
+                "hetero-emulated-cluster",
+                "--",
+            ];
+            all.extend(args.iter().map(String::as_str));
+            cargo(&all)
+        }
         Task::Fmt => fmt(),
         Task::Lint => lint(),
     }
