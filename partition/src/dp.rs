@@ -110,13 +110,13 @@ fn no_interconnect(cluster: &Cluster) -> Result<()> {
     Ok(())
 }
 
-struct Prepared<'g> {
-    ix: Indexed<'g>,
-    units: Units,
-    kinds: Vec<Kind>,
+pub(crate) struct Prepared<'g> {
+    pub(crate) ix: Indexed<'g>,
+    pub(crate) units: Units,
+    pub(crate) kinds: Vec<Kind>,
 }
 
-fn prepare<'g>(graph: &'g Graph, cluster: &Cluster) -> Result<Prepared<'g>> {
+pub(crate) fn prepare<'g>(graph: &'g Graph, cluster: &Cluster) -> Result<Prepared<'g>> {
     no_interconnect(cluster)?;
     let ix = Indexed::new(graph)?;
     let kinds = kinds(cluster)?;

@@ -7,6 +7,8 @@
 //! - [`problem`]: the contracted problem the solvers share (colour classes,
 //!   training twins, strongly connected parts fused, trivial nodes merged);
 //! - [`dp`]: the exact DP over ideals, the linearized DP, and a greedy split;
+//! - [`ip`]: integer programs for contiguous and non-contiguous splits (Cbc);
+//! - [`pipedream`]: PipeDream's stage DP over one order, as a baseline;
 //! - [`brute`]: brute force over every contiguous split of a tiny graph (tests).
 //!
 //! Every solver implements [`hetero_core::Placement`]; the objective it reports
@@ -15,12 +17,16 @@
 pub mod brute;
 pub mod dp;
 pub mod eval;
+pub mod ip;
 pub mod paper;
+pub mod pipedream;
 pub mod problem;
 
 pub use dp::{ExactDp, Greedy, LinearDp, ProgressFn, SolveStats};
 pub use eval::{Evaluation, evaluate};
+pub use ip::{IntegerProgram, IpStats};
 pub use paper::{PaperGraph, PaperSplit};
+pub use pipedream::PipeDream;
 
 /// Everything that can go wrong while reading, checking or placing a graph.
 #[derive(Debug, thiserror::Error)]

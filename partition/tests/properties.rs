@@ -5,7 +5,9 @@
 #![allow(clippy::unwrap_used)] // test helpers may unwrap
 
 use hetero_core::placement::{AcceleratorClass, Cluster, Edge, Graph, Node};
-use hetero_partition::{ExactDp, Greedy, LinearDp, PartitionError, brute, evaluate};
+use hetero_partition::{
+    ExactDp, Greedy, IntegerProgram, LinearDp, PartitionError, PipeDream, brute, evaluate,
+};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -127,6 +129,47 @@ proptest! {
                 }
             }
             (b, e) => prop_assert!(false, "brute force {b:?} but DP {e:?}"),
+        }
+    }
+}
+
+proptest! {
+    // Cbc runs serialised (it is not thread-safe); keep the case count modest.
+    #![proptest_config(ProptestConfig::with_cases(150))]
+
+    /// The contiguous IP reaches the DP's optimum; the non-contiguous IP is
+    /// never worse; both report the evaluator's objective of their split.
+    #[test]
+    fn integer_programs_agree_with_the_dp(c in case()) {
+        let exact = ExactDp::default().solve(&c.graph, &c.cluster);
+        let ip = IntegerProgram::contiguous().solve(&c.graph, &c.cluster);
+        let free = IntegerProgram::non_contiguous().solve(&c.graph, &c.cluster);
+        match (exact, ip) {
+            (Ok((dp, _)), Ok((plan, stats))) => {
+                consistent(&c, &plan);
+                let tol = 1e-6 * dp.objective.max(1.0);
+                prop_assert!((plan.objective - dp.objective).abs() <= tol,
+                    "contiguous IP {} vs DP {}", plan.objective, dp.objective);
+                prop_assert!((stats.solver_objective - plan.objective).abs() <= tol,
+                    "the IP's own objective {} vs the evaluator's {}", stats.solver_objective, plan.objective);
+                prop_assert!(plan.optimal && stats.gap == 0.0);
+                let (fplan, fstats) = free.expect("a contiguous split exists, so some split does");
+                consistent(&c, &fplan);
+                prop_assert!(fplan.objective <= dp.objective + tol,
+                    "non-contiguous IP {} worse than DP {}", fplan.objective, dp.objective);
+                prop_assert!((fstats.solver_objective - fplan.objective).abs() <= tol);
+                // Any split, PipeDream's included, is no better than the
+                // non-contiguous optimum.
+                if let Ok((pd, _)) = PipeDream.solve(&c.graph, &c.cluster) {
+                    let e = evaluate(&c.graph, &c.cluster, &pd.assignment).unwrap();
+                    prop_assert_eq!(e.plan.objective, pd.objective);
+                    if e.fits() {
+                        prop_assert!(pd.objective >= fplan.objective - tol);
+                    }
+                }
+            }
+            (Err(PartitionError::Infeasible(_)), Err(PartitionError::Infeasible(_))) => {}
+            (d, i) => prop_assert!(false, "DP {d:?} but IP {i:?}"),
         }
     }
 }

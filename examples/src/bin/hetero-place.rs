@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use hetero_core::placement::{Cluster, Plan};
 use hetero_partition::{
-    ExactDp, Greedy, LinearDp, PaperGraph, PaperSplit, PartitionError, ProgressFn, SolveStats,
-    evaluate,
+    ExactDp, Greedy, IntegerProgram, LinearDp, PaperGraph, PaperSplit, PartitionError, PipeDream,
+    ProgressFn, SolveStats, evaluate,
 };
 
 /// Place the nodes of a DNN graph on k accelerators and l CPUs so that the
@@ -54,6 +54,15 @@ struct Args {
     /// ...], "cpus": 1}. Overrides --accelerators, --cpus and --memory.
     #[arg(long, value_name = "CLUSTER.json")]
     cluster: Option<PathBuf>,
+    /// Time limit of the integer programs, seconds (the best split found by
+    /// then is returned, with its optimality gap).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+    time_limit: f64,
+    /// With --algo ip or ip-noncontig: also write the integer program to
+    /// MPS file, gzip-compressed as <stem>.mps.gz (to solve it with
+    /// another solver).
+    #[arg(long, value_name = "FILE.mps")]
+    write_mps: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -64,6 +73,13 @@ enum Algo {
     DpLinear,
     /// Fill accelerators in topological order up to their share of the time.
     Greedy,
+    /// Integer program over contiguous splits (COIN-OR Cbc; optimal unless
+    /// --time-limit stops it, then the gap is reported).
+    Ip,
+    /// Integer program over all splits, contiguous or not.
+    IpNoncontig,
+    /// PipeDream's stage DP over one topological order (a baseline).
+    Pipedream,
 }
 
 fn run(args: &Args) -> Result<(), PartitionError> {
@@ -118,6 +134,44 @@ fn run(args: &Args) -> Result<(), PartitionError> {
             }
             Algo::DpLinear => LinearDp.solve(g, &cluster)?,
             Algo::Greedy => Greedy.solve(g, &cluster)?,
+            Algo::Pipedream => PipeDream.solve(g, &cluster)?,
+            Algo::Ip | Algo::IpNoncontig => {
+                let mut ip = if args.algo == Algo::Ip {
+                    IntegerProgram::contiguous()
+                } else {
+                    IntegerProgram::non_contiguous()
+                }
+                .with_time_limit(args.time_limit);
+                ip.write_mps = args.write_mps.clone();
+                eprintln!(
+                    "solving the integer program (time limit {} s)...",
+                    args.time_limit
+                );
+                let (plan, s) = ip.solve(g, &cluster)?;
+                eprintln!(
+                    "{}: {} variables, {} constraints, solver objective {:.6}, bound {:.6}, gap {:.2}%{}",
+                    plan.solver,
+                    s.variables,
+                    s.constraints,
+                    s.solver_objective,
+                    s.bound,
+                    s.gap * 100.0,
+                    if s.stopped_by_time_limit {
+                        " (stopped by the time limit: not proven optimal)"
+                    } else {
+                        " (optimal)"
+                    }
+                );
+                let stats = SolveStats {
+                    units: 0,
+                    ideals: 0,
+                    pairs: 0,
+                    upper_bound: s.solver_objective,
+                    dp_objective: s.solver_objective,
+                    seconds: s.seconds,
+                };
+                (plan, stats)
+            }
         };
         (plan, Some(stats))
     };

@@ -1,0 +1,460 @@
+//! Integer programs for contiguous and non-contiguous splits (through
+//! `good_lp`, solved by COIN-OR Cbc).
+//!
+//! **Non-contiguous** (any assignment): binary `x[v][d]` per node and
+//! device; colour classes share their row; per node `u` with successors,
+//! continuous `out[u][d] >= x[u][d] - x[w][d]` and `in[u][d] >= x[w][d] -
+//! x[u][d]` for each successor `w`, so an accelerator pays `u`'s transfer
+//! cost once when `u`'s output leaves it or enters it (the evaluator's
+//! model); `load[d] = time + comm <= M`; memory and accelerator support per
+//! device; minimise `M`.
+//!
+//! **Contiguous** (the DP's search space): the same on the contracted
+//! units, but a split is a chain of ideals of the order graph: `y[u][p] = 1`
+//! when unit `u` is on one of the first `p + 1` positions of the chain
+//! (`y[b][p] <= y[a][p]` for every order edge `a -> b`, `y[u][p] <=
+//! y[u][p+1]`, `y[u][last] = 1`), and `x[u][p] = y[u][p] - y[u][p-1]`.
+//! Which kind of device sits at each position is itself a variable
+//! (`k[p][t]`, one kind per position, `count_t` positions per kind), so
+//! CPUs and accelerator classes may come in any order, as in the DP; load,
+//! memory and support constraints of kind `t` hold at position `p` only
+//! when `k[p][t] = 1` (big-M).
+//!
+//! Whatever the solver reports, the plan's objective is the evaluator's on
+//! the returned split; [`IpStats`] keeps the solver's own objective, its
+//! best bound and the gap, and whether the time limit stopped it.
+
+// Index loops mirror the model's subscripts (x[u][d], y[u][q]).
+#![allow(clippy::needless_range_loop)]
+
+use std::time::Instant;
+
+use good_lp::solvers::{SolutionStatus, WithTimeLimit};
+use good_lp::{
+    Expression, ProblemVariables, ResolutionError, Solution, SolverModel, Variable, coin_cbc,
+    constraint, variable,
+};
+use hetero_core::placement::{Cluster, Graph, Plan, Slot};
+
+use crate::dp::{Prepared, prepare};
+use crate::eval::evaluate_indexed;
+use crate::problem::{Indexed, Kind};
+use crate::{PartitionError, Result};
+
+/// The integer program (see the module docs).
+#[derive(Debug, Clone)]
+pub struct IntegerProgram {
+    /// Restrict to contiguous splits (the DP's space) or allow any split.
+    pub contiguous: bool,
+    /// Stop the solver after this many seconds and return its best split.
+    pub time_limit_s: Option<f64>,
+    /// Also write the model as MPS (gzip-compressed, `<stem>.mps.gz`) for
+    /// other solvers.
+    pub write_mps: Option<std::path::PathBuf>,
+}
+
+impl IntegerProgram {
+    pub fn contiguous() -> Self {
+        IntegerProgram {
+            contiguous: true,
+            time_limit_s: None,
+            write_mps: None,
+        }
+    }
+    pub fn non_contiguous() -> Self {
+        IntegerProgram {
+            contiguous: false,
+            time_limit_s: None,
+            write_mps: None,
+        }
+    }
+    pub fn with_time_limit(mut self, seconds: f64) -> Self {
+        self.time_limit_s = Some(seconds);
+        self
+    }
+
+    fn export(&self, model: &good_lp::solvers::coin_cbc::CoinCbcProblem) -> Result<()> {
+        let Some(path) = &self.write_mps else {
+            return Ok(());
+        };
+        // Cbc appends ".mps" and compresses: FILE.mps.gz.
+        let text = path.to_string_lossy();
+        let stem = text
+            .strip_suffix(".mps.gz")
+            .or_else(|| text.strip_suffix(".mps"))
+            .unwrap_or(&text);
+        let name = std::ffi::CString::new(stem.as_bytes()).map_err(|_| {
+            PartitionError::BadSplit(format!("MPS path {} contains a NUL byte", path.display()))
+        })?;
+        model.as_inner().to_raw().write_mps(&name);
+        Ok(())
+    }
+}
+
+/// What the solver did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IpStats {
+    pub variables: usize,
+    pub constraints: usize,
+    /// The solver's objective (its `M`).
+    pub solver_objective: f64,
+    /// The solver's best lower bound on the optimum.
+    pub bound: f64,
+    /// `(objective - bound) / objective`; 0 when proven optimal.
+    pub gap: f64,
+    /// True when the time limit stopped the search.
+    pub stopped_by_time_limit: bool,
+    pub seconds: f64,
+}
+
+/// Builder that counts constraints as it adds them.
+struct Model<M> {
+    inner: M,
+    constraints: usize,
+}
+
+impl<M: SolverModel> Model<M> {
+    fn add(&mut self, c: good_lp::Constraint) {
+        self.inner.add_constraint(c);
+        self.constraints += 1;
+    }
+}
+
+fn solver_error(e: ResolutionError) -> PartitionError {
+    match e {
+        ResolutionError::Infeasible => {
+            PartitionError::Infeasible("the integer program has no feasible split".into())
+        }
+        other => PartitionError::Unsupported(format!("the IP solver failed: {other}")),
+    }
+}
+
+/// Transfer terms: for each node with successors on other units, its cost,
+/// its unit, and the distinct other units receiving its output.
+fn transfers(ix: &Indexed<'_>, unit_of: &[usize]) -> Vec<(f64, usize, Vec<usize>)> {
+    let mut out = Vec::new();
+    for u in 0..ix.graph.nodes.len() {
+        let c = ix.out_cost[u];
+        if c <= 0.0 {
+            continue;
+        }
+        let mut rec: Vec<usize> = ix
+            .succ
+            .row(u)
+            .iter()
+            .map(|&v| unit_of[v])
+            .filter(|&w| w != unit_of[u])
+            .collect();
+        rec.sort_unstable();
+        rec.dedup();
+        if !rec.is_empty() {
+            out.push((c, unit_of[u], rec));
+        }
+    }
+    out
+}
+
+fn unit_time(kind: &Kind, cpu: f64, acc: f64) -> f64 {
+    if kind.is_cpu { cpu } else { acc / kind.speed }
+}
+
+impl IntegerProgram {
+    /// Place `graph` on `cluster`; the plan and the solver's figures.
+    pub fn solve(&self, graph: &Graph, cluster: &Cluster) -> Result<(Plan, IpStats)> {
+        let start = Instant::now();
+        if let Some(t) = self.time_limit_s
+            && !(t > 0.0 && t.is_finite())
+        {
+            return Err(PartitionError::BadNumber {
+                field: "time limit".into(),
+                value: t,
+            });
+        }
+        let p = prepare(graph, cluster)?;
+        let (assignment, mut stats) = if self.contiguous {
+            self.contiguous_ip(&p)?
+        } else {
+            self.free_ip(&p)?
+        };
+        let e = evaluate_indexed(&p.ix, &p.kinds, &assignment)?;
+        if !e.fits() {
+            return Err(PartitionError::Infeasible(format!(
+                "the IP's split overflows the memory of {:?}",
+                e.memory_violations
+            )));
+        }
+        let mut plan = e.plan;
+        plan.optimal = !stats.stopped_by_time_limit;
+        plan.solver = if self.contiguous {
+            "ip-contiguous"
+        } else {
+            "ip-noncontiguous"
+        }
+        .into();
+        stats.seconds = start.elapsed().as_secs_f64();
+        Ok((plan, stats))
+    }
+
+    fn finish<S: Solution>(
+        &self,
+        solution: &S,
+        objective: f64,
+        bound: f64,
+        variables: usize,
+        constraints: usize,
+    ) -> IpStats {
+        let stopped = matches!(solution.status(), SolutionStatus::TimeLimit);
+        let gap = if stopped && objective > 0.0 {
+            ((objective - bound) / objective).max(0.0)
+        } else {
+            0.0
+        };
+        IpStats {
+            variables,
+            constraints,
+            solver_objective: objective,
+            bound: if stopped { bound } else { objective },
+            gap,
+            stopped_by_time_limit: stopped,
+            seconds: 0.0,
+        }
+    }
+
+    /// Any split, on the original nodes (colour classes as equalities).
+    fn free_ip(&self, p: &Prepared<'_>) -> Result<(Vec<Slot>, IpStats)> {
+        let g = p.ix.graph;
+        let n = g.nodes.len();
+        let devices: Vec<(usize, Slot)> = p
+            .kinds
+            .iter()
+            .enumerate()
+            .flat_map(|(t, k)| (0..k.count).map(move |j| (t, k.slot(j))))
+            .collect();
+        let mut vars = ProblemVariables::new();
+        let x: Vec<Vec<Variable>> = (0..n)
+            .map(|_| {
+                devices
+                    .iter()
+                    .map(|_| vars.add(variable().binary()))
+                    .collect()
+            })
+            .collect();
+        let identity: Vec<usize> = (0..n).collect();
+        let tr = transfers(&p.ix, &identity);
+        let io: Vec<Vec<(Variable, Variable)>> = tr
+            .iter()
+            .map(|_| {
+                devices
+                    .iter()
+                    .map(|_| (vars.add(variable().min(0.0)), vars.add(variable().min(0.0))))
+                    .collect()
+            })
+            .collect();
+        let m = vars.add(variable().min(0.0));
+        let nvars = vars.len();
+        let mut solver = vars.minimise(m).using(coin_cbc);
+        if let Some(t) = self.time_limit_s {
+            solver = solver.with_time_limit(t);
+        }
+        let mut model = Model {
+            inner: solver,
+            constraints: 0,
+        };
+        for row in &x {
+            let sum: Expression = row.iter().sum();
+            model.add(constraint!(sum == 1));
+        }
+        let mut first_of_class = std::collections::HashMap::new();
+        for (v, node) in g.nodes.iter().enumerate() {
+            if let Some(c) = node.color_class {
+                let f = *first_of_class.entry(c).or_insert(v);
+                if f != v {
+                    for d in 0..devices.len() {
+                        model.add(constraint!(x[v][d] == x[f][d]));
+                    }
+                }
+            }
+        }
+        for (k, (_, u, rec)) in tr.iter().enumerate() {
+            for d in 0..devices.len() {
+                for &w in rec {
+                    model.add(constraint!(io[k][d].0 >= x[*u][d] - x[w][d]));
+                    model.add(constraint!(io[k][d].1 >= x[w][d] - x[*u][d]));
+                }
+            }
+        }
+        for (d, &(t, _)) in devices.iter().enumerate() {
+            let kind = &p.kinds[t];
+            let mut load = Expression::from(0.0);
+            for (v, node) in g.nodes.iter().enumerate() {
+                load += unit_time(kind, node.cpu_time, node.accelerator_time) * x[v][d];
+                if !kind.is_cpu && !node.accelerator_ok {
+                    model.add(constraint!(x[v][d] == 0));
+                }
+            }
+            if !kind.is_cpu {
+                for (k, (c, _, _)) in tr.iter().enumerate() {
+                    load += *c * io[k][d].0 + *c * io[k][d].1;
+                }
+                let mem: Expression = g
+                    .nodes
+                    .iter()
+                    .enumerate()
+                    .map(|(v, node)| node.memory_bytes as f64 * x[v][d])
+                    .sum();
+                model.add(constraint!(mem <= kind.memory as f64));
+            }
+            model.add(constraint!(load <= m));
+        }
+        let constraints = model.constraints;
+        self.export(&model.inner)?;
+        let solution = model.inner.solve().map_err(solver_error)?;
+        let assignment = (0..n)
+            .map(|v| {
+                let d = (0..devices.len())
+                    .max_by(|&a, &b| solution.value(x[v][a]).total_cmp(&solution.value(x[v][b])))
+                    .unwrap_or(0);
+                devices[d].1
+            })
+            .collect();
+        let objective = solution.value(m);
+        let bound = solution.model().best_possible_value();
+        let stats = self.finish(&solution, objective, bound, nvars, constraints);
+        Ok((assignment, stats))
+    }
+
+    /// Contiguous splits: a chain of ideals of the contracted order graph.
+    fn contiguous_ip(&self, p: &Prepared<'_>) -> Result<(Vec<Slot>, IpStats)> {
+        let units = &p.units;
+        let nu = units.len();
+        let positions: usize = p.kinds.iter().map(|k| k.count).sum();
+        let nk = p.kinds.len();
+        let mut vars = ProblemVariables::new();
+        let y: Vec<Vec<Variable>> = (0..nu)
+            .map(|_| {
+                (0..positions)
+                    .map(|_| vars.add(variable().binary()))
+                    .collect()
+            })
+            .collect();
+        let kind_at: Vec<Vec<Variable>> = (0..positions)
+            .map(|_| (0..nk).map(|_| vars.add(variable().binary())).collect())
+            .collect();
+        let tr = transfers(&p.ix, &units.unit_of);
+        let io: Vec<Vec<(Variable, Variable)>> = tr
+            .iter()
+            .map(|_| {
+                (0..positions)
+                    .map(|_| (vars.add(variable().min(0.0)), vars.add(variable().min(0.0))))
+                    .collect()
+            })
+            .collect();
+        let m = vars.add(variable().min(0.0));
+        let nvars = vars.len();
+        let mut solver = vars.minimise(m).using(coin_cbc);
+        if let Some(t) = self.time_limit_s {
+            solver = solver.with_time_limit(t);
+        }
+        let mut model = Model {
+            inner: solver,
+            constraints: 0,
+        };
+        // x[u][q] = y[u][q] - y[u][q-1]
+        let x = |u: usize, q: usize| -> Expression {
+            if q == 0 {
+                Expression::from(y[u][0])
+            } else {
+                y[u][q] - y[u][q - 1]
+            }
+        };
+        for u in 0..nu {
+            for q in 1..positions {
+                model.add(constraint!(y[u][q - 1] <= y[u][q]));
+            }
+            model.add(constraint!(y[u][positions - 1] == 1));
+            for &b in &units.succs[u] {
+                for q in 0..positions {
+                    model.add(constraint!(y[b][q] <= y[u][q]));
+                }
+            }
+        }
+        for row in &kind_at {
+            let s: Expression = row.iter().sum();
+            model.add(constraint!(s == 1));
+        }
+        for (t, kind) in p.kinds.iter().enumerate() {
+            let s: Expression = kind_at.iter().map(|row| row[t]).sum();
+            model.add(constraint!(s == kind.count as f64));
+        }
+        for (k, (_, u, rec)) in tr.iter().enumerate() {
+            for q in 0..positions {
+                for &w in rec {
+                    model.add(constraint!(io[k][q].0 >= x(*u, q) - x(w, q)));
+                    model.add(constraint!(io[k][q].1 >= x(w, q) - x(*u, q)));
+                }
+            }
+        }
+        let comm_total: f64 = tr.iter().map(|(c, _, _)| 2.0 * c).sum();
+        let total_mem: f64 = units.memory.iter().map(|&b| b as f64).sum();
+        for q in 0..positions {
+            for (t, kind) in p.kinds.iter().enumerate() {
+                let mut load = Expression::from(0.0);
+                let mut big = 0.0;
+                for u in 0..nu {
+                    let time = unit_time(kind, units.cpu_time[u], units.accelerator_time[u]);
+                    big += time;
+                    load += time * x(u, q);
+                    if !kind.is_cpu && !units.accelerator_ok[u] {
+                        // Not on an accelerator position.
+                        model.add(constraint!(x(u, q) + kind_at[q][t] <= 1));
+                    }
+                }
+                if !kind.is_cpu {
+                    for (k, (c, _, _)) in tr.iter().enumerate() {
+                        load += *c * io[k][q].0 + *c * io[k][q].1;
+                    }
+                    big += comm_total;
+                    let mem: Expression = (0..nu).map(|u| units.memory[u] as f64 * x(u, q)).sum();
+                    let slack = (total_mem - kind.memory as f64).max(0.0);
+                    model.add(constraint!(
+                        mem <= kind.memory as f64 + slack * (1.0 - kind_at[q][t])
+                    ));
+                }
+                model.add(constraint!(load <= m + big * (1.0 - kind_at[q][t])));
+            }
+        }
+        let constraints = model.constraints;
+        self.export(&model.inner)?;
+        let solution = model.inner.solve().map_err(solver_error)?;
+        // Map positions to concrete devices of their kind, in order.
+        let mut used = vec![0usize; nk];
+        let mut slot_of_position = Vec::with_capacity(positions);
+        for row in &kind_at {
+            let t = (0..nk)
+                .max_by(|&a, &b| solution.value(row[a]).total_cmp(&solution.value(row[b])))
+                .unwrap_or(0);
+            let j = used[t].min(p.kinds[t].count.saturating_sub(1));
+            used[t] += 1;
+            slot_of_position.push(p.kinds[t].slot(j));
+        }
+        let mut assignment = vec![Slot::Cpu(0); p.ix.graph.nodes.len()];
+        for u in 0..nu {
+            let q = (0..positions)
+                .find(|&q| solution.value(y[u][q]) > 0.5)
+                .unwrap_or(positions - 1);
+            for &v in &units.members[u] {
+                assignment[v] = slot_of_position[q];
+            }
+        }
+        let objective = solution.value(m);
+        let bound = solution.model().best_possible_value();
+        let stats = self.finish(&solution, objective, bound, nvars, constraints);
+        Ok((assignment, stats))
+    }
+}
+
+impl hetero_core::Placement for IntegerProgram {
+    fn place(&self, graph: &Graph, cluster: &Cluster) -> hetero_core::Result<Plan> {
+        Ok(self.solve(graph, cluster)?.0)
+    }
+}
