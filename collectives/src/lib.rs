@@ -8,6 +8,8 @@ pub mod flat;
 pub mod hier;
 pub mod inproc;
 pub mod kernels;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 pub mod netns;
 pub mod sense;
 pub mod shaped;

@@ -156,10 +156,17 @@ async fn make_comm(t: Arc<dyn Transport>, algo: Algo) -> Result<Box<dyn Collecti
 
 /// One rank's benchmark; rank 0's rows (with #wrong summed over ranks).
 async fn rank_main(t: Arc<dyn Transport>, s: Arc<Setup>) -> Result<(Vec<Row>, String)> {
-    let rank = t.rank();
-    let n = t.size();
-    let transport = t.clone();
-    let comm = make_comm(t, s.algo).await?;
+    let comm = make_comm(t.clone(), s.algo).await?;
+    let out = bench_comm(&*comm, s).await?;
+    // Hand every queued message to the network before this process may exit.
+    t.flush().await?;
+    Ok(out)
+}
+
+/// The benchmark on one rank's communicator.
+async fn bench_comm(comm: &dyn Collective, s: Arc<Setup>) -> Result<(Vec<Row>, String)> {
+    let rank = comm.rank();
+    let n = comm.size();
     let es = s.dtype.size_bytes();
     let mut rows = Vec::new();
     for &bytes in &s.sizes {
@@ -222,8 +229,6 @@ async fn rank_main(t: Arc<dyn Transport>, s: Arc<Setup>) -> Result<(Vec<Row>, St
             wrong: w[0],
         });
     }
-    // Hand every queued message to the network before this process may exit.
-    transport.flush().await?;
     Ok((rows, comm.explain()))
 }
 
@@ -276,12 +281,24 @@ fn run(args: Args) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| Error::io("starting the tokio runtime", e))?;
+    let mut mpi_rank = None;
     let (world, results) = rt.block_on(async {
         let transports: Vec<Arc<dyn Transport>> = match args.transport {
+            #[cfg(feature = "mpi")]
+            TransportKind::Mpi => {
+                use hetero_collectives::mpi::MpiCollective;
+                let comm = MpiCollective::world()?;
+                mpi_rank = Some(comm.rank());
+                let world = comm.size();
+                let out = bench_comm(&comm, setup.clone()).await;
+                MpiCollective::finalize()?;
+                return Ok::<_, Error>((world, vec![out]));
+            }
+            #[cfg(not(feature = "mpi"))]
             TransportKind::Mpi => {
                 return Err(Error::unsupported(
                     hetero_core::Backend::Host,
-                    "the MPI transport is not built yet (feature `mpi` of hetero-collectives does not exist); use --transport inproc or tcp",
+                    "MPI: this binary was built without the `mpi` feature (build hetero-examples with --features mpi and run it under mpirun); use --transport inproc or tcp",
                 ));
             }
             TransportKind::Inproc => InProcessTransport::group_with_timeout(ranks, timeout)
@@ -339,10 +356,12 @@ fn run(args: Args) -> Result<()> {
     let Some((rows, explain)) = first else {
         return Err(Error::invalid("--ranks", "no rank ran"));
     };
-    let my_rank = std::env::var("RANK")
-        .ok()
-        .and_then(|r| r.parse::<usize>().ok())
-        .unwrap_or(0);
+    let my_rank = mpi_rank.unwrap_or_else(|| {
+        std::env::var("RANK")
+            .ok()
+            .and_then(|r| r.parse::<usize>().ok())
+            .unwrap_or(0)
+    });
     if my_rank != 0 {
         return Ok(());
     }
