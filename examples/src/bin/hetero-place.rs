@@ -182,10 +182,14 @@ fn run(args: &Args) -> Result<(), PartitionError> {
     })?;
     println!("{text}");
     if let Some(s) = stats {
-        eprintln!(
-            "{}: {} units, {} ideals, {} pairs scored, {:.3} s",
-            plan.solver, s.units, s.ideals, s.pairs, s.seconds
-        );
+        if plan.solver.starts_with("ip-") {
+            eprintln!("{}: {:.3} s", plan.solver, s.seconds);
+        } else {
+            eprintln!(
+                "{}: {} units, {} ideals, {} pairs scored, {:.3} s",
+                plan.solver, s.units, s.ideals, s.pairs, s.seconds
+            );
+        }
     }
     for l in &plan.loads {
         if !l.nodes.is_empty() {
