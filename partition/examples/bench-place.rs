@@ -2,7 +2,10 @@
 //! and prints a table: units, ideals, pairs, our objective and time, the
 //! reference's objective and time, and the speed-up.
 //!
-//! `cargo run --release -p hetero-partition --example bench-place [DATA_DIR]`
+//! `cargo run --release -p hetero-partition --example bench-place -- [DATA_DIR]
+//! [--list | --graph NAME | --synthetic] [--no-header]`: without a selection it
+//! runs everything in one process; `cargo xtask bench-place` runs each graph
+//! in its own process (`--graph`), so the peak RSS column is per graph.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -102,22 +105,71 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// What one run covers.
+enum Selection {
+    Everything,
+    List,
+    Graph(String),
+    Synthetic,
+}
+
 fn main() -> std::process::ExitCode {
-    let dir = std::env::args()
-        .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../shared/data/dnn-partitioning/throughput-inputs"
-            ))
-        });
-    println!(
-        "| graph | units | ideals | pairs | exact DP | reference | DP time (s) | ref time (s) | speed-up | linear DP | ref linear | linear time (s) | peak RSS (MiB) |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut dir = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/data/dnn-partitioning/throughput-inputs"
+    ));
+    let mut selection = Selection::Everything;
+    let mut header = true;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--list" => selection = Selection::List,
+            "--synthetic" => selection = Selection::Synthetic,
+            "--no-header" => header = false,
+            "--graph" => match args.next() {
+                Some(name) if GRAPHS.iter().any(|g| g.0 == name) => {
+                    selection = Selection::Graph(name)
+                }
+                other => {
+                    eprintln!(
+                        "--graph needs one of the names that --list prints, got {:?}",
+                        other.unwrap_or_default()
+                    );
+                    return std::process::ExitCode::FAILURE;
+                }
+            },
+            flag if flag.starts_with("--") => {
+                eprintln!(
+                    "unknown option {flag}; use [DATA_DIR] [--list | --graph NAME | --synthetic] [--no-header]"
+                );
+                return std::process::ExitCode::FAILURE;
+            }
+            path => dir = PathBuf::from(path),
+        }
+    }
+    if let Selection::List = selection {
+        for g in GRAPHS {
+            println!("{}", g.0);
+        }
+        return std::process::ExitCode::SUCCESS;
+    }
+    let run_graphs = !matches!(selection, Selection::Synthetic);
+    let run_synthetic = matches!(selection, Selection::Everything | Selection::Synthetic);
+    if header && run_graphs {
+        println!(
+            "| graph | units | ideals | pairs | exact DP | reference | DP time (s) | ref time (s) | speed-up | linear DP | ref linear | linear time (s) | peak RSS (MiB) |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    }
     let mut failed = false;
     for &(name, reference, ref_time, ref_linear) in GRAPHS {
+        let selected = match &selection {
+            Selection::Graph(only) => only == name,
+            _ => run_graphs,
+        };
+        if !selected {
+            continue;
+        }
         let path = dir.join(format!("{name}.json"));
         let pg = match PaperGraph::from_path(&path) {
             Ok(g) => g,
@@ -169,22 +221,25 @@ fn main() -> std::process::ExitCode {
             if ok { "" } else { " MISMATCH" }
         );
     }
-    // A synthetic transformer-like graph of 50,000 operators, linearized DP.
-    let g = transformer(5_000);
-    let cluster = Cluster::homogeneous(8, u64::MAX, 1);
-    let t = Instant::now();
-    match LinearDp.solve(&g, &cluster) {
-        Ok((plan, stats)) => println!(
-            "\nsynthetic transformer, {} nodes, {} edges, 8 accelerators + 1 CPU: linearized DP {:.3} in {:.2} s ({} pairs)",
-            g.nodes.len(),
-            g.edges.len(),
-            plan.objective,
-            t.elapsed().as_secs_f64(),
-            stats.pairs
-        ),
-        Err(e) => {
-            eprintln!("synthetic transformer: {e}");
-            failed = true;
+    if run_synthetic {
+        // A synthetic transformer-like graph of 50,000 operators, linearized DP.
+        let g = transformer(5_000);
+        let cluster = Cluster::homogeneous(8, u64::MAX, 1);
+        let t = Instant::now();
+        match LinearDp.solve(&g, &cluster) {
+            Ok((plan, stats)) => println!(
+                "\nsynthetic transformer, {} nodes, {} edges, 8 accelerators + 1 CPU: linearized DP {:.3} in {:.2} s ({} pairs), peak RSS {} MiB",
+                g.nodes.len(),
+                g.edges.len(),
+                plan.objective,
+                t.elapsed().as_secs_f64(),
+                stats.pairs,
+                peak_rss_mib().map_or("-".into(), |m| format!("{m:.0}")),
+            ),
+            Err(e) => {
+                eprintln!("synthetic transformer: {e}");
+                failed = true;
+            }
         }
     }
     if failed {

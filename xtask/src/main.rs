@@ -6,6 +6,8 @@
 
 use std::process::{Command, ExitCode};
 
+mod bench_place;
+
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
@@ -42,6 +44,14 @@ enum Task {
         /// Arguments of hetero-emulated-cluster (see its --help).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Placement benchmark (hetero-partition): every shipped graph by the
+    /// exact and the linearized DP, one process per graph, then a synthetic
+    /// 50,000-node graph by the linearized DP.
+    BenchPlace {
+        /// Folder of the graphs (default: the shipped dnn-partitioning inputs).
+        #[arg(long)]
+        data_dir: Option<String>,
     },
     /// Check formatting (cargo fmt --check).
     Fmt,
@@ -120,6 +130,7 @@ fn run(task: Task) -> Result<(), String> {
             all.extend(args.iter().map(String::as_str));
             cargo(&all)
         }
+        Task::BenchPlace { data_dir } => bench_place::run(data_dir.as_deref()),
         Task::Fmt => fmt(),
         Task::Lint => lint(),
     }
