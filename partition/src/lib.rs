@@ -21,12 +21,14 @@ pub mod ip;
 pub mod paper;
 pub mod pipedream;
 pub mod problem;
+pub mod topology;
 
 pub use dp::{ExactDp, Greedy, LinearDp, ProgressFn, SolveStats};
 pub use eval::{Evaluation, evaluate};
 pub use ip::{IntegerProgram, IpStats};
 pub use paper::{PaperGraph, PaperSplit};
 pub use pipedream::PipeDream;
+pub use topology::cluster_from_topology;
 
 /// Everything that can go wrong while reading, checking or placing a graph.
 #[derive(Debug, thiserror::Error)]

@@ -15,7 +15,7 @@ use clap::{Parser, ValueEnum};
 use hetero_core::placement::{Cluster, Plan};
 use hetero_partition::{
     ExactDp, Greedy, IntegerProgram, LinearDp, PaperGraph, PaperSplit, PartitionError, PipeDream,
-    ProgressFn, SolveStats, evaluate,
+    ProgressFn, SolveStats, cluster_from_topology, evaluate,
 };
 
 /// Place the nodes of a DNN graph on k accelerators and l CPUs so that the
@@ -54,6 +54,12 @@ struct Args {
     /// ...], "cpus": 1}. Overrides --accelerators, --cpus and --memory.
     #[arg(long, value_name = "CLUSTER.json")]
     cluster: Option<PathBuf>,
+    /// Cluster from a measured topology (hetero-topology's JSON): devices
+    /// that are not CPUs become accelerator classes (same name, memory and
+    /// GEMM throughput), speeds relative to the fastest; CPU devices become
+    /// the CPUs. Overrides --accelerators, --cpus and --memory.
+    #[arg(long, value_name = "TOPOLOGY.json", conflicts_with = "cluster")]
+    topology: Option<PathBuf>,
     /// Time limit of the integer programs, seconds (the best split found by
     /// then is returned, with its optimality gap).
     #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
@@ -84,8 +90,16 @@ enum Algo {
 
 fn run(args: &Args) -> Result<(), PartitionError> {
     let pg = PaperGraph::from_path(&args.graph)?;
-    let cluster = match &args.cluster {
-        Some(path) => {
+    let cluster = match (&args.cluster, &args.topology) {
+        (None, Some(path)) => {
+            let topology =
+                hetero_core::Topology::load(path).map_err(|e| PartitionError::Malformed {
+                    what: format!("topology file {}", path.display()),
+                    reason: e.to_string(),
+                })?;
+            cluster_from_topology(&topology)?
+        }
+        (Some(path), _) => {
             let text = std::fs::read_to_string(path).map_err(|source| PartitionError::Io {
                 context: format!("reading {}", path.display()),
                 source,
@@ -95,7 +109,7 @@ fn run(args: &Args) -> Result<(), PartitionError> {
                 reason: e.to_string(),
             })?
         }
-        None => Cluster::homogeneous(
+        (None, None) => Cluster::homogeneous(
             args.accelerators.unwrap_or(pg.accelerators),
             args.memory.unwrap_or(pg.memory_per_accelerator),
             args.cpus.unwrap_or(pg.cpus),
