@@ -3,11 +3,12 @@
 //! tried, kept if it respects colour classes, accelerator support and memory
 //! and if its devices can be ordered so that every edge goes forward or stays
 //! on a device (the sets are then differences of consecutive ideals), and
-//! scored by the evaluator.
+//! scored by the evaluator (which models the two-level interconnect, so
+//! brute force does too).
 
 use hetero_core::placement::{Cluster, Graph, Slot};
 
-use crate::eval::evaluate_indexed;
+use crate::eval::{checked_interconnect, evaluate_with};
 use crate::problem::{Indexed, kinds};
 use crate::{PartitionError, Result};
 
@@ -22,11 +23,7 @@ pub fn best_contiguous(graph: &Graph, cluster: &Cluster) -> Result<Option<(f64, 
             "brute force checks inference graphs only (no backward nodes)".into(),
         ));
     }
-    if cluster.interconnect.is_some() {
-        return Err(PartitionError::Unsupported(
-            "the two-level interconnect is not modelled yet".into(),
-        ));
-    }
+    let interconnect = checked_interconnect(cluster)?;
     let ix = Indexed::new(graph)?;
     let kinds = kinds(cluster)?;
     let slots: Vec<Slot> = kinds
@@ -52,7 +49,7 @@ pub fn best_contiguous(graph: &Graph, cluster: &Cluster) -> Result<Option<(f64, 
                 *a = slots[x];
             }
             // colour and support violations are errors of the evaluator: skip those
-            if let Ok(e) = evaluate_indexed(&ix, &kinds, &assignment)
+            if let Ok(e) = evaluate_with(&ix, &kinds, interconnect, &assignment)
                 && e.fits()
                 && best.as_ref().is_none_or(|b| e.plan.objective < b.0)
             {

@@ -104,7 +104,9 @@ pub struct Greedy;
 fn no_interconnect(cluster: &Cluster) -> Result<()> {
     if cluster.interconnect.is_some() {
         return Err(PartitionError::Unsupported(
-            "the two-level interconnect is not modelled yet; leave `interconnect` unset".into(),
+            "the solvers do not model the two-level interconnect yet (the evaluator, i.e. \
+             hetero-place --score, and brute force do); leave `interconnect` unset to solve"
+                .into(),
         ));
     }
     Ok(())

@@ -6,9 +6,16 @@
 //!   whose output crosses the boundary of its set (an output leaving the set,
 //!   or an input coming into it);
 //! - a CPU's load is the `cpu_time` of its nodes (no communication term);
-//! - the objective is the maximum load (time per sample under pipelining).
+//! - the objective is the maximum load (time per sample under pipelining);
+//! - with a two-level interconnect (accelerator `j` sits in node
+//!   `j / accelerators_per_node`), a transfer between accelerators of two
+//!   different nodes costs `inter_node_cost_factor` times the edge's cost:
+//!   the receiver pays the scaled cost of that input, the sender pays its
+//!   output's cost once, scaled if any receiver is in another node.
+//!   Transfers to or from a CPU are not scaled (the host is local to every
+//!   node; CPUs pay no communication anyway).
 
-use hetero_core::placement::{Cluster, Graph, Plan, Slot, SlotLoad};
+use hetero_core::placement::{Cluster, Graph, Plan, Slot, SlotLoad, TwoLevelInterconnect};
 
 use crate::problem::{Indexed, Kind, kinds};
 use crate::{PartitionError, Result};
@@ -36,19 +43,45 @@ impl Evaluation {
 /// have, a colour class split over two devices, a node that cannot run on an
 /// accelerator placed on one. Memory overflow is reported in the result.
 pub fn evaluate(graph: &Graph, cluster: &Cluster, assignment: &[Slot]) -> Result<Evaluation> {
-    if cluster.interconnect.is_some() {
-        return Err(PartitionError::Unsupported(
-            "the two-level interconnect is not modelled yet; leave `interconnect` unset".into(),
-        ));
-    }
+    let interconnect = checked_interconnect(cluster)?;
     let ix = Indexed::new(graph)?;
     let kinds = kinds(cluster)?;
-    evaluate_indexed(&ix, &kinds, assignment)
+    evaluate_with(&ix, &kinds, interconnect, assignment)
+}
+
+/// The cluster's two-level interconnect, if any, after checking its numbers.
+pub(crate) fn checked_interconnect(cluster: &Cluster) -> Result<Option<&TwoLevelInterconnect>> {
+    let Some(ic) = cluster.interconnect.as_ref() else {
+        return Ok(None);
+    };
+    if ic.accelerators_per_node == 0 {
+        return Err(PartitionError::Malformed {
+            what: "cluster interconnect".into(),
+            reason: "accelerators_per_node must be at least 1".into(),
+        });
+    }
+    let factor = ic.inter_node_cost_factor;
+    if !(factor.is_finite() && factor >= 0.0) {
+        return Err(PartitionError::BadNumber {
+            field: "inter_node_cost_factor".into(),
+            value: factor,
+        });
+    }
+    Ok(Some(ic))
 }
 
 pub(crate) fn evaluate_indexed(
     ix: &Indexed<'_>,
     kinds: &[Kind],
+    assignment: &[Slot],
+) -> Result<Evaluation> {
+    evaluate_with(ix, kinds, None, assignment)
+}
+
+pub(crate) fn evaluate_with(
+    ix: &Indexed<'_>,
+    kinds: &[Kind],
+    interconnect: Option<&TwoLevelInterconnect>,
     assignment: &[Slot],
 ) -> Result<Evaluation> {
     let g = ix.graph;
@@ -124,10 +157,24 @@ pub(crate) fn evaluate_indexed(
             continue;
         }
         let c = ix.out_cost[u];
-        for &d in receivers.iter().chain(std::iter::once(&dev[u])) {
-            if !kinds[slots[d].1].is_cpu {
-                comm[d] += c;
+        // accelerators a and b sit in different nodes of a two-level interconnect
+        let cross_node = |a: usize, b: usize| match (interconnect, slots[a].0, slots[b].0) {
+            (Some(ic), Slot::Accelerator(x), Slot::Accelerator(y)) => {
+                x / ic.accelerators_per_node != y / ic.accelerators_per_node
             }
+            _ => false,
+        };
+        let factor = interconnect.map_or(1.0, |ic| ic.inter_node_cost_factor);
+        let mut sender_crosses = false;
+        for &d in &receivers {
+            let crosses = cross_node(dev[u], d);
+            sender_crosses |= crosses;
+            if !kinds[slots[d].1].is_cpu {
+                comm[d] += if crosses { c * factor } else { c };
+            }
+        }
+        if !kinds[slots[dev[u]].1].is_cpu {
+            comm[dev[u]] += if sender_crosses { c * factor } else { c };
         }
     }
     let mut loads = Vec::with_capacity(m);
@@ -156,4 +203,72 @@ pub(crate) fn evaluate_indexed(
         },
         memory_violations: violations,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hetero_core::placement::{AcceleratorClass, Edge, Node};
+
+    fn node(id: u64, time: f64) -> Node {
+        Node {
+            id,
+            name: None,
+            cpu_time: time,
+            accelerator_time: time,
+            memory_bytes: 0,
+            accelerator_ok: true,
+            color_class: None,
+            backward: false,
+        }
+    }
+
+    /// a -> b, a -> c with cost 1 on the edge out of a; a, b on accelerators
+    /// 0 and 1 (node 0 when two accelerators per node), c on accelerator 2
+    /// (node 1).
+    #[test]
+    fn two_level_interconnect_scales_cross_node_transfers() {
+        let graph = Graph {
+            nodes: vec![node(0, 10.0), node(1, 20.0), node(2, 30.0)],
+            edges: [1, 2]
+                .into_iter()
+                .map(|dst| Edge {
+                    src: 0,
+                    dst,
+                    transfer_time: 1.0,
+                    bytes: None,
+                })
+                .collect(),
+        };
+        let mut cluster = Cluster {
+            accelerators: vec![AcceleratorClass {
+                name: "a".into(),
+                count: 3,
+                memory_bytes: 1,
+                speed_factor: 1.0,
+            }],
+            cpus: 0,
+            interconnect: None,
+        };
+        let split = [0, 1, 2].map(Slot::Accelerator);
+        let loads = |cluster: &Cluster| -> Vec<f64> {
+            let e = evaluate(&graph, cluster, &split).expect("a valid split");
+            e.plan.loads.iter().map(|l| l.load).collect()
+        };
+        assert_eq!(loads(&cluster), vec![11.0, 21.0, 31.0]);
+        cluster.interconnect = Some(TwoLevelInterconnect {
+            accelerators_per_node: 2,
+            inter_node_cost_factor: 4.0,
+        });
+        // the sender pays 4 (one receiver in another node), b pays 1, c pays 4
+        assert_eq!(loads(&cluster), vec![14.0, 21.0, 34.0]);
+        cluster.interconnect = Some(TwoLevelInterconnect {
+            accelerators_per_node: 0,
+            inter_node_cost_factor: 4.0,
+        });
+        assert!(matches!(
+            evaluate(&graph, &cluster, &split),
+            Err(PartitionError::Malformed { .. })
+        ));
+    }
 }

@@ -173,3 +173,47 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// The two-level interconnect in the evaluator and brute force: a factor
+    /// of 1 changes nothing; a factor >= 1 never lowers a split's objective
+    /// nor the best contiguous split's, and raises it at most by that factor;
+    /// one node holding every accelerator changes nothing.
+    #[test]
+    fn two_level_interconnect_is_bounded_by_the_flat_model(
+        c in case(),
+        factor in 1.0f64..8.0,
+        per_node in 1usize..=3,
+    ) {
+        use hetero_core::placement::TwoLevelInterconnect;
+        let with = |factor: f64, per_node: usize| {
+            let mut cluster = c.cluster.clone();
+            cluster.interconnect = Some(TwoLevelInterconnect {
+                accelerators_per_node: per_node,
+                inter_node_cost_factor: factor,
+            });
+            cluster
+        };
+        let flat = brute::best_contiguous(&c.graph, &c.cluster).unwrap();
+        let same = brute::best_contiguous(&c.graph, &with(1.0, per_node)).unwrap();
+        let one_node = brute::best_contiguous(&c.graph, &with(factor, 64)).unwrap();
+        let scaled = brute::best_contiguous(&c.graph, &with(factor, per_node)).unwrap();
+        match (flat, same, one_node, scaled) {
+            (None, None, None, None) => {}
+            (Some((f, split)), Some((s, _)), Some((o, _)), Some((x, _))) => {
+                let tol = 1e-9 * f.max(1.0) * factor;
+                prop_assert!((s - f).abs() <= tol, "factor 1: {s} vs flat {f}");
+                prop_assert!((o - f).abs() <= tol, "one node: {o} vs flat {f}");
+                prop_assert!(x >= f - tol, "two-level {x} below flat {f}");
+                prop_assert!(x <= f * factor + tol, "two-level {x} above {factor} x flat {f}");
+                // the flat optimum's own split, scored two-level, bounds the two-level optimum
+                let e = evaluate(&c.graph, &with(factor, per_node), &split).unwrap();
+                prop_assert!(x <= e.plan.objective + tol);
+                prop_assert!(e.plan.objective >= f - tol);
+            }
+            other => prop_assert!(false, "feasibility differs: {other:?}"),
+        }
+    }
+}
