@@ -104,8 +104,9 @@ pub struct Greedy;
 fn no_interconnect(cluster: &Cluster) -> Result<()> {
     if cluster.interconnect.is_some() {
         return Err(PartitionError::Unsupported(
-            "the solvers do not model the two-level interconnect yet (the evaluator, i.e. \
-             hetero-place --score, and brute force do); leave `interconnect` unset to solve"
+            "this solver does not model the two-level interconnect (the non-contiguous IP, \
+             the evaluator, i.e. hetero-place --score, and brute force do); leave \
+             `interconnect` unset or use the non-contiguous IP"
                 .into(),
         ));
     }
@@ -120,6 +121,14 @@ pub(crate) struct Prepared<'g> {
 
 pub(crate) fn prepare<'g>(graph: &'g Graph, cluster: &Cluster) -> Result<Prepared<'g>> {
     no_interconnect(cluster)?;
+    prepare_any_interconnect(graph, cluster)
+}
+
+/// [`prepare`] for a solver that models the two-level interconnect itself.
+pub(crate) fn prepare_any_interconnect<'g>(
+    graph: &'g Graph,
+    cluster: &Cluster,
+) -> Result<Prepared<'g>> {
     let ix = Indexed::new(graph)?;
     let kinds = kinds(cluster)?;
     let units = Units::build(&ix, memory_vacuous(graph, &kinds))?;

@@ -34,10 +34,10 @@ use good_lp::{
     Expression, ProblemVariables, ResolutionError, Solution, SolverModel, Variable, coin_cbc,
     constraint, variable,
 };
-use hetero_core::placement::{Cluster, Graph, Plan, Slot};
+use hetero_core::placement::{Cluster, Graph, Plan, Slot, TwoLevelInterconnect};
 
-use crate::dp::{Prepared, prepare};
-use crate::eval::evaluate_indexed;
+use crate::dp::{Prepared, prepare, prepare_any_interconnect};
+use crate::eval::{checked_interconnect, evaluate_with};
 use crate::problem::{Indexed, Kind};
 use crate::{PartitionError, Result};
 
@@ -170,13 +170,33 @@ impl IntegerProgram {
                 value: t,
             });
         }
-        let p = prepare(graph, cluster)?;
+        let interconnect = checked_interconnect(cluster)?;
+        if let Some(ic) = interconnect {
+            if self.contiguous {
+                return Err(PartitionError::Unsupported(
+                    "the contiguous IP does not model the two-level interconnect; use the \
+                     non-contiguous IP (hetero-place --algo ip-noncontig)"
+                        .into(),
+                ));
+            }
+            if ic.inter_node_cost_factor < 1.0 {
+                return Err(PartitionError::Unsupported(format!(
+                    "the IP models an inter-node cost factor of at least 1, got {}",
+                    ic.inter_node_cost_factor
+                )));
+            }
+        }
+        let p = if interconnect.is_some() {
+            prepare_any_interconnect(graph, cluster)?
+        } else {
+            prepare(graph, cluster)?
+        };
         let (assignment, mut stats) = if self.contiguous {
             self.contiguous_ip(&p)?
         } else {
-            self.free_ip(&p)?
+            self.free_ip(&p, interconnect)?
         };
-        let e = evaluate_indexed(&p.ix, &p.kinds, &assignment)?;
+        let e = evaluate_with(&p.ix, &p.kinds, interconnect, &assignment)?;
         if !e.fits() {
             return Err(PartitionError::Infeasible(format!(
                 "the IP's split overflows the memory of {:?}",
@@ -221,7 +241,11 @@ impl IntegerProgram {
     }
 
     /// Any split, on the original nodes (colour classes as equalities).
-    fn free_ip(&self, p: &Prepared<'_>) -> Result<(Vec<Slot>, IpStats)> {
+    fn free_ip(
+        &self,
+        p: &Prepared<'_>,
+        interconnect: Option<&TwoLevelInterconnect>,
+    ) -> Result<(Vec<Slot>, IpStats)> {
         let g = p.ix.graph;
         let n = g.nodes.len();
         let devices: Vec<(usize, Slot)> = p
@@ -250,6 +274,36 @@ impl IntegerProgram {
                     .collect()
             })
             .collect();
+        // two-level interconnect: for transfer k and accelerator d, the
+        // devices in other nodes, and variables >= [u on d and a receiver in
+        // another node] and >= [a receiver on d and u in another node]; each
+        // adds (factor - 1) x the cost (factor >= 1, so they sit at their bounds)
+        let node_of = |slot: Slot| match (interconnect, slot) {
+            (Some(ic), Slot::Accelerator(j)) => Some(j / ic.accelerators_per_node),
+            _ => None,
+        };
+        let other_nodes: Vec<Vec<usize>> = devices
+            .iter()
+            .map(|&(_, s)| match node_of(s) {
+                Some(here) => (0..devices.len())
+                    .filter(|&e| node_of(devices[e].1).is_some_and(|there| there != here))
+                    .collect(),
+                None => Vec::new(),
+            })
+            .collect();
+        let cross: Vec<Vec<Option<(Variable, Variable)>>> = tr
+            .iter()
+            .map(|_| {
+                other_nodes
+                    .iter()
+                    .map(|others| {
+                        (!others.is_empty())
+                            .then(|| (vars.add(variable().min(0.0)), vars.add(variable().min(0.0))))
+                    })
+                    .collect()
+            })
+            .collect();
+        let extra = interconnect.map_or(0.0, |ic| ic.inter_node_cost_factor - 1.0);
         let m = vars.add(variable().min(0.0));
         let nvars = vars.len();
         let mut solver = vars.minimise(m).using(coin_cbc);
@@ -280,6 +334,12 @@ impl IntegerProgram {
                 for &w in rec {
                     model.add(constraint!(io[k][d].0 >= x[*u][d] - x[w][d]));
                     model.add(constraint!(io[k][d].1 >= x[w][d] - x[*u][d]));
+                    if let Some((leaves, enters)) = cross[k][d] {
+                        let w_away: Expression = other_nodes[d].iter().map(|&e| x[w][e]).sum();
+                        let u_away: Expression = other_nodes[d].iter().map(|&e| x[*u][e]).sum();
+                        model.add(constraint!(leaves >= x[*u][d] + w_away - 1));
+                        model.add(constraint!(enters >= x[w][d] + u_away - 1));
+                    }
                 }
             }
         }
@@ -295,6 +355,9 @@ impl IntegerProgram {
             if !kind.is_cpu {
                 for (k, (c, _, _)) in tr.iter().enumerate() {
                     load += *c * io[k][d].0 + *c * io[k][d].1;
+                    if let Some((leaves, enters)) = cross[k][d] {
+                        load += *c * extra * leaves + *c * extra * enters;
+                    }
                 }
                 let mem: Expression = g
                     .nodes

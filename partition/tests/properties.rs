@@ -171,6 +171,40 @@ proptest! {
             (Err(PartitionError::Infeasible(_)), Err(PartitionError::Infeasible(_))) => {}
             (d, i) => prop_assert!(false, "DP {d:?} but IP {i:?}"),
         }
+        // Two-level interconnect (one accelerator per node, factor 3), in
+        // this test because Cbc must not run on two threads at once: the
+        // non-contiguous IP reports the evaluator's two-level objective of
+        // its split, no worse than the best contiguous split by brute force
+        // and no better than the flat non-contiguous optimum.
+        let mut two_level = c.cluster.clone();
+        two_level.interconnect = Some(hetero_core::placement::TwoLevelInterconnect {
+            accelerators_per_node: 1,
+            inter_node_cost_factor: 3.0,
+        });
+        let brute = brute::best_contiguous(&c.graph, &two_level).unwrap();
+        let flat = IntegerProgram::non_contiguous().solve(&c.graph, &c.cluster);
+        match (IntegerProgram::non_contiguous().solve(&c.graph, &two_level), flat) {
+            (Ok((plan, stats)), Ok((flat, _))) => {
+                let e = evaluate(&c.graph, &two_level, &plan.assignment).unwrap();
+                let tol = 1e-6 * e.plan.objective.max(1.0);
+                prop_assert!(e.fits());
+                prop_assert_eq!(e.plan.objective, plan.objective);
+                prop_assert!((stats.solver_objective - plan.objective).abs() <= tol,
+                    "two-level IP's own objective {} vs the evaluator's {}",
+                    stats.solver_objective, plan.objective);
+                prop_assert!(plan.objective >= flat.objective - tol);
+                if let Some((best, _)) = brute {
+                    prop_assert!(plan.objective <= best + tol,
+                        "two-level IP {} worse than brute force {}", plan.objective, best);
+                }
+            }
+            (Err(PartitionError::Infeasible(_)), Err(PartitionError::Infeasible(_))) => {}
+            (t, f) => prop_assert!(false, "two-level IP {t:?} but flat IP {f:?}"),
+        }
+        prop_assert!(matches!(
+            IntegerProgram::contiguous().solve(&c.graph, &two_level),
+            Err(PartitionError::Unsupported(_))
+        ));
     }
 }
 
