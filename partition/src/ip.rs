@@ -7,7 +7,11 @@
 //! x[u][d]` for each successor `w`, so an accelerator pays `u`'s transfer
 //! cost once when `u`'s output leaves it or enters it (the evaluator's
 //! model); `load[d] = time + comm <= M`; memory and accelerator support per
-//! device; minimise `M`.
+//! device; minimise `M`. With a two-level interconnect (factor >= 1), per
+//! transfer and accelerator `d` two more variables, bounded below by
+//! `x[u][d] + sum of x[w][e] over accelerators e in other nodes - 1` and
+//! the mirror for a receiver on `d`, add `(factor - 1) x cost` each (the
+//! evaluator's cross-node scaling); the contiguous IP does not model it.
 //!
 //! **Contiguous** (the DP's search space): the same on the contracted
 //! units, but a split is a chain of ideals of the order graph: `y[u][p] = 1`
