@@ -119,6 +119,21 @@ pub(crate) struct Prepared<'g> {
     pub(crate) kinds: Vec<Kind>,
 }
 
+impl Prepared<'_> {
+    /// The first CPU's slot (if any) and every accelerator as (slot, speed,
+    /// memory), in kind order: what the order-based baselines fill.
+    pub(crate) fn first_cpu_and_accelerators(&self) -> (Option<Slot>, Vec<(Slot, f64, u64)>) {
+        let cpu = self.kinds.iter().find(|k| k.is_cpu).map(|k| k.slot(0));
+        let accs = self
+            .kinds
+            .iter()
+            .filter(|k| !k.is_cpu)
+            .flat_map(|k| (0..k.count).map(move |j| (k.slot(j), k.speed, k.memory)))
+            .collect();
+        (cpu, accs)
+    }
+}
+
 pub(crate) fn prepare<'g>(graph: &'g Graph, cluster: &Cluster) -> Result<Prepared<'g>> {
     no_interconnect(cluster)?;
     prepare_any_interconnect(graph, cluster)
@@ -230,13 +245,7 @@ impl Placement for Greedy {
 
 fn greedy_assignment(p: &Prepared<'_>) -> Option<Vec<Slot>> {
     let u = &p.units;
-    let cpu = p.kinds.iter().find(|k| k.is_cpu).map(|k| k.slot(0));
-    let accs: Vec<(Slot, f64, u64)> = p
-        .kinds
-        .iter()
-        .filter(|k| !k.is_cpu)
-        .flat_map(|k| (0..k.count).map(move |j| (k.slot(j), k.speed, k.memory)))
-        .collect();
+    let (cpu, accs) = p.first_cpu_and_accelerators();
     let total_speed: f64 = accs.iter().map(|a| a.1).sum();
     let total: f64 = (0..u.len())
         .filter(|&x| u.accelerator_ok[x])

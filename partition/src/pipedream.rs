@@ -30,13 +30,7 @@ impl PipeDream {
         let p = prepare(graph, cluster)?;
         let u = &p.units;
         let n = u.len();
-        let cpu = p.kinds.iter().find(|k| k.is_cpu).map(|k| k.slot(0));
-        let accs: Vec<(Slot, f64, u64)> = p
-            .kinds
-            .iter()
-            .filter(|k| !k.is_cpu)
-            .flat_map(|k| (0..k.count).map(move |j| (k.slot(j), k.speed, k.memory)))
-            .collect();
+        let (cpu, accs) = p.first_cpu_and_accelerators();
         // Stage members: accelerator-capable units in order.
         let order: Vec<usize> = (0..n).filter(|&x| u.accelerator_ok[x]).collect();
         let len = order.len();
