@@ -83,11 +83,60 @@ fn fmt_link(l: &LinkModel) -> String {
 }
 
 impl HierPlan {
+    /// The plan for the domains the topology's bandwidth ratios give.
     pub fn new(topo: &Topology) -> Result<Self> {
-        let n = topo.len();
         let doms = topo.domains();
         let domains: Vec<Vec<usize>> = doms.iter().map(|d| d.members.clone()).collect();
         let leaders = doms.iter().map(|d| d.leader).collect();
+        Self::build(topo, domains, leaders)
+    }
+
+    /// The plan for domains the caller knows (the GPUs of each machine, as
+    /// Horovod groups ranks by host), whatever the measured ratios say; a
+    /// domain of one rank is allowed. Each domain's first member leads it.
+    /// `domains` must hold every rank of `topo` exactly once.
+    pub fn with_domains(topo: &Topology, domains: Vec<Vec<usize>>) -> Result<Self> {
+        let n = topo.len();
+        let mut seen = vec![false; n];
+        for (k, d) in domains.iter().enumerate() {
+            if d.is_empty() {
+                return Err(hetero_core::Error::invalid(
+                    "domains",
+                    format!("domain {k} is empty; every domain needs at least one rank"),
+                ));
+            }
+            for &m in d {
+                match seen.get_mut(m) {
+                    None => {
+                        return Err(hetero_core::Error::invalid(
+                            "domains",
+                            format!(
+                                "rank {m} in domain {k} is not below the {n} ranks of the topology"
+                            ),
+                        ));
+                    }
+                    Some(true) => {
+                        return Err(hetero_core::Error::invalid(
+                            "domains",
+                            format!("rank {m} appears twice; each rank belongs to one domain"),
+                        ));
+                    }
+                    Some(slot) => *slot = true,
+                }
+            }
+        }
+        if let Some(m) = seen.iter().position(|s| !s) {
+            return Err(hetero_core::Error::invalid(
+                "domains",
+                format!("rank {m} is in no domain; list every rank of the topology once"),
+            ));
+        }
+        let leaders = domains.iter().map(|d| d[0]).collect();
+        Self::build(topo, domains, leaders)
+    }
+
+    fn build(topo: &Topology, domains: Vec<Vec<usize>>, leaders: Vec<usize>) -> Result<Self> {
+        let n = topo.len();
         let mut domain_of = vec![0usize; n];
         for (k, d) in domains.iter().enumerate() {
             for &m in d {
@@ -237,7 +286,12 @@ impl Hierarchical {
     /// Build the sub-communicators over `transport` (flat ring / tree groups
     /// whose cost models use the plan's measured links).
     pub fn new(transport: Arc<dyn Transport>, topo: &Topology) -> Result<Self> {
-        let plan = HierPlan::new(topo)?;
+        Self::from_plan(transport, HierPlan::new(topo)?)
+    }
+
+    /// Like [`Hierarchical::new`] with a plan made beforehand (for example
+    /// [`HierPlan::with_domains`]).
+    pub fn from_plan(transport: Arc<dyn Transport>, plan: HierPlan) -> Result<Self> {
         let rank = transport.rank();
         if plan.n != transport.size() {
             return Err(hetero_core::Error::invalid(

@@ -64,15 +64,19 @@ fn explain_snapshots() {
 }
 
 fn check_all(topo: Topology, schemes: &[Option<Scheme>]) {
-    let n = topo.len();
+    let plan = HierPlan::new(&topo).expect("plan");
+    check_plan(plan, topo.len(), schemes);
+}
+
+fn check_plan(plan: HierPlan, n: usize, schemes: &[Option<Scheme>]) {
     let schemes = schemes.to_vec();
     let results = run_group(inproc(n), move |t: Arc<dyn Transport>| {
-        let topo = topo.clone();
+        let plan = plan.clone();
         let schemes = schemes.clone();
         async move {
             let rank = t.rank();
             for scheme in schemes {
-                let mut h = Hierarchical::new(t.clone(), &topo)?;
+                let mut h = Hierarchical::from_plan(t.clone(), plan.clone())?;
                 if let Some(s) = scheme {
                     h = h.with_scheme(s);
                 }
@@ -102,6 +106,31 @@ fn check_all(topo: Topology, schemes: &[Option<Scheme>]) {
     });
     for (rank, r) in results.into_iter().enumerate() {
         r.unwrap_or_else(|e| panic!("rank {rank}: {e}"));
+    }
+}
+
+#[test]
+fn given_domains_override_the_measured_ones() {
+    // Equal links: measurement finds one domain, the caller says two nodes
+    // of one GPU each (Horovod's grouping by host).
+    let topo = synthetic(&[2], 20e9);
+    assert_eq!(HierPlan::new(&topo).expect("plan").domains().len(), 1);
+    let plan = HierPlan::with_domains(&topo, vec![vec![0], vec![1]]).expect("plan");
+    assert_eq!(plan.domains(), &[vec![0], vec![1]]);
+    assert_eq!(plan.leaders(), &[0, 1]);
+    check_plan(plan, 2, &[Some(Scheme::Leader), Some(Scheme::Sharded)]);
+    let uneven = HierPlan::with_domains(&synthetic(&[5], 20e9), vec![vec![3, 0], vec![1, 2, 4]])
+        .expect("plan");
+    assert_eq!(uneven.leaders(), &[3, 1]);
+    check_plan(uneven, 5, &[Some(Scheme::Leader)]);
+    for (bad, says) in [
+        (vec![vec![0], vec![]], "empty"),
+        (vec![vec![0, 1], vec![1]], "twice"),
+        (vec![vec![0]], "rank 1 is in no domain"),
+        (vec![vec![0, 1, 2]], "not below"),
+    ] {
+        let e = HierPlan::with_domains(&topo, bad).expect_err("invalid domains");
+        assert!(e.to_string().contains(says), "{e}");
     }
 }
 

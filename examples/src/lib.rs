@@ -113,6 +113,15 @@ pub fn link_between(a: &AnyDevice, b: &AnyDevice) -> Box<dyn Link> {
                 hetero_cuda::Direction::OnDevice,
             ))
         }
+        // Two GPUs: the peer path, unless the driver cannot even say whether
+        // one exists; then through host memory like any other pair.
+        #[cfg(feature = "cuda")]
+        (AnyDevice::Cuda(x), AnyDevice::Cuda(y)) => {
+            match hetero_cuda::CudaPeerLink::new(x.clone(), y.clone()) {
+                Ok(link) => Box::new(link),
+                Err(_) => Box::new(hetero_core::probe::StagedLink::new(a.shared(), b.shared())),
+            }
+        }
         #[cfg(feature = "wgpu")]
         (AnyDevice::Host(h), AnyDevice::Wgpu(g)) => Box::new(hetero_wgpu::WgpuLink::new(
             g.clone(),
@@ -154,8 +163,8 @@ pub fn link_between(a: &AnyDevice, b: &AnyDevice) -> Box<dyn Link> {
                 hetero_rocm::RocmLinkPath::Peer(y.clone())
             },
         )),
-        // Two GPUs, devices of two accelerator backends, or two wgpu
-        // adapters: through host memory.
+        // Devices of two accelerator backends, or two wgpu adapters:
+        // through host memory.
         #[allow(unreachable_patterns)]
         (x, y) => Box::new(hetero_core::probe::StagedLink::new(x.shared(), y.shared())),
     }

@@ -18,12 +18,13 @@ use hetero_core::device::{
 };
 use hetero_core::{
     Activation, AttentionSpec, Backend, Capabilities, DType, Device, DeviceBuffer, DeviceId,
-    DeviceInfo, DeviceKind, Error, GemmSpec, HostSlice, HostSliceMut, MemoryUsage, ReduceOp,
-    Result,
+    DeviceInfo, DeviceKind, Error, GemmSpec, HostSlice, HostSliceMut, LinkKind, MemoryUsage,
+    ReduceOp, Result,
 };
 
 use crate::error::CudaError;
 use crate::kernels;
+use crate::nvml::{Nvml, PciAddress, PcieLink};
 
 /// One NVIDIA GPU. Cheap to clone (clones share the context and stream).
 #[derive(Debug, Clone)]
@@ -68,6 +69,17 @@ impl std::fmt::Debug for CudaBuffer {
             .field("len", &self.len)
             .finish()
     }
+}
+
+/// How one GPU reaches another (see [`CudaDevice::peer_path`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerPath {
+    /// The driver allows direct peer access (`cuDeviceCanAccessPeer`).
+    pub direct_access: bool,
+    /// NVLink, PCIe, or `Unknown` when NVML is not available to tell.
+    pub kind: LinkKind,
+    /// Active NVLinks joining the two (0 unless `kind` is NVLink).
+    pub nvlinks: u32,
 }
 
 impl Drop for CudaBuffer {
@@ -151,6 +163,144 @@ impl CudaDevice {
             self.function(&name)?;
         }
         Ok(())
+    }
+
+    /// PCI address of this GPU, as the driver reports it.
+    pub fn pci_address(&self) -> Result<PciAddress> {
+        let attr = |a| {
+            self.inner
+                .ctx
+                .attribute(a)
+                .map_err(self.driver_err("cuDeviceGetAttribute"))
+                .map(|v| v as u32)
+        };
+        Ok(PciAddress {
+            domain: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID)?,
+            bus: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_PCI_BUS_ID)?,
+            device: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID)?,
+        })
+    }
+
+    /// This GPU's PCIe link to the host, from NVML (`Unsupported` without it).
+    pub fn pcie_link(&self) -> Result<PcieLink> {
+        Nvml::get()?.pcie_link(self.pci_address()?)
+    }
+
+    /// How this GPU reaches `peer`: whether the driver allows direct peer
+    /// access, and over what. The kind comes from NVML (active NVLinks whose
+    /// far end is `peer`, else PCIe); without NVML it is `Unknown`.
+    pub fn peer_path(&self, peer: &CudaDevice) -> Result<PeerPath> {
+        if peer.ordinal() == self.ordinal() {
+            return Err(Error::invalid(
+                "peer",
+                format!(
+                    "{} is this device; use Device::copy within one GPU",
+                    peer.id()
+                ),
+            ));
+        }
+        let mut can = 0;
+        // SAFETY: both CUdevice handles come from live contexts; can is a
+        // valid out pointer.
+        let status = unsafe {
+            cudarc::driver::sys::cuDeviceCanAccessPeer(
+                &mut can,
+                self.inner.ctx.cu_device(),
+                peer.inner.ctx.cu_device(),
+            )
+        };
+        status
+            .result()
+            .map_err(self.driver_err("cuDeviceCanAccessPeer"))?;
+        let (kind, nvlinks) = match Nvml::get() {
+            Ok(nvml) => {
+                let theirs = peer.pci_address()?;
+                let links = nvml
+                    .nvlink_peers(self.pci_address()?)?
+                    .into_iter()
+                    .filter(|a| *a == theirs)
+                    .count() as u32;
+                if links > 0 {
+                    (LinkKind::NvLink, links)
+                } else {
+                    (LinkKind::Pcie, 0)
+                }
+            }
+            Err(_) => (LinkKind::Unknown, 0),
+        };
+        Ok(PeerPath {
+            direct_access: can != 0,
+            kind,
+            nvlinks,
+        })
+    }
+
+    /// Let this GPU's context and `peer`'s read and write each other's
+    /// memory, so peer copies go GPU to GPU instead of through host memory.
+    /// Idempotent; `Unsupported` when the driver says the pair cannot.
+    pub fn enable_peer_access(&self, peer: &CudaDevice) -> Result<()> {
+        if !self.peer_path(peer)?.direct_access {
+            return Err(Error::Unsupported {
+                what: format!(
+                    "peer access between {} and {} (the driver reports none; copies between \
+                     them are staged through host memory)",
+                    self.id(),
+                    peer.id()
+                ),
+                backend: Backend::Cuda,
+            });
+        }
+        for (from, to) in [(self, peer), (peer, self)] {
+            from.inner
+                .ctx
+                .bind_to_thread()
+                .map_err(from.driver_err("cuCtxSetCurrent"))?;
+            // SAFETY: `from`'s context is current on this thread; `to`'s
+            // context is alive for the duration of the call.
+            let status =
+                unsafe { cudarc::driver::sys::cuCtxEnablePeerAccess(to.inner.ctx.cu_ctx(), 0) };
+            match status {
+                cudarc::driver::sys::CUresult::CUDA_SUCCESS
+                | cudarc::driver::sys::CUresult::CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED => {}
+                other => {
+                    return Err(CudaError::driver(
+                        from.inner.id,
+                        "cuCtxEnablePeerAccess",
+                        cudarc::driver::DriverError(other),
+                    )
+                    .into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Copy `src[src_range]` (on this GPU) into `dst` at `dst_offset`, where
+    /// `dst` lives on `peer`: `cuMemcpyPeerAsync` on the peer's stream, which
+    /// first waits for this GPU's queued work. Direct when peer access is
+    /// enabled ([`CudaDevice::enable_peer_access`]), otherwise the driver
+    /// stages it. Returns once the copy is complete.
+    pub fn copy_to_peer(
+        &self,
+        src: &CudaBuffer,
+        src_range: Range<usize>,
+        peer: &CudaDevice,
+        dst: &mut CudaBuffer,
+        dst_offset: usize,
+    ) -> Result<()> {
+        self.check_owned(src, "peer copy source")?;
+        peer.check_owned(dst, "peer copy destination")?;
+        let dst_range = check_copy(src, &src_range, dst, dst_offset)?;
+        if src_range.is_empty() {
+            return Ok(());
+        }
+        let from = src.data.slice(Self::bytes_of(src.dtype, &src_range));
+        let mut to = dst.data.slice_mut(Self::bytes_of(dst.dtype, &dst_range));
+        peer.inner
+            .stream
+            .memcpy_dtod(&from, &mut to)
+            .map_err(peer.driver_err("cuMemcpyPeerAsync"))?;
+        peer.synchronize()
     }
 
     fn driver_err(&self, call: &'static str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {

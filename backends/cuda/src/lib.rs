@@ -12,8 +12,9 @@
 //!   average / scale kernels for every dtype compiled once per device by
 //!   NVRTC, cuBLAS GEMM (f32, f64, f16, bf16).
 //! - [`CudaHostLink`]: host <-> GPU and on-GPU transfers, measured as links.
-//!   Between two GPUs the path is core's `StagedLink` through host memory
-//!   (peer-to-peer copies are not implemented yet).
+//! - [`CudaPeerLink`]: GPU -> GPU copies (`cuMemcpyPeerAsync`, with peer
+//!   access enabled where the driver allows it), kind NVLink or PCIe as
+//!   NVML tells ([`Nvml`], loaded at run time like the rest).
 //!
 //! What this crate must not do: depend on another backend or on
 //! `hetero-collectives` (an NCCL unique id crosses as bytes).
@@ -23,11 +24,13 @@ mod error;
 mod kernels;
 mod link;
 mod nccl;
+mod nvml;
 
-pub use device::{CudaBuffer, CudaDevice};
+pub use device::{CudaBuffer, CudaDevice, PeerPath};
 pub use error::CudaError;
-pub use link::{CudaHostLink, Direction};
+pub use link::{CudaHostLink, CudaPeerLink, Direction};
 pub use nccl::{NCCL_UNIQUE_ID_BYTES, NcclCollective};
+pub use nvml::{Nvml, PciAddress, PcieLink};
 
 use hetero_core::Result;
 
@@ -40,6 +43,12 @@ pub fn driver_present() -> bool {
 pub(crate) fn nvrtc_present() -> bool {
     // SAFETY: as above.
     unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// True when `libcuda` and `libnccl` can both be loaded.
+pub fn nccl_present() -> bool {
+    // SAFETY: only tries to dlopen the libraries by their usual names.
+    driver_present() && unsafe { cudarc::nccl::sys::is_culib_present() }
 }
 
 pub(crate) fn cublas_present() -> bool {

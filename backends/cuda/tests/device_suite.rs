@@ -7,7 +7,7 @@
 use hetero_core::probe::GemmProbe;
 use hetero_core::testsuite::{device_tests, run_exclusive};
 use hetero_core::{Capabilities, Device, DynDevice, LinkProbe};
-use hetero_cuda::{CudaDevice, CudaHostLink, Direction};
+use hetero_cuda::{CudaDevice, CudaHostLink, CudaPeerLink, Direction, Nvml};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 fn main() {
@@ -15,6 +15,7 @@ fn main() {
     let mut trials = Vec::new();
     match hetero_cuda::devices() {
         Ok(devices) => {
+            peer_trials(&devices, &mut trials);
             for device in devices {
                 let label = format!("cuda{}", device.ordinal());
                 for test in device_tests(&Device::capabilities(&device)) {
@@ -41,6 +42,16 @@ fn main() {
                     format!("{label}::host_links_are_measured"),
                     move || run_exclusive(|| host_links(&dev)),
                 ));
+                let dev = device.clone();
+                let pcie = Trial::test(format!("{label}::nvml_reports_pcie_link"), move || {
+                    run_exclusive(|| pcie_link(&dev))
+                });
+                trials.push(match Nvml::get() {
+                    Ok(_) => pcie,
+                    Err(_) => pcie
+                        .with_ignored_flag(true)
+                        .with_kind("skipped: NVML (libnvidia-ml.so.1) not loadable"),
+                });
                 let dev = device.clone();
                 trials.push(Trial::test(
                     format!("{label}::gemm_probe_reports_throughput"),
@@ -70,6 +81,8 @@ fn main() {
                 .chain([
                     "all_kernels_compile_and_load".into(),
                     "host_links_are_measured".into(),
+                    "nvml_reports_pcie_link".into(),
+                    "peer_copies".into(),
                 ]);
             for name in names {
                 trials.push(
@@ -104,6 +117,118 @@ fn host_links(device: &CudaDevice) -> Result<(), Failed> {
         if gbps.is_nan() || gbps <= 0.1 {
             return Err(format!("{direction:?}: {gbps} GB/s is implausible").into());
         }
+    }
+    Ok(())
+}
+
+/// Peer copies between every ordered pair of GPUs (bit-exact, then measured
+/// as a link), and the one check that needs a single GPU: a device is not
+/// its own peer. With fewer than two GPUs the pair tests are listed as
+/// skipped with the reason.
+fn peer_trials(devices: &[CudaDevice], trials: &mut Vec<Trial>) {
+    if let Some(first) = devices.first().cloned() {
+        trials.push(Trial::test(
+            "cuda0::peer_path_rejects_the_device_itself",
+            move || match first.peer_path(&first) {
+                Err(hetero_core::Error::InvalidInput { .. }) => Ok(()),
+                other => Err(format!("expected an invalid-argument error, got {other:?}").into()),
+            },
+        ));
+    }
+    if devices.len() < 2 {
+        trials.push(
+            Trial::test("cuda::peer_copies", || Ok(()))
+                .with_ignored_flag(true)
+                .with_kind(format!(
+                    "skipped: needs two CUDA devices, this machine has {}",
+                    devices.len()
+                )),
+        );
+        return;
+    }
+    for a in devices {
+        for b in devices {
+            if a.ordinal() == b.ordinal() {
+                continue;
+            }
+            let (a, b) = (a.clone(), b.clone());
+            trials.push(Trial::test(
+                format!("cuda{}::peer_copy_to_cuda{}", a.ordinal(), b.ordinal()),
+                move || run_exclusive(|| peer_copy(&a, &b)),
+            ));
+        }
+    }
+}
+
+fn peer_copy(a: &CudaDevice, b: &CudaDevice) -> Result<(), Failed> {
+    let err = |e: hetero_core::Error| Failed::from(e.to_string());
+    let n = 1 << 20;
+    let data: Vec<i32> = (0..n as u32)
+        .map(|i| i.wrapping_mul(2_654_435_761) as i32)
+        .collect();
+    let mut src = Device::alloc(a, hetero_core::DType::I32, n).map_err(err)?;
+    Device::upload(a, &mut src, 0, hetero_core::HostSlice::new(&data)).map_err(err)?;
+    let mut dst = Device::alloc(b, hetero_core::DType::I32, n).map_err(err)?;
+    // An offset copy of the middle, so ranges are checked too.
+    a.copy_to_peer(&src, 1000..n - 1000, b, &mut dst, 10)
+        .map_err(err)?;
+    let mut back = vec![0i32; n];
+    Device::download(b, &dst, 0, hetero_core::HostSliceMut::new(&mut back)).map_err(err)?;
+    if back[10..10 + n - 2000] != data[1000..n - 1000] {
+        return Err("peer copy changed the data".into());
+    }
+    let link = CudaPeerLink::new(a.clone(), b.clone()).map_err(err)?;
+    let probe = LinkProbe {
+        sizes_bytes: (0..6).map(|i| 65536usize << (2 * i)).collect(),
+        repetitions: 3,
+    };
+    let fit = probe.measure(&link).map_err(err)?;
+    eprintln!(
+        "cuda{} -> cuda{}: {:?}, {:.1} GB/s, {:.1} us",
+        a.ordinal(),
+        b.ordinal(),
+        link.path(),
+        fit.model.bandwidth_bytes_per_s / 1e9,
+        fit.model.latency_s * 1e6
+    );
+    Ok(())
+}
+
+/// NVML's PCIe figures are plausible, and the theoretical bandwidth they
+/// imply is above what pageable host -> GPU copies really reach.
+fn pcie_link(device: &CudaDevice) -> Result<(), Failed> {
+    let link = device
+        .pcie_link()
+        .map_err(|e| Failed::from(e.to_string()))?;
+    let theoretical = link
+        .max_bandwidth_bytes_per_s()
+        .ok_or_else(|| format!("unknown PCIe generation in {link:?}"))?;
+    let measured = LinkProbe {
+        sizes_bytes: (0..4).map(|i| 1usize << (20 + 2 * i)).collect(),
+        repetitions: 3,
+    }
+    .measure(&CudaHostLink::new(
+        device.clone(),
+        hetero_core::DeviceId::new(hetero_core::Backend::Host, 0),
+        Direction::HostToDevice,
+    ))
+    .map_err(|e| Failed::from(e.to_string()))?
+    .model
+    .bandwidth_bytes_per_s;
+    eprintln!(
+        "cuda{}: PCIe {link:?}, theoretical {:.1} GB/s, measured host->device {:.1} GB/s",
+        device.ordinal(),
+        theoretical / 1e9,
+        measured / 1e9
+    );
+    if link.max_width == 0 || link.max_generation == 0 {
+        return Err(format!("implausible PCIe link {link:?}").into());
+    }
+    if measured > theoretical * 1.05 {
+        return Err(format!(
+            "measured {measured:.3e} B/s exceeds PCIe's theoretical {theoretical:.3e} B/s"
+        )
+        .into());
     }
     Ok(())
 }

@@ -281,6 +281,8 @@ fn run(args: Args) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| Error::io("starting the tokio runtime", e))?;
+    // Only the MPI arm writes it.
+    #[cfg_attr(not(feature = "mpi"), allow(unused_mut))]
     let mut mpi_rank = None;
     let (world, results) = rt.block_on(async {
         let transports: Vec<Arc<dyn Transport>> = match args.transport {
