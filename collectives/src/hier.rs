@@ -60,7 +60,15 @@ pub struct HierPlan {
     inter: LinkModel,
     flat: LinkModel,
     ratio: f64,
+    /// Target size of the segments a large leader / sharded all-reduce is
+    /// pipelined in ([`DEFAULT_SEGMENT_BYTES`] unless set).
+    segment_bytes: usize,
 }
+
+/// Default segment size of the pipelined hierarchical schemes: large enough
+/// that each segment's inter-domain all-reduce is bandwidth-bound on a
+/// 1 Gbit/s link, small enough that a 64 MiB all-reduce fills the pipeline.
+pub const DEFAULT_SEGMENT_BYTES: usize = 4 << 20;
 
 fn fmt_bytes(b: f64) -> String {
     if b >= (1u64 << 30) as f64 {
@@ -168,11 +176,23 @@ impl HierPlan {
             inter: cost::worst_link(&inter).unwrap_or(flat),
             flat,
             ratio: topo.domain_ratio(),
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
         })
     }
 
     pub fn domains(&self) -> &[Vec<usize>] {
         &self.domains
+    }
+
+    /// Pipeline the leader and sharded schemes in segments of about `bytes`
+    /// (0: one segment, no pipelining). Every rank must use the same value.
+    pub fn with_segment_bytes(mut self, bytes: usize) -> Self {
+        self.segment_bytes = bytes;
+        self
+    }
+
+    pub fn segment_bytes(&self) -> usize {
+        self.segment_bytes
     }
 
     pub fn leaders(&self) -> &[usize] {
@@ -194,8 +214,16 @@ impl HierPlan {
             return out;
         }
         let l_max = self.domains.iter().map(Vec::len).max().unwrap_or(1);
-        let leader = 2.0 * cost::tree_one_way_s(l_max, bytes, &self.intra)
-            + cost::best_all_reduce(d, bytes, &self.inter).1;
+        // Per-segment phase costs, combined as the pipeline runs them.
+        let k = segment_count(bytes as usize, self.segment_bytes);
+        let seg = bytes / k as f64;
+        let one_way = cost::tree_one_way_s(l_max, seg, &self.intra);
+        let leader = pipelined(
+            k,
+            one_way,
+            cost::best_all_reduce(d, seg, &self.inter).1,
+            one_way,
+        );
         out.push((Scheme::Leader, leader));
         if self.equal_domains() {
             let l = l_max;
@@ -204,8 +232,13 @@ impl HierPlan {
                 self.inter.latency_s,
                 self.inter.bandwidth_bytes_per_s / l as f64,
             );
-            let sharded = 2.0 * cost::ring_half_s(l, bytes, &self.intra)
-                + cost::best_all_reduce(d, bytes / l as f64, &shared).1;
+            let half = cost::ring_half_s(l, seg, &self.intra);
+            let sharded = pipelined(
+                k,
+                half,
+                cost::best_all_reduce(d, seg / l as f64, &shared).1,
+                half,
+            );
             out.push((Scheme::Sharded, sharded));
         }
         out
@@ -247,6 +280,12 @@ impl HierPlan {
         if !self.equal_domains() {
             s.push_str("domains differ in size, so the sharded scheme is not available; ");
         }
+        let _ = write!(
+            s,
+            "leader and sharded all-reduces are pipelined in segments of about {} ({} at 64 MiB), the link busy with one segment while the domains work on the next; ",
+            fmt_bytes(self.segment_bytes as f64),
+            segment_count(64 << 20, self.segment_bytes)
+        );
         s.push_str("predicted all-reduce times:");
         for bytes in [8.0, 65536.0, 1048576.0, 67108864.0] {
             let costs = self.costs(bytes);
@@ -429,17 +468,43 @@ impl Hierarchical {
                 "no domain communicator",
             ));
         };
+        let root = *root;
         let dtype = s.dtype();
-        intra
-            .reduce(TensorMut::Host(s.host_mut()?), op.combine_op(), *root)
-            .await?;
-        if let Some(leaders) = &self.leaders {
-            leaders
-                .all_reduce(TensorMut::Host(s.host_mut()?), op.combine_op())
-                .await?;
-            finish_bytes(dtype, op, s.bytes_mut(), self.plan.n)?;
-        }
-        intra.broadcast(TensorMut::Host(s.host_mut()?), *root).await
+        let segs = Segments::split(s, self.plan.segment_bytes);
+        let reduce = |k: usize| {
+            let segs = &segs;
+            async move {
+                let mut seg = segs.data[k].lock().await;
+                intra
+                    .reduce(TensorMut::Host(seg.host_mut()?), op.combine_op(), root)
+                    .await
+            }
+        };
+        let across = |k: usize| {
+            let segs = &segs;
+            async move {
+                let Some(leaders) = &self.leaders else {
+                    return Ok(());
+                };
+                let mut seg = segs.data[k].lock().await;
+                leaders
+                    .all_reduce(TensorMut::Host(seg.host_mut()?), op.combine_op())
+                    .await?;
+                finish_bytes(dtype, op, seg.bytes_mut(), self.plan.n)
+            }
+        };
+        let broadcast = |k: usize| {
+            let segs = &segs;
+            async move {
+                let mut seg = segs.data[k].lock().await;
+                intra
+                    .broadcast(TensorMut::Host(seg.host_mut()?), root)
+                    .await
+            }
+        };
+        pipeline(segs.count(), reduce, across, broadcast).await?;
+        segs.join_into(s).await;
+        Ok(())
     }
 
     async fn sharded_scheme(&self, s: &mut Staged, op: ReduceOp) -> Result<()> {
@@ -447,23 +512,151 @@ impl Hierarchical {
             return Err(hetero_core::Error::invalid("plan", "no shard communicator"));
         };
         let dtype = s.dtype();
-        let own = chunk_range(s.len(), intra.size(), intra.rank());
-        let mut part = Staged::zeroed(dtype, own.len());
-        intra
-            .reduce_scatter(
-                Tensor::Host(s.host()?),
-                TensorMut::Host(part.host_mut()?),
-                op.combine_op(),
-            )
-            .await?;
-        shard
-            .all_reduce(TensorMut::Host(part.host_mut()?), op.combine_op())
-            .await?;
-        finish_bytes(dtype, op, part.bytes_mut(), self.plan.n)?;
-        intra
-            .all_gather(Tensor::Host(part.host()?), TensorMut::Host(s.host_mut()?))
-            .await
+        let segs = Segments::split(s, self.plan.segment_bytes);
+        let parts: Vec<tokio::sync::Mutex<Staged>> = segs
+            .ranges
+            .iter()
+            .map(|r| {
+                let own = chunk_range(r.len(), intra.size(), intra.rank());
+                tokio::sync::Mutex::new(Staged::zeroed(dtype, own.len()))
+            })
+            .collect();
+        let scatter = |k: usize| {
+            let (segs, parts) = (&segs, &parts);
+            async move {
+                let seg = segs.data[k].lock().await;
+                let mut part = parts[k].lock().await;
+                intra
+                    .reduce_scatter(
+                        Tensor::Host(seg.host()?),
+                        TensorMut::Host(part.host_mut()?),
+                        op.combine_op(),
+                    )
+                    .await
+            }
+        };
+        let across = |k: usize| {
+            let parts = &parts;
+            async move {
+                let mut part = parts[k].lock().await;
+                shard
+                    .all_reduce(TensorMut::Host(part.host_mut()?), op.combine_op())
+                    .await?;
+                finish_bytes(dtype, op, part.bytes_mut(), self.plan.n)
+            }
+        };
+        let gather = |k: usize| {
+            let (segs, parts) = (&segs, &parts);
+            async move {
+                let part = parts[k].lock().await;
+                let mut seg = segs.data[k].lock().await;
+                intra
+                    .all_gather(Tensor::Host(part.host()?), TensorMut::Host(seg.host_mut()?))
+                    .await
+            }
+        };
+        pipeline(segs.count(), scatter, across, gather).await?;
+        segs.join_into(s).await;
+        Ok(())
     }
+}
+
+/// Segments of one all-reduce, each behind its own lock so the phases of
+/// different segments can run at once (they never touch the same segment).
+struct Segments {
+    ranges: Vec<std::ops::Range<usize>>,
+    data: Vec<tokio::sync::Mutex<Staged>>,
+}
+
+impl Segments {
+    /// Cut `s` into segments of about `segment_bytes` (at most
+    /// [`MAX_SEGMENTS`], at least one).
+    fn split(s: &Staged, segment_bytes: usize) -> Self {
+        let count = segment_count(s.bytes().len(), segment_bytes);
+        let elem = s.dtype().size_bytes();
+        let ranges: Vec<_> = (0..count).map(|k| chunk_range(s.len(), count, k)).collect();
+        let data = ranges
+            .iter()
+            .map(|r| {
+                let mut seg = Staged::zeroed(s.dtype(), r.len());
+                seg.bytes_mut()
+                    .copy_from_slice(&s.bytes()[r.start * elem..r.end * elem]);
+                tokio::sync::Mutex::new(seg)
+            })
+            .collect();
+        Segments { ranges, data }
+    }
+
+    fn count(&self) -> usize {
+        self.ranges.len()
+    }
+
+    async fn join_into(&self, s: &mut Staged) {
+        let elem = s.dtype().size_bytes();
+        for (r, seg) in self.ranges.iter().zip(&self.data) {
+            s.bytes_mut()[r.start * elem..r.end * elem].copy_from_slice(seg.lock().await.bytes());
+        }
+    }
+}
+
+/// Predicted time of [`pipeline`] over `k` segments whose phases take
+/// `before`, `across` and `after` seconds each: the first `before`, then `k`
+/// steps each as long as the slower of the domain's work and the link's,
+/// then the last `after`.
+fn pipelined(k: usize, before: f64, across: f64, after: f64) -> f64 {
+    if k <= 1 {
+        return before + across + after;
+    }
+    before + k as f64 * (before + after).max(across) + after
+}
+
+/// At most this many segments per all-reduce: each adds the inter-domain
+/// latency once, and more gains little once the pipeline is full.
+pub const MAX_SEGMENTS: usize = 16;
+
+/// How many segments an all-reduce of `bytes` bytes is cut into.
+pub fn segment_count(bytes: usize, segment_bytes: usize) -> usize {
+    if segment_bytes == 0 {
+        return 1;
+    }
+    bytes.div_ceil(segment_bytes).clamp(1, MAX_SEGMENTS)
+}
+
+/// Run `count` segments through three phases: `before` (inside the domain),
+/// `across` (between domains), `after` (inside the domain). Step `k` runs
+/// `before(k)` then `after(k - 2)` on the domain communicator while
+/// `across(k - 1)` runs between domains, so the slow link is busy while the
+/// domain works on the neighbouring segments. Every rank issues the same
+/// sequence of operations on each communicator (the domain's and the
+/// inter-domain one have disjoint peers, so they may be in flight together).
+async fn pipeline<B, A, F, FB, FA, FF>(count: usize, before: B, across: A, after: F) -> Result<()>
+where
+    B: Fn(usize) -> FB,
+    A: Fn(usize) -> FA,
+    F: Fn(usize) -> FF,
+    FB: Future<Output = Result<()>>,
+    FA: Future<Output = Result<()>>,
+    FF: Future<Output = Result<()>>,
+{
+    for step in 0..count + 2 {
+        let domain = async {
+            if step < count {
+                before(step).await?;
+            }
+            if (2..count + 2).contains(&step) {
+                after(step - 2).await?;
+            }
+            Ok::<(), hetero_core::Error>(())
+        };
+        let between = async {
+            if (1..count + 1).contains(&step) {
+                across(step - 1).await?;
+            }
+            Ok::<(), hetero_core::Error>(())
+        };
+        tokio::try_join!(domain, between)?;
+    }
+    Ok(())
 }
 
 #[async_trait]

@@ -110,6 +110,24 @@ fn check_plan(plan: HierPlan, n: usize, schemes: &[Option<Scheme>]) {
 }
 
 #[test]
+fn pipelined_segments_match_the_naive_reduction() {
+    // 24-byte segments: every size above 3 f64 elements runs as several
+    // segments (up to the cap), with the domain's and the link's phases of
+    // neighbouring segments in flight together.
+    for (sizes, schemes) in [
+        (
+            &[4, 4][..],
+            &[Some(Scheme::Leader), Some(Scheme::Sharded)][..],
+        ),
+        (&[2, 3, 1][..], &[Some(Scheme::Leader)][..]),
+    ] {
+        let topo = synthetic(sizes, 125e6);
+        let plan = HierPlan::new(&topo).expect("plan").with_segment_bytes(24);
+        check_plan(plan, topo.len(), schemes);
+    }
+}
+
+#[test]
 fn given_domains_override_the_measured_ones() {
     // Equal links: measurement finds one domain, the caller says two nodes
     // of one GPU each (Horovod's grouping by host).
