@@ -22,13 +22,16 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use hetero_core::{
-    Collective, LinkKind, LinkModel, ReduceOp, Result, Tensor, TensorMut, Topology, chunk_range,
+    Collective, DType, LinkKind, LinkModel, ReduceOp, Result, Tensor, TensorMut, Topology,
+    chunk_range,
 };
 use serde::Serialize;
 
 use crate::cost::{self, Algorithm};
 use crate::flat::FlatCollective;
-use crate::kernels::{Staged, finish_bytes, read_tensor_mut, write_tensor};
+use crate::kernels::{
+    Staged, finish_bytes, host_view, host_view_mut, read_tensor_mut, write_tensor,
+};
 use crate::transport::{SubTransport, Transport};
 
 /// How an all-reduce is run.
@@ -65,10 +68,11 @@ pub struct HierPlan {
     segment_bytes: usize,
 }
 
-/// Default segment size of the pipelined hierarchical schemes: large enough
-/// that each segment's inter-domain all-reduce is bandwidth-bound on a
-/// 1 Gbit/s link, small enough that a 64 MiB all-reduce fills the pipeline.
-pub const DEFAULT_SEGMENT_BYTES: usize = 4 << 20;
+/// Default segment size of the pipelined hierarchical schemes. Measured on
+/// the emulated 2 x 4 cluster at 1 Gbit/s (collectives/README.md): 1 MiB
+/// segments (64 at 64 MiB) beat 2 and 4 MiB, since the pipeline's fill and
+/// drain shrink with the segment.
+pub const DEFAULT_SEGMENT_BYTES: usize = 1 << 20;
 
 fn fmt_bytes(b: f64) -> String {
     if b >= (1u64 << 30) as f64 {
@@ -453,15 +457,33 @@ impl Hierarchical {
         if scheme == Scheme::Flat {
             return self.flat.all_reduce(data, op).await;
         }
-        let mut s = read_tensor_mut(&data)?;
-        match scheme {
-            Scheme::Sharded => self.sharded_scheme(&mut s, op).await?,
-            _ => self.leader_scheme(&mut s, op).await?,
+        let dtype = data.dtype();
+        // Host slices are reduced in place; device buffers are staged once.
+        match &mut data {
+            TensorMut::Host(h) => self.run_scheme(scheme, dtype, h.as_bytes_mut(), op).await,
+            TensorMut::Device { .. } => {
+                let mut s = read_tensor_mut(&data)?;
+                self.run_scheme(scheme, dtype, s.bytes_mut(), op).await?;
+                write_tensor(&mut data, &s)
+            }
         }
-        write_tensor(&mut data, &s)
     }
 
-    async fn leader_scheme(&self, s: &mut Staged, op: ReduceOp) -> Result<()> {
+    async fn run_scheme(
+        &self,
+        scheme: Scheme,
+        dtype: DType,
+        bytes: &mut [u8],
+        op: ReduceOp,
+    ) -> Result<()> {
+        let segs = Segments::split(dtype, bytes, self.plan.segment_bytes);
+        match scheme {
+            Scheme::Sharded => self.sharded_scheme(&segs, op).await,
+            _ => self.leader_scheme(&segs, op).await,
+        }
+    }
+
+    async fn leader_scheme(&self, segs: &Segments<'_>, op: ReduceOp) -> Result<()> {
         let Some((intra, root)) = &self.intra else {
             return Err(hetero_core::Error::invalid(
                 "plan",
@@ -469,133 +491,117 @@ impl Hierarchical {
             ));
         };
         let root = *root;
-        let dtype = s.dtype();
-        let segs = Segments::split(s, self.plan.segment_bytes);
-        let reduce = |k: usize| {
-            let segs = &segs;
-            async move {
-                let mut seg = segs.data[k].lock().await;
-                intra
-                    .reduce(TensorMut::Host(seg.host_mut()?), op.combine_op(), root)
-                    .await
-            }
+        let dtype = segs.dtype;
+        let reduce = |k: usize| async move {
+            let mut seg = segs.data[k].lock().await;
+            intra
+                .reduce(
+                    TensorMut::Host(host_view_mut(dtype, &mut seg)?),
+                    op.combine_op(),
+                    root,
+                )
+                .await
         };
-        let across = |k: usize| {
-            let segs = &segs;
-            async move {
-                let Some(leaders) = &self.leaders else {
-                    return Ok(());
-                };
-                let mut seg = segs.data[k].lock().await;
-                leaders
-                    .all_reduce(TensorMut::Host(seg.host_mut()?), op.combine_op())
-                    .await?;
-                finish_bytes(dtype, op, seg.bytes_mut(), self.plan.n)
-            }
+        let across = |k: usize| async move {
+            let Some(leaders) = &self.leaders else {
+                return Ok(());
+            };
+            let mut seg = segs.data[k].lock().await;
+            leaders
+                .all_reduce(
+                    TensorMut::Host(host_view_mut(dtype, &mut seg)?),
+                    op.combine_op(),
+                )
+                .await?;
+            finish_bytes(dtype, op, &mut seg, self.plan.n)
         };
-        let broadcast = |k: usize| {
-            let segs = &segs;
-            async move {
-                let mut seg = segs.data[k].lock().await;
-                intra
-                    .broadcast(TensorMut::Host(seg.host_mut()?), root)
-                    .await
-            }
+        let broadcast = |k: usize| async move {
+            let mut seg = segs.data[k].lock().await;
+            intra
+                .broadcast(TensorMut::Host(host_view_mut(dtype, &mut seg)?), root)
+                .await
         };
-        pipeline(segs.count(), reduce, across, broadcast).await?;
-        segs.join_into(s).await;
-        Ok(())
+        pipeline(segs.count(), reduce, across, broadcast).await
     }
 
-    async fn sharded_scheme(&self, s: &mut Staged, op: ReduceOp) -> Result<()> {
+    async fn sharded_scheme(&self, segs: &Segments<'_>, op: ReduceOp) -> Result<()> {
         let (Some((intra, _)), Some(shard)) = (&self.intra, &self.shard) else {
             return Err(hetero_core::Error::invalid("plan", "no shard communicator"));
         };
-        let dtype = s.dtype();
-        let segs = Segments::split(s, self.plan.segment_bytes);
+        let dtype = segs.dtype;
         let parts: Vec<tokio::sync::Mutex<Staged>> = segs
-            .ranges
+            .lens
             .iter()
-            .map(|r| {
-                let own = chunk_range(r.len(), intra.size(), intra.rank());
+            .map(|&len| {
+                let own = chunk_range(len, intra.size(), intra.rank());
                 tokio::sync::Mutex::new(Staged::zeroed(dtype, own.len()))
             })
             .collect();
-        let scatter = |k: usize| {
-            let (segs, parts) = (&segs, &parts);
-            async move {
-                let seg = segs.data[k].lock().await;
-                let mut part = parts[k].lock().await;
-                intra
-                    .reduce_scatter(
-                        Tensor::Host(seg.host()?),
-                        TensorMut::Host(part.host_mut()?),
-                        op.combine_op(),
-                    )
-                    .await
-            }
+        let parts = &parts;
+        let scatter = |k: usize| async move {
+            let seg = segs.data[k].lock().await;
+            let mut part = parts[k].lock().await;
+            intra
+                .reduce_scatter(
+                    Tensor::Host(host_view(dtype, &seg)?),
+                    TensorMut::Host(part.host_mut()?),
+                    op.combine_op(),
+                )
+                .await
         };
-        let across = |k: usize| {
-            let parts = &parts;
-            async move {
-                let mut part = parts[k].lock().await;
-                shard
-                    .all_reduce(TensorMut::Host(part.host_mut()?), op.combine_op())
-                    .await?;
-                finish_bytes(dtype, op, part.bytes_mut(), self.plan.n)
-            }
+        let across = |k: usize| async move {
+            let mut part = parts[k].lock().await;
+            shard
+                .all_reduce(TensorMut::Host(part.host_mut()?), op.combine_op())
+                .await?;
+            finish_bytes(dtype, op, part.bytes_mut(), self.plan.n)
         };
-        let gather = |k: usize| {
-            let (segs, parts) = (&segs, &parts);
-            async move {
-                let part = parts[k].lock().await;
-                let mut seg = segs.data[k].lock().await;
-                intra
-                    .all_gather(Tensor::Host(part.host()?), TensorMut::Host(seg.host_mut()?))
-                    .await
-            }
+        let gather = |k: usize| async move {
+            let part = parts[k].lock().await;
+            let mut seg = segs.data[k].lock().await;
+            intra
+                .all_gather(
+                    Tensor::Host(part.host()?),
+                    TensorMut::Host(host_view_mut(dtype, &mut seg)?),
+                )
+                .await
         };
-        pipeline(segs.count(), scatter, across, gather).await?;
-        segs.join_into(s).await;
-        Ok(())
+        pipeline(segs.count(), scatter, across, gather).await
     }
 }
 
-/// Segments of one all-reduce, each behind its own lock so the phases of
-/// different segments can run at once (they never touch the same segment).
-struct Segments {
-    ranges: Vec<std::ops::Range<usize>>,
-    data: Vec<tokio::sync::Mutex<Staged>>,
+/// Disjoint segments of one all-reduce's bytes, each behind its own lock so
+/// the phases of different segments can run at once (no two phases in
+/// flight ever touch the same segment).
+struct Segments<'a> {
+    dtype: DType,
+    /// Elements per segment.
+    lens: Vec<usize>,
+    data: Vec<tokio::sync::Mutex<&'a mut [u8]>>,
 }
 
-impl Segments {
-    /// Cut `s` into segments of about `segment_bytes` (at most
-    /// [`MAX_SEGMENTS`], at least one).
-    fn split(s: &Staged, segment_bytes: usize) -> Self {
-        let count = segment_count(s.bytes().len(), segment_bytes);
-        let elem = s.dtype().size_bytes();
-        let ranges: Vec<_> = (0..count).map(|k| chunk_range(s.len(), count, k)).collect();
-        let data = ranges
-            .iter()
-            .map(|r| {
-                let mut seg = Staged::zeroed(s.dtype(), r.len());
-                seg.bytes_mut()
-                    .copy_from_slice(&s.bytes()[r.start * elem..r.end * elem]);
-                tokio::sync::Mutex::new(seg)
-            })
+impl<'a> Segments<'a> {
+    /// Cut `bytes` into segments of about `segment_bytes` (at most
+    /// [`MAX_SEGMENTS`], at least one), at element boundaries.
+    fn split(dtype: DType, bytes: &'a mut [u8], segment_bytes: usize) -> Self {
+        let elem = dtype.size_bytes();
+        let len = bytes.len() / elem;
+        let count = segment_count(bytes.len(), segment_bytes);
+        let lens: Vec<usize> = (0..count)
+            .map(|k| chunk_range(len, count, k).len())
             .collect();
-        Segments { ranges, data }
+        let mut data = Vec::with_capacity(count);
+        let mut rest = bytes;
+        for &n in &lens {
+            let (head, tail) = std::mem::take(&mut rest).split_at_mut(n * elem);
+            data.push(tokio::sync::Mutex::new(head));
+            rest = tail;
+        }
+        Segments { dtype, lens, data }
     }
 
     fn count(&self) -> usize {
-        self.ranges.len()
-    }
-
-    async fn join_into(&self, s: &mut Staged) {
-        let elem = s.dtype().size_bytes();
-        for (r, seg) in self.ranges.iter().zip(&self.data) {
-            s.bytes_mut()[r.start * elem..r.end * elem].copy_from_slice(seg.lock().await.bytes());
-        }
+        self.lens.len()
     }
 }
 
@@ -612,7 +618,7 @@ fn pipelined(k: usize, before: f64, across: f64, after: f64) -> f64 {
 
 /// At most this many segments per all-reduce: each adds the inter-domain
 /// latency once, and more gains little once the pipeline is full.
-pub const MAX_SEGMENTS: usize = 16;
+pub const MAX_SEGMENTS: usize = 64;
 
 /// How many segments an all-reduce of `bytes` bytes is cut into.
 pub fn segment_count(bytes: usize, segment_bytes: usize) -> usize {

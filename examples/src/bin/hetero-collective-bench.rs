@@ -9,7 +9,8 @@ use clap::{Parser, ValueEnum};
 use hetero_collectives::kernels::{Staged, combine_bytes, finish_bytes};
 use hetero_collectives::sense::{SenseConfig, measured_flat, sense_topology};
 use hetero_collectives::{
-    Algorithm, Hierarchical, InProcessTransport, Scheme, TcpConfig, TcpTransport, Transport,
+    Algorithm, HierPlan, Hierarchical, InProcessTransport, Scheme, TcpConfig, TcpTransport,
+    Transport,
 };
 use hetero_core::host_kernels::Arith;
 use hetero_core::{Collective, DType, Error, ReduceOp, Result, TensorMut};
@@ -77,6 +78,16 @@ struct Args {
     /// Receive timeout in seconds.
     #[arg(long, default_value_t = 60.0)]
     timeout_s: f64,
+    /// Hierarchical algorithms: domains of this many consecutive ranks (one
+    /// per machine, as torchrun's LOCAL_WORLD_SIZE gives them) instead of
+    /// the domains the measured bandwidth ratios find; the measured links
+    /// still price the schemes. 0: measured domains.
+    #[arg(long, default_value_t = 0)]
+    ranks_per_domain: usize,
+    /// Hierarchical algorithms: pipeline segment size in KiB (0: one
+    /// segment, no pipelining).
+    #[arg(long, default_value_t = 1024)]
+    segment_kib: usize,
     /// Print one JSON document instead of the table.
     #[arg(long)]
     json: bool,
@@ -134,9 +145,12 @@ struct Setup {
     iters: usize,
     warmup: usize,
     algo: Algo,
+    ranks_per_domain: usize,
+    segment_bytes: usize,
 }
 
-async fn make_comm(t: Arc<dyn Transport>, algo: Algo) -> Result<Box<dyn Collective>> {
+async fn make_comm(t: Arc<dyn Transport>, s: &Setup) -> Result<Box<dyn Collective>> {
+    let algo = s.algo;
     let cfg = SenseConfig::default();
     Ok(match algo {
         Algo::FlatRing => Box::new(measured_flat(t, Algorithm::Ring, &cfg).await?.0),
@@ -144,7 +158,21 @@ async fn make_comm(t: Arc<dyn Transport>, algo: Algo) -> Result<Box<dyn Collecti
         Algo::Auto => Box::new(measured_flat(t, Algorithm::Auto, &cfg).await?.0),
         Algo::Hierarchical | Algo::HierarchicalLeader | Algo::HierarchicalSharded => {
             let topo = sense_topology(t.clone(), &cfg).await?;
-            let h = Hierarchical::new(t, &topo)?;
+            let plan = match s.ranks_per_domain {
+                0 => HierPlan::new(&topo)?,
+                per => {
+                    let n = t.size();
+                    if n % per != 0 {
+                        return Err(Error::invalid(
+                            "--ranks-per-domain",
+                            format!("{per} does not divide the {n} ranks"),
+                        ));
+                    }
+                    let domains = (0..n / per).map(|k| (k * per..(k + 1) * per).collect());
+                    HierPlan::with_domains(&topo, domains.collect())?
+                }
+            };
+            let h = Hierarchical::from_plan(t, plan.with_segment_bytes(s.segment_bytes))?;
             Box::new(match algo {
                 Algo::HierarchicalLeader => h.with_scheme(Scheme::Leader),
                 Algo::HierarchicalSharded => h.with_scheme(Scheme::Sharded),
@@ -156,7 +184,7 @@ async fn make_comm(t: Arc<dyn Transport>, algo: Algo) -> Result<Box<dyn Collecti
 
 /// One rank's benchmark; rank 0's rows (with #wrong summed over ranks).
 async fn rank_main(t: Arc<dyn Transport>, s: Arc<Setup>) -> Result<(Vec<Row>, String)> {
-    let comm = make_comm(t.clone(), s.algo).await?;
+    let comm = make_comm(t.clone(), &s).await?;
     let out = bench_comm(&*comm, s).await?;
     // Hand every queued message to the network before this process may exit.
     t.flush().await?;
@@ -274,6 +302,8 @@ fn run(args: Args) -> Result<()> {
         iters: args.iters.max(1),
         warmup: args.warmup,
         algo: args.algo,
+        ranks_per_domain: args.ranks_per_domain,
+        segment_bytes: args.segment_kib.saturating_mul(1024),
     });
     let workers = if env_rank { 2 } else { ranks.max(2) };
     let rt = tokio::runtime::Builder::new_multi_thread()
