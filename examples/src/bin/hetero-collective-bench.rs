@@ -162,7 +162,7 @@ async fn make_comm(t: Arc<dyn Transport>, s: &Setup) -> Result<Box<dyn Collectiv
                 0 => HierPlan::new(&topo)?,
                 per => {
                     let n = t.size();
-                    if n % per != 0 {
+                    if !n.is_multiple_of(per) {
                         return Err(Error::invalid(
                             "--ranks-per-domain",
                             format!("{per} does not divide the {n} ranks"),
