@@ -88,6 +88,10 @@ struct Args {
     /// segment, no pipelining).
     #[arg(long, default_value_t = 1024)]
     segment_kib: usize,
+    /// Hierarchical algorithms: rank 0 writes the measured topology (JSON,
+    /// `hetero-devices --load` reads it) to this file.
+    #[arg(long, value_name = "FILE")]
+    save_topology: Option<std::path::PathBuf>,
     /// Print one JSON document instead of the table.
     #[arg(long)]
     json: bool,
@@ -147,6 +151,7 @@ struct Setup {
     algo: Algo,
     ranks_per_domain: usize,
     segment_bytes: usize,
+    save_topology: Option<std::path::PathBuf>,
 }
 
 async fn make_comm(t: Arc<dyn Transport>, s: &Setup) -> Result<Box<dyn Collective>> {
@@ -158,6 +163,9 @@ async fn make_comm(t: Arc<dyn Transport>, s: &Setup) -> Result<Box<dyn Collectiv
         Algo::Auto => Box::new(measured_flat(t, Algorithm::Auto, &cfg).await?.0),
         Algo::Hierarchical | Algo::HierarchicalLeader | Algo::HierarchicalSharded => {
             let topo = sense_topology(t.clone(), &cfg).await?;
+            if let (Some(path), 0) = (&s.save_topology, t.rank()) {
+                topo.save(path)?;
+            }
             let plan = match s.ranks_per_domain {
                 0 => HierPlan::new(&topo)?,
                 per => {
@@ -304,6 +312,7 @@ fn run(args: Args) -> Result<()> {
         algo: args.algo,
         ranks_per_domain: args.ranks_per_domain,
         segment_bytes: args.segment_kib.saturating_mul(1024),
+        save_topology: args.save_topology.clone(),
     });
     let workers = if env_rank { 2 } else { ranks.max(2) };
     let rt = tokio::runtime::Builder::new_multi_thread()
