@@ -72,3 +72,56 @@ fn a_bad_policy_is_a_clear_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("fastest"), "{stderr}");
 }
+
+#[test]
+fn profiles_are_cached_and_buckets_reported() {
+    let dir = std::env::temp_dir().join(format!("hetero-serve-cache-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let cache = dir.join("profiles.json");
+    let cache_arg = cache.to_str().expect("utf-8 path");
+    let host = [
+        "--device",
+        "host:threads=1,memory=4MiB",
+        "--policy",
+        "uniform",
+    ];
+    let run = |extra: &[&str]| {
+        let mut args = host.to_vec();
+        args.extend_from_slice(&["--profile-cache", cache_arg, "--buckets", "16,64"]);
+        args.extend_from_slice(extra);
+        serve(&args)
+    };
+    let first = run(&[]);
+    assert!(cache.exists(), "the cache file is written");
+    let second = run(&[]);
+    // Same B* at every length, the second time from the file.
+    assert_eq!(
+        first["devices"][0]["max_batch"],
+        second["devices"][0]["max_batch"]
+    );
+    assert_eq!(first["buckets"], second["buckets"]);
+    let buckets = second["buckets"].as_array().expect("buckets");
+    assert_eq!(buckets.len(), 2);
+    let at = |i: usize| buckets[i]["max_batch"].as_u64().expect("B*");
+    assert!(
+        at(0) >= at(1),
+        "a shorter length holds at least as many: {buckets:?}"
+    );
+    let text = std::fs::read_to_string(&cache).expect("cache");
+    let saved: serde_json::Value = serde_json::from_str(&text).expect("JSON cache");
+    assert_eq!(saved["entries"].as_array().expect("entries").len(), 3);
+
+    // A corrupt cache is a clear error, and the file is left as it was.
+    std::fs::write(&cache, "{not json").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_hetero-serve"))
+        .args(["--model", "tiny", "--batch", "2", "--json"])
+        .args(host)
+        .args(["--profile-cache", cache_arg])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--profile-cache"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&cache).expect("cache"), "{not json");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -28,6 +28,9 @@ pub use decode::DecodeModel;
 pub use policy::{
     Allocation, AllocationPolicy, Balanced, DeviceProfile, Hasc, StepFit, StepModel, Uniform,
 };
-pub use profile::{MemoryProfile, allocate_weights, profile_device, profile_memory};
+pub use profile::{
+    MemoryProfile, ProfileCache, allocate_weights, profile_buckets, profile_buckets_cached,
+    profile_device, profile_device_cached, profile_memory,
+};
 pub use serve::{ServeReport, serve};
 pub use workload::ModelShape;

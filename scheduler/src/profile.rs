@@ -239,6 +239,71 @@ pub fn profile_device(
     ))
 }
 
+/// Like [`profile_device`], with `B*` taken from `cache` when it holds this
+/// device's profile for the model and length ([`ProfileCache::get`]); a
+/// fresh memory profile is added to it. The step-time curve is always
+/// measured: it depends on what else the machine is doing. The last value
+/// says whether `B*` came from the cache.
+pub fn profile_device_cached(
+    device: &dyn DynDevice,
+    model: &ModelShape,
+    max_len: usize,
+    batch_limit: usize,
+    speed_batches: &[usize],
+    cache: &mut ProfileCache,
+) -> Result<(DeviceProfile, MemoryProfile, StepFit, bool)> {
+    let Some(memory) = cache.get(device, &model.name, max_len).cloned() else {
+        let (profile, memory, fit) =
+            profile_device(device, model, max_len, batch_limit, speed_batches)?;
+        cache.insert(device, memory.clone());
+        return Ok((profile, memory, fit, false));
+    };
+    let (fit, _) = profile_speed(device, model, speed_batches, 3)?;
+    Ok((
+        DeviceProfile {
+            device: device.id(),
+            name: device.info().name,
+            max_batch: memory.max_batch,
+            step: fit.model,
+        },
+        memory,
+        fit,
+        true,
+    ))
+}
+
+/// [`profile_buckets`] through `cache`: weights are allocated and lengths
+/// profiled only for the buckets the cache does not hold; new profiles are
+/// added to it. Returned in the order of `lengths`.
+pub fn profile_buckets_cached(
+    device: &dyn DynDevice,
+    model: &ModelShape,
+    lengths: &[usize],
+    limit: usize,
+    cache: &mut ProfileCache,
+) -> Result<Vec<MemoryProfile>> {
+    let missing: Vec<usize> = lengths
+        .iter()
+        .copied()
+        .filter(|&len| cache.get(device, &model.name, len).is_none())
+        .collect();
+    if !missing.is_empty() {
+        let weights = allocate_weights(device, model)?;
+        for profile in profile_buckets(device, model, &weights, &missing, limit)? {
+            cache.insert(device, profile);
+        }
+    }
+    lengths
+        .iter()
+        .map(|&len| {
+            cache
+                .get(device, &model.name, len)
+                .cloned()
+                .ok_or_else(|| Error::invalid("profile cache", "a bucket just profiled is missing"))
+        })
+        .collect()
+}
+
 /// `B*` at several maximum lengths (buckets such as 512 / 1024 / 2048):
 /// shorter requests can then be batched more densely.
 pub fn profile_buckets(

@@ -8,7 +8,10 @@ use hetero_core::{DynDevice, Error, Result};
 use hetero_examples::{discover, select_devices};
 use hetero_scheduler::continuous::{ContinuousReport, Request, serve_continuous};
 use hetero_scheduler::policy::policy;
-use hetero_scheduler::{DeviceProfile, ModelShape, ServeReport, profile_device, serve};
+use hetero_scheduler::{
+    DeviceProfile, MemoryProfile, ModelShape, ProfileCache, ServeReport, profile_buckets_cached,
+    profile_device_cached, serve,
+};
 use serde_json::json;
 
 /// Profile each device for a decoder-only model (largest batch that really
@@ -51,9 +54,33 @@ struct Args {
     /// fixed batch per policy).
     #[arg(long, default_value_t = 0)]
     requests: usize,
+    /// Reuse memory profiles (B*) from this JSON file when it holds one for
+    /// the same device (id, name, memory), model and length; new profiles
+    /// are added and the file rewritten atomically. Created if missing.
+    #[arg(long, value_name = "FILE")]
+    profile_cache: Option<std::path::PathBuf>,
+    /// Also find each device's B* at these maximum lengths (length buckets,
+    /// e.g. `512,1024,2048`), reported next to the profiles.
+    #[arg(long, value_name = "LENS", value_delimiter = ',')]
+    buckets: Vec<usize>,
     /// Print JSON instead of tables.
     #[arg(long)]
     json: bool,
+}
+
+/// The profile cache named by `--profile-cache`: empty when the file does
+/// not exist yet; an unreadable or corrupt file is an error (it is never
+/// overwritten, so nothing is lost).
+fn load_cache(path: Option<&std::path::Path>) -> Result<ProfileCache> {
+    match path {
+        Some(p) if p.exists() => ProfileCache::load(p).map_err(|e| {
+            Error::invalid(
+                "--profile-cache",
+                format!("{e}; delete the file or name another one"),
+            )
+        }),
+        _ => Ok(ProfileCache::default()),
+    }
 }
 
 /// Request `i` of `--requests`: lengths vary deterministically so slots
@@ -82,20 +109,45 @@ fn run(args: &Args) -> Result<()> {
         select_devices(&args.devices, &found)?
     };
     let max_len = args.prompt_len + args.gen_len;
+    if let Some(&bad) = args.buckets.iter().find(|&&len| len == 0) {
+        return Err(Error::invalid(
+            "--buckets",
+            format!("lengths must be at least 1, got {bad}"),
+        ));
+    }
+    let mut cache = load_cache(args.profile_cache.as_deref())?;
     let mut used = Vec::new();
     let mut shared = Vec::new();
     let mut profiles: Vec<DeviceProfile> = Vec::new();
+    let mut buckets: Vec<MemoryProfile> = Vec::new();
     for d in &devices {
         let dev = d.as_dyn();
         eprintln!("profiling {} ({})...", dev.id(), dev.info().name);
-        match profile_device(dev, &model, max_len, 1 << 14, &[1, 4, 16]) {
-            Ok((p, _, _)) => {
+        let profiled =
+            profile_device_cached(dev, &model, max_len, 1 << 14, &[1, 4, 16], &mut cache).and_then(
+                |(p, _, _, cached)| {
+                    let b =
+                        profile_buckets_cached(dev, &model, &args.buckets, 1 << 14, &mut cache)?;
+                    Ok((p, cached, b))
+                },
+            );
+        match profiled {
+            Ok((p, cached, b)) => {
                 eprintln!(
-                    "  B* = {}, step {:.3} ms + {:.3} ms per sequence",
+                    "  B* = {}{}, step {:.3} ms + {:.3} ms per sequence",
                     p.max_batch,
+                    if cached {
+                        " (from the profile cache)"
+                    } else {
+                        ""
+                    },
                     p.step.fixed_s * 1e3,
                     p.step.per_sequence_s * 1e3
                 );
+                for m in &b {
+                    eprintln!("  B* at length {} = {}", m.max_len, m.max_batch);
+                }
+                buckets.extend(b);
                 profiles.push(p);
                 used.push(dev);
                 shared.push(d.shared());
@@ -111,12 +163,15 @@ fn run(args: &Args) -> Result<()> {
     if used.is_empty() {
         return Err(Error::invalid("device", "no device can run this model"));
     }
+    if let Some(path) = &args.profile_cache {
+        cache.save(path)?;
+    }
     let names: Vec<&str> = match args.policy.as_str() {
         "all" => vec!["uniform", "hasc", "balanced"],
         one => vec![one],
     };
     if args.requests > 0 {
-        return run_continuous(args, &model, &profiles, &shared, &names, max_len);
+        return run_continuous(args, &model, &profiles, &buckets, &shared, &names, max_len);
     }
     let mut runs: Vec<(String, Result<ServeReport>)> = Vec::new();
     let mut predicted: Vec<Option<f64>> = Vec::new();
@@ -150,6 +205,7 @@ fn run(args: &Args) -> Result<()> {
             "prompt_len": args.prompt_len,
             "gen_len": args.gen_len,
             "devices": profiles,
+            "buckets": buckets,
             "runs": runs.iter().map(|(n, r)| match r {
                 Ok(rep) => json!({"policy": n, "report": rep}),
                 Err(e) => json!({"policy": n, "error": e.to_string()}),
@@ -159,6 +215,7 @@ fn run(args: &Args) -> Result<()> {
         return Ok(());
     }
     print_tables(args, &model, &profiles, &used, &runs, &predicted);
+    print_buckets(&buckets);
     Ok(())
 }
 
@@ -166,6 +223,7 @@ fn run_continuous(
     args: &Args,
     model: &ModelShape,
     profiles: &[DeviceProfile],
+    buckets: &[MemoryProfile],
     devices: &[hetero_core::SharedDevice],
     names: &[&str],
     max_len: usize,
@@ -215,6 +273,7 @@ fn run_continuous(
             "batch": args.batch,
             "max_len": max_len,
             "devices": profiles,
+            "buckets": buckets,
             "runs": runs.iter().map(|(n, r)| match r {
                 Ok(rep) => json!({"policy": n, "report": rep}),
                 Err(e) => json!({"policy": n, "error": e.to_string()}),
@@ -223,6 +282,7 @@ fn run_continuous(
         println!("{out:#}");
         return Ok(());
     }
+    print_buckets(buckets);
     println!(
         "{}: {} requests (prompt 1..={}, generate 1..={}), {} slots in all, continuous batching",
         model.name, args.requests, args.prompt_len, args.gen_len, args.batch
@@ -315,5 +375,22 @@ fn print_tables(
             }
             Err(e) => println!("{name:<10} failed: {e}"),
         }
+    }
+}
+
+/// `--buckets`: B* of each device at each maximum length.
+fn print_buckets(buckets: &[MemoryProfile]) {
+    if buckets.is_empty() {
+        return;
+    }
+    println!();
+    println!("{:<8} {:>10} {:>8}", "device", "max len", "B*");
+    for m in buckets {
+        println!(
+            "{:<8} {:>10} {:>8}",
+            m.device.to_string(),
+            m.max_len,
+            m.max_batch
+        );
     }
 }
