@@ -140,6 +140,8 @@ struct Row {
     algbw_gb_s: f64,
     busbw_gb_s: f64,
     wrong: i64,
+    /// Hierarchical algorithms: the scheme this size ran with.
+    scheme: Option<String>,
 }
 
 struct Setup {
@@ -154,13 +156,28 @@ struct Setup {
     save_topology: Option<std::path::PathBuf>,
 }
 
-async fn make_comm(t: Arc<dyn Transport>, s: &Setup) -> Result<Box<dyn Collective>> {
+/// The communicator, and for the hierarchical algorithms the scheme each
+/// size of the run will use.
+async fn make_comm(
+    t: Arc<dyn Transport>,
+    s: &Setup,
+) -> Result<(Box<dyn Collective>, Vec<Option<String>>)> {
+    let flat = vec![None; s.sizes.len()];
     let algo = s.algo;
     let cfg = SenseConfig::default();
     Ok(match algo {
-        Algo::FlatRing => Box::new(measured_flat(t, Algorithm::Ring, &cfg).await?.0),
-        Algo::FlatTree => Box::new(measured_flat(t, Algorithm::Tree, &cfg).await?.0),
-        Algo::Auto => Box::new(measured_flat(t, Algorithm::Auto, &cfg).await?.0),
+        Algo::FlatRing => (
+            Box::new(measured_flat(t, Algorithm::Ring, &cfg).await?.0),
+            flat,
+        ),
+        Algo::FlatTree => (
+            Box::new(measured_flat(t, Algorithm::Tree, &cfg).await?.0),
+            flat,
+        ),
+        Algo::Auto => (
+            Box::new(measured_flat(t, Algorithm::Auto, &cfg).await?.0),
+            flat,
+        ),
         Algo::Hierarchical | Algo::HierarchicalLeader | Algo::HierarchicalSharded => {
             let topo = sense_topology(t.clone(), &cfg).await?;
             if let (Some(path), 0) = (&s.save_topology, t.rank()) {
@@ -181,31 +198,41 @@ async fn make_comm(t: Arc<dyn Transport>, s: &Setup) -> Result<Box<dyn Collectiv
                 }
             };
             let h = Hierarchical::from_plan(t, plan.with_segment_bytes(s.segment_bytes))?;
-            Box::new(match algo {
+            let h = match algo {
                 Algo::HierarchicalLeader => h.with_scheme(Scheme::Leader),
                 Algo::HierarchicalSharded => h.with_scheme(Scheme::Sharded),
                 _ => h,
-            })
+            };
+            let schemes = s
+                .sizes
+                .iter()
+                .map(|&b| Some(h.scheme_for(b).name().to_string()))
+                .collect();
+            (Box::new(h), schemes)
         }
     })
 }
 
 /// One rank's benchmark; rank 0's rows (with #wrong summed over ranks).
 async fn rank_main(t: Arc<dyn Transport>, s: Arc<Setup>) -> Result<(Vec<Row>, String)> {
-    let comm = make_comm(t.clone(), &s).await?;
-    let out = bench_comm(&*comm, s).await?;
+    let (comm, schemes) = make_comm(t.clone(), &s).await?;
+    let out = bench_comm(&*comm, s, &schemes).await?;
     // Hand every queued message to the network before this process may exit.
     t.flush().await?;
     Ok(out)
 }
 
 /// The benchmark on one rank's communicator.
-async fn bench_comm(comm: &dyn Collective, s: Arc<Setup>) -> Result<(Vec<Row>, String)> {
+async fn bench_comm(
+    comm: &dyn Collective,
+    s: Arc<Setup>,
+    schemes: &[Option<String>],
+) -> Result<(Vec<Row>, String)> {
     let rank = comm.rank();
     let n = comm.size();
     let es = s.dtype.size_bytes();
     let mut rows = Vec::new();
-    for &bytes in &s.sizes {
+    for (i, &bytes) in s.sizes.iter().enumerate() {
         let count = bytes / es;
         let mut buf = fill(s.dtype, rank, count);
         for _ in 0..s.warmup {
@@ -263,6 +290,7 @@ async fn bench_comm(comm: &dyn Collective, s: Arc<Setup>) -> Result<(Vec<Row>, S
             algbw_gb_s: algbw,
             busbw_gb_s: if n > 1 { busbw } else { 0.0 },
             wrong: w[0],
+            scheme: schemes.get(i).cloned().flatten(),
         });
     }
     Ok((rows, comm.explain()))
@@ -331,7 +359,7 @@ fn run(args: Args) -> Result<()> {
                 let comm = MpiCollective::world()?;
                 mpi_rank = Some(comm.rank());
                 let world = comm.size();
-                let out = bench_comm(&comm, setup.clone()).await;
+                let out = bench_comm(&comm, setup.clone(), &[]).await;
                 MpiCollective::finalize()?;
                 return Ok::<_, Error>((world, vec![out]));
             }
@@ -419,7 +447,7 @@ fn run(args: Args) -> Result<()> {
             "rows": rows.iter().map(|r| json!({
                 "bytes": r.bytes, "count": r.count, "type": r.dtype, "redop": r.op,
                 "time_us": r.time_us, "algbw_gb_s": r.algbw_gb_s, "busbw_gb_s": r.busbw_gb_s,
-                "wrong": r.wrong,
+                "wrong": r.wrong, "scheme": r.scheme,
             })).collect::<Vec<_>>(),
         });
         println!("{doc:#}");
@@ -434,8 +462,19 @@ fn run(args: Args) -> Result<()> {
         );
         for r in &rows {
             println!(
-                " {:>12} {:>12} {:>6} {:>6} {:>11.1} {:>9.3} {:>9.3} {:>7}",
-                r.bytes, r.count, r.dtype, r.op, r.time_us, r.algbw_gb_s, r.busbw_gb_s, r.wrong
+                " {:>12} {:>12} {:>6} {:>6} {:>11.1} {:>9.3} {:>9.3} {:>7}{}",
+                r.bytes,
+                r.count,
+                r.dtype,
+                r.op,
+                r.time_us,
+                r.algbw_gb_s,
+                r.busbw_gb_s,
+                r.wrong,
+                r.scheme
+                    .as_deref()
+                    .map(|x| format!("  {x}"))
+                    .unwrap_or_default()
             );
         }
         let wrong: i64 = rows.iter().map(|r| r.wrong).sum();
