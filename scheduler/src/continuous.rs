@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use hetero_collectives::{FlatCollective, InProcessTransport, Transport};
 use hetero_core::{
-    Collective, DType, Error, HostSlice, HostSliceMut, Result, SharedDevice, Tensor, TensorMut,
+    Collective, Error, HostSlice, HostSliceMut, Result, SharedDevice, Tensor, TensorMut,
 };
 use serde::{Deserialize, Serialize};
 
@@ -314,8 +314,7 @@ pub async fn serve_continuous(
             ),
         ));
     }
-    let mut shape = model.clone();
-    shape.dtype = DType::F32;
+    let shape = model.executed();
     let plan = Arc::new(plan_admissions(&requests, slots, max_len));
     let requests = Arc::new(requests);
     let comms: Vec<FlatCollective> = InProcessTransport::group(devices.len())

@@ -215,7 +215,10 @@ pub fn profile_speed(
     Ok((StepModel::fit(&samples)?, samples))
 }
 
-/// Both profiles of one device, as the policies take them.
+/// Both profiles of one device, as the policies take them. Memory is
+/// profiled for the shape the decode step really runs
+/// ([`ModelShape::executed`]: f32 storage), so a batch the policies give
+/// never runs out of memory when served.
 pub fn profile_device(
     device: &dyn DynDevice,
     model: &ModelShape,
@@ -223,6 +226,7 @@ pub fn profile_device(
     batch_limit: usize,
     speed_batches: &[usize],
 ) -> Result<(DeviceProfile, MemoryProfile, StepFit)> {
+    let model = &model.executed();
     let weights = allocate_weights(device, model)?;
     let memory = profile_memory(device, model, &weights, max_len, batch_limit)?;
     drop(weights);
@@ -272,7 +276,8 @@ pub fn profile_device_cached(
     ))
 }
 
-/// [`profile_buckets`] through `cache`: weights are allocated and lengths
+/// [`profile_buckets`] through `cache`, for the executed shape (f32, as
+/// [`profile_device`]): weights are allocated and lengths
 /// profiled only for the buckets the cache does not hold; new profiles are
 /// added to it. Returned in the order of `lengths`.
 pub fn profile_buckets_cached(
@@ -282,6 +287,7 @@ pub fn profile_buckets_cached(
     limit: usize,
     cache: &mut ProfileCache,
 ) -> Result<Vec<MemoryProfile>> {
+    let model = &model.executed();
     let missing: Vec<usize> = lengths
         .iter()
         .copied()

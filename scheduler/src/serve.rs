@@ -53,8 +53,7 @@ pub fn serve(
             "prompt and generation lengths must be at least 1",
         ));
     }
-    let mut shape = model.clone();
-    shape.dtype = hetero_core::DType::F32;
+    let shape = model.executed();
     let max_len = prompt_len + gen_len;
     // Devices with no sequences take no part.
     let mut models: Vec<Option<DecodeModel<'_>>> = Vec::with_capacity(devices.len());

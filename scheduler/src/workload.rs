@@ -125,6 +125,17 @@ impl ModelShape {
             + 2 * h
     }
 
+    /// The shape as [`crate::DecodeModel`] really runs it: weights, KV cache
+    /// and activations stored in f32 whatever the preset's dtype (16-bit
+    /// storage is not implemented). Profile memory with this shape, or a
+    /// batch that fits 16-bit storage would run out of memory in f32.
+    pub fn executed(&self) -> ModelShape {
+        ModelShape {
+            dtype: DType::F32,
+            ..self.clone()
+        }
+    }
+
     pub fn weight_bytes(&self) -> u64 {
         self.params() * self.dtype.size_bytes() as u64
     }

@@ -134,3 +134,29 @@ fn buckets_and_the_json_cache() {
     );
     std::fs::remove_file(&path).unwrap();
 }
+
+#[test]
+fn a_16_bit_preset_is_profiled_as_it_runs_and_serves_its_b_star() {
+    // The tiny shape stored as f16: the decode step still stores f32, so
+    // B* must be the f32 limit, and serving B* sequences must fit.
+    let f16 = ModelShape {
+        dtype: hetero_core::DType::F16,
+        ..ModelShape::tiny()
+    };
+    let (len, budget) = (24, 3 << 20);
+    let d = device(0, 1, budget);
+    let (profile, memory, _) = profile_device(&d, &f16, len, 10_000, &[1, 2]).unwrap();
+    let f32_limit = true_limit(&f16.executed(), len, budget);
+    assert!(
+        memory.max_batch.abs_diff(f32_limit) <= 1,
+        "found {} want the f32 limit {f32_limit}",
+        memory.max_batch
+    );
+    assert!(
+        memory.max_batch < true_limit(&f16, len, budget),
+        "the f16 limit would overstate what the decode step can hold"
+    );
+    let devices: [&dyn DynDevice; 1] = [&d];
+    let report = hetero_scheduler::serve(&devices, &f16, &[profile.max_batch], 8, 16).unwrap();
+    assert_eq!(report.batches, vec![profile.max_batch]);
+}

@@ -102,6 +102,13 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> Result<()> {
     let model = ModelShape::preset(&args.model)?;
+    if model.dtype != hetero_core::DType::F32 {
+        eprintln!(
+            "note: {} is stored as {} in its preset; hetero's decode step stores and computes \
+             f32, so memory is profiled (and B* found) for f32",
+            model.name, model.dtype
+        );
+    }
     let found = discover(1, &mut |note| eprintln!("{note}"))?;
     let devices = if args.devices.is_empty() {
         found
