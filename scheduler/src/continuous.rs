@@ -198,7 +198,7 @@ fn run_rank(
     slots: Vec<usize>,
     requests: Arc<Vec<Request>>,
     plan: Arc<AdmissionPlan>,
-    comm: FlatCollective,
+    comm: Arc<dyn Collective>,
     start: Instant,
 ) -> Result<RankOutcome> {
     let mine = slots[rank];
@@ -287,7 +287,9 @@ fn run_rank(
 }
 
 /// Serve `requests` on `devices` with `slots[g]` sequences of `max_len`
-/// positions each (see the module docs). Computes in f32.
+/// positions each (see the module docs). Computes in f32. The devices are
+/// ranks of an in-process communicator; for devices of several processes,
+/// see [`serve_continuous_rank`].
 pub async fn serve_continuous(
     devices: &[SharedDevice],
     model: &ModelShape,
@@ -299,6 +301,92 @@ pub async fn serve_continuous(
         return Err(Error::invalid(
             "slots",
             format!("{} slot counts for {} devices", slots.len(), devices.len()),
+        ));
+    }
+    let ranks: Vec<_> = InProcessTransport::group(devices.len())
+        .into_iter()
+        .zip(devices)
+        .map(|(t, device)| {
+            let comm = FlatCollective::unmeasured(
+                Arc::new(t) as Arc<dyn Transport>,
+                hetero_collectives::Algorithm::Ring,
+            );
+            serve_continuous_rank(
+                device.clone(),
+                Arc::new(comm),
+                model,
+                slots,
+                max_len,
+                requests.clone(),
+            )
+        })
+        .collect();
+    let mut report = None;
+    let mut first_error = None;
+    for outcome in futures_join_all(ranks).await {
+        match outcome {
+            Ok(Some(r)) => report = Some(r),
+            Ok(None) => {}
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    report.ok_or_else(|| Error::invalid("serve", "rank 0 returned no report"))
+}
+
+/// Await every future at once (the ranks' rounds depend on each other).
+async fn futures_join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut pinned: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in pinned.iter_mut().zip(out.iter_mut()) {
+            if slot.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *slot = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
+/// One device's part of [`serve_continuous`], for devices driven by
+/// several processes: `device` is rank `comm.rank()` of `comm` (any
+/// communicator: TCP between processes, in-process, MPI), whose ranks are
+/// the devices in the order of `slots`. Every rank passes the same
+/// `model`, `slots`, `max_len` and `requests` (admission is computed alike
+/// on every rank, so no admission message is needed). Rank 0 returns the
+/// report; the others return `None` after the last round. A process that
+/// exits afterwards must first flush its transport (`Transport::flush`), or
+/// its last gather messages may never reach rank 0.
+pub async fn serve_continuous_rank(
+    device: SharedDevice,
+    comm: Arc<dyn Collective>,
+    model: &ModelShape,
+    slots: &[usize],
+    max_len: usize,
+    requests: Vec<Request>,
+) -> Result<Option<ContinuousReport>> {
+    let (rank, size) = (comm.rank(), comm.size());
+    if size != slots.len() || rank >= size {
+        return Err(Error::invalid(
+            "slots",
+            format!(
+                "{} slot counts for a communicator of {size} ranks (this is rank {rank})",
+                slots.len()
+            ),
         ));
     }
     let vocab = model.vocab as u32;
@@ -317,50 +405,51 @@ pub async fn serve_continuous(
     let shape = model.executed();
     let plan = Arc::new(plan_admissions(&requests, slots, max_len));
     let requests = Arc::new(requests);
-    let comms: Vec<FlatCollective> = InProcessTransport::group(devices.len())
-        .into_iter()
-        .map(|t| {
-            FlatCollective::unmeasured(
-                Arc::new(t) as Arc<dyn Transport>,
-                hetero_collectives::Algorithm::Ring,
-            )
-        })
-        .collect();
+    // Every rank starts its clock after a barrier, so rank 0's round times
+    // do not count the other ranks' start-up.
+    comm.barrier().await?;
     let start = Instant::now();
     let rt = tokio::runtime::Handle::current();
-    let mut tasks = Vec::new();
-    for (g, comm) in comms.into_iter().enumerate() {
-        let (rt, dev, shape, slots) = (
-            rt.clone(),
-            devices[g].clone(),
-            shape.clone(),
-            slots.to_vec(),
-        );
-        let (requests, plan) = (requests.clone(), plan.clone());
-        tasks.push(tokio::task::spawn_blocking(move || {
+    let task = {
+        let (slots, requests, plan, comm) =
+            (slots.to_vec(), requests.clone(), plan.clone(), comm.clone());
+        tokio::task::spawn_blocking(move || {
             run_rank(
-                rt, g, dev, shape, max_len, slots, requests, plan, comm, start,
+                rt, rank, device, shape, max_len, slots, requests, plan, comm, start,
             )
-        }));
-    }
-    let mut outcomes = Vec::new();
-    let mut first_error = None;
-    for t in tasks {
-        match t.await {
-            Ok(Ok(o)) => outcomes.push(o),
-            Ok(Err(e)) => {
-                first_error.get_or_insert(e);
-            }
-            Err(e) => {
-                first_error.get_or_insert(Error::invalid("device task", e.to_string()));
-            }
-        }
-    }
-    if let Some(e) = first_error {
-        return Err(e);
-    }
+        })
+    };
+    let outcome = task
+        .await
+        .map_err(|e| Error::invalid("device task", e.to_string()))??;
     let wall_s = start.elapsed().as_secs_f64();
-    let rank0 = &outcomes[0];
+    // Each rank's mean step time, for rank 0's report.
+    let mean_step = if outcome.step_s.is_empty() {
+        0.0
+    } else {
+        outcome.step_s.iter().sum::<f64>() / outcome.step_s.len() as f64
+    };
+    let mut device_step_s = vec![0f64; size];
+    comm.all_gather(
+        Tensor::Host(HostSlice::new(&[mean_step])),
+        TensorMut::Host(HostSliceMut::new(&mut device_step_s)),
+    )
+    .await?;
+    if rank != 0 {
+        return Ok(None);
+    }
+    report(&outcome, &plan, &requests, slots, wall_s, device_step_s).map(Some)
+}
+
+/// Rank 0's report from its gathered records.
+fn report(
+    rank0: &RankOutcome,
+    plan: &AdmissionPlan,
+    requests: &[Request],
+    slots: &[usize],
+    wall_s: f64,
+    device_step_s: Vec<f64>,
+) -> Result<ContinuousReport> {
     let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); requests.len()];
     let mut first_at = vec![f64::NAN; requests.len()];
     let mut last_at = vec![f64::NAN; requests.len()];
@@ -423,16 +512,7 @@ pub async fn serve_continuous(
         } else {
             busy as f64 / (plan.rounds * total_slots) as f64
         },
-        device_step_s: outcomes
-            .iter()
-            .map(|o| {
-                if o.step_s.is_empty() {
-                    0.0
-                } else {
-                    o.step_s.iter().sum::<f64>() / o.step_s.len() as f64
-                }
-            })
-            .collect(),
+        device_step_s,
         outputs,
         rejected: plan.rejected.clone(),
     })

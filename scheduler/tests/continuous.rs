@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use hetero_core::SharedDevice;
 use hetero_host::HostDevice;
-use hetero_scheduler::continuous::{Request, plan_admissions, serve_continuous};
+use hetero_scheduler::continuous::{
+    Request, plan_admissions, serve_continuous, serve_continuous_rank,
+};
 use hetero_scheduler::{DecodeModel, ModelShape};
 use proptest::prelude::*;
 
@@ -225,4 +227,96 @@ fn bad_requests_are_errors_or_rejections_not_crashes() {
         ))
         .expect_err("slots for devices that do not exist");
     assert!(e.to_string().contains("slot counts"), "{e}");
+}
+
+/// Two devices driven as if by two processes: each rank on its own thread
+/// with its own tokio runtime, the round barrier an all-gather over TCP on
+/// loopback. Rank 0's report must hold every request, each equal to
+/// decoding it alone.
+#[test]
+fn ranks_of_separate_runtimes_over_tcp_serve_every_request() {
+    use hetero_collectives::{Algorithm, FlatCollective, TcpConfig, TcpTransport, Transport};
+    use hetero_core::Collective;
+
+    let max_len = 12;
+    let requests: Vec<Request> = (0..6)
+        .map(|i| request(i, 1 + i % 3, 2 + (i * 5) % 6))
+        .collect();
+    let slots = [2usize, 1];
+    let (port_tx, port_rx) = std::sync::mpsc::channel::<u16>();
+    let mut port_tx = Some(port_tx);
+    let mut port_rx = Some(port_rx);
+    let handles: Vec<_> = (0..2)
+        .map(|rank| {
+            let requests = requests.clone();
+            let tx = if rank == 0 { port_tx.take() } else { None };
+            let rx = if rank == 1 { port_rx.take() } else { None };
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async move {
+                    let listener = match tx {
+                        Some(tx) => {
+                            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+                                .await
+                                .expect("bind");
+                            tx.send(l.local_addr().expect("addr").port()).expect("port");
+                            Some(l)
+                        }
+                        None => None,
+                    };
+                    let port = match (&listener, rx) {
+                        (Some(l), _) => l.local_addr().expect("addr").port(),
+                        (None, Some(rx)) => rx.recv().expect("port"),
+                        (None, None) => unreachable!("one of the two is set"),
+                    };
+                    let cfg = TcpConfig::new(rank, 2, format!("127.0.0.1:{port}"));
+                    let t = TcpTransport::connect_with(&cfg, listener)
+                        .await
+                        .expect("rendezvous");
+                    let t: Arc<dyn Transport> = Arc::new(t);
+                    let comm: Arc<dyn Collective> =
+                        Arc::new(FlatCollective::unmeasured(t.clone(), Algorithm::Ring));
+                    let report = serve_continuous_rank(
+                        host(1),
+                        comm,
+                        &ModelShape::tiny(),
+                        &slots,
+                        max_len,
+                        requests,
+                    )
+                    .await;
+                    // As a process would before exiting: hand the last
+                    // messages to the network.
+                    t.flush().await.expect("flush");
+                    report
+                })
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles
+        .into_iter()
+        .map(|h| h.join().expect("rank thread"))
+        .collect();
+    let report = results[0]
+        .as_ref()
+        .expect("rank 0 serves")
+        .as_ref()
+        .expect("rank 0 reports");
+    assert!(results[1].as_ref().expect("rank 1 serves").is_none());
+    assert_eq!(report.outputs.len(), requests.len());
+    for o in &report.outputs {
+        assert_eq!(
+            o.tokens,
+            alone(&requests[o.id], max_len),
+            "request {} differs from decoding it alone",
+            o.id
+        );
+    }
+    assert!(report.outputs.iter().any(|o| o.device == 1));
+    assert_eq!(report.device_step_s.len(), 2);
+    assert!(report.device_step_s.iter().all(|&t| t > 0.0));
 }
