@@ -22,8 +22,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use hetero_core::{
-    Collective, DType, LinkKind, LinkModel, ReduceOp, Result, Tensor, TensorMut, Topology,
-    chunk_range,
+    Collective, DType, HostSliceMut, LinkKind, LinkModel, ReduceOp, Result, Tensor, TensorMut,
+    Topology, chunk_range,
 };
 use serde::Serialize;
 
@@ -323,6 +323,9 @@ pub struct Hierarchical {
     /// Communicator of the ranks with this rank's local index (equal domains only).
     shard: Option<Box<dyn Collective>>,
     forced: Option<Scheme>,
+    /// Measured choices from [`Hierarchical::tune`]: (message bytes, best
+    /// scheme), ascending by size.
+    tuned: Vec<(usize, Scheme)>,
 }
 
 impl Hierarchical {
@@ -413,6 +416,7 @@ impl Hierarchical {
             leaders,
             shard,
             forced: None,
+            tuned: Vec::new(),
         }
     }
 
@@ -427,12 +431,99 @@ impl Hierarchical {
         &self.plan
     }
 
-    /// The scheme an all-reduce of `bytes` bytes uses.
+    /// The scheme an all-reduce of `bytes` bytes uses: the forced one, else
+    /// the tuned choice of the nearest measured size (in log scale), else
+    /// the cost model's.
     pub fn scheme_for(&self, bytes: usize) -> Scheme {
         let want = self
             .forced
+            .or_else(|| self.tuned_choice(bytes))
             .unwrap_or_else(|| self.plan.choose(bytes as f64).0);
         self.runnable(want)
+    }
+
+    fn tuned_choice(&self, bytes: usize) -> Option<Scheme> {
+        let log = |b: usize| (b.max(1) as f64).log2();
+        self.tuned
+            .iter()
+            .min_by(|a, b| {
+                (log(a.0) - log(bytes))
+                    .abs()
+                    .total_cmp(&(log(b.0) - log(bytes)).abs())
+            })
+            .map(|&(_, scheme)| scheme)
+    }
+
+    /// Measure every scheme this rank can run (flat, leader, sharded) on
+    /// all-reduces of 1 KiB, 4 KiB, ... up to `max_bytes` (f32 sum, the
+    /// median of `repetitions` timed runs after one warm-up), and use the
+    /// fastest for each size from then on instead of the cost model's
+    /// prediction, as MPI libraries' tuned collectives do. Every rank must
+    /// call it with the same arguments; the ranks' slowest times are
+    /// compared, so all ranks choose alike. Returns the measured table:
+    /// (bytes, [(scheme, seconds)], chosen scheme).
+    pub async fn tune(
+        &mut self,
+        max_bytes: usize,
+        repetitions: usize,
+    ) -> Result<Vec<(usize, Vec<(Scheme, f64)>, Scheme)>> {
+        let mut sizes = Vec::new();
+        let mut b = 1024usize;
+        while b <= max_bytes.max(1024) {
+            sizes.push(b);
+            b = b.saturating_mul(4);
+        }
+        let schemes: Vec<Scheme> = {
+            let mut v = vec![Scheme::Flat];
+            for s in [Scheme::Leader, Scheme::Sharded] {
+                if self.runnable(s) == s {
+                    v.push(s);
+                }
+            }
+            v
+        };
+        let mut table = Vec::new();
+        let mut tuned = Vec::new();
+        for &bytes in &sizes {
+            let mut buf = vec![0f32; bytes / 4];
+            let mut times = vec![0f64; schemes.len()];
+            for (k, &scheme) in schemes.iter().enumerate() {
+                let mut samples = Vec::new();
+                for rep in 0..=repetitions.max(1) {
+                    self.flat.barrier().await?;
+                    let start = std::time::Instant::now();
+                    self.all_reduce_with(
+                        scheme,
+                        TensorMut::Host(HostSliceMut::new(&mut buf)),
+                        ReduceOp::Sum,
+                    )
+                    .await?;
+                    if rep > 0 {
+                        samples.push(start.elapsed().as_secs_f64());
+                    }
+                }
+                samples.sort_by(f64::total_cmp);
+                times[k] = samples[samples.len() / 2];
+            }
+            // The slowest rank's time is the operation's time; every rank
+            // gets the same numbers, so every rank picks the same scheme.
+            self.flat
+                .all_reduce(
+                    TensorMut::Host(HostSliceMut::new(&mut times)),
+                    ReduceOp::Max,
+                )
+                .await?;
+            let best = schemes
+                .iter()
+                .zip(&times)
+                .min_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(&s, _)| s)
+                .unwrap_or(Scheme::Flat);
+            tuned.push((bytes, best));
+            table.push((bytes, schemes.iter().copied().zip(times).collect(), best));
+        }
+        self.tuned = tuned;
+        Ok(table)
     }
 
     /// `want` if this rank has its communicators, else the closest that runs
@@ -706,9 +797,20 @@ impl Collective for Hierarchical {
     }
 
     fn explain(&self) -> String {
-        let forced = match self.forced {
-            Some(s) => format!(" (scheme forced to {})", s.name()),
-            None => String::new(),
+        let forced = match (self.forced, self.tuned.is_empty()) {
+            (Some(s), _) => format!(" (scheme forced to {})", s.name()),
+            (None, false) => {
+                let picks: Vec<String> = self
+                    .tuned
+                    .iter()
+                    .map(|(b, s)| format!("{} {}", fmt_bytes(*b as f64), s.name()))
+                    .collect();
+                format!(
+                    " (tuned by measurement, which overrides the prediction: {})",
+                    picks.join(", ")
+                )
+            }
+            (None, true) => String::new(),
         };
         format!(
             "{}{forced}. Other operations run flat: {} Hierarchical all-reduce stages device buffers through the host once and runs every step on host memory.",

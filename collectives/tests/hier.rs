@@ -236,3 +236,52 @@ fn sensing_builds_a_topology_and_caches_it() {
         );
     }
 }
+
+#[test]
+fn tuning_measures_every_scheme_and_all_ranks_choose_alike() {
+    let topo = synthetic(&[4, 4], 125e6);
+    let plan = HierPlan::new(&topo).expect("plan");
+    let results = run_group(inproc(8), move |t: Arc<dyn Transport>| {
+        let plan = plan.clone();
+        async move {
+            let rank = t.rank();
+            let mut h = Hierarchical::from_plan(t, plan)?;
+            let table = h.tune(64 << 10, 2).await?;
+            // After tuning, the choice per size is the measured one, and
+            // all-reduces still give the naive result.
+            for (bytes, times, best) in &table {
+                assert_eq!(times.len(), 3, "flat, leader and sharded are measured");
+                assert_eq!(h.scheme_for(*bytes), *best);
+            }
+            assert!(h.explain().contains("tuned by measurement"));
+            for (si, &len) in SIZES.iter().enumerate() {
+                let mut d = data(DType::I32, rank, len, si);
+                h.all_reduce(TensorMut::Host(d.host_mut()?), ReduceOp::Sum)
+                    .await?;
+                assert_eq!(
+                    d.bytes(),
+                    naive(DType::I32, ReduceOp::Sum, 8, len, si).bytes()
+                );
+            }
+            Result::Ok(
+                table
+                    .into_iter()
+                    .map(|(b, _, s)| (b, s))
+                    .collect::<Vec<_>>(),
+            )
+        }
+    });
+    let tables: Vec<_> = results
+        .into_iter()
+        .enumerate()
+        .map(|(rank, r)| r.unwrap_or_else(|e| panic!("rank {rank}: {e}")))
+        .collect();
+    assert_eq!(
+        tables[0].iter().map(|t| t.0).collect::<Vec<_>>(),
+        [1024, 4096, 16384, 65536]
+    );
+    assert!(
+        tables.iter().all(|t| *t == tables[0]),
+        "ranks disagree: {tables:?}"
+    );
+}

@@ -88,6 +88,11 @@ struct Args {
     /// segment, no pipelining).
     #[arg(long, default_value_t = 1024)]
     segment_kib: usize,
+    /// `--algo hierarchical`: before the benchmark, time every scheme at 1
+    /// KiB, 4 KiB, ... up to `--max-bytes` (median of this many runs) and
+    /// use the fastest per size instead of the cost model's pick (0: off).
+    #[arg(long, default_value_t = 0)]
+    tune: usize,
     /// Hierarchical algorithms: rank 0 writes the measured topology (JSON,
     /// `hetero-devices --load` reads it) to this file.
     #[arg(long, value_name = "FILE")]
@@ -154,6 +159,8 @@ struct Setup {
     ranks_per_domain: usize,
     segment_bytes: usize,
     save_topology: Option<std::path::PathBuf>,
+    tune: usize,
+    max_bytes: usize,
 }
 
 /// The communicator, and for the hierarchical algorithms the scheme each
@@ -198,11 +205,23 @@ async fn make_comm(
                 }
             };
             let h = Hierarchical::from_plan(t, plan.with_segment_bytes(s.segment_bytes))?;
-            let h = match algo {
+            let mut h = match algo {
                 Algo::HierarchicalLeader => h.with_scheme(Scheme::Leader),
                 Algo::HierarchicalSharded => h.with_scheme(Scheme::Sharded),
                 _ => h,
             };
+            if algo == Algo::Hierarchical && s.tune > 0 {
+                let table = h.tune(s.max_bytes, s.tune).await?;
+                if h.rank() == 0 {
+                    for (bytes, times, best) in table {
+                        let t: Vec<String> = times
+                            .iter()
+                            .map(|(k, t)| format!("{} {:.1} us", k.name(), t * 1e6))
+                            .collect();
+                        eprintln!("# tuned {bytes} B: {} -> {}", t.join(", "), best.name());
+                    }
+                }
+            }
             let schemes = s
                 .sizes
                 .iter()
@@ -341,6 +360,8 @@ fn run(args: Args) -> Result<()> {
         ranks_per_domain: args.ranks_per_domain,
         segment_bytes: args.segment_kib.saturating_mul(1024),
         save_topology: args.save_topology.clone(),
+        tune: args.tune,
+        max_bytes: args.max_bytes,
     });
     let workers = if env_rank { 2 } else { ranks.max(2) };
     let rt = tokio::runtime::Builder::new_multi_thread()
