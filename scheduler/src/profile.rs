@@ -230,7 +230,17 @@ pub fn profile_device(
     let weights = allocate_weights(device, model)?;
     let memory = profile_memory(device, model, &weights, max_len, batch_limit)?;
     drop(weights);
-    let (fit, _) = profile_speed(device, model, speed_batches, 3)?;
+    with_speed(device, model, memory, speed_batches)
+}
+
+/// Measure the step-time curve (executed shape) and pair it with `memory`.
+fn with_speed(
+    device: &dyn DynDevice,
+    model: &ModelShape,
+    memory: MemoryProfile,
+    speed_batches: &[usize],
+) -> Result<(DeviceProfile, MemoryProfile, StepFit)> {
+    let (fit, _) = profile_speed(device, &model.executed(), speed_batches, 3)?;
     Ok((
         DeviceProfile {
             device: device.id(),
@@ -262,18 +272,8 @@ pub fn profile_device_cached(
         cache.insert(device, memory.clone());
         return Ok((profile, memory, fit, false));
     };
-    let (fit, _) = profile_speed(device, model, speed_batches, 3)?;
-    Ok((
-        DeviceProfile {
-            device: device.id(),
-            name: device.info().name,
-            max_batch: memory.max_batch,
-            step: fit.model,
-        },
-        memory,
-        fit,
-        true,
-    ))
+    let (profile, memory, fit) = with_speed(device, model, memory, speed_batches)?;
+    Ok((profile, memory, fit, true))
 }
 
 /// [`profile_buckets`] through `cache`, for the executed shape (f32, as
