@@ -125,3 +125,66 @@ fn profiles_are_cached_and_buckets_reported() {
     assert_eq!(std::fs::read_to_string(&cache).expect("cache"), "{not json");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn two_processes_serve_as_ranks_of_one_job() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let spawn = |rank: usize| {
+        Command::new(env!("CARGO_BIN_EXE_hetero-serve"))
+            .args([
+                "--model",
+                "tiny",
+                "--device",
+                "host:threads=1,memory=64MiB",
+                "--batch",
+                "4",
+                "--prompt-len",
+                "2",
+                "--gen-len",
+                "4",
+                "--requests",
+                "7",
+                "--rank-from-env",
+                "--json",
+            ])
+            .env("RANK", rank.to_string())
+            .env("WORLD_SIZE", "2")
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("starts")
+    };
+    let ranks = [spawn(0), spawn(1)];
+    let outs: Vec<_> = ranks
+        .into_iter()
+        .map(|c| c.wait_with_output().expect("finishes"))
+        .collect();
+    for (rank, o) in outs.iter().enumerate() {
+        assert!(
+            o.status.success(),
+            "rank {rank}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    assert!(outs[1].stdout.is_empty(), "only rank 0 reports");
+    let v: serde_json::Value = serde_json::from_slice(&outs[0].stdout).expect("JSON");
+    let devices = v["devices"].as_array().expect("devices");
+    assert_eq!(devices.len(), 2, "both ranks' profiles: {v}");
+    for r in v["runs"].as_array().expect("runs") {
+        assert!(r["error"].is_null(), "{r}");
+        assert_eq!(r["report"]["outputs"].as_array().expect("outputs").len(), 7);
+    }
+
+    // Without --requests the flag is a clear error.
+    let out = Command::new(env!("CARGO_BIN_EXE_hetero-serve"))
+        .args(["--rank-from-env", "--device", "host:threads=1,memory=64MiB"])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--requests"));
+}

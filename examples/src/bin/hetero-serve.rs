@@ -4,9 +4,16 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use hetero_core::{DynDevice, Error, Result};
+use std::sync::Arc;
+
+use hetero_collectives::{Algorithm, FlatCollective, TcpConfig, TcpTransport, Transport};
+use hetero_core::{
+    Collective, DynDevice, Error, HostSlice, HostSliceMut, ReduceOp, Result, Tensor, TensorMut,
+};
 use hetero_examples::{discover, select_devices};
-use hetero_scheduler::continuous::{ContinuousReport, Request, serve_continuous};
+use hetero_scheduler::continuous::{
+    ContinuousReport, Request, serve_continuous, serve_continuous_rank,
+};
 use hetero_scheduler::policy::policy;
 use hetero_scheduler::{
     DeviceProfile, MemoryProfile, ModelShape, ProfileCache, ServeReport, profile_buckets_cached,
@@ -63,9 +70,67 @@ struct Args {
     /// e.g. `512,1024,2048`), reported next to the profiles.
     #[arg(long, value_name = "LENS", value_delimiter = ',')]
     buckets: Vec<usize>,
+    /// Run as one rank of a multi-process job started like torchrun (RANK,
+    /// WORLD_SIZE, MASTER_ADDR, MASTER_PORT): this process serves its one
+    /// `--device`, the ranks exchange their profiles so every rank computes
+    /// the same allocation, and each round's barrier is an all-gather over
+    /// TCP. Rank 0 prints the report. Needs `--requests` (continuous
+    /// batching).
+    #[arg(long)]
+    rank_from_env: bool,
     /// Print JSON instead of tables.
     #[arg(long)]
     json: bool,
+}
+
+/// Where the continuous-batching rounds run.
+enum Servers<'a> {
+    /// Every device of this process, ranks of an in-process group.
+    Local(&'a [hetero_core::SharedDevice]),
+    /// This process's one device, a rank of a communicator across processes.
+    Rank {
+        device: hetero_core::SharedDevice,
+        comm: Arc<dyn Collective>,
+    },
+}
+
+/// Every rank's profile, in rank order: each rank's JSON padded to the
+/// longest and all-gathered.
+async fn exchange_profiles(
+    comm: &dyn Collective,
+    mine: &DeviceProfile,
+) -> Result<Vec<DeviceProfile>> {
+    let bytes =
+        serde_json::to_vec(mine).map_err(|e| Error::invalid("device profile", e.to_string()))?;
+    let mut width = [bytes.len() as i64];
+    comm.all_reduce(
+        TensorMut::Host(HostSliceMut::new(&mut width)),
+        ReduceOp::Max,
+    )
+    .await?;
+    let width = usize::try_from(width[0]).unwrap_or(bytes.len()).max(1);
+    let mut padded = bytes;
+    // JSON allows trailing whitespace.
+    padded.resize(width, b' ');
+    let mut all = vec![0u8; width * comm.size()];
+    comm.all_gather(
+        Tensor::Host(HostSlice::new(&padded)),
+        TensorMut::Host(HostSliceMut::new(&mut all)),
+    )
+    .await?;
+    all.chunks(width)
+        .enumerate()
+        .map(|(r, c)| {
+            let mut p: DeviceProfile = serde_json::from_slice(c).map_err(|e| {
+                Error::invalid(
+                    "device profile",
+                    format!("rank {r} sent an unreadable profile: {e}"),
+                )
+            })?;
+            p.name = format!("rank {r}: {}", p.name);
+            Ok(p)
+        })
+        .collect()
 }
 
 /// The profile cache named by `--profile-cache`: empty when the file does
@@ -102,6 +167,12 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> Result<()> {
     let model = ModelShape::preset(&args.model)?;
+    if args.rank_from_env && args.requests == 0 {
+        return Err(Error::invalid(
+            "--rank-from-env",
+            "needs --requests N: across processes only continuous batching is served",
+        ));
+    }
     if model.dtype != hetero_core::DType::F32 {
         eprintln!(
             "note: {} is stored as {} in its preset; hetero's decode step stores and computes \
@@ -177,8 +248,38 @@ fn run(args: &Args) -> Result<()> {
         "all" => vec!["uniform", "hasc", "balanced"],
         one => vec![one],
     };
+    if args.rank_from_env {
+        let [device] = <[_; 1]>::try_from(shared).map_err(|d: Vec<_>| {
+            Error::invalid(
+                "--device",
+                format!(
+                    "with --rank-from-env each rank serves exactly one device; {} were selected",
+                    d.len()
+                ),
+            )
+        })?;
+        return run_ranked(
+            args,
+            &model,
+            &profiles[0],
+            &buckets,
+            device,
+            &names,
+            max_len,
+        );
+    }
     if args.requests > 0 {
-        return run_continuous(args, &model, &profiles, &buckets, &shared, &names, max_len);
+        let rt = runtime()?;
+        return run_continuous(
+            args,
+            &model,
+            &profiles,
+            &buckets,
+            Servers::Local(&shared),
+            &names,
+            max_len,
+            &rt,
+        );
     }
     let mut runs: Vec<(String, Result<ServeReport>)> = Vec::new();
     let mut predicted: Vec<Option<f64>> = Vec::new();
@@ -226,19 +327,58 @@ fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting the tokio runtime", e))
+}
+
+/// `--rank-from-env`: join the other ranks over TCP, exchange profiles,
+/// serve this process's device as one rank.
+fn run_ranked(
+    args: &Args,
+    model: &ModelShape,
+    mine: &DeviceProfile,
+    buckets: &[MemoryProfile],
+    device: hetero_core::SharedDevice,
+    names: &[&str],
+    max_len: usize,
+) -> Result<()> {
+    let cfg = TcpConfig::from_env()?;
+    let rt = runtime()?;
+    let transport: Arc<dyn Transport> = Arc::new(rt.block_on(TcpTransport::connect(&cfg))?);
+    let comm: Arc<dyn Collective> = Arc::new(FlatCollective::unmeasured(
+        transport.clone(),
+        Algorithm::Ring,
+    ));
+    let profiles = rt.block_on(exchange_profiles(&*comm, mine))?;
+    let served = run_continuous(
+        args,
+        model,
+        &profiles,
+        buckets,
+        Servers::Rank { device, comm },
+        names,
+        max_len,
+        &rt,
+    );
+    // Hand the last messages to the network before this process exits.
+    let flushed = rt.block_on(transport.flush());
+    served.and(flushed)
+}
+
+#[allow(clippy::too_many_arguments)]
 fn run_continuous(
     args: &Args,
     model: &ModelShape,
     profiles: &[DeviceProfile],
     buckets: &[MemoryProfile],
-    devices: &[hetero_core::SharedDevice],
+    servers: Servers<'_>,
     names: &[&str],
     max_len: usize,
+    rt: &tokio::runtime::Runtime,
 ) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::io("starting the tokio runtime", e))?;
     let requests: Vec<Request> = (0..args.requests)
         .map(|i| make_request(i, args, model.vocab))
         .collect();
@@ -257,15 +397,43 @@ fn run_continuous(
                 requests.len(),
                 a.batches
             );
-            rt.block_on(serve_continuous(
-                devices,
-                model,
-                &a.batches,
-                max_len,
-                requests.clone(),
-            ))
+            match &servers {
+                Servers::Local(devices) => rt
+                    .block_on(serve_continuous(
+                        devices,
+                        model,
+                        &a.batches,
+                        max_len,
+                        requests.clone(),
+                    ))
+                    .map(Some),
+                Servers::Rank { device, comm } => rt.block_on(serve_continuous_rank(
+                    device.clone(),
+                    comm.clone(),
+                    model,
+                    &a.batches,
+                    max_len,
+                    requests.clone(),
+                )),
+            }
         });
-        runs.push((name.into(), outcome));
+        match outcome {
+            Ok(Some(report)) => runs.push((name.into(), Ok(report))),
+            // Another rank: rank 0 reports.
+            Ok(None) => {}
+            Err(e) => runs.push((name.into(), Err(e))),
+        }
+    }
+    let reports = match &servers {
+        Servers::Local(_) => true,
+        Servers::Rank { comm, .. } => comm.rank() == 0,
+    };
+    if !reports {
+        // Not rank 0: nothing to print, but a failure still fails the run.
+        return runs
+            .into_iter()
+            .find_map(|(_, r)| r.err())
+            .map_or(Ok(()), Err);
     }
     if runs.len() == 1
         && let Some((_, Err(_))) = runs.first()
