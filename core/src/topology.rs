@@ -13,16 +13,25 @@
 //! from highest to lowest, the devices joined by links of at least `t` form
 //! connected components; a component split is *valid* when it has at least
 //! two parts, is not all singletons, and every part with two or more devices
-//! has `min internal >= domain_ratio * max leaving`. Valid splits found this
-//! way are nested (each is a refinement of the next), which gives
-//! [`Topology::domain_levels`] (finest first). [`Topology::domains`] is the
-//! coarsest valid split: with NVLink pairs inside PCIe nodes inside Ethernet,
-//! the levels are `[pairs, nodes]` and the domains are the nodes, whose gap
-//! (PCIe vs Ethernet) is what a two-level collective exploits.
+//! has `internal >= domain_ratio * leaving`, where `internal` is the lower
+//! quartile of the links inside the part and `leaving` the upper quartile
+//! of the links leaving it (with one or two links, the minimum and the
+//! maximum). Quartiles, not the extremes, because measured matrices carry
+//! a few outliers (a shaped link passing a burst, a pair timed while its
+//! host was busy) that would otherwise collapse a real two-level cluster;
+//! with clean measurements (equal links within each class) it is the
+//! min / max test. Valid splits found this way are nested (each is a
+//! refinement of the next), which gives [`Topology::domain_levels`] (finest
+//! first). [`Topology::domains`] is the coarsest valid split: with NVLink
+//! pairs inside PCIe nodes inside Ethernet, the levels are `[pairs, nodes]`
+//! and the domains are the nodes, whose gap (PCIe vs Ethernet) is what a
+//! two-level collective exploits.
 //!
-//! Every valid partition whose parts each have two or more devices is among
-//! the threshold splits (with `domain_ratio > 1`, all its internal links are
-//! faster than any link between parts), so this search is complete for them.
+//! A partition whose internal links are all faster than every link between
+//! its parts is among the threshold splits, so it is found whenever it
+//! passes the ratio test; one whose slowest internal link is slower than
+//! some link between parts appears only if a threshold still separates the
+//! parts.
 
 use std::path::Path;
 
@@ -330,19 +339,25 @@ impl Topology {
         parts
     }
 
+    /// The lower quartile of the links inside `part` (each the slower
+    /// direction): one noisy slow pair does not decide.
     fn internal_low(&self, part: &[usize]) -> Option<f64> {
-        part.iter()
+        let inside = part
+            .iter()
             .flat_map(|&i| part.iter().filter(move |&&j| j > i).map(move |&j| (i, j)))
-            .map(|(i, j)| self.sym_low(i, j))
-            .reduce(f64::min)
+            .map(|(i, j)| self.sym_low(i, j));
+        quantile(inside.collect(), 0.25)
     }
 
+    /// The upper quartile of the links leaving `part` (each the faster
+    /// direction): one noisy fast pair does not decide.
     fn external_high(&self, part: &[usize]) -> Option<f64> {
         let n = self.devices.len();
-        part.iter()
+        let leaving = part
+            .iter()
             .flat_map(|&i| (0..n).filter(|j| !part.contains(j)).map(move |j| (i, j)))
-            .map(|(i, j)| self.sym_high(i, j))
-            .reduce(f64::max)
+            .map(|(i, j)| self.sym_high(i, j));
+        quantile(leaving.collect(), 0.75)
     }
 
     fn part_is_domain(&self, part: &[usize]) -> bool {
@@ -453,4 +468,21 @@ fn check_ratio(ratio: f64) -> Result<()> {
             format!("must be a finite number > 1, got {ratio}"),
         ))
     }
+}
+
+/// The `q` quantile of `values` (the element at `floor(q (len - 1))` in
+/// ascending order); `None` when empty. With one or two values it is the
+/// minimum (`q < 0.5`) or the maximum (`q >= 0.5`).
+fn quantile(mut values: Vec<f64>, q: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let last = values.len() - 1;
+    let k = if values.len() <= 2 {
+        if q < 0.5 { 0 } else { last }
+    } else {
+        ((q * last as f64).floor() as usize).min(last)
+    };
+    values.get(k).copied()
 }
