@@ -16,6 +16,10 @@
 //! domain's external bandwidth (one NIC per node), so each gets `beta / L`.
 //! With one domain (no split passes the topology's bandwidth-ratio test) the
 //! plan collapses to flat. Operations other than all-reduce run flat.
+//!
+//! Both schemes are pipelined in segments (see `pipeline`); host slices
+//! are reduced in place. [`Hierarchical::tune`] can replace the model's
+//! choice per size by measured times.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -467,21 +471,13 @@ impl Hierarchical {
         max_bytes: usize,
         repetitions: usize,
     ) -> Result<Vec<(usize, Vec<(Scheme, f64)>, Scheme)>> {
-        let mut sizes = Vec::new();
-        let mut b = 1024usize;
-        while b <= max_bytes.max(1024) {
-            sizes.push(b);
-            b = b.saturating_mul(4);
-        }
-        let schemes: Vec<Scheme> = {
-            let mut v = vec![Scheme::Flat];
-            for s in [Scheme::Leader, Scheme::Sharded] {
-                if self.runnable(s) == s {
-                    v.push(s);
-                }
-            }
-            v
-        };
+        let sizes: Vec<usize> = std::iter::successors(Some(1024usize), |b| b.checked_mul(4))
+            .take_while(|&b| b <= max_bytes.max(1024))
+            .collect();
+        let schemes: Vec<Scheme> = [Scheme::Flat, Scheme::Leader, Scheme::Sharded]
+            .into_iter()
+            .filter(|&s| self.runnable(s) == s)
+            .collect();
         let mut table = Vec::new();
         let mut tuned = Vec::new();
         for &bytes in &sizes {

@@ -303,7 +303,8 @@ pub async fn serve_continuous(
             format!("{} slot counts for {} devices", slots.len(), devices.len()),
         ));
     }
-    let ranks: Vec<_> = InProcessTransport::group(devices.len())
+    // One task per rank: the ranks' rounds wait on each other.
+    let tasks: Vec<_> = InProcessTransport::group(devices.len())
         .into_iter()
         .zip(devices)
         .map(|(t, device)| {
@@ -311,24 +312,29 @@ pub async fn serve_continuous(
                 Arc::new(t) as Arc<dyn Transport>,
                 hetero_collectives::Algorithm::Ring,
             );
-            serve_continuous_rank(
+            let (device, model, slots, requests) = (
                 device.clone(),
-                Arc::new(comm),
-                model,
-                slots,
-                max_len,
+                model.clone(),
+                slots.to_vec(),
                 requests.clone(),
-            )
+            );
+            tokio::spawn(async move {
+                serve_continuous_rank(device, Arc::new(comm), &model, &slots, max_len, requests)
+                    .await
+            })
         })
         .collect();
     let mut report = None;
     let mut first_error = None;
-    for outcome in futures_join_all(ranks).await {
-        match outcome {
-            Ok(Some(r)) => report = Some(r),
-            Ok(None) => {}
-            Err(e) => {
+    for task in tasks {
+        match task.await {
+            Ok(Ok(Some(r))) => report = Some(r),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
                 first_error.get_or_insert(e);
+            }
+            Err(e) => {
+                first_error.get_or_insert(Error::invalid("device task", e.to_string()));
             }
         }
     }
@@ -336,30 +342,6 @@ pub async fn serve_continuous(
         return Err(e);
     }
     report.ok_or_else(|| Error::invalid("serve", "rank 0 returned no report"))
-}
-
-/// Await every future at once (the ranks' rounds depend on each other).
-async fn futures_join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut pinned: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (f, slot) in pinned.iter_mut().zip(out.iter_mut()) {
-            if slot.is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => *slot = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().flatten().collect()
 }
 
 /// One device's part of [`serve_continuous`], for devices driven by

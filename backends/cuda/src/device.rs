@@ -190,6 +190,33 @@ impl CudaDevice {
     /// access, and over what. The kind comes from NVML (active NVLinks whose
     /// far end is `peer`, else PCIe); without NVML it is `Unknown`.
     pub fn peer_path(&self, peer: &CudaDevice) -> Result<PeerPath> {
+        let direct_access = self.can_access_peer(peer)?;
+        let (kind, nvlinks) = match Nvml::get() {
+            Ok(nvml) => {
+                let theirs = peer.pci_address()?;
+                let links = nvml
+                    .nvlink_peers(self.pci_address()?)?
+                    .into_iter()
+                    .filter(|a| *a == theirs)
+                    .count() as u32;
+                if links > 0 {
+                    (LinkKind::NvLink, links)
+                } else {
+                    (LinkKind::Pcie, 0)
+                }
+            }
+            Err(_) => (LinkKind::Unknown, 0),
+        };
+        Ok(PeerPath {
+            direct_access,
+            kind,
+            nvlinks,
+        })
+    }
+
+    /// Whether the driver allows this GPU direct access to `peer`'s memory
+    /// (`cuDeviceCanAccessPeer`); an error when `peer` is this GPU.
+    fn can_access_peer(&self, peer: &CudaDevice) -> Result<bool> {
         if peer.ordinal() == self.ordinal() {
             return Err(Error::invalid(
                 "peer",
@@ -212,34 +239,14 @@ impl CudaDevice {
         status
             .result()
             .map_err(self.driver_err("cuDeviceCanAccessPeer"))?;
-        let (kind, nvlinks) = match Nvml::get() {
-            Ok(nvml) => {
-                let theirs = peer.pci_address()?;
-                let links = nvml
-                    .nvlink_peers(self.pci_address()?)?
-                    .into_iter()
-                    .filter(|a| *a == theirs)
-                    .count() as u32;
-                if links > 0 {
-                    (LinkKind::NvLink, links)
-                } else {
-                    (LinkKind::Pcie, 0)
-                }
-            }
-            Err(_) => (LinkKind::Unknown, 0),
-        };
-        Ok(PeerPath {
-            direct_access: can != 0,
-            kind,
-            nvlinks,
-        })
+        Ok(can != 0)
     }
 
     /// Let this GPU's context and `peer`'s read and write each other's
     /// memory, so peer copies go GPU to GPU instead of through host memory.
     /// Idempotent; `Unsupported` when the driver says the pair cannot.
     pub fn enable_peer_access(&self, peer: &CudaDevice) -> Result<()> {
-        if !self.peer_path(peer)?.direct_access {
+        if !self.can_access_peer(peer)? {
             return Err(Error::Unsupported {
                 what: format!(
                     "peer access between {} and {} (the driver reports none; copies between \
