@@ -24,9 +24,9 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use hetero_core::placement::{Cluster, Graph, Placement, Plan, Slot};
+use hetero_core::placement::{Cluster, Graph, Placement, Plan, Slot, TwoLevelInterconnect};
 
-use crate::eval::evaluate_indexed;
+use crate::eval::{checked_interconnect, evaluate_indexed, evaluate_with};
 use crate::problem::{Indexed, Kind, Units, kinds, memory_vacuous};
 use crate::{PartitionError, Result};
 
@@ -104,9 +104,10 @@ pub struct Greedy;
 fn no_interconnect(cluster: &Cluster) -> Result<()> {
     if cluster.interconnect.is_some() {
         return Err(PartitionError::Unsupported(
-            "this solver does not model the two-level interconnect (the non-contiguous IP, \
-             the evaluator, i.e. hetero-place --score, and brute force do); leave \
-             `interconnect` unset or use the non-contiguous IP"
+            "the DPs do not model the two-level interconnect (both IPs, the evaluator, \
+             i.e. hetero-place --score, and brute force do; greedy and PipeDream score \
+             their splits with it); leave `interconnect` unset or use the IP \
+             (hetero-place --algo ip or ip-noncontig)"
                 .into(),
         ));
     }
@@ -117,6 +118,8 @@ pub(crate) struct Prepared<'g> {
     pub(crate) ix: Indexed<'g>,
     pub(crate) units: Units,
     pub(crate) kinds: Vec<Kind>,
+    /// Checked; always `None` for the solvers that do not model it.
+    pub(crate) interconnect: Option<TwoLevelInterconnect>,
 }
 
 impl Prepared<'_> {
@@ -144,11 +147,17 @@ pub(crate) fn prepare_any_interconnect<'g>(
     graph: &'g Graph,
     cluster: &Cluster,
 ) -> Result<Prepared<'g>> {
+    let interconnect = checked_interconnect(cluster)?.cloned();
     let ix = Indexed::new(graph)?;
     let kinds = kinds(cluster)?;
     let units = Units::build(&ix, memory_vacuous(graph, &kinds))?;
     units.check_fits(graph, &kinds)?;
-    Ok(Prepared { ix, units, kinds })
+    Ok(Prepared {
+        ix,
+        units,
+        kinds,
+        interconnect,
+    })
 }
 
 impl ExactDp {
@@ -197,14 +206,16 @@ impl LinearDp {
 }
 
 impl Greedy {
-    /// Place `graph` on `cluster` greedily.
+    /// Place `graph` on `cluster` greedily. A two-level interconnect does
+    /// not change the split (greedy balances compute only); it is scored
+    /// with it.
     pub fn solve(&self, graph: &Graph, cluster: &Cluster) -> Result<(Plan, SolveStats)> {
         let start = Instant::now();
-        let p = prepare(graph, cluster)?;
+        let p = prepare_any_interconnect(graph, cluster)?;
         let a = greedy_assignment(&p).ok_or_else(|| {
             PartitionError::Infeasible("the greedy split found no device for some nodes".into())
         })?;
-        let e = evaluate_indexed(&p.ix, &p.kinds, &a)?;
+        let e = evaluate_with(&p.ix, &p.kinds, p.interconnect.as_ref(), &a)?;
         if !e.fits() {
             return Err(PartitionError::Infeasible(format!(
                 "the greedy split overflows the memory of {:?}",

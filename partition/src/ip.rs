@@ -11,7 +11,7 @@
 //! transfer and accelerator `d` two more variables, bounded below by
 //! `x[u][d] + sum of x[w][e] over accelerators e in other nodes - 1` and
 //! the mirror for a receiver on `d`, add `(factor - 1) x cost` each (the
-//! evaluator's cross-node scaling); the contiguous IP does not model it.
+//! evaluator's cross-node scaling).
 //!
 //! **Contiguous** (the DP's search space): the same on the contracted
 //! units, but a split is a chain of ideals of the order graph: `y[u][p] = 1`
@@ -22,7 +22,16 @@
 //! (`k[p][t]`, one kind per position, `count_t` positions per kind), so
 //! CPUs and accelerator classes may come in any order, as in the DP; load,
 //! memory and support constraints of kind `t` hold at position `p` only
-//! when `k[p][t] = 1` (big-M).
+//! when `k[p][t] = 1` (big-M). With a two-level interconnect the kinds are
+//! refined by node (an accelerator class with devices in two nodes is two
+//! kinds), so each position's node is `node[p][n] = sum of k[p][t]` over the
+//! kinds `t` of node `n`; continuous `on[u][n] >= x[u][p] + node[p][n] - 1`
+//! marks a unit on node `n`, and for transfer `u -> w` the sender's extra
+//! term is bounded below by `x[u][p] + node[p][n] + sum of on[w][n'] over
+//! nodes n' != n - 2` (the receiver's by the mirror), adding `(factor - 1) x
+//! cost` to position `p`'s load. Every such variable sits only in lower
+//! bounds of loads being minimised, so at the optimum it is the indicator it
+//! stands for: the model is exact, and equals brute force (property test).
 //!
 //! Whatever the solver reports, the plan's objective is the evaluator's on
 //! the returned split; [`IpStats`] keeps the solver's own objective, its
@@ -175,20 +184,13 @@ impl IntegerProgram {
             });
         }
         let interconnect = checked_interconnect(cluster)?;
-        if let Some(ic) = interconnect {
-            if self.contiguous {
-                return Err(PartitionError::Unsupported(
-                    "the contiguous IP does not model the two-level interconnect; use the \
-                     non-contiguous IP (hetero-place --algo ip-noncontig)"
-                        .into(),
-                ));
-            }
-            if ic.inter_node_cost_factor < 1.0 {
-                return Err(PartitionError::Unsupported(format!(
-                    "the IP models an inter-node cost factor of at least 1, got {}",
-                    ic.inter_node_cost_factor
-                )));
-            }
+        if let Some(ic) = interconnect
+            && ic.inter_node_cost_factor < 1.0
+        {
+            return Err(PartitionError::Unsupported(format!(
+                "the IP models an inter-node cost factor of at least 1, got {}",
+                ic.inter_node_cost_factor
+            )));
         }
         let p = if interconnect.is_some() {
             prepare_any_interconnect(graph, cluster)?
@@ -196,7 +198,7 @@ impl IntegerProgram {
             prepare(graph, cluster)?
         };
         let (assignment, mut stats) = if self.contiguous {
-            self.contiguous_ip(&p)?
+            self.contiguous_ip(&p, interconnect)?
         } else {
             self.free_ip(&p, interconnect)?
         };
@@ -391,11 +393,17 @@ impl IntegerProgram {
     }
 
     /// Contiguous splits: a chain of ideals of the contracted order graph.
-    fn contiguous_ip(&self, p: &Prepared<'_>) -> Result<(Vec<Slot>, IpStats)> {
+    fn contiguous_ip(
+        &self,
+        p: &Prepared<'_>,
+        interconnect: Option<&TwoLevelInterconnect>,
+    ) -> Result<(Vec<Slot>, IpStats)> {
         let units = &p.units;
         let nu = units.len();
-        let positions: usize = p.kinds.iter().map(|k| k.count).sum();
-        let nk = p.kinds.len();
+        let (kinds, node_of_kind) = kinds_by_node(&p.kinds, interconnect);
+        let nodes = node_of_kind.iter().flatten().max().map_or(0, |&n| n + 1);
+        let positions: usize = kinds.iter().map(|k| k.count).sum();
+        let nk = kinds.len();
         let mut vars = ProblemVariables::new();
         let y: Vec<Vec<Variable>> = (0..nu)
             .map(|_| {
@@ -416,6 +424,27 @@ impl IntegerProgram {
                     .collect()
             })
             .collect();
+        // two-level interconnect (none when one node holds every accelerator)
+        let two_level = nodes > 1;
+        let extra = interconnect.map_or(0.0, |ic| ic.inter_node_cost_factor - 1.0);
+        let on_node: Vec<Vec<Variable>> = if two_level {
+            (0..nu)
+                .map(|_| (0..nodes).map(|_| vars.add(variable().min(0.0))).collect())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let cross: Vec<Vec<(Variable, Variable)>> = if two_level {
+            tr.iter()
+                .map(|_| {
+                    (0..positions)
+                        .map(|_| (vars.add(variable().min(0.0)), vars.add(variable().min(0.0))))
+                        .collect()
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let m = vars.add(variable().min(0.0));
         let nvars = vars.len();
         let mut solver = vars.minimise(m).using(coin_cbc);
@@ -434,6 +463,13 @@ impl IntegerProgram {
                 y[u][q] - y[u][q - 1]
             }
         };
+        // node[q][n]: position q holds an accelerator of node n
+        let node_at = |q: usize, n: usize| -> Expression {
+            (0..nk)
+                .filter(|&t| node_of_kind[t] == Some(n))
+                .map(|t| kind_at[q][t])
+                .sum()
+        };
         for u in 0..nu {
             for q in 1..positions {
                 model.add(constraint!(y[u][q - 1] <= y[u][q]));
@@ -449,22 +485,46 @@ impl IntegerProgram {
             let s: Expression = row.iter().sum();
             model.add(constraint!(s == 1));
         }
-        for (t, kind) in p.kinds.iter().enumerate() {
+        for (t, kind) in kinds.iter().enumerate() {
             let s: Expression = kind_at.iter().map(|row| row[t]).sum();
             model.add(constraint!(s == kind.count as f64));
         }
+        if two_level {
+            for u in 0..nu {
+                for n in 0..nodes {
+                    for q in 0..positions {
+                        model.add(constraint!(on_node[u][n] >= x(u, q) + node_at(q, n) - 1));
+                    }
+                }
+            }
+        }
+        // units on a node other than n
+        let away = |u: usize, n: usize| -> Expression {
+            (0..nodes).filter(|&o| o != n).map(|o| on_node[u][o]).sum()
+        };
         for (k, (_, u, rec)) in tr.iter().enumerate() {
             for q in 0..positions {
                 for &w in rec {
                     model.add(constraint!(io[k][q].0 >= x(*u, q) - x(w, q)));
                     model.add(constraint!(io[k][q].1 >= x(w, q) - x(*u, q)));
+                    if two_level {
+                        let (leaves, enters) = cross[k][q];
+                        for n in 0..nodes {
+                            model.add(constraint!(
+                                leaves >= x(*u, q) + node_at(q, n) + away(w, n) - 2
+                            ));
+                            model.add(constraint!(
+                                enters >= x(w, q) + node_at(q, n) + away(*u, n) - 2
+                            ));
+                        }
+                    }
                 }
             }
         }
-        let comm_total: f64 = tr.iter().map(|(c, _, _)| 2.0 * c).sum();
+        let comm_total: f64 = tr.iter().map(|(c, _, _)| 2.0 * c).sum::<f64>() * (1.0 + extra);
         let total_mem: f64 = units.memory.iter().map(|&b| b as f64).sum();
         for q in 0..positions {
-            for (t, kind) in p.kinds.iter().enumerate() {
+            for (t, kind) in kinds.iter().enumerate() {
                 let mut load = Expression::from(0.0);
                 let mut big = 0.0;
                 for u in 0..nu {
@@ -479,6 +539,9 @@ impl IntegerProgram {
                 if !kind.is_cpu {
                     for (k, (c, _, _)) in tr.iter().enumerate() {
                         load += *c * io[k][q].0 + *c * io[k][q].1;
+                        if two_level {
+                            load += *c * extra * cross[k][q].0 + *c * extra * cross[k][q].1;
+                        }
                     }
                     big += comm_total;
                     let mem: Expression = (0..nu).map(|u| units.memory[u] as f64 * x(u, q)).sum();
@@ -500,9 +563,9 @@ impl IntegerProgram {
             let t = (0..nk)
                 .max_by(|&a, &b| solution.value(row[a]).total_cmp(&solution.value(row[b])))
                 .unwrap_or(0);
-            let j = used[t].min(p.kinds[t].count.saturating_sub(1));
+            let j = used[t].min(kinds[t].count.saturating_sub(1));
             used[t] += 1;
-            slot_of_position.push(p.kinds[t].slot(j));
+            slot_of_position.push(kinds[t].slot(j));
         }
         let mut assignment = vec![Slot::Cpu(0); p.ix.graph.nodes.len()];
         for u in 0..nu {
@@ -518,6 +581,43 @@ impl IntegerProgram {
         let stats = self.finish(&solution, objective, bound, nvars, constraints);
         Ok((assignment, stats))
     }
+}
+
+/// The device kinds with accelerator classes split by node of a two-level
+/// interconnect (a class's devices are consecutive, so each part is again a
+/// run of global indices), and each kind's node (`None` for CPUs, and for
+/// every kind without an interconnect).
+fn kinds_by_node(
+    kinds: &[Kind],
+    interconnect: Option<&TwoLevelInterconnect>,
+) -> (Vec<Kind>, Vec<Option<usize>>) {
+    let Some(ic) = interconnect else {
+        return (kinds.to_vec(), vec![None; kinds.len()]);
+    };
+    let per_node = ic.accelerators_per_node.max(1);
+    let mut out = Vec::new();
+    let mut node_of = Vec::new();
+    for kind in kinds {
+        if kind.is_cpu {
+            out.push(kind.clone());
+            node_of.push(None);
+            continue;
+        }
+        let end = kind.first_index + kind.count;
+        let mut first = kind.first_index;
+        while first < end {
+            let node = first / per_node;
+            let stop = ((node + 1) * per_node).min(end);
+            out.push(Kind {
+                count: stop - first,
+                first_index: first,
+                ..kind.clone()
+            });
+            node_of.push(Some(node));
+            first = stop;
+        }
+    }
+    (out, node_of)
 }
 
 impl hetero_core::Placement for IntegerProgram {

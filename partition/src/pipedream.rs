@@ -10,14 +10,19 @@
 //! own (PipeDream's model), not added to the devices' loads as the paper's
 //! model does. Stages must fit the accelerator's memory; units that cannot
 //! run on an accelerator go to the first CPU. Stages take the accelerators
-//! in their order. The split is then scored by the evaluator, like any other.
+//! in their order. With a two-level interconnect, a cut where the next
+//! stage's accelerator sits in another node than the previous stage's costs
+//! `factor` times (PipeDream prices each level of a hierarchical topology
+//! with its own bandwidth); a stage left empty makes that approximate, which
+//! is fine for a baseline. The split is then scored by the evaluator, like
+//! any other.
 
 use std::time::Instant;
 
 use hetero_core::placement::{Cluster, Graph, Plan, Slot};
 
-use crate::dp::{SolveStats, prepare};
-use crate::eval::evaluate_indexed;
+use crate::dp::{SolveStats, prepare_any_interconnect};
+use crate::eval::evaluate_with;
 use crate::{PartitionError, Result};
 
 /// The PipeDream-style split (see the module docs).
@@ -27,7 +32,7 @@ pub struct PipeDream;
 impl PipeDream {
     pub fn solve(&self, graph: &Graph, cluster: &Cluster) -> Result<(Plan, SolveStats)> {
         let start = Instant::now();
-        let p = prepare(graph, cluster)?;
+        let p = prepare_any_interconnect(graph, cluster)?;
         let u = &p.units;
         let n = u.len();
         let (cpu, accs) = p.first_cpu_and_accelerators();
@@ -67,8 +72,19 @@ impl PipeDream {
         let mut a = vec![vec![inf; len + 1]; stages + 1];
         let mut back = vec![vec![0usize; len + 1]; stages + 1];
         a[0][0] = 0.0;
+        let node_of = |slot: Slot| match (&p.interconnect, slot) {
+            (Some(ic), Slot::Accelerator(j)) => Some(j / ic.accelerators_per_node),
+            _ => None,
+        };
         for m in 1..=stages {
-            let (_, speed, cap) = accs[m - 1];
+            let (slot, speed, cap) = accs[m - 1];
+            // the cut before this stage crosses nodes
+            let cut_factor = match (&p.interconnect, m) {
+                (Some(ic), 2..) if node_of(slot) != node_of(accs[m - 2].0) => {
+                    ic.inter_node_cost_factor
+                }
+                _ => 1.0,
+            };
             for j in 0..=len {
                 // An empty stage keeps the previous split.
                 if a[m - 1][j] < a[m][j] {
@@ -82,7 +98,7 @@ impl PipeDream {
                     if mem > cap {
                         break;
                     }
-                    let v = a[m - 1][i].max(cut[i]).max(time);
+                    let v = a[m - 1][i].max(cut[i] * cut_factor).max(time);
                     if v < a[m][j] {
                         a[m][j] = v;
                         back[m][j] = i;
@@ -119,7 +135,7 @@ impl PipeDream {
                 assignment[v] = slot;
             }
         }
-        let e = evaluate_indexed(&p.ix, &p.kinds, &assignment)?;
+        let e = evaluate_with(&p.ix, &p.kinds, p.interconnect.as_ref(), &assignment)?;
         let mut plan = e.plan;
         plan.solver = "pipedream".into();
         let stats = SolveStats {

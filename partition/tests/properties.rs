@@ -140,7 +140,7 @@ proptest! {
     /// The contiguous IP reaches the DP's optimum; the non-contiguous IP is
     /// never worse; both report the evaluator's objective of their split.
     #[test]
-    fn integer_programs_agree_with_the_dp(c in case()) {
+    fn integer_programs_agree_with_the_dp(c in case(), per_node in 1usize..=2) {
         let exact = ExactDp::default().solve(&c.graph, &c.cluster);
         let ip = IntegerProgram::contiguous().solve(&c.graph, &c.cluster);
         let free = IntegerProgram::non_contiguous().solve(&c.graph, &c.cluster);
@@ -171,20 +171,22 @@ proptest! {
             (Err(PartitionError::Infeasible(_)), Err(PartitionError::Infeasible(_))) => {}
             (d, i) => prop_assert!(false, "DP {d:?} but IP {i:?}"),
         }
-        // Two-level interconnect (one accelerator per node, factor 3), in
-        // this test because Cbc must not run on two threads at once: the
-        // non-contiguous IP reports the evaluator's two-level objective of
-        // its split, no worse than the best contiguous split by brute force
-        // and no better than the flat non-contiguous optimum.
+        // Two-level interconnect (factor 3, one or two accelerators per
+        // node), in this test because Cbc must not run on two threads at
+        // once: the contiguous IP equals brute force's best contiguous
+        // two-level split; the non-contiguous IP is no worse and no better
+        // than the flat non-contiguous optimum; both report the evaluator's
+        // two-level objective of their split.
         let mut two_level = c.cluster.clone();
         two_level.interconnect = Some(hetero_core::placement::TwoLevelInterconnect {
-            accelerators_per_node: 1,
+            accelerators_per_node: per_node,
             inter_node_cost_factor: 3.0,
         });
         let brute = brute::best_contiguous(&c.graph, &two_level).unwrap();
         let flat = IntegerProgram::non_contiguous().solve(&c.graph, &c.cluster);
-        match (IntegerProgram::non_contiguous().solve(&c.graph, &two_level), flat) {
-            (Ok((plan, stats)), Ok((flat, _))) => {
+        let contiguous = IntegerProgram::contiguous().solve(&c.graph, &two_level);
+        match (IntegerProgram::non_contiguous().solve(&c.graph, &two_level), flat, contiguous) {
+            (Ok((plan, stats)), Ok((flat, _)), contiguous) => {
                 let e = evaluate(&c.graph, &two_level, &plan.assignment).unwrap();
                 let tol = 1e-6 * e.plan.objective.max(1.0);
                 prop_assert!(e.fits());
@@ -193,16 +195,38 @@ proptest! {
                     "two-level IP's own objective {} vs the evaluator's {}",
                     stats.solver_objective, plan.objective);
                 prop_assert!(plan.objective >= flat.objective - tol);
-                if let Some((best, _)) = brute {
-                    prop_assert!(plan.objective <= best + tol,
-                        "two-level IP {} worse than brute force {}", plan.objective, best);
+                match (brute, contiguous) {
+                    (Some((best, _)), Ok((cplan, cstats))) => {
+                        prop_assert!(plan.objective <= best + tol,
+                            "two-level IP {} worse than brute force {}", plan.objective, best);
+                        let e = evaluate(&c.graph, &two_level, &cplan.assignment).unwrap();
+                        prop_assert!(e.fits());
+                        prop_assert_eq!(e.plan.objective, cplan.objective);
+                        prop_assert!((cplan.objective - best).abs() <= tol,
+                            "contiguous two-level IP {} vs brute force {}", cplan.objective, best);
+                        prop_assert!((cstats.solver_objective - cplan.objective).abs() <= tol,
+                            "contiguous two-level IP's own objective {} vs the evaluator's {}",
+                            cstats.solver_objective, cplan.objective);
+                    }
+                    (None, Err(PartitionError::Infeasible(_))) => {}
+                    (b, i) => prop_assert!(false, "brute force {b:?} but contiguous IP {i:?}"),
                 }
             }
-            (Err(PartitionError::Infeasible(_)), Err(PartitionError::Infeasible(_))) => {}
-            (t, f) => prop_assert!(false, "two-level IP {t:?} but flat IP {f:?}"),
+            (Err(PartitionError::Infeasible(_)), Err(PartitionError::Infeasible(_)), _) => {}
+            (t, f, _) => prop_assert!(false, "two-level IP {t:?} but flat IP {f:?}"),
+        }
+        // The baselines place as before and score their split two-level.
+        for (name, result) in [
+            ("greedy", Greedy.solve(&c.graph, &two_level).map(|r| r.0)),
+            ("pipedream", PipeDream.solve(&c.graph, &two_level).map(|r| r.0)),
+        ] {
+            if let Ok(plan) = result {
+                let e = evaluate(&c.graph, &two_level, &plan.assignment).unwrap();
+                prop_assert_eq!(e.plan.objective, plan.objective, "{}", name);
+            }
         }
         prop_assert!(matches!(
-            IntegerProgram::contiguous().solve(&c.graph, &two_level),
+            ExactDp::default().solve(&c.graph, &two_level),
             Err(PartitionError::Unsupported(_))
         ));
     }
