@@ -57,9 +57,17 @@ struct Args {
     /// Cluster from a measured topology (hetero-topology's JSON): devices
     /// that are not CPUs become accelerator classes (same name, memory and
     /// GEMM throughput), speeds relative to the fastest; CPU devices become
-    /// the CPUs. Overrides --accelerators, --cpus and --memory.
+    /// the CPUs. Overrides --accelerators, --cpus and --memory. When the
+    /// topology splits the accelerators into domains, they become the
+    /// nodes of a two-level interconnect (transfers between nodes cost
+    /// the bandwidth ratio times more), which the IPs model, greedy and
+    /// PipeDream score with, and the DPs refuse (see --ignore-interconnect).
     #[arg(long, value_name = "TOPOLOGY.json", conflicts_with = "cluster")]
     topology: Option<PathBuf>,
+    /// Drop the cluster's two-level interconnect: every transfer costs the
+    /// graph's time (what the DPs need).
+    #[arg(long)]
+    ignore_interconnect: bool,
     /// Time limit of the integer programs, seconds (the best split found by
     /// then is returned, with its optimality gap).
     #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
@@ -115,6 +123,10 @@ fn run(args: &Args) -> Result<(), PartitionError> {
             args.cpus.unwrap_or(pg.cpus),
         ),
     };
+    let mut cluster = cluster;
+    if args.ignore_interconnect {
+        cluster.interconnect = None;
+    }
     let g = &pg.graph;
     eprintln!(
         "graph {}: {} nodes, {} edges; {} accelerator(s), {} CPU(s)",
@@ -124,6 +136,20 @@ fn run(args: &Args) -> Result<(), PartitionError> {
         cluster.accelerator_count(),
         cluster.cpus
     );
+    if let Some(ic) = &cluster.interconnect {
+        eprintln!(
+            "two-level interconnect: {} accelerator(s) per node, transfers between nodes cost {:.3}x",
+            ic.accelerators_per_node, ic.inter_node_cost_factor
+        );
+        if args.score.is_none() && matches!(args.algo, Algo::Dp | Algo::DpLinear) {
+            return Err(PartitionError::Unsupported(
+                "the DPs do not model the cluster's two-level interconnect; use --algo ip \
+                 (contiguous, exact), ip-noncontig, greedy or pipedream, which do, or \
+                 --ignore-interconnect to place as if every transfer cost the graph's time"
+                    .into(),
+            ));
+        }
+    }
     let (plan, stats): (Plan, Option<SolveStats>) = if let Some(path) = &args.score {
         let split = PaperSplit::from_path(path)?;
         let assignment = split.complete_assignment(g)?;
