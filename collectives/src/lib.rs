@@ -13,6 +13,8 @@ pub mod mpi;
 pub mod netns;
 pub mod sense;
 pub mod shaped;
+#[cfg(target_os = "linux")]
+pub mod shm;
 pub mod tcp;
 pub mod transport;
 

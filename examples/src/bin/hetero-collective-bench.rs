@@ -33,6 +33,9 @@ enum Algo {
 enum TransportKind {
     Inproc,
     Tcp,
+    /// TCP rendezvous, then shared memory between ranks of one host (same
+    /// host name, boot id and network namespace), TCP to the others.
+    Shm,
     Mpi,
 }
 
@@ -46,7 +49,9 @@ enum TransportKind {
 /// `--transport inproc` runs `--ranks` ranks as tasks of this process.
 /// `--transport tcp` runs them as tasks over loopback TCP, or, when `RANK`
 /// is set (torchrun, or by hand with WORLD_SIZE, MASTER_ADDR, MASTER_PORT),
-/// runs this process as that one rank.
+/// runs this process as that one rank. `--transport shm` is `tcp` with
+/// shared-memory rings (under /dev/shm, or HETERO_SHM_DIR) between ranks
+/// of one host (Linux).
 #[derive(Debug, Parser)]
 #[command(name = "hetero-collective-bench", version)]
 struct Args {
@@ -395,11 +400,12 @@ fn run(args: Args) -> Result<()> {
                 .into_iter()
                 .map(|t| Arc::new(t) as Arc<dyn Transport>)
                 .collect(),
-            TransportKind::Tcp if env_rank => {
+            TransportKind::Tcp | TransportKind::Shm if env_rank => {
                 let cfg = TcpConfig::from_env()?.with_timeout(timeout);
-                vec![Arc::new(TcpTransport::connect(&cfg).await?) as Arc<dyn Transport>]
+                let tcp = TcpTransport::connect(&cfg).await?;
+                vec![upgrade(tcp, args.transport).await?]
             }
-            TransportKind::Tcp => {
+            TransportKind::Tcp | TransportKind::Shm => {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                     .await
                     .map_err(|e| Error::io("binding 127.0.0.1:0", e))?;
@@ -409,17 +415,20 @@ fn run(args: Args) -> Result<()> {
                     .to_string();
                 let mut listener = Some(listener);
                 let mut hs = Vec::new();
+                let kind = args.transport;
                 for r in 0..ranks {
                     let cfg = TcpConfig::new(r, ranks, master.clone()).with_timeout(timeout);
                     let l = if r == 0 { listener.take() } else { None };
-                    hs.push(tokio::spawn(async move { TcpTransport::connect_with(&cfg, l).await }));
+                    hs.push(tokio::spawn(async move {
+                        upgrade(TcpTransport::connect_with(&cfg, l).await?, kind).await
+                    }));
                 }
                 let mut ts = Vec::new();
                 for h in hs {
                     let t = h
                         .await
                         .map_err(|e| Error::invalid("rank task", e.to_string()))??;
-                    ts.push(Arc::new(t) as Arc<dyn Transport>);
+                    ts.push(t);
                 }
                 ts
             }
@@ -521,5 +530,24 @@ fn main() -> ExitCode {
             eprintln!("hetero-collective-bench: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The TCP transport as is, or upgraded with shared memory for `--transport shm`.
+async fn upgrade(tcp: TcpTransport, kind: TransportKind) -> Result<Arc<dyn Transport>> {
+    match kind {
+        #[cfg(target_os = "linux")]
+        TransportKind::Shm => {
+            let cfg = hetero_collectives::shm::ShmConfig::default();
+            Ok(Arc::new(
+                hetero_collectives::shm::ShmTransport::connect(tcp, &cfg).await?,
+            ))
+        }
+        #[cfg(not(target_os = "linux"))]
+        TransportKind::Shm => Err(Error::unsupported(
+            hetero_core::Backend::Host,
+            "the shared-memory transport needs Linux (futexes on shared mappings); use --transport tcp",
+        )),
+        _ => Ok(Arc::new(tcp)),
     }
 }
