@@ -37,21 +37,22 @@
 //! their files, so nothing is left in `/dev/shm` however the job ends.
 
 use std::fs::OpenOptions;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use hetero_core::{Error, LinkKind, Result};
+use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::error::CollectiveError;
 use crate::tcp::TcpTransport;
-use crate::transport::{Delivery, Inboxes, Transport};
+use crate::transport::Transport;
 
 /// Bytes of each ring's data area (one ring per ordered pair of local ranks).
 pub const DEFAULT_RING_BYTES: usize = 1 << 20;
@@ -237,10 +238,6 @@ impl Ring {
     fn position(&self, line: usize) -> &AtomicU64 {
         self.u64_at(line)
     }
-    /// Bumped after every move of that side's position: the futex word.
-    fn seq(&self, line: usize) -> &AtomicU32 {
-        self.u32_at(line + 8)
-    }
     /// Nonzero while that side sleeps on the other side's `seq`.
     fn sleeping(&self, line: usize) -> &AtomicU32 {
         self.u32_at(line + 12)
@@ -266,6 +263,23 @@ impl Ring {
         }
     }
 
+    /// Append `n` bytes from stream position `pos` to `dst` (no zeroing).
+    fn extend(&self, pos: u64, n: usize, dst: &mut Vec<u8>) {
+        let start = (pos % self.capacity as u64) as usize;
+        let first = n.min(self.capacity - start);
+        dst.reserve(n);
+        // SAFETY: the source ranges lie in the data area between head and
+        // tail; the destination has `n` bytes of spare capacity, all of
+        // which are written before the length grows over them.
+        unsafe {
+            let data = self.base.add(HEADER);
+            let end = dst.as_mut_ptr().add(dst.len());
+            std::ptr::copy_nonoverlapping(data.add(start), end, first);
+            std::ptr::copy_nonoverlapping(data, end.add(first), n - first);
+            dst.set_len(dst.len() + n);
+        }
+    }
+
     /// Copy from the data area at stream position `pos` into `dst`.
     fn take(&self, pos: u64, dst: &mut [u8]) {
         let start = (pos % self.capacity as u64) as usize;
@@ -280,31 +294,68 @@ impl Ring {
     }
 }
 
-fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
-    // SAFETY: a shared (not process-private) futex on a word of the mapped
-    // page; returns at once if the word no longer holds `expected`.
+/// Create the two doorbell FIFOs of the ring at `path` (its creator does).
+fn make_doorbells(path: &Path) -> Result<()> {
+    for suffix in [DATA_BELL, SPACE_BELL] {
+        let bell = bell_path(path, suffix);
+        let c = std::ffi::CString::new(bell.as_os_str().as_encoded_bytes())
+            .map_err(|_| Error::invalid("shared memory", "a path with a NUL byte"))?;
+        // SAFETY: a valid C string; creates a FIFO readable by this user only.
+        if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+            return Err(Error::io(
+                format!("creating the FIFO {}", bell.display()),
+                std::io::Error::last_os_error(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+const DATA_BELL: &str = "data";
+const SPACE_BELL: &str = "space";
+
+fn bell_path(ring: &Path, suffix: &str) -> PathBuf {
+    let mut name = ring.as_os_str().to_owned();
+    name.push(".");
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Open a doorbell FIFO non-blocking for reading and writing (Linux allows
+/// it; neither side then waits for the other to open, and nobody sees EOF).
+fn open_bell(ring: &Path, suffix: &str) -> Result<OwnedFd> {
+    let path = bell_path(ring, suffix);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)
+        .map_err(io_error(format!("opening the FIFO {}", path.display())))?;
+    Ok(OwnedFd::from(file))
+}
+
+/// Register a doorbell with the tokio reactor (in a runtime context).
+fn watch(fd: OwnedFd) -> Result<AsyncFd<OwnedFd>> {
+    // SAFETY: an OwnedFd is open and owned; it moves into the AsyncFd and
+    // stays the same descriptor until the AsyncFd drops it.
+    unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(|e| Error::io("watching a shared-memory doorbell", e.into()))
+}
+
+/// Wake the side sleeping on this FIFO (a full FIFO already wakes it).
+fn ring_bell(fd: &OwnedFd) {
+    let byte = 1u8;
+    // SAFETY: writes one byte from a valid buffer to an open descriptor.
     unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT,
-            expected,
-            &ts as *const libc::timespec,
-            std::ptr::null::<u32>(),
-            0u32,
-        );
+        libc::write(fd.as_raw_fd(), (&byte as *const u8).cast(), 1);
     }
 }
 
-fn futex_wake(word: &AtomicU32) {
-    // SAFETY: as for futex_wait; wakes every sleeper on the word.
-    unsafe {
-        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX);
-    }
+/// Empty a FIFO that woke us.
+fn drain_bell(fd: &OwnedFd) {
+    let mut buf = [0u8; 64];
+    // SAFETY: reads into a valid buffer from an open non-blocking descriptor.
+    while unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
 }
 
 /// True while process `pid` exists (0: not known yet).
@@ -317,123 +368,254 @@ fn process_alive(pid: u32) -> bool {
     rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
-/// One side of a ring: waits for the other side's `seq` to move.
-struct Side<'a> {
-    ring: &'a Ring,
-    /// This side's cache line, and the other side's.
+/// Polls of the ring (yielding to the scheduler in between) before a side
+/// goes to sleep on its doorbell.
+const POLLS_BEFORE_SLEEP: usize = 8;
+
+/// Wait, as side `mine` of `ring`, until `ready()`; the doorbell `bell` is
+/// rung by the other side after it moves its position while we sleep.
+async fn wait_until(
+    ring: &Ring,
     mine: usize,
-    theirs: usize,
-    stop: &'a AtomicBool,
+    bell: &AsyncFd<OwnedFd>,
     peer: usize,
+    deadline: Option<Instant>,
+    ready: impl Fn() -> bool,
+) -> Result<()> {
+    for _ in 0..POLLS_BEFORE_SLEEP {
+        if ready() {
+            return Ok(());
+        }
+        tokio::task::yield_now().await;
+    }
+    let theirs = other(mine);
+    loop {
+        ring.sleeping(mine).store(1, Ordering::SeqCst);
+        if ready() {
+            ring.sleeping(mine).store(0, Ordering::SeqCst);
+            return Ok(());
+        }
+        let failure =
+            |reason: String| Error::from(CollectiveError::PeerFailure { rank: peer, reason });
+        if ring.closed(theirs).load(Ordering::SeqCst) != 0 && !ready() {
+            return Err(failure("it closed its shared-memory ring".into()));
+        }
+        let pid = ring.peer_pid(theirs).load(Ordering::Acquire);
+        if !process_alive(pid) {
+            return Err(failure(format!("its process {pid} exited")));
+        }
+        let now = Instant::now();
+        let nap = match deadline {
+            Some(d) if now >= d => {
+                ring.sleeping(mine).store(0, Ordering::SeqCst);
+                return Err(CollectiveError::Timeout {
+                    what: format!("waiting for rank {peer} over shared memory"),
+                    after: d.saturating_duration_since(now),
+                }
+                .into());
+            }
+            Some(d) => LIVENESS_CHECK.min(d - now),
+            None => LIVENESS_CHECK,
+        };
+        if let Ok(woken) = tokio::time::timeout(nap, bell.readable()).await {
+            let mut guard =
+                woken.map_err(io_error("waiting on a shared-memory doorbell".into()))?;
+            drain_bell(bell.get_ref());
+            guard.clear_ready();
+        }
+        ring.sleeping(mine).store(0, Ordering::SeqCst);
+    }
 }
 
-impl Side<'_> {
-    /// Wait until `ready()` holds; an error if the peer or this transport stops.
-    fn wait(&self, ready: impl Fn() -> bool) -> std::result::Result<(), String> {
-        for i in 0..256 {
-            if ready() {
-                return Ok(());
-            }
-            if i < 192 {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
-        }
-        let theirs_seq = self.ring.seq(self.theirs);
+fn other(line: usize) -> usize {
+    if line == WRITER_LINE {
+        READER_LINE
+    } else {
+        WRITER_LINE
+    }
+}
+
+/// Publish side `mine`'s new position; ring `bell` if the other side sleeps.
+fn publish(ring: &Ring, mine: usize, position: u64, bell: &OwnedFd) {
+    ring.position(mine).store(position, Ordering::SeqCst);
+    if ring.sleeping(other(mine)).load(Ordering::SeqCst) != 0 {
+        ring_bell(bell);
+    }
+}
+
+/// This rank's end of a ring it reads from, with the message in progress.
+#[derive(Debug)]
+struct Inbound {
+    ring: Arc<Ring>,
+    /// Rung by the writer (data), and the one this side rings (space).
+    data_bell: AsyncFd<OwnedFd>,
+    space_bell: Arc<OwnedFd>,
+    header: [u8; 8],
+    header_have: usize,
+    body: Option<Vec<u8>>,
+}
+
+impl Inbound {
+    /// Take what the ring holds; a whole message once it has arrived.
+    fn pull(&mut self) -> Option<Vec<u8>> {
+        let ring = &*self.ring;
         loop {
-            let seen = theirs_seq.load(Ordering::SeqCst);
-            if ready() {
-                return Ok(());
+            let head = ring.position(READER_LINE).load(Ordering::Relaxed);
+            let avail = (ring.position(WRITER_LINE).load(Ordering::SeqCst) - head) as usize;
+            if avail == 0 {
+                return None;
             }
-            if self.ring.closed(self.theirs).load(Ordering::Acquire) != 0 {
-                return Err(format!("rank {} closed its shared-memory ring", self.peer));
+            let taken = match &mut self.body {
+                None => {
+                    let n = avail.min(8 - self.header_have);
+                    ring.take(
+                        head,
+                        &mut self.header[self.header_have..self.header_have + n],
+                    );
+                    self.header_have += n;
+                    if self.header_have == 8 {
+                        let len = u64::from_le_bytes(self.header) as usize;
+                        self.body = Some(Vec::with_capacity(len));
+                    }
+                    n
+                }
+                Some(body) => {
+                    let want = u64::from_le_bytes(self.header) as usize;
+                    let n = avail.min(want - body.len());
+                    ring.extend(head, n, body);
+                    n
+                }
+            };
+            publish(ring, READER_LINE, head + taken as u64, &self.space_bell);
+            if let Some(body) = &self.body
+                && body.len() == u64::from_le_bytes(self.header) as usize
+            {
+                self.header_have = 0;
+                return self.body.take();
             }
-            if self.stop.load(Ordering::Acquire) {
-                return Err("this rank's transport was dropped".into());
-            }
-            let pid = self.ring.peer_pid(self.theirs).load(Ordering::Acquire);
-            if !process_alive(pid) {
-                return Err(format!("rank {} (process {pid}) exited", self.peer));
-            }
-            let sleeping = self.ring.sleeping(self.mine);
-            sleeping.store(1, Ordering::SeqCst);
-            futex_wait(theirs_seq, seen, LIVENESS_CHECK);
-            sleeping.store(0, Ordering::SeqCst);
         }
     }
+}
 
-    /// Publish that this side moved its position; wake the other if asleep.
-    fn publish(&self) {
-        self.ring.seq(self.mine).fetch_add(1, Ordering::SeqCst);
-        if self.ring.sleeping(self.theirs).load(Ordering::SeqCst) != 0 {
-            futex_wake(self.ring.seq(self.mine));
+/// This rank's end of a ring it writes to.
+#[derive(Debug)]
+struct Outbound {
+    ring: Arc<Ring>,
+    data_bell: OwnedFd,
+    space_bell: AsyncFd<OwnedFd>,
+    /// Serialises the fast path of `send` with the writer task's chunks.
+    lock: std::sync::Mutex<()>,
+    /// Messages handed to the writer task and not yet fully written.
+    queued: AtomicUsize,
+    failed: std::sync::Mutex<Option<String>>,
+}
+
+impl Outbound {
+    fn free(&self) -> usize {
+        let tail = self.ring.position(WRITER_LINE).load(Ordering::Relaxed);
+        let head = self.ring.position(READER_LINE).load(Ordering::SeqCst);
+        self.ring.capacity - (tail - head) as usize
+    }
+
+    /// Write bytes `from..` of `parts` (one stream) as far as the ring has
+    /// room; the new offset.
+    fn put_stream(&self, parts: [&[u8]; 2], mut from: usize) -> usize {
+        let ring = &*self.ring;
+        let mut tail = ring.position(WRITER_LINE).load(Ordering::Relaxed);
+        let mut room = self.free();
+        let mut skip = from;
+        for part in parts {
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            let n = room.min(part.len() - skip);
+            ring.put(tail, &part[skip..skip + n]);
+            tail += n as u64;
+            room -= n;
+            from += n;
+            skip = 0;
+            if room == 0 {
+                break;
+            }
         }
+        publish(ring, WRITER_LINE, tail, &self.data_bell);
+        from
     }
 
     fn close(&self) {
-        self.ring.closed(self.mine).store(1, Ordering::Release);
-        self.ring.seq(self.mine).fetch_add(1, Ordering::SeqCst);
-        futex_wake(self.ring.seq(self.mine));
+        self.ring.closed(WRITER_LINE).store(1, Ordering::SeqCst);
+        ring_bell(&self.data_bell);
     }
 }
 
-/// Stream `bytes` into the ring as the writer.
-fn write_all(side: &Side<'_>, bytes: &[u8]) -> std::result::Result<(), String> {
-    let ring = side.ring;
-    let capacity = ring.capacity as u64;
-    let mut done = 0;
-    while done < bytes.len() {
-        let tail = ring.position(WRITER_LINE).load(Ordering::Relaxed);
-        side.wait(|| tail - ring.position(READER_LINE).load(Ordering::Acquire) < capacity)?;
-        let head = ring.position(READER_LINE).load(Ordering::Acquire);
-        let free = (capacity - (tail - head)) as usize;
-        let n = free.min(bytes.len() - done);
-        ring.put(tail, &bytes[done..done + n]);
-        ring.position(WRITER_LINE)
-            .store(tail + n as u64, Ordering::Release);
-        side.publish();
-        done += n;
+/// Writes the messages `send` could not write at once, in order, waiting
+/// for room; closes the ring when the transport is gone and the queue empty.
+async fn write_queued(
+    out: Arc<Outbound>,
+    peer: usize,
+    mut queue: mpsc::UnboundedReceiver<Vec<u8>>,
+    pending: Arc<AtomicUsize>,
+) {
+    while let Some(data) = queue.recv().await {
+        let failed = out.failed.lock().map(|g| g.is_some()).unwrap_or(true);
+        if !failed {
+            let len = (data.len() as u64).to_le_bytes();
+            let total = 8 + data.len();
+            let mut done = 0;
+            loop {
+                done = match out.lock.lock() {
+                    Ok(_g) => out.put_stream([&len, &data], done),
+                    Err(_) => break,
+                };
+                if done == total {
+                    break;
+                }
+                let ring = &*out.ring;
+                if let Err(e) = wait_until(ring, WRITER_LINE, &out.space_bell, peer, None, || {
+                    out.free() > 0
+                })
+                .await
+                {
+                    if let Ok(mut g) = out.failed.lock() {
+                        *g = Some(e.to_string());
+                    }
+                    break;
+                }
+            }
+        }
+        out.queued.fetch_sub(1, Ordering::AcqRel);
+        pending.fetch_sub(1, Ordering::AcqRel);
     }
-    Ok(())
+    out.close();
 }
 
-/// Fill `out` from the ring as the reader.
-fn read_exact(side: &Side<'_>, out: &mut [u8]) -> std::result::Result<(), String> {
-    let ring = side.ring;
-    let mut done = 0;
-    while done < out.len() {
-        let head = ring.position(READER_LINE).load(Ordering::Relaxed);
-        side.wait(|| ring.position(WRITER_LINE).load(Ordering::Acquire) > head)?;
-        let tail = ring.position(WRITER_LINE).load(Ordering::Acquire);
-        let n = ((tail - head) as usize).min(out.len() - done);
-        ring.take(head, &mut out[done..done + n]);
-        ring.position(READER_LINE)
-            .store(head + n as u64, Ordering::Release);
-        side.publish();
-        done += n;
-    }
-    Ok(())
-}
+/// A ring this rank writes to and the queue of its writer task.
+type Writer = (Arc<Outbound>, mpsc::UnboundedSender<Vec<u8>>);
 
 /// Peers on this host through shared memory, the others through TCP.
 #[derive(Debug)]
 pub struct ShmTransport {
     tcp: TcpTransport,
-    /// Per peer: the queue of its writer thread, if it is on this host.
-    writers: Vec<Option<std::sync::mpsc::Sender<Vec<u8>>>>,
-    inboxes: Inboxes,
+    /// Per peer on this host: the ring this rank reads from.
+    inbound: Vec<Option<tokio::sync::Mutex<Inbound>>>,
+    /// Per peer on this host: the ring this rank writes to, and the queue
+    /// of its writer task.
+    outbound: Vec<Option<Writer>>,
+    /// For `Drop`: the rings read from and their space doorbells.
+    reading: Vec<(Arc<Ring>, Arc<OwnedFd>)>,
     pending: Arc<AtomicUsize>,
-    /// Why a writer thread stopped, per peer.
-    failed: Vec<Arc<std::sync::Mutex<Option<String>>>>,
-    stop: Arc<AtomicBool>,
     local_peers: usize,
 }
 
 impl Drop for ShmTransport {
     fn drop(&mut self) {
-        // Writer threads drain their queues and close; readers see the flag.
-        self.stop.store(true, Ordering::Release);
+        // Writers waiting for room in our rings fail at once; our writer
+        // tasks drain their queues and then close their rings.
+        for (ring, space_bell) in &self.reading {
+            ring.closed(READER_LINE).store(1, Ordering::SeqCst);
+            ring_bell(space_bell);
+        }
     }
 }
 
@@ -462,7 +644,6 @@ async fn all_gather_small(tcp: &TcpTransport, mine: Vec<u8>) -> Result<Vec<Vec<u
         })
     }
 }
-
 impl ShmTransport {
     /// Upgrade `tcp` with shared memory between the ranks of one host
     /// (collective: every rank of the group calls it).
@@ -520,10 +701,15 @@ impl ShmTransport {
         let mut setup: std::result::Result<(), Error> = Ok(());
         let mut incoming: Vec<Option<Ring>> = (0..n).map(|_| None).collect();
         for p in (0..n).filter(|&p| local[p]) {
-            match Ring::create(&name(p, rank), cfg.ring_bytes) {
+            let path = name(p, rank);
+            match Ring::create(&path, cfg.ring_bytes) {
                 Ok(r) => {
-                    created.push(name(p, rank));
+                    created.push(path.clone());
                     incoming[p] = Some(r);
+                    if let Err(e) = make_doorbells(&path) {
+                        setup = Err(e);
+                        break;
+                    }
                 }
                 Err(e) => {
                     setup = Err(e);
@@ -534,6 +720,9 @@ impl ShmTransport {
         let cleanup = |created: &[PathBuf]| {
             for path in created {
                 let _ = std::fs::remove_file(path);
+                for suffix in [DATA_BELL, SPACE_BELL] {
+                    let _ = std::fs::remove_file(bell_path(path, suffix));
+                }
             }
         };
         let status = |r: &std::result::Result<(), Error>| match r {
@@ -566,10 +755,39 @@ impl ShmTransport {
             setup?;
             return Err(e);
         }
-        let mut outgoing: Vec<Option<Ring>> = (0..n).map(|_| None).collect();
-        for p in (0..n).filter(|&p| local[p]) {
-            match Ring::open(&name(rank, p), cfg.ring_bytes) {
-                Ok(r) => outgoing[p] = Some(r),
+        let mut inbound: Vec<Option<tokio::sync::Mutex<Inbound>>> = (0..n).map(|_| None).collect();
+        let mut outbound = Vec::with_capacity(n);
+        let mut reading = Vec::new();
+        let mut opened = Vec::new();
+        let open_all = |p: usize, incoming: Ring| -> Result<(Inbound, Arc<Outbound>)> {
+            let ring_in = Arc::new(incoming);
+            let data_bell = watch(open_bell(&name(p, rank), DATA_BELL)?)?;
+            let space_bell = Arc::new(open_bell(&name(p, rank), SPACE_BELL)?);
+            let inb = Inbound {
+                ring: ring_in,
+                data_bell,
+                space_bell,
+                header: [0; 8],
+                header_have: 0,
+                body: None,
+            };
+            let out_path = name(rank, p);
+            let out = Outbound {
+                ring: Arc::new(Ring::open(&out_path, cfg.ring_bytes)?),
+                data_bell: open_bell(&out_path, DATA_BELL)?,
+                space_bell: watch(open_bell(&out_path, SPACE_BELL)?)?,
+                lock: std::sync::Mutex::new(()),
+                queued: AtomicUsize::new(0),
+                failed: std::sync::Mutex::new(None),
+            };
+            Ok((inb, Arc::new(out)))
+        };
+        for (p, slot) in incoming.iter_mut().enumerate() {
+            let Some(ring) = slot.take() else {
+                continue;
+            };
+            match open_all(p, ring) {
+                Ok(pair) => opened.push((p, pair)),
                 Err(e) => {
                     setup = Err(e);
                     break;
@@ -585,41 +803,22 @@ impl ShmTransport {
             return Err(e);
         }
 
-        let stop = Arc::new(AtomicBool::new(false));
         let pending = Arc::new(AtomicUsize::new(0));
-        let mut writers = Vec::with_capacity(n);
-        let mut failed = Vec::with_capacity(n);
-        let mut receivers = Vec::with_capacity(n);
-        for p in 0..n {
-            let (tx, rx) = mpsc::unbounded_channel::<Delivery>();
-            receivers.push(rx);
-            let why = Arc::new(std::sync::Mutex::new(None));
-            failed.push(why.clone());
-            let (Some(inbound), Some(outbound)) = (incoming[p].take(), outgoing[p].take()) else {
-                writers.push(None);
-                continue;
-            };
-            let stop_r = stop.clone();
-            std::thread::Builder::new()
-                .name(format!("shm-read-{rank}<-{p}"))
-                .spawn(move || read_loop(inbound, p, &stop_r, &tx))
-                .map_err(io_error("starting a shared-memory reader thread".into()))?;
-            let (wtx, wrx) = std::sync::mpsc::channel::<Vec<u8>>();
-            let pending_w = pending.clone();
-            std::thread::Builder::new()
-                .name(format!("shm-write-{rank}->{p}"))
-                .spawn(move || write_loop(outbound, p, &wrx, &pending_w, &why))
-                .map_err(io_error("starting a shared-memory writer thread".into()))?;
-            writers.push(Some(wtx));
+        outbound.resize_with(n, || None);
+        for (p, (inb, out)) in opened {
+            reading.push((inb.ring.clone(), inb.space_bell.clone()));
+            inbound[p] = Some(tokio::sync::Mutex::new(inb));
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(write_queued(out.clone(), p, rx, pending.clone()));
+            outbound[p] = Some((out, tx));
         }
         let local_peers = local.iter().filter(|&&l| l).count();
         Ok(ShmTransport {
             tcp,
-            writers,
-            inboxes: Inboxes::new(rank, receivers),
+            inbound,
+            outbound,
+            reading,
             pending,
-            failed,
-            stop,
             local_peers,
         })
     }
@@ -628,65 +827,6 @@ impl ShmTransport {
     pub fn local_peers(&self) -> usize {
         self.local_peers
     }
-}
-
-fn read_loop(ring: Ring, peer: usize, stop: &AtomicBool, tx: &mpsc::UnboundedSender<Delivery>) {
-    let side = Side {
-        ring: &ring,
-        mine: READER_LINE,
-        theirs: WRITER_LINE,
-        stop,
-        peer,
-    };
-    loop {
-        let mut len = [0u8; 8];
-        let message = read_exact(&side, &mut len).and_then(|()| {
-            let len = u64::from_le_bytes(len);
-            let len = usize::try_from(len)
-                .map_err(|_| format!("rank {peer} announced a {len}-byte message"))?;
-            let mut data = vec![0u8; len];
-            read_exact(&side, &mut data)?;
-            Ok(data)
-        });
-        let failed = message.is_err();
-        if tx.send(message).is_err() || failed {
-            break;
-        }
-    }
-    side.close();
-}
-
-fn write_loop(
-    ring: Ring,
-    peer: usize,
-    queue: &std::sync::mpsc::Receiver<Vec<u8>>,
-    pending: &AtomicUsize,
-    failed: &std::sync::Mutex<Option<String>>,
-) {
-    // A writer still drains its queue after the transport is dropped (the
-    // last messages of a rank must arrive), so it does not watch `stop`.
-    let never = AtomicBool::new(false);
-    let side = Side {
-        ring: &ring,
-        mine: WRITER_LINE,
-        theirs: READER_LINE,
-        stop: &never,
-        peer,
-    };
-    let mut error = None;
-    while let Ok(data) = queue.recv() {
-        if error.is_none() {
-            let len = (data.len() as u64).to_le_bytes();
-            if let Err(e) = write_all(&side, &len).and_then(|()| write_all(&side, &data)) {
-                if let Ok(mut g) = failed.lock() {
-                    *g = Some(e.clone());
-                }
-                error = Some(e);
-            }
-        }
-        pending.fetch_sub(1, Ordering::AcqRel);
-    }
-    side.close();
 }
 
 #[async_trait]
@@ -698,14 +838,28 @@ impl Transport for ShmTransport {
         self.tcp.size()
     }
     async fn send(&self, peer: usize, data: Vec<u8>) -> Result<()> {
-        let Some(Some(tx)) = self.writers.get(peer) else {
+        let Some(Some((out, queue))) = self.outbound.get(peer) else {
             return self.tcp.send(peer, data).await;
         };
-        if let Some(reason) = self.failed[peer].lock().ok().and_then(|g| g.clone()) {
+        if let Some(reason) = out.failed.lock().ok().and_then(|g| g.clone()) {
             return Err(CollectiveError::PeerFailure { rank: peer, reason }.into());
         }
+        {
+            let _g = out
+                .lock
+                .lock()
+                .map_err(|_| Error::invalid("shared memory", "a writer panicked"))?;
+            // Fast path: nothing queued before it and room for all of it.
+            if out.queued.load(Ordering::Acquire) == 0 && out.free() >= 8 + data.len() {
+                let len = (data.len() as u64).to_le_bytes();
+                out.put_stream([&len, &data], 0);
+                return Ok(());
+            }
+            out.queued.fetch_add(1, Ordering::AcqRel);
+        }
         self.pending.fetch_add(1, Ordering::AcqRel);
-        tx.send(data).map_err(|_| {
+        queue.send(data).map_err(|_| {
+            out.queued.fetch_sub(1, Ordering::AcqRel);
             self.pending.fetch_sub(1, Ordering::AcqRel);
             CollectiveError::PeerFailure {
                 rank: peer,
@@ -715,9 +869,28 @@ impl Transport for ShmTransport {
         })
     }
     async fn recv(&self, peer: usize) -> Result<Vec<u8>> {
-        match self.writers.get(peer) {
-            Some(Some(_)) => self.inboxes.recv(peer, self.tcp.timeout()).await,
-            _ => self.tcp.recv(peer).await,
+        let Some(Some(inbound)) = self.inbound.get(peer) else {
+            return self.tcp.recv(peer).await;
+        };
+        let deadline = Instant::now() + self.tcp.timeout();
+        let mut inb = inbound.lock().await;
+        loop {
+            if let Some(message) = inb.pull() {
+                return Ok(message);
+            }
+            let ring = inb.ring.clone();
+            wait_until(
+                &ring,
+                READER_LINE,
+                &inb.data_bell,
+                peer,
+                Some(deadline),
+                || {
+                    ring.position(WRITER_LINE).load(Ordering::SeqCst)
+                        > ring.position(READER_LINE).load(Ordering::Relaxed)
+                },
+            )
+            .await?;
         }
     }
     async fn flush(&self) -> Result<()> {
@@ -745,7 +918,7 @@ impl Transport for ShmTransport {
         )
     }
     fn link_kind(&self, peer: usize) -> LinkKind {
-        match self.writers.get(peer) {
+        match self.outbound.get(peer) {
             Some(Some(_)) => LinkKind::SharedMemory,
             _ => self.tcp.link_kind(peer),
         }
