@@ -74,9 +74,11 @@ fn shared_memory_ranks_agree_with_the_naive_reduction() {
     rt().block_on(async {
         for n in [2usize, 3, 4] {
             // 4 KiB rings: every large message wraps and streams
+            // and no polling every other round: the doorbells carry every wake-up
             let cfg = ShmConfig {
                 dir: dir.clone(),
                 ring_bytes: 4096,
+                polls_before_sleep: if n % 2 == 0 { 0 } else { 64 },
             };
             let ts = group(n, cfg, Duration::from_secs(30)).await;
             assert!(files_in(&dir).is_empty(), "left {:?}", files_in(&dir));
@@ -131,6 +133,7 @@ fn a_rank_that_goes_away_fails_the_others_at_once() {
         let cfg = ShmConfig {
             dir: dir.clone(),
             ring_bytes: 1 << 16,
+            polls_before_sleep: 64,
         };
         let ts = group(3, cfg, Duration::from_secs(60)).await;
         let start = Instant::now();
@@ -178,13 +181,18 @@ fn a_setup_failure_on_one_rank_fails_every_rank() {
         let good = ShmConfig {
             dir: dir.clone(),
             ring_bytes: 1 << 16,
+            polls_before_sleep: 64,
         };
         let bad = ShmConfig {
             dir: missing.clone(),
             ..good.clone()
         };
         let start = Instant::now();
-        let results = group_with(vec![good.clone(), good, bad], Duration::from_secs(60)).await;
+        let results = group_with(
+            vec![good.clone(), good, bad.clone()],
+            Duration::from_secs(60),
+        )
+        .await;
         for (rank, r) in results.iter().enumerate() {
             let e = r.as_ref().expect_err("rank 2 has no ring directory");
             assert!(e.to_string().contains("no-such-dir"), "rank {rank}: {e}");
@@ -195,8 +203,8 @@ fn a_setup_failure_on_one_rank_fails_every_rank() {
         assert!(start.elapsed() < Duration::from_secs(20));
         assert!(files_in(&dir).is_empty(), "left {:?}", files_in(&dir));
         let small = ShmConfig {
-            dir: missing.clone(),
             ring_bytes: 100,
+            ..bad
         };
         for r in group(2, small, Duration::from_secs(10)).await {
             let e = r.expect_err("ring too small");
