@@ -281,6 +281,110 @@ impl FlatCollective {
         Ok(())
     }
 
+    /// Ranks beyond the largest power of two `p <= n` fold in: among the
+    /// first `2 (n - p)` ranks each even one hands its data to the odd one
+    /// after it and sits out. The participants get ids `0..p`; this rank's
+    /// id, if it takes part, and the rank of each id.
+    fn fold_ids(&self) -> (Option<usize>, impl Fn(usize) -> usize + use<>) {
+        let (rank, n) = self.rank_size();
+        let p = cost::pow2_floor(n);
+        let rem = n - p;
+        let id = if rank < 2 * rem {
+            (rank % 2 == 1).then_some(rank / 2)
+        } else {
+            Some(rank - rem)
+        };
+        (
+            id,
+            move |id: usize| if id < rem { 2 * id + 1 } else { id + rem },
+        )
+    }
+
+    /// Fold (`out == false`) or unfold (`out == true`) the ranks beyond the
+    /// largest power of two: an even rank among the first `2 (n - p)` sends
+    /// its data to the next one (which combines it) and later receives the
+    /// result from it.
+    async fn fold(&self, h: &Header, op: ReduceOp, buf: &mut [u8], out: bool) -> Result<()> {
+        let (rank, n) = self.rank_size();
+        let rem = n - cost::pow2_floor(n);
+        if rank >= 2 * rem {
+            return Ok(());
+        }
+        match (rank % 2 == 0, out) {
+            (true, false) => self.send(rank + 1, h, buf).await,
+            (false, false) => self.recv_into(rank - 1, h, buf, Some(op)).await,
+            (false, true) => self.send(rank - 1, h, buf).await,
+            (true, true) => self.recv_into(rank + 1, h, buf, None).await,
+        }
+    }
+
+    /// Recursive-doubling all-reduce in place (finished on every rank).
+    async fn recursive_doubling(&self, h: &Header, op: ReduceOp, buf: &mut [u8]) -> Result<()> {
+        let n = self.size();
+        let p = cost::pow2_floor(n);
+        self.fold(h, op, buf, false).await?;
+        let (id, rank_of) = self.fold_ids();
+        if let Some(id) = id {
+            let mut mask = 1;
+            while mask < p {
+                let partner = rank_of(id ^ mask);
+                self.send(partner, h, buf).await?;
+                // a + b == b + a bit for bit, so both partners hold the same
+                self.recv_into(partner, h, buf, Some(op)).await?;
+                mask <<= 1;
+            }
+            finish_bytes(h.dtype, op, buf, n)?;
+        }
+        self.fold(h, op, buf, true).await
+    }
+
+    /// Rabenseifner's all-reduce in place: recursive halving reduce-scatter
+    /// over `p` blocks, then recursive doubling all-gather of the blocks.
+    async fn halving_doubling(&self, h: &Header, op: ReduceOp, buf: &mut [u8]) -> Result<()> {
+        let n = self.size();
+        let p = cost::pow2_floor(n);
+        let es = h.dtype.size_bytes();
+        let len = h.len as usize;
+        // bytes of blocks first..first + count
+        let blocks = |first: usize, count: usize| {
+            let start = chunk_range(len, p, first).start;
+            let end = chunk_range(len, p, first + count - 1).end;
+            byte_range(start..end, es)
+        };
+        self.fold(h, op, buf, false).await?;
+        let (id, rank_of) = self.fold_ids();
+        if let Some(id) = id {
+            // reduce-scatter: keep the half of the current blocks on our side
+            let mut mask = p / 2;
+            while mask >= 1 {
+                let base = id & !(2 * mask - 1);
+                let partner = rank_of(id ^ mask);
+                let (keep, give) = if id & mask == 0 {
+                    (base, base + mask)
+                } else {
+                    (base + mask, base)
+                };
+                self.send(partner, h, &buf[blocks(give, mask)]).await?;
+                self.recv_into(partner, h, &mut buf[blocks(keep, mask)], Some(op))
+                    .await?;
+                mask /= 2;
+            }
+            finish_bytes(h.dtype, op, &mut buf[blocks(id, 1)], n)?;
+            // all-gather: exchange the blocks held so far, doubling
+            let mut mask = 1;
+            while mask < p {
+                let partner = rank_of(id ^ mask);
+                let mine = id & !(mask - 1);
+                let theirs = (id ^ mask) & !(mask - 1);
+                self.send(partner, h, &buf[blocks(mine, mask)]).await?;
+                self.recv_into(partner, h, &mut buf[blocks(theirs, mask)], None)
+                    .await?;
+                mask <<= 1;
+            }
+        }
+        self.fold(h, op, buf, true).await
+    }
+
     /// All-reduce of host bytes in place (`buf` aligned for `dtype`).
     pub async fn all_reduce_bytes(&self, dtype: DType, op: ReduceOp, buf: &mut [u8]) -> Result<()> {
         let (rank, n) = self.rank_size();
@@ -292,6 +396,8 @@ impl FlatCollective {
             len: len as u64,
         };
         match self.choose(buf.len()) {
+            Algorithm::RecursiveDoubling => self.recursive_doubling(&h, op, buf).await,
+            Algorithm::HalvingDoubling => self.halving_doubling(&h, op, buf).await,
             Algorithm::Tree => {
                 self.tree_reduce(&h, op, buf, 0).await?;
                 if rank == 0 {
@@ -465,16 +571,31 @@ impl Collective for FlatCollective {
     fn explain(&self) -> String {
         let n = self.size();
         let algo = match self.algorithm {
-            Algorithm::Auto => match cost::crossover_bytes(n, &self.link) {
-                Some(x) => format!(
-                    "all-reduce picks by an alpha-beta model: binomial tree (reduce + broadcast) below {:.0} bytes, ring (reduce-scatter + all-gather) above",
-                    x
-                ),
-                None => format!(
-                    "all-reduce picks by an alpha-beta model: {} at every size for {n} ranks",
-                    cost::best_all_reduce(n, 1.0, &self.link).0.name()
-                ),
-            },
+            Algorithm::Auto => {
+                let by_size = cost::choice_by_size(n, &self.link);
+                if let [(only, _)] = by_size.as_slice() {
+                    format!(
+                        "all-reduce picks by an alpha-beta model: {} at every size for {n} ranks",
+                        only.name()
+                    )
+                } else {
+                    let parts: Vec<String> = by_size
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (a, from))| {
+                            if i == 0 {
+                                a.name().to_string()
+                            } else {
+                                format!("{} from {from:.0} bytes", a.name())
+                            }
+                        })
+                        .collect();
+                    format!(
+                        "all-reduce picks by an alpha-beta model among ring, binomial tree, recursive doubling and recursive halving-doubling: {}",
+                        parts.join(", ")
+                    )
+                }
+            }
             a => format!("all-reduce always uses the {}", a.name()),
         };
         format!(

@@ -31,6 +31,8 @@ fn every_op_dtype_reduce_op_rank_count_and_size() {
             let comms = [
                 flat(t.clone(), Algorithm::Ring),
                 flat(t.clone(), Algorithm::Tree),
+                flat(t.clone(), Algorithm::RecursiveDoubling),
+                flat(t.clone(), Algorithm::HalvingDoubling),
                 flat(t.clone(), Algorithm::Auto),
             ];
             let mut checked = 0usize;

@@ -91,7 +91,12 @@ fn shared_memory_ranks_agree_with_the_naive_reduction() {
                     for peer in (0..n).filter(|&p| p != rank) {
                         assert_eq!(t.link_kind(peer), LinkKind::SharedMemory);
                     }
-                    for algo in [Algorithm::Ring, Algorithm::Tree] {
+                    for algo in [
+                        Algorithm::Ring,
+                        Algorithm::Tree,
+                        Algorithm::RecursiveDoubling,
+                        Algorithm::HalvingDoubling,
+                    ] {
                         let c = flat(t.clone(), algo);
                         for dtype in [DType::F32, DType::F16, DType::I32] {
                             for op in ReduceOp::ALL {

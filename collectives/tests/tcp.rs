@@ -60,7 +60,12 @@ fn tcp_ranks_agree_with_the_naive_reduction() {
                     let t: Arc<dyn Transport> = Arc::new(t);
                     let rank = t.rank();
                     assert!(t.describe().contains("TCP"));
-                    for algo in [Algorithm::Ring, Algorithm::Tree] {
+                    for algo in [
+                        Algorithm::Ring,
+                        Algorithm::Tree,
+                        Algorithm::RecursiveDoubling,
+                        Algorithm::HalvingDoubling,
+                    ] {
                         let c = flat(t.clone(), algo);
                         for dtype in [DType::F32, DType::BF16, DType::I64, DType::U8] {
                             for op in ReduceOp::ALL {

@@ -20,6 +20,10 @@ use serde_json::json;
 enum Algo {
     FlatRing,
     FlatTree,
+    /// Flat recursive doubling (log2 n steps of the whole message).
+    FlatRecursiveDoubling,
+    /// Flat recursive halving-doubling (Rabenseifner).
+    FlatHalvingDoubling,
     /// Hierarchical, scheme chosen per size by the cost model.
     Hierarchical,
     /// Hierarchical, always the leader scheme.
@@ -184,6 +188,18 @@ async fn make_comm(
         ),
         Algo::FlatTree => (
             Box::new(measured_flat(t, Algorithm::Tree, &cfg).await?.0),
+            flat,
+        ),
+        Algo::FlatRecursiveDoubling => (
+            Box::new(
+                measured_flat(t, Algorithm::RecursiveDoubling, &cfg)
+                    .await?
+                    .0,
+            ),
+            flat,
+        ),
+        Algo::FlatHalvingDoubling => (
+            Box::new(measured_flat(t, Algorithm::HalvingDoubling, &cfg).await?.0),
             flat,
         ),
         Algo::Auto => (
