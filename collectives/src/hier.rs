@@ -254,8 +254,20 @@ impl HierPlan {
 
     /// The cheapest scheme for `bytes` bytes and its predicted seconds.
     pub fn choose(&self, bytes: f64) -> (Scheme, f64) {
-        self.costs(bytes)
+        self.choose_from(bytes, false)
+    }
+
+    /// The cheapest of leader and sharded (flat when there is one domain).
+    pub fn choose_hierarchical(&self, bytes: f64) -> (Scheme, f64) {
+        self.choose_from(bytes, true)
+    }
+
+    fn choose_from(&self, bytes: f64, hierarchical_only: bool) -> (Scheme, f64) {
+        let costs = self.costs(bytes);
+        let skip_flat = hierarchical_only && costs.len() > 1;
+        costs
             .into_iter()
+            .filter(|c| !(skip_flat && c.0 == Scheme::Flat))
             .fold((Scheme::Flat, f64::INFINITY), |best, c| {
                 if c.1 < best.1 { c } else { best }
             })
@@ -330,6 +342,7 @@ pub struct Hierarchical {
     /// Measured choices from [`Hierarchical::tune`]: (message bytes, best
     /// scheme), ascending by size.
     tuned: Vec<(usize, Scheme)>,
+    hierarchical_only: bool,
 }
 
 impl Hierarchical {
@@ -421,6 +434,7 @@ impl Hierarchical {
             shard,
             forced: None,
             tuned: Vec::new(),
+            hierarchical_only: false,
         }
     }
 
@@ -428,6 +442,14 @@ impl Hierarchical {
     /// run when it is not available.
     pub fn with_scheme(mut self, scheme: Scheme) -> Self {
         self.forced = Some(scheme);
+        self
+    }
+
+    /// Choose between the leader and sharded schemes only (by the model or
+    /// by [`Hierarchical::tune`]), never flat while there are two or more
+    /// domains: to compare hierarchical against flat in benchmarks.
+    pub fn hierarchical_only(mut self) -> Self {
+        self.hierarchical_only = true;
         self
     }
 
@@ -442,7 +464,11 @@ impl Hierarchical {
         let want = self
             .forced
             .or_else(|| self.tuned_choice(bytes))
-            .unwrap_or_else(|| self.plan.choose(bytes as f64).0);
+            .unwrap_or_else(|| {
+                self.plan
+                    .choose_from(bytes as f64, self.hierarchical_only)
+                    .0
+            });
         self.runnable(want)
     }
 
@@ -474,9 +500,10 @@ impl Hierarchical {
         let sizes: Vec<usize> = std::iter::successors(Some(1024usize), |b| b.checked_mul(4))
             .take_while(|&b| b <= max_bytes.max(1024))
             .collect();
+        let skip_flat = self.hierarchical_only && self.plan.domains.len() > 1;
         let schemes: Vec<Scheme> = [Scheme::Flat, Scheme::Leader, Scheme::Sharded]
             .into_iter()
-            .filter(|&s| self.runnable(s) == s)
+            .filter(|&s| self.runnable(s) == s && !(skip_flat && s == Scheme::Flat))
             .collect();
         let mut table = Vec::new();
         let mut tuned = Vec::new();
@@ -805,6 +832,9 @@ impl Collective for Hierarchical {
                     " (tuned by measurement, which overrides the prediction: {})",
                     picks.join(", ")
                 )
+            }
+            (None, true) if self.hierarchical_only && self.plan.domains.len() > 1 => {
+                " (leader or sharded only: flat is not chosen)".to_string()
             }
             (None, true) => String::new(),
         };

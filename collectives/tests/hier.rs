@@ -63,6 +63,31 @@ fn explain_snapshots() {
     assert_ne!(two_nodes.choose(64e6).0, Scheme::Flat);
 }
 
+#[test]
+fn hierarchical_only_never_chooses_flat_across_domains() {
+    // Slow steps inside the nodes (100 us) and quick ones between (5 us,
+    // a fifth of the bandwidth): a tiny all-reduce is cheaper flat (3 steps
+    // of recursive doubling) than through the leaders (4 intra steps).
+    let node = |i: usize| i / 4;
+    let topo = Topology::from_fn((0..8).map(device).collect(), |i, j| {
+        (i != j).then(|| {
+            if node(i) == node(j) {
+                LinkModel::new(LinkKind::SharedMemory, 100e-6, 10e9)
+            } else {
+                LinkModel::new(LinkKind::Ethernet, 5e-6, 2e9)
+            }
+        })
+    })
+    .expect("valid topology");
+    let plan = HierPlan::new(&topo).expect("plan");
+    assert_eq!(plan.domains().len(), 2);
+    assert_eq!(plan.choose(8.0).0, Scheme::Flat);
+    assert_ne!(plan.choose_hierarchical(8.0).0, Scheme::Flat);
+    // one domain: flat is all there is
+    let equal = HierPlan::new(&synthetic(&[2, 2], 20e9)).expect("plan");
+    assert_eq!(equal.choose_hierarchical(64e6).0, Scheme::Flat);
+}
+
 fn check_all(topo: Topology, schemes: &[Option<Scheme>]) {
     let plan = HierPlan::new(&topo).expect("plan");
     check_plan(plan, topo.len(), schemes);

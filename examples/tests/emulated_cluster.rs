@@ -19,7 +19,7 @@ fn all_reduce_over_shaped_links() -> Result<(), Failed> {
     })
     .map_err(|e| e.to_string())?;
     let bench = Path::new(env!("CARGO_BIN_EXE_hetero-collective-bench"));
-    for algo in ["flat-ring", "hierarchical"] {
+    for algo in ["flat-ring", "hierarchical", "auto"] {
         let args: Vec<String> = [
             "--transport",
             "tcp",

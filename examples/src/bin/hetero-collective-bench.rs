@@ -24,12 +24,19 @@ enum Algo {
     FlatRecursiveDoubling,
     /// Flat recursive halving-doubling (Rabenseifner).
     FlatHalvingDoubling,
-    /// Hierarchical, scheme chosen per size by the cost model.
+    /// Flat, algorithm chosen per size by the cost model (ring, tree,
+    /// recursive doubling or halving-doubling).
+    FlatAuto,
+    /// Hierarchical: leader or sharded per size by the cost model (or
+    /// --tune); flat only when the topology has one domain.
     Hierarchical,
     /// Hierarchical, always the leader scheme.
     HierarchicalLeader,
     /// Hierarchical, always the sharded scheme (equal domains).
     HierarchicalSharded,
+    /// The library's default: measured topology, then flat, leader or
+    /// sharded per size by the cost model (or --tune), the flat algorithm
+    /// by the model; collapses to flat when the topology has one domain.
     Auto,
 }
 
@@ -97,9 +104,10 @@ struct Args {
     /// segment, no pipelining).
     #[arg(long, default_value_t = 1024)]
     segment_kib: usize,
-    /// `--algo hierarchical`: before the benchmark, time every scheme at 1
-    /// KiB, 4 KiB, ... up to `--max-bytes` (median of this many runs) and
-    /// use the fastest per size instead of the cost model's pick (0: off).
+    /// `--algo auto` or `hierarchical`: before the benchmark, time every
+    /// scheme at 1 KiB, 4 KiB, ... up to `--max-bytes` (median of this many
+    /// runs) and use the fastest per size instead of the cost model's pick
+    /// (0: off).
     #[arg(long, default_value_t = 0)]
     tune: usize,
     /// Hierarchical algorithms: rank 0 writes the measured topology (JSON,
@@ -202,11 +210,11 @@ async fn make_comm(
             Box::new(measured_flat(t, Algorithm::HalvingDoubling, &cfg).await?.0),
             flat,
         ),
-        Algo::Auto => (
+        Algo::FlatAuto => (
             Box::new(measured_flat(t, Algorithm::Auto, &cfg).await?.0),
             flat,
         ),
-        Algo::Hierarchical | Algo::HierarchicalLeader | Algo::HierarchicalSharded => {
+        Algo::Auto | Algo::Hierarchical | Algo::HierarchicalLeader | Algo::HierarchicalSharded => {
             let topo = sense_topology(t.clone(), &cfg).await?;
             if let (Some(path), 0) = (&s.save_topology, t.rank()) {
                 topo.save(path)?;
@@ -229,9 +237,10 @@ async fn make_comm(
             let mut h = match algo {
                 Algo::HierarchicalLeader => h.with_scheme(Scheme::Leader),
                 Algo::HierarchicalSharded => h.with_scheme(Scheme::Sharded),
+                Algo::Hierarchical => h.hierarchical_only(),
                 _ => h,
             };
-            if algo == Algo::Hierarchical && s.tune > 0 {
+            if matches!(algo, Algo::Auto | Algo::Hierarchical) && s.tune > 0 {
                 let table = h.tune(s.max_bytes, s.tune).await?;
                 if h.rank() == 0 {
                     for (bytes, times, best) in table {
