@@ -52,7 +52,7 @@ use tokio::time::Instant;
 
 use crate::error::CollectiveError;
 use crate::tcp::TcpTransport;
-use crate::transport::Transport;
+use crate::transport::{Transport, wait_drained};
 
 /// Bytes of each ring's data area (one ring per ordered pair of local ranks).
 pub const DEFAULT_RING_BYTES: usize = 1 << 20;
@@ -918,18 +918,8 @@ impl Transport for ShmTransport {
         }
     }
     async fn flush(&self) -> Result<()> {
-        let timeout = self.tcp.timeout();
-        let deadline = Instant::now() + timeout;
-        while self.pending.load(Ordering::Acquire) > 0 {
-            if Instant::now() >= deadline {
-                return Err(CollectiveError::Timeout {
-                    what: "flushing queued shared-memory messages".into(),
-                    after: timeout,
-                }
-                .into());
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        let what = "flushing queued shared-memory messages";
+        wait_drained(&self.pending, self.tcp.timeout(), what).await?;
         self.tcp.flush().await
     }
     fn timeout(&self) -> Duration {

@@ -35,7 +35,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout_at};
 
 use crate::error::CollectiveError;
-use crate::transport::{DEFAULT_TIMEOUT, Delivery, Inboxes, Transport};
+use crate::transport::{DEFAULT_TIMEOUT, Delivery, Inboxes, Transport, wait_drained};
 
 const MAGIC: u32 = 0x4845_5443; // "HETC"
 /// Largest frame accepted from a peer (guards against garbage lengths).
@@ -480,14 +480,12 @@ impl Transport for TcpTransport {
         self.inboxes.recv(peer, self.timeout).await
     }
     async fn flush(&self) -> Result<()> {
-        let deadline = Instant::now() + self.timeout;
-        while self.pending.load(Ordering::Acquire) > 0 {
-            if Instant::now() >= deadline {
-                return Err(timed_out("flushing queued messages to peers", self.timeout).into());
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        Ok(())
+        wait_drained(
+            &self.pending,
+            self.timeout,
+            "flushing queued messages to peers",
+        )
+        .await
     }
     fn timeout(&self) -> Duration {
         self.timeout

@@ -44,6 +44,28 @@ pub trait Transport: Send + Sync + fmt::Debug {
     }
 }
 
+/// Wait until `pending` (messages queued and not yet written) drops to
+/// zero, polling every millisecond; `Timeout` after `timeout` (`what` says
+/// what was being flushed).
+pub(crate) async fn wait_drained(
+    pending: &std::sync::atomic::AtomicUsize,
+    timeout: Duration,
+    what: &str,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while pending.load(std::sync::atomic::Ordering::Acquire) > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(CollectiveError::Timeout {
+                what: what.to_string(),
+                after: timeout,
+            }
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
+}
+
 /// What a reader side pushes: a message, or why the peer is gone.
 pub(crate) type Delivery = std::result::Result<Vec<u8>, String>;
 

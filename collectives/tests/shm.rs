@@ -91,36 +91,10 @@ fn shared_memory_ranks_agree_with_the_naive_reduction() {
                     for peer in (0..n).filter(|&p| p != rank) {
                         assert_eq!(t.link_kind(peer), LinkKind::SharedMemory);
                     }
-                    for algo in [
-                        Algorithm::Ring,
-                        Algorithm::Tree,
-                        Algorithm::RecursiveDoubling,
-                        Algorithm::HalvingDoubling,
-                    ] {
-                        let c = flat(t.clone(), algo);
-                        for dtype in [DType::F32, DType::F16, DType::I32] {
-                            for op in ReduceOp::ALL {
-                                for (si, len) in
-                                    [0usize, 1, 7, 1000, 65_537].into_iter().enumerate()
-                                {
-                                    let mut d = data(dtype, rank, len, si);
-                                    c.all_reduce(TensorMut::Host(d.host_mut()?), op).await?;
-                                    let want = naive(dtype, op, n, len, si);
-                                    if d.bytes() != want.bytes() {
-                                        return Err(Error::invalid(
-                                            "result",
-                                            format!(
-                                                "n={n} rank={rank} {dtype} {op} len={len} {algo:?}"
-                                            ),
-                                        ));
-                                    }
-                                }
-                            }
-                        }
-                        c.barrier().await?;
-                    }
+                    all_reduce_matches_naive(t.clone(), n, &[DType::F32, DType::F16, DType::I32])
+                        .await?;
                     t.flush().await?;
-                    Ok(())
+                    Ok::<(), Error>(())
                 }));
             }
             for h in handles {

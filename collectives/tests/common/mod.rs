@@ -75,3 +75,40 @@ pub fn naive(dtype: DType, op: ReduceOp, n: usize, len: usize, seed: usize) -> S
 }
 
 pub const SIZES: [usize; 7] = [0, 1, 2, 7, 13, 31, 100];
+
+/// Every point-to-point all-reduce algorithm x `dtypes` x every reduce op x
+/// sizes 0, 1, 7, 1000, 65 537 on this rank of an `n`-rank group, against
+/// the naive reduction; then a barrier per algorithm.
+pub async fn all_reduce_matches_naive(
+    t: Arc<dyn Transport>,
+    n: usize,
+    dtypes: &[DType],
+) -> Result<()> {
+    use hetero_core::{Collective, TensorMut};
+    let rank = t.rank();
+    for algo in [
+        Algorithm::Ring,
+        Algorithm::Tree,
+        Algorithm::RecursiveDoubling,
+        Algorithm::HalvingDoubling,
+    ] {
+        let c = flat(t.clone(), algo);
+        for &dtype in dtypes {
+            for op in ReduceOp::ALL {
+                for (si, len) in [0usize, 1, 7, 1000, 65_537].into_iter().enumerate() {
+                    let mut d = data(dtype, rank, len, si);
+                    c.all_reduce(TensorMut::Host(d.host_mut()?), op).await?;
+                    let want = naive(dtype, op, n, len, si);
+                    if d.bytes() != want.bytes() {
+                        return Err(hetero_core::Error::invalid(
+                            "result",
+                            format!("n={n} rank={rank} {dtype} {op} len={len} {algo:?}"),
+                        ));
+                    }
+                }
+            }
+        }
+        c.barrier().await?;
+    }
+    Ok(())
+}
