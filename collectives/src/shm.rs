@@ -2,9 +2,10 @@
 //!
 //! [`ShmTransport`] wraps a [`TcpTransport`]: peers on the same host are
 //! reached through shared memory, every other peer through TCP as before.
-//! "Same host" means the same host name, boot id and network namespace, so
-//! the emulated cluster's nodes (one namespace each, one machine) stay apart
-//! and keep their shaped links.
+//! "Same host" means the same host name, boot id, network namespace and PID
+//! namespace (see [`host_key`]), so the emulated cluster's nodes (one
+//! network namespace each, one machine) stay apart and keep their shaped
+//! links.
 //!
 //! ## Rings
 //!
@@ -93,14 +94,26 @@ impl Default for ShmConfig {
     }
 }
 
-/// Which processes can share memory: host name, boot id, network namespace.
+/// Which processes can share memory: host name, boot id, and the network
+/// and PID namespaces. The network namespace keeps the emulated cluster's
+/// nodes apart; the PID namespace is needed because a sleeping side checks
+/// that its peer's process id still exists, which only means something
+/// inside one PID namespace (containers of one pod share the network but
+/// not the process ids).
 pub fn host_key() -> String {
     let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_string());
     let boot = read("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    let netns = std::fs::read_link("/proc/self/ns/net")
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
-    format!("{}|{boot}|{netns}", crate::sense::host_name())
+    let ns = |kind: &str| {
+        std::fs::read_link(format!("/proc/self/ns/{kind}"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    };
+    format!(
+        "{}|{boot}|{}|{}",
+        crate::sense::host_name(),
+        ns("net"),
+        ns("pid")
+    )
 }
 
 fn io_error(context: String) -> impl FnOnce(std::io::Error) -> Error {
@@ -411,10 +424,12 @@ async fn wait_until(
         let failure =
             |reason: String| Error::from(CollectiveError::PeerFailure { rank: peer, reason });
         if ring.closed(theirs).load(Ordering::SeqCst) != 0 && !ready() {
+            ring.sleeping(mine).store(0, Ordering::SeqCst);
             return Err(failure("it closed its shared-memory ring".into()));
         }
         let pid = ring.peer_pid(theirs).load(Ordering::Acquire);
         if !process_alive(pid) {
+            ring.sleeping(mine).store(0, Ordering::SeqCst);
             return Err(failure(format!("its process {pid} exited")));
         }
         let now = Instant::now();
