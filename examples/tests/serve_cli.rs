@@ -128,6 +128,19 @@ fn profiles_are_cached_and_buckets_reported() {
 
 #[test]
 fn two_processes_serve_as_ranks_of_one_job() {
+    // over TCP, then with shared memory between the two (same host)
+    #[cfg(target_os = "linux")]
+    let transports: &[&[&str]] = &[&[], &["--shared-memory"]];
+    #[cfg(not(target_os = "linux"))]
+    let transports: &[&[&str]] = &[&[]];
+    for extra in transports {
+        serve_as_two_ranks(extra);
+    }
+    without_requests_is_an_error();
+}
+
+/// Two hetero-serve processes as ranks 0 and 1 (torchrun's variables).
+fn serve_as_two_ranks(extra: &[&str]) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
@@ -150,6 +163,7 @@ fn two_processes_serve_as_ranks_of_one_job() {
                 "--rank-from-env",
                 "--json",
             ])
+            .args(extra)
             .env("RANK", rank.to_string())
             .env("WORLD_SIZE", "2")
             .env("MASTER_ADDR", "127.0.0.1")
@@ -167,7 +181,7 @@ fn two_processes_serve_as_ranks_of_one_job() {
     for (rank, o) in outs.iter().enumerate() {
         assert!(
             o.status.success(),
-            "rank {rank}: {}",
+            "rank {rank} {extra:?}: {}",
             String::from_utf8_lossy(&o.stderr)
         );
     }
@@ -179,7 +193,9 @@ fn two_processes_serve_as_ranks_of_one_job() {
         assert!(r["error"].is_null(), "{r}");
         assert_eq!(r["report"]["outputs"].as_array().expect("outputs").len(), 7);
     }
+}
 
+fn without_requests_is_an_error() {
     // Without --requests the flag is a clear error.
     let out = Command::new(env!("CARGO_BIN_EXE_hetero-serve"))
         .args(["--rank-from-env", "--device", "host:threads=1,memory=64MiB"])

@@ -78,6 +78,11 @@ struct Args {
     /// batching).
     #[arg(long)]
     rank_from_env: bool,
+    /// With --rank-from-env: ranks on the same host exchange through
+    /// shared memory (/dev/shm, or HETERO_SHM_DIR; Linux) instead of
+    /// loopback TCP; ranks on other hosts stay on TCP.
+    #[arg(long, requires = "rank_from_env")]
+    shared_memory: bool,
     /// Print JSON instead of tables.
     #[arg(long)]
     json: bool,
@@ -334,6 +339,22 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .map_err(|e| Error::io("starting the tokio runtime", e))
 }
 
+/// `--shared-memory`: the TCP mesh upgraded with shared-memory rings.
+#[cfg(target_os = "linux")]
+fn shared_memory(rt: &tokio::runtime::Runtime, tcp: TcpTransport) -> Result<Arc<dyn Transport>> {
+    use hetero_collectives::shm::{ShmConfig, ShmTransport};
+    let shm = rt.block_on(ShmTransport::connect(tcp, &ShmConfig::default()))?;
+    Ok(Arc::new(shm))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn shared_memory(_: &tokio::runtime::Runtime, _: TcpTransport) -> Result<Arc<dyn Transport>> {
+    Err(Error::unsupported(
+        hetero_core::Backend::Host,
+        "--shared-memory needs Linux (shared mappings with FIFO doorbells); leave it out to use TCP",
+    ))
+}
+
 /// `--rank-from-env`: join the other ranks over TCP, exchange profiles,
 /// serve this process's device as one rank.
 fn run_ranked(
@@ -347,7 +368,12 @@ fn run_ranked(
 ) -> Result<()> {
     let cfg = TcpConfig::from_env()?;
     let rt = runtime()?;
-    let transport: Arc<dyn Transport> = Arc::new(rt.block_on(TcpTransport::connect(&cfg))?);
+    let tcp = rt.block_on(TcpTransport::connect(&cfg))?;
+    let transport: Arc<dyn Transport> = if args.shared_memory {
+        shared_memory(&rt, tcp)?
+    } else {
+        Arc::new(tcp)
+    };
     let comm: Arc<dyn Collective> = Arc::new(FlatCollective::unmeasured(
         transport.clone(),
         Algorithm::Ring,
