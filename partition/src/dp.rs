@@ -654,7 +654,13 @@ struct RowCtx<'a, 'g> {
     ns: usize,
 }
 
-/// What one thread keeps between rows.
+/// What one thread keeps between rows. Aligned (and its small vectors
+/// padded) to whole cache-line pairs: the fields and the per-kind costs
+/// are written for every pair the search tries, and with two workers'
+/// data in one line the line bounced between the cores, so two threads
+/// did the work of 1.2 (InceptionV3: 24.5 s of CPU on two threads against
+/// 15.5 s on one).
+#[repr(align(128))]
 struct Worker {
     st: SetState,
     stamp: Vec<u32>,
@@ -679,11 +685,18 @@ impl Worker {
                 unsupported: 0,
             },
             stamp: vec![u32::MAX; ideals],
-            stack: Vec::new(),
-            cost: vec![0.0; p.kinds.len()],
+            stack: Vec::with_capacity(p.units.len() + 2),
+            cost: padded(vec![0.0; p.kinds.len()]),
             pairs: 0,
         }
     }
+}
+
+/// `v` in an allocation of at least 256 bytes, so that no other thread's
+/// data shares the cache lines it is written through.
+fn padded(mut v: Vec<f64>) -> Vec<f64> {
+    v.reserve_exact(32usize.saturating_sub(v.len()));
+    v
 }
 
 /// Fill `row` (= dp[j]) and its back-links from the finished rows `done`.
