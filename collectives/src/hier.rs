@@ -453,6 +453,12 @@ impl Hierarchical {
         self
     }
 
+    /// Flat is left out of the choice: hierarchical only, over two or more
+    /// domains (with one, flat is all there is).
+    fn excludes_flat(&self) -> bool {
+        self.hierarchical_only && self.plan.domains.len() > 1
+    }
+
     pub fn plan(&self) -> &HierPlan {
         &self.plan
     }
@@ -464,11 +470,7 @@ impl Hierarchical {
         let want = self
             .forced
             .or_else(|| self.tuned_choice(bytes))
-            .unwrap_or_else(|| {
-                self.plan
-                    .choose_from(bytes as f64, self.hierarchical_only)
-                    .0
-            });
+            .unwrap_or_else(|| self.plan.choose_from(bytes as f64, self.excludes_flat()).0);
         self.runnable(want)
     }
 
@@ -500,10 +502,9 @@ impl Hierarchical {
         let sizes: Vec<usize> = std::iter::successors(Some(1024usize), |b| b.checked_mul(4))
             .take_while(|&b| b <= max_bytes.max(1024))
             .collect();
-        let skip_flat = self.hierarchical_only && self.plan.domains.len() > 1;
         let schemes: Vec<Scheme> = [Scheme::Flat, Scheme::Leader, Scheme::Sharded]
             .into_iter()
-            .filter(|&s| self.runnable(s) == s && !(skip_flat && s == Scheme::Flat))
+            .filter(|&s| self.runnable(s) == s && !(s == Scheme::Flat && self.excludes_flat()))
             .collect();
         let mut table = Vec::new();
         let mut tuned = Vec::new();
@@ -833,7 +834,7 @@ impl Collective for Hierarchical {
                     picks.join(", ")
                 )
             }
-            (None, true) if self.hierarchical_only && self.plan.domains.len() > 1 => {
+            (None, true) if self.excludes_flat() => {
                 " (leader or sharded only: flat is not chosen)".to_string()
             }
             (None, true) => String::new(),

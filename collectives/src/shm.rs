@@ -14,19 +14,24 @@
 //! processes map. A message is a little-endian `u64` length and its bytes,
 //! streamed through the ring, so a message may be larger than the ring (the
 //! reader drains while the writer fills). Each side owns one position
-//! counter (`tail` for the writer, `head` for the reader), published with
-//! release stores, so no lock is ever shared between processes.
+//! counter (`tail` for the writer, `head` for the reader), so no lock is
+//! ever shared between processes.
 //!
-//! ## Threads and waiting
+//! ## Sending, receiving and waiting
 //!
-//! Each local peer gets a writer thread (fed by an unbounded queue, so
-//! `send` never blocks, as with TCP) and a reader thread that pushes whole
-//! messages into the per-peer inbox. A side with nothing to do spins
-//! briefly, then sleeps on a futex in the shared page (the other side wakes
-//! it only when it said it is sleeping), waking every 20 ms to check that
-//! its peer is alive: a closed flag set by a peer that stopped cleanly, and
-//! the peer's process id otherwise. So a peer that dies surfaces as
-//! `PeerFailure` within about 20 ms, not after the receive timeout.
+//! No threads of its own: `send` writes straight into the ring when nothing
+//! is queued before the message and it fits; otherwise a tokio writer task
+//! per peer streams it in order as room appears (so `send` never blocks, as
+//! with TCP). `recv` reads the ring itself. A side with nothing to do polls
+//! the ring, giving the CPU away between polls, then sleeps on a FIFO
+//! doorbell registered with tokio; the other side writes the doorbell only
+//! when the sleeper said it sleeps (a flag in the shared page, set before
+//! the sleeper looks at the ring once more and read after the other side
+//! moves its position, both sequentially consistent, so no wake-up is
+//! lost). A sleeper wakes every 20 ms to check that its peer is alive: a
+//! closed flag set by a peer that stopped cleanly, and the peer's process id
+//! otherwise. So a peer that dies surfaces as `PeerFailure` within about
+//! 20 ms, not after the receive timeout.
 //!
 //! ## Setup
 //!
@@ -259,7 +264,7 @@ impl Ring {
     fn position(&self, line: usize) -> &AtomicU64 {
         self.u64_at(line)
     }
-    /// Nonzero while that side sleeps on the other side's `seq`.
+    /// Nonzero while that side sleeps on its doorbell.
     fn sleeping(&self, line: usize) -> &AtomicU32 {
         self.u32_at(line + 12)
     }
@@ -298,19 +303,6 @@ impl Ring {
             std::ptr::copy_nonoverlapping(data.add(start), end, first);
             std::ptr::copy_nonoverlapping(data, end.add(first), n - first);
             dst.set_len(dst.len() + n);
-        }
-    }
-
-    /// Copy from the data area at stream position `pos` into `dst`.
-    fn take(&self, pos: u64, dst: &mut [u8]) {
-        let start = (pos % self.capacity as u64) as usize;
-        let first = dst.len().min(self.capacity - start);
-        // SAFETY: both ranges lie in the data area between head and tail,
-        // which the writer does not touch until head moves past them.
-        unsafe {
-            let data = self.base.add(HEADER);
-            std::ptr::copy_nonoverlapping(data.add(start), dst.as_mut_ptr(), first);
-            std::ptr::copy_nonoverlapping(data, dst.as_mut_ptr().add(first), dst.len() - first);
         }
     }
 }
@@ -393,14 +385,32 @@ fn process_alive(pid: u32) -> bool {
 /// sleep on its doorbell.
 pub const DEFAULT_POLLS_BEFORE_SLEEP: usize = 64;
 
+/// Side `mine` of a ring marked as sleeping while this lives.
+struct Asleep<'a>(&'a AtomicU32);
+
+impl<'a> Asleep<'a> {
+    fn mark(ring: &'a Ring, mine: usize) -> Self {
+        let flag = ring.sleeping(mine);
+        flag.store(1, Ordering::SeqCst);
+        Asleep(flag)
+    }
+}
+
+impl Drop for Asleep<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::SeqCst);
+    }
+}
+
 /// Wait, as side `mine` of `ring`, until `ready()`; the doorbell `bell` is
 /// rung by the other side after it moves its position while we sleep.
+/// `deadline`: when to give up, and the timeout it stands for (reported).
 async fn wait_until(
     ring: &Ring,
     mine: usize,
     bell: &AsyncFd<OwnedFd>,
     peer: usize,
-    deadline: Option<Instant>,
+    deadline: Option<(Instant, Duration)>,
     polls: usize,
     ready: impl Fn() -> bool,
 ) -> Result<()> {
@@ -416,33 +426,30 @@ async fn wait_until(
     }
     let theirs = other(mine);
     loop {
-        ring.sleeping(mine).store(1, Ordering::SeqCst);
+        let _asleep = Asleep::mark(ring, mine);
         if ready() {
-            ring.sleeping(mine).store(0, Ordering::SeqCst);
             return Ok(());
         }
         let failure =
             |reason: String| Error::from(CollectiveError::PeerFailure { rank: peer, reason });
+        // a writer closes after its last bytes: look at the ring once more
         if ring.closed(theirs).load(Ordering::SeqCst) != 0 && !ready() {
-            ring.sleeping(mine).store(0, Ordering::SeqCst);
             return Err(failure("it closed its shared-memory ring".into()));
         }
         let pid = ring.peer_pid(theirs).load(Ordering::Acquire);
         if !process_alive(pid) {
-            ring.sleeping(mine).store(0, Ordering::SeqCst);
             return Err(failure(format!("its process {pid} exited")));
         }
         let now = Instant::now();
         let nap = match deadline {
-            Some(d) if now >= d => {
-                ring.sleeping(mine).store(0, Ordering::SeqCst);
+            Some((at, timeout)) if now >= at => {
                 return Err(CollectiveError::Timeout {
                     what: format!("waiting for rank {peer} over shared memory"),
-                    after: d.saturating_duration_since(now),
+                    after: timeout,
                 }
                 .into());
             }
-            Some(d) => LIVENESS_CHECK.min(d - now),
+            Some((at, _)) => LIVENESS_CHECK.min(at - now),
             None => LIVENESS_CHECK,
         };
         if let Ok(woken) = tokio::time::timeout(nap, bell.readable()).await {
@@ -451,7 +458,6 @@ async fn wait_until(
             drain_bell(bell.get_ref());
             guard.clear_ready();
         }
-        ring.sleeping(mine).store(0, Ordering::SeqCst);
     }
 }
 
@@ -474,20 +480,21 @@ fn publish(ring: &Ring, mine: usize, position: u64, bell: &OwnedFd) {
 /// This rank's end of a ring it reads from, with the message in progress.
 #[derive(Debug)]
 struct Inbound {
-    ring: Arc<Ring>,
+    ring: Ring,
     /// Rung by the writer (data), and the one this side rings (space).
     data_bell: AsyncFd<OwnedFd>,
-    space_bell: Arc<OwnedFd>,
-    header: [u8; 8],
-    header_have: usize,
-    body: Option<Vec<u8>>,
+    space_bell: OwnedFd,
+    /// Bytes of the length prefix read so far.
+    prefix: Vec<u8>,
+    /// Once the prefix is complete: the message's length and its bytes so far.
+    body: Option<(usize, Vec<u8>)>,
     polls: usize,
 }
 
 impl Inbound {
     /// Take what the ring holds; a whole message once it has arrived.
     fn pull(&mut self) -> Option<Vec<u8>> {
-        let ring = &*self.ring;
+        let ring = &self.ring;
         loop {
             let head = ring.position(READER_LINE).load(Ordering::Relaxed);
             let avail = (ring.position(WRITER_LINE).load(Ordering::SeqCst) - head) as usize;
@@ -496,31 +503,26 @@ impl Inbound {
             }
             let taken = match &mut self.body {
                 None => {
-                    let n = avail.min(8 - self.header_have);
-                    ring.take(
-                        head,
-                        &mut self.header[self.header_have..self.header_have + n],
-                    );
-                    self.header_have += n;
-                    if self.header_have == 8 {
-                        let len = u64::from_le_bytes(self.header) as usize;
-                        self.body = Some(Vec::with_capacity(len));
+                    let n = avail.min(8 - self.prefix.len());
+                    ring.extend(head, n, &mut self.prefix);
+                    if let Ok(prefix) = <[u8; 8]>::try_from(self.prefix.as_slice()) {
+                        let len = u64::from_le_bytes(prefix) as usize;
+                        self.prefix.clear();
+                        self.body = Some((len, Vec::with_capacity(len)));
                     }
                     n
                 }
-                Some(body) => {
-                    let want = u64::from_le_bytes(self.header) as usize;
-                    let n = avail.min(want - body.len());
+                Some((len, body)) => {
+                    let n = avail.min(*len - body.len());
                     ring.extend(head, n, body);
                     n
                 }
             };
             publish(ring, READER_LINE, head + taken as u64, &self.space_bell);
-            if let Some(body) = &self.body
-                && body.len() == u64::from_le_bytes(self.header) as usize
+            if let Some((len, body)) = &self.body
+                && body.len() == *len
             {
-                self.header_have = 0;
-                return self.body.take();
+                return self.body.take().map(|(_, body)| body);
             }
         }
     }
@@ -529,7 +531,7 @@ impl Inbound {
 /// This rank's end of a ring it writes to.
 #[derive(Debug)]
 struct Outbound {
-    ring: Arc<Ring>,
+    ring: Ring,
     data_bell: OwnedFd,
     space_bell: AsyncFd<OwnedFd>,
     /// Serialises the fast path of `send` with the writer task's chunks.
@@ -550,7 +552,7 @@ impl Outbound {
     /// Write bytes `from..` of `parts` (one stream) as far as the ring has
     /// room; the new offset.
     fn put_stream(&self, parts: [&[u8]; 2], mut from: usize) -> usize {
-        let ring = &*self.ring;
+        let ring = &self.ring;
         let mut tail = ring.position(WRITER_LINE).load(Ordering::Relaxed);
         let mut room = self.free();
         let mut skip = from;
@@ -585,7 +587,6 @@ async fn write_queued(
     out: Arc<Outbound>,
     peer: usize,
     mut queue: mpsc::UnboundedReceiver<Vec<u8>>,
-    pending: Arc<AtomicUsize>,
 ) {
     while let Some(data) = queue.recv().await {
         let failed = out.failed.lock().map(|g| g.is_some()).unwrap_or(true);
@@ -601,9 +602,8 @@ async fn write_queued(
                 if done == total {
                     break;
                 }
-                let ring = &*out.ring;
                 if let Err(e) = wait_until(
-                    ring,
+                    &out.ring,
                     WRITER_LINE,
                     &out.space_bell,
                     peer,
@@ -621,7 +621,6 @@ async fn write_queued(
             }
         }
         out.queued.fetch_sub(1, Ordering::AcqRel);
-        pending.fetch_sub(1, Ordering::AcqRel);
     }
     out.close();
 }
@@ -638,19 +637,16 @@ pub struct ShmTransport {
     /// Per peer on this host: the ring this rank writes to, and the queue
     /// of its writer task.
     outbound: Vec<Option<Writer>>,
-    /// For `Drop`: the rings read from and their space doorbells.
-    reading: Vec<(Arc<Ring>, Arc<OwnedFd>)>,
-    pending: Arc<AtomicUsize>,
-    local_peers: usize,
 }
 
 impl Drop for ShmTransport {
     fn drop(&mut self) {
         // Writers waiting for room in our rings fail at once; our writer
         // tasks drain their queues and then close their rings.
-        for (ring, space_bell) in &self.reading {
-            ring.closed(READER_LINE).store(1, Ordering::SeqCst);
-            ring_bell(space_bell);
+        for inbound in self.inbound.iter_mut().flatten() {
+            let inbound = inbound.get_mut();
+            inbound.ring.closed(READER_LINE).store(1, Ordering::SeqCst);
+            ring_bell(&inbound.space_bell);
         }
     }
 }
@@ -792,25 +788,20 @@ impl ShmTransport {
             return Err(e);
         }
         let mut inbound: Vec<Option<tokio::sync::Mutex<Inbound>>> = (0..n).map(|_| None).collect();
-        let mut outbound = Vec::with_capacity(n);
-        let mut reading = Vec::new();
+        let mut outbound: Vec<Option<Writer>> = (0..n).map(|_| None).collect();
         let mut opened = Vec::new();
         let open_all = |p: usize, incoming: Ring| -> Result<(Inbound, Arc<Outbound>)> {
-            let ring_in = Arc::new(incoming);
-            let data_bell = watch(open_bell(&name(p, rank), DATA_BELL)?)?;
-            let space_bell = Arc::new(open_bell(&name(p, rank), SPACE_BELL)?);
             let inb = Inbound {
-                ring: ring_in,
-                data_bell,
-                space_bell,
-                header: [0; 8],
-                header_have: 0,
+                ring: incoming,
+                data_bell: watch(open_bell(&name(p, rank), DATA_BELL)?)?,
+                space_bell: open_bell(&name(p, rank), SPACE_BELL)?,
+                prefix: Vec::with_capacity(8),
                 body: None,
                 polls: cfg.polls_before_sleep,
             };
             let out_path = name(rank, p);
             let out = Outbound {
-                ring: Arc::new(Ring::open(&out_path, cfg.ring_bytes)?),
+                ring: Ring::open(&out_path, cfg.ring_bytes)?,
                 data_bell: open_bell(&out_path, DATA_BELL)?,
                 space_bell: watch(open_bell(&out_path, SPACE_BELL)?)?,
                 lock: std::sync::Mutex::new(()),
@@ -841,29 +832,22 @@ impl ShmTransport {
             return Err(e);
         }
 
-        let pending = Arc::new(AtomicUsize::new(0));
-        outbound.resize_with(n, || None);
         for (p, (inb, out)) in opened {
-            reading.push((inb.ring.clone(), inb.space_bell.clone()));
             inbound[p] = Some(tokio::sync::Mutex::new(inb));
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(write_queued(out.clone(), p, rx, pending.clone()));
+            tokio::spawn(write_queued(out.clone(), p, rx));
             outbound[p] = Some((out, tx));
         }
-        let local_peers = local.iter().filter(|&&l| l).count();
         Ok(ShmTransport {
             tcp,
             inbound,
             outbound,
-            reading,
-            pending,
-            local_peers,
         })
     }
 
     /// How many peers this rank reaches through shared memory.
     pub fn local_peers(&self) -> usize {
-        self.local_peers
+        self.outbound.iter().flatten().count()
     }
 }
 
@@ -895,10 +879,8 @@ impl Transport for ShmTransport {
             }
             out.queued.fetch_add(1, Ordering::AcqRel);
         }
-        self.pending.fetch_add(1, Ordering::AcqRel);
         queue.send(data).map_err(|_| {
             out.queued.fetch_sub(1, Ordering::AcqRel);
-            self.pending.fetch_sub(1, Ordering::AcqRel);
             CollectiveError::PeerFailure {
                 rank: peer,
                 reason: "its shared-memory writer stopped".into(),
@@ -910,20 +892,26 @@ impl Transport for ShmTransport {
         let Some(Some(inbound)) = self.inbound.get(peer) else {
             return self.tcp.recv(peer).await;
         };
-        let deadline = Instant::now() + self.tcp.timeout();
+        let timeout = self.tcp.timeout();
+        let deadline = (Instant::now() + timeout, timeout);
         let mut inb = inbound.lock().await;
         loop {
             if let Some(message) = inb.pull() {
                 return Ok(message);
             }
-            let ring = inb.ring.clone();
+            let Inbound {
+                ring,
+                data_bell,
+                polls,
+                ..
+            } = &*inb;
             wait_until(
-                &ring,
+                ring,
                 READER_LINE,
-                &inb.data_bell,
+                data_bell,
                 peer,
                 Some(deadline),
-                inb.polls,
+                *polls,
                 || {
                     ring.position(WRITER_LINE).load(Ordering::SeqCst)
                         > ring.position(READER_LINE).load(Ordering::Relaxed)
@@ -933,8 +921,12 @@ impl Transport for ShmTransport {
         }
     }
     async fn flush(&self) -> Result<()> {
-        let what = "flushing queued shared-memory messages";
-        wait_drained(&self.pending, self.tcp.timeout(), what).await?;
+        let timeout = self.tcp.timeout();
+        let deadline = Instant::now() + timeout;
+        for (out, _) in self.outbound.iter().flatten() {
+            let what = "flushing queued shared-memory messages";
+            wait_drained(&out.queued, deadline, timeout, what).await?;
+        }
         self.tcp.flush().await
     }
     fn timeout(&self) -> Duration {
@@ -943,7 +935,7 @@ impl Transport for ShmTransport {
     fn describe(&self) -> String {
         format!(
             "shared memory to {} local peer(s), TCP to the rest",
-            self.local_peers
+            self.local_peers()
         )
     }
     fn link_kind(&self, peer: usize) -> LinkKind {

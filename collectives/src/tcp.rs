@@ -480,12 +480,9 @@ impl Transport for TcpTransport {
         self.inboxes.recv(peer, self.timeout).await
     }
     async fn flush(&self) -> Result<()> {
-        wait_drained(
-            &self.pending,
-            self.timeout,
-            "flushing queued messages to peers",
-        )
-        .await
+        let deadline = Instant::now() + self.timeout;
+        let what = "flushing queued messages to peers";
+        wait_drained(&self.pending, deadline, self.timeout, what).await
     }
     fn timeout(&self) -> Duration {
         self.timeout

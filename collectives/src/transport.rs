@@ -45,14 +45,14 @@ pub trait Transport: Send + Sync + fmt::Debug {
 }
 
 /// Wait until `pending` (messages queued and not yet written) drops to
-/// zero, polling every millisecond; `Timeout` after `timeout` (`what` says
-/// what was being flushed).
+/// zero, polling every millisecond; `Timeout` at `deadline`, reported as
+/// `timeout` (`what` says what was being flushed).
 pub(crate) async fn wait_drained(
     pending: &std::sync::atomic::AtomicUsize,
+    deadline: tokio::time::Instant,
     timeout: Duration,
     what: &str,
 ) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + timeout;
     while pending.load(std::sync::atomic::Ordering::Acquire) > 0 {
         if tokio::time::Instant::now() >= deadline {
             return Err(CollectiveError::Timeout {
