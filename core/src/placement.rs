@@ -146,6 +146,19 @@ pub struct TwoLevelInterconnect {
     pub inter_node_cost_factor: f64,
 }
 
+impl TwoLevelInterconnect {
+    /// The node of `slot`: accelerator `j` sits in node
+    /// `j / accelerators_per_node`; CPUs belong to no node (the host is
+    /// local to every node). `None` too for zero accelerators per node,
+    /// which [`Cluster::validate`] rejects.
+    pub fn node_of(&self, slot: Slot) -> Option<usize> {
+        match slot {
+            Slot::Accelerator(j) => j.checked_div(self.accelerators_per_node),
+            Slot::Cpu(_) => None,
+        }
+    }
+}
+
 /// The devices a plan may use.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Cluster {

@@ -158,11 +158,13 @@ pub(crate) fn evaluate_with(
         }
         let c = ix.out_cost[u];
         // accelerators a and b sit in different nodes of a two-level interconnect
-        let cross_node = |a: usize, b: usize| match (interconnect, slots[a].0, slots[b].0) {
-            (Some(ic), Slot::Accelerator(x), Slot::Accelerator(y)) => {
-                x / ic.accelerators_per_node != y / ic.accelerators_per_node
-            }
-            _ => false,
+        let cross_node = |a: usize, b: usize| {
+            interconnect.is_some_and(
+                |ic| match (ic.node_of(slots[a].0), ic.node_of(slots[b].0)) {
+                    (Some(x), Some(y)) => x != y,
+                    _ => false,
+                },
+            )
         };
         let factor = interconnect.map_or(1.0, |ic| ic.inter_node_cost_factor);
         let mut sender_crosses = false;

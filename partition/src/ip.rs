@@ -284,10 +284,7 @@ impl IntegerProgram {
         // devices in other nodes, and variables >= [u on d and a receiver in
         // another node] and >= [a receiver on d and u in another node]; each
         // adds (factor - 1) x the cost (factor >= 1, so they sit at their bounds)
-        let node_of = |slot: Slot| match (interconnect, slot) {
-            (Some(ic), Slot::Accelerator(j)) => Some(j / ic.accelerators_per_node),
-            _ => None,
-        };
+        let node_of = |slot: Slot| interconnect.and_then(|ic| ic.node_of(slot));
         let other_nodes: Vec<Vec<usize>> = devices
             .iter()
             .map(|&(_, s)| match node_of(s) {

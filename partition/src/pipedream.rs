@@ -72,10 +72,7 @@ impl PipeDream {
         let mut a = vec![vec![inf; len + 1]; stages + 1];
         let mut back = vec![vec![0usize; len + 1]; stages + 1];
         a[0][0] = 0.0;
-        let node_of = |slot: Slot| match (&p.interconnect, slot) {
-            (Some(ic), Slot::Accelerator(j)) => Some(j / ic.accelerators_per_node),
-            _ => None,
-        };
+        let node_of = |slot: Slot| p.interconnect.as_ref().and_then(|ic| ic.node_of(slot));
         for m in 1..=stages {
             let (slot, speed, cap) = accs[m - 1];
             // the cut before this stage crosses nodes

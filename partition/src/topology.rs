@@ -164,9 +164,10 @@ fn interconnect_from_domains(
     let bandwidth = |i: usize, j: usize| topology.link(i, j).map(|l| l.bandwidth_bytes_per_s);
     let (mut inside, mut between) = (Vec::new(), Vec::new());
     for (a, &(_, i)) in numbered.iter().enumerate() {
-        for &(_, j) in &numbered[a + 1..] {
+        for (b_index, &(_, j)) in numbered.iter().enumerate().skip(a + 1) {
+            let same_domain = in_domain[a] == in_domain[b_index];
             for b in [bandwidth(i, j), bandwidth(j, i)].into_iter().flatten() {
-                if domain_of(i) == domain_of(j) {
+                if same_domain {
                     inside.push(b);
                 } else {
                     between.push(b);
