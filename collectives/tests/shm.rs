@@ -13,9 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use hetero_collectives::shm::{ShmConfig, ShmTransport};
-use hetero_collectives::{Algorithm, TcpConfig, TcpTransport, Transport};
+use hetero_collectives::{Algorithm, Transport};
 use hetero_core::{Collective, DType, Error, LinkKind, ReduceOp, Result, TensorMut};
-use tokio::net::TcpListener;
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -48,19 +47,12 @@ async fn group(n: usize, cfg: ShmConfig, timeout: Duration) -> Vec<Result<ShmTra
 
 /// As [`group`], each rank with its own configuration.
 async fn group_with(cfgs: Vec<ShmConfig>, timeout: Duration) -> Vec<Result<ShmTransport>> {
-    let n = cfgs.len();
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let master = listener.local_addr().expect("addr").to_string();
-    let mut listener = Some(listener);
-    let mut handles = Vec::new();
-    for (rank, cfg) in cfgs.into_iter().enumerate() {
-        let tcp_cfg = TcpConfig::new(rank, n, master.clone()).with_timeout(timeout);
-        let l = if rank == 0 { listener.take() } else { None };
-        handles.push(tokio::spawn(async move {
-            let tcp = TcpTransport::connect_with(&tcp_cfg, l).await?;
-            ShmTransport::connect(tcp, &cfg).await
-        }));
-    }
+    let tcp = mesh(cfgs.len(), timeout).await.expect("TCP mesh");
+    let handles: Vec<_> = tcp
+        .into_iter()
+        .zip(cfgs)
+        .map(|(tcp, cfg)| tokio::spawn(async move { ShmTransport::connect(tcp, &cfg).await }))
+        .collect();
     let mut out = Vec::new();
     for h in handles {
         out.push(h.await.expect("task"));

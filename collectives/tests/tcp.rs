@@ -13,34 +13,6 @@ use hetero_collectives::{Algorithm, TcpConfig, TcpTransport, Transport};
 use hetero_core::{Collective, DType, Error, ReduceOp, Result, TensorMut, chunk_range};
 use tokio::net::TcpListener;
 
-/// Connect `n` ranks on 127.0.0.1 (rank 0 on an ephemeral port).
-async fn mesh(n: usize, timeout: Duration) -> Result<Vec<TcpTransport>> {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| Error::io("bind", e))?;
-    let master = listener
-        .local_addr()
-        .map_err(|e| Error::io("addr", e))?
-        .to_string();
-    let mut handles = Vec::new();
-    let mut listener = Some(listener);
-    for rank in 0..n {
-        let cfg = TcpConfig::new(rank, n, master.clone()).with_timeout(timeout);
-        let l = if rank == 0 { listener.take() } else { None };
-        handles.push(tokio::spawn(async move {
-            TcpTransport::connect_with(&cfg, l).await
-        }));
-    }
-    let mut out = Vec::new();
-    for h in handles {
-        out.push(
-            h.await
-                .map_err(|e| Error::invalid("task", e.to_string()))??,
-        );
-    }
-    Ok(out)
-}
-
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -6,9 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hetero_collectives::kernels::{Staged, combine_bytes, finish_bytes};
-use hetero_collectives::{Algorithm, FlatCollective, InProcessTransport, Transport};
+use hetero_collectives::{
+    Algorithm, FlatCollective, InProcessTransport, TcpConfig, TcpTransport, Transport,
+};
 use hetero_core::host_kernels::Arith;
-use hetero_core::{DType, LinkKind, LinkModel, ReduceOp, Result};
+use hetero_core::{DType, Error, LinkKind, LinkModel, ReduceOp, Result};
+use tokio::net::TcpListener;
 
 /// Run `f(rank transport)` for every rank of a group concurrently; results by rank.
 pub fn run_group<T, F, Fut, R>(transports: Vec<T>, f: F) -> Vec<Result<R>>
@@ -100,7 +103,7 @@ pub async fn all_reduce_matches_naive(
                     c.all_reduce(TensorMut::Host(d.host_mut()?), op).await?;
                     let want = naive(dtype, op, n, len, si);
                     if d.bytes() != want.bytes() {
-                        return Err(hetero_core::Error::invalid(
+                        return Err(Error::invalid(
                             "result",
                             format!("n={n} rank={rank} {dtype} {op} len={len} {algo:?}"),
                         ));
@@ -111,4 +114,32 @@ pub async fn all_reduce_matches_naive(
         c.barrier().await?;
     }
     Ok(())
+}
+
+/// Connect `n` ranks on 127.0.0.1 (rank 0 on an ephemeral port).
+pub async fn mesh(n: usize, timeout: Duration) -> Result<Vec<TcpTransport>> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| Error::io("bind", e))?;
+    let master = listener
+        .local_addr()
+        .map_err(|e| Error::io("addr", e))?
+        .to_string();
+    let mut handles = Vec::new();
+    let mut listener = Some(listener);
+    for rank in 0..n {
+        let cfg = TcpConfig::new(rank, n, master.clone()).with_timeout(timeout);
+        let l = if rank == 0 { listener.take() } else { None };
+        handles.push(tokio::spawn(async move {
+            TcpTransport::connect_with(&cfg, l).await
+        }));
+    }
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(
+            h.await
+                .map_err(|e| Error::invalid("task", e.to_string()))??,
+        );
+    }
+    Ok(out)
 }
