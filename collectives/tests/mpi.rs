@@ -185,7 +185,8 @@ fn main() {
     }
     #[cfg(not(feature = "mpi"))]
     {
-        let why = "built without the `mpi` feature of hetero-collectives";
+        let why = "built without the `mpi` feature of hetero-collectives (needs MPI and libclang: \
+                   Debian libopenmpi-dev openmpi-bin libclang-dev; cargo xtask setup)";
         trials.push(skip(Trial::test("mpi::single_rank_world", || Ok(())), why));
         let _ = mpirun_found();
         trials.push(skip(

@@ -125,3 +125,39 @@ fn bad_input_exits_non_zero_with_the_reason() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `--solver cbc` places like the default solver in a build with the `cbc`
+/// feature, and without it exits 1 naming the feature and the package.
+#[test]
+fn cbc_solver_places_or_says_how_to_get_it() {
+    let dir = scratch("cbc");
+    for algo in ["ip", "ip-noncontig"] {
+        let out = place(&dir, CHAIN, &["--algo", algo, "--solver", "cbc"]);
+        if cfg!(feature = "cbc") {
+            let load = max_load(&out);
+            assert!((load - 1.5).abs() < 1e-9, "{algo} with cbc: {load}");
+        } else {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{stderr}");
+            assert!(
+                stderr.contains("`cbc` feature") && stderr.contains("coinor-libcbc-dev"),
+                "{stderr}"
+            );
+        }
+    }
+    // MPS export is Cbc's; the default solver refuses it with the reason.
+    let out = place(
+        &dir,
+        CHAIN,
+        &[
+            "--algo",
+            "ip",
+            "--write-mps",
+            dir.join("m.mps").to_str().expect("utf-8"),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--solver cbc"), "{stderr}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -25,7 +25,7 @@ pub mod topology;
 
 pub use dp::{ExactDp, Greedy, LinearDp, ProgressFn, SolveStats};
 pub use eval::{Evaluation, evaluate};
-pub use ip::{IntegerProgram, IpStats};
+pub use ip::{IntegerProgram, IpSolver, IpStats};
 pub use paper::{PaperGraph, PaperSplit};
 pub use pipedream::PipeDream;
 pub use topology::cluster_from_topology;

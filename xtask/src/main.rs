@@ -2,11 +2,16 @@
 //!
 //! `cargo xtask ci` is what CI runs; `cargo xtask test --backend NAME` runs
 //! one backend's tests (the device suite once per device that backend finds);
-//! `cargo xtask bench` runs the benchmarks.
+//! `cargo xtask bench` runs the benchmarks; `cargo xtask setup` installs the
+//! system packages of the optional features. Every build task first probes
+//! the optional system pieces (see `optional`) and turns on the features
+//! whose libraries are present, so a fresh machine builds and tests the rest.
 
 use std::process::{Command, ExitCode};
 
 mod bench_place;
+mod optional;
+mod setup;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -19,8 +24,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Everything CI checks: formatting, clippy with -D warnings, all tests.
+    /// Everything CI checks: formatting, clippy with -D warnings, all tests,
+    /// with every optional feature whose system library is installed; ends
+    /// with what was left out and why, then one line counting the tests.
     Ci,
+    /// Install the Debian / Ubuntu packages of every optional feature (as
+    /// root with apt, non-interactively), or print the command to run.
+    Setup,
     /// Run tests: the whole workspace, or one backend's crate and device suite.
     Test {
         /// Only this backend's tests.
@@ -93,24 +103,29 @@ fn main() -> ExitCode {
 fn run(task: Task) -> Result<(), String> {
     match task {
         Task::Ci => {
+            let found = optional::probe_all();
+            optional::announce(&found);
             fmt()?;
-            lint()?;
-            let mut args = vec!["test", "--workspace"];
-            args.extend(feature_args());
-            cargo_test(&args)
+            lint(&found)?;
+            let mut args: Vec<String> = vec!["test".into(), "--workspace".into()];
+            args.extend(optional::feature_args(&found));
+            cargo_test(&args, &found)
         }
+        Task::Setup => setup::run(),
         Task::Test { backend, test_args } => {
+            let found = optional::probe_all();
+            optional::announce(&found);
             let mut args: Vec<String> = vec!["test".into()];
             match backend {
                 Some(b) => args.extend(["--package".into(), b.package()?.into()]),
                 None => args.push("--workspace".into()),
             }
-            args.extend(feature_args().iter().map(|s| s.to_string()));
+            args.extend(optional::feature_args(&found));
             if !test_args.is_empty() {
                 args.push("--".into());
                 args.extend(test_args);
             }
-            cargo_test(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            cargo_test(&args, &found)
         }
         Task::Bench { backend } => match backend {
             Some(b) => cargo(&["bench", "--package", b.package()?]),
@@ -132,7 +147,7 @@ fn run(task: Task) -> Result<(), String> {
         }
         Task::BenchPlace { data_dir } => bench_place::run(data_dir.as_deref()),
         Task::Fmt => fmt(),
-        Task::Lint => lint(),
+        Task::Lint => lint(&optional::probe_all()),
     }
 }
 
@@ -140,52 +155,20 @@ fn fmt() -> Result<(), String> {
     cargo(&["fmt", "--all", "--", "--check"])
 }
 
-fn lint() -> Result<(), String> {
-    let mut args = vec!["clippy", "--workspace", "--all-targets"];
-    args.extend(feature_args());
-    args.extend(["--", "-D", "warnings"]);
-    cargo(&args)
-}
-
-/// `--all-features` when the HIP runtime is installed (the `rocm` feature
-/// links it), otherwise the default features, saying what is left out.
-fn feature_args() -> Vec<&'static str> {
-    if hip_runtime_found() {
-        vec!["--all-features"]
-    } else {
-        eprintln!(
-            "xtask: no HIP runtime found (HIP_PATH, /opt/rocm, /usr/include/hip); \
-             building without hetero-rocm's `rocm` feature (install libamdhip64-dev to include it)"
-        );
-        Vec::new()
-    }
-}
-
-/// Whether hip-sys can build: it looks under HIP_PATH, ROCM_PATH or /opt/rocm;
-/// Debian's libamdhip64-dev lives under /usr, which we pass as HIP_PATH.
-fn hip_runtime_found() -> bool {
-    let header = "include/hip/hip_runtime_api.h";
-    let has = |root: &str| std::path::Path::new(root).join(header).is_file();
-    for var in ["HIP_PATH", "ROCM_PATH"] {
-        if let Ok(root) = std::env::var(var) {
-            return has(&root);
-        }
-    }
-    if has("/opt/rocm") {
-        return true;
-    }
-    if has("/usr") {
-        // SAFETY: xtask is single-threaded; hip-sys's build script reads it.
-        unsafe { std::env::set_var("HIP_PATH", "/usr") };
-        return true;
-    }
-    false
+fn lint(found: &[optional::Found<'_>]) -> Result<(), String> {
+    let mut args: Vec<String> = ["clippy", "--workspace", "--all-targets"]
+        .map(String::from)
+        .to_vec();
+    args.extend(optional::feature_args(found));
+    args.extend(["--", "-D", "warnings"].map(String::from));
+    cargo(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// `cargo test ...`, streaming its output, then one closing line that adds
 /// up every test binary's summary (ignored tests are the skipped ones: the
-/// device suites register what cannot run here as ignored, with the reason).
-fn cargo_test(args: &[&str]) -> Result<(), String> {
+/// device suites register what cannot run here as ignored, with the reason),
+/// just after the summary of the optional pieces left out.
+fn cargo_test(args: &[String], found: &[optional::Found<'_>]) -> Result<(), String> {
     use std::io::{BufRead, BufReader, Write};
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("xtask: cargo {}", args.join(" "));
@@ -211,6 +194,13 @@ fn cargo_test(args: &[&str]) -> Result<(), String> {
     let status = child
         .wait()
         .map_err(|e| format!("waiting for cargo: {e}"))?;
+    let left_out = optional::summary(found);
+    if !left_out.is_empty() {
+        println!("optional pieces left out:");
+        for line in left_out {
+            println!("{line}");
+        }
+    }
     println!(
         "tests: {} passed, {} failed, {} skipped",
         totals[0], totals[1], totals[2]

@@ -34,7 +34,7 @@ fn main() {
         Err(reason) => {
             eprintln!("ROCm device suite skipped: {reason}");
             let short = if reason.to_string().contains("without the `rocm` feature") {
-                "skipped: built without feature rocm"
+                "skipped: built without feature rocm (needs the HIP runtime: Debian libamdhip64-dev; cargo xtask setup)"
             } else {
                 "skipped: no AMD GPU"
             };

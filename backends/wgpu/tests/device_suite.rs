@@ -54,7 +54,10 @@ fn main() {
                 trials.push(
                     Trial::test(format!("wgpu[none]::{}", test.name), || Ok(()))
                         .with_ignored_flag(true)
-                        .with_kind("skipped: no wgpu adapter"),
+                        .with_kind(
+                            "skipped: no wgpu adapter (software ones: Debian mesa-vulkan-drivers \
+                             libvulkan1 libegl1 libegl-mesa0 libgl1-mesa-dri; cargo xtask setup)",
+                        ),
                 );
             }
         }

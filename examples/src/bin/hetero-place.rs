@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use hetero_core::placement::{Cluster, Plan};
 use hetero_partition::{
-    ExactDp, Greedy, IntegerProgram, LinearDp, PaperGraph, PaperSplit, PartitionError, PipeDream,
-    ProgressFn, SolveStats, cluster_from_topology, evaluate,
+    ExactDp, Greedy, IntegerProgram, IpSolver, LinearDp, PaperGraph, PaperSplit, PartitionError,
+    PipeDream, ProgressFn, SolveStats, cluster_from_topology, evaluate,
 };
 
 /// Place the nodes of a DNN graph on k accelerators and l CPUs so that the
@@ -74,9 +74,29 @@ struct Args {
     time_limit: f64,
     /// With --algo ip or ip-noncontig: also write the integer program to
     /// MPS file, gzip-compressed as <stem>.mps.gz (to solve it with
-    /// another solver).
+    /// another solver). Needs --solver cbc.
     #[arg(long, value_name = "FILE.mps")]
     write_mps: Option<PathBuf>,
+    /// MILP solver of --algo ip / ip-noncontig: microlp (pure Rust, always
+    /// built) or cbc (COIN-OR Cbc, faster on large models; only in a build
+    /// with the `cbc` feature, which needs Debian's coinor-libcbc-dev).
+    #[arg(long, value_enum, default_value_t = Solver::Microlp)]
+    solver: Solver,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Solver {
+    Microlp,
+    Cbc,
+}
+
+impl From<Solver> for IpSolver {
+    fn from(s: Solver) -> Self {
+        match s {
+            Solver::Microlp => IpSolver::MicroLp,
+            Solver::Cbc => IpSolver::Cbc,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -87,7 +107,7 @@ enum Algo {
     DpLinear,
     /// Fill accelerators in topological order up to their share of the time.
     Greedy,
-    /// Integer program over contiguous splits (COIN-OR Cbc; optimal unless
+    /// Integer program over contiguous splits (see --solver; optimal unless
     /// --time-limit stops it, then the gap is reported).
     Ip,
     /// Integer program over all splits, contiguous or not.
@@ -181,11 +201,12 @@ fn run(args: &Args) -> Result<(), PartitionError> {
                 } else {
                     IntegerProgram::non_contiguous()
                 }
-                .with_time_limit(args.time_limit);
+                .with_time_limit(args.time_limit)
+                .with_solver(args.solver.into());
                 ip.write_mps = args.write_mps.clone();
                 eprintln!(
-                    "solving the integer program (time limit {} s)...",
-                    args.time_limit
+                    "solving the integer program with {} (time limit {} s)...",
+                    ip.solver, args.time_limit
                 );
                 let (plan, s) = ip.solve(g, &cluster)?;
                 eprintln!(

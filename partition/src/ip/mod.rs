@@ -42,17 +42,18 @@
 
 use std::time::Instant;
 
-use good_lp::solvers::{SolutionStatus, WithTimeLimit};
-use good_lp::{
-    Expression, ProblemVariables, ResolutionError, Solution, SolverModel, Variable, coin_cbc,
-    constraint, variable,
-};
+use good_lp::{Expression, ProblemVariables, Variable, constraint, variable};
 use hetero_core::placement::{Cluster, Graph, Plan, Slot, TwoLevelInterconnect};
 
 use crate::dp::{Prepared, prepare, prepare_any_interconnect};
 use crate::eval::{checked_interconnect, evaluate_with};
 use crate::problem::{Indexed, Kind};
 use crate::{PartitionError, Result};
+
+mod solver;
+
+pub use solver::IpSolver;
+use solver::{Model, Solved};
 
 /// The integer program (see the module docs).
 #[derive(Debug, Clone)]
@@ -62,8 +63,10 @@ pub struct IntegerProgram {
     /// Stop the solver after this many seconds and return its best split.
     pub time_limit_s: Option<f64>,
     /// Also write the model as MPS (gzip-compressed, `<stem>.mps.gz`) for
-    /// other solvers.
+    /// other solvers (Cbc only).
     pub write_mps: Option<std::path::PathBuf>,
+    /// The MILP solver (microlp unless chosen otherwise).
+    pub solver: IpSolver,
 }
 
 impl IntegerProgram {
@@ -72,6 +75,7 @@ impl IntegerProgram {
             contiguous: true,
             time_limit_s: None,
             write_mps: None,
+            solver: IpSolver::default(),
         }
     }
     pub fn non_contiguous() -> Self {
@@ -79,28 +83,25 @@ impl IntegerProgram {
             contiguous: false,
             time_limit_s: None,
             write_mps: None,
+            solver: IpSolver::default(),
         }
     }
     pub fn with_time_limit(mut self, seconds: f64) -> Self {
         self.time_limit_s = Some(seconds);
         self
     }
+    pub fn with_solver(mut self, solver: IpSolver) -> Self {
+        self.solver = solver;
+        self
+    }
 
-    fn export(&self, model: &good_lp::solvers::coin_cbc::CoinCbcProblem) -> Result<()> {
-        let Some(path) = &self.write_mps else {
-            return Ok(());
-        };
-        // Cbc appends ".mps" and compresses: FILE.mps.gz.
-        let text = path.to_string_lossy();
-        let stem = text
-            .strip_suffix(".mps.gz")
-            .or_else(|| text.strip_suffix(".mps"))
-            .unwrap_or(&text);
-        let name = std::ffi::CString::new(stem.as_bytes()).map_err(|_| {
-            PartitionError::BadSplit(format!("MPS path {} contains a NUL byte", path.display()))
-        })?;
-        model.as_inner().to_raw().write_mps(&name);
-        Ok(())
+    fn run(&self, model: Model) -> Result<Solved> {
+        solver::solve(
+            self.solver,
+            model,
+            self.time_limit_s,
+            self.write_mps.as_deref(),
+        )
     }
 }
 
@@ -118,28 +119,6 @@ pub struct IpStats {
     /// True when the time limit stopped the search.
     pub stopped_by_time_limit: bool,
     pub seconds: f64,
-}
-
-/// Builder that counts constraints as it adds them.
-struct Model<M> {
-    inner: M,
-    constraints: usize,
-}
-
-impl<M: SolverModel> Model<M> {
-    fn add(&mut self, c: good_lp::Constraint) {
-        self.inner.add_constraint(c);
-        self.constraints += 1;
-    }
-}
-
-fn solver_error(e: ResolutionError) -> PartitionError {
-    match e {
-        ResolutionError::Infeasible => {
-            PartitionError::Infeasible("the integer program has no feasible split".into())
-        }
-        other => PartitionError::Unsupported(format!("the IP solver failed: {other}")),
-    }
 }
 
 /// Transfer terms: for each node with successors on other units, its cost,
@@ -221,17 +200,16 @@ impl IntegerProgram {
         Ok((plan, stats))
     }
 
-    fn finish<S: Solution>(
+    fn finish(
         &self,
-        solution: &S,
+        solved: &Solved,
         objective: f64,
-        bound: f64,
         variables: usize,
         constraints: usize,
     ) -> IpStats {
-        let stopped = matches!(solution.status(), SolutionStatus::TimeLimit);
+        let stopped = solved.stopped_by_time_limit;
         let gap = if stopped && objective > 0.0 {
-            ((objective - bound) / objective).max(0.0)
+            ((objective - solved.bound) / objective).max(0.0)
         } else {
             0.0
         };
@@ -239,7 +217,7 @@ impl IntegerProgram {
             variables,
             constraints,
             solver_objective: objective,
-            bound: if stopped { bound } else { objective },
+            bound: if stopped { solved.bound } else { objective },
             gap,
             stopped_by_time_limit: stopped,
             seconds: 0.0,
@@ -309,14 +287,7 @@ impl IntegerProgram {
         let extra = interconnect.map_or(0.0, |ic| ic.inter_node_cost_factor - 1.0);
         let m = vars.add(variable().min(0.0));
         let nvars = vars.len();
-        let mut solver = vars.minimise(m).using(coin_cbc);
-        if let Some(t) = self.time_limit_s {
-            solver = solver.with_time_limit(t);
-        }
-        let mut model = Model {
-            inner: solver,
-            constraints: 0,
-        };
+        let mut model = Model::new(vars, m);
         for row in &x {
             let sum: Expression = row.iter().sum();
             model.add(constraint!(sum == 1));
@@ -372,9 +343,8 @@ impl IntegerProgram {
             }
             model.add(constraint!(load <= m));
         }
-        let constraints = model.constraints;
-        self.export(&model.inner)?;
-        let solution = model.inner.solve().map_err(solver_error)?;
+        let constraints = model.constraints.len();
+        let solution = self.run(model)?;
         let assignment = (0..n)
             .map(|v| {
                 let d = (0..devices.len())
@@ -384,8 +354,7 @@ impl IntegerProgram {
             })
             .collect();
         let objective = solution.value(m);
-        let bound = solution.model().best_possible_value();
-        let stats = self.finish(&solution, objective, bound, nvars, constraints);
+        let stats = self.finish(&solution, objective, nvars, constraints);
         Ok((assignment, stats))
     }
 
@@ -444,14 +413,7 @@ impl IntegerProgram {
         };
         let m = vars.add(variable().min(0.0));
         let nvars = vars.len();
-        let mut solver = vars.minimise(m).using(coin_cbc);
-        if let Some(t) = self.time_limit_s {
-            solver = solver.with_time_limit(t);
-        }
-        let mut model = Model {
-            inner: solver,
-            constraints: 0,
-        };
+        let mut model = Model::new(vars, m);
         // x[u][q] = y[u][q] - y[u][q-1]
         let x = |u: usize, q: usize| -> Expression {
             if q == 0 {
@@ -550,9 +512,8 @@ impl IntegerProgram {
                 model.add(constraint!(load <= m + big * (1.0 - kind_at[q][t])));
             }
         }
-        let constraints = model.constraints;
-        self.export(&model.inner)?;
-        let solution = model.inner.solve().map_err(solver_error)?;
+        let constraints = model.constraints.len();
+        let solution = self.run(model)?;
         // Map positions to concrete devices of their kind, in order.
         let mut used = vec![0usize; nk];
         let mut slot_of_position = Vec::with_capacity(positions);
@@ -574,8 +535,7 @@ impl IntegerProgram {
             }
         }
         let objective = solution.value(m);
-        let bound = solution.model().best_possible_value();
-        let stats = self.finish(&solution, objective, bound, nvars, constraints);
+        let stats = self.finish(&solution, objective, nvars, constraints);
         Ok((assignment, stats))
     }
 }
