@@ -13,7 +13,7 @@ use hetero_core::{
     Collective, DType, DynDevice, DynDeviceExt, HostSlice, ReduceOp, Tensor, TensorMut,
     chunk_range, with_dtype,
 };
-use hetero_examples::{AnyDevice, discover};
+use hetero_backends::{AnyDevice, discover};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 const RANKS: usize = 3;

@@ -5,7 +5,7 @@
 //! listed as ignored with the reason.
 
 use hetero_core::{DynDevice, DynDeviceExt};
-use hetero_examples::{AnyDevice, discover};
+use hetero_backends::{AnyDevice, discover};
 use hetero_scheduler::{DecodeModel, ModelShape};
 use libtest_mimic::{Arguments, Failed, Trial};
 

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hetero_core::{Error, Result};
-use hetero_examples::{discover, select_devices};
+use hetero_backends::{discover, select_devices};
 use hetero_scheduler::policy::policy;
 use hetero_scheduler::{Allocation, DeviceProfile, ModelShape, profile_device};
 use serde_json::json;

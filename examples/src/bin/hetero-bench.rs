@@ -9,7 +9,7 @@ use hetero_core::host_kernels::Arith;
 use hetero_core::{
     DType, DynDevice, DynDeviceExt, GemmSpec, HostSlice, LinkProbe, ReduceOp, Result, with_dtype,
 };
-use hetero_examples::{AnyDevice, discover, link_between};
+use hetero_backends::{AnyDevice, discover, link_between};
 use serde_json::json;
 
 /// Measure, per device: GEMM GFLOP/s (f32, and f16 / bf16 where the device

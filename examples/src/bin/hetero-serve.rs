@@ -10,7 +10,7 @@ use hetero_collectives::{Algorithm, FlatCollective, TcpConfig, TcpTransport, Tra
 use hetero_core::{
     Collective, DynDevice, Error, HostSlice, HostSliceMut, ReduceOp, Result, Tensor, TensorMut,
 };
-use hetero_examples::{discover, select_devices};
+use hetero_backends::{discover, select_devices};
 use hetero_scheduler::continuous::{
     ContinuousReport, Request, serve_continuous, serve_continuous_rank,
 };
