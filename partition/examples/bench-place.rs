@@ -113,40 +113,54 @@ enum Selection {
     Synthetic,
 }
 
-fn main() -> std::process::ExitCode {
-    let mut dir = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/data/dnn-partitioning/throughput-inputs"
-    ));
-    let mut selection = Selection::Everything;
-    let mut header = true;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--list" => selection = Selection::List,
-            "--synthetic" => selection = Selection::Synthetic,
-            "--no-header" => header = false,
-            "--graph" => match args.next() {
-                Some(name) if GRAPHS.iter().any(|g| g.0 == name) => {
-                    selection = Selection::Graph(name)
-                }
-                other => {
-                    eprintln!(
-                        "--graph needs one of the names that --list prints, got {:?}",
-                        other.unwrap_or_default()
-                    );
-                    return std::process::ExitCode::FAILURE;
-                }
-            },
-            flag if flag.starts_with("--") => {
-                eprintln!(
-                    "unknown option {flag}; use [DATA_DIR] [--list | --graph NAME | --synthetic] [--no-header]"
-                );
-                return std::process::ExitCode::FAILURE;
-            }
-            path => dir = PathBuf::from(path),
-        }
+/// Placement benchmark: the exact and the linearized DP on every shipped
+/// graph of the paper (a markdown table), then a synthetic 50,000-node
+/// graph by the linearized DP.
+#[derive(Debug, clap::Parser)]
+#[command(name = "bench-place")]
+struct Args {
+    /// Folder of the graphs (default: the shipped dnn-partitioning inputs).
+    data_dir: Option<PathBuf>,
+    /// Print the graph names and exit.
+    #[arg(long, conflicts_with_all = ["graph", "synthetic"])]
+    list: bool,
+    /// Only this graph (a name that --list prints).
+    #[arg(long, value_name = "NAME", value_parser = graph_name, conflicts_with = "synthetic")]
+    graph: Option<String>,
+    /// Only the synthetic graph.
+    #[arg(long)]
+    synthetic: bool,
+    /// Leave out the table header (one process per graph appends rows).
+    #[arg(long)]
+    no_header: bool,
+}
+
+fn graph_name(name: &str) -> Result<String, String> {
+    if GRAPHS.iter().any(|g| g.0 == name) {
+        Ok(name.to_string())
+    } else {
+        Err("not a shipped graph; --list prints the names".into())
     }
+}
+
+fn main() -> std::process::ExitCode {
+    let args = <Args as clap::Parser>::parse();
+    let dir = args.data_dir.unwrap_or_else(|| {
+        PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/data/dnn-partitioning/throughput-inputs"
+        ))
+    });
+    let header = !args.no_header;
+    let selection = if args.list {
+        Selection::List
+    } else if let Some(name) = args.graph {
+        Selection::Graph(name)
+    } else if args.synthetic {
+        Selection::Synthetic
+    } else {
+        Selection::Everything
+    };
     if let Selection::List = selection {
         for g in GRAPHS {
             println!("{}", g.0);

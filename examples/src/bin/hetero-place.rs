@@ -4,11 +4,9 @@
 //! Prints the split in the paper's output format (`maxLoad`, `fpgas`, `cpus`)
 //! on stdout and a human summary on stderr.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
@@ -17,6 +15,7 @@ use hetero_partition::{
     ExactDp, Greedy, IntegerProgram, IpSolver, LinearDp, PaperGraph, PaperSplit, PartitionError,
     PipeDream, ProgressFn, SolveStats, cluster_from_topology, evaluate,
 };
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Place the nodes of a DNN graph on k accelerators and l CPUs so that the
 /// time per sample under pipelining (the largest device load) is least,
@@ -184,12 +183,13 @@ fn run(args: &Args) -> Result<(), PartitionError> {
     } else {
         let (plan, stats) = match args.algo {
             Algo::Dp => {
+                let (progress, bar) = progress_bar();
                 let dp = ExactDp {
-                    progress: Some(progress_bar()),
+                    progress: Some(progress),
                     ..ExactDp::default()
                 };
                 let out = dp.solve(g, &cluster);
-                finish_progress_bar();
+                bar.finish_and_clear();
                 out?
             }
             Algo::DpLinear => LinearDp.solve(g, &cluster)?,
@@ -270,37 +270,29 @@ fn run(args: &Args) -> Result<(), PartitionError> {
     Ok(())
 }
 
-static BAR_DRAWN: AtomicBool = AtomicBool::new(false);
-
-/// A progress bar on stderr (a terminal only) for runs over two seconds.
-fn progress_bar() -> Arc<ProgressFn> {
+/// A progress bar on stderr (indicatif hides it unless stderr is a
+/// terminal), shown only for runs over two seconds.
+fn progress_bar() -> (Arc<ProgressFn>, ProgressBar) {
+    let bar = ProgressBar::hidden();
+    let shown = bar.clone();
     let start = Instant::now();
-    let last = Mutex::new(usize::MAX);
-    Arc::new(move |done: usize, total: usize| {
-        if start.elapsed() < Duration::from_secs(2) || !std::io::stderr().is_terminal() {
+    let first = std::sync::Once::new();
+    let tell = move |done: usize, total: usize| {
+        if start.elapsed() < Duration::from_secs(2) {
             return;
         }
-        let percent = done * 100 / total.max(1);
-        let Ok(mut last) = last.lock() else { return };
-        if *last == percent {
-            return;
-        }
-        *last = percent;
-        let filled = percent * 40 / 100;
-        eprint!(
-            "\r[{}{}] {percent:3}% of {total} ideals, {:.1} s",
-            "#".repeat(filled),
-            ".".repeat(40 - filled),
-            start.elapsed().as_secs_f64()
-        );
-        BAR_DRAWN.store(true, Ordering::Relaxed);
-    })
-}
-
-fn finish_progress_bar() {
-    if BAR_DRAWN.swap(false, Ordering::Relaxed) {
-        eprintln!();
-    }
+        first.call_once(|| {
+            shown.set_draw_target(ProgressDrawTarget::stderr());
+            if let Ok(style) =
+                ProgressStyle::with_template("[{bar:40}] {percent:>3}% of {len} ideals, {elapsed}")
+            {
+                shown.set_style(style.progress_chars("#."));
+            }
+        });
+        shown.set_length(total as u64);
+        shown.set_position(done as u64);
+    };
+    (Arc::new(tell), bar)
 }
 
 fn main() -> ExitCode {
