@@ -51,6 +51,40 @@ impl Request {
     }
 }
 
+/// `count` synthetic requests (ids `0..count`) for serving benchmarks:
+/// request `i` has a prompt of `1..=max_prompt` tokens and generates
+/// `1..=max_gen`, both varied with `i` so that slots free at different
+/// rounds (otherwise continuous batching would degenerate to fixed
+/// batches). Deterministic, so every run and every rank of a job builds
+/// the same requests without exchanging them; tokens are below `vocab`.
+/// A maximum of 0 is taken as 1 (every request needs a token of each).
+pub fn synthetic_requests(
+    count: usize,
+    max_prompt: usize,
+    max_gen: usize,
+    vocab: usize,
+) -> Result<Vec<Request>> {
+    if vocab == 0 {
+        return Err(Error::invalid(
+            "vocab",
+            "the model has no tokens to draw prompts from",
+        ));
+    }
+    // Strides coprime to typical lengths spread the lengths over their range.
+    Ok((0..count)
+        .map(|i| {
+            let prompt_len = 1 + (i * 7) % max_prompt.max(1);
+            Request {
+                id: i,
+                prompt: (0..prompt_len)
+                    .map(|k| ((i * 131 + k * 7) % vocab) as u32)
+                    .collect(),
+                gen_len: 1 + (i * 5) % max_gen.max(1),
+            }
+        })
+        .collect())
+}
+
 /// Where and when a request runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Assignment {
@@ -498,4 +532,47 @@ fn report(
         outputs,
         rejected: plan.rejected.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn synthetic_requests_are_deterministic_varied_and_in_range() {
+        let a = synthetic_requests(40, 8, 16, 512).unwrap();
+        assert_eq!(a, synthetic_requests(40, 8, 16, 512).unwrap());
+        assert_eq!(a.len(), 40);
+        for (i, r) in a.iter().enumerate() {
+            assert_eq!(r.id, i);
+            assert!((1..=8).contains(&r.prompt.len()), "{r:?}");
+            assert!((1..=16).contains(&r.gen_len), "{r:?}");
+            assert!(r.prompt.iter().all(|&t| t < 512), "{r:?}");
+        }
+        // The lengths hetero-serve has always generated (changing them
+        // changes every reported benchmark).
+        assert_eq!(a[0].prompt, vec![0]);
+        assert_eq!(a[0].gen_len, 1);
+        assert_eq!(a[1].prompt, vec![131, 138, 145, 152, 159, 166, 173, 180]);
+        assert_eq!(a[1].gen_len, 6);
+        assert_eq!((a[2].prompt.len(), a[2].gen_len), (7, 11));
+        // Lengths vary, so slots free at different rounds.
+        let mut lens: Vec<usize> = a.iter().map(Request::positions).collect();
+        lens.sort_unstable();
+        lens.dedup();
+        assert!(lens.len() > 5, "{lens:?}");
+        // A prefix of a longer list is the shorter list.
+        assert_eq!(synthetic_requests(3, 8, 16, 512).unwrap(), a[..3]);
+    }
+
+    #[test]
+    fn synthetic_requests_edge_cases() {
+        assert!(synthetic_requests(5, 8, 8, 0).is_err());
+        assert!(synthetic_requests(0, 8, 8, 512).unwrap().is_empty());
+        // Maxima of 0 mean one token each; a vocabulary of one, token 0.
+        for r in synthetic_requests(10, 0, 0, 1).unwrap() {
+            assert_eq!(r.prompt, vec![0]);
+            assert_eq!(r.gen_len, 1);
+        }
+    }
 }

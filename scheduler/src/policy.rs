@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use hetero_core::{DeviceId, Error, Result};
 
+use crate::workload::ModelShape;
+
 /// Step time of one device as a function of its batch: `t(B) = a + b * B`
 /// for `B >= 1`, and 0 for an idle device.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -150,6 +152,44 @@ impl Allocation {
         } else {
             0.0
         }
+    }
+
+    /// Whether every device can hold its batch: `Ok` when none overflows,
+    /// else the out-of-memory error that decoding `model` at `max_len`
+    /// tokens would end in on the first device that overflows (a caller
+    /// checks this instead of running the allocation only to reproduce the
+    /// error). `devices` are the profiles the allocation was made for.
+    pub fn check_fits(
+        &self,
+        devices: &[DeviceProfile],
+        model: &ModelShape,
+        max_len: usize,
+    ) -> Result<()> {
+        if devices.len() != self.batches.len() {
+            return Err(Error::invalid(
+                "devices",
+                format!(
+                    "{} profiles for an allocation over {} devices",
+                    devices.len(),
+                    self.batches.len()
+                ),
+            ));
+        }
+        let Some(&g) = self.overflows.first() else {
+            return Ok(());
+        };
+        // The fields are public, so an index may be out of range.
+        let (Some(d), Some(&batch)) = (devices.get(g), self.batches.get(g)) else {
+            return Err(Error::invalid(
+                "allocation",
+                format!("overflows names device {g} of {}", devices.len()),
+            ));
+        };
+        Err(Error::OutOfMemory {
+            device: d.device,
+            requested_bytes: model.step_bytes(batch, max_len),
+            available_bytes: None,
+        })
     }
 }
 
@@ -341,17 +381,114 @@ impl AllocationPolicy for Balanced {
     }
 }
 
-/// A policy by name: `uniform`, `hasc`, `balanced`.
-pub fn policy(name: &str) -> Result<Box<dyn AllocationPolicy>> {
-    match name {
-        "uniform" => Ok(Box::new(Uniform)),
-        "hasc" => Ok(Box::new(Hasc)),
-        "balanced" => Ok(Box::new(Balanced)),
-        other => Err(Error::invalid(
-            "policy",
-            format!("unknown policy {other:?}; choose uniform, hasc or balanced"),
-        )),
+/// The policies by name: the one list every front end parses against, so a
+/// name is checked before any device is profiled and a new policy needs
+/// adding only here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Policy {
+    Uniform,
+    Hasc,
+    Balanced,
+}
+
+impl Policy {
+    /// Every policy, in the order the ablation runs them (`uniform` first:
+    /// the others are reported relative to it).
+    pub const ALL: [Policy; 3] = [Policy::Uniform, Policy::Hasc, Policy::Balanced];
+
+    /// Their names, in the order of [`Policy::ALL`].
+    pub const NAMES: [&'static str; 3] = ["uniform", "hasc", "balanced"];
+
+    /// The name that selects every policy in [`Policy::select`].
+    pub const EVERY: &'static str = "all";
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Uniform => "uniform",
+            Policy::Hasc => "hasc",
+            Policy::Balanced => "balanced",
+        }
     }
+
+    /// The policy called `name` (`uniform`, `hasc`, `balanced`).
+    pub fn from_name(name: &str) -> Result<Policy> {
+        Policy::ALL
+            .into_iter()
+            .find(|p| p.name() == name)
+            .ok_or_else(|| {
+                Error::invalid(
+                    "policy",
+                    format!(
+                        "unknown policy {name:?}; choose {}",
+                        choices(&Policy::NAMES)
+                    ),
+                )
+            })
+    }
+
+    /// What a command line's policy argument selects: one policy by name,
+    /// or every policy for [`Policy::EVERY`] (`all`).
+    pub fn select(name: &str) -> Result<Vec<Policy>> {
+        if name == Policy::EVERY {
+            return Ok(Policy::ALL.to_vec());
+        }
+        Policy::from_name(name).map(|p| vec![p]).map_err(|_| {
+            let mut names = Policy::NAMES.to_vec();
+            names.push(Policy::EVERY);
+            Error::invalid(
+                "policy",
+                format!(
+                    "unknown policy {name:?}; choose {} (every policy)",
+                    choices(&names)
+                ),
+            )
+        })
+    }
+
+    fn allocator(self) -> &'static dyn AllocationPolicy {
+        match self {
+            Policy::Uniform => &Uniform,
+            Policy::Hasc => &Hasc,
+            Policy::Balanced => &Balanced,
+        }
+    }
+}
+
+/// `a, b or c`.
+fn choices(names: &[&str]) -> String {
+    match names {
+        [] => String::new(),
+        [one] => (*one).to_string(),
+        [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
+    }
+}
+
+impl std::fmt::Display for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Policy {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Policy::from_name(s)
+    }
+}
+
+impl AllocationPolicy for Policy {
+    fn name(&self) -> &'static str {
+        Policy::name(*self)
+    }
+
+    fn allocate(&self, devices: &[DeviceProfile], total: usize) -> Result<Allocation> {
+        self.allocator().allocate(devices, total)
+    }
+}
+
+/// A policy by name: `uniform`, `hasc`, `balanced` (see [`Policy`]).
+pub fn policy(name: &str) -> Result<Box<dyn AllocationPolicy>> {
+    Ok(Box::new(Policy::from_name(name)?))
 }
 
 #[cfg(test)]
@@ -439,6 +576,77 @@ mod tests {
         assert_eq!(u.overflows, vec![1]);
         assert!(Balanced.allocate(&[], 1).is_err());
         assert!(policy("fastest").is_err());
+    }
+
+    #[test]
+    fn policy_names_parse_and_a_bad_name_is_a_clear_error() {
+        for (p, name) in Policy::ALL.into_iter().zip(Policy::NAMES) {
+            assert_eq!(p.name(), name);
+            assert_eq!(Policy::from_name(name).unwrap(), p);
+            assert_eq!(name.parse::<Policy>().unwrap(), p);
+            assert_eq!(p.to_string(), name);
+            assert_eq!(policy(name).unwrap().name(), name);
+            assert_eq!(Policy::select(name).unwrap(), vec![p]);
+        }
+        assert_eq!(Policy::select("all").unwrap(), Policy::ALL.to_vec());
+        let err = Policy::from_name("fastest").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "invalid policy: unknown policy \"fastest\"; choose uniform, hasc or balanced"
+        );
+        let err = Policy::select("fastest").unwrap_err().to_string();
+        assert!(err.contains("\"fastest\""), "{err}");
+        assert!(err.contains("uniform, hasc, balanced or all"), "{err}");
+        // "all" is a selection, not a policy.
+        assert!(Policy::from_name("all").is_err());
+        assert!(Policy::select("").is_err());
+        assert!(Policy::select("Uniform").is_err());
+    }
+
+    #[test]
+    fn a_policy_allocates_like_its_struct() {
+        let devices = [profile(0, 4, 0.1, 0.01), profile(1, 9, 0.05, 0.02)];
+        for total in [0, 5, 13] {
+            assert_eq!(
+                Policy::Uniform.allocate(&devices, total).unwrap(),
+                Uniform.allocate(&devices, total).unwrap()
+            );
+            assert_eq!(
+                Policy::Hasc.allocate(&devices, total).unwrap(),
+                Hasc.allocate(&devices, total).unwrap()
+            );
+            assert_eq!(
+                Policy::Balanced.allocate(&devices, total).unwrap(),
+                Balanced.allocate(&devices, total).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn the_fit_check_names_the_first_device_that_overflows() {
+        let model = ModelShape::tiny();
+        let devices = [profile(0, 1, 0.1, 0.01), profile(1, 2, 0.1, 0.02)];
+        let fits = Balanced.allocate(&devices, 3).unwrap();
+        assert!(fits.check_fits(&devices, &model, 12).is_ok());
+        // Uniform puts 3 on a device that holds 1, and 2 on one that holds 2.
+        let over = Uniform.allocate(&devices, 5).unwrap();
+        assert_eq!(over.overflows, vec![0]);
+        match over.check_fits(&devices, &model, 12) {
+            Err(Error::OutOfMemory {
+                device,
+                requested_bytes,
+                available_bytes: None,
+            }) => {
+                assert_eq!(device, devices[0].device);
+                assert_eq!(requested_bytes, model.step_bytes(3, 12));
+            }
+            other => panic!("expected out of memory, got {other:?}"),
+        }
+        // Profiles that are not the allocation's are an error, not a panic.
+        assert!(over.check_fits(&devices[..1], &model, 12).is_err());
+        let mut forged = fits.clone();
+        forged.overflows = vec![7];
+        assert!(forged.check_fits(&devices, &model, 12).is_err());
     }
 
     #[test]
