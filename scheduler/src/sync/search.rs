@@ -12,10 +12,11 @@ use super::cluster::ClusterModel;
 use super::exec::Driver;
 use super::model::ModelSpec;
 use super::sim::{Learned, analytic, features, pairwise_accuracy};
-use super::strategy::{Rng, Sampler, Strategy, baselines};
+use super::strategy::{Rng, Sampler, Strategy, SyncPlan, baselines};
 
-/// A candidate: simulator score, analytic seconds, features, strategy.
-type Candidate = (f64, f64, Vec<f64>, Strategy);
+/// A candidate: simulator score, analytic seconds, features, strategy, and
+/// the strategy compiled (kept so that measuring it compiles nothing again).
+type Candidate = (f64, f64, Vec<f64>, Strategy, SyncPlan);
 
 /// Knobs of the search.
 #[derive(Debug, Clone)]
@@ -235,17 +236,18 @@ pub async fn search(
         ));
     }
     let layout = driver.layout();
-    let predict = |s: &Strategy| -> Result<(f64, Vec<f64>)> {
+    // The plan comes back too: the measurement runs it as compiled here.
+    let predict = |s: &Strategy| -> Result<(f64, Vec<f64>, SyncPlan)> {
         let plan = s.compile(model, &layout)?;
         let b = analytic(model, &plan, cluster);
-        Ok((b.total_s, features(&b)))
+        Ok((b.total_s, features(&b), plan))
     };
     let mut seen: HashSet<Strategy> = HashSet::new();
     let mut base = Vec::new();
     for (name, s) in baselines::all(model, &layout) {
-        let (analytic_s, feats) = predict(&s)?;
+        let (analytic_s, feats, plan) = predict(&s)?;
         let m = driver
-            .measure(model, &s, cfg.warmup, cfg.steps, true)
+            .measure_compiled(model, &s, plan, cfg.warmup, cfg.steps, true)
             .await?;
         progress(&format!(
             "baseline {name}: {:.4} s (analytic {:.4} s; {})",
@@ -299,9 +301,9 @@ pub async fn search(
             if seen.contains(&s) || !fresh.insert(s.clone()) {
                 continue;
             }
-            let (a, f) = predict(&s)?;
+            let (a, f, plan) = predict(&s)?;
             let score = learned.as_ref().map_or(a, |l| l.score(&f));
-            pool.push((score, a, f, s));
+            pool.push((score, a, f, s, plan));
         }
         pool.sort_by(|a, b| a.0.total_cmp(&b.0));
         let take = cfg.per_round.min(cfg.trials - trials.len());
@@ -317,9 +319,9 @@ pub async fn search(
             let k = rng.below(rest.len());
             chosen.push((true, rest.swap_remove(k)));
         }
-        for (explored, (_, analytic_s, feats, s)) in chosen {
+        for (explored, (_, analytic_s, feats, s, plan)) in chosen {
             let m = driver
-                .measure(model, &s, cfg.warmup, cfg.steps, false)
+                .measure_compiled(model, &s, plan, cfg.warmup, cfg.steps, false)
                 .await?;
             seen.insert(s.clone());
             trials.push(Trial {

@@ -1,77 +1,23 @@
-//! Runs data-parallel training steps under a strategy on real ranks.
-//!
-//! Every rank holds real f32 buffers of every variable (weights and
-//! gradients). A step:
-//!
-//! 1. **Gradients** are computed on the host from a fixed formula of (rank,
-//!    step, element): small integers in `-4..=4`, dense for dense variables,
-//!    non-zero only in `rows_touched` rows for sparse ones. This stands in for
-//!    the backward pass (no model is evaluated; its compute time is not
-//!    emulated); integer values make every sum exact in f32 *and* f16, so
-//!    the result can be checked bit for bit whatever the summation order.
-//! 2. **Synchronization** as the [`SyncPlan`] says: fused all-reduces
-//!    (through `hetero_collectives::Hierarchical`, so flat, leader and
-//!    sharded schemes are the library's own), then one parameter-server
-//!    exchange for all shards (local aggregation, push, server update,
-//!    pull, local broadcast), then one all-gather of all sparse rows.
-//! 3. **Update** `w -= lr * (sum / ranks)` (plain SGD), computed the same way
-//!    on every path, so all replicas end bit-identical.
-//!
-//! Verification resets the weights, runs one step and compares every
-//! element on every rank with a naive reference computed locally from the
-//! same formula (no communication involved).
-//!
-//! Rank 0 drives: it sends each rank a [`Command`] (the model, the strategy,
-//! how many steps) over the transport, times the steps between barriers,
-//! and collects every rank's verification.
-
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Instant;
+//! One rank's replica of the model and the step it runs: gradients from
+//! the fixed formula, synchronization as the [`SyncPlan`] says (fused
+//! all-reduces, the parameter-server exchange, the sparse all-gather), the
+//! SGD update, and the check against the naive reference (see the module
+//! docs of `exec`).
 
 use hetero_collectives::{Hierarchical, Scheme, Transport};
 use hetero_core::half::f16;
 use hetero_core::{
     Collective, Error, HostSlice, HostSliceMut, ReduceOp, Result, Tensor, TensorMut,
 };
-use serde::{Deserialize, Serialize};
 
-use super::model::ModelSpec;
-use super::strategy::{ArAlgorithm, ArGroup, Compression, Layout, PsShard, Strategy, SyncPlan};
+use super::super::model::ModelSpec;
+use super::super::strategy::{ArAlgorithm, ArGroup, Compression, Layout, PsShard, SyncPlan};
+use super::codec::{
+    Reader, SparseRows, bytes_of, f32s, fixed_rows_len, put_fixed_rows, put_payload,
+};
 
 /// Learning rate of the SGD update (a power of two keeps updates exact).
 pub const LEARNING_RATE: f32 = 0.5;
-
-/// What rank 0 asks every rank to do.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum Command {
-    Run {
-        model: ModelSpec,
-        strategy: Strategy,
-        warmup: usize,
-        steps: usize,
-        verify: bool,
-    },
-    Stop,
-}
-
-/// A rank's answer to a `Run`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct RankReport {
-    rank: usize,
-    error: Option<String>,
-    mismatch: Option<String>,
-}
-
-/// Timings of one strategy.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Measurement {
-    /// Seconds of each timed step (rank 0, barrier to barrier).
-    pub steps_s: Vec<f64>,
-    pub median_s: f64,
-    /// `Some(true)` when every rank matched the reference.
-    pub verified: Option<bool>,
-}
 
 fn initial_weight(var: usize, i: usize) -> f32 {
     ((i + var) % 7) as f32 - 3.0
@@ -92,105 +38,8 @@ fn update(w: &mut f32, sum: f32, ranks: f32) {
     *w -= LEARNING_RATE * (sum / ranks);
 }
 
-fn bytes_of(xs: &[f32]) -> &[u8] {
-    bytemuck::cast_slice(xs)
-}
-
-fn f32s(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
-
-/// Sequential reader of length-prefixed payloads.
-struct Reader<'a> {
-    buf: &'a [u8],
-    at: usize,
-    peer: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8], peer: usize) -> Self {
-        Reader { buf, at: 0, peer }
-    }
-    fn payload(&mut self) -> Result<&'a [u8]> {
-        let bad = || {
-            Error::invalid(
-                "message",
-                format!(
-                    "rank {} sent a truncated parameter-server message",
-                    self.peer
-                ),
-            )
-        };
-        let head = self.buf.get(self.at..self.at + 8).ok_or_else(bad)?;
-        let len = u64::from_le_bytes(head.try_into().map_err(|_| bad())?) as usize;
-        let body = self
-            .buf
-            .get(self.at + 8..self.at + 8 + len)
-            .ok_or_else(bad)?;
-        self.at += 8 + len;
-        Ok(body)
-    }
-}
-
-fn put_payload(msg: &mut Vec<u8>, body: &[u8]) {
-    msg.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    msg.extend_from_slice(body);
-}
-
-/// Rows with values: `count`, row indices (u32), then the rows.
-#[derive(Debug, Default, Clone)]
-struct SparseRows {
-    rows: BTreeMap<usize, Vec<f32>>,
-}
-
-impl SparseRows {
-    fn add(&mut self, row: usize, vals: &[f32]) {
-        match self.rows.get_mut(&row) {
-            Some(acc) => acc.iter_mut().zip(vals).for_each(|(a, v)| *a += v),
-            None => {
-                self.rows.insert(row, vals.to_vec());
-            }
-        }
-    }
-    fn encode(&self) -> Vec<u8> {
-        let width = self.rows.values().next().map_or(0, Vec::len);
-        let mut out = Vec::with_capacity(4 + self.rows.len() * (4 + 4 * width));
-        out.extend_from_slice(&(self.rows.len() as u32).to_le_bytes());
-        for r in self.rows.keys() {
-            out.extend_from_slice(&(*r as u32).to_le_bytes());
-        }
-        for v in self.rows.values() {
-            out.extend_from_slice(bytes_of(v));
-        }
-        out
-    }
-    fn decode_into(&mut self, body: &[u8], width: usize, peer: usize) -> Result<()> {
-        let bad = || Error::invalid("message", format!("rank {peer} sent malformed sparse rows"));
-        let count = u32::from_le_bytes(
-            body.get(..4)
-                .ok_or_else(bad)?
-                .try_into()
-                .map_err(|_| bad())?,
-        ) as usize;
-        let idx_end = 4 + 4 * count;
-        if body.len() != idx_end + 4 * count * width {
-            return Err(bad());
-        }
-        let vals = f32s(&body[idx_end..]);
-        for k in 0..count {
-            let c = &body[4 + 4 * k..8 + 4 * k];
-            let row = u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize;
-            self.add(row, &vals[k * width..(k + 1) * width]);
-        }
-        Ok(())
-    }
-}
-
 /// One rank's replica of the model.
-struct Replica {
+pub(super) struct Replica {
     rank: usize,
     world: usize,
     layout: Layout,
@@ -203,7 +52,7 @@ struct Replica {
 }
 
 impl Replica {
-    fn new(rank: usize, layout: Layout, model: ModelSpec, plan: SyncPlan) -> Self {
+    pub(super) fn new(rank: usize, layout: Layout, model: ModelSpec, plan: SyncPlan) -> Self {
         let weights = model
             .variables
             .iter()
@@ -227,7 +76,7 @@ impl Replica {
         }
     }
 
-    fn reset_weights(&mut self) {
+    pub(super) fn reset_weights(&mut self) {
         for (k, w) in self.weights.iter_mut().enumerate() {
             w.iter_mut()
                 .enumerate()
@@ -258,7 +107,12 @@ impl Replica {
         }
     }
 
-    async fn step(&mut self, hier: &Hierarchical, t: &dyn Transport, step: usize) -> Result<()> {
+    pub(super) async fn step(
+        &mut self,
+        hier: &Hierarchical,
+        t: &dyn Transport,
+        step: usize,
+    ) -> Result<()> {
         self.compute_gradients(step);
         let groups = self.plan.groups.clone();
         for g in &groups {
@@ -632,12 +486,7 @@ impl Replica {
         let mut mine = Vec::new();
         for &k in &vars {
             let w = self.model.variables[k].row_len();
-            for &r in &self.touched[k] {
-                mine.extend_from_slice(&(r as u32).to_le_bytes());
-            }
-            for &r in &self.touched[k] {
-                mine.extend_from_slice(bytes_of(&self.grads[k][r * w..(r + 1) * w]));
-            }
+            put_fixed_rows(&mut mine, &self.touched[k], &self.grads[k], w);
         }
         let mut all = vec![0u8; mine.len() * n];
         hier.all_gather(
@@ -651,14 +500,10 @@ impl Replica {
             let v = &self.model.variables[k];
             let (w, t) = (v.row_len(), v.sparse.map_or(0, |s| s.rows_touched));
             let mut sum = SparseRows::default();
+            let len = fixed_rows_len(t, w);
             for r in 0..n {
-                let rec = &all[r * per_rank + at..r * per_rank + at + 4 * t + 4 * t * w];
-                let vals = f32s(&rec[4 * t..]);
-                for j in 0..t {
-                    let c = &rec[4 * j..4 * j + 4];
-                    let row = u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize;
-                    sum.add(row, &vals[j * w..(j + 1) * w]);
-                }
+                let rec = &all[r * per_rank + at..r * per_rank + at + len];
+                sum.add_fixed_rows(rec, t, w, r)?;
             }
             let wts = &mut self.weights[k];
             for (r, g) in sum.rows {
@@ -666,14 +511,14 @@ impl Replica {
                     update(x, gv, n as f32);
                 }
             }
-            at += 4 * t + 4 * t * w;
+            at += len;
         }
         Ok(())
     }
 
     /// Compare with the naive reference after one step (step index 0) from
     /// the initial weights; the first mismatch, if any.
-    fn check_against_reference(&self) -> Option<String> {
+    pub(super) fn check_against_reference(&self) -> Option<String> {
         let n = self.world;
         for (k, v) in self.model.variables.iter().enumerate() {
             let w = v.row_len();
@@ -719,208 +564,5 @@ impl ShardSum {
             ShardSum::Dense(v) => bytes_of(v).to_vec(),
             ShardSum::Sparse(s) => s.encode(),
         }
-    }
-}
-
-/// One `Run` command's contents.
-struct Job {
-    model: ModelSpec,
-    strategy: Strategy,
-    warmup: usize,
-    steps: usize,
-    verify: bool,
-}
-
-/// Run `warmup + steps` steps (and verification) on this rank; rank 0
-/// returns the step times.
-async fn run_on_rank(
-    t: &dyn Transport,
-    hier: &Hierarchical,
-    layout: Layout,
-    job: Job,
-) -> Result<(Vec<f64>, Option<String>)> {
-    let Job {
-        model,
-        strategy,
-        warmup,
-        steps,
-        verify,
-    } = job;
-    let plan = strategy.compile(&model, &layout)?;
-    let mut rep = Replica::new(t.rank(), layout, model, plan);
-    let mut times = Vec::with_capacity(steps);
-    for s in 0..warmup + steps {
-        hier.barrier().await?;
-        let start = Instant::now();
-        rep.step(hier, t, s).await?;
-        hier.barrier().await?;
-        if s >= warmup {
-            times.push(start.elapsed().as_secs_f64());
-        }
-    }
-    let mut mismatch = None;
-    if verify {
-        rep.reset_weights();
-        hier.barrier().await?;
-        rep.step(hier, t, 0).await?;
-        mismatch = rep.check_against_reference();
-    }
-    Ok((times, mismatch))
-}
-
-fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-/// A rank other than 0: run commands from rank 0 until `Stop`.
-pub async fn serve_worker(t: Arc<dyn Transport>, hier: Hierarchical, layout: Layout) -> Result<()> {
-    loop {
-        let msg = t.recv(0).await?;
-        let cmd: Command = serde_json::from_slice(&msg)
-            .map_err(|e| Error::invalid("command", format!("from rank 0: {e}")))?;
-        match cmd {
-            Command::Stop => return Ok(()),
-            Command::Run {
-                model,
-                strategy,
-                warmup,
-                steps,
-                verify,
-            } => {
-                let job = Job {
-                    model,
-                    strategy,
-                    warmup,
-                    steps,
-                    verify,
-                };
-                let out = run_on_rank(&*t, &hier, layout, job).await;
-                let report = match out {
-                    Ok((_, mismatch)) => RankReport {
-                        rank: t.rank(),
-                        error: None,
-                        mismatch,
-                    },
-                    Err(e) => RankReport {
-                        rank: t.rank(),
-                        error: Some(e.to_string()),
-                        mismatch: None,
-                    },
-                };
-                let bytes = serde_json::to_vec(&report)
-                    .map_err(|e| Error::invalid("report", e.to_string()))?;
-                t.send(0, bytes).await?;
-            }
-        }
-    }
-}
-
-/// Rank 0: sends commands, measures, collects verification.
-#[derive(Debug)]
-pub struct Driver {
-    t: Arc<dyn Transport>,
-    hier: Hierarchical,
-    layout: Layout,
-}
-
-impl Driver {
-    pub fn new(t: Arc<dyn Transport>, hier: Hierarchical, layout: Layout) -> Result<Self> {
-        if t.rank() != 0 {
-            return Err(Error::invalid("driver", "the driver runs on rank 0"));
-        }
-        Ok(Driver { t, hier, layout })
-    }
-
-    pub fn layout(&self) -> Layout {
-        self.layout
-    }
-
-    pub fn hierarchical(&self) -> &Hierarchical {
-        &self.hier
-    }
-
-    async fn broadcast(&self, cmd: &Command) -> Result<()> {
-        let bytes =
-            serde_json::to_vec(cmd).map_err(|e| Error::invalid("command", e.to_string()))?;
-        for r in 1..self.t.size() {
-            self.t.send(r, bytes.clone()).await?;
-        }
-        Ok(())
-    }
-
-    /// Run `strategy` for `warmup + steps` steps on every rank; the median
-    /// of the timed steps; with `verify`, every rank's values checked.
-    pub async fn measure(
-        &self,
-        model: &ModelSpec,
-        strategy: &Strategy,
-        warmup: usize,
-        steps: usize,
-        verify: bool,
-    ) -> Result<Measurement> {
-        strategy.compile(model, &self.layout)?;
-        if steps == 0 {
-            return Err(Error::invalid("steps", "need at least one timed step"));
-        }
-        self.broadcast(&Command::Run {
-            model: model.clone(),
-            strategy: strategy.clone(),
-            warmup,
-            steps,
-            verify,
-        })
-        .await?;
-        let job = Job {
-            model: model.clone(),
-            strategy: strategy.clone(),
-            warmup,
-            steps,
-            verify,
-        };
-        let (times, mine) = run_on_rank(&*self.t, &self.hier, self.layout, job).await?;
-        let mut problems = Vec::new();
-        if let Some(m) = mine {
-            problems.push(m);
-        }
-        for r in 1..self.t.size() {
-            let msg = self.t.recv(r).await?;
-            let rep: RankReport = serde_json::from_slice(&msg)
-                .map_err(|e| Error::invalid("report", format!("from rank {r}: {e}")))?;
-            if let Some(e) = rep.error {
-                return Err(Error::invalid(
-                    "strategy",
-                    format!("rank {} failed: {e}", rep.rank),
-                ));
-            }
-            if let Some(m) = rep.mismatch {
-                problems.push(m);
-            }
-        }
-        if let Some(first) = problems.first() {
-            return Err(Error::invalid(
-                "synchronization",
-                format!(
-                    "{} rank(s) disagree with the naive reference; first: {first}",
-                    problems.len()
-                ),
-            ));
-        }
-        Ok(Measurement {
-            median_s: median(&times),
-            steps_s: times,
-            verified: verify.then_some(true),
-        })
-    }
-
-    /// Tell every worker to stop.
-    pub async fn stop(&self) -> Result<()> {
-        self.broadcast(&Command::Stop).await?;
-        self.t.flush().await
     }
 }
