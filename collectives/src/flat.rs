@@ -15,12 +15,11 @@ use hetero_core::{
     Collective, DType, LinkKind, LinkModel, ReduceOp, Result, Tensor, TensorMut, chunk_range,
 };
 
+use crate::combine::{combine_bytes, finish_bytes};
 use crate::cost::{self, Algorithm};
 use crate::error::CollectiveError;
-use crate::kernels::{
-    HEADER, Header, OpKind, Staged, combine_bytes, finish_bytes, read_tensor, read_tensor_mut,
-    write_tensor,
-};
+use crate::framing::{HEADER, Header, OpKind};
+use crate::staging::{Staged, read_tensor, read_tensor_mut, write_tensor};
 use crate::transport::Transport;
 
 /// A flat communicator: every rank talks to every other over one transport.

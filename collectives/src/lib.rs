@@ -1,28 +1,65 @@
 //! Collectives for hetero: transports, flat algorithms, hierarchical all-reduce.
 //!
 //! See the crate README for the design, the cost model and measured numbers.
+//!
+//! Module map (one concern per file):
+//!
+//! - [`transport`]: the `Transport` trait and every transport (in-process,
+//!   TCP, shared memory, shaped), with [`transport::connect`], the one
+//!   constructor from a [`TransportKind`] and torchrun's variables;
+//! - [`flat`]: flat algorithms (ring, tree, recursive doubling,
+//!   halving-doubling) over one transport; [`cost`]: their alpha-beta costs;
+//! - [`hier`]: hierarchical all-reduce, planned ([`hier::plan`]) and run
+//!   ([`hier::exec`]);
+//! - [`exchange`]: [`all_gather_bytes`], every rank's bytes to every rank;
+//! - [`sense`]: topology sensing at start-up;
+//! - [`framing`]: the header every collective message carries;
+//!   [`staging`]: aligned host memory and tensor copies; [`combine`]:
+//!   reductions on raw bytes;
+//! - [`mpi`] (feature `mpi`): MPI's own collectives as a `Collective`;
+//! - [`netns`]: an emulated cluster of network namespaces (root);
+//! - [`error`]: this crate's errors.
 
+pub mod combine;
 pub mod cost;
 pub mod error;
+pub mod exchange;
 pub mod flat;
+pub mod framing;
 pub mod hier;
-pub mod inproc;
-pub mod kernels;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 pub mod netns;
 pub mod sense;
-pub mod shaped;
-#[cfg(target_os = "linux")]
-pub mod shm;
-pub mod tcp;
+pub mod staging;
 pub mod transport;
 
 pub use cost::Algorithm;
 pub use error::CollectiveError;
+pub use exchange::all_gather_bytes;
 pub use flat::FlatCollective;
 pub use hier::{HierPlan, Hierarchical, Scheme};
-pub use inproc::InProcessTransport;
-pub use shaped::ShapedTransport;
-pub use tcp::{TcpConfig, TcpTransport};
-pub use transport::{DEFAULT_TIMEOUT, SubTransport, Transport};
+pub use transport::{
+    DEFAULT_TIMEOUT, Endpoints, InProcessTransport, Ranks, ShapedTransport, SubTransport,
+    TcpConfig, TcpTransport, Transport, TransportKind,
+};
+
+// The module paths before the transports moved under `transport/` (issue
+// 15), so code written against them keeps building; new code names
+// `transport::…`.
+#[cfg(target_os = "linux")]
+#[doc(hidden)]
+pub use transport::shm;
+#[doc(hidden)]
+pub use transport::{inproc, shaped, tcp};
+
+/// The former `kernels` module (before issue 15), split by concern into
+/// [`staging`], [`framing`] and [`combine`]; kept so older code builds.
+#[doc(hidden)]
+pub mod kernels {
+    pub use crate::combine::{combine_bytes, finish_bytes};
+    pub use crate::framing::{HEADER, Header, OpKind};
+    pub use crate::staging::{
+        Staged, host_view, host_view_mut, read_tensor, read_tensor_mut, write_tensor,
+    };
+}

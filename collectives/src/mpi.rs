@@ -20,16 +20,15 @@
 use std::sync::{Arc, Mutex, OnceLock};
 
 use async_trait::async_trait;
-use hetero_core::{
-    Backend, Collective, DType, Error, ReduceOp, Result, Tensor, TensorMut, chunk_range,
-};
+use hetero_core::{Collective, DType, Error, ReduceOp, Result, Tensor, TensorMut, chunk_range};
 use mpi::collective::SystemOperation;
 use mpi::datatype::PartitionMut;
 use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
-use crate::kernels::{Staged, finish_bytes, read_tensor, read_tensor_mut, write_tensor};
+use crate::combine::finish_bytes;
+use crate::staging::{Staged, read_tensor, read_tensor_mut, write_tensor};
 
 /// The process's MPI universe: initialised once, never finalised before
 /// exit (MPI cannot be initialised twice in one process).
@@ -75,8 +74,8 @@ fn op_of(op: ReduceOp) -> SystemOperation {
 }
 
 fn no_reduce(dtype: DType) -> Error {
-    Error::unsupported(
-        Backend::Host,
+    Error::unsupported_in(
+        "MPI",
         format!(
             "reducing {dtype} with MPI: MPI has no {dtype} type (use f32, f64, i32, i64 or u8)"
         ),
@@ -163,7 +162,7 @@ impl MpiCollective {
                 })))
             })
             .clone()
-            .map_err(|e| Error::unsupported(Backend::Host, format!("MPI: {e}")))?;
+            .map_err(|e| Error::unsupported_in("MPI", e.to_string()))?;
         let (rank, size) = {
             let g = w.lock().map_err(|_| poisoned())?;
             let c = g.comm.as_ref().ok_or_else(finalized)?;
@@ -215,8 +214,8 @@ fn poisoned() -> Error {
 /// Guard against 32-bit MPI counts.
 fn count_ok(len: usize) -> Result<()> {
     if len > i32::MAX as usize {
-        return Err(Error::unsupported(
-            Backend::Host,
+        return Err(Error::unsupported_in(
+            "MPI",
             format!("{len} elements: MPI counts are 32-bit (split the buffer)"),
         ));
     }

@@ -28,8 +28,9 @@ use hetero_core::{
 };
 
 use crate::cost::Algorithm;
+use crate::exchange::all_gather_bytes;
 use crate::flat::FlatCollective;
-use crate::kernels::{Header, OpKind};
+use crate::framing::{Header, OpKind};
 use crate::transport::Transport;
 
 /// Which sizes and how many repetitions the ping-pong uses.
@@ -59,15 +60,10 @@ const KINDS: [LinkKind; 8] = [
     LinkKind::Unknown,
 ];
 
-/// This machine's host name (for device names).
-pub fn host_name() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
-}
+/// Where [`host_name`] was before it moved below the transports that use
+/// it (issue 15).
+#[doc(hidden)]
+pub use crate::transport::host_name;
 
 async fn ping_pong(
     t: &dyn Transport,
@@ -164,19 +160,16 @@ pub async fn sense_topology(t: Arc<dyn Transport>, cfg: &SenseConfig) -> Result<
             TensorMut::Host(hetero_core::HostSliceMut::new(&mut all)),
         )
         .await?;
+    // At most 64 bytes of the name, as the fixed-width exchange before
+    // the byte all-gather kept (Linux's HOST_NAME_MAX), so device names
+    // stay what they were.
     let mut name = host_name().into_bytes();
     name.truncate(64);
-    name.resize(64, 0);
-    let mut names = vec![0u8; 64 * n];
-    gather
-        .all_gather(
-            Tensor::Host(hetero_core::HostSlice::new(&name)),
-            TensorMut::Host(hetero_core::HostSliceMut::new(&mut names)),
-        )
-        .await?;
-    let devices = (0..n)
-        .map(|r| {
-            let raw = &names[64 * r..64 * (r + 1)];
+    let names = all_gather_bytes(&gather, &name).await?;
+    let devices = names
+        .iter()
+        .enumerate()
+        .map(|(r, raw)| {
             let host = String::from_utf8_lossy(raw)
                 .trim_end_matches('\0')
                 .to_string();

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use hetero_collectives::kernels::Staged;
+use hetero_collectives::staging::Staged;
 use hetero_collectives::{Algorithm, InProcessTransport};
 use hetero_core::{
     Backend, Collective, DType, DynDevice, Error, ReduceOp, Tensor, TensorMut, chunk_range,

@@ -13,8 +13,8 @@ use libtest_mimic::{Arguments, Trial};
 #[cfg(feature = "mpi")]
 mod checks {
     use super::common::{SIZES, data, naive};
-    use hetero_collectives::kernels::Staged;
     use hetero_collectives::mpi::MpiCollective;
+    use hetero_collectives::staging::Staged;
     use hetero_core::{Collective, DType, ReduceOp, Tensor, TensorMut, chunk_range};
 
     const DTYPES: [DType; 5] = [DType::F32, DType::F64, DType::I32, DType::I64, DType::U8];

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use hetero_collectives::shm::{ShmConfig, ShmTransport};
+use hetero_collectives::transport::shm::{ShmConfig, ShmTransport};
 use hetero_collectives::{Algorithm, Transport};
 use hetero_core::{Collective, DType, Error, LinkKind, ReduceOp, Result, TensorMut};
 

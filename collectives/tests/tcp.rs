@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use hetero_collectives::kernels::Staged;
+use hetero_collectives::staging::Staged;
 use hetero_collectives::{Algorithm, TcpConfig, TcpTransport, Transport};
 use hetero_core::{Collective, DType, Error, ReduceOp, Result, TensorMut, chunk_range};
 use tokio::net::TcpListener;

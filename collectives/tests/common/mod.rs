@@ -5,7 +5,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hetero_collectives::kernels::{Staged, combine_bytes, finish_bytes};
+use hetero_collectives::combine::{combine_bytes, finish_bytes};
+use hetero_collectives::staging::Staged;
 use hetero_collectives::{
     Algorithm, FlatCollective, InProcessTransport, TcpConfig, TcpTransport, Transport,
 };

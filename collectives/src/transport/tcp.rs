@@ -54,14 +54,32 @@ pub struct TcpConfig {
     pub timeout: Duration,
 }
 
-fn env_usize(name: &'static str) -> std::result::Result<usize, CollectiveError> {
-    let v = std::env::var(name).map_err(|_| CollectiveError::Env {
+/// The variable `name` as a non-negative integer: `None` when it is not
+/// set, an error naming it when it is set to something else.
+fn env_usize(
+    lookup: &dyn Fn(&str) -> Option<String>,
+    name: &'static str,
+) -> std::result::Result<Option<usize>, CollectiveError> {
+    let Some(v) = lookup(name) else {
+        return Ok(None);
+    };
+    v.trim()
+        .parse()
+        .map(Some)
+        .map_err(|e| CollectiveError::Env {
+            name,
+            reason: format!("{v:?} is not a non-negative integer: {e}"),
+        })
+}
+
+/// Like [`env_usize`], for a variable the job cannot start without.
+fn required_usize(
+    lookup: &dyn Fn(&str) -> Option<String>,
+    name: &'static str,
+) -> std::result::Result<usize, CollectiveError> {
+    env_usize(lookup, name)?.ok_or_else(|| CollectiveError::Env {
         name,
         reason: "not set (start ranks with torchrun, or set it by hand)".into(),
-    })?;
-    v.trim().parse().map_err(|e| CollectiveError::Env {
-        name,
-        reason: format!("{v:?} is not a non-negative integer: {e}"),
     })
 }
 
@@ -87,15 +105,33 @@ impl TcpConfig {
     /// two default to `RANK` / `WORLD_SIZE`), `MASTER_ADDR`, `MASTER_PORT`, and
     /// optionally `HETERO_COLLECTIVE_TIMEOUT_S`.
     pub fn from_env() -> Result<Self> {
-        let rank = env_usize("RANK")?;
-        let world_size = env_usize("WORLD_SIZE")?;
-        let local_rank = env_usize("LOCAL_RANK").unwrap_or(rank);
-        let local_world_size = env_usize("LOCAL_WORLD_SIZE").unwrap_or(world_size);
-        let addr = std::env::var("MASTER_ADDR").map_err(|_| CollectiveError::Env {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`TcpConfig::from_env`], with the variables from `lookup`
+    /// (`None`: not set), so they can come from elsewhere than this
+    /// process's environment (a launcher's file, a test). A variable that
+    /// is missing when required, or set to something unusable (optional
+    /// ones included: a `LOCAL_RANK` that is not a number is an error, not
+    /// a silent fallback to `RANK`), is [`CollectiveError::Env`] naming it.
+    pub fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let lookup: &dyn Fn(&str) -> Option<String> = &lookup;
+        let rank = required_usize(lookup, "RANK")?;
+        let world_size = required_usize(lookup, "WORLD_SIZE")?;
+        let local_rank = env_usize(lookup, "LOCAL_RANK")?.unwrap_or(rank);
+        let local_world_size = env_usize(lookup, "LOCAL_WORLD_SIZE")?.unwrap_or(world_size);
+        let addr = lookup("MASTER_ADDR").ok_or_else(|| CollectiveError::Env {
             name: "MASTER_ADDR",
             reason: "not set".into(),
         })?;
-        let port = env_usize("MASTER_PORT")?;
+        if addr.trim().is_empty() {
+            return Err(CollectiveError::Env {
+                name: "MASTER_ADDR",
+                reason: "is empty; set it to rank 0's host name or address".into(),
+            }
+            .into());
+        }
+        let port = required_usize(lookup, "MASTER_PORT")?;
         if port > 65535 {
             return Err(CollectiveError::Env {
                 name: "MASTER_PORT",
@@ -103,8 +139,8 @@ impl TcpConfig {
             }
             .into());
         }
-        let timeout = match std::env::var("HETERO_COLLECTIVE_TIMEOUT_S") {
-            Ok(v) => v
+        let timeout = match lookup("HETERO_COLLECTIVE_TIMEOUT_S") {
+            Some(v) => v
                 .trim()
                 .parse::<f64>()
                 .ok()
@@ -114,8 +150,24 @@ impl TcpConfig {
                     name: "HETERO_COLLECTIVE_TIMEOUT_S",
                     reason: format!("{v:?} is not a positive number of seconds"),
                 })?,
-            Err(_) => DEFAULT_TIMEOUT,
+            None => DEFAULT_TIMEOUT,
         };
+        // Checked after every variable parsed, so a malformed one is named
+        // first (the order `from_env` always reported in).
+        if world_size == 0 {
+            return Err(CollectiveError::Env {
+                name: "WORLD_SIZE",
+                reason: "is 0; a job has at least one rank".into(),
+            }
+            .into());
+        }
+        if rank >= world_size {
+            return Err(CollectiveError::Env {
+                name: "RANK",
+                reason: format!("{rank} is not below WORLD_SIZE {world_size}"),
+            }
+            .into());
+        }
         let cfg = TcpConfig {
             rank,
             world_size,
