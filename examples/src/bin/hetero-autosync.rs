@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
 use hetero_collectives::sense::{SenseConfig, sense_topology};
-use hetero_collectives::{Hierarchical, TcpConfig, TcpTransport, Transport};
+use hetero_collectives::transport::{self, Ranks, connect};
+use hetero_collectives::{Hierarchical, TcpConfig, Transport};
 use hetero_core::{Error, LinkKind, LinkModel, Result};
 use hetero_examples::exit_code;
 use hetero_scheduler::sync::cluster::{
@@ -291,7 +292,9 @@ async fn run_tcp(args: &Args) -> Result<()> {
         ));
     }
     let layout = Layout::new(cfg.world_size / cfg.local_world_size, cfg.local_world_size)?;
-    let t: Arc<dyn Transport> = Arc::new(TcpTransport::connect(&cfg).await?);
+    let t: Arc<dyn Transport> = connect(transport::TransportKind::Tcp, Ranks::Job(cfg), None)
+        .await?
+        .into_single()?;
     let topo = sense_topology(t.clone(), &SenseConfig::default()).await?;
     let hier = Hierarchical::new(t.clone(), &topo)?;
     if t.rank() != 0 {

@@ -6,12 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
-use hetero_collectives::kernels::{Staged, combine_bytes, finish_bytes};
+use hetero_collectives::combine::{combine_bytes, finish_bytes};
 use hetero_collectives::sense::{SenseConfig, measured_flat, sense_topology};
-use hetero_collectives::{
-    Algorithm, HierPlan, Hierarchical, InProcessTransport, Scheme, TcpConfig, TcpTransport,
-    Transport,
-};
+use hetero_collectives::staging::Staged;
+use hetero_collectives::transport::{self, Endpoints, connect_from_env, finalize_mpi};
+use hetero_collectives::{Algorithm, HierPlan, Hierarchical, Scheme, Transport};
 use hetero_core::host_kernels::Arith;
 use hetero_core::{Collective, DType, Error, ReduceOp, Result, TensorMut};
 use serde_json::json;
@@ -48,6 +47,17 @@ enum TransportKind {
     /// host name, boot id and network namespace), TCP to the others.
     Shm,
     Mpi,
+}
+
+impl TransportKind {
+    fn kind(self) -> transport::TransportKind {
+        match self {
+            TransportKind::Inproc => transport::TransportKind::InProcess,
+            TransportKind::Tcp => transport::TransportKind::Tcp,
+            TransportKind::Shm => transport::TransportKind::SharedMemory,
+            TransportKind::Mpi => transport::TransportKind::Mpi,
+        }
+    }
 }
 
 /// All-reduce benchmark in the style of nccl-tests: for each size from
@@ -399,64 +409,20 @@ fn run(args: Args) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| Error::io("starting the tokio runtime", e))?;
-    // Only the MPI arm writes it.
-    #[cfg_attr(not(feature = "mpi"), allow(unused_mut))]
     let mut mpi_rank = None;
     let (world, results) = rt.block_on(async {
-        let transports: Vec<Arc<dyn Transport>> = match args.transport {
-            #[cfg(feature = "mpi")]
-            TransportKind::Mpi => {
-                use hetero_collectives::mpi::MpiCollective;
-                let comm = MpiCollective::world()?;
+        // In-process: `ranks` tasks; TCP and shared memory: the rank RANK
+        // names, or `ranks` tasks over loopback; MPI: mpirun's world.
+        let endpoints = connect_from_env(args.transport.kind(), ranks, Some(timeout)).await?;
+        let transports: Vec<Arc<dyn Transport>> = match endpoints {
+            Endpoints::Mpi(comm) => {
                 mpi_rank = Some(comm.rank());
                 let world = comm.size();
-                let out = bench_comm(&comm, setup.clone(), &[]).await;
-                MpiCollective::finalize()?;
+                let out = bench_comm(&*comm, setup.clone(), &[]).await;
+                finalize_mpi()?;
                 return Ok::<_, Error>((world, vec![out]));
             }
-            #[cfg(not(feature = "mpi"))]
-            TransportKind::Mpi => {
-                return Err(Error::unsupported(
-                    hetero_core::Backend::Host,
-                    "MPI: this binary was built without the `mpi` feature (build hetero-examples with --features mpi and run it under mpirun); use --transport inproc or tcp",
-                ));
-            }
-            TransportKind::Inproc => InProcessTransport::group_with_timeout(ranks, timeout)
-                .into_iter()
-                .map(|t| Arc::new(t) as Arc<dyn Transport>)
-                .collect(),
-            TransportKind::Tcp | TransportKind::Shm if env_rank => {
-                let cfg = TcpConfig::from_env()?.with_timeout(timeout);
-                let tcp = TcpTransport::connect(&cfg).await?;
-                vec![upgrade(tcp, args.transport).await?]
-            }
-            TransportKind::Tcp | TransportKind::Shm => {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .map_err(|e| Error::io("binding 127.0.0.1:0", e))?;
-                let master = listener
-                    .local_addr()
-                    .map_err(|e| Error::io("listener address", e))?
-                    .to_string();
-                let mut listener = Some(listener);
-                let mut hs = Vec::new();
-                let kind = args.transport;
-                for r in 0..ranks {
-                    let cfg = TcpConfig::new(r, ranks, master.clone()).with_timeout(timeout);
-                    let l = if r == 0 { listener.take() } else { None };
-                    hs.push(tokio::spawn(async move {
-                        upgrade(TcpTransport::connect_with(&cfg, l).await?, kind).await
-                    }));
-                }
-                let mut ts = Vec::new();
-                for h in hs {
-                    let t = h
-                        .await
-                        .map_err(|e| Error::invalid("rank task", e.to_string()))??;
-                    ts.push(t);
-                }
-                ts
-            }
+            Endpoints::Transports(ts) => ts,
         };
         let world = transports.first().map_or(ranks, |t| t.size());
         let hs: Vec<_> = transports
@@ -555,24 +521,5 @@ fn main() -> ExitCode {
             eprintln!("hetero-collective-bench: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// The TCP transport as is, or upgraded with shared memory for `--transport shm`.
-async fn upgrade(tcp: TcpTransport, kind: TransportKind) -> Result<Arc<dyn Transport>> {
-    match kind {
-        #[cfg(target_os = "linux")]
-        TransportKind::Shm => {
-            let cfg = hetero_collectives::shm::ShmConfig::default();
-            Ok(Arc::new(
-                hetero_collectives::shm::ShmTransport::connect(tcp, &cfg).await?,
-            ))
-        }
-        #[cfg(not(target_os = "linux"))]
-        TransportKind::Shm => Err(Error::unsupported(
-            hetero_core::Backend::Host,
-            "the shared-memory transport needs Linux (futexes on shared mappings); use --transport tcp",
-        )),
-        _ => Ok(Arc::new(tcp)),
     }
 }

@@ -3,11 +3,11 @@
 //! all-reduce GPU buffers and check the result.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Parser;
-use hetero_collectives::{Algorithm, FlatCollective, TcpConfig, TcpTransport, Transport};
+use hetero_collectives::transport::{Ranks, TransportKind, connect};
+use hetero_collectives::{Algorithm, FlatCollective, TcpConfig};
 use hetero_core::{
     Collective, DynDevice, DynDeviceExt, Error, HostSlice, HostSliceMut, ReduceOp, Result,
     TensorMut,
@@ -56,7 +56,9 @@ fn main() -> ExitCode {
 async fn run(args: &Args) -> Result<()> {
     let cfg = TcpConfig::from_env()?;
     let (rank, size) = (cfg.rank, cfg.world_size);
-    let tcp: Arc<dyn Transport> = Arc::new(TcpTransport::connect(&cfg).await?);
+    let tcp = connect(TransportKind::Tcp, Ranks::Job(cfg.clone()), None)
+        .await?
+        .into_single()?;
     let control = FlatCollective::unmeasured(tcp, Algorithm::Auto);
     // Rank 0's id, to every rank: 128 bytes broadcast over TCP.
     let mut id = if rank == 0 {

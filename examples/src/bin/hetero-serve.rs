@@ -6,11 +6,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use std::sync::Arc;
 
-use hetero_collectives::{Algorithm, FlatCollective, TcpConfig, TcpTransport, Transport};
-use hetero_core::{
-    Collective, DynDevice, Error, HostSlice, HostSliceMut, ReduceOp, Result, Tensor, TensorMut,
-};
 use hetero_backends::{discover, select_devices};
+use hetero_collectives::transport::{Ranks, TransportKind, connect};
+use hetero_collectives::{Algorithm, FlatCollective, TcpConfig, all_gather_bytes};
+use hetero_core::{Collective, DynDevice, Error, Result};
 use hetero_scheduler::continuous::{
     ContinuousReport, Request, serve_continuous, serve_continuous_rank,
 };
@@ -99,31 +98,16 @@ enum Servers<'a> {
     },
 }
 
-/// Every rank's profile, in rank order: each rank's JSON padded to the
-/// longest and all-gathered.
+/// Every rank's profile, in rank order: each rank's JSON, all-gathered.
 async fn exchange_profiles(
     comm: &dyn Collective,
     mine: &DeviceProfile,
 ) -> Result<Vec<DeviceProfile>> {
     let bytes =
         serde_json::to_vec(mine).map_err(|e| Error::invalid("device profile", e.to_string()))?;
-    let mut width = [bytes.len() as i64];
-    comm.all_reduce(
-        TensorMut::Host(HostSliceMut::new(&mut width)),
-        ReduceOp::Max,
-    )
-    .await?;
-    let width = usize::try_from(width[0]).unwrap_or(bytes.len()).max(1);
-    let mut padded = bytes;
-    // JSON allows trailing whitespace.
-    padded.resize(width, b' ');
-    let mut all = vec![0u8; width * comm.size()];
-    comm.all_gather(
-        Tensor::Host(HostSlice::new(&padded)),
-        TensorMut::Host(HostSliceMut::new(&mut all)),
-    )
-    .await?;
-    all.chunks(width)
+    all_gather_bytes(comm, &bytes)
+        .await?
+        .iter()
         .enumerate()
         .map(|(r, c)| {
             let mut p: DeviceProfile = serde_json::from_slice(c).map_err(|e| {
@@ -339,22 +323,6 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .map_err(|e| Error::io("starting the tokio runtime", e))
 }
 
-/// `--shared-memory`: the TCP mesh upgraded with shared-memory rings.
-#[cfg(target_os = "linux")]
-fn shared_memory(rt: &tokio::runtime::Runtime, tcp: TcpTransport) -> Result<Arc<dyn Transport>> {
-    use hetero_collectives::shm::{ShmConfig, ShmTransport};
-    let shm = rt.block_on(ShmTransport::connect(tcp, &ShmConfig::default()))?;
-    Ok(Arc::new(shm))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn shared_memory(_: &tokio::runtime::Runtime, _: TcpTransport) -> Result<Arc<dyn Transport>> {
-    Err(Error::unsupported(
-        hetero_core::Backend::Host,
-        "--shared-memory needs Linux (shared mappings with FIFO doorbells); leave it out to use TCP",
-    ))
-}
-
 /// `--rank-from-env`: join the other ranks over TCP, exchange profiles,
 /// serve this process's device as one rank.
 fn run_ranked(
@@ -368,12 +336,16 @@ fn run_ranked(
 ) -> Result<()> {
     let cfg = TcpConfig::from_env()?;
     let rt = runtime()?;
-    let tcp = rt.block_on(TcpTransport::connect(&cfg))?;
-    let transport: Arc<dyn Transport> = if args.shared_memory {
-        shared_memory(&rt, tcp)?
+    // `--shared-memory`: the TCP mesh upgraded with shared-memory rings
+    // between the ranks of one host.
+    let kind = if args.shared_memory {
+        TransportKind::SharedMemory
     } else {
-        Arc::new(tcp)
+        TransportKind::Tcp
     };
+    let transport = rt
+        .block_on(connect(kind, Ranks::Job(cfg), None))?
+        .into_single()?;
     let comm: Arc<dyn Collective> = Arc::new(FlatCollective::unmeasured(
         transport.clone(),
         Algorithm::Ring,
