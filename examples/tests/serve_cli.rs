@@ -71,6 +71,12 @@ fn a_bad_policy_is_a_clear_error() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("fastest"), "{stderr}");
+    // The name is checked before any device is profiled.
+    assert!(!stderr.contains("profiling"), "{stderr}");
+    assert!(
+        stderr.contains("uniform, hasc, balanced or all"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -10,13 +10,10 @@ use hetero_backends::{discover, select_devices};
 use hetero_collectives::transport::{Ranks, TransportKind, connect};
 use hetero_collectives::{Algorithm, FlatCollective, TcpConfig, all_gather_bytes};
 use hetero_core::{Collective, DynDevice, Error, Result};
-use hetero_scheduler::continuous::{
-    ContinuousReport, Request, serve_continuous, serve_continuous_rank,
-};
-use hetero_scheduler::policy::policy;
+use hetero_scheduler::continuous::{ContinuousReport, serve_continuous, serve_continuous_rank};
 use hetero_scheduler::{
-    DeviceProfile, MemoryProfile, ModelShape, ProfileCache, ServeReport, profile_buckets_cached,
-    profile_device_cached, serve,
+    AllocationPolicy, DeviceProfile, MemoryProfile, ModelShape, Policy, ProfileCache, ServeReport,
+    exchange_profiles, profile_buckets_cached, profile_device_cached, serve, synthetic_requests,
 };
 use serde_json::json;
 
@@ -98,30 +95,6 @@ enum Servers<'a> {
     },
 }
 
-/// Every rank's profile, in rank order: each rank's JSON, all-gathered.
-async fn exchange_profiles(
-    comm: &dyn Collective,
-    mine: &DeviceProfile,
-) -> Result<Vec<DeviceProfile>> {
-    let bytes =
-        serde_json::to_vec(mine).map_err(|e| Error::invalid("device profile", e.to_string()))?;
-    all_gather_bytes(comm, &bytes)
-        .await?
-        .iter()
-        .enumerate()
-        .map(|(r, c)| {
-            let mut p: DeviceProfile = serde_json::from_slice(c).map_err(|e| {
-                Error::invalid(
-                    "device profile",
-                    format!("rank {r} sent an unreadable profile: {e}"),
-                )
-            })?;
-            p.name = format!("rank {r}: {}", p.name);
-            Ok(p)
-        })
-        .collect()
-}
-
 /// The profile cache named by `--profile-cache`: empty when the file does
 /// not exist yet; an unreadable or corrupt file is an error (it is never
 /// overwritten, so nothing is lost).
@@ -137,25 +110,14 @@ fn load_cache(path: Option<&std::path::Path>) -> Result<ProfileCache> {
     }
 }
 
-/// Request `i` of `--requests`: lengths vary deterministically so slots
-/// free at different rounds.
-fn make_request(i: usize, args: &Args, vocab: usize) -> Request {
-    let prompt_len = 1 + (i * 7) % args.prompt_len.max(1);
-    Request {
-        id: i,
-        prompt: (0..prompt_len)
-            .map(|k| ((i * 131 + k * 7) % vocab) as u32)
-            .collect(),
-        gen_len: 1 + (i * 5) % args.gen_len.max(1),
-    }
-}
-
 fn main() -> ExitCode {
     hetero_examples::exit_code(run(&Args::parse()))
 }
 
 fn run(args: &Args) -> Result<()> {
     let model = ModelShape::preset(&args.model)?;
+    // Before any device is profiled: a typo should not cost a profiling run.
+    let policies = Policy::select(&args.policy)?;
     if args.rank_from_env && args.requests == 0 {
         return Err(Error::invalid(
             "--rank-from-env",
@@ -233,10 +195,6 @@ fn run(args: &Args) -> Result<()> {
     if let Some(path) = &args.profile_cache {
         cache.save(path)?;
     }
-    let names: Vec<&str> = match args.policy.as_str() {
-        "all" => vec!["uniform", "hasc", "balanced"],
-        one => vec![one],
-    };
     if args.rank_from_env {
         let [device] = <[_; 1]>::try_from(shared).map_err(|d: Vec<_>| {
             Error::invalid(
@@ -253,7 +211,7 @@ fn run(args: &Args) -> Result<()> {
             &profiles[0],
             &buckets,
             device,
-            &names,
+            &policies,
             max_len,
         );
     }
@@ -265,25 +223,20 @@ fn run(args: &Args) -> Result<()> {
             &profiles,
             &buckets,
             Servers::Local(&shared),
-            &names,
+            &policies,
             max_len,
             &rt,
         );
     }
     let mut runs: Vec<(String, Result<ServeReport>)> = Vec::new();
     let mut predicted: Vec<Option<f64>> = Vec::new();
-    for name in names {
-        let allocation = policy(name)?.allocate(&profiles, args.batch);
+    for &p in &policies {
+        let name = p.name();
+        let allocation = p.allocate(&profiles, args.batch);
         predicted.push(allocation.as_ref().ok().map(|a| a.throughput()));
         let outcome = allocation.and_then(|a| {
-            if let Some(&g) = a.overflows.first() {
-                // Running it would only reproduce the out-of-memory error.
-                return Err(Error::OutOfMemory {
-                    device: profiles[g].device,
-                    requested_bytes: model.step_bytes(a.batches[g], max_len),
-                    available_bytes: None,
-                });
-            }
+            // Running it would only reproduce the out-of-memory error.
+            a.check_fits(&profiles, &model, max_len)?;
             eprintln!("decoding with {name}: batches {:?}...", a.batches);
             serve(&used, &model, &a.batches, args.prompt_len, args.gen_len)
         });
@@ -331,7 +284,7 @@ fn run_ranked(
     mine: &DeviceProfile,
     buckets: &[MemoryProfile],
     device: hetero_core::SharedDevice,
-    names: &[&str],
+    policies: &[Policy],
     max_len: usize,
 ) -> Result<()> {
     let cfg = TcpConfig::from_env()?;
@@ -350,14 +303,16 @@ fn run_ranked(
         transport.clone(),
         Algorithm::Ring,
     ));
-    let profiles = rt.block_on(exchange_profiles(&*comm, mine))?;
+    let profiles = rt.block_on(exchange_profiles(mine, async |bytes| {
+        all_gather_bytes(&*comm, &bytes).await
+    }))?;
     let served = run_continuous(
         args,
         model,
         &profiles,
         buckets,
         Servers::Rank { device, comm },
-        names,
+        policies,
         max_len,
         &rt,
     );
@@ -373,23 +328,16 @@ fn run_continuous(
     profiles: &[DeviceProfile],
     buckets: &[MemoryProfile],
     servers: Servers<'_>,
-    names: &[&str],
+    policies: &[Policy],
     max_len: usize,
     rt: &tokio::runtime::Runtime,
 ) -> Result<()> {
-    let requests: Vec<Request> = (0..args.requests)
-        .map(|i| make_request(i, args, model.vocab))
-        .collect();
+    let requests = synthetic_requests(args.requests, args.prompt_len, args.gen_len, model.vocab)?;
     let mut runs: Vec<(String, Result<ContinuousReport>)> = Vec::new();
-    for &name in names {
-        let outcome = policy(name)?.allocate(profiles, args.batch).and_then(|a| {
-            if let Some(&g) = a.overflows.first() {
-                return Err(Error::OutOfMemory {
-                    device: profiles[g].device,
-                    requested_bytes: model.step_bytes(a.batches[g], max_len),
-                    available_bytes: None,
-                });
-            }
+    for &p in policies {
+        let name = p.name();
+        let outcome = p.allocate(profiles, args.batch).and_then(|a| {
+            a.check_fits(profiles, model, max_len)?;
             eprintln!(
                 "serving {} requests with {name}: slots {:?}...",
                 requests.len(),
