@@ -12,54 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::dtype::{DType, HostSlice, HostSliceMut, ReduceOp};
 use crate::error::{Error, Result};
-
-/// The backend a device belongs to. Part of every [`DeviceId`], so ids of
-/// different backends never collide.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-#[non_exhaustive]
-pub enum Backend {
-    Host,
-    Wgpu,
-    Cuda,
-    Rocm,
-}
-
-impl Backend {
-    pub const fn name(self) -> &'static str {
-        match self {
-            Backend::Host => "host",
-            Backend::Wgpu => "wgpu",
-            Backend::Cuda => "cuda",
-            Backend::Rocm => "rocm",
-        }
-    }
-}
-
-impl fmt::Display for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// A device's identity: its backend and its index within that backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct DeviceId {
-    pub backend: Backend,
-    pub index: u32,
-}
-
-impl DeviceId {
-    pub const fn new(backend: Backend, index: u32) -> Self {
-        DeviceId { backend, index }
-    }
-}
-
-impl fmt::Display for DeviceId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.backend, self.index)
-    }
-}
+// Re-exported so `hetero_core::device::{Backend, DeviceId}` keeps working.
+pub use crate::id::{Backend, DeviceId};
 
 /// What sort of processor a device is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

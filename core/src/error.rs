@@ -4,9 +4,10 @@
 //! context to say what to do about it. Crates keep their own `thiserror` enums
 //! for detail and convert into this one at their public boundary.
 
+use std::fmt;
 use std::time::Duration;
 
-use crate::device::{Backend, DeviceId};
+use crate::id::{Backend, DeviceId};
 
 /// Result alias used across hetero.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -27,10 +28,11 @@ pub enum Error {
         available_bytes: Option<u64>,
     },
 
-    /// The backend (or this device of it) cannot do what was asked.
+    /// A backend (or one device of it), or a part of hetero that is no
+    /// device (MPI, the sync executor, a binary), cannot do what was asked.
     /// Never a placeholder: the capability is really missing.
-    #[error("unsupported on {backend}: {what}")]
-    Unsupported { what: String, backend: Backend },
+    #[error("unsupported {} {component}: {what}", .component.preposition())]
+    Unsupported { what: String, component: Component },
 
     /// The device stopped answering (driver reset, adapter removed, ...).
     #[error("device {device} lost: {reason}")]
@@ -66,11 +68,20 @@ impl Error {
         }
     }
 
-    /// Shorthand for [`Error::Unsupported`].
+    /// Shorthand for [`Error::Unsupported`] on a device backend.
     pub fn unsupported(backend: Backend, what: impl Into<String>) -> Self {
         Error::Unsupported {
             what: what.into(),
-            backend,
+            component: Component::Backend(backend),
+        }
+    }
+
+    /// Shorthand for [`Error::Unsupported`] in a part of hetero that is no
+    /// device, named by `component` (`"MPI"`, `"sync executor"`, a binary).
+    pub fn unsupported_in(component: &'static str, what: impl Into<String>) -> Self {
+        Error::Unsupported {
+            what: what.into(),
+            component: Component::Named(component),
         }
     }
 
@@ -90,5 +101,75 @@ impl Error {
     /// True for [`Error::Unsupported`].
     pub fn is_unsupported(&self) -> bool {
         matches!(self, Error::Unsupported { .. })
+    }
+}
+
+/// What lacks a capability in [`Error::Unsupported`]: a device backend, or a
+/// part of hetero that is no device. Code that is not a device names itself
+/// rather than pretending to be [`Backend::Host`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Component {
+    /// A device backend: the devices of it, or one of them.
+    Backend(Backend),
+    /// A part that is no device, by name: `"MPI"`, `"sync executor"`, a binary.
+    Named(&'static str),
+}
+
+impl Component {
+    /// The backend, when what lacks the capability is one.
+    pub fn backend(self) -> Option<Backend> {
+        match self {
+            Component::Backend(b) => Some(b),
+            Component::Named(_) => None,
+        }
+    }
+
+    /// "on cuda" reads right for a backend, "in MPI" for a component.
+    fn preposition(self) -> &'static str {
+        match self {
+            Component::Backend(_) => "on",
+            Component::Named(_) => "in",
+        }
+    }
+}
+
+impl From<Backend> for Component {
+    fn from(backend: Backend) -> Self {
+        Component::Backend(backend)
+    }
+}
+
+impl fmt::Display for Component {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Component::Backend(b) => b.fmt(f),
+            Component::Named(name) => f.write_str(name),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsupported_names_the_backend_or_the_component() {
+        let on_device = Error::unsupported(Backend::Cuda, "gemm on u8");
+        assert_eq!(on_device.to_string(), "unsupported on cuda: gemm on u8");
+        assert!(on_device.is_unsupported());
+        assert!(matches!(
+            on_device,
+            Error::Unsupported { component, .. } if component.backend() == Some(Backend::Cuda)
+        ));
+        let elsewhere = Error::unsupported_in("MPI", "f16 reductions");
+        assert_eq!(elsewhere.to_string(), "unsupported in MPI: f16 reductions");
+        assert!(matches!(
+            elsewhere,
+            Error::Unsupported {
+                component: Component::Named("MPI"),
+                ..
+            }
+        ));
     }
 }

@@ -7,7 +7,9 @@
 //! - [`Topology`]: devices, measured links, and bandwidth-ratio [`Domain`]s;
 //! - [`Collective`] and [`Placement`], implemented by `hetero-collectives`
 //!   and `hetero-partition`;
-//! - [`Error`], the error type everything converts into.
+//! - [`Error`], the error type everything converts into;
+//! - [`rng::SplitMix64`], the one seeded generator, and [`system`], what the
+//!   OS says about this machine's memory.
 //!
 //! What this crate must not do: contain backend code, depend on any backend,
 //! or pull in heavy dependencies. Backends implement these traits; core only
@@ -20,21 +22,25 @@ pub mod dtype;
 pub mod dyn_device;
 pub mod error;
 pub mod host_kernels;
+pub mod id;
 pub mod link;
 pub mod placement;
 pub mod probe;
+pub mod rng;
+pub mod system;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
 pub mod topology;
 
 pub use collective::{Collective, Tensor, TensorMut, chunk_range};
 pub use device::{
-    Activation, AttentionSpec, Backend, Capabilities, Device, DeviceBuffer, DeviceId, DeviceInfo,
-    DeviceKind, GemmSpec, MemoryUsage,
+    Activation, AttentionSpec, Capabilities, Device, DeviceBuffer, DeviceInfo, DeviceKind,
+    GemmSpec, MemoryUsage,
 };
 pub use dtype::{DType, Element, HostSlice, HostSliceMut, ReduceOp};
 pub use dyn_device::{BoxedBuffer, DynBuffer, DynDevice, DynDeviceExt, SharedDevice};
-pub use error::{Error, Result};
+pub use error::{Component, Error, Result};
+pub use id::{Backend, DeviceId};
 pub use link::{Link, LinkFit, LinkKind, LinkModel, LinkProbe};
 pub use placement::{Cluster, Graph, Placement, Plan};
 pub use topology::{Domain, LeaderPolicy, Topology, TopologyDevice};

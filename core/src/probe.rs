@@ -7,10 +7,11 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::device::{DeviceId, GemmSpec};
+use crate::device::GemmSpec;
 use crate::dtype::{DType, HostSlice, HostSliceMut};
 use crate::dyn_device::{BoxedBuffer, DynDevice, DynDeviceExt, SharedDevice};
 use crate::error::{Error, Result};
+use crate::id::DeviceId;
 use crate::link::{Link, LinkFit, LinkKind, LinkProbe};
 use crate::topology::{Topology, TopologyDevice};
 

@@ -6,6 +6,10 @@
 //! single-threaded references written here, independent of any backend.
 //! A test that needs a kernel the device lacks carries a skip reason, which
 //! the harness reports as ignored, never as passed.
+//!
+//! [`device_trials`] and [`skipped_trials`] turn the suite into
+//! libtest-mimic trials, so every backend's harness names and skips tests
+//! the same way and only adds its own backend-specific trials.
 
 use std::fmt;
 use std::sync::Arc;
@@ -15,7 +19,9 @@ use crate::dtype::{DType, HostSlice, HostSliceMut, ReduceOp};
 use crate::dyn_device::{DynDevice, DynDeviceExt};
 use crate::error::Error;
 use crate::host_kernels::Arith;
+use crate::rng::SplitMix64;
 use crate::with_dtype;
+use libtest_mimic::{Failed, Trial};
 
 type TestFn = Arc<dyn Fn(&dyn DynDevice) -> Result<(), String> + Send + Sync>;
 
@@ -86,6 +92,48 @@ impl DeviceTest {
 pub fn run_exclusive<R>(f: impl FnOnce() -> R) -> R {
     let _alone = EXCLUSIVE.write().unwrap_or_else(|e| e.into_inner());
     f()
+}
+
+/// The suite on `device` as libtest-mimic trials named `{label}::{test}`
+/// (e.g. `wgpu[0-vulkan-llvmpipe]::reduce_sum_f16`): one per test, and a
+/// test that needs a kernel the device lacks is ignored with the reason, so
+/// the summary counts it as not run instead of passed.
+pub fn device_trials<D>(label: &str, device: &D) -> Vec<Trial>
+where
+    D: DynDevice + Clone + 'static,
+{
+    device_tests(&device.capabilities())
+        .into_iter()
+        .map(|test| {
+            let skip = test.skip.clone();
+            let dev = device.clone();
+            let trial = Trial::test(format!("{label}::{}", test.name), move || {
+                test.run(&dev).map_err(Failed::from)
+            });
+            match skip {
+                Some(reason) => trial.with_ignored_flag(true).with_kind(reason),
+                None => trial,
+            }
+        })
+        .collect()
+}
+
+/// For a harness with no device to run on (no driver, no adapter, built
+/// without the backend): every test of the suite, as it would be for a
+/// device with every kernel, then the backend's own `extra` test names,
+/// each listed as `{label}::{name}` and ignored with `reason`, so the
+/// summary shows what did not run and why.
+pub fn skipped_trials(label: &str, reason: &str, extra: &[&str]) -> Vec<Trial> {
+    device_tests(&Capabilities::all())
+        .into_iter()
+        .map(|t| t.name)
+        .chain(extra.iter().map(|name| name.to_string()))
+        .map(|name| {
+            Trial::test(format!("{label}::{name}"), || Ok(()))
+                .with_ignored_flag(true)
+                .with_kind(reason)
+        })
+        .collect()
 }
 
 /// The suite for a device with capabilities `caps`.
@@ -172,33 +220,11 @@ pub fn device_tests(caps: &Capabilities) -> Vec<DeviceTest> {
     tests
 }
 
-/// Deterministic pseudo-random numbers (splitmix64), so failures reproduce.
-#[derive(Debug, Clone)]
-pub struct SplitMix(u64);
-
-impl SplitMix {
-    pub fn new(seed: u64) -> Self {
-        SplitMix(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[lo, hi)`.
-    pub fn range(&mut self, lo: i64, hi: i64) -> i64 {
-        lo + (self.next_u64() % (hi - lo) as u64) as i64
-    }
-}
-
 /// Values that are exact in every dtype (quarters in [-4, 4] for floats,
-/// the full range for integers so wrapping is exercised).
+/// the full range for integers so wrapping is exercised); seeded, so a
+/// failure reproduces.
 pub fn test_values<T: Arith>(dtype: DType, len: usize, seed: u64) -> Vec<T> {
-    let mut rng = SplitMix::new(seed);
+    let mut rng = SplitMix64::new(seed);
     (0..len)
         .map(|_| match dtype {
             DType::U8 => T::from_f64(rng.range(0, 256) as f64),
@@ -527,7 +553,7 @@ fn missing_kernels_are_unsupported(d: &dyn DynDevice, caps: &Capabilities) -> Re
 /// Pseudo-random f32 values in [-2, 2) (not exactly representable sums:
 /// these kernels are compared with a tolerance).
 fn random_f32(len: usize, seed: u64) -> Vec<f32> {
-    let mut rng = SplitMix::new(seed);
+    let mut rng = SplitMix64::new(seed);
     (0..len)
         .map(|_| (rng.next_u64() % 4096) as f32 / 1024.0 - 2.0)
         .collect()

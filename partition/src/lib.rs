@@ -91,6 +91,10 @@ impl From<PartitionError> for hetero_core::Error {
     fn from(e: PartitionError) -> Self {
         match e {
             PartitionError::Io { context, source } => hetero_core::Error::io(context, source),
+            // A model the solver does not have is a missing capability, not bad input.
+            PartitionError::Unsupported(what) => {
+                hetero_core::Error::unsupported_in("hetero-partition", what)
+            }
             other => {
                 let field = match &other {
                     PartitionError::Malformed { .. } => "graph JSON",

@@ -73,19 +73,11 @@ pub fn synthetic(name: &str, len: usize, init: Init) -> Vec<f32> {
         Init::Uniform(s) => s,
     };
     // FNV-1a of the name.
-    let mut state = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+    let seed = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
-    (0..len)
-        .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
+    let mut rng = hetero_core::rng::SplitMix64::new(seed);
+    (0..len).map(|_| rng.signed_unit_f32() * scale).collect()
 }
 
 /// Every tensor of `shape`: name, dimensions and synthetic initialisation.

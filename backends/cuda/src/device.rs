@@ -254,7 +254,7 @@ impl CudaDevice {
                     self.id(),
                     peer.id()
                 ),
-                backend: Backend::Cuda,
+                component: Backend::Cuda.into(),
             });
         }
         for (from, to) in [(self, peer), (peer, self)] {
@@ -337,7 +337,7 @@ impl CudaDevice {
         });
         compiled.as_ref().map_err(|reason| Error::Unsupported {
             what: reason.clone(),
-            backend: Backend::Cuda,
+            component: Backend::Cuda.into(),
         })
     }
 
@@ -367,7 +367,7 @@ impl CudaDevice {
         });
         blas.as_ref().map_err(|reason| Error::Unsupported {
             what: reason.clone(),
-            backend: Backend::Cuda,
+            component: Backend::Cuda.into(),
         })
     }
 

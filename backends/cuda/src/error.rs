@@ -100,7 +100,7 @@ impl From<CudaError> for Error {
             | CudaError::MissingLibrary { .. }
             | CudaError::Compile(_) => Error::Unsupported {
                 what: e.to_string(),
-                backend: Backend::Cuda,
+                component: Backend::Cuda.into(),
             },
         }
     }

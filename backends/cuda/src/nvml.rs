@@ -99,7 +99,7 @@ impl std::fmt::Debug for Nvml {
 fn unsupported(what: String) -> Error {
     Error::Unsupported {
         what,
-        backend: Backend::Cuda,
+        component: Backend::Cuda.into(),
     }
 }
 

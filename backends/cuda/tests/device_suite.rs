@@ -5,8 +5,8 @@
 //! shows what did not run and why.
 
 use hetero_core::probe::GemmProbe;
-use hetero_core::testsuite::{device_tests, run_exclusive};
-use hetero_core::{Capabilities, Device, DynDevice, LinkProbe};
+use hetero_core::testsuite::{device_trials, run_exclusive, skipped_trials};
+use hetero_core::{Device, LinkProbe};
 use hetero_cuda::{CudaDevice, CudaHostLink, CudaPeerLink, Direction, Nvml};
 use libtest_mimic::{Arguments, Failed, Trial};
 
@@ -18,17 +18,7 @@ fn main() {
             peer_trials(&devices, &mut trials);
             for device in devices {
                 let label = format!("cuda{}", device.ordinal());
-                for test in device_tests(&Device::capabilities(&device)) {
-                    let skip = test.skip.clone();
-                    let dev = device.clone();
-                    let trial = Trial::test(format!("{label}::{}", test.name), move || {
-                        test.run(&dev as &dyn DynDevice).map_err(Failed::from)
-                    });
-                    trials.push(match skip {
-                        Some(reason) => trial.with_ignored_flag(true).with_kind(reason),
-                        None => trial,
-                    });
-                }
+                trials.extend(device_trials(&label, &device));
                 let dev = device.clone();
                 trials.push(Trial::test(
                     format!("{label}::all_kernels_compile_and_load"),
@@ -74,23 +64,16 @@ fn main() {
             } else {
                 "skipped: no CUDA driver (libcuda.so not loadable)"
             };
-            let every_kernel = Capabilities::all();
-            let names = device_tests(&every_kernel)
-                .into_iter()
-                .map(|t| t.name)
-                .chain([
-                    "all_kernels_compile_and_load".into(),
-                    "host_links_are_measured".into(),
-                    "nvml_reports_pcie_link".into(),
-                    "peer_copies".into(),
-                ]);
-            for name in names {
-                trials.push(
-                    Trial::test(format!("cuda[none]::{name}"), || Ok(()))
-                        .with_ignored_flag(true)
-                        .with_kind(short),
-                );
-            }
+            trials.extend(skipped_trials(
+                "cuda[none]",
+                short,
+                &[
+                    "all_kernels_compile_and_load",
+                    "host_links_are_measured",
+                    "nvml_reports_pcie_link",
+                    "peer_copies",
+                ],
+            ));
         }
     }
     libtest_mimic::run(&args, trials).exit();

@@ -1,8 +1,10 @@
-//! What the operating system says about this machine.
+//! What the operating system says about this machine, for host devices
+//! (memory itself is read by `hetero_core::system`, shared with the other
+//! backends).
 
+use hetero_core::Result;
 #[cfg(not(target_os = "linux"))]
-use hetero_core::Backend;
-use hetero_core::{Error, Result};
+use hetero_core::{Backend, Error};
 
 /// Hardware threads available to this process.
 pub fn hardware_threads() -> usize {
@@ -12,39 +14,20 @@ pub fn hardware_threads() -> usize {
 }
 
 /// Memory the OS reports available for new allocations, bytes
-/// (`MemAvailable` of `/proc/meminfo` on Linux).
+/// (`MemAvailable` of `/proc/meminfo` on Linux, see
+/// [`hetero_core::system::mem_available`]).
 pub fn available_memory_bytes() -> Result<u64> {
     #[cfg(target_os = "linux")]
     {
-        let text = std::fs::read_to_string("/proc/meminfo")
-            .map_err(|e| Error::io("reading /proc/meminfo", e))?;
-        parse_meminfo(&text, "MemAvailable:")
-            .or_else(|| parse_meminfo(&text, "MemFree:"))
-            .ok_or_else(|| {
-                Error::invalid(
-                    "/proc/meminfo",
-                    "has neither MemAvailable nor MemFree; set a memory budget explicitly",
-                )
-            })
+        hetero_core::system::mem_available()
     }
+    // Core cannot read it here; say how to do without it for a host device.
     #[cfg(not(target_os = "linux"))]
     {
         Err(Error::unsupported(
             Backend::Host,
             "reading available memory on this OS; set HostDevice::builder().memory_budget(..)",
         ))
-    }
-}
-
-#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-fn parse_meminfo(text: &str, key: &str) -> Option<u64> {
-    let line = text.lines().find(|l| l.starts_with(key))?;
-    let mut parts = line[key.len()..].split_whitespace();
-    let value: u64 = parts.next()?.parse().ok()?;
-    match parts.next() {
-        Some("kB") => value.checked_mul(1024),
-        None => Some(value),
-        Some(_) => None,
     }
 }
 
@@ -83,18 +66,6 @@ pub fn cpu_description() -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_meminfo_lines() {
-        let text = "MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   20000000 kB\n";
-        assert_eq!(
-            parse_meminfo(text, "MemAvailable:"),
-            Some(20_000_000 * 1024)
-        );
-        assert_eq!(parse_meminfo(text, "MemFree:"), Some(100 * 1024));
-        assert_eq!(parse_meminfo(text, "Missing:"), None);
-        assert_eq!(parse_meminfo("MemFree: x kB", "MemFree:"), None);
-    }
 
     #[test]
     fn this_machine_reports_memory_and_threads() {

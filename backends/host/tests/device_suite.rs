@@ -4,8 +4,8 @@
 //! emulated small device) and a multi-threaded one, so both the serial and
 //! the threaded kernel paths are checked against the naive references.
 
-use hetero_core::testsuite::device_tests;
-use hetero_core::{DType, Device, DynDevice, Error};
+use hetero_core::testsuite::device_trials;
+use hetero_core::{DType, DynDevice, Error};
 use hetero_host::HostDevice;
 use libtest_mimic::{Arguments, Failed, Trial};
 
@@ -28,18 +28,7 @@ fn main() {
                 continue;
             }
         };
-        for test in device_tests(&Device::capabilities(&device)) {
-            let name = format!("host[{label}]::{}", test.name);
-            let skip = test.skip.clone();
-            let dev = device.clone();
-            let trial = Trial::test(name, move || {
-                test.run(&dev as &dyn DynDevice).map_err(Failed::from)
-            });
-            trials.push(match skip {
-                Some(reason) => trial.with_ignored_flag(true).with_kind(reason),
-                None => trial,
-            });
-        }
+        trials.extend(device_trials(&format!("host[{label}]"), &device));
     }
     trials.push(Trial::test(
         "host::foreign_buffers_are_rejected",

@@ -57,7 +57,7 @@ impl From<RocmError> for Error {
             },
             RocmError::NotBuilt | RocmError::NoDevice(_) => Error::Unsupported {
                 what: e.to_string(),
-                backend: Backend::Rocm,
+                component: Backend::Rocm.into(),
             },
         }
     }

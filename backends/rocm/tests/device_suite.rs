@@ -2,9 +2,8 @@
 //! feature or without a GPU (`hipErrorNoDevice`), every test is listed as
 //! `rocm[none]::...` and reported ignored with the reason.
 
-use hetero_core::Capabilities;
-use hetero_core::testsuite::device_tests;
-use libtest_mimic::{Arguments, Trial};
+use hetero_core::testsuite::skipped_trials;
+use libtest_mimic::Arguments;
 
 fn main() {
     let args = Arguments::from_args();
@@ -12,20 +11,9 @@ fn main() {
     match hetero_rocm::devices() {
         #[cfg(feature = "rocm")]
         Ok(devices) => {
-            use hetero_core::{Device, DynDevice};
             for device in devices {
                 let label = format!("rocm{}", device.ordinal());
-                for test in device_tests(&Device::capabilities(&device)) {
-                    let skip = test.skip.clone();
-                    let dev = device.clone();
-                    let trial = Trial::test(format!("{label}::{}", test.name), move || {
-                        test.run(&dev as &dyn DynDevice).map_err(Into::into)
-                    });
-                    trials.push(match skip {
-                        Some(reason) => trial.with_ignored_flag(true).with_kind(reason),
-                        None => trial,
-                    });
-                }
+                trials.extend(hetero_core::testsuite::device_trials(&label, &device));
             }
         }
         // Without the feature, `devices()` is always an error.
@@ -38,14 +26,7 @@ fn main() {
             } else {
                 "skipped: no AMD GPU"
             };
-            let every_kernel = Capabilities::all();
-            for test in device_tests(&every_kernel) {
-                trials.push(
-                    Trial::test(format!("rocm[none]::{}", test.name), || Ok(()))
-                        .with_ignored_flag(true)
-                        .with_kind(short),
-                );
-            }
+            trials.extend(skipped_trials("rocm[none]", short, &[]));
         }
     }
     libtest_mimic::run(&args, trials).exit();

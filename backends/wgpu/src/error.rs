@@ -43,7 +43,7 @@ impl From<WgpuError> for Error {
             WgpuError::Validation { what, .. } => Error::invalid(what, e.to_string()),
             WgpuError::NoAdapter(_) | WgpuError::RequestDevice(_) => Error::Unsupported {
                 what: e.to_string(),
-                backend: Backend::Wgpu,
+                component: Backend::Wgpu.into(),
             },
         }
     }

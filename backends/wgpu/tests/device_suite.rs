@@ -5,8 +5,8 @@
 //! as `wgpu[none]::...` and ignored with the reason. `WGPU_BACKEND=gl` (or
 //! `vulkan`) restricts the run to one backend.
 
-use hetero_core::testsuite::{device_tests, run_exclusive};
-use hetero_core::{Capabilities, DType, Device, DynDevice, LinkProbe};
+use hetero_core::testsuite::{device_tests, device_trials, run_exclusive, skipped_trials};
+use hetero_core::{DType, Device, DynDevice, LinkProbe};
 use hetero_wgpu::{GemmKernel, WgpuDevice, WgpuDirection, WgpuLink};
 use libtest_mimic::{Arguments, Failed, Trial};
 
@@ -17,17 +17,7 @@ fn main() {
         Ok(devices) => {
             for device in devices {
                 let label = format!("wgpu[{}]", device.label());
-                for test in device_tests(&Device::capabilities(&device)) {
-                    let skip = test.skip.clone();
-                    let dev = device.clone();
-                    let trial = Trial::test(format!("{label}::{}", test.name), move || {
-                        test.run(&dev as &dyn DynDevice).map_err(Failed::from)
-                    });
-                    trials.push(match skip {
-                        Some(reason) => trial.with_ignored_flag(true).with_kind(reason),
-                        None => trial,
-                    });
-                }
+                trials.extend(device_trials(&label, &device));
                 // The suite ran the kernel this adapter picks by default;
                 // check both kernels, each on a device of its own.
                 for kernel in [GemmKernel::Tiled, GemmKernel::Blocked] {
@@ -49,17 +39,12 @@ fn main() {
         }
         Err(reason) => {
             eprintln!("wgpu device suite skipped: {reason}");
-            let every_kernel = Capabilities::all();
-            for test in device_tests(&every_kernel) {
-                trials.push(
-                    Trial::test(format!("wgpu[none]::{}", test.name), || Ok(()))
-                        .with_ignored_flag(true)
-                        .with_kind(
-                            "skipped: no wgpu adapter (software ones: Debian mesa-vulkan-drivers \
-                             libvulkan1 libegl1 libegl-mesa0 libgl1-mesa-dri; cargo xtask setup)",
-                        ),
-                );
-            }
+            trials.extend(skipped_trials(
+                "wgpu[none]",
+                "skipped: no wgpu adapter (software ones: Debian mesa-vulkan-drivers \
+                 libvulkan1 libegl1 libegl-mesa0 libgl1-mesa-dri; cargo xtask setup)",
+                &[],
+            ));
         }
     }
     libtest_mimic::run(&args, trials).exit();

@@ -115,10 +115,7 @@ enum TransportKind {
 }
 
 fn available_memory() -> Option<f64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024.0)
+    hetero_core::system::mem_available().ok().map(|b| b as f64)
 }
 
 fn scaled_model(args: &Args, ranks_here: usize) -> Result<ModelSpec> {

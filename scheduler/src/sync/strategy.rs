@@ -214,8 +214,8 @@ impl Strategy {
                 )));
             };
             if v.dtype != DType::F32 {
-                return Err(Error::unsupported(
-                    hetero_core::Backend::Host,
+                return Err(Error::unsupported_in(
+                    "sync executor",
                     format!(
                         "synchronizing {} variable {:?}: the executor handles f32 variables only",
                         v.dtype, v.name
@@ -300,36 +300,10 @@ impl Strategy {
     }
 }
 
-/// Small deterministic generator (SplitMix64) for the sampler.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `[0, 1)`.
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    /// Uniform in `0..n` (`n >= 1`).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n.max(1) as u64) as usize
-    }
-    pub fn chance(&mut self, p: f64) -> bool {
-        self.unit() < p
-    }
-    pub fn pick<T: Copy>(&mut self, xs: &[T]) -> Option<T> {
-        (!xs.is_empty()).then(|| xs[self.below(xs.len())])
-    }
-}
+/// Small deterministic generator for the sampler: core's SplitMix64, whose
+/// `unit`, `below`, `chance` and `pick` draw exactly as this sampler always
+/// has (searches and their tests depend on the sequences).
+pub type Rng = hetero_core::rng::SplitMix64;
 
 /// Greedy load balancing: each item (bytes) to the least-loaded server, in
 /// the order given (AutoDist's PSLoadBalancing does this in variable order).
