@@ -7,7 +7,7 @@
 //! - [`problem`]: the contracted problem the solvers share (colour classes,
 //!   training twins, strongly connected parts fused, trivial nodes merged);
 //! - [`dp`]: the exact DP over ideals, the linearized DP, and a greedy split;
-//! - [`ip`]: integer programs for contiguous and non-contiguous splits (Cbc);
+//! - [`ip`]: integer programs for contiguous and non-contiguous splits (microlp, or Cbc with the `cbc` feature);
 //! - [`pipedream`]: PipeDream's stage DP over one order, as a baseline;
 //! - [`brute`]: brute force over every contiguous split of a tiny graph (tests).
 //!

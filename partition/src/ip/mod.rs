@@ -1,5 +1,6 @@
 //! Integer programs for contiguous and non-contiguous splits (through
-//! `good_lp`, solved by COIN-OR Cbc).
+//! `good_lp`, solved by microlp or, with the `cbc` feature, COIN-OR Cbc:
+//! see `solver.rs`).
 //!
 //! **Non-contiguous** (any assignment): binary `x[v][d]` per node and
 //! device; colour classes share their row; per node `u` with successors,

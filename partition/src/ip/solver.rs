@@ -143,7 +143,17 @@ pub(crate) fn solve(
             for c in model.constraints {
                 problem.add_constraint(c);
             }
-            let solution = problem.solve().map_err(solver_error)?;
+            let solution = problem.solve().map_err(|e| match e {
+                ResolutionError::Infeasible => solver_error(e),
+                // Numerical trouble (a singular basis: seen on the contiguous
+                // IP of bert_l-3's operator graph, whose big-M rows are badly
+                // scaled) or no incumbent by the time limit.
+                other => PartitionError::Unsupported(format!(
+                    "microlp could not solve this integer program ({other}); the exact DP \
+                     (--algo dp) gives the contiguous optimum, and Cbc (--solver cbc, in a \
+                     build with the `cbc` feature) solves the IP itself"
+                )),
+            })?;
             let stopped = !matches!(solution.status(), SolutionStatus::Optimal);
             let values = every.iter().map(|&v| (v, solution.value(v))).collect();
             let stats = solution.into_inner().stats();
