@@ -25,13 +25,21 @@
 //!
 //! What this crate must not do: depend on another backend.
 
+mod buffer;
+mod decode;
 mod device;
+mod dispatch;
 mod error;
+mod error_scope;
+mod gemm;
+mod io;
 mod kernels;
 mod link;
 
-pub use device::{FALLBACK_GPU_BUDGET_BYTES, GemmKernel, WgpuBuffer, WgpuDevice};
+pub use buffer::WgpuBuffer;
+pub use device::{FALLBACK_GPU_BUDGET_BYTES, WgpuDevice};
 pub use error::WgpuError;
+pub use gemm::GemmKernel;
 pub use link::{WgpuDirection, WgpuLink};
 
 use hetero_core::Result;

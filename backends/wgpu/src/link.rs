@@ -7,7 +7,8 @@ use hetero_core::{
     DType, Device, DeviceId, Error, HostSlice, HostSliceMut, Link, LinkKind, Result,
 };
 
-use crate::device::{WgpuBuffer, WgpuDevice};
+use crate::buffer::WgpuBuffer;
+use crate::device::WgpuDevice;
 
 /// Which way a [`WgpuLink`] moves data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
