@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use hetero_backends::{AnyDevice, discover};
 use hetero_collectives::{Algorithm, FlatCollective, InProcessTransport, Transport};
 use hetero_core::host_kernels::{Arith, combine, finish};
 use hetero_core::testsuite::{compare, tolerance};
@@ -13,7 +14,6 @@ use hetero_core::{
     Collective, DType, DynDevice, DynDeviceExt, HostSlice, ReduceOp, Tensor, TensorMut,
     chunk_range, with_dtype,
 };
-use hetero_backends::{AnyDevice, discover};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 const RANKS: usize = 3;

@@ -4,8 +4,8 @@
 //! logits are more than 1e-2 apart. Without accelerators the check is
 //! listed as ignored with the reason.
 
-use hetero_core::{DynDevice, DynDeviceExt};
 use hetero_backends::{AnyDevice, discover};
+use hetero_core::{DynDevice, DynDeviceExt};
 use hetero_scheduler::{DecodeModel, ModelShape};
 use libtest_mimic::{Arguments, Failed, Trial};
 

@@ -215,9 +215,9 @@ fn mpi_world() -> Result<Endpoints> {
 
 #[cfg(not(feature = "mpi"))]
 fn mpi_world() -> Result<Endpoints> {
-    Err(Error::unsupported(
-        hetero_core::Backend::Host,
-        "MPI: hetero-collectives was built without its `mpi` feature (build with \
+    Err(Error::unsupported_in(
+        "MPI",
+        "hetero-collectives was built without its `mpi` feature (build with \
          --features mpi, for the binaries hetero-examples' `mpi` feature, and run under \
          mpirun); use the in-process, TCP or shared-memory transport",
     ))
@@ -269,8 +269,8 @@ async fn upgrade(tcp: TcpTransport, kind: TransportKind) -> Result<Arc<dyn Trans
             ))
         }
         #[cfg(not(target_os = "linux"))]
-        TransportKind::SharedMemory => Err(Error::unsupported(
-            hetero_core::Backend::Host,
+        TransportKind::SharedMemory => Err(Error::unsupported_in(
+            "the shared-memory transport",
             "the shared-memory transport needs Linux (shared mappings with FIFO doorbells); \
              use the TCP transport",
         )),

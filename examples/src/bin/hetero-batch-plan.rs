@@ -4,9 +4,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use hetero_core::{Error, Result};
 use hetero_backends::{discover, select_devices};
-use hetero_scheduler::policy::policy;
+use hetero_core::{Error, Result};
+use hetero_scheduler::policy::{AllocationPolicy, Policy};
 use hetero_scheduler::{Allocation, DeviceProfile, ModelShape, profile_device};
 use serde_json::json;
 
@@ -51,6 +51,8 @@ fn main() -> ExitCode {
 fn run(args: &Args) -> Result<()> {
     let model = ModelShape::preset(&args.model)?;
     model.validate()?;
+    // Before any device is profiled: a bad name costs no profiling time.
+    let policies = Policy::select(&args.policy)?;
     let found = discover(1, &mut |note| eprintln!("{note}"))?;
     let devices = if args.devices.is_empty() {
         found
@@ -93,14 +95,9 @@ fn run(args: &Args) -> Result<()> {
     if profiles.is_empty() {
         return Err(Error::invalid("device", "no device can run this model"));
     }
-    let names: Vec<&str> = match args.policy.as_str() {
-        "all" => vec!["uniform", "hasc", "balanced"],
-        one => vec![one],
-    };
     let mut plans: Vec<(String, Result<Allocation>)> = Vec::new();
-    for name in names {
-        let p = policy(name)?;
-        plans.push((name.into(), p.allocate(&profiles, args.batch)));
+    for p in policies {
+        plans.push((p.name().into(), p.allocate(&profiles, args.batch)));
     }
     // A single requested policy that cannot place the batch is a failure.
     if plans.len() == 1

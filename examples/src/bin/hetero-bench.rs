@@ -5,11 +5,11 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
+use hetero_backends::{AnyDevice, discover, link_between};
 use hetero_core::host_kernels::Arith;
 use hetero_core::{
     DType, DynDevice, DynDeviceExt, GemmSpec, HostSlice, LinkProbe, ReduceOp, Result, with_dtype,
 };
-use hetero_backends::{AnyDevice, discover, link_between};
 use serde_json::json;
 
 /// Measure, per device: GEMM GFLOP/s (f32, and f16 / bf16 where the device

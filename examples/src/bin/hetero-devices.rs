@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use hetero_backends::{AnyDevice, discover, link_between};
 use hetero_core::probe::GemmProbe;
 use hetero_core::{DynDevice, LinkProbe, Result, Topology};
-use hetero_backends::{AnyDevice, discover, link_between};
 
 /// List every device of every compiled backend with its memory and measured
 /// GEMM throughput, the measured link matrix (latency, bandwidth) and the
