@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hetero_core::{
-    Backend, Collective, DType, DeviceId, DeviceInfo, DeviceKind, LinkKind, LinkModel, ReduceOp,
-    Result, Tensor, TensorMut, Topology, TopologyDevice,
+    Backend, Collective, DType, DeviceId, DeviceKind, LinkKind, LinkModel, ReduceOp, Result,
+    Tensor, TensorMut, Topology, TopologyDevice,
 };
 
 use crate::cost::Algorithm;
@@ -173,19 +173,11 @@ pub async fn sense_topology(t: Arc<dyn Transport>, cfg: &SenseConfig) -> Result<
             let host = String::from_utf8_lossy(raw)
                 .trim_end_matches('\0')
                 .to_string();
-            TopologyDevice {
-                info: DeviceInfo {
-                    id: DeviceId::new(Backend::Host, r as u32),
-                    name: format!("rank {r} on {host}"),
-                    kind: DeviceKind::Cpu,
-                    vendor: String::new(),
-                    memory_total_bytes: 0,
-                    memory_free_bytes: None,
-                    driver: None,
-                    compute_units: None,
-                },
-                gemm_flops_per_s: None,
-            }
+            TopologyDevice::bare(
+                DeviceId::new(Backend::Host, r as u32),
+                format!("rank {r} on {host}"),
+                DeviceKind::Cpu,
+            )
         })
         .collect();
     Topology::from_fn(devices, |i, j| {

@@ -9,24 +9,16 @@ use common::*;
 use hetero_collectives::sense::{SenseConfig, sense_or_load, sense_topology};
 use hetero_collectives::{HierPlan, Hierarchical, Scheme, Transport};
 use hetero_core::{
-    Backend, Collective, DType, DeviceId, DeviceInfo, DeviceKind, LinkKind, LinkModel, ReduceOp,
-    Result, TensorMut, Topology, TopologyDevice,
+    Backend, Collective, DType, DeviceId, DeviceKind, LinkKind, LinkModel, ReduceOp, Result,
+    TensorMut, Topology, TopologyDevice,
 };
 
 fn device(i: usize) -> TopologyDevice {
-    TopologyDevice {
-        info: DeviceInfo {
-            id: DeviceId::new(Backend::Host, i as u32),
-            name: format!("rank {i} on synthetic"),
-            kind: DeviceKind::Virtual,
-            vendor: String::new(),
-            memory_total_bytes: 0,
-            memory_free_bytes: None,
-            driver: None,
-            compute_units: None,
-        },
-        gemm_flops_per_s: None,
-    }
+    TopologyDevice::bare(
+        DeviceId::new(Backend::Host, i as u32),
+        format!("rank {i} on synthetic"),
+        DeviceKind::Virtual,
+    )
 }
 
 /// `domain_sizes` nodes; 20 GB/s and 1 us inside a node, `inter_bw` and 50 us between.

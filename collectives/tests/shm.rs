@@ -16,14 +16,6 @@ use hetero_collectives::transport::shm::{ShmConfig, ShmTransport};
 use hetero_collectives::{Algorithm, Transport};
 use hetero_core::{Collective, DType, Error, LinkKind, ReduceOp, Result, TensorMut};
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("hetero-shm-test-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");

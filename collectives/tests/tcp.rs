@@ -13,14 +13,6 @@ use hetero_collectives::{Algorithm, TcpConfig, TcpTransport, Transport};
 use hetero_core::{Collective, DType, Error, ReduceOp, Result, TensorMut, chunk_range};
 use tokio::net::TcpListener;
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 #[test]
 fn tcp_ranks_agree_with_the_naive_reduction() {
     rt().block_on(async {
@@ -148,20 +140,14 @@ fn environment_variables_are_read_and_checked() {
 fn hierarchical_composes_in_process_and_tcp() {
     use hetero_collectives::{FlatCollective, HierPlan, Hierarchical, InProcessTransport, Scheme};
     use hetero_core::{
-        Backend, DeviceId, DeviceInfo, DeviceKind, LinkKind, LinkModel, Topology, TopologyDevice,
+        Backend, DeviceId, DeviceKind, LinkKind, LinkModel, Topology, TopologyDevice,
     };
-    let dev = |i: usize| TopologyDevice {
-        info: DeviceInfo {
-            id: DeviceId::new(Backend::Host, i as u32),
-            name: format!("rank {i} on synthetic"),
-            kind: DeviceKind::Virtual,
-            vendor: String::new(),
-            memory_total_bytes: 0,
-            memory_free_bytes: None,
-            driver: None,
-            compute_units: None,
-        },
-        gemm_flops_per_s: None,
+    let dev = |i: usize| {
+        TopologyDevice::bare(
+            DeviceId::new(Backend::Host, i as u32),
+            format!("rank {i} on synthetic"),
+            DeviceKind::Virtual,
+        )
     };
     let topo = Topology::from_fn((0..4).map(dev).collect(), |i, j| {
         (i != j).then(|| {

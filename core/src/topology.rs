@@ -37,8 +37,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::device::DeviceInfo;
+use crate::device::{DeviceInfo, DeviceKind};
 use crate::error::{Error, Result};
+use crate::id::DeviceId;
 use crate::link::LinkModel;
 
 /// Default bandwidth ratio that makes a set of devices a domain.
@@ -54,6 +55,27 @@ pub struct TopologyDevice {
     /// Measured f32 GEMM throughput, FLOP/s, when probed.
     #[serde(default)]
     pub gemm_flops_per_s: Option<f64>,
+}
+
+impl TopologyDevice {
+    /// A device known only by its id, name and kind: a rank of a job whose
+    /// links are sensed, or a synthetic device in a test. No vendor,
+    /// memory, driver or measured throughput.
+    pub fn bare(id: DeviceId, name: impl Into<String>, kind: DeviceKind) -> Self {
+        TopologyDevice {
+            info: DeviceInfo {
+                id,
+                name: name.into(),
+                kind,
+                vendor: String::new(),
+                memory_total_bytes: 0,
+                memory_free_bytes: None,
+                driver: None,
+                compute_units: None,
+            },
+            gemm_flops_per_s: None,
+        }
+    }
 }
 
 /// How a domain's leader is chosen.

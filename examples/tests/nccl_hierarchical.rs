@@ -20,8 +20,8 @@ use hetero_collectives::{
 use hetero_core::host_kernels::{Arith, combine, finish};
 use hetero_core::testsuite::{compare, tolerance};
 use hetero_core::{
-    Backend, Collective, DType, Device, DeviceId, DeviceInfo, DeviceKind, HostSlice, HostSliceMut,
-    LinkKind, LinkModel, ReduceOp, TensorMut, Topology, TopologyDevice, with_dtype,
+    Backend, Collective, DType, Device, DeviceId, DeviceKind, HostSlice, HostSliceMut, LinkKind,
+    LinkModel, ReduceOp, TensorMut, Topology, TopologyDevice, with_dtype,
 };
 use hetero_cuda::{CudaDevice, NcclCollective};
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -46,18 +46,14 @@ fn naive<T: Arith>(ranks: usize, op: ReduceOp) -> Vec<T> {
 /// Fast links inside a domain, 1 Gbit/s between, so the plan keeps two domains.
 fn topology(domain_of: &[usize]) -> Topology {
     let devices = (0..domain_of.len())
-        .map(|i| TopologyDevice {
-            info: DeviceInfo {
-                id: DeviceId::new(Backend::Cuda, i as u32),
-                name: format!("rank {i}"),
-                kind: DeviceKind::DiscreteGpu,
-                vendor: "NVIDIA".into(),
-                memory_total_bytes: 0,
-                memory_free_bytes: None,
-                driver: None,
-                compute_units: None,
-            },
-            gemm_flops_per_s: None,
+        .map(|i| {
+            let mut d = TopologyDevice::bare(
+                DeviceId::new(Backend::Cuda, i as u32),
+                format!("rank {i}"),
+                DeviceKind::DiscreteGpu,
+            );
+            d.info.vendor = "NVIDIA".into();
+            d
         })
         .collect();
     Topology::from_fn(devices, |i, j| {

@@ -117,6 +117,15 @@ pub async fn all_reduce_matches_naive(
     Ok(())
 }
 
+/// A two-worker tokio runtime for a test's ranks.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// Connect `n` ranks on 127.0.0.1 (rank 0 on an ephemeral port).
 pub async fn mesh(n: usize, timeout: Duration) -> Result<Vec<TcpTransport>> {
     let listener = TcpListener::bind("127.0.0.1:0")

@@ -100,12 +100,7 @@ fn run(args: &Args) -> Result<()> {
         plans.push((p.name().into(), p.allocate(&profiles, args.batch)));
     }
     // A single requested policy that cannot place the batch is a failure.
-    if plans.len() == 1
-        && let Some((_, Err(_))) = plans.first()
-        && let Some((_, Err(e))) = plans.pop()
-    {
-        return Err(e);
-    }
+    hetero_examples::sole_failure(&mut plans)?;
     if args.json {
         let out = json!({
             "model": model,

@@ -242,12 +242,7 @@ fn run(args: &Args) -> Result<()> {
         });
         runs.push((name.into(), outcome));
     }
-    if runs.len() == 1
-        && let Some((_, Err(_))) = runs.first()
-        && let Some((_, Err(e))) = runs.pop()
-    {
-        return Err(e);
-    }
+    hetero_examples::sole_failure(&mut runs)?;
     if args.json {
         let out = json!({
             "model": model.name,
@@ -381,12 +376,7 @@ fn run_continuous(
             .find_map(|(_, r)| r.err())
             .map_or(Ok(()), Err);
     }
-    if runs.len() == 1
-        && let Some((_, Err(_))) = runs.first()
-        && let Some((_, Err(e))) = runs.pop()
-    {
-        return Err(e);
-    }
+    hetero_examples::sole_failure(&mut runs)?;
     if args.json {
         let out = json!({
             "model": model.name,

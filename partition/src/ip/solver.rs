@@ -136,13 +136,11 @@ pub(crate) fn solve(
                     path.display()
                 )));
             }
-            let mut problem = model.vars.minimise(model.objective).using(good_lp::microlp);
-            if let Some(t) = time_limit_s {
-                problem = problem.with_time_limit(t);
-            }
-            for c in model.constraints {
-                problem.add_constraint(c);
-            }
+            let problem = loaded(
+                model.vars.minimise(model.objective).using(good_lp::microlp),
+                model.constraints,
+                time_limit_s,
+            );
             let solution = problem.solve().map_err(|e| match e {
                 ResolutionError::Infeasible => solver_error(e),
                 // Numerical trouble (a singular basis: seen on the contiguous
@@ -170,6 +168,21 @@ pub(crate) fn solve(
     }
 }
 
+/// A solver's model with the constraints added and the time limit set.
+fn loaded<M: SolverModel + WithTimeLimit>(
+    mut problem: M,
+    constraints: Vec<Constraint>,
+    time_limit_s: Option<f64>,
+) -> M {
+    if let Some(t) = time_limit_s {
+        problem = problem.with_time_limit(t);
+    }
+    for c in constraints {
+        problem.add_constraint(c);
+    }
+    problem
+}
+
 fn values_objective(values: &HashMap<Variable, f64>, objective: Variable) -> f64 {
     values.get(&objective).copied().unwrap_or(0.0)
 }
@@ -184,16 +197,14 @@ mod cbc {
         time_limit_s: Option<f64>,
         write_mps: Option<&Path>,
     ) -> Result<Solved> {
-        let mut problem = model
-            .vars
-            .minimise(model.objective)
-            .using(good_lp::coin_cbc);
-        if let Some(t) = time_limit_s {
-            problem = problem.with_time_limit(t);
-        }
-        for c in model.constraints {
-            problem.add_constraint(c);
-        }
+        let problem = loaded(
+            model
+                .vars
+                .minimise(model.objective)
+                .using(good_lp::coin_cbc),
+            model.constraints,
+            time_limit_s,
+        );
         if let Some(path) = write_mps {
             export(&problem, path)?;
         }

@@ -8,8 +8,7 @@ use std::time::Instant;
 use hetero_collectives::sense::{SenseConfig, sense_topology};
 use hetero_collectives::{HierPlan, Hierarchical, InProcessTransport, ShapedTransport, Transport};
 use hetero_core::{
-    Backend, DeviceId, DeviceInfo, DeviceKind, Error, LinkKind, LinkModel, Result, Topology,
-    TopologyDevice,
+    Backend, DeviceId, DeviceKind, Error, LinkKind, LinkModel, Result, Topology, TopologyDevice,
 };
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
@@ -84,19 +83,11 @@ pub struct ClusterModel {
 }
 
 fn rank_device(r: usize) -> TopologyDevice {
-    TopologyDevice {
-        info: DeviceInfo {
-            id: DeviceId::new(Backend::Host, r as u32),
-            name: format!("rank {r}"),
-            kind: DeviceKind::Cpu,
-            vendor: String::new(),
-            memory_total_bytes: 0,
-            memory_free_bytes: None,
-            driver: None,
-            compute_units: None,
-        },
-        gemm_flops_per_s: None,
-    }
+    TopologyDevice::bare(
+        DeviceId::new(Backend::Host, r as u32),
+        format!("rank {r}"),
+        DeviceKind::Cpu,
+    )
 }
 
 /// A topology of the layout's ranks with the given links.
