@@ -113,7 +113,7 @@ impl GgmlType {
         self.row().map(|row| (row.3, row.4))
     }
 
-    /// True for the types [`super::dequant`] turns into f32.
+    /// True for the types [`GgufFile::dequantize`](super::GgufFile::dequantize) turns into f32.
     pub fn can_dequantize(self) -> bool {
         matches!(
             self,

@@ -27,10 +27,8 @@ impl Writer {
     }
 
     pub fn kv(mut self, key: &str, value: Value) -> Self {
-        if key == "general.alignment" {
-            if let Value::U32(a) = value {
-                self.alignment = a.into();
-            }
+        if let ("general.alignment", Value::U32(a)) = (key, &value) {
+            self.alignment = (*a).into();
         }
         self.kvs.push((key.into(), value));
         self
