@@ -1,7 +1,7 @@
 //! `ModelError`: every way loading a model file can fail, each naming the
 //! file and the field, and its conversion into [`hetero_core::Error`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use hetero_core::Error;
 
@@ -115,40 +115,58 @@ pub enum ModelError {
     },
 }
 
+impl ModelError {
+    /// The file (or in-memory name) the error is about.
+    pub fn file(&self) -> &Path {
+        match self {
+            ModelError::Io { file, .. }
+            | ModelError::Truncated { file, .. }
+            | ModelError::BadMagic { file, .. }
+            | ModelError::UnsupportedVersion { file, .. }
+            | ModelError::CountTooLarge { file, .. }
+            | ModelError::UnknownValueType { file, .. }
+            | ModelError::Invalid { file, .. }
+            | ModelError::DataOutOfBounds { file, .. }
+            | ModelError::UnsupportedType { file, .. }
+            | ModelError::NoSuchTensor { file, .. }
+            | ModelError::MissingKey { file, .. }
+            | ModelError::WrongType { file, .. } => file,
+        }
+    }
+
+    /// What in the file is at fault: a header field, a metadata key, a
+    /// tensor ("tensor blk.0.attn_q.weight").
+    pub fn field(&self) -> String {
+        match self {
+            ModelError::Io { context, .. } => (*context).to_string(),
+            ModelError::BadMagic { .. } => "magic".into(),
+            ModelError::UnsupportedVersion { .. } => "version".into(),
+            ModelError::Truncated { field, .. }
+            | ModelError::CountTooLarge { field, .. }
+            | ModelError::UnknownValueType { field, .. }
+            | ModelError::Invalid { field, .. } => field.clone(),
+            ModelError::DataOutOfBounds { tensor, .. }
+            | ModelError::UnsupportedType { tensor, .. }
+            | ModelError::NoSuchTensor { name: tensor, .. } => format!("tensor {tensor}"),
+            ModelError::MissingKey { key, .. } | ModelError::WrongType { key, .. } => {
+                format!("metadata {key}")
+            }
+        }
+    }
+}
+
+/// I/O stays I/O, a type or version this reader lacks is `Unsupported` (in
+/// the "GGUF reader"), everything else is `InvalidInput` whose field is
+/// "file: field".
 impl From<ModelError> for Error {
     fn from(e: ModelError) -> Self {
+        let field = format!("{}: {}", e.file().display(), e.field());
         match e {
-            ModelError::Io {
-                file,
-                context,
-                source,
-            } => Error::io(format!("{}: {context}", file.display()), source),
+            ModelError::Io { source, .. } => Error::io(field, source),
             ModelError::UnsupportedType { .. } | ModelError::UnsupportedVersion { .. } => {
                 Error::unsupported_in("GGUF reader", e.to_string())
             }
-            other => {
-                let field = match &other {
-                    ModelError::Truncated { file, field, .. }
-                    | ModelError::CountTooLarge { file, field, .. }
-                    | ModelError::UnknownValueType { file, field, .. }
-                    | ModelError::Invalid { file, field, .. } => {
-                        format!("{}: {field}", file.display())
-                    }
-                    ModelError::DataOutOfBounds { file, tensor, .. } => {
-                        format!("{}: tensor {tensor}", file.display())
-                    }
-                    ModelError::NoSuchTensor { file, name } => {
-                        format!("{}: tensor {name}", file.display())
-                    }
-                    ModelError::MissingKey { file, key }
-                    | ModelError::WrongType { file, key, .. } => {
-                        format!("{}: {key}", file.display())
-                    }
-                    ModelError::BadMagic { file, .. } => format!("{}: magic", file.display()),
-                    _ => "GGUF file".to_string(),
-                };
-                Error::invalid(field, other.to_string())
-            }
+            other => Error::invalid(field, other.to_string()),
         }
     }
 }

@@ -183,6 +183,8 @@ fn other_types_are_unsupported_by_name_and_number() {
         ModelError::UnsupportedType { type_id: 6, .. }
     ));
     assert!(err.to_string().contains("Q5_0 (6)"), "{err}");
+    assert_eq!(err.file(), std::path::Path::new("mem.gguf"));
+    assert_eq!(err.field(), "tensor q5_0");
     let err = f.tensor_bytes("future").expect_err("unknown size");
     assert!(err.to_string().contains("unknown (99)"), "{err}");
     let core: hetero_core::Error = err.into();
