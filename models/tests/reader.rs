@@ -66,6 +66,12 @@ fn every_metadata_type_round_trips_in_v2_and_v3() {
 }
 
 #[test]
+fn a_value_is_at_most_32_bytes() {
+    // The bound on what an array of n elements allocates (value.rs).
+    assert!(std::mem::size_of::<Value>() <= 32);
+}
+
+#[test]
 fn typed_getters_widen_integers_and_name_missing_keys() {
     let w = Writer::new(3)
         .kv("a", Value::U8(7))

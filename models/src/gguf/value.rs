@@ -210,6 +210,10 @@ pub(crate) fn read_value(
             let n = r.bounded_count(count, elem.min_bytes(), &|| {
                 format!("{} (array count)", field())
             })?;
+            // At most one `Value` (32 bytes) per element byte left: the
+            // allocation is bounded by the file, at worst 32x its size for
+            // a u8 array (real files' large arrays are strings and f32s,
+            // 4x to 8x).
             let mut items = Vec::with_capacity(n);
             for i in 0..n {
                 items.push(read_value(r, elem, depth + 1, &|| {
