@@ -68,7 +68,7 @@ fn every_metadata_type_round_trips_in_v2_and_v3() {
 #[test]
 fn a_value_is_at_most_32_bytes() {
     // The bound on what an array of n elements allocates (value.rs).
-    assert!(std::mem::size_of::<Value>() <= 32);
+    assert!(size_of::<Value>() <= 32);
 }
 
 #[test]
