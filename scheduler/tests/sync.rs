@@ -228,7 +228,12 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     /// More bytes are never predicted faster on the same links: growing any
-    /// variable's rows (same strategy) never lowers the analytic time.
+    /// variable's bytes on the wire (same strategy) never lowers the
+    /// analytic time. A dense variable grows its rows; a sparse one the rows
+    /// it touches, since its bytes are those rows, not the table's size (a
+    /// bigger table with the same touched rows spreads them more evenly over
+    /// its shards, which is rightly predicted faster: CI found seed 3901,
+    /// var 0, grow 3, a 37-row table split 19/18 against 40 split 20/20).
     #[test]
     fn more_bytes_are_never_predicted_faster(seed in 0u64..10_000, var in 0usize..6, grow in 1usize..40) {
         let model = small_model();
@@ -237,7 +242,12 @@ proptest! {
         let mut rng = Rng::new(seed);
         let s = sampler.sample(&mut rng);
         let mut bigger = model.clone();
-        bigger.variables[var].shape[0] += grow;
+        let v = &mut bigger.variables[var];
+        let rows = v.shape[0];
+        match v.sparse.as_mut() {
+            Some(sparse) => sparse.rows_touched = (sparse.rows_touched + grow).min(rows),
+            None => v.shape[0] += grow,
+        }
         let small_plan = s.compile(&model, &c.layout).expect("valid");
         let big_plan = s.compile(&bigger, &c.layout).expect("still valid");
         let a = analytic(&model, &small_plan, &c).total_s;
