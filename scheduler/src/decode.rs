@@ -6,13 +6,22 @@
 //! synthetic and deterministic (a seeded generator, scaled like a fresh
 //! initialisation), computed in f32 whatever the model's storage dtype, so
 //! the same model gives the same numbers on every backend.
+//!
+//! Positions: learned position embeddings only
+//! ([`PositionScheme::Learned`]), position `p` reading table row
+//! `p + offset` (OPT's offset is 2). ALiBi (BLOOM) is not implemented:
+//! [`DecodeModel::new`] and [`DecodeModel::from_safetensors`] refuse such a
+//! shape with [`Error::Unsupported`], and only
+//! [`DecodeModel::synthetic_stand_in`], which profiling and synthetic
+//! serving use for the shape's memory and GEMM sizes, builds it (without
+//! any position term, so its numbers are not BLOOM's).
 
 use hetero_core::{
     Activation, AttentionSpec, BoxedBuffer, DType, DynDevice, DynDeviceExt, Error, GemmSpec,
     HostSlice, ReduceOp, Result,
 };
 
-use crate::workload::ModelShape;
+use crate::workload::{ModelShape, PositionScheme};
 
 struct Layer {
     ln1: (BoxedBuffer, BoxedBuffer),
@@ -39,6 +48,8 @@ pub struct DecodeModel<'d> {
     layers: Vec<Layer>,
     embed: BoxedBuffer,
     positions: Option<BoxedBuffer>,
+    /// Position `p` reads row `p + position_offset` of `positions`.
+    position_offset: usize,
     ln_f: (BoxedBuffer, BoxedBuffer),
     /// Tokens already in each sequence's cache.
     lens: Vec<u32>,
@@ -116,7 +127,7 @@ pub fn tensor_specs(shape: &ModelShape) -> Vec<(String, Vec<usize>, Init)> {
         vec![shape.vocab, h],
         Init::Uniform(1.0),
     ));
-    if shape.max_positions > 0 {
+    if matches!(shape.positions, PositionScheme::Learned { .. }) {
         specs.push((
             "positions.weight".into(),
             vec![shape.max_positions, h],
@@ -167,9 +178,45 @@ fn to_f32(name: &str, view: &safetensors::tensor::TensorView<'_>) -> Result<Vec<
 }
 
 impl<'d> DecodeModel<'d> {
+    /// Whether the decode step computes `shape`'s architecture: `Ok` for
+    /// learned positions, [`Error::Unsupported`] naming the model and what
+    /// is missing otherwise (ALiBi).
+    pub fn implements(shape: &ModelShape) -> Result<()> {
+        match shape.positions {
+            PositionScheme::Learned { .. } => Ok(()),
+            PositionScheme::Alibi => Err(Error::unsupported_in(
+                "hetero-scheduler decode",
+                format!(
+                    "model {}: {} are not implemented, so the decode step would compute \
+                     another model; DecodeModel::synthetic_stand_in times its shape only",
+                    shape.name,
+                    shape.positions.name()
+                ),
+            )),
+        }
+    }
+
     /// Put `shape` on `device` with synthetic weights and room for
-    /// `batch` x `max_len` tokens (computes in f32).
+    /// `batch` x `max_len` tokens (computes in f32). A shape whose
+    /// architecture the step does not implement ([`Self::implements`]:
+    /// ALiBi, like `bloom-3b`) is [`Error::Unsupported`].
     pub fn new(
+        device: &'d dyn DynDevice,
+        shape: &ModelShape,
+        batch: usize,
+        max_len: usize,
+    ) -> Result<Self> {
+        Self::implements(shape)?;
+        Self::synthetic_stand_in(device, shape, batch, max_len)
+    }
+
+    /// Like [`Self::new`], but also for a shape whose architecture the step
+    /// does not implement, for timing and memory only: the weights, KV
+    /// cache and GEMMs have `shape`'s sizes, but an ALiBi model (`bloom-3b`)
+    /// runs with no position term at all, so its logits and tokens are not
+    /// that model's. Profiling and synthetic-weight serving use this; for
+    /// learned positions it is exactly [`Self::new`].
+    pub fn synthetic_stand_in(
         device: &'d dyn DynDevice,
         shape: &ModelShape,
         batch: usize,
@@ -182,7 +229,9 @@ impl<'d> DecodeModel<'d> {
 
     /// Put `shape` on `device` with the weights of a safetensors file (names
     /// as in [`tensor_specs`]; f32, f16 or bf16). A missing tensor or a
-    /// wrong shape is an error naming the tensor.
+    /// wrong shape is an error naming the tensor; a shape the step does not
+    /// implement ([`Self::implements`]) is [`Error::Unsupported`], as real
+    /// weights would be decoded wrongly.
     pub fn from_safetensors(
         device: &'d dyn DynDevice,
         shape: &ModelShape,
@@ -190,6 +239,7 @@ impl<'d> DecodeModel<'d> {
         batch: usize,
         max_len: usize,
     ) -> Result<Self> {
+        Self::implements(shape)?;
         let file = safetensors::SafeTensors::deserialize(bytes)
             .map_err(|e| Error::invalid("safetensors file", e.to_string()))?;
         Self::build(device, shape, batch, max_len, |name, dims, _| {
@@ -223,15 +273,25 @@ impl<'d> DecodeModel<'d> {
                 "batch and max_len must be at least 1",
             ));
         }
-        if shape.max_positions > 0 && max_len > shape.max_positions {
-            return Err(Error::invalid(
-                "max_len",
-                format!(
-                    "{max_len} exceeds the model's {} positions",
-                    shape.max_positions
-                ),
-            ));
-        }
+        // Every position a sequence of max_len can reach must be a row of
+        // the table past the offset (checked again per step).
+        let position_offset = match shape.positions {
+            PositionScheme::Learned { offset } => {
+                let limit = shape.max_positions.saturating_sub(offset);
+                if max_len > limit {
+                    return Err(Error::invalid(
+                        "max_len",
+                        format!(
+                            "{max_len} exceeds the model's {limit} positions \
+                             ({} table rows from offset {offset})",
+                            shape.max_positions
+                        ),
+                    ));
+                }
+                offset
+            }
+            PositionScheme::Alibi => 0,
+        };
         let h = shape.hidden;
         let mut loaded = std::collections::HashMap::new();
         for (name, dims, init) in tensor_specs(shape) {
@@ -268,7 +328,7 @@ impl<'d> DecodeModel<'d> {
             });
         }
         let embed = take("embed.weight")?;
-        let positions = if shape.max_positions > 0 {
+        let positions = if matches!(shape.positions, PositionScheme::Learned { .. }) {
             Some(take("positions.weight")?)
         } else {
             None
@@ -282,6 +342,7 @@ impl<'d> DecodeModel<'d> {
             layers,
             embed,
             positions,
+            position_offset,
             ln_f,
             lens: vec![0; batch],
         })
@@ -341,11 +402,12 @@ impl<'d> DecodeModel<'d> {
         Ok(y)
     }
 
-    /// Run one decode step: append `tokens[b]` to sequence `b` and return
-    /// the logits (`batch x vocab`) and each sequence's next token (argmax).
-    pub fn step_with_logits(&mut self, tokens: &[u32]) -> Result<(BoxedBuffer, Vec<u32>)> {
+    /// The input of the next step's first layer (`batch x hidden`): the
+    /// embedding of `tokens[b]` plus, for learned positions, row
+    /// `lens[b] + offset` of the position table. Nothing is appended.
+    pub fn embed_tokens(&self, tokens: &[u32]) -> Result<BoxedBuffer> {
         let d = self.device;
-        let (b, h, heads) = (self.batch, self.shape.hidden, self.shape.heads);
+        let (b, h) = (self.batch, self.shape.hidden);
         if tokens.len() != b {
             return Err(Error::invalid(
                 "tokens",
@@ -376,11 +438,30 @@ impl<'d> DecodeModel<'d> {
         if let Some(pos) = &self.positions {
             let mut p = d.alloc(DType::F32, b * h)?;
             for (s, &l) in self.lens.iter().enumerate() {
-                let l = l as usize;
-                d.copy(pos.as_ref(), l * h..(l + 1) * h, p.as_mut(), s * h)?;
+                // OPT's table starts `offset` rows before position 0.
+                let row = l as usize + self.position_offset;
+                if row >= self.shape.max_positions {
+                    return Err(Error::invalid(
+                        "tokens",
+                        format!(
+                            "position {l} of sequence {s} reads row {row} of a table of {} rows",
+                            self.shape.max_positions
+                        ),
+                    ));
+                }
+                d.copy(pos.as_ref(), row * h..(row + 1) * h, p.as_mut(), s * h)?;
             }
             d.reduce(ReduceOp::Sum, x.as_mut(), p.as_ref())?;
         }
+        Ok(x)
+    }
+
+    /// Run one decode step: append `tokens[b]` to sequence `b` and return
+    /// the logits (`batch x vocab`) and each sequence's next token (argmax).
+    pub fn step_with_logits(&mut self, tokens: &[u32]) -> Result<(BoxedBuffer, Vec<u32>)> {
+        let d = self.device;
+        let (b, h, heads) = (self.batch, self.shape.hidden, self.shape.heads);
+        let mut x = self.embed_tokens(tokens)?;
         let new_lens: Vec<u32> = self.lens.iter().map(|l| l + 1).collect();
         let spec = AttentionSpec {
             batch: b,

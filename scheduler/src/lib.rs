@@ -56,4 +56,4 @@ pub use profile::{
     profile_device, profile_device_cached, profile_memory,
 };
 pub use serve::{ServeReport, serve};
-pub use workload::ModelShape;
+pub use workload::{ModelShape, PositionScheme};

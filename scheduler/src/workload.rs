@@ -5,6 +5,34 @@ use serde::{Deserialize, Serialize};
 
 use hetero_core::{Activation, DType, Error, Result};
 
+/// How a model tells the attention where each token is.
+///
+/// [`crate::DecodeModel`] implements [`PositionScheme::Learned`] only; a
+/// shape with any other scheme is a memory and GEMM shape stand-in, not a
+/// model it can decode (see [`crate::DecodeModel::synthetic_stand_in`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PositionScheme {
+    /// A learned table of [`ModelShape::max_positions`] rows added to the
+    /// token embedding; position `p` reads row `p + offset`. OPT's table
+    /// starts with `offset = 2` rows the positions never use (a relic of
+    /// fairseq's padding index), so OPT-125M has 2050 rows for 2048
+    /// positions.
+    Learned { offset: usize },
+    /// ALiBi (Press et al. 2022, used by BLOOM): no table, a per-head linear
+    /// bias on the attention scores. Not implemented by the decode step.
+    Alibi,
+}
+
+impl PositionScheme {
+    /// The scheme's name in messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PositionScheme::Learned { .. } => "learned position embeddings",
+            PositionScheme::Alibi => "ALiBi attention biases",
+        }
+    }
+}
+
 /// Shape of a decoder-only transformer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelShape {
@@ -14,15 +42,21 @@ pub struct ModelShape {
     pub heads: usize,
     pub ffn: usize,
     pub vocab: usize,
-    /// Learned position embeddings (0 for models with rotary / ALiBi, like BLOOM).
+    /// Rows of the learned position table (0 for ALiBi, like BLOOM). With
+    /// [`PositionScheme::Learned`]`{ offset }` a sequence can hold
+    /// `max_positions - offset` tokens.
     pub max_positions: usize,
+    /// How positions enter the model.
+    pub positions: PositionScheme,
     pub dtype: DType,
     /// The MLP's activation (OPT: ReLU; BLOOM: GELU).
     pub activation: Activation,
 }
 
 impl ModelShape {
-    /// A two-layer model for tests.
+    /// A two-layer model for tests (learned positions without an offset,
+    /// GELU). Not any published architecture: only the project's own
+    /// synthetic or safetensors weights.
     pub fn tiny() -> Self {
         ModelShape {
             name: "tiny".into(),
@@ -32,12 +66,17 @@ impl ModelShape {
             ffn: 256,
             vocab: 512,
             max_positions: 2048,
+            positions: PositionScheme::Learned { offset: 0 },
             dtype: DType::F32,
             activation: Activation::Gelu,
         }
     }
 
-    /// OPT-125m (Zhang et al. 2022), as in the HASC paper.
+    /// OPT-125m (Zhang et al. 2022), as in the HASC paper: pre-LN blocks,
+    /// ReLU MLP, learned positions read at `p + 2` (2050 rows, 2048
+    /// positions), output tied to the token embedding. The decode step
+    /// computes this architecture; the weights are still synthetic or the
+    /// project's own tensor names (no published checkpoint's names load).
     pub fn opt_125m() -> Self {
         ModelShape {
             name: "opt-125m".into(),
@@ -47,12 +86,19 @@ impl ModelShape {
             ffn: 3072,
             vocab: 50272,
             max_positions: 2050,
+            positions: PositionScheme::Learned { offset: 2 },
             dtype: DType::F16,
             activation: Activation::Relu,
         }
     }
 
-    /// BLOOM-3b (BigScience), as in the HASC paper (ALiBi: no position table).
+    /// BLOOM-3b (BigScience), as in the HASC paper: its parameter count,
+    /// memory and GEMM shapes, for profiling and batch planning. BLOOM
+    /// uses ALiBi, which the decode step does not implement (nor BLOOM's
+    /// embedding layer norm), so this is a shape stand-in only:
+    /// [`crate::DecodeModel::new`] and [`crate::DecodeModel::from_safetensors`]
+    /// refuse it, and [`crate::DecodeModel::synthetic_stand_in`] times it
+    /// with numerics that are not BLOOM's.
     pub fn bloom_3b() -> Self {
         ModelShape {
             name: "bloom-3b".into(),
@@ -62,6 +108,7 @@ impl ModelShape {
             ffn: 10240,
             vocab: 250880,
             max_positions: 0,
+            positions: PositionScheme::Alibi,
             dtype: DType::F16,
             activation: Activation::Gelu,
         }
@@ -102,7 +149,34 @@ impl ModelShape {
                 ),
             ));
         }
+        match self.positions {
+            PositionScheme::Learned { offset } if self.max_positions <= offset => {
+                return Err(Error::invalid(
+                    "max_positions",
+                    format!(
+                        "a table of {} rows read from offset {offset} leaves no position",
+                        self.max_positions
+                    ),
+                ));
+            }
+            PositionScheme::Alibi if self.max_positions != 0 => {
+                return Err(Error::invalid(
+                    "max_positions",
+                    "ALiBi has no position table; max_positions must be 0",
+                ));
+            }
+            _ => {}
+        }
         Ok(())
+    }
+
+    /// The longest sequence the positions can index: the table's rows past
+    /// the offset for learned positions, `None` (no table limit) for ALiBi.
+    pub fn position_limit(&self) -> Option<usize> {
+        match self.positions {
+            PositionScheme::Learned { offset } => Some(self.max_positions.saturating_sub(offset)),
+            PositionScheme::Alibi => None,
+        }
     }
 
     pub fn head_dim(&self) -> usize {
@@ -193,5 +267,29 @@ mod tests {
         let mut bad = ModelShape::tiny();
         bad.heads = 3;
         assert!(bad.validate().unwrap_err().to_string().contains("heads"));
+    }
+
+    #[test]
+    fn presets_name_their_position_scheme() {
+        let opt = ModelShape::opt_125m();
+        assert_eq!(opt.positions, PositionScheme::Learned { offset: 2 });
+        assert_eq!(opt.position_limit(), Some(2048));
+        assert_eq!(
+            ModelShape::tiny().positions,
+            PositionScheme::Learned { offset: 0 }
+        );
+        assert_eq!(ModelShape::bloom_3b().positions, PositionScheme::Alibi);
+        assert_eq!(ModelShape::bloom_3b().position_limit(), None);
+        for name in ["tiny", "opt-125m", "bloom-3b"] {
+            ModelShape::preset(name).unwrap().validate().unwrap();
+        }
+        // A table no longer than its offset holds no position.
+        let mut bad = ModelShape::opt_125m();
+        bad.max_positions = 2;
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("max_positions"), "{err}");
+        let mut bad = ModelShape::bloom_3b();
+        bad.max_positions = 16;
+        assert!(bad.validate().is_err());
     }
 }
