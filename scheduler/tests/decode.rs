@@ -5,7 +5,7 @@
 
 use hetero_core::DynDeviceExt;
 use hetero_host::HostDevice;
-use hetero_scheduler::{DecodeModel, ModelShape};
+use hetero_scheduler::{DecodeModel, ModelShape, PositionScheme};
 
 fn host(threads: usize) -> HostDevice {
     HostDevice::builder()
@@ -169,4 +169,125 @@ fn bad_safetensors_files_name_the_problem() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("safetensors"), "{err}");
+}
+
+/// Row `row` of the synthetic tensor `name` of `shape`.
+fn synthetic_row(shape: &ModelShape, name: &str, row: usize) -> Vec<f32> {
+    let h = shape.hidden;
+    let (_, _, values) = hetero_scheduler::decode::synthetic_tensors(shape)
+        .into_iter()
+        .find(|(n, _, _)| n == name)
+        .unwrap();
+    values[row * h..(row + 1) * h].to_vec()
+}
+
+#[test]
+fn learned_positions_are_read_at_the_models_offset() {
+    let d = host(1);
+    let (token, p) = (7usize, 5usize);
+    for offset in [0usize, 2] {
+        let mut shape = ModelShape::tiny();
+        shape.positions = PositionScheme::Learned { offset };
+        let mut model = DecodeModel::new(&d, &shape, 1, 16).unwrap();
+        model.set_context(p).unwrap();
+        let x: Vec<f32> = d
+            .to_vec(model.embed_tokens(&[token as u32]).unwrap().as_ref())
+            .unwrap();
+        let embed = synthetic_row(&shape, "embed.weight", token);
+        let row = |r: usize| -> Vec<f32> {
+            let pos = synthetic_row(&shape, "positions.weight", r);
+            embed.iter().zip(&pos).map(|(e, q)| e + q).collect()
+        };
+        let close = |want: &[f32]| x.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6);
+        assert!(
+            close(&row(p + offset)),
+            "offset {offset}: not row p + offset"
+        );
+        if offset > 0 {
+            // The rows differ, so this tells the offset was used.
+            assert!(!close(&row(p)), "offset {offset}: row p was read");
+        }
+    }
+}
+
+#[test]
+fn the_offset_shortens_the_sequences_the_table_holds() {
+    let d = host(1);
+    // OPT-125m: 2050 rows from offset 2 are 2048 positions (checked before
+    // any weight is allocated).
+    let err = DecodeModel::new(&d, &ModelShape::opt_125m(), 1, 2049)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("2048 positions"), "{err}");
+    let mut shape = ModelShape::tiny();
+    shape.max_positions = 10;
+    shape.positions = PositionScheme::Learned { offset: 2 };
+    let err = DecodeModel::new(&d, &shape, 1, 9).unwrap_err().to_string();
+    assert!(err.contains("8 positions"), "{err}");
+    // All 8 positions decode (the last reads the table's last row); the
+    // ninth token is refused as a full sequence, not a read past the table.
+    let mut model = DecodeModel::new(&d, &shape, 1, 8).unwrap();
+    for _ in 0..8 {
+        model.step(&[3]).unwrap();
+    }
+    let err = model.step(&[3]).unwrap_err().to_string();
+    assert!(err.contains("full"), "{err}");
+}
+
+fn alibi_tiny() -> ModelShape {
+    ModelShape {
+        name: "alibi-tiny".into(),
+        max_positions: 0,
+        positions: PositionScheme::Alibi,
+        ..ModelShape::tiny()
+    }
+}
+
+#[test]
+fn alibi_models_are_unsupported_for_decoding() {
+    let d = host(1);
+    let shape = alibi_tiny();
+    let err = DecodeModel::new(&d, &shape, 1, 4).unwrap_err();
+    assert!(err.is_unsupported(), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("alibi-tiny") && msg.contains("ALiBi"), "{msg}");
+    assert!(
+        DecodeModel::implements(&shape)
+            .unwrap_err()
+            .is_unsupported()
+    );
+    assert!(DecodeModel::implements(&ModelShape::opt_125m()).is_ok());
+    // Real weights for an ALiBi model would be decoded wrongly: refused
+    // even when the file is complete.
+    let bytes = safetensors_bytes(&shape, false, None, None);
+    let err = DecodeModel::from_safetensors(&d, &shape, &bytes, 1, 4).unwrap_err();
+    assert!(err.is_unsupported(), "{err}");
+    // bloom-3b itself, before any parsing or allocation.
+    let bloom = ModelShape::bloom_3b();
+    for err in [
+        DecodeModel::from_safetensors(&d, &bloom, b"", 1, 4).unwrap_err(),
+        DecodeModel::new(&d, &bloom, 1, 4).unwrap_err(),
+    ] {
+        assert!(err.is_unsupported(), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("bloom-3b") && msg.contains("ALiBi"), "{msg}");
+    }
+}
+
+#[test]
+fn an_alibi_shape_still_runs_as_an_explicit_synthetic_stand_in() {
+    let d = host(1);
+    let shape = alibi_tiny();
+    let mut model = DecodeModel::synthetic_stand_in(&d, &shape, 2, 4).unwrap();
+    let next = model.step(&[1, 2]).unwrap();
+    assert_eq!(next.len(), 2);
+    // Synthetic serving (timing and memory) keeps working for such a shape.
+    let devices: Vec<&dyn hetero_core::DynDevice> = vec![&d];
+    let report = hetero_scheduler::serve(&devices, &shape, &[2], 2, 2).unwrap();
+    assert_eq!(report.first_sequence_tokens[0].len(), 2);
+    // For learned positions the stand-in is the model itself.
+    let tiny = ModelShape::tiny();
+    let mut a = DecodeModel::new(&d, &tiny, 1, 4).unwrap();
+    let mut b = DecodeModel::synthetic_stand_in(&d, &tiny, 1, 4).unwrap();
+    assert_eq!(a.step(&[9]).unwrap(), b.step(&[9]).unwrap());
 }
