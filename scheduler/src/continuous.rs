@@ -323,9 +323,11 @@ fn run_rank(
 }
 
 /// Serve `requests` on `devices` with `slots[g]` sequences of `max_len`
-/// positions each (see the module docs). Computes in f32. The devices are
-/// ranks of an in-process communicator; for devices of several processes,
-/// see [`serve_continuous_rank`].
+/// positions each (see the module docs). Computes in f32 with synthetic
+/// weights, each rank's model a [`DecodeModel::synthetic_stand_in`] (for
+/// an ALiBi shape like `bloom-3b` the tokens are not that model's). The
+/// devices are ranks of an in-process communicator; for devices of several
+/// processes, see [`serve_continuous_rank`].
 pub async fn serve_continuous(
     devices: &[SharedDevice],
     model: &ModelShape,

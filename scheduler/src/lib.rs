@@ -9,8 +9,11 @@
 //! overflows a small one. The top-level modules:
 //!
 //! - [`workload`]: the model by its shape ([`ModelShape`]: presets `tiny`,
-//!   `opt-125m`, `bloom-3b`) and what it costs in memory per batch;
-//! - [`decode`]: a real greedy decode step of that model on any device;
+//!   `opt-125m`, `bloom-3b`, each naming its [`PositionScheme`]) and what
+//!   it costs in memory per batch;
+//! - [`decode`]: a real greedy decode step of that model on any device
+//!   (learned positions only: `bloom-3b`'s ALiBi is unsupported, and its
+//!   shape runs only as an explicit synthetic stand-in);
 //! - [`profile`]: each device profiled for real, the largest batch `B*`
 //!   that allocates at a maximum length and a fitted step-time curve, with
 //!   a JSON cache;

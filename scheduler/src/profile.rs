@@ -174,7 +174,10 @@ pub fn profile_memory(
 
 /// Time of one real decode step (see [`DecodeModel`]) for `batch`
 /// sequences whose context is `context` tokens (best of `repetitions`).
-/// The step computes in f32 whatever the model's storage dtype.
+/// The step computes in f32 whatever the model's storage dtype, with
+/// synthetic weights as a [`DecodeModel::synthetic_stand_in`]: only the
+/// shape's sizes matter to the time, so an ALiBi shape (`bloom-3b`), whose
+/// numerics the step does not compute, is timed too.
 pub fn decode_step_time(
     device: &dyn DynDevice,
     model: &ModelShape,

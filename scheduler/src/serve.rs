@@ -34,6 +34,10 @@ pub struct ServeReport {
 
 /// Decode `prompt_len` prompt tokens then `gen_len` new tokens for
 /// `batches[g]` sequences on device `g`, all devices in lock-step.
+/// Weights are synthetic and each model is a
+/// [`DecodeModel::synthetic_stand_in`]: for a shape the step does not
+/// implement (ALiBi, `bloom-3b`) the timings are of its sizes and the
+/// tokens are not that model's.
 pub fn serve(
     devices: &[&dyn DynDevice],
     model: &ModelShape,
