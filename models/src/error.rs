@@ -97,6 +97,17 @@ pub enum ModelError {
         what: &'static str,
     },
 
+    /// A tokenizer this crate does not build: a `tokenizer.ggml.model` or
+    /// `tokenizer.ggml.pre` it does not know, or a `tokenizer.json` decoder
+    /// that is not byte-level.
+    #[error("{file}: {field}: tokenizer {name:?} is not supported (supported: {supported})")]
+    UnsupportedTokenizer {
+        file: PathBuf,
+        field: String,
+        name: String,
+        supported: &'static str,
+    },
+
     /// No tensor of that name in the file.
     #[error("{file}: no tensor named {name:?}")]
     NoSuchTensor { file: PathBuf, name: String },
@@ -128,6 +139,7 @@ impl ModelError {
             | ModelError::Invalid { file, .. }
             | ModelError::DataOutOfBounds { file, .. }
             | ModelError::UnsupportedType { file, .. }
+            | ModelError::UnsupportedTokenizer { file, .. }
             | ModelError::NoSuchTensor { file, .. }
             | ModelError::MissingKey { file, .. }
             | ModelError::WrongType { file, .. } => file,
@@ -144,7 +156,8 @@ impl ModelError {
             ModelError::Truncated { field, .. }
             | ModelError::CountTooLarge { field, .. }
             | ModelError::UnknownValueType { field, .. }
-            | ModelError::Invalid { field, .. } => field.clone(),
+            | ModelError::Invalid { field, .. }
+            | ModelError::UnsupportedTokenizer { field, .. } => field.clone(),
             ModelError::DataOutOfBounds { tensor, .. }
             | ModelError::UnsupportedType { tensor, .. }
             | ModelError::NoSuchTensor { name: tensor, .. } => format!("tensor {tensor}"),
@@ -165,6 +178,9 @@ impl From<ModelError> for Error {
             ModelError::Io { source, .. } => Error::io(field, source),
             ModelError::UnsupportedType { .. } | ModelError::UnsupportedVersion { .. } => {
                 Error::unsupported_in("GGUF reader", e.to_string())
+            }
+            ModelError::UnsupportedTokenizer { .. } => {
+                Error::unsupported_in("tokenizer", e.to_string())
             }
             other => Error::invalid(field, other.to_string()),
         }

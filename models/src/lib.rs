@@ -3,8 +3,9 @@
 //! Today this crate reads GGUF files ([`gguf::GgufFile`]): header,
 //! metadata, tensor infos, and tensor data memory-mapped and dequantized
 //! to f32 exactly as ggml does (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K,
-//! Q5_K, Q6_K). It will hold the Llama-family model code, the tokenizer
-//! and sampling. It depends only on `hetero-core`, never on a backend: the
+//! Q5_K, Q6_K), and builds their byte-level BPE [`Tokenizer`] (on Hugging
+//! Face's `tokenizers`) from GGUF metadata or a `tokenizer.json`. It will
+//! hold the Llama-family model code and sampling. It depends only on `hetero-core`, never on a backend: the
 //! model describes its computation against core's traits, and the caller
 //! picks the devices.
 //!
@@ -21,6 +22,8 @@
 
 pub mod error;
 pub mod gguf;
+pub mod tokenizer;
 
 pub use error::{ModelError, Result};
 pub use gguf::GgufFile;
+pub use tokenizer::{StreamDecoder, Tokenizer};
