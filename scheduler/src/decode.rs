@@ -1,6 +1,6 @@
 //! A real greedy decode step of a decoder-only transformer on any device.
 //!
-//! Pre-layer-norm blocks (as OPT and BLOOM): `x += Wo attn(LN1 x)`,
+//! Pre-layer-norm blocks (as OPT-125m): `x += Wo attn(LN1 x)`,
 //! `x += W2 act(W1 LN2 x)`, then the final layer norm and logits against
 //! the tied token embedding, and the next token by argmax. Weights are
 //! synthetic and deterministic (a seeded generator, scaled like a fresh
