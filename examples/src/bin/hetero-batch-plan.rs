@@ -27,7 +27,8 @@ struct Args {
     /// `cuda:0`, `wgpu:1`, `rocm:0`. Default: every device found.
     #[arg(long = "device", value_name = "SPEC")]
     devices: Vec<String>,
-    /// Model preset: tiny, opt-125m or bloom-3b.
+    /// Model preset: tiny, opt-125m or bloom-3b (bloom-3b is a shape stand-in:
+    /// its sizes, with synthetic weights and no ALiBi, not BLOOM's numerics).
     #[arg(long, default_value = "tiny")]
     model: String,
     /// Total batch (sequences decoded together).
