@@ -109,7 +109,7 @@ fn run(task: Task) -> Result<(), String> {
             fmt()?;
             lint(&found)?;
             let mut args: Vec<String> = vec!["test".into(), "--workspace".into()];
-            args.extend(optional::feature_args(&found));
+            args.extend(optional::feature_args(&found, None));
             cargo_test(&args, &found)
         }
         Task::Setup => setup::run(),
@@ -117,11 +117,12 @@ fn run(task: Task) -> Result<(), String> {
             let found = optional::probe_all();
             optional::announce(&found);
             let mut args: Vec<String> = vec!["test".into()];
-            match backend {
-                Some(b) => args.extend(["--package".into(), b.package()?.into()]),
+            let package = backend.map(BackendName::package).transpose()?;
+            match package {
+                Some(p) => args.extend(["--package".into(), p.into()]),
                 None => args.push("--workspace".into()),
             }
-            args.extend(optional::feature_args(&found));
+            args.extend(optional::feature_args(&found, package));
             if !test_args.is_empty() {
                 args.push("--".into());
                 args.extend(test_args);
@@ -160,7 +161,7 @@ fn lint(found: &[optional::Found<'_>]) -> Result<(), String> {
     let mut args: Vec<String> = ["clippy", "--workspace", "--all-targets"]
         .map(String::from)
         .to_vec();
-    args.extend(optional::feature_args(found));
+    args.extend(optional::feature_args(found, None));
     args.extend(["--", "-D", "warnings"].map(String::from));
     cargo(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }

@@ -115,12 +115,15 @@ pub fn probe_all() -> Vec<Found<'static>> {
         .collect()
 }
 
-/// `--features a,b,...` for the build pieces that are present (none: no flag).
-pub fn feature_args(found: &[Found<'_>]) -> Vec<String> {
+/// `--features a,b,...` for the build pieces that are present (none: no
+/// flag); with `package`, only that package's own features (cargo refuses
+/// `other/feature` when `other` is not selected).
+pub fn feature_args(found: &[Found<'_>], package: Option<&str>) -> Vec<String> {
     let features: Vec<&str> = found
         .iter()
         .filter(|f| f.missing.is_none())
         .flat_map(|f| f.piece.features.iter().copied())
+        .filter(|feature| package.is_none_or(|p| feature.split('/').next() == Some(p)))
         .collect();
     if features.is_empty() {
         Vec::new()
@@ -316,4 +319,43 @@ fn find_libclang() -> Option<PathBuf> {
                 .filter(|p| p.is_file())
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_present() -> Vec<Found<'static>> {
+        PIECES
+            .iter()
+            .map(|piece| Found {
+                piece,
+                missing: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn features_follow_what_is_present_and_the_selected_package() {
+        let found = all_present();
+        let every = feature_args(&found, None);
+        assert_eq!(every[0], "--features");
+        assert!(every[1].contains("hetero-partition/cbc") && every[1].contains("hetero-rocm/rocm"));
+        assert_eq!(
+            feature_args(&found, Some("hetero-rocm")),
+            vec!["--features".to_string(), "hetero-rocm/rocm".to_string()]
+        );
+        assert!(feature_args(&found, Some("hetero-host")).is_empty());
+        let none: Vec<Found<'static>> = PIECES
+            .iter()
+            .map(|piece| Found {
+                piece,
+                missing: Some("absent".into()),
+            })
+            .collect();
+        assert!(feature_args(&none, None).is_empty());
+        let summary = summary(&none);
+        assert_eq!(summary.len(), PIECES.len());
+        assert!(summary[0].contains("coinor-libcbc-dev"), "{}", summary[0]);
+    }
 }
