@@ -43,23 +43,3 @@ pub use transport::{
     DEFAULT_TIMEOUT, Endpoints, InProcessTransport, Ranks, ShapedTransport, SubTransport,
     TcpConfig, TcpTransport, Transport, TransportKind,
 };
-
-// The module paths before the transports moved under `transport/` (issue
-// 15), so code written against them keeps building; new code names
-// `transport::…`.
-#[cfg(target_os = "linux")]
-#[doc(hidden)]
-pub use transport::shm;
-#[doc(hidden)]
-pub use transport::{inproc, shaped, tcp};
-
-/// The former `kernels` module (before issue 15), split by concern into
-/// [`staging`], [`framing`] and [`combine`]; kept so older code builds.
-#[doc(hidden)]
-pub mod kernels {
-    pub use crate::combine::{combine_bytes, finish_bytes};
-    pub use crate::framing::{HEADER, Header, OpKind};
-    pub use crate::staging::{
-        Staged, host_view, host_view_mut, read_tensor, read_tensor_mut, write_tensor,
-    };
-}

@@ -60,10 +60,7 @@ const KINDS: [LinkKind; 8] = [
     LinkKind::Unknown,
 ];
 
-/// Where [`host_name`] was before it moved below the transports that use
-/// it (issue 15).
-#[doc(hidden)]
-pub use crate::transport::host_name;
+use crate::transport::host_name;
 
 async fn ping_pong(
     t: &dyn Transport,

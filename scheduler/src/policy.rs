@@ -486,11 +486,6 @@ impl AllocationPolicy for Policy {
     }
 }
 
-/// A policy by name: `uniform`, `hasc`, `balanced` (see [`Policy`]).
-pub fn policy(name: &str) -> Result<Box<dyn AllocationPolicy>> {
-    Ok(Box::new(Policy::from_name(name)?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -575,7 +570,7 @@ mod tests {
         assert_eq!(u.batches, vec![4, 3]);
         assert_eq!(u.overflows, vec![1]);
         assert!(Balanced.allocate(&[], 1).is_err());
-        assert!(policy("fastest").is_err());
+        assert!(Policy::from_name("fastest").is_err());
     }
 
     #[test]
@@ -585,7 +580,10 @@ mod tests {
             assert_eq!(Policy::from_name(name).unwrap(), p);
             assert_eq!(name.parse::<Policy>().unwrap(), p);
             assert_eq!(p.to_string(), name);
-            assert_eq!(policy(name).unwrap().name(), name);
+            assert_eq!(
+                AllocationPolicy::name(&Policy::from_name(name).unwrap()),
+                name
+            );
             assert_eq!(Policy::select(name).unwrap(), vec![p]);
         }
         assert_eq!(Policy::select("all").unwrap(), Policy::ALL.to_vec());
