@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dtype::{DType, HostSlice, HostSliceMut, ReduceOp};
 use crate::error::{Error, Result};
+use crate::transformer::{CausalAttentionSpec, RopeSpec, embedding_width};
 // Re-exported so `hetero_core::device::{Backend, DeviceId}` keeps working.
 pub use crate::id::{Backend, DeviceId};
 
@@ -132,6 +133,11 @@ pub struct Capabilities {
     /// `attention_decode`, `argmax_rows`).
     #[serde(default)]
     pub decode_dtypes: Vec<DType>,
+    /// Dtypes of the Llama-family kernels (`rms_norm`, `rope`,
+    /// `attention_causal`, `silu_mul`; `embedding` has a default every
+    /// backend gets).
+    #[serde(default)]
+    pub llama_dtypes: Vec<DType>,
 }
 
 impl Capabilities {
@@ -143,6 +149,7 @@ impl Capabilities {
             scale_dtypes: DType::ALL.to_vec(),
             gemm_dtypes: DType::ALL.to_vec(),
             decode_dtypes: DType::ALL.to_vec(),
+            llama_dtypes: DType::ALL.to_vec(),
         }
     }
 }
@@ -339,6 +346,64 @@ pub trait Device: Send + Sync + fmt::Debug + 'static {
     fn argmax_rows(&self, x: &Self::Buffer, rows: usize) -> Result<Vec<u32>> {
         let _ = (x, rows);
         Err(Error::unsupported(self.id().backend, "argmax_rows"))
+    }
+
+    /// RMS norm (Llama): `out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * weight`
+    /// for each row of `weight.len()` columns.
+    fn rms_norm(
+        &self,
+        x: &Self::Buffer,
+        weight: &Self::Buffer,
+        out: &mut Self::Buffer,
+        eps: f32,
+    ) -> Result<()> {
+        let _ = (x, weight, out, eps);
+        Err(Error::unsupported(self.id().backend, "rms_norm"))
+    }
+
+    /// Rotary position embedding in place, see [`RopeSpec`].
+    fn rope(
+        &self,
+        spec: &RopeSpec,
+        x: &mut Self::Buffer,
+        positions: &[u32],
+        inv_freq: &Self::Buffer,
+    ) -> Result<()> {
+        let _ = (spec, x, positions, inv_freq);
+        Err(Error::unsupported(self.id().backend, "rope"))
+    }
+
+    /// Causal attention with grouped kv heads, decode or prefill block
+    /// (see [`CausalAttentionSpec`]).
+    fn attention_causal(
+        &self,
+        spec: &CausalAttentionSpec,
+        q: &Self::Buffer,
+        k_cache: &Self::Buffer,
+        v_cache: &Self::Buffer,
+        lens: &[u32],
+        out: &mut Self::Buffer,
+    ) -> Result<()> {
+        let _ = (spec, q, k_cache, v_cache, lens, out);
+        Err(Error::unsupported(self.id().backend, "attention_causal"))
+    }
+
+    /// SiLU-gated product in place: `gate[i] = gate[i] / (1 + exp(-gate[i])) * up[i]`.
+    fn silu_mul(&self, gate: &mut Self::Buffer, up: &Self::Buffer) -> Result<()> {
+        let _ = (gate, up);
+        Err(Error::unsupported(self.id().backend, "silu_mul"))
+    }
+
+    /// Embedding gather: row `r` of `out` is row `ids[r]` of `table`
+    /// (rows of `out.len() / ids.len()` elements). The default is one device
+    /// copy per row, which every backend has; a backend may do it in one launch.
+    fn embedding(&self, table: &Self::Buffer, ids: &[u32], out: &mut Self::Buffer) -> Result<()> {
+        let width = embedding_width(table.len(), out.len(), ids)?;
+        for (r, &id) in ids.iter().enumerate() {
+            let start = id as usize * width;
+            self.copy(table, start..start + width, out, r * width)?;
+        }
+        Ok(())
     }
 
     /// Wait until all work ordered on this device so far has finished.

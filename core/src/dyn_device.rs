@@ -17,6 +17,7 @@ use crate::device::{
 };
 use crate::dtype::{DType, HostSlice, HostSliceMut, ReduceOp};
 use crate::error::{Error, Result};
+use crate::transformer::{CausalAttentionSpec, RopeSpec};
 
 /// A buffer of any backend.
 pub trait DynBuffer: DeviceBuffer {
@@ -89,6 +90,31 @@ pub trait DynDevice: Send + Sync + fmt::Debug {
         out: &mut dyn DynBuffer,
     ) -> Result<()>;
     fn argmax_rows(&self, x: &dyn DynBuffer, rows: usize) -> Result<Vec<u32>>;
+    fn rms_norm(
+        &self,
+        x: &dyn DynBuffer,
+        weight: &dyn DynBuffer,
+        out: &mut dyn DynBuffer,
+        eps: f32,
+    ) -> Result<()>;
+    fn rope(
+        &self,
+        spec: &RopeSpec,
+        x: &mut dyn DynBuffer,
+        positions: &[u32],
+        inv_freq: &dyn DynBuffer,
+    ) -> Result<()>;
+    fn attention_causal(
+        &self,
+        spec: &CausalAttentionSpec,
+        q: &dyn DynBuffer,
+        k_cache: &dyn DynBuffer,
+        v_cache: &dyn DynBuffer,
+        lens: &[u32],
+        out: &mut dyn DynBuffer,
+    ) -> Result<()>;
+    fn silu_mul(&self, gate: &mut dyn DynBuffer, up: &dyn DynBuffer) -> Result<()>;
+    fn embedding(&self, table: &dyn DynBuffer, ids: &[u32], out: &mut dyn DynBuffer) -> Result<()>;
     fn synchronize(&self) -> Result<()>;
 }
 
@@ -223,6 +249,54 @@ impl<D: Device> DynDevice for D {
     }
     fn argmax_rows(&self, x: &dyn DynBuffer, rows: usize) -> Result<Vec<u32>> {
         Device::argmax_rows(self, down(self, x, "argmax x")?, rows)
+    }
+    fn rms_norm(
+        &self,
+        x: &dyn DynBuffer,
+        weight: &dyn DynBuffer,
+        out: &mut dyn DynBuffer,
+        eps: f32,
+    ) -> Result<()> {
+        let x = down(self, x, "rms_norm x")?;
+        let weight = down(self, weight, "rms_norm weight")?;
+        let out = down_mut(self, out, "rms_norm out")?;
+        Device::rms_norm(self, x, weight, out, eps)
+    }
+    fn rope(
+        &self,
+        spec: &RopeSpec,
+        x: &mut dyn DynBuffer,
+        positions: &[u32],
+        inv_freq: &dyn DynBuffer,
+    ) -> Result<()> {
+        let inv_freq = down(self, inv_freq, "rope inv_freq")?;
+        let x = down_mut(self, x, "rope x")?;
+        Device::rope(self, spec, x, positions, inv_freq)
+    }
+    fn attention_causal(
+        &self,
+        spec: &CausalAttentionSpec,
+        q: &dyn DynBuffer,
+        k_cache: &dyn DynBuffer,
+        v_cache: &dyn DynBuffer,
+        lens: &[u32],
+        out: &mut dyn DynBuffer,
+    ) -> Result<()> {
+        let q = down(self, q, "attention q")?;
+        let k = down(self, k_cache, "attention k cache")?;
+        let v = down(self, v_cache, "attention v cache")?;
+        let out = down_mut(self, out, "attention out")?;
+        Device::attention_causal(self, spec, q, k, v, lens, out)
+    }
+    fn silu_mul(&self, gate: &mut dyn DynBuffer, up: &dyn DynBuffer) -> Result<()> {
+        let up = down(self, up, "silu_mul up")?;
+        let gate = down_mut(self, gate, "silu_mul gate")?;
+        Device::silu_mul(self, gate, up)
+    }
+    fn embedding(&self, table: &dyn DynBuffer, ids: &[u32], out: &mut dyn DynBuffer) -> Result<()> {
+        let table = down(self, table, "embedding table")?;
+        let out = down_mut(self, out, "embedding out")?;
+        Device::embedding(self, table, ids, out)
     }
     fn synchronize(&self) -> Result<()> {
         Device::synchronize(self)

@@ -31,6 +31,7 @@ pub mod system;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
 pub mod topology;
+pub mod transformer;
 
 pub use collective::{Collective, Tensor, TensorMut, chunk_range};
 pub use device::{
@@ -44,6 +45,7 @@ pub use id::{Backend, DeviceId};
 pub use link::{Link, LinkFit, LinkKind, LinkModel, LinkProbe};
 pub use placement::{Cluster, Graph, Placement, Plan};
 pub use topology::{Domain, LeaderPolicy, Topology, TopologyDevice};
+pub use transformer::{CausalAttentionSpec, RopeLayout, RopeSpec};
 
 /// Re-exported so backends and [`with_dtype!`] name the same 16-bit float types.
 pub use half;

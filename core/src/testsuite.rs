@@ -23,6 +23,8 @@ use crate::rng::SplitMix64;
 use crate::with_dtype;
 use libtest_mimic::{Failed, Trial};
 
+mod llama;
+
 type TestFn = Arc<dyn Fn(&dyn DynDevice) -> Result<(), String> + Send + Sync>;
 
 /// One test of the suite.
@@ -206,6 +208,7 @@ pub fn device_tests(caps: &Capabilities) -> Vec<DeviceTest> {
     tests.push(
         DeviceTest::new("argmax_rows_f32", argmax_matches_reference).skip_unless(decode, no_decode),
     );
+    tests.extend(llama::tests(caps));
     let unsupported: Vec<DType> = DType::ALL
         .into_iter()
         .filter(|d| !caps.reduce_dtypes.contains(d) || !caps.gemm_dtypes.contains(d))

@@ -480,6 +480,7 @@ impl Device for CudaDevice {
                 Vec::new()
             },
             decode_dtypes: decode,
+            llama_dtypes: Vec::new(),
         }
     }
 

@@ -10,13 +10,15 @@ use hetero_core::device::{
 };
 use hetero_core::half::{bf16, f16};
 use hetero_core::host_kernels::{self, Arith};
+use hetero_core::transformer::rms_norm_rows;
 use hetero_core::{
-    Activation, AttentionSpec, Backend, Capabilities, DType, Device, DeviceId, DeviceInfo,
-    DeviceKind, Error, GemmSpec, HostSlice, HostSliceMut, MemoryUsage, ReduceOp, Result,
-    with_dtype,
+    Activation, AttentionSpec, Backend, Capabilities, CausalAttentionSpec, DType, Device, DeviceId,
+    DeviceInfo, DeviceKind, Error, GemmSpec, HostSlice, HostSliceMut, MemoryUsage, ReduceOp,
+    Result, RopeSpec, with_dtype,
 };
 
 use crate::buffer::{HostBuffer, Ledger};
+use crate::llama;
 use crate::system;
 
 /// Below this many bytes per operand a kernel runs on the calling thread:
@@ -353,6 +355,7 @@ impl Device for HostDevice {
             scale_dtypes: DType::ALL.to_vec(),
             gemm_dtypes: vec![DType::F32, DType::F64, DType::F16, DType::BF16],
             decode_dtypes: vec![DType::F32],
+            llama_dtypes: vec![DType::F32],
         }
     }
 
@@ -595,6 +598,77 @@ impl Device for HostDevice {
                 best as u32
             })
             .collect())
+    }
+
+    fn rms_norm(
+        &self,
+        x: &HostBuffer,
+        weight: &HostBuffer,
+        out: &mut HostBuffer,
+        eps: f32,
+    ) -> Result<()> {
+        self.check_owned(x, "rms_norm x")?;
+        self.check_owned(weight, "rms_norm weight")?;
+        self.check_owned(out, "rms_norm out")?;
+        let (x, w) = (x.typed::<f32>()?, weight.typed::<f32>()?);
+        let out = out.typed_mut::<f32>()?;
+        rms_norm_rows(x.len(), w.len(), out.len())?;
+        llama::rms_norm(x, w, out, eps);
+        Ok(())
+    }
+
+    fn rope(
+        &self,
+        spec: &RopeSpec,
+        x: &mut HostBuffer,
+        positions: &[u32],
+        inv_freq: &HostBuffer,
+    ) -> Result<()> {
+        self.check_owned(x, "rope x")?;
+        self.check_owned(inv_freq, "rope inv_freq")?;
+        let f = inv_freq.typed::<f32>()?;
+        let x = x.typed_mut::<f32>()?;
+        spec.validate(x.len(), f.len(), positions)?;
+        llama::rope(spec, x, positions, f);
+        Ok(())
+    }
+
+    fn attention_causal(
+        &self,
+        spec: &CausalAttentionSpec,
+        q: &HostBuffer,
+        k_cache: &HostBuffer,
+        v_cache: &HostBuffer,
+        lens: &[u32],
+        out: &mut HostBuffer,
+    ) -> Result<()> {
+        for (b, what) in [
+            (q, "attention q"),
+            (k_cache, "attention k cache"),
+            (v_cache, "attention v cache"),
+        ] {
+            self.check_owned(b, what)?;
+        }
+        self.check_owned(out, "attention out")?;
+        let (q, k, v) = (
+            q.typed::<f32>()?,
+            k_cache.typed::<f32>()?,
+            v_cache.typed::<f32>()?,
+        );
+        let out = out.typed_mut::<f32>()?;
+        spec.validate(q.len(), k.len(), v.len(), out.len(), lens)?;
+        llama::attention_causal(spec, q, k, v, lens, out, self.inner.threads);
+        Ok(())
+    }
+
+    fn silu_mul(&self, gate: &mut HostBuffer, up: &HostBuffer) -> Result<()> {
+        self.check_owned(gate, "silu_mul gate")?;
+        self.check_owned(up, "silu_mul up")?;
+        check_same_shape(gate, up, "silu_mul")?;
+        let u = up.typed::<f32>()?;
+        let g = gate.typed_mut::<f32>()?;
+        llama::silu_mul(g, u);
+        Ok(())
     }
 
     fn synchronize(&self) -> Result<()> {

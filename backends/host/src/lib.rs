@@ -17,6 +17,7 @@
 mod buffer;
 mod device;
 mod link;
+mod llama;
 mod system;
 
 pub use buffer::HostBuffer;

@@ -260,6 +260,7 @@ impl Device for RocmDevice {
             scale_dtypes: DType::ALL.to_vec(),
             gemm_dtypes: Vec::new(),
             decode_dtypes: Vec::new(),
+            llama_dtypes: Vec::new(),
         }
     }
 

@@ -209,6 +209,7 @@ impl Device for WgpuDevice {
             scale_dtypes: kernels::SCALE_DTYPES.into_iter().filter(usable).collect(),
             gemm_dtypes: vec![DType::F32],
             decode_dtypes: vec![DType::F32],
+            llama_dtypes: Vec::new(),
         }
     }
 

@@ -1,0 +1,130 @@
+//! The Llama-family kernels on host slices (shapes already validated by
+//! the `Device` impl): RMS norm, rotary embedding, causal attention with
+//! grouped kv heads, SiLU-gated product. f32 in and out; sums of squares and
+//! softmax normalisers are accumulated in f32 in one pass, as the GPU
+//! kernels do, and the suite compares all of them with f64 references.
+
+use hetero_core::{CausalAttentionSpec, RopeLayout, RopeSpec};
+
+/// `out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w` for rows of `w.len()`.
+pub(crate) fn rms_norm(x: &[f32], w: &[f32], out: &mut [f32], eps: f32) {
+    let cols = w.len();
+    for (row, o) in x.chunks(cols).zip(out.chunks_mut(cols)) {
+        let ms = row.iter().map(|&v| v * v).sum::<f32>() / cols as f32;
+        let inv = 1.0 / (ms + eps).sqrt();
+        for ((o, &v), &g) in o.iter_mut().zip(row).zip(w) {
+            *o = v * inv * g;
+        }
+    }
+}
+
+/// Rotary embedding in place (see [`RopeSpec`]).
+pub(crate) fn rope(spec: &RopeSpec, x: &mut [f32], positions: &[u32], inv_freq: &[f32]) {
+    let (hd, half) = (spec.head_dim, spec.head_dim / 2);
+    // One table of (cos, sin) per token, shared by its heads.
+    let mut table = vec![(0.0f32, 0.0f32); half];
+    for (t, &pos) in positions.iter().enumerate() {
+        for (entry, &f) in table.iter_mut().zip(inv_freq) {
+            let (s, c) = (pos as f32 * f).sin_cos();
+            *entry = (c, s);
+        }
+        for head in x[t * spec.heads * hd..][..spec.heads * hd].chunks_mut(hd) {
+            for (i, &(c, s)) in table.iter().enumerate() {
+                let (ia, ib) = match spec.layout {
+                    RopeLayout::Adjacent => (2 * i, 2 * i + 1),
+                    RopeLayout::Halves => (i, i + half),
+                };
+                let (a, b) = (head[ia], head[ib]);
+                head[ia] = a * c - b * s;
+                head[ib] = a * s + b * c;
+            }
+        }
+    }
+}
+
+/// Causal attention of one query row `qrow` (head `kvh`'s keys and values
+/// of sequence `b`, positions `0..=pos`) into `o`; `scores` is scratch.
+#[allow(clippy::too_many_arguments)]
+fn attend_one(
+    spec: &CausalAttentionSpec,
+    qrow: &[f32],
+    k: &[f32],
+    v: &[f32],
+    b: usize,
+    kvh: usize,
+    pos: usize,
+    scores: &mut [f32],
+    o: &mut [f32],
+) {
+    let (kw, dh) = (spec.kv_width(), spec.head_dim);
+    let scale = 1.0 / (dh as f32).sqrt();
+    let mut max = f32::NEG_INFINITY;
+    for (s, score) in scores[..=pos].iter_mut().enumerate() {
+        let krow = &k[(b * spec.max_len + s) * kw + kvh * dh..][..dh];
+        *score = qrow.iter().zip(krow).map(|(a, c)| a * c).sum::<f32>() * scale;
+        max = max.max(*score);
+    }
+    let mut z = 0.0f32;
+    for score in &mut scores[..=pos] {
+        *score = (*score - max).exp();
+        z += *score;
+    }
+    o.iter_mut().for_each(|x| *x = 0.0);
+    for (s, &p) in scores[..=pos].iter().enumerate() {
+        let vrow = &v[(b * spec.max_len + s) * kw + kvh * dh..][..dh];
+        let w = p / z;
+        for (x, &y) in o.iter_mut().zip(vrow) {
+            *x += w * y;
+        }
+    }
+}
+
+/// Causal attention over grouped kv heads (see [`CausalAttentionSpec`]);
+/// the rows of `out` (one per sequence and query token) are split over up
+/// to `threads` threads.
+pub(crate) fn attention_causal(
+    spec: &CausalAttentionSpec,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    lens: &[u32],
+    out: &mut [f32],
+    threads: usize,
+) {
+    let qw = spec.q_width();
+    let rows = spec.batch * spec.q_len;
+    let work = |first_row: usize, out: &mut [f32]| {
+        let mut scores = vec![0.0f32; spec.max_len];
+        for (i, orow) in out.chunks_mut(qw).enumerate() {
+            let r = first_row + i;
+            let (b, t) = (r / spec.q_len, r % spec.q_len);
+            let pos = lens[b] as usize - spec.q_len + t;
+            let qrow = &q[r * qw..][..qw];
+            for (h, o) in orow.chunks_mut(spec.head_dim).enumerate() {
+                let qh = &qrow[h * spec.head_dim..][..spec.head_dim];
+                attend_one(spec, qh, k, v, b, h / spec.group(), pos, &mut scores, o);
+            }
+        }
+    };
+    // Work grows with rows x attended positions; threads pay off only for
+    // prefill blocks and large batches.
+    let threads = threads.min(rows).max(1);
+    if threads == 1 || rows * spec.max_len * qw < 1 << 16 {
+        work(0, out);
+        return;
+    }
+    let per = rows.div_ceil(threads);
+    std::thread::scope(|s| {
+        for (c, part) in out.chunks_mut(per * qw).enumerate() {
+            let work = &work;
+            s.spawn(move || work(c * per, part));
+        }
+    });
+}
+
+/// `gate[i] = silu(gate[i]) * up[i]`.
+pub(crate) fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
