@@ -1,4 +1,7 @@
 //! The CUDA `Device`: one GPU, one context (the primary one), one stream.
+//! The Llama-family launchers are in `device/llama.rs`.
+
+mod llama;
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,9 +20,9 @@ use hetero_core::device::{
     check_same_shape, check_upload, layer_norm_rows,
 };
 use hetero_core::{
-    Activation, AttentionSpec, Backend, Capabilities, DType, Device, DeviceBuffer, DeviceId,
-    DeviceInfo, DeviceKind, Error, GemmSpec, HostSlice, HostSliceMut, LinkKind, MemoryUsage,
-    ReduceOp, Result,
+    Activation, AttentionSpec, Backend, Capabilities, CausalAttentionSpec, DType, Device,
+    DeviceBuffer, DeviceId, DeviceInfo, DeviceKind, Error, GemmSpec, HostSlice, HostSliceMut,
+    LinkKind, MemoryUsage, ReduceOp, Result, RopeSpec,
 };
 
 use crate::error::CudaError;
@@ -479,8 +482,8 @@ impl Device for CudaDevice {
             } else {
                 Vec::new()
             },
-            decode_dtypes: decode,
-            llama_dtypes: Vec::new(),
+            decode_dtypes: decode.clone(),
+            llama_dtypes: decode,
         }
     }
 
@@ -908,6 +911,46 @@ impl Device for CudaDevice {
         let mut host = vec![0i32; rows];
         self.download(&ids, 0, HostSliceMut::new(&mut host))?;
         Ok(host.into_iter().map(|i| i as u32).collect())
+    }
+
+    fn rms_norm(
+        &self,
+        x: &CudaBuffer,
+        weight: &CudaBuffer,
+        out: &mut CudaBuffer,
+        eps: f32,
+    ) -> Result<()> {
+        self.launch_rms_norm(x, weight, out, eps)
+    }
+
+    fn rope(
+        &self,
+        spec: &RopeSpec,
+        x: &mut CudaBuffer,
+        positions: &[u32],
+        inv_freq: &CudaBuffer,
+    ) -> Result<()> {
+        self.launch_rope(spec, x, positions, inv_freq)
+    }
+
+    fn attention_causal(
+        &self,
+        spec: &CausalAttentionSpec,
+        q: &CudaBuffer,
+        k_cache: &CudaBuffer,
+        v_cache: &CudaBuffer,
+        lens: &[u32],
+        out: &mut CudaBuffer,
+    ) -> Result<()> {
+        self.launch_attention_causal(spec, q, k_cache, v_cache, lens, out)
+    }
+
+    fn silu_mul(&self, gate: &mut CudaBuffer, up: &CudaBuffer) -> Result<()> {
+        self.launch_silu_mul(gate, up)
+    }
+
+    fn embedding(&self, table: &CudaBuffer, ids: &[u32], out: &mut CudaBuffer) -> Result<()> {
+        self.launch_embedding(table, ids, out)
     }
 
     fn synchronize(&self) -> Result<()> {

@@ -1,5 +1,6 @@
 //! hetero's CUDA kernels: elementwise reduce, finish (average) and scale for
-//! every dtype, as CUDA C compiled once per device by NVRTC.
+//! every dtype, the decode-step and Llama-family kernels (f32) and a row
+//! gather per element size, as CUDA C compiled once per device by NVRTC.
 //!
 //! The arithmetic matches `hetero_core::host_kernels` exactly: integer sums
 //! and products wrap (computed in unsigned types, where C defines wrapping),
@@ -122,9 +123,138 @@ extern "C" __global__ void hetero_argmax_f32(const float* x, unsigned int* out, 
 }
 "#;
 
+/// The Llama-family kernels (f32), in the same module.
+pub(crate) const LLAMA_NAMES: [&str; 4] = [
+    "hetero_rms_norm_f32",
+    "hetero_rope_f32",
+    "hetero_attention_causal_f32",
+    "hetero_silu_mul_f32",
+];
+
+/// Keys per shared-memory tile of `hetero_attention_causal_f32` (its
+/// `HETERO_ATT_TILE`): the scores of one tile live in shared memory, the
+/// softmax runs online over the tiles, so any `max_len` works.
+pub(crate) const ATTENTION_TILE: usize = 256;
+
+/// Element sizes (bytes) of the embedding gather kernels, one per size.
+pub(crate) const GATHER_SIZES: [usize; 4] = [1, 2, 4, 8];
+
+/// Kernel name of the row gather of `size`-byte elements.
+pub(crate) fn gather_name(size: usize) -> String {
+    format!("hetero_gather_b{}", size * 8)
+}
+
+/// Launched with `DECODE_BLOCK` threads (a multiple of 32, as `warp_sum`
+/// needs; 256, as `block_sum`'s shared array holds).
+///
+/// - `hetero_rms_norm_f32`: one block per row.
+/// - `hetero_rope_f32`: one thread per rotated pair (grid-stride).
+/// - `hetero_attention_causal_f32`: one block per (sequence, query token,
+///   head), blocks ordered `(b * q_len + t) * heads + h`. Dynamic shared
+///   memory: the query row (`dh`), the output accumulator (`dh`) and one
+///   tile of scores (`HETERO_ATT_TILE`). Per tile: each warp takes keys and
+///   its lanes split the dot product (coalesced reads of a key row), then
+///   the running max / normaliser / accumulator are rescaled (online
+///   softmax), each thread owning output dims `d = tid, tid + blockDim...`.
+/// - `hetero_silu_mul_f32`: elementwise (grid-stride).
+const LLAMA: &str = r#"
+#define HETERO_ATT_TILE 256
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+extern "C" __global__ void hetero_rms_norm_f32(const float* x, const float* w, float* out, u64 cols, float eps) {
+    __shared__ float sh[256];
+    const float* row = x + (u64)blockIdx.x * cols;
+    float* o = out + (u64)blockIdx.x * cols;
+    float s = 0.0f;
+    for (u64 c = threadIdx.x; c < cols; c += blockDim.x) { float v = row[c]; s += v * v; }
+    float inv = 1.0f / sqrtf(block_sum(s, sh) / (float)cols + eps);
+    for (u64 c = threadIdx.x; c < cols; c += blockDim.x) o[c] = row[c] * inv * w[c];
+}
+extern "C" __global__ void hetero_rope_f32(float* x, const unsigned int* pos, const float* inv_freq, u64 n, u64 heads, u64 half, int halves) {
+    GRID_STRIDE(n) {
+        u64 j = i % half, th = i / half;
+        u64 t = th / heads;
+        float s, c;
+        sincosf((float)pos[t] * inv_freq[j], &s, &c);
+        float* head = x + th * 2 * half;
+        u64 ia = halves ? j : 2 * j;
+        u64 ib = halves ? j + half : 2 * j + 1;
+        float a = head[ia], b = head[ib];
+        head[ia] = a * c - b * s;
+        head[ib] = a * s + b * c;
+    }
+}
+extern "C" __global__ void hetero_attention_causal_f32(const float* q, const float* k, const float* v, const unsigned int* lens, float* out, u64 q_len, u64 heads, u64 kv_heads, u64 dh, u64 max_len) {
+    extern __shared__ float dyn[];
+    __shared__ float sh[256];
+    float* qs = dyn;
+    float* acc = dyn + dh;
+    float* p = dyn + 2 * dh;
+    u64 h = blockIdx.x % heads, r = blockIdx.x / heads;
+    u64 b = r / q_len, t = r % q_len;
+    u64 kvh = h / (heads / kv_heads);
+    u64 qw = heads * dh, kw = kv_heads * dh;
+    u64 pos = (u64)lens[b] - q_len + t;
+    const float* qv = q + r * qw + h * dh;
+    const float* kb = k + b * max_len * kw + kvh * dh;
+    const float* vb = v + b * max_len * kw + kvh * dh;
+    float scale = 1.0f / sqrtf((float)dh);
+    for (u64 d = threadIdx.x; d < dh; d += blockDim.x) { qs[d] = qv[d]; acc[d] = 0.0f; }
+    __syncthreads();
+    unsigned int lane = threadIdx.x & 31u, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    float m = __int_as_float(0xff800000), z = 0.0f;
+    for (u64 s0 = 0; s0 <= pos; s0 += HETERO_ATT_TILE) {
+        u64 n = pos + 1 - s0;
+        if (n > HETERO_ATT_TILE) n = HETERO_ATT_TILE;
+        for (u64 j = warp; j < n; j += warps) {
+            const float* kr = kb + (s0 + j) * kw;
+            float s = 0.0f;
+            for (u64 d = lane; d < dh; d += 32) s += qs[d] * kr[d];
+            s = warp_sum(s);
+            if (lane == 0) p[j] = s * scale;
+        }
+        __syncthreads();
+        float tm = __int_as_float(0xff800000);
+        for (u64 j = threadIdx.x; j < n; j += blockDim.x) tm = fmaxf(tm, p[j]);
+        float mn = fmaxf(m, block_max(tm, sh));
+        float corr = expf(m - mn);
+        float ls = 0.0f;
+        for (u64 j = threadIdx.x; j < n; j += blockDim.x) { float e = expf(p[j] - mn); p[j] = e; ls += e; }
+        z = z * corr + block_sum(ls, sh);
+        m = mn;
+        for (u64 d = threadIdx.x; d < dh; d += blockDim.x) {
+            float a = acc[d] * corr;
+            const float* vr = vb + s0 * kw + d;
+            for (u64 j = 0; j < n; j++) a += p[j] * vr[j * kw];
+            acc[d] = a;
+        }
+        __syncthreads();
+    }
+    float* o = out + r * qw + h * dh;
+    for (u64 d = threadIdx.x; d < dh; d += blockDim.x) o[d] = acc[d] / z;
+}
+extern "C" __global__ void hetero_silu_mul_f32(float* g, const float* u, u64 n) {
+    GRID_STRIDE(n) { float x = g[i]; g[i] = x / (1.0f + expf(-x)) * u[i]; }
+}
+"#;
+
+/// Storage type of the gather kernel for `size`-byte elements.
+fn gather_type(size: usize) -> &'static str {
+    match size {
+        1 => "unsigned char",
+        2 => "unsigned short",
+        4 => "unsigned int",
+        _ => "u64",
+    }
+}
+
 /// Every kernel name the module defines (tests check they all load).
 pub(crate) fn all_names() -> Vec<String> {
     let mut names: Vec<String> = DECODE_NAMES.iter().map(|s| s.to_string()).collect();
+    names.extend(LLAMA_NAMES.iter().map(|s| s.to_string()));
+    names.extend(GATHER_SIZES.iter().map(|&s| gather_name(s)));
     for dtype in DType::ALL {
         for op in [ReduceOp::Sum, ReduceOp::Prod, ReduceOp::Max, ReduceOp::Min] {
             names.push(reduce_name(op, dtype));
@@ -285,6 +415,15 @@ const SPECS: [Spec; 7] = [
 pub(crate) fn source() -> String {
     let mut src = String::from(PRELUDE);
     src += DECODE;
+    src += LLAMA;
+    for size in GATHER_SIZES {
+        // Row r of out is row ids[r] of the table; one thread per element.
+        src += &format!(
+            "extern \"C\" __global__ void {name}(const {t}* table, const unsigned int* ids, {t}* out, u64 n, u64 width) {{\n  GRID_STRIDE(n) {{ out[i] = table[(u64)ids[i / width] * width + i % width]; }}\n}}\n",
+            name = gather_name(size),
+            t = gather_type(size),
+        );
+    }
     for s in &SPECS {
         let load = |x: &str| s.load.replace('X', x);
         let store = |x: &str| s.store.replace('X', x);
@@ -335,6 +474,93 @@ mod tests {
             let decl = format!("void {name}(");
             assert_eq!(src.matches(&decl).count(), 1, "{name}");
         }
-        assert_eq!(all_names().len(), DType::ALL.len() * 6 + DECODE_NAMES.len());
+        assert_eq!(
+            all_names().len(),
+            DType::ALL.len() * 6 + DECODE_NAMES.len() + LLAMA_NAMES.len() + GATHER_SIZES.len()
+        );
+    }
+
+    #[test]
+    fn attention_tile_matches_the_source() {
+        let define = format!("#define HETERO_ATT_TILE {ATTENTION_TILE}\n");
+        assert!(source().contains(&define));
+        assert_eq!(DECODE_BLOCK % 32, 0);
+    }
+
+    #[test]
+    fn every_dtype_has_a_gather_kernel() {
+        for dtype in DType::ALL {
+            assert!(GATHER_SIZES.contains(&dtype.size_bytes()), "{dtype}");
+        }
+    }
+
+    /// What clang needs in place of the declarations NVRTC provides itself
+    /// (no CUDA install: clang's own CUDA headers on libdevice's names).
+    const CLANG_SHIM: &str = r#"
+#define CUDA_VERSION 11080
+typedef __SIZE_TYPE__ size_t;
+#include <__clang_cuda_builtin_vars.h>
+#define __global__ __attribute__((global))
+#define __device__ __attribute__((device))
+#define __host__ __attribute__((host))
+#define __shared__ __attribute__((shared))
+#define __constant__ __attribute__((constant))
+#define __forceinline__ __inline__ __attribute__((always_inline))
+#define __DEVICE__ static __device__ __forceinline__
+#include <__clang_cuda_libdevice_declares.h>
+#include <__clang_cuda_device_functions.h>
+#define INT_MAX __INT_MAX__
+#define INT_MIN (-__INT_MAX__ - 1)
+#define HUGE_VAL __builtin_huge_val()
+#define HUGE_VALF __builtin_huge_valf()
+#include <__clang_cuda_math.h>
+#undef __DEVICE__
+static __device__ __forceinline__ float __shfl_xor_sync(unsigned m, float v, int o) {
+    return __nvvm_shfl_sync_bfly_f32(m, v, o, 0x1f);
+}
+"#;
+
+    /// Compiles the exact source NVRTC gets to PTX with clang (device code
+    /// only, no CUDA install), for machines without a GPU:
+    /// `cargo test -p hetero-cuda --lib -- --ignored clang`.
+    #[test]
+    #[ignore = "needs clang with the NVPTX target on PATH"]
+    fn source_compiles_to_ptx_with_clang() {
+        let dir = std::env::temp_dir().join(format!("hetero-cuda-ptx-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (shim, cu, ptx) = (
+            dir.join("shim.h"),
+            dir.join("kernels.cu"),
+            dir.join("kernels.ptx"),
+        );
+        std::fs::write(&shim, CLANG_SHIM).unwrap();
+        std::fs::write(&cu, source()).unwrap();
+        let status = std::process::Command::new("clang")
+            .args(["-x", "cuda", "--cuda-device-only", "--cuda-gpu-arch=sm_80"])
+            .args(["-nocudainc", "-nocudalib", "-Werror", "-Wall", "-S"])
+            // PTX 7.0 for the *_sync warp shuffles (clang picks an older
+            // default without a CUDA install).
+            .args([
+                "-Xclang",
+                "-target-feature",
+                "-Xclang",
+                "+ptx70",
+                "-include",
+            ])
+            .arg(&shim)
+            .arg("-o")
+            .arg(&ptx)
+            .arg(&cu)
+            .status()
+            .expect("run clang");
+        assert!(status.success(), "clang failed on {}", cu.display());
+        let text = std::fs::read_to_string(&ptx).unwrap();
+        for name in all_names() {
+            assert!(
+                text.contains(&format!(".entry {name}(")),
+                "{name} missing from {}",
+                ptx.display()
+            );
+        }
     }
 }

@@ -1,0 +1,294 @@
+//! Launchers of the Llama-family kernels (`rms_norm`, `rope`,
+//! `attention_causal`, `silu_mul`) and of the one-launch embedding gather;
+//! the kernels are CUDA C in `kernels.rs`, the `Device` impl delegates here.
+//!
+//! Every launcher checks owners, dtypes and shapes (the core's `validate`
+//! helpers) before launching, so a bad call is an error and never a read
+//! out of bounds. Per-call host arrays (positions, lengths, ids) go up as
+//! u32 in an `I32` buffer of this device, freed after the kernel on the
+//! stream (as `attention_decode` does).
+
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+use hetero_core::device::{check_dtype, check_same_shape};
+use hetero_core::transformer::{embedding_width, rms_norm_rows};
+use hetero_core::{
+    Backend, CausalAttentionSpec, DType, Device, Error, HostSlice, Result, RopeLayout, RopeSpec,
+};
+
+use super::{CudaBuffer, CudaDevice, check_f32, launch_config};
+use crate::kernels;
+
+/// Static shared memory of the attention kernel (its `sh[256]`).
+const ATTENTION_STATIC_SHARED: usize = kernels::DECODE_BLOCK as usize * 4;
+
+/// Shared memory a block may use without opting in (48 KiB on every GPU).
+const SHARED_LIMIT: usize = 48 * 1024;
+
+/// Dynamic shared memory of one attention block for heads of `head_dim`:
+/// the query row, the accumulator and one tile of scores, in f32.
+fn attention_shared_bytes(head_dim: usize) -> usize {
+    (2 * head_dim + kernels::ATTENTION_TILE) * 4
+}
+
+/// One block per item as a grid dimension (at most 2^31 - 1 blocks).
+fn grid_blocks(n: usize, what: &str) -> Result<u32> {
+    if n > i32::MAX as usize {
+        return Err(Error::unsupported(
+            Backend::Cuda,
+            format!("{what}: {n} blocks, past the grid's 2^31 - 1"),
+        ));
+    }
+    Ok(n as u32)
+}
+
+fn one_block_each(blocks: u32, shared_mem_bytes: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (kernels::DECODE_BLOCK, 1, 1),
+        shared_mem_bytes,
+    }
+}
+
+impl CudaDevice {
+    /// `values` in a new buffer of this device, read by the kernels as
+    /// `unsigned int` (stored as `I32`, bit for bit).
+    fn upload_u32(&self, values: &[u32]) -> Result<CudaBuffer> {
+        let bits: Vec<i32> = values.iter().map(|&v| v as i32).collect();
+        let mut buf = self.alloc(DType::I32, bits.len())?;
+        self.upload(&mut buf, 0, HostSlice::new(&bits))?;
+        Ok(buf)
+    }
+
+    pub(super) fn launch_rms_norm(
+        &self,
+        x: &CudaBuffer,
+        weight: &CudaBuffer,
+        out: &mut CudaBuffer,
+        eps: f32,
+    ) -> Result<()> {
+        for (b, what) in [(x, "rms_norm x"), (weight, "rms_norm weight")] {
+            self.check_owned(b, what)?;
+            check_f32(what, b)?;
+        }
+        self.check_owned(out, "rms_norm out")?;
+        check_f32("rms_norm out", out)?;
+        let cols = weight.len;
+        let rows = rms_norm_rows(x.len, cols, out.len)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let blocks = grid_blocks(rows, "rms_norm rows")?;
+        let f = self.function("hetero_rms_norm_f32")?;
+        let cols64 = cols as u64;
+        let mut launch = self.inner.stream.launch_builder(&f);
+        launch
+            .arg(&x.data)
+            .arg(&weight.data)
+            .arg(&mut out.data)
+            .arg(&cols64)
+            .arg(&eps);
+        // SAFETY: (x, w, out, u64 cols, float eps) as in kernels.rs; one
+        // block per row of `cols` floats, x and out hold rows * cols,
+        // weight cols (checked above).
+        unsafe { launch.launch(one_block_each(blocks, 0)) }
+            .map(|_| ())
+            .map_err(self.driver_err("cuLaunchKernel"))
+    }
+
+    pub(super) fn launch_rope(
+        &self,
+        spec: &RopeSpec,
+        x: &mut CudaBuffer,
+        positions: &[u32],
+        inv_freq: &CudaBuffer,
+    ) -> Result<()> {
+        self.check_owned(x, "rope x")?;
+        check_f32("rope x", x)?;
+        self.check_owned(inv_freq, "rope inv_freq")?;
+        check_f32("rope inv_freq", inv_freq)?;
+        spec.validate(x.len, inv_freq.len, positions)?;
+        let half = spec.head_dim / 2;
+        // One thread per rotated pair.
+        let pairs = spec.tokens * spec.heads * half;
+        if pairs == 0 {
+            return Ok(());
+        }
+        let pos = self.upload_u32(positions)?;
+        let f = self.function("hetero_rope_f32")?;
+        let (n, heads, half64) = (pairs as u64, spec.heads as u64, half as u64);
+        let halves: i32 = match spec.layout {
+            RopeLayout::Adjacent => 0,
+            RopeLayout::Halves => 1,
+        };
+        let mut launch = self.inner.stream.launch_builder(&f);
+        launch
+            .arg(&mut x.data)
+            .arg(&pos.data)
+            .arg(&inv_freq.data)
+            .arg(&n)
+            .arg(&heads)
+            .arg(&half64)
+            .arg(&halves);
+        // SAFETY: (x, unsigned pos, inv_freq, u64 n, u64 heads, u64 half,
+        // int halves) as in kernels.rs; validate checked x holds
+        // tokens * heads * 2 * half floats, inv_freq half, positions tokens
+        // (uploaded to `pos`). Each thread rotates its own pair.
+        unsafe { launch.launch(launch_config(pairs)) }
+            .map(|_| ())
+            .map_err(self.driver_err("cuLaunchKernel"))?;
+        // `pos` is freed when dropped; the stream orders the free after the kernel.
+        Ok(())
+    }
+
+    pub(super) fn launch_attention_causal(
+        &self,
+        spec: &CausalAttentionSpec,
+        q: &CudaBuffer,
+        k_cache: &CudaBuffer,
+        v_cache: &CudaBuffer,
+        lens: &[u32],
+        out: &mut CudaBuffer,
+    ) -> Result<()> {
+        for (b, what) in [
+            (q, "attention q"),
+            (k_cache, "attention k cache"),
+            (v_cache, "attention v cache"),
+        ] {
+            self.check_owned(b, what)?;
+            check_f32(what, b)?;
+        }
+        self.check_owned(out, "attention out")?;
+        check_f32("attention out", out)?;
+        spec.validate(q.len, k_cache.len, v_cache.len, out.len, lens)?;
+        let shared = attention_shared_bytes(spec.head_dim);
+        if shared + ATTENTION_STATIC_SHARED > SHARED_LIMIT {
+            return Err(Error::unsupported(
+                Backend::Cuda,
+                format!(
+                    "causal attention with head_dim {}: the kernel keeps the query row and \
+                     its accumulator in shared memory, {} bytes past the {} a block has",
+                    spec.head_dim,
+                    shared + ATTENTION_STATIC_SHARED,
+                    SHARED_LIMIT
+                ),
+            ));
+        }
+        let items = spec.batch * spec.q_len * spec.heads;
+        if items == 0 {
+            return Ok(());
+        }
+        let blocks = grid_blocks(items, "attention_causal (sequence, token, head)")?;
+        let lens_buf = self.upload_u32(lens)?;
+        let f = self.function("hetero_attention_causal_f32")?;
+        let [q_len, heads, kv_heads, dh, max_len] = [
+            spec.q_len,
+            spec.heads,
+            spec.kv_heads,
+            spec.head_dim,
+            spec.max_len,
+        ]
+        .map(|v| v as u64);
+        let mut launch = self.inner.stream.launch_builder(&f);
+        launch
+            .arg(&q.data)
+            .arg(&k_cache.data)
+            .arg(&v_cache.data)
+            .arg(&lens_buf.data)
+            .arg(&mut out.data)
+            .arg(&q_len)
+            .arg(&heads)
+            .arg(&kv_heads)
+            .arg(&dh)
+            .arg(&max_len);
+        // SAFETY: (q, k, v, unsigned lens, out, u64 q_len, heads, kv_heads,
+        // dh, max_len) as in kernels.rs; validate checked every buffer
+        // against the spec, kv_heads > 0 dividing heads, and
+        // q_len <= lens[b] <= max_len, so every position read is in the
+        // cache. The dynamic shared memory holds 2 * dh + one tile floats.
+        unsafe { launch.launch(one_block_each(blocks, shared as u32)) }
+            .map(|_| ())
+            .map_err(self.driver_err("cuLaunchKernel"))?;
+        // `lens_buf` is freed when dropped; the stream orders the free after the kernel.
+        Ok(())
+    }
+
+    pub(super) fn launch_silu_mul(&self, gate: &mut CudaBuffer, up: &CudaBuffer) -> Result<()> {
+        self.check_owned(gate, "silu_mul gate")?;
+        self.check_owned(up, "silu_mul up")?;
+        check_f32("silu_mul gate", gate)?;
+        check_same_shape(gate, up, "silu_mul")?;
+        if gate.len == 0 {
+            return Ok(());
+        }
+        let f = self.function("hetero_silu_mul_f32")?;
+        let n = gate.len as u64;
+        let mut launch = self.inner.stream.launch_builder(&f);
+        launch.arg(&mut gate.data).arg(&up.data).arg(&n);
+        // SAFETY: (gate, up, u64 n) as in kernels.rs; both hold n floats.
+        unsafe { launch.launch(launch_config(gate.len)) }
+            .map(|_| ())
+            .map_err(self.driver_err("cuLaunchKernel"))
+    }
+
+    /// Embedding gather in one launch, for every dtype (the kernel moves
+    /// elements of the dtype's size).
+    pub(super) fn launch_embedding(
+        &self,
+        table: &CudaBuffer,
+        ids: &[u32],
+        out: &mut CudaBuffer,
+    ) -> Result<()> {
+        self.check_owned(table, "embedding table")?;
+        self.check_owned(out, "embedding out")?;
+        check_dtype("embedding out", table.dtype, out.dtype)?;
+        let width = embedding_width(table.len, out.len, ids)?;
+        let f = match self.function(&kernels::gather_name(table.dtype.size_bytes())) {
+            Ok(f) => f,
+            // No kernels (no NVRTC): the trait's default, one copy per row.
+            Err(e) if e.is_unsupported() => {
+                for (r, &id) in ids.iter().enumerate() {
+                    let start = id as usize * width;
+                    self.copy(table, start..start + width, out, r * width)?;
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let ids_buf = self.upload_u32(ids)?;
+        let (n, width64) = (out.len as u64, width as u64);
+        let mut launch = self.inner.stream.launch_builder(&f);
+        launch
+            .arg(&table.data)
+            .arg(&ids_buf.data)
+            .arg(&mut out.data)
+            .arg(&n)
+            .arg(&width64);
+        // SAFETY: (table, unsigned ids, out, u64 n, u64 width) as in
+        // kernels.rs, elements of the dtype's size; embedding_width checked
+        // out holds ids.len() rows of width (n > 0) and every id names a
+        // row of the table.
+        unsafe { launch.launch(launch_config(out.len)) }
+            .map(|_| ())
+            .map_err(self.driver_err("cuLaunchKernel"))?;
+        // `ids_buf` is freed when dropped; the stream orders the free after the kernel.
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attention_shared_memory_fits_llama_heads() {
+        for head_dim in [64, 128, 256] {
+            assert!(attention_shared_bytes(head_dim) + ATTENTION_STATIC_SHARED <= SHARED_LIMIT);
+        }
+    }
+
+    #[test]
+    fn grids_past_the_limit_are_unsupported() {
+        assert_eq!(grid_blocks(5, "x").unwrap(), 5);
+        assert!(grid_blocks(1 << 31, "x").unwrap_err().is_unsupported());
+    }
+}
