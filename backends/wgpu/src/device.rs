@@ -2,8 +2,8 @@
 //! `Device` trait implemented on them. The work behind the trait lives in
 //! files of their own: `buffer.rs` (the buffer type), `error_scope.rs`
 //! (turning wgpu errors into typed ones), `dispatch.rs` (pipelines and
-//! kernel launches), `io.rs` (moving bytes), `gemm.rs` and `decode.rs`
-//! (those kernels).
+//! kernel launches), `io.rs` (moving bytes), `gemm.rs`, `decode.rs` and
+//! `llama.rs` (those kernels).
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -17,6 +17,7 @@ use hetero_core::{
     Activation, AttentionSpec, Backend, Capabilities, DType, Device, DeviceId, DeviceInfo,
     DeviceKind, Error, GemmSpec, HostSlice, HostSliceMut, MemoryUsage, ReduceOp, Result,
 };
+use hetero_core::{CausalAttentionSpec, RopeSpec};
 
 use crate::buffer::{WgpuBuffer, align4_up};
 use crate::error::WgpuError;
@@ -209,7 +210,7 @@ impl Device for WgpuDevice {
             scale_dtypes: kernels::SCALE_DTYPES.into_iter().filter(usable).collect(),
             gemm_dtypes: vec![DType::F32],
             decode_dtypes: vec![DType::F32],
-            llama_dtypes: Vec::new(),
+            llama_dtypes: vec![DType::F32],
         }
     }
 
@@ -406,6 +407,46 @@ impl Device for WgpuDevice {
 
     fn argmax_rows(&self, x: &WgpuBuffer, rows: usize) -> Result<Vec<u32>> {
         self.argmax_rows_f32(x, rows)
+    }
+
+    fn rms_norm(
+        &self,
+        x: &WgpuBuffer,
+        weight: &WgpuBuffer,
+        out: &mut WgpuBuffer,
+        eps: f32,
+    ) -> Result<()> {
+        self.rms_norm_f32(x, weight, out, eps)
+    }
+
+    fn rope(
+        &self,
+        spec: &RopeSpec,
+        x: &mut WgpuBuffer,
+        positions: &[u32],
+        inv_freq: &WgpuBuffer,
+    ) -> Result<()> {
+        self.rope_f32(spec, x, positions, inv_freq)
+    }
+
+    fn attention_causal(
+        &self,
+        spec: &CausalAttentionSpec,
+        q: &WgpuBuffer,
+        k_cache: &WgpuBuffer,
+        v_cache: &WgpuBuffer,
+        lens: &[u32],
+        out: &mut WgpuBuffer,
+    ) -> Result<()> {
+        self.attention_causal_f32(spec, q, k_cache, v_cache, lens, out)
+    }
+
+    fn silu_mul(&self, gate: &mut WgpuBuffer, up: &WgpuBuffer) -> Result<()> {
+        self.silu_mul_f32(gate, up)
+    }
+
+    fn embedding(&self, table: &WgpuBuffer, ids: &[u32], out: &mut WgpuBuffer) -> Result<()> {
+        self.embedding_gather(table, ids, out)
     }
 
     fn synchronize(&self) -> Result<()> {

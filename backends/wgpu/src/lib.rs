@@ -12,12 +12,15 @@
 //!   out-of-memory error scope fires, `alloc` returns `Error::OutOfMemory`
 //!   and the device keeps working. wgpu's panicking default error handler is
 //!   replaced so nothing a user does can abort the process.
-//! - Kernels in WGSL (`kernels.rs`), compiled once per device and cached:
-//!   reduce / average for f32, i32, u8, f16, bf16 (16- and 8-bit types packed
-//!   in 32-bit words, so no `SHADER_F16` is needed), scale for the float
-//!   types, an f32 GEMM (shared-memory tiles on GPUs, register blocks on
-//!   software adapters, whose barriers are slow; see [`GemmKernel`]). f64 / i64 (no 64-bit types in core WGSL) and
-//!   integer scaling are `Error::Unsupported`.
+//! - Kernels in WGSL (`kernels.rs`, `llama_kernels.rs`), compiled once per
+//!   device and cached: reduce / average for f32, i32, u8, f16, bf16 (16- and
+//!   8-bit types packed in 32-bit words, so no `SHADER_F16` is needed), scale
+//!   for the float types, an f32 GEMM (shared-memory tiles on GPUs, register
+//!   blocks on software adapters, whose barriers are slow; see
+//!   [`GemmKernel`]), the f32 decode-step kernels and the f32 Llama-family
+//!   ones (RMS norm, rotary embedding, causal attention with an online
+//!   softmax, SiLU-gated product, embedding gather). f64 / i64 (no 64-bit
+//!   types in core WGSL) and integer scaling are `Error::Unsupported`.
 //! - Data path: `upload` is a queue write, `download` copies to a mapped
 //!   staging buffer; 8/16-bit ranges that do not start and end on a 4-byte
 //!   boundary are merged through the host. Between adapters, use
@@ -35,6 +38,8 @@ mod gemm;
 mod io;
 mod kernels;
 mod link;
+mod llama;
+mod llama_kernels;
 
 pub use buffer::WgpuBuffer;
 pub use device::{FALLBACK_GPU_BUDGET_BYTES, WgpuDevice};

@@ -10,6 +10,9 @@ use hetero_core::{DType, Device, DynDevice, LinkProbe};
 use hetero_wgpu::{GemmKernel, WgpuDevice, WgpuDirection, WgpuLink};
 use libtest_mimic::{Arguments, Failed, Trial};
 
+#[path = "device_suite/llama_long.rs"]
+mod llama_long;
+
 fn main() {
     let args = Arguments::from_args();
     let mut trials = Vec::new();
@@ -25,6 +28,16 @@ fn main() {
                     let name = format!("{label}::gemm_f32_with_{kernel:?}_kernel").to_lowercase();
                     trials.push(Trial::test(name, move || gemm_with(&dev, kernel)));
                 }
+                let dev = device.clone();
+                trials.push(Trial::test(
+                    format!("{label}::attention_causal_long_context_f32"),
+                    move || llama_long::attention_long_context(&dev),
+                ));
+                let dev = device.clone();
+                trials.push(Trial::test(
+                    format!("{label}::rope_large_positions_f32"),
+                    move || llama_long::rope_large_positions(&dev),
+                ));
                 let dev = device.clone();
                 trials.push(Trial::test(
                     format!("{label}::links_are_measured"),
