@@ -108,6 +108,15 @@ pub enum ModelError {
         supported: &'static str,
     },
 
+    /// A model architecture (or `model_type`) this crate does not compute.
+    #[error("{file}: {field}: architecture {name:?} is not supported (supported: {supported})")]
+    UnsupportedArchitecture {
+        file: PathBuf,
+        field: String,
+        name: String,
+        supported: &'static str,
+    },
+
     /// No tensor of that name in the file.
     #[error("{file}: no tensor named {name:?}")]
     NoSuchTensor { file: PathBuf, name: String },
@@ -140,6 +149,7 @@ impl ModelError {
             | ModelError::DataOutOfBounds { file, .. }
             | ModelError::UnsupportedType { file, .. }
             | ModelError::UnsupportedTokenizer { file, .. }
+            | ModelError::UnsupportedArchitecture { file, .. }
             | ModelError::NoSuchTensor { file, .. }
             | ModelError::MissingKey { file, .. }
             | ModelError::WrongType { file, .. } => file,
@@ -157,7 +167,8 @@ impl ModelError {
             | ModelError::CountTooLarge { field, .. }
             | ModelError::UnknownValueType { field, .. }
             | ModelError::Invalid { field, .. }
-            | ModelError::UnsupportedTokenizer { field, .. } => field.clone(),
+            | ModelError::UnsupportedTokenizer { field, .. }
+            | ModelError::UnsupportedArchitecture { field, .. } => field.clone(),
             ModelError::DataOutOfBounds { tensor, .. }
             | ModelError::UnsupportedType { tensor, .. }
             | ModelError::NoSuchTensor { name: tensor, .. } => format!("tensor {tensor}"),
@@ -181,6 +192,9 @@ impl From<ModelError> for Error {
             }
             ModelError::UnsupportedTokenizer { .. } => {
                 Error::unsupported_in("tokenizer", e.to_string())
+            }
+            ModelError::UnsupportedArchitecture { .. } => {
+                Error::unsupported_in("model loader", e.to_string())
             }
             other => Error::invalid(field, other.to_string()),
         }

@@ -20,10 +20,15 @@
 //! Errors are [`ModelError`], each naming the file and the field, and
 //! convert into [`hetero_core::Error`].
 
+pub mod checkpoint;
 pub mod error;
 pub mod gguf;
+pub mod llama;
+pub mod safetensors;
 pub mod tokenizer;
 
+pub use checkpoint::Checkpoint;
 pub use error::{ModelError, Result};
 pub use gguf::GgufFile;
+pub use llama::{KvCache, LlamaConfig, LlamaModel, Logits};
 pub use tokenizer::{StreamDecoder, Tokenizer};

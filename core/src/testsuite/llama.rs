@@ -95,12 +95,12 @@ fn inv_freq(head_dim: usize, theta: f64) -> Vec<f32> {
 fn reference_rope(spec: &RopeSpec, x: &[f32], positions: &[u32], freq: &[f32]) -> Vec<f32> {
     let (hd, half) = (spec.head_dim, spec.head_dim / 2);
     let mut out = x.to_vec();
-    for t in 0..spec.tokens {
+    for (t, &pos) in positions.iter().enumerate().take(spec.tokens) {
         for h in 0..spec.heads {
             let base = (t * spec.heads + h) * hd;
             for (i, &f) in freq.iter().enumerate() {
                 // The angle is an f32 product, as the kernels compute it.
-                let angle = (positions[t] as f32 * f) as f64;
+                let angle = (pos as f32 * f) as f64;
                 let (sin, cos) = angle.sin_cos();
                 let (ia, ib) = match spec.layout {
                     RopeLayout::Adjacent => (base + 2 * i, base + 2 * i + 1),

@@ -1,0 +1,17 @@
+//! The Llama family: config ([`LlamaConfig`], from GGUF metadata or a
+//! Hugging Face `config.json`), weights by role and their names in each
+//! format ([`Weight`]), and the model on a device ([`LlamaModel`]) with its
+//! per-sequence [`KvCache`].
+//!
+//! Covers Llama 2/3, TinyLlama, SmolLM/SmolLM2, Mistral without sliding
+//! window, and Qwen2 (Q/K/V biases). The rotary layout follows the file:
+//! GGUF `llama` rotates adjacent pairs (its converter permuted Q and K),
+//! Hugging Face checkpoints and GGUF `qwen2` rotate halves.
+
+mod config;
+mod model;
+mod weights;
+
+pub use config::{Architecture, LlamaConfig, RopeScaling};
+pub use model::{KvCache, LlamaModel, LoadProgress, Logits};
+pub use weights::Weight;
