@@ -20,15 +20,21 @@
 //! Errors are [`ModelError`], each naming the file and the field, and
 //! convert into [`hetero_core::Error`].
 
+pub mod chat;
 pub mod checkpoint;
 pub mod error;
+pub mod generate;
 pub mod gguf;
 pub mod llama;
 pub mod safetensors;
+pub mod sampling;
 pub mod tokenizer;
 
+pub use chat::{ChatTemplate, Message};
 pub use checkpoint::Checkpoint;
 pub use error::{ModelError, Result};
+pub use generate::{FinishReason, GenerateOptions, Generation, generate};
 pub use gguf::GgufFile;
 pub use llama::{KvCache, LlamaConfig, LlamaModel, Logits};
+pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::{StreamDecoder, Tokenizer};
