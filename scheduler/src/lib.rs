@@ -43,6 +43,7 @@ pub mod decode;
 pub mod exchange;
 pub mod policy;
 pub mod profile;
+pub mod real_model;
 pub mod serve;
 pub mod sync;
 pub mod workload;
