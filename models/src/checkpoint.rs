@@ -43,22 +43,57 @@ impl Checkpoint {
         if meta.is_dir() {
             let config = LlamaConfig::from_hf_config(&path.join("config.json"))?;
             let weights = SafetensorsWeights::open_dir(path)?;
-            return Ok(Checkpoint {
+            let checkpoint = Checkpoint {
                 format: Format::HuggingFace {
                     dir: path.to_path_buf(),
                     weights,
                 },
                 config,
                 path: path.to_path_buf(),
-            });
+            };
+            checkpoint.check_weights()?;
+            return Ok(checkpoint);
         }
         let file = GgufFile::open(path)?;
         let config = LlamaConfig::from_gguf(&file)?;
-        Ok(Checkpoint {
+        let checkpoint = Checkpoint {
             format: Format::Gguf(file),
             config,
             path: path.to_path_buf(),
-        })
+        };
+        checkpoint.check_weights()?;
+        Ok(checkpoint)
+    }
+
+    /// Every weight the config needs is in the files, with the config's
+    /// shape and a type this crate reads: checked from the headers alone,
+    /// so that a bad checkpoint fails at open, naming the tensor, before
+    /// any weight is read or anything sized from the config is allocated
+    /// (the config's own sizes are bounded by `LlamaConfig::MAX_*`).
+    fn check_weights(&self) -> Result<()> {
+        for w in Weight::all(&self.config) {
+            let want = w.shape(&self.config);
+            let (file, name, shape) = match &self.format {
+                Format::Gguf(f) => {
+                    let name = w.gguf_name();
+                    let info = f.tensor(&name)?;
+                    if !info.ggml_type.can_dequantize() {
+                        // dequantize names the type and why.
+                        f.dequantize(&name)?;
+                    }
+                    (f.path(), name, gguf_shape(&info.dims))
+                }
+                Format::HuggingFace { weights, .. } => {
+                    let name = w.hf_name();
+                    let (file, shape) = weights.check_readable(&name)?;
+                    (file, name, shape)
+                }
+            };
+            if shape != want {
+                return Err(shape_error(file, &name, &shape, &want));
+            }
+        }
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -85,44 +120,35 @@ impl Checkpoint {
         }
     }
 
-    /// Weight `w` as f32, row-major, after checking its shape against the config.
+    /// Weight `w` as f32, row-major, after checking its shape against the
+    /// config (before its data is read, so nothing is allocated for a
+    /// tensor of the wrong size).
     pub fn weight(&self, w: Weight) -> Result<Vec<f32>> {
         let want = w.shape(&self.config);
-        let (name, file, shape, values) = match &self.format {
+        match &self.format {
             Format::Gguf(f) => {
                 let name = w.gguf_name();
-                let info = f.tensor(&name)?;
-                // ggml lists the contiguous axis first.
-                let shape: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
+                let shape = gguf_shape(&f.tensor(&name)?.dims);
                 if shape != want {
                     return Err(shape_error(f.path(), &name, &shape, &want));
                 }
-                (
-                    name.clone(),
-                    f.path().to_path_buf(),
-                    shape,
-                    f.dequantize(&name)?,
-                )
+                f.dequantize(&name)
             }
-            Format::HuggingFace { dir, weights } => {
+            Format::HuggingFace { weights, .. } => {
                 let name = w.hf_name();
-                let (shape, values) = weights.to_f32(&name)?;
-                (name, dir.clone(), shape, values)
+                let (file, shape) = weights.check_readable(&name)?;
+                if shape != want {
+                    return Err(shape_error(file, &name, &shape, &want));
+                }
+                Ok(weights.to_f32(&name)?.1)
             }
-        };
-        if shape != want {
-            return Err(shape_error(&file, &name, &shape, &want));
         }
-        Ok(values)
     }
 
     /// Bytes of every weight once widened to f32 (what the model holds on
     /// its device).
     pub fn f32_weight_bytes(&self) -> u64 {
-        Weight::all(&self.config)
-            .iter()
-            .map(|w| w.shape(&self.config).iter().product::<usize>() as u64 * 4)
-            .sum()
+        self.config.parameters().saturating_mul(4)
     }
 
     /// The tokenizer: GGUF metadata, or the folder's `tokenizer.json`.
@@ -208,6 +234,14 @@ impl Checkpoint {
         ids.dedup();
         Ok(ids)
     }
+}
+
+/// A GGUF shape in row-major order (ggml lists the contiguous axis first).
+fn gguf_shape(dims: &[u64]) -> Vec<usize> {
+    dims.iter()
+        .rev()
+        .map(|&d| usize::try_from(d).unwrap_or(usize::MAX))
+        .collect()
 }
 
 fn shape_error(file: &Path, name: &str, shape: &[usize], want: &[usize]) -> ModelError {

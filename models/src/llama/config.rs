@@ -9,6 +9,23 @@ use hetero_core::RopeLayout;
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
 
+/// Where each config value came from, for error messages: the GGUF
+/// metadata key or the `config.json` key.
+struct Fields {
+    hidden: String,
+    intermediate: String,
+    layers: String,
+    heads: String,
+    kv_heads: String,
+    head_dim: String,
+    vocab: String,
+    context: String,
+    rms_eps: String,
+    rope_theta: String,
+    rope_scaling: String,
+    rope_dims: String,
+}
+
 /// Architectures this crate computes. Each differs from Llama only where
 /// its variant says; anything else in a file is
 /// [`ModelError::UnsupportedArchitecture`].
@@ -79,6 +96,32 @@ pub struct LlamaConfig {
     pub max_positions: usize,
 }
 
+/// Upper bounds on a config's sizes, far above any published model (the
+/// largest have ~128 layers, hidden widths of 16-25k, vocabularies of
+/// 256k), so that a header claiming more is refused before anything is
+/// sized from it. Within them every per-layer list, weight shape and byte
+/// count the config implies fits in u64 without overflow, and nothing is
+/// allocated from the claim alone: each weight's shape is also checked
+/// against the file holding it before its data is read.
+impl LlamaConfig {
+    /// Transformer blocks.
+    pub const MAX_LAYERS: usize = 4096;
+    /// Hidden (embedding) width.
+    pub const MAX_HIDDEN: usize = 1 << 20;
+    /// Feed-forward width.
+    pub const MAX_INTERMEDIATE: usize = 1 << 22;
+    /// Attention (query) heads; kv heads divide them.
+    pub const MAX_HEADS: usize = 1 << 16;
+    /// Width of one head.
+    pub const MAX_HEAD_DIM: usize = 1 << 14;
+    /// Query width, heads x head dim.
+    pub const MAX_ATTENTION_WIDTH: usize = 1 << 20;
+    /// Vocabulary entries.
+    pub const MAX_VOCAB: usize = 1 << 24;
+    /// Trained context length.
+    pub const MAX_CONTEXT: usize = 1 << 26;
+}
+
 impl LlamaConfig {
     /// The rotary inverse frequencies, scaling applied, in f32 as
     /// transformers computes them (`theta^(-2i/d)`).
@@ -117,27 +160,43 @@ impl LlamaConfig {
     }
 
     /// Parameters in the weights (for memory estimates and reports).
+    /// Saturates rather than overflows for a config built by hand outside
+    /// the `MAX_*` bounds (a config read from a file is within them, where the
+    /// count fits in u64).
     pub fn parameters(&self) -> u64 {
-        let (h, i, v) = (
-            self.hidden as u64,
-            self.intermediate as u64,
-            self.vocab as u64,
-        );
-        let q = (self.heads * self.head_dim) as u64;
-        let kv = (self.kv_heads * self.head_dim) as u64;
+        let n = |x: usize| x as u64;
+        let (h, i, v) = (n(self.hidden), n(self.intermediate), n(self.vocab));
+        let q = n(self.heads).saturating_mul(n(self.head_dim));
+        let kv = n(self.kv_heads).saturating_mul(n(self.head_dim));
         let bias = if self.architecture.qkv_bias() {
-            q + 2 * kv
+            q.saturating_add(kv.saturating_mul(2))
         } else {
             0
         };
-        let layer = h * q + 2 * h * kv + q * h + 3 * h * i + 2 * h + bias;
-        let output = if self.tied_embeddings { 0 } else { v * h };
-        v * h + self.layers as u64 * layer + h + output
+        let sum = |xs: &[u64]| xs.iter().fold(0u64, |a, &x| a.saturating_add(x));
+        let layer = sum(&[
+            h.saturating_mul(q).saturating_mul(2),
+            h.saturating_mul(kv).saturating_mul(2),
+            h.saturating_mul(i).saturating_mul(3),
+            h.saturating_mul(2),
+            bias,
+        ]);
+        let embedding = v.saturating_mul(h);
+        let output = if self.tied_embeddings { 0 } else { embedding };
+        sum(&[embedding, n(self.layers).saturating_mul(layer), h, output])
     }
 
     /// Bytes of f32 KV cache per position of one sequence.
     pub fn kv_bytes_per_position(&self) -> u64 {
-        (2 * self.layers * self.kv_heads * self.head_dim * 4) as u64
+        [
+            2,
+            self.layers as u64,
+            self.kv_heads as u64,
+            self.head_dim as u64,
+            4,
+        ]
+        .iter()
+        .fold(1u64, |a, &x| a.saturating_mul(x))
     }
 
     /// Read from a GGUF file's metadata.
@@ -157,21 +216,31 @@ impl LlamaConfig {
             }
         };
         let key = |k: &str| format!("{arch_name}.{k}");
-        let usize_of = |k: &str| -> Result<usize> { Ok(md.get_u64(&key(k))? as usize) };
+        // Saturates on a 32-bit target: the bounds check below refuses it.
+        let usize_of = |k: &str| -> Result<usize> {
+            Ok(usize::try_from(md.get_u64(&key(k))?).unwrap_or(usize::MAX))
+        };
         let hidden = usize_of("embedding_length")?;
         let heads = usize_of("attention.head_count")?;
         let kv_heads = match md.get(&key("attention.head_count_kv")) {
             Some(_) => usize_of("attention.head_count_kv")?,
             None => heads,
         };
-        let head_dim = match md.get(&key("attention.key_length")) {
-            Some(_) => usize_of("attention.key_length")?,
-            None => hidden / heads.max(1),
+        let derived_head_dim = md.get(&key("attention.key_length")).is_none();
+        let head_dim = if derived_head_dim {
+            hidden / heads.max(1)
+        } else {
+            usize_of("attention.key_length")?
         };
         let embd = file.tensor("token_embd.weight")?;
-        let vocab = match md.get(&key("vocab_size")) {
-            Some(_) => usize_of("vocab_size")?,
-            None => embd.dims.get(1).copied().unwrap_or(0) as usize,
+        let (vocab, vocab_field) = match md.get(&key("vocab_size")) {
+            Some(_) => (usize_of("vocab_size")?, key("vocab_size")),
+            None => (
+                embd.dims
+                    .get(1)
+                    .map_or(0, |&d| usize::try_from(d).unwrap_or(usize::MAX)),
+                "tensor token_embd.weight".into(),
+            ),
         };
         let rope_theta = match md.get(&key("rope.freq_base")) {
             Some(_) => md.get_f32(&key("rope.freq_base"))?,
@@ -200,6 +269,28 @@ impl LlamaConfig {
             Some(_) => usize_of("rope.dimension_count")?,
             None => head_dim,
         };
+        let fields = Fields {
+            hidden: key("embedding_length"),
+            intermediate: key("feed_forward_length"),
+            layers: key("block_count"),
+            heads: key("attention.head_count"),
+            kv_heads: key("attention.head_count_kv"),
+            head_dim: if derived_head_dim {
+                key("embedding_length")
+            } else {
+                key("attention.key_length")
+            },
+            vocab: vocab_field,
+            context: key("context_length"),
+            rms_eps: key("attention.layer_norm_rms_epsilon"),
+            rope_theta: key("rope.freq_base"),
+            rope_scaling: if matches!(rope_scaling, Some(RopeScaling::Divisors(_))) {
+                "tensor rope_freqs.weight".into()
+            } else {
+                key("rope.scaling.factor")
+            },
+            rope_dims: key("rope.dimension_count"),
+        };
         let config = LlamaConfig {
             architecture,
             hidden,
@@ -216,7 +307,7 @@ impl LlamaConfig {
             tied_embeddings: file.tensor("output.weight").is_err(),
             max_positions: usize_of("context_length")?,
         };
-        config.check(file.path(), rope_dims, &key("rope.dimension_count"))?;
+        config.check(file.path(), &fields, rope_dims, derived_head_dim)?;
         Ok(config)
     }
 
@@ -238,6 +329,9 @@ impl LlamaConfig {
             field: field.into(),
             reason,
         };
+        if !json.is_object() {
+            return Err(invalid("config.json", format!("{json} is not an object")));
+        }
         let missing = |key: &str| ModelError::MissingKey {
             file: path.to_path_buf(),
             key: key.into(),
@@ -259,10 +353,12 @@ impl LlamaConfig {
                     .ok_or_else(|| invalid(key, format!("{v} is not a positive number"))),
             }
         };
-        let model_type = json
-            .get("model_type")
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| missing("model_type"))?;
+        let model_type = match json.get("model_type") {
+            None | Some(serde_json::Value::Null) => return Err(missing("model_type")),
+            Some(v) => v
+                .as_str()
+                .ok_or_else(|| invalid("model_type", format!("{v} is not a string")))?,
+        };
         let architecture = match model_type {
             "llama" | "mistral" => Architecture::Llama,
             "qwen2" => Architecture::Qwen2,
@@ -287,13 +383,17 @@ impl LlamaConfig {
                 ));
             }
         }
-        if let Some(act) = json.get("hidden_act").and_then(|v| v.as_str())
-            && act != "silu"
-        {
-            return Err(invalid(
-                "hidden_act",
-                format!("{act:?} is not supported (silu is)"),
-            ));
+        if let Some(act) = json.get("hidden_act").filter(|v| !v.is_null()) {
+            match act.as_str() {
+                Some("silu") => {}
+                Some(other) => {
+                    return Err(invalid(
+                        "hidden_act",
+                        format!("{other:?} is not supported (silu is)"),
+                    ));
+                }
+                None => return Err(invalid("hidden_act", format!("{act} is not a string"))),
+            }
         }
         let hidden = uint("hidden_size")?;
         let heads = uint("num_attention_heads")?;
@@ -305,19 +405,34 @@ impl LlamaConfig {
         } else {
             heads
         };
-        let head_dim = if json.get("head_dim").is_some_and(|v| !v.is_null()) {
-            uint("head_dim")?
-        } else {
+        let derived_head_dim = !json.get("head_dim").is_some_and(|v| !v.is_null());
+        let head_dim = if derived_head_dim {
             hidden / heads
+        } else {
+            uint("head_dim")?
         };
         let rope_scaling = match json.get("rope_scaling") {
             None | Some(serde_json::Value::Null) => None,
+            Some(s) if !s.is_object() => {
+                return Err(invalid(
+                    "rope_scaling",
+                    format!("{s} is not an object (null or {{\"rope_type\": ..., ...}})"),
+                ));
+            }
             Some(s) => {
-                let kind = s
-                    .get("rope_type")
-                    .or_else(|| s.get("type"))
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("default");
+                let (kind_key, kind) = match s.get("rope_type").filter(|v| !v.is_null()) {
+                    Some(v) => ("rope_scaling.rope_type", v),
+                    None => (
+                        "rope_scaling.type",
+                        s.get("type").unwrap_or(&serde_json::Value::Null),
+                    ),
+                };
+                let kind = match kind {
+                    serde_json::Value::Null => "default",
+                    v => v
+                        .as_str()
+                        .ok_or_else(|| invalid(kind_key, format!("{v} is not a string")))?,
+                };
                 let num = |k: &str| -> Result<f32> {
                     s.get(k)
                         .and_then(|v| v.as_f64())
@@ -343,7 +458,7 @@ impl LlamaConfig {
                     }),
                     other => {
                         return Err(invalid(
-                            "rope_scaling.rope_type",
+                            kind_key,
                             format!(
                                 "{other:?} is not supported (supported: default, linear, llama3)"
                             ),
@@ -351,6 +466,30 @@ impl LlamaConfig {
                     }
                 }
             }
+        };
+        let tied_embeddings = match json.get("tie_word_embeddings") {
+            None | Some(serde_json::Value::Null) => false,
+            Some(v) => v.as_bool().ok_or_else(|| {
+                invalid("tie_word_embeddings", format!("{v} is not true or false"))
+            })?,
+        };
+        let fields = Fields {
+            hidden: "hidden_size".into(),
+            intermediate: "intermediate_size".into(),
+            layers: "num_hidden_layers".into(),
+            heads: "num_attention_heads".into(),
+            kv_heads: "num_key_value_heads".into(),
+            head_dim: if derived_head_dim {
+                "hidden_size".into()
+            } else {
+                "head_dim".into()
+            },
+            vocab: "vocab_size".into(),
+            context: "max_position_embeddings".into(),
+            rms_eps: "rms_norm_eps".into(),
+            rope_theta: "rope_theta".into(),
+            rope_scaling: "rope_scaling".into(),
+            rope_dims: "head_dim".into(),
         };
         let config = LlamaConfig {
             architecture,
@@ -365,44 +504,87 @@ impl LlamaConfig {
             rope_theta: float("rope_theta", 10_000.0)?,
             rope_scaling,
             rope_layout: RopeLayout::Halves,
-            tied_embeddings: json
-                .get("tie_word_embeddings")
-                .and_then(|v| v.as_bool())
-                .unwrap_or(false),
+            tied_embeddings,
             max_positions: if json.get("max_position_embeddings").is_some() {
                 uint("max_position_embeddings")?
             } else {
                 4096
             },
         };
-        config.check(path, head_dim, "head_dim")?;
+        config.check(path, &fields, head_dim, derived_head_dim)?;
         Ok(config)
     }
 
-    /// Shapes that cannot be computed are refused here, naming the field.
-    fn check(&self, file: &Path, rope_dims: usize, rope_field: &str) -> Result<()> {
+    /// Shapes that cannot be computed, or sizes beyond the `MAX_*` bounds,
+    /// are refused here, naming the key they came from. `derived_head_dim`:
+    /// the head dim is hidden / heads (no key gave it), so heads must
+    /// divide hidden.
+    fn check(
+        &self,
+        file: &Path,
+        fields: &Fields,
+        rope_dims: usize,
+        derived_head_dim: bool,
+    ) -> Result<()> {
         let invalid = |field: &str, reason: String| ModelError::Invalid {
             file: file.to_path_buf(),
             field: field.into(),
             reason,
         };
-        for (field, v) in [
-            ("hidden size", self.hidden),
-            ("intermediate size", self.intermediate),
-            ("layers", self.layers),
-            ("attention heads", self.heads),
-            ("kv heads", self.kv_heads),
-            ("head dim", self.head_dim),
-            ("vocabulary size", self.vocab),
-            ("context length", self.max_positions),
+        for (field, v, max) in [
+            (&fields.hidden, self.hidden, Self::MAX_HIDDEN),
+            (
+                &fields.intermediate,
+                self.intermediate,
+                Self::MAX_INTERMEDIATE,
+            ),
+            (&fields.layers, self.layers, Self::MAX_LAYERS),
+            (&fields.heads, self.heads, Self::MAX_HEADS),
+            (&fields.kv_heads, self.kv_heads, Self::MAX_HEADS),
+            (&fields.vocab, self.vocab, Self::MAX_VOCAB),
+            (&fields.context, self.max_positions, Self::MAX_CONTEXT),
         ] {
-            if v == 0 || v >= 1 << 32 {
-                return Err(invalid(field, format!("{v} is not in 1..2^32")));
+            if v == 0 || v > max {
+                return Err(invalid(
+                    field,
+                    format!("{v} is not in 1..={max} (the bound this loader sets)"),
+                ));
             }
+        }
+        if derived_head_dim && !self.hidden.is_multiple_of(self.heads) {
+            return Err(invalid(
+                &fields.heads,
+                format!(
+                    "{} heads do not divide the hidden size {} (and no head dim is given)",
+                    self.heads, self.hidden
+                ),
+            ));
+        }
+        if self.head_dim == 0 || self.head_dim > Self::MAX_HEAD_DIM {
+            return Err(invalid(
+                &fields.head_dim,
+                format!(
+                    "head dim {} is not in 1..={}",
+                    self.head_dim,
+                    Self::MAX_HEAD_DIM
+                ),
+            ));
+        }
+        // Both factors are bounded above, so neither product overflows.
+        if self.heads * self.head_dim > Self::MAX_ATTENTION_WIDTH {
+            return Err(invalid(
+                &fields.heads,
+                format!(
+                    "{} heads of {} dims are wider than {}",
+                    self.heads,
+                    self.head_dim,
+                    Self::MAX_ATTENTION_WIDTH
+                ),
+            ));
         }
         if !self.heads.is_multiple_of(self.kv_heads) {
             return Err(invalid(
-                "kv heads",
+                &fields.kv_heads,
                 format!(
                     "{} query heads do not split into groups over {} kv heads",
                     self.heads, self.kv_heads
@@ -411,13 +593,13 @@ impl LlamaConfig {
         }
         if !self.head_dim.is_multiple_of(2) {
             return Err(invalid(
-                "head dim",
-                format!("{} is odd; rotary needs pairs", self.head_dim),
+                &fields.head_dim,
+                format!("head dim {} is odd; rotary needs pairs", self.head_dim),
             ));
         }
         if rope_dims != self.head_dim {
             return Err(invalid(
-                rope_field,
+                &fields.rope_dims,
                 format!(
                     "rotary over {rope_dims} of {} head dims (partial rotary) is not supported",
                     self.head_dim
@@ -426,28 +608,53 @@ impl LlamaConfig {
         }
         if !(self.rms_eps.is_finite() && self.rms_eps > 0.0) {
             return Err(invalid(
-                "rms norm epsilon",
+                &fields.rms_eps,
                 format!("{} is not positive", self.rms_eps),
             ));
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 1.0) {
             return Err(invalid(
-                "rope theta",
+                &fields.rope_theta,
                 format!("{} is not above 1", self.rope_theta),
             ));
         }
-        if let Some(RopeScaling::Divisors(d)) = &self.rope_scaling
-            && (d.len() != self.head_dim / 2 || d.iter().any(|v| !(v.is_finite() && *v > 0.0)))
-        {
-            return Err(invalid(
-                "tensor rope_freqs.weight",
-                format!(
-                    "{} divisors, head dim {} needs {} positive ones",
-                    d.len(),
-                    self.head_dim,
-                    self.head_dim / 2
-                ),
-            ));
+        let positive = |x: f32| x.is_finite() && x > 0.0;
+        match &self.rope_scaling {
+            None => {}
+            Some(RopeScaling::Linear { factor }) if !positive(*factor) => {
+                return Err(invalid(
+                    &fields.rope_scaling,
+                    format!("linear factor {factor} is not positive"),
+                ));
+            }
+            Some(RopeScaling::Linear { .. }) => {}
+            Some(RopeScaling::Llama3 {
+                low_freq_factor,
+                high_freq_factor,
+                ..
+            }) if high_freq_factor <= low_freq_factor => {
+                // inv_freq divides by their difference.
+                return Err(invalid(
+                    &fields.rope_scaling,
+                    format!(
+                        "high_freq_factor {high_freq_factor} is not above low_freq_factor {low_freq_factor}"
+                    ),
+                ));
+            }
+            Some(RopeScaling::Llama3 { .. }) => {}
+            Some(RopeScaling::Divisors(d)) => {
+                if d.len() != self.head_dim / 2 || d.iter().any(|&v| !positive(v)) {
+                    return Err(invalid(
+                        &fields.rope_scaling,
+                        format!(
+                            "{} divisors, head dim {} needs {} positive ones",
+                            d.len(),
+                            self.head_dim,
+                            self.head_dim / 2
+                        ),
+                    ));
+                }
+            }
         }
         Ok(())
     }
