@@ -695,3 +695,88 @@ pub fn greedy(model: &LlamaModel, prompt: &[u32], gen_len: usize) -> Result<Vec<
     }
     Ok(out)
 }
+
+/// What `--model` names: a preset shape, or a checkpoint on disk.
+#[derive(Debug, Clone)]
+pub enum ModelSource {
+    Preset(crate::workload::ModelShape),
+    Checkpoint(std::path::PathBuf),
+}
+
+impl ModelSource {
+    /// A preset name first (so the presets work as ever), else an
+    /// existing path; anything else is the preset error, naming paths too.
+    pub fn resolve(name: &str) -> Result<Self> {
+        match crate::workload::ModelShape::preset(name) {
+            Ok(shape) => Ok(ModelSource::Preset(shape)),
+            Err(_) if std::path::Path::new(name).exists() => {
+                Ok(ModelSource::Checkpoint(name.into()))
+            }
+            Err(e) => Err(Error::invalid(
+                "--model",
+                format!(
+                    "{e}, or give the path of a .gguf file or a Hugging Face folder \
+                     ({name:?} is neither)"
+                ),
+            )),
+        }
+    }
+}
+
+/// Open a checkpoint named by `--model`: an error says the path is not a
+/// model, and why.
+pub fn open(path: &std::path::Path) -> Result<Checkpoint> {
+    Checkpoint::open(path).map_err(|e| {
+        Error::invalid(
+            "--model",
+            format!(
+                "{} is not a model this crate reads (a .gguf file or a Hugging Face folder \
+                 with config.json and safetensors weights): {}",
+                path.display(),
+                e
+            ),
+        )
+    })
+}
+
+/// Load `checkpoint` on every device that can hold it; `skipped` hears of
+/// each that cannot. Returns the indices of the devices used and their
+/// models; none is an error naming every device's memory and the model's
+/// bytes.
+pub fn load_all(
+    checkpoint: &Checkpoint,
+    devices: &[SharedDevice],
+    skipped: &mut dyn FnMut(usize, &Error),
+) -> Result<Vec<(usize, LlamaModel)>> {
+    let mut loaded = Vec::new();
+    let mut failures = Vec::new();
+    for (g, d) in devices.iter().enumerate() {
+        match load(checkpoint, d.clone()) {
+            Ok(m) => loaded.push((g, m)),
+            Err(e @ (Error::InvalidInput { .. } | Error::Unsupported { .. }))
+                if devices.len() > 1 =>
+            {
+                skipped(g, &e);
+                let info = d.info();
+                failures.push(format!(
+                    "{} ({}) has {} bytes",
+                    info.id, info.name, info.memory_total_bytes
+                ));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if loaded.is_empty() {
+        let info = ModelInfo::of(checkpoint);
+        return Err(Error::invalid(
+            "device",
+            format!(
+                "no device can hold {} ({} bytes of f32 weights): {}",
+                info.name,
+                info.resident_bytes,
+                failures.join("; ")
+            ),
+        ));
+    }
+    Ok(loaded)
+}

@@ -7,7 +7,8 @@ use clap::Parser;
 use hetero_backends::{discover, select_devices};
 use hetero_core::{Error, Result};
 use hetero_scheduler::policy::{AllocationPolicy, Policy};
-use hetero_scheduler::{Allocation, DeviceProfile, ModelShape, profile_device};
+use hetero_scheduler::real_model::{self, ModelInfo, ModelSource};
+use hetero_scheduler::{Allocation, DeviceProfile, StepFit, profile_device};
 use serde_json::json;
 
 /// Profile each device for a decoder-only model (the largest batch that
@@ -28,7 +29,10 @@ struct Args {
     #[arg(long = "device", value_name = "SPEC")]
     devices: Vec<String>,
     /// Model preset: tiny, opt-125m or bloom-3b (bloom-3b is a shape stand-in:
-    /// its sizes, with synthetic weights and no ALiBi, not BLOOM's numerics).
+    /// its sizes, with synthetic weights and no ALiBi, not BLOOM's numerics);
+    /// or the path of a real checkpoint (a .gguf file or a Hugging Face
+    /// folder, Llama family): its f32 weights are loaded on each device, B*
+    /// counts its real KV caches, and the step time is its real forward pass.
     #[arg(long, default_value = "tiny")]
     model: String,
     /// Total batch (sequences decoded together).
@@ -50,7 +54,10 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<()> {
-    let model = ModelShape::preset(&args.model)?;
+    let model = match ModelSource::resolve(&args.model)? {
+        ModelSource::Preset(shape) => shape,
+        ModelSource::Checkpoint(path) => return run_checkpoint(args, &path),
+    };
     model.validate()?;
     // Before any device is profiled: a bad name costs no profiling time.
     let policies = Policy::select(&args.policy)?;
@@ -96,15 +103,27 @@ fn run(args: &Args) -> Result<()> {
     if profiles.is_empty() {
         return Err(Error::invalid("device", "no device can run this model"));
     }
+    plan(args, &model.name, json!(model), &profiles, &fits, policies)
+}
+
+/// Split the batch with each policy and print the plans.
+fn plan(
+    args: &Args,
+    model_name: &str,
+    model_json: serde_json::Value,
+    profiles: &[DeviceProfile],
+    fits: &[StepFit],
+    policies: Vec<Policy>,
+) -> Result<()> {
     let mut plans: Vec<(String, Result<Allocation>)> = Vec::new();
     for p in policies {
-        plans.push((p.name().into(), p.allocate(&profiles, args.batch)));
+        plans.push((p.name().into(), p.allocate(profiles, args.batch)));
     }
     // A single requested policy that cannot place the batch is a failure.
     hetero_examples::sole_failure(&mut plans)?;
     if args.json {
         let out = json!({
-            "model": model,
+            "model": model_json,
             "batch": args.batch,
             "max_len": args.max_len,
             "devices": profiles,
@@ -123,10 +142,10 @@ fn run(args: &Args) -> Result<()> {
         .sum();
     println!(
         "{} x {} sequences, L_max {}",
-        model.name, args.batch, args.max_len
+        model_name, args.batch, args.max_len
     );
     println!("{:<8} {:>8} {:>10}  name", "device", "B*", "thr share");
-    for p in &profiles {
+    for p in profiles {
         println!(
             "{:<8} {:>8} {:>9.1}%  {}",
             p.device.to_string(),
@@ -178,3 +197,82 @@ fn run(args: &Args) -> Result<()> {
     }
     Ok(())
 }
+
+/// `--model PATH`: a real checkpoint, loaded once per device; B* counts
+/// decode steps (KV caches of `--max-len` and a step of B rows), the step
+/// time is its forward pass at a context of [`CONTEXT`] tokens.
+fn run_checkpoint(args: &Args, path: &std::path::Path) -> Result<()> {
+    let policies = Policy::select(&args.policy)?;
+    let checkpoint = real_model::open(path)?;
+    let info = ModelInfo::of(&checkpoint);
+    eprintln!(
+        "loaded {} ({}, {}): {:.1} M parameters, {:.1} MiB as f32, {} KiB of KV cache per position",
+        info.path,
+        info.architecture,
+        info.format,
+        info.parameters as f64 / 1e6,
+        info.resident_bytes as f64 / (1u64 << 20) as f64,
+        info.kv_bytes_per_position as f64 / 1024.0
+    );
+    let found = discover(1, &mut |note| eprintln!("{note}"))?;
+    let devices = if args.devices.is_empty() {
+        found
+    } else {
+        select_devices(&args.devices, &found)?
+    };
+    let shared: Vec<_> = devices.iter().map(|d| d.shared()).collect();
+    let loaded = real_model::load_all(&checkpoint, &shared, &mut |g, e| {
+        eprintln!("  {} skipped: {e}", shared[g].id());
+    })?;
+    let mut profiles = Vec::new();
+    let mut fits = Vec::new();
+    for (g, model) in &loaded {
+        let dev = shared[*g].as_ref();
+        eprintln!(
+            "profiling {} ({}) for {}...",
+            dev.id(),
+            dev.info().name,
+            info.name
+        );
+        let (profile, _, fit) = match real_model::profile_device(
+            model,
+            &info.name,
+            args.max_len,
+            0,
+            1 << 16,
+            &[1, 4, 16, 32],
+            CONTEXT,
+            None,
+        ) {
+            Ok(p) => p,
+            Err(e @ Error::InvalidInput { .. }) if loaded.len() > 1 => {
+                eprintln!("  skipped: {e}");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        eprintln!(
+            "  B* = {} at length {}; step {:.3} ms + {:.3} ms per sequence (fit error <= {:.1}%)",
+            profile.max_batch,
+            args.max_len,
+            profile.step.fixed_s * 1e3,
+            profile.step.per_sequence_s * 1e3,
+            fit.max_relative_error * 100.0
+        );
+        profiles.push(profile);
+        fits.push(fit);
+    }
+    if profiles.is_empty() {
+        return Err(Error::invalid(
+            "device",
+            format!(
+                "no device can hold one sequence of {} positions of {} next to its weights",
+                args.max_len, info.name
+            ),
+        ));
+    }
+    plan(args, &info.name, json!(info), &profiles, &fits, policies)
+}
+
+/// Context of the timed decode steps of a checkpoint.
+const CONTEXT: usize = 32;

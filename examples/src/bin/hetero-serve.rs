@@ -11,6 +11,7 @@ use hetero_collectives::transport::{Ranks, TransportKind, connect};
 use hetero_collectives::{Algorithm, FlatCollective, TcpConfig, all_gather_bytes};
 use hetero_core::{Collective, DynDevice, Error, Result};
 use hetero_scheduler::continuous::{ContinuousReport, serve_continuous, serve_continuous_rank};
+use hetero_scheduler::real_model::{self, ModelInfo, ModelSource, RealServeReport};
 use hetero_scheduler::{
     AllocationPolicy, DeviceProfile, MemoryProfile, ModelShape, Policy, ProfileCache, ServeReport,
     exchange_profiles, profile_buckets_cached, profile_device_cached, serve, synthetic_requests,
@@ -39,13 +40,22 @@ struct Args {
     #[arg(long = "device", value_name = "SPEC")]
     devices: Vec<String>,
     /// Model preset: tiny, opt-125m or bloom-3b (bloom-3b is a shape stand-in:
-    /// its sizes, with synthetic weights and no ALiBi, not BLOOM's numerics).
+    /// its sizes, with synthetic weights and no ALiBi, not BLOOM's numerics);
+    /// or the path of a real checkpoint (a .gguf file or a Hugging Face
+    /// folder, Llama family): its weights are loaded on each device, B* is
+    /// found with its real KV cache, and real prompts are decoded greedily.
     #[arg(long, default_value = "tiny")]
     model: String,
+    /// With a checkpoint: prompts, one per line, tokenized with its
+    /// tokenizer (a checkpoint without one takes lines of token ids) and
+    /// cycled to fill the batch. Default: a built-in list of English prompts.
+    #[arg(long, value_name = "FILE")]
+    prompts: Option<std::path::PathBuf>,
     /// Total batch (sequences decoded together).
     #[arg(long, default_value_t = 16)]
     batch: usize,
-    /// Prompt tokens per sequence (fed through decode steps).
+    /// Prompt tokens per sequence (fed through decode steps). With a
+    /// checkpoint the prompts' own lengths are used instead.
     #[arg(long, default_value_t = 8)]
     prompt_len: usize,
     /// Tokens to generate per sequence.
@@ -116,7 +126,10 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<()> {
-    let model = ModelShape::preset(&args.model)?;
+    let model = match ModelSource::resolve(&args.model)? {
+        ModelSource::Preset(shape) => shape,
+        ModelSource::Checkpoint(path) => return run_checkpoint(args, &path),
+    };
     // Before any device is profiled: a typo should not cost a profiling run.
     let policies = Policy::select(&args.policy)?;
     if args.rank_from_env && args.requests == 0 {
@@ -505,4 +518,249 @@ fn print_buckets(buckets: &[MemoryProfile]) {
             m.max_batch
         );
     }
+}
+
+/// `--model PATH`: a real checkpoint, loaded once per device, profiled,
+/// and served as one fixed batch of real prompts per policy.
+fn run_checkpoint(args: &Args, path: &std::path::Path) -> Result<()> {
+    let policies = Policy::select(&args.policy)?;
+    if args.requests > 0 || args.rank_from_env {
+        return Err(Error::invalid(
+            "--model",
+            "a checkpoint is served as one fixed batch per policy; --requests and \
+             --rank-from-env run the presets only",
+        ));
+    }
+    let checkpoint = real_model::open(path)?;
+    let info = ModelInfo::of(&checkpoint);
+    eprintln!(
+        "loaded {} ({}, {}): {:.1} M parameters, {:.1} MiB as f32, {} layers, hidden {}, \
+         {} heads ({} kv) of {}, vocab {}, {} KiB of KV cache per position",
+        info.path,
+        info.architecture,
+        info.format,
+        info.parameters as f64 / 1e6,
+        info.resident_bytes as f64 / (1u64 << 20) as f64,
+        info.layers,
+        info.hidden,
+        info.heads,
+        info.kv_heads,
+        info.head_dim,
+        info.vocab,
+        info.kv_bytes_per_position as f64 / 1024.0
+    );
+    let lines = match &args.prompts {
+        Some(file) => real_model::prompt_lines(
+            &std::fs::read_to_string(file)
+                .map_err(|e| Error::io(format!("reading --prompts {}", file.display()), e))?,
+        ),
+        None => real_model::DEFAULT_PROMPTS
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    };
+    let prompts = real_model::tokenize_prompts(&checkpoint, &lines)?;
+    let batch = real_model::fill_batch(&prompts, args.batch);
+    let prompt_rows = batch.iter().map(Vec::len).max().unwrap_or(0);
+    let max_len = prompt_rows + args.gen_len;
+    eprintln!(
+        "{} prompts ({}..={} tokens) cycled to a batch of {}; KV caches of {max_len} positions",
+        prompts.len(),
+        prompts.iter().map(Vec::len).min().unwrap_or(0),
+        prompts.iter().map(Vec::len).max().unwrap_or(0),
+        args.batch
+    );
+    let found = discover(1, &mut |note| eprintln!("{note}"))?;
+    let devices = if args.devices.is_empty() {
+        found
+    } else {
+        select_devices(&args.devices, &found)?
+    };
+    let shared: Vec<_> = devices.iter().map(|d| d.shared()).collect();
+    let loaded = real_model::load_all(&checkpoint, &shared, &mut |g, e| {
+        eprintln!("  {} skipped: {e}", shared[g].id());
+    })?;
+    let mut cache = load_cache(args.profile_cache.as_deref())?;
+    // B* depends on the longest prompt too (the prefill's activations).
+    let key = format!("{} (prompt rows {prompt_rows})", info.name);
+    let context = prompt_rows + args.gen_len / 2;
+    let mut models = Vec::new();
+    let mut profiles: Vec<DeviceProfile> = Vec::new();
+    let mut buckets: Vec<MemoryProfile> = Vec::new();
+    for (g, model) in &loaded {
+        let dev = shared[*g].as_ref();
+        eprintln!("profiling {} ({})...", dev.id(), dev.info().name);
+        let cached = cache.get(dev, &key, max_len).cloned();
+        let from_cache = cached.is_some();
+        let profiled = real_model::profile_device(
+            model,
+            &key,
+            max_len,
+            prompt_rows,
+            1 << 14,
+            &[1, 4, 16],
+            context,
+            cached,
+        );
+        let (p, memory, _) = match profiled {
+            Ok(p) => p,
+            Err(e @ Error::InvalidInput { .. }) if loaded.len() > 1 => {
+                eprintln!("  skipped: {e}");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        cache.insert(dev, memory);
+        eprintln!(
+            "  B* = {}{}, step {:.3} ms + {:.3} ms per sequence at context {context}",
+            p.max_batch,
+            if from_cache {
+                " (from the profile cache)"
+            } else {
+                ""
+            },
+            p.step.fixed_s * 1e3,
+            p.step.per_sequence_s * 1e3
+        );
+        for &len in &args.buckets {
+            let m = match cache.get(dev, &key, len).cloned() {
+                Some(m) => m,
+                None => {
+                    real_model::profile_memory(model, &key, len, prompt_rows.min(len), 1 << 14)?
+                }
+            };
+            eprintln!("  B* at length {} = {}", m.max_len, m.max_batch);
+            cache.insert(dev, m.clone());
+            buckets.push(m);
+        }
+        profiles.push(p);
+        models.push(model);
+    }
+    if models.is_empty() {
+        return Err(Error::invalid(
+            "device",
+            format!(
+                "no device can hold one sequence of {max_len} positions of {} next to its weights",
+                info.name
+            ),
+        ));
+    }
+    if let Some(path) = &args.profile_cache {
+        cache.save(path)?;
+    }
+    let tokenizer = checkpoint.tokenizer().ok();
+    let mut runs: Vec<(String, Result<RealServeReport>)> = Vec::new();
+    let mut predicted: Vec<Option<f64>> = Vec::new();
+    for &p in &policies {
+        let name = p.name();
+        let allocation = p.allocate(&profiles, args.batch);
+        predicted.push(allocation.as_ref().ok().map(|a| a.throughput()));
+        let outcome = allocation.and_then(|a| {
+            real_model::check_fits(&a, &profiles, &checkpoint, max_len, prompt_rows)?;
+            eprintln!("decoding with {name}: batches {:?}...", a.batches);
+            real_model::serve(&models, &a.batches, &batch, args.gen_len)
+        });
+        runs.push((name.into(), outcome));
+    }
+    hetero_examples::sole_failure(&mut runs)?;
+    let text = |ids: &[u32]| tokenizer.as_ref().and_then(|t| t.decode(ids).ok());
+    if args.json {
+        let out = json!({
+            "model": info,
+            "batch": args.batch,
+            "prompt_tokens": batch.iter().map(Vec::len).collect::<Vec<_>>(),
+            "gen_len": args.gen_len,
+            "max_len": max_len,
+            "devices": profiles,
+            "buckets": buckets,
+            "runs": runs.iter().map(|(n, r)| match r {
+                Ok(rep) => json!({
+                    "policy": n,
+                    "report": rep,
+                    "texts": rep.outputs.iter().map(|o| text(o)).collect::<Vec<_>>(),
+                }),
+                Err(e) => json!({"policy": n, "error": e.to_string()}),
+            }).collect::<Vec<_>>(),
+        });
+        println!("{out:#}");
+        return Ok(());
+    }
+    let thr: Vec<f64> = profiles
+        .iter()
+        .map(|p| p.step.throughput(p.max_batch))
+        .collect();
+    let total: f64 = thr.iter().sum::<f64>().max(f64::MIN_POSITIVE);
+    println!(
+        "{} ({}, {:.1} M parameters): batch {}, prompts of {}..={} tokens, generate {} tokens",
+        info.name,
+        info.architecture,
+        info.parameters as f64 / 1e6,
+        args.batch,
+        batch.iter().map(Vec::len).min().unwrap_or(0),
+        prompt_rows,
+        args.gen_len
+    );
+    print!("{:<8} {:>7} {:>8}", "device", "B*", "share");
+    for (name, _) in &runs {
+        print!(" {:>9} {:>9}", format!("B {name}"), "tok/s");
+    }
+    println!("  name");
+    for (g, p) in profiles.iter().enumerate() {
+        print!(
+            "{:<8} {:>7} {:>7.1}%",
+            p.device.to_string(),
+            p.max_batch,
+            100.0 * thr[g] / total
+        );
+        for (_, r) in &runs {
+            match r {
+                Ok(rep) => print!(" {:>9} {:>9.1}", rep.batches[g], rep.device_tokens_per_s[g]),
+                Err(_) => print!(" {:>9} {:>9}", "-", "-"),
+            }
+        }
+        println!("  {}", p.name);
+    }
+    println!();
+    let uniform = runs.iter().find_map(|(n, r)| match r {
+        Ok(rep) if n == "uniform" => Some(rep.tokens_per_s),
+        _ => None,
+    });
+    println!(
+        "{:<10} {:>12} {:>14} {:>12} {:>11} {:>18}",
+        "policy", "tokens/s", "ms per token", "prefill ms", "vs uniform", "predicted tokens/s"
+    );
+    for ((name, r), pred) in runs.iter().zip(&predicted) {
+        let pred = pred
+            .map(|p| format!("{p:.1}"))
+            .unwrap_or_else(|| "-".into());
+        match r {
+            Ok(rep) => {
+                let ratio = uniform
+                    .map(|u| format!("{:.2}x", rep.tokens_per_s / u))
+                    .unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<10} {:>12.1} {:>14.3} {:>12.1} {:>11} {:>18}",
+                    name,
+                    rep.tokens_per_s,
+                    rep.per_token_latency_s * 1e3,
+                    rep.prefill_s * 1e3,
+                    ratio,
+                    pred
+                );
+            }
+            Err(e) => println!("{name:<10} failed: {e}"),
+        }
+    }
+    if let Some((name, Ok(rep))) = runs.iter().find(|(_, r)| r.is_ok()) {
+        println!();
+        println!("first outputs ({name}):");
+        for (prompt, out) in lines.iter().cycle().zip(&rep.outputs).take(3) {
+            match text(out) {
+                Some(t) => println!("  {prompt:?} -> {t:?}"),
+                None => println!("  {prompt:?} -> {out:?}"),
+            }
+        }
+    }
+    print_buckets(&buckets);
+    Ok(())
 }
