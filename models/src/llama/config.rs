@@ -405,7 +405,7 @@ impl LlamaConfig {
         } else {
             heads
         };
-        let derived_head_dim = !json.get("head_dim").is_some_and(|v| !v.is_null());
+        let derived_head_dim = json.get("head_dim").is_none_or(|v| v.is_null());
         let head_dim = if derived_head_dim {
             hidden / heads
         } else {
@@ -642,19 +642,20 @@ impl LlamaConfig {
                 ));
             }
             Some(RopeScaling::Llama3 { .. }) => {}
-            Some(RopeScaling::Divisors(d)) => {
-                if d.len() != self.head_dim / 2 || d.iter().any(|&v| !positive(v)) {
-                    return Err(invalid(
-                        &fields.rope_scaling,
-                        format!(
-                            "{} divisors, head dim {} needs {} positive ones",
-                            d.len(),
-                            self.head_dim,
-                            self.head_dim / 2
-                        ),
-                    ));
-                }
+            Some(RopeScaling::Divisors(d))
+                if d.len() != self.head_dim / 2 || d.iter().any(|&v| !positive(v)) =>
+            {
+                return Err(invalid(
+                    &fields.rope_scaling,
+                    format!(
+                        "{} divisors, head dim {} needs {} positive ones",
+                        d.len(),
+                        self.head_dim,
+                        self.head_dim / 2
+                    ),
+                ));
             }
+            Some(RopeScaling::Divisors(_)) => {}
         }
         Ok(())
     }
