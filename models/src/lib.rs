@@ -22,19 +22,23 @@
 
 pub mod chat;
 pub mod checkpoint;
+pub mod device_choice;
 pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod llama;
+pub mod prompt;
 pub mod safetensors;
 pub mod sampling;
 pub mod tokenizer;
 
 pub use chat::{ChatTemplate, Message};
 pub use checkpoint::Checkpoint;
+pub use device_choice::{bytes_needed, choose_device};
 pub use error::{ModelError, Result};
 pub use generate::{FinishReason, GenerateOptions, Generation, generate};
 pub use gguf::GgufFile;
 pub use llama::{KvCache, LlamaConfig, LlamaModel, Logits};
+pub use prompt::{adds_bos, prompt_ids};
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::{StreamDecoder, Tokenizer};

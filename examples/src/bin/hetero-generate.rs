@@ -1,0 +1,203 @@
+//! hetero-generate: generate text with a real model on one device.
+
+use std::io::{IsTerminal, Read, Write};
+use std::process::ExitCode;
+
+use clap::Parser;
+use hetero_backends::{discover, select_devices};
+use hetero_core::{DynDevice, Error, Result};
+use hetero_models::{
+    Checkpoint, GenerateOptions, LlamaModel, SamplingParams, bytes_needed, choose_device, generate,
+    prompt_ids,
+};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+
+/// Generate text with a Llama-family model (Llama 2/3, TinyLlama,
+/// SmolLM/SmolLM2, Qwen2) from a GGUF file (F32, F16, BF16, Q8_0, Q4_0,
+/// Q4_1, Q4_K, Q5_K, Q6_K tensors) or a Hugging Face folder (config.json,
+/// safetensors, tokenizer.json). Weights are widened to f32 on the device.
+/// The text streams to stdout as it is generated; what loads and the
+/// speeds go to stderr (or, with --json, one object to stdout at the end).
+#[derive(Debug, Parser)]
+#[command(name = "hetero-generate", version)]
+struct Args {
+    /// The model: a .gguf file or a Hugging Face folder.
+    #[arg(long, value_name = "PATH")]
+    model: std::path::PathBuf,
+    /// The prompt; read from stdin when absent.
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Treat the prompt as a user message and apply the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// A system message before the prompt (with --chat).
+    #[arg(long)]
+    system: Option<String>,
+    /// New tokens at most.
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// 0 chooses the most likely token (greedy); higher values sample.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Sample only among the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Sample only among the most likely tokens holding this much probability.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Seed of the sampler: the same seed gives the same text.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop before this text, repeatable.
+    #[arg(long = "stop", value_name = "TEXT")]
+    stop: Vec<String>,
+    /// The device: `host`, `host:threads=4`, `cuda:0`, `wgpu:1`, ...
+    /// Default: the fastest kind of device that can hold the model (a GPU,
+    /// then the CPU, then software adapters).
+    #[arg(long, value_name = "SPEC")]
+    device: Option<String>,
+    /// Print one JSON object (ids, text, speeds, device) instead of streaming.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    hetero_examples::exit_code(run(&Args::parse()))
+}
+
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
+
+fn run(args: &Args) -> Result<()> {
+    let sampling = SamplingParams {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        seed: args.seed,
+    };
+    sampling.validate()?;
+    if args.max_tokens == 0 {
+        return Err(Error::invalid("--max-tokens", "must be at least 1"));
+    }
+    let text = match &args.prompt {
+        Some(p) => p.clone(),
+        None => {
+            if std::io::stdin().is_terminal() {
+                eprintln!("reading the prompt from stdin (end with Ctrl-D)...");
+            }
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .map_err(|e| Error::io("stdin", e))?;
+            s
+        }
+    };
+    let checkpoint = Checkpoint::open(&args.model)?;
+    let config = checkpoint.config();
+    eprintln!(
+        "model: {} ({}, {}), {} layers, hidden {}, {} heads / {} kv heads, vocabulary {}, {:.1} M parameters",
+        args.model.display(),
+        checkpoint.format_name(),
+        config.architecture.name(),
+        config.layers,
+        config.hidden,
+        config.heads,
+        config.kv_heads,
+        config.vocab,
+        config.parameters() as f64 / 1e6
+    );
+    let tokenizer = checkpoint.tokenizer()?;
+    let (prompt_text, ids) = prompt_ids(
+        &checkpoint,
+        &tokenizer,
+        &text,
+        args.chat,
+        args.system.as_deref(),
+    )?;
+    let stop_ids = checkpoint.stop_ids(&tokenizer)?;
+
+    let found = discover(1, &mut |_| {})?;
+    let devices = match &args.device {
+        Some(spec) => select_devices(std::slice::from_ref(spec), &found)?,
+        None => found,
+    };
+    let max_len = (ids.len() + args.max_tokens).min(config.max_positions);
+    let need = bytes_needed(
+        checkpoint.f32_weight_bytes(),
+        config.kv_bytes_per_position() * max_len as u64,
+    );
+    let dyns: Vec<&dyn DynDevice> = devices.iter().map(|d| d.as_dyn()).collect();
+    let device = &devices[choose_device(&dyns, need)?];
+    let info = device.as_dyn().info();
+    eprintln!(
+        "device: {} ({}), loading {:.2} GiB of f32 weights",
+        info.id,
+        info.name,
+        gib(checkpoint.f32_weight_bytes())
+    );
+
+    let bar = ProgressBar::hidden();
+    if std::io::stderr().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::stderr());
+    }
+    bar.set_style(
+        ProgressStyle::with_template("loading {bar:40} {bytes}/{total_bytes} ({eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let model = LlamaModel::load(&checkpoint, device.shared(), &mut |p| {
+        bar.set_length(p.total_bytes);
+        bar.set_position(p.done_bytes);
+    })?;
+    bar.finish_and_clear();
+
+    let options = GenerateOptions {
+        max_tokens: args.max_tokens,
+        sampling,
+        stop: args.stop.clone(),
+        stop_ids,
+    };
+    let mut stdout = std::io::stdout();
+    let g = generate(&model, &tokenizer, &ids, &options, &mut |piece| {
+        if !args.json {
+            // A closed pipe ends the stream; the summary still goes to stderr.
+            let _ = stdout.write_all(piece.as_bytes());
+            let _ = stdout.flush();
+        }
+    })?;
+    if args.json {
+        let out = json!({
+            "model": args.model.display().to_string(),
+            "device": info.id.to_string(),
+            "device_name": info.name,
+            "prompt": prompt_text,
+            "prompt_ids": g.prompt_ids,
+            "ids": g.ids,
+            "text": g.text,
+            "finish_reason": g.finish_reason,
+            "prefill_seconds": g.prefill_seconds,
+            "decode_seconds": g.decode_seconds,
+            "decode_steps": g.decode_steps,
+            "prefill_tokens_per_s": g.prefill_tokens_per_s,
+            "decode_tokens_per_s": g.decode_tokens_per_s,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out)
+                .map_err(|e| Error::invalid("json", e.to_string()))?
+        );
+    } else {
+        println!();
+        eprintln!(
+            "{} prompt tokens in {:.3} s ({:.1} tokens/s prefill), {} tokens, {:.1} tokens/s decode, finished: {:?}",
+            g.prompt_ids.len(),
+            g.prefill_seconds,
+            g.prefill_tokens_per_s,
+            g.ids.len(),
+            g.decode_tokens_per_s,
+            g.finish_reason
+        );
+    }
+    Ok(())
+}
