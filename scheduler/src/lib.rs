@@ -23,6 +23,8 @@
 //!   parsed by name before any device is profiled, and the check that an
 //!   [`Allocation`] fits;
 //! - [`serve`]: one fixed batch decoded across devices in lock-step;
+//! - [`real_model`]: the same profiling and lock-step serving for a real
+//!   checkpoint (a `hetero_models::LlamaModel` per device, real prompts);
 //! - [`continuous`]: continuous batching of a request queue over KV-cache
 //!   slots, one rank per device, and [`synthetic_requests`];
 //! - [`exchange`]: the profile exchange that lets ranks of a
