@@ -1,14 +1,24 @@
-//! hetero-models: model files and, later, the models themselves.
+//! hetero-models: real models on hetero's devices.
 //!
-//! Today this crate reads GGUF files ([`gguf::GgufFile`]): header,
-//! metadata, tensor infos, and tensor data memory-mapped and dequantized
-//! to f32 exactly as ggml does (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K,
-//! Q5_K, Q6_K), and builds their byte-level BPE [`Tokenizer`] (on Hugging
-//! Face's `tokenizers`) from GGUF metadata or a `tokenizer.json`. It will
-//! hold the Llama-family model code and sampling. It depends only on `hetero-core`, never on a backend: the
-//! model describes its computation against core's traits, and the caller
-//! picks the devices.
+//! - Files: GGUF ([`gguf::GgufFile`]: header, metadata, tensor infos,
+//!   tensor data memory-mapped and dequantized to f32 exactly as ggml does:
+//!   F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K) and Hugging Face
+//!   folders ([`safetensors`]: one file or a sharded index), both behind
+//!   [`Checkpoint`].
+//! - Text: the byte-level BPE [`Tokenizer`] (Hugging Face's `tokenizers`)
+//!   from GGUF metadata or a `tokenizer.json`; chat templates
+//!   ([`ChatTemplate`], minijinja); [`prompt_ids`].
+//! - The Llama family ([`llama`]: Llama 2/3, TinyLlama, SmolLM, Qwen2):
+//!   [`LlamaConfig`] from either format, [`LlamaModel`] computing on any
+//!   `DynDevice` with the Llama-family kernels, batched prefill and decode
+//!   over per-sequence [`KvCache`]s.
+//! - Generation: [`Sampler`] (greedy, temperature, top-k, top-p, seeded),
+//!   [`generate()`] (streaming, stop ids and strings, timings), and
+//!   [`choose_device`] for the device to hold a model.
 //!
+//! What this crate must not do: depend on a backend. The model describes
+//! its computation against core's traits, and the caller picks the devices.
+
 //! Why a reader of our own: the GGUF crates available either pull in a
 //! whole tensor framework (candle-core's `gguf_file` comes with candle's
 //! tensors, kernels and their dependencies) or are small and unmaintained,
