@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use hetero_backends::{AnyDevice, discover};
 use hetero_core::DType;
+use hetero_models::sampling::argmax;
 use hetero_models::{Checkpoint, LlamaModel, Logits};
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::Value;
@@ -45,16 +46,6 @@ fn close(what: &str, got: &[f32], want: &Value) -> Result<(), Failed> {
         }
     }
     Ok(())
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 fn ids(v: &Value) -> Vec<u32> {

@@ -250,16 +250,9 @@ pub fn profile_memory(
     })
 }
 
-/// Index of the largest logit (the first of equal ones): greedy decoding.
-pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
+/// Index of the largest logit (the first of equal ones): greedy decoding,
+/// as `hetero_models::generate` chooses.
+pub use hetero_models::sampling::argmax;
 
 /// Time of one decode call of `batch` sequences, one new token each, after
 /// `context` tokens of each are in the cache (best of `repetitions`; the
@@ -427,7 +420,7 @@ pub fn prompt_lines(text: &str) -> Vec<String> {
 }
 
 /// `prompts` as token ids: encoded with the checkpoint's tokenizer (BOS
-/// first when its GGUF metadata asks for it). A checkpoint without a
+/// first when the file asks for it, `hetero_models::adds_bos`). A checkpoint without a
 /// tokenizer takes lines of token ids separated by spaces or commas.
 /// Every id is checked against the vocabulary.
 pub fn tokenize_prompts(checkpoint: &Checkpoint, prompts: &[String]) -> Result<Vec<Vec<u32>>> {
@@ -437,10 +430,7 @@ pub fn tokenize_prompts(checkpoint: &Checkpoint, prompts: &[String]) -> Result<V
     let vocab = checkpoint.config().vocab;
     let ids: Vec<Vec<u32>> = match checkpoint.tokenizer() {
         Ok(tok) => {
-            let add_bos = checkpoint
-                .gguf()
-                .and_then(|f| f.metadata().get("tokenizer.ggml.add_bos_token"))
-                .is_some_and(|v| matches!(v, hetero_models::gguf::Value::Bool(true)));
+            let add_bos = hetero_models::adds_bos(checkpoint) && tok.bos_id().is_some();
             prompts
                 .iter()
                 .map(|p| tok.encode(p, add_bos).map_err(Error::from))
