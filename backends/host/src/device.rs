@@ -130,6 +130,31 @@ impl HostDevice {
         check_owner(buf, self.id(), what)
     }
 
+    /// The f32 views of an attention kernel's operands, each checked to be
+    /// this device's.
+    fn attention_operands<'a>(
+        &self,
+        q: &'a HostBuffer,
+        k_cache: &'a HostBuffer,
+        v_cache: &'a HostBuffer,
+        out: &'a mut HostBuffer,
+    ) -> Result<(&'a [f32], &'a [f32], &'a [f32], &'a mut [f32])> {
+        for (b, what) in [
+            (q, "attention q"),
+            (k_cache, "attention k cache"),
+            (v_cache, "attention v cache"),
+        ] {
+            self.check_owned(b, what)?;
+        }
+        self.check_owned(out, "attention out")?;
+        Ok((
+            q.typed::<f32>()?,
+            k_cache.typed::<f32>()?,
+            v_cache.typed::<f32>()?,
+            out.typed_mut::<f32>()?,
+        ))
+    }
+
     fn combine_typed<T: Arith>(&self, op: ReduceOp, acc: &mut [T], src: &[T]) -> Result<()> {
         let chunk = self.parallel_chunks(acc.len(), size_of::<T>());
         if chunk >= acc.len() {
@@ -537,20 +562,7 @@ impl Device for HostDevice {
         lens: &[u32],
         out: &mut HostBuffer,
     ) -> Result<()> {
-        for (b, what) in [
-            (q, "attention q"),
-            (k_cache, "attention k cache"),
-            (v_cache, "attention v cache"),
-        ] {
-            self.check_owned(b, what)?;
-        }
-        self.check_owned(out, "attention out")?;
-        let (q, k, v) = (
-            q.typed::<f32>()?,
-            k_cache.typed::<f32>()?,
-            v_cache.typed::<f32>()?,
-        );
-        let out = out.typed_mut::<f32>()?;
+        let (q, k, v, out) = self.attention_operands(q, k_cache, v_cache, out)?;
         spec.validate(q.len(), k.len(), v.len(), out.len(), lens)?;
         let (w, dh) = (spec.width(), spec.head_dim);
         let scale = 1.0 / (dh as f32).sqrt();
@@ -642,20 +654,7 @@ impl Device for HostDevice {
         lens: &[u32],
         out: &mut HostBuffer,
     ) -> Result<()> {
-        for (b, what) in [
-            (q, "attention q"),
-            (k_cache, "attention k cache"),
-            (v_cache, "attention v cache"),
-        ] {
-            self.check_owned(b, what)?;
-        }
-        self.check_owned(out, "attention out")?;
-        let (q, k, v) = (
-            q.typed::<f32>()?,
-            k_cache.typed::<f32>()?,
-            v_cache.typed::<f32>()?,
-        );
-        let out = out.typed_mut::<f32>()?;
+        let (q, k, v, out) = self.attention_operands(q, k_cache, v_cache, out)?;
         spec.validate(q.len(), k.len(), v.len(), out.len(), lens)?;
         llama::attention_causal(spec, q, k, v, lens, out, self.inner.threads);
         Ok(())
