@@ -25,6 +25,7 @@ mod kernels;
 mod link;
 mod nccl;
 mod nvml;
+pub mod ptx_check;
 
 pub use device::{CudaBuffer, CudaDevice, PeerPath};
 pub use error::CudaError;

@@ -76,6 +76,20 @@ fn main() {
             ));
         }
     }
+    // The kernel source through clang: runs without a GPU.
+    let ptx = Trial::test("cuda::kernel_source_compiles_to_ptx_with_clang", || {
+        let clang = hetero_cuda::ptx_check::clang_with_nvptx()?;
+        let dir = std::env::temp_dir().join(format!("hetero-cuda-ptx-{}", std::process::id()));
+        let result = hetero_cuda::ptx_check::compile_kernels_to_ptx(clang, &dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        result.map_err(Failed::from)
+    });
+    trials.push(match hetero_cuda::ptx_check::clang_with_nvptx() {
+        Ok(_) => ptx,
+        Err(why) => ptx
+            .with_ignored_flag(true)
+            .with_kind(format!("skipped: {why}")),
+    });
     libtest_mimic::run(&args, trials).exit();
 }
 
