@@ -25,6 +25,9 @@ use crate::system;
 /// spawning threads costs more than it saves.
 const PARALLEL_MIN_BYTES: usize = 256 * 1024;
 
+/// q, k cache, v cache (read) and out (written) of an attention kernel, as f32.
+type AttentionViews<'a> = (&'a [f32], &'a [f32], &'a [f32], &'a mut [f32]);
+
 /// A CPU device with a memory budget and a thread count. Cheap to clone
 /// (clones share the budget).
 #[derive(Debug, Clone)]
@@ -138,7 +141,7 @@ impl HostDevice {
         k_cache: &'a HostBuffer,
         v_cache: &'a HostBuffer,
         out: &'a mut HostBuffer,
-    ) -> Result<(&'a [f32], &'a [f32], &'a [f32], &'a mut [f32])> {
+    ) -> Result<AttentionViews<'a>> {
         for (b, what) in [
             (q, "attention q"),
             (k_cache, "attention k cache"),
