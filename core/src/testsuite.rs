@@ -506,6 +506,10 @@ fn gemm_matches_reference(d: &dyn DynDevice, dtype: DType) -> Result<(), String>
         (16, 9, 40, true, false, 1.0, 1.0),
         (31, 64, 8, false, true, -1.0, 0.0),
         (130, 70, 129, true, true, 1.0, -0.5),
+        // Decode-step shapes: a few rows against [out, in] weights.
+        (1, 4099, 576, false, true, 1.0, 0.0),
+        (3, 257, 130, false, true, 0.5, 1.5),
+        (4, 64, 1536, false, true, 1.0, 0.0),
     ];
     with_dtype!(dtype, T => {
         for (case, &(m, n, k, ta, tb, alpha, beta)) in shapes.iter().enumerate() {

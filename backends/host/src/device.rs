@@ -18,6 +18,7 @@ use hetero_core::{
 };
 
 use crate::buffer::{HostBuffer, Ledger};
+use crate::gemv;
 use crate::llama;
 use crate::system;
 
@@ -482,6 +483,19 @@ impl Device for HostDevice {
             return Ok(());
         }
         match dtype {
+            DType::F32 if spec.trans_b && !spec.trans_a && spec.m <= gemv::MAX_ROWS => {
+                gemv::gemm_bt(
+                    spec.m,
+                    spec.n,
+                    spec.k,
+                    spec.alpha as f32,
+                    a.typed()?,
+                    b.typed()?,
+                    spec.beta as f32,
+                    c.typed_mut()?,
+                    self.inner.threads,
+                )
+            }
             DType::F32 => self.gemm_native::<f32>(spec, a.typed()?, b.typed()?, c.typed_mut()?),
             DType::F64 => self.gemm_native::<f64>(spec, a.typed()?, b.typed()?, c.typed_mut()?),
             DType::F16 => self.gemm_widened::<f16>(spec, a, b, c)?,

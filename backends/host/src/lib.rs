@@ -16,6 +16,7 @@
 
 mod buffer;
 mod device;
+mod gemv;
 mod link;
 mod llama;
 mod system;
