@@ -161,3 +161,18 @@ fn cbc_solver_places_or_says_how_to_get_it() {
     assert!(stderr.contains("--solver cbc"), "{stderr}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn the_ideal_limit_is_a_flag_and_its_error_names_it() {
+    let dir = scratch("ideal-limit");
+    // Four chained units have five ideals.
+    let out = place(&dir, CHAIN, &["--ideal-limit", "2"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--ideal-limit") && stderr.contains("more than 2 ideals"),
+        "{stderr}"
+    );
+    let ok = place(&dir, CHAIN, &["--ideal-limit", "5"]);
+    assert!(max_load(&ok) > 0.0);
+}

@@ -69,7 +69,9 @@ pub enum PartitionError {
     Infeasible(String),
     /// The exact DP would enumerate more ideals than its limit allows.
     #[error(
-        "the graph has more than {limit} ideals after contraction; raise the limit or use the linearized DP"
+        "the graph has more than {limit} ideals after contraction: raise the exact DP's limit \
+         (ExactDp::ideal_limit; hetero-place --ideal-limit N, memory grows with it), or use the \
+         linearized DP (--algo dp-linear) or the contiguous IP (--algo ip)"
     )]
     TooManyIdeals { limit: usize },
     /// A split does not assign the graph's nodes properly.

@@ -67,6 +67,11 @@ struct Args {
     /// graph's time (what the DPs need).
     #[arg(long)]
     ignore_interconnect: bool,
+    /// Exact DP (--algo dp): give up beyond this many ideals of the
+    /// contracted graph. The DP's memory and time grow with the ideals;
+    /// past the limit the error says so instead of exhausting memory.
+    #[arg(long, value_name = "N", default_value_t = ExactDp::default().ideal_limit)]
+    ideal_limit: usize,
     /// Time limit of the integer programs, seconds (the best split found by
     /// then is returned, with its optimality gap).
     #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
@@ -186,6 +191,7 @@ fn run(args: &Args) -> Result<(), PartitionError> {
                 let (progress, bar) = progress_bar();
                 let dp = ExactDp {
                     progress: Some(progress),
+                    ideal_limit: args.ideal_limit,
                     ..ExactDp::default()
                 };
                 let out = dp.solve(g, &cluster);
