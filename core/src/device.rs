@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dtype::{DType, HostSlice, HostSliceMut, ReduceOp};
 use crate::error::{Error, Result};
+use crate::quant::{QuantMatmulSpec, QuantType};
 use crate::transformer::{CausalAttentionSpec, RopeSpec, embedding_width};
 // Re-exported so `hetero_core::device::{Backend, DeviceId}` keeps working.
 pub use crate::id::{Backend, DeviceId};
@@ -138,6 +139,10 @@ pub struct Capabilities {
     /// backend gets).
     #[serde(default)]
     pub llama_dtypes: Vec<DType>,
+    /// Weight formats `matmul_quant` and `embedding_quant` take in their
+    /// block layout (dequantized inside the kernel).
+    #[serde(default)]
+    pub quant_types: Vec<QuantType>,
 }
 
 impl Capabilities {
@@ -150,6 +155,7 @@ impl Capabilities {
             gemm_dtypes: DType::ALL.to_vec(),
             decode_dtypes: DType::ALL.to_vec(),
             llama_dtypes: DType::ALL.to_vec(),
+            quant_types: QuantType::ALL.to_vec(),
         }
     }
 }
@@ -404,6 +410,42 @@ pub trait Device: Send + Sync + fmt::Debug + 'static {
             self.copy(table, start..start + width, out, r * width)?;
         }
         Ok(())
+    }
+
+    /// `y = x W^T` with f32 `x` and `y` and the weights `w` in their block
+    /// layout (a `U8` buffer, see [`QuantMatmulSpec`]), dequantized inside
+    /// the kernel. A backend may round `x` to 8 bits per block for integer
+    /// dot products (as ggml's CPU kernels do); the device suite bounds
+    /// the error by that rounding.
+    fn matmul_quant(
+        &self,
+        spec: &QuantMatmulSpec,
+        x: &Self::Buffer,
+        w: &Self::Buffer,
+        y: &mut Self::Buffer,
+    ) -> Result<()> {
+        let _ = (x, w, y);
+        Err(Error::unsupported(
+            self.id().backend,
+            format!("matmul_quant on {} weights", spec.quant),
+        ))
+    }
+
+    /// Embedding gather from a quantized table (`U8`, rows of `width`
+    /// elements in `quant` blocks): row `r` of the f32 `out` is row
+    /// `ids[r]` of the table, dequantized exactly.
+    fn embedding_quant(
+        &self,
+        quant: QuantType,
+        table: &Self::Buffer,
+        ids: &[u32],
+        out: &mut Self::Buffer,
+    ) -> Result<()> {
+        let _ = (table, ids, out);
+        Err(Error::unsupported(
+            self.id().backend,
+            format!("embedding_quant on {quant} weights"),
+        ))
     }
 
     /// Wait until all work ordered on this device so far has finished.

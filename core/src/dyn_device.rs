@@ -17,6 +17,7 @@ use crate::device::{
 };
 use crate::dtype::{DType, HostSlice, HostSliceMut, ReduceOp};
 use crate::error::{Error, Result};
+use crate::quant::{QuantMatmulSpec, QuantType};
 use crate::transformer::{CausalAttentionSpec, RopeSpec};
 
 /// A buffer of any backend.
@@ -115,6 +116,20 @@ pub trait DynDevice: Send + Sync + fmt::Debug {
     ) -> Result<()>;
     fn silu_mul(&self, gate: &mut dyn DynBuffer, up: &dyn DynBuffer) -> Result<()>;
     fn embedding(&self, table: &dyn DynBuffer, ids: &[u32], out: &mut dyn DynBuffer) -> Result<()>;
+    fn matmul_quant(
+        &self,
+        spec: &QuantMatmulSpec,
+        x: &dyn DynBuffer,
+        w: &dyn DynBuffer,
+        y: &mut dyn DynBuffer,
+    ) -> Result<()>;
+    fn embedding_quant(
+        &self,
+        quant: QuantType,
+        table: &dyn DynBuffer,
+        ids: &[u32],
+        out: &mut dyn DynBuffer,
+    ) -> Result<()>;
     fn synchronize(&self) -> Result<()>;
 }
 
@@ -297,6 +312,29 @@ impl<D: Device> DynDevice for D {
         let table = down(self, table, "embedding table")?;
         let out = down_mut(self, out, "embedding out")?;
         Device::embedding(self, table, ids, out)
+    }
+    fn matmul_quant(
+        &self,
+        spec: &QuantMatmulSpec,
+        x: &dyn DynBuffer,
+        w: &dyn DynBuffer,
+        y: &mut dyn DynBuffer,
+    ) -> Result<()> {
+        let x = down(self, x, "matmul_quant x")?;
+        let w = down(self, w, "matmul_quant w")?;
+        let y = down_mut(self, y, "matmul_quant y")?;
+        Device::matmul_quant(self, spec, x, w, y)
+    }
+    fn embedding_quant(
+        &self,
+        quant: QuantType,
+        table: &dyn DynBuffer,
+        ids: &[u32],
+        out: &mut dyn DynBuffer,
+    ) -> Result<()> {
+        let table = down(self, table, "embedding_quant table")?;
+        let out = down_mut(self, out, "embedding_quant out")?;
+        Device::embedding_quant(self, quant, table, ids, out)
     }
     fn synchronize(&self) -> Result<()> {
         Device::synchronize(self)

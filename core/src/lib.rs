@@ -26,6 +26,7 @@ pub mod id;
 pub mod link;
 pub mod placement;
 pub mod probe;
+pub mod quant;
 pub mod rng;
 pub mod system;
 #[cfg(feature = "testsuite")]
@@ -44,6 +45,7 @@ pub use error::{Component, Error, Result};
 pub use id::{Backend, DeviceId};
 pub use link::{Link, LinkFit, LinkKind, LinkModel, LinkProbe};
 pub use placement::{Cluster, Graph, Placement, Plan};
+pub use quant::{QuantMatmulSpec, QuantType};
 pub use topology::{Domain, LeaderPolicy, Topology, TopologyDevice};
 pub use transformer::{CausalAttentionSpec, RopeLayout, RopeSpec};
 

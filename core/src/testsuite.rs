@@ -24,6 +24,7 @@ use crate::with_dtype;
 use libtest_mimic::{Failed, Trial};
 
 mod llama;
+pub mod quant;
 
 type TestFn = Arc<dyn Fn(&dyn DynDevice) -> Result<(), String> + Send + Sync>;
 
@@ -209,6 +210,7 @@ pub fn device_tests(caps: &Capabilities) -> Vec<DeviceTest> {
         DeviceTest::new("argmax_rows_f32", argmax_matches_reference).skip_unless(decode, no_decode),
     );
     tests.extend(llama::tests(caps));
+    tests.extend(quant::tests(caps));
     let unsupported: Vec<DType> = DType::ALL
         .into_iter()
         .filter(|d| !caps.reduce_dtypes.contains(d) || !caps.gemm_dtypes.contains(d))

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
+use crate::{Error, QuantType, Result};
 
 /// Which pairs of a head's values a rotary embedding rotates together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -185,25 +185,54 @@ pub fn rms_norm_rows(x_len: usize, cols: usize, out_len: usize) -> Result<usize>
 /// Row width of an embedding gather of `ids.len()` rows into `out_len`
 /// elements from a table of `table_len`; every id must name a row.
 pub fn embedding_width(table_len: usize, out_len: usize, ids: &[u32]) -> Result<usize> {
-    if ids.is_empty() || !out_len.is_multiple_of(ids.len()) || out_len == 0 {
-        return Err(Error::invalid(
-            "embedding out",
-            format!("{out_len} elements are not {} rows", ids.len()),
-        ));
-    }
-    let width = out_len / ids.len();
+    let width = gather_width(out_len, ids)?;
     if !table_len.is_multiple_of(width) {
         return Err(Error::invalid(
             "embedding table",
             format!("{table_len} elements are not rows of {width}"),
         ));
     }
-    let rows = table_len / width;
+    check_ids(ids, table_len / width)?;
+    Ok(width)
+}
+
+/// Row width of an embedding gather from a `quant` table of `table_bytes`
+/// into `out_len` f32 elements: whole blocks per row, every id a row.
+pub fn quant_embedding_width(
+    quant: QuantType,
+    table_bytes: usize,
+    out_len: usize,
+    ids: &[u32],
+) -> Result<usize> {
+    let width = gather_width(out_len, ids)?;
+    let row_bytes = quant.row_bytes(width)?;
+    if !table_bytes.is_multiple_of(row_bytes) {
+        return Err(Error::invalid(
+            "embedding table",
+            format!("{table_bytes} bytes are not {quant} rows of {width} elements"),
+        ));
+    }
+    check_ids(ids, table_bytes / row_bytes)?;
+    Ok(width)
+}
+
+/// Elements per output row of a gather of `ids.len()` rows.
+fn gather_width(out_len: usize, ids: &[u32]) -> Result<usize> {
+    if ids.is_empty() || !out_len.is_multiple_of(ids.len()) || out_len == 0 {
+        return Err(Error::invalid(
+            "embedding out",
+            format!("{out_len} elements are not {} rows", ids.len()),
+        ));
+    }
+    Ok(out_len / ids.len())
+}
+
+fn check_ids(ids: &[u32], rows: usize) -> Result<()> {
     if let Some((i, id)) = ids.iter().enumerate().find(|(_, id)| **id as usize >= rows) {
         return Err(Error::invalid(
             format!("embedding ids[{i}]"),
             format!("{id} is past the table's {rows} rows"),
         ));
     }
-    Ok(width)
+    Ok(())
 }

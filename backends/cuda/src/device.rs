@@ -484,6 +484,7 @@ impl Device for CudaDevice {
             },
             decode_dtypes: decode.clone(),
             llama_dtypes: decode,
+            quant_types: Vec::new(),
         }
     }
 

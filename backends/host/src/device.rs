@@ -13,13 +13,14 @@ use hetero_core::host_kernels::{self, Arith};
 use hetero_core::transformer::rms_norm_rows;
 use hetero_core::{
     Activation, AttentionSpec, Backend, Capabilities, CausalAttentionSpec, DType, Device, DeviceId,
-    DeviceInfo, DeviceKind, Error, GemmSpec, HostSlice, HostSliceMut, MemoryUsage, ReduceOp,
-    Result, RopeSpec, with_dtype,
+    DeviceInfo, DeviceKind, Error, GemmSpec, HostSlice, HostSliceMut, MemoryUsage, QuantMatmulSpec,
+    QuantType, ReduceOp, Result, RopeSpec, with_dtype,
 };
 
 use crate::buffer::{HostBuffer, Ledger};
 use crate::gemv;
 use crate::llama;
+use crate::quant;
 use crate::system;
 
 /// Below this many bytes per operand a kernel runs on the calling thread:
@@ -40,6 +41,11 @@ pub struct HostDevice {
 struct Inner {
     ledger: Arc<Ledger>,
     threads: usize,
+    /// Persistent workers of the kernels (a decode step's kernels are too
+    /// short to spawn threads for).
+    pool: rayon::ThreadPool,
+    /// The integer dot products this CPU runs (detected once).
+    quant_kernel: quant::Kernel,
     name: String,
     vendor: String,
 }
@@ -84,6 +90,14 @@ impl HostDeviceBuilder {
             None => system::available_memory_bytes()?,
         };
         let (cpu, vendor) = system::cpu_description();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(move |i| format!("hetero-host{}-{i}", self.index))
+            .build()
+            .map_err(|e| Error::DeviceLost {
+                device: DeviceId::new(Backend::Host, self.index),
+                reason: format!("cannot start the host device's {threads} worker threads: {e}"),
+            })?;
         Ok(HostDevice {
             inner: Arc::new(Inner {
                 ledger: Arc::new(Ledger {
@@ -92,6 +106,8 @@ impl HostDeviceBuilder {
                     allocated: Default::default(),
                 }),
                 threads,
+                pool,
+                quant_kernel: quant::Kernel::detect(),
                 name: format!(
                     "{cpu} ({threads} thread{})",
                     if threads == 1 { "" } else { "s" }
@@ -385,6 +401,7 @@ impl Device for HostDevice {
             gemm_dtypes: vec![DType::F32, DType::F64, DType::F16, DType::BF16],
             decode_dtypes: vec![DType::F32],
             llama_dtypes: vec![DType::F32],
+            quant_types: QuantType::ALL.to_vec(),
         }
     }
 
@@ -684,6 +701,39 @@ impl Device for HostDevice {
         let u = up.typed::<f32>()?;
         let g = gate.typed_mut::<f32>()?;
         llama::silu_mul(g, u);
+        Ok(())
+    }
+
+    fn matmul_quant(
+        &self,
+        spec: &QuantMatmulSpec,
+        x: &HostBuffer,
+        w: &HostBuffer,
+        y: &mut HostBuffer,
+    ) -> Result<()> {
+        self.check_owned(x, "matmul_quant x")?;
+        self.check_owned(w, "matmul_quant w")?;
+        self.check_owned(y, "matmul_quant y")?;
+        let (xs, ws) = (x.typed::<f32>()?, w.typed::<u8>()?);
+        let ys = y.typed_mut::<f32>()?;
+        spec.validate(xs.len(), ws.len(), ys.len())?;
+        quant::matmul(spec, xs, ws, ys, &self.inner.pool, self.inner.quant_kernel);
+        Ok(())
+    }
+
+    fn embedding_quant(
+        &self,
+        quant: QuantType,
+        table: &HostBuffer,
+        ids: &[u32],
+        out: &mut HostBuffer,
+    ) -> Result<()> {
+        self.check_owned(table, "embedding_quant table")?;
+        self.check_owned(out, "embedding_quant out")?;
+        let t = table.typed::<u8>()?;
+        let o = out.typed_mut::<f32>()?;
+        let width = hetero_core::transformer::quant_embedding_width(quant, t.len(), o.len(), ids)?;
+        quant::embedding(quant, t, width, ids, o);
         Ok(())
     }
 

@@ -11,7 +11,7 @@ pub(crate) const MAX_ROWS: usize = 4;
 
 /// Dot product with eight independent accumulators (vectorizable; the
 /// order of the sum differs from a naive loop by rounding only).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let (a8, a_tail) = a.split_at(a.len() / 8 * 8);
     let (b8, b_tail) = b.split_at(a8.len());

@@ -19,6 +19,7 @@ mod device;
 mod gemv;
 mod link;
 mod llama;
+mod quant;
 mod system;
 
 pub use buffer::HostBuffer;

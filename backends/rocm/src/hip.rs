@@ -261,6 +261,7 @@ impl Device for RocmDevice {
             gemm_dtypes: Vec::new(),
             decode_dtypes: Vec::new(),
             llama_dtypes: Vec::new(),
+            quant_types: Vec::new(),
         }
     }
 

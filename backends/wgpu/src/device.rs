@@ -211,6 +211,7 @@ impl Device for WgpuDevice {
             gemm_dtypes: vec![DType::F32],
             decode_dtypes: vec![DType::F32],
             llama_dtypes: vec![DType::F32],
+            quant_types: Vec::new(),
         }
     }
 
