@@ -28,6 +28,7 @@ use hetero_core::placement::{Cluster, Graph, Placement, Plan, Slot, TwoLevelInte
 
 use crate::eval::{checked_interconnect, evaluate_indexed, evaluate_with};
 use crate::problem::{Indexed, Kind, Units, kinds, memory_vacuous};
+use crate::satellite::{self, Item, Satellites, cover};
 use crate::{PartitionError, Result};
 
 /// What a solver did, for reports.
@@ -120,6 +121,8 @@ pub(crate) struct Prepared<'g> {
     pub(crate) kinds: Vec<Kind>,
     /// Checked; always `None` for the solvers that do not model it.
     pub(crate) interconnect: Option<TwoLevelInterconnect>,
+    /// Set on the exact DP's core problem only (see [`crate::satellite`]).
+    pub(crate) satellites: Option<Satellites>,
 }
 
 impl Prepared<'_> {
@@ -157,6 +160,7 @@ pub(crate) fn prepare_any_interconnect<'g>(
         units,
         kinds,
         interconnect,
+        satellites: None,
     })
 }
 
@@ -171,22 +175,47 @@ impl ExactDp {
             .filter(|e| e.fits())
             .map_or(f64::INFINITY, |e| e.plan.objective);
         // The linearized DP may find no split where the exact one does.
-        let lin_value = match run_dp(&p, &linear, greedy_ub, 1, None) {
-            Ok((v, _, _)) => v,
-            Err(PartitionError::Infeasible(_)) => f64::INFINITY,
-            Err(e) => return Err(e),
-        };
-        let lattice = Lattice::ideals(&p.units, self.ideal_limit)?;
+        let lin = run_dp(&p, &linear, greedy_ub, 1, None)?;
         // The linearized DP's split is a contiguous split: a valid bound.
-        let ub = lin_value;
-        let (value, chain, pairs) = run_dp(
+        let ub = lin.best;
+        // (the pairs reported are the exact DP's own)
+        let mut pairs = 0;
+        if let Some(core) = satellite::split(&p) {
+            let lattice = Lattice::ideals(&core.units, self.ideal_limit)?;
+            let out = run_dp(
+                &core,
+                &lattice,
+                ub,
+                self.worker_threads(),
+                self.progress.as_deref(),
+            )?;
+            pairs += out.pairs;
+            // `best` is a real split and `relaxed` a lower bound on every
+            // split (see `crate::satellite`): equal, the split is optimal
+            if out.best.is_finite() && out.best <= out.relaxed {
+                let out = DpOut { pairs, ..out };
+                return finish(&core, &lattice, out, ub, "exact-dp", start);
+            }
+            if !out.relaxed.is_finite() {
+                return Err(infeasible());
+            }
+        }
+        let lattice = Lattice::ideals(&p.units, self.ideal_limit)?;
+        let out = run_dp(
             &p,
             &lattice,
             ub,
             self.worker_threads(),
             self.progress.as_deref(),
         )?;
-        finish(&p, &lattice, (value, pairs), chain, ub, "exact-dp", start)
+        if !out.best.is_finite() {
+            return Err(infeasible());
+        }
+        let out = DpOut {
+            pairs: pairs + out.pairs,
+            ..out
+        };
+        finish(&p, &lattice, out, ub, "exact-dp", start)
     }
 }
 
@@ -200,8 +229,11 @@ impl LinearDp {
             .filter(|e| e.fits())
             .map_or(f64::INFINITY, |e| e.plan.objective);
         let lattice = Lattice::prefixes(p.units.len());
-        let (value, chain, pairs) = run_dp(&p, &lattice, ub, 1, None)?;
-        finish(&p, &lattice, (value, pairs), chain, ub, "linear-dp", start)
+        let out = run_dp(&p, &lattice, ub, 1, None)?;
+        if !out.best.is_finite() {
+            return Err(infeasible());
+        }
+        finish(&p, &lattice, out, ub, "linear-dp", start)
     }
 }
 
@@ -427,6 +459,8 @@ struct SetState {
     acc_time: f64,
     cpu_time: f64,
     memory: u64,
+    /// Memory of the satellites of the set's feeders (see [`crate::satellite`]).
+    satellite_memory: u64,
     unsupported: u32,
 }
 
@@ -444,6 +478,9 @@ impl SetState {
         self.acc_time += u.accelerator_time[unit];
         self.cpu_time += u.cpu_time[unit];
         self.memory = self.memory.saturating_add(u.memory[unit]);
+        if let Some(sat) = &p.satellites {
+            self.satellite_memory = self.satellite_memory.saturating_add(sat.memory[unit]);
+        }
         self.unsupported += u32::from(!u.accelerator_ok[unit]);
         for &x in &u.members[unit] {
             let before = self.pays(x);
@@ -466,6 +503,9 @@ impl SetState {
         self.acc_time -= u.accelerator_time[unit];
         self.cpu_time -= u.cpu_time[unit];
         self.memory = self.memory.saturating_sub(u.memory[unit]);
+        if let Some(sat) = &p.satellites {
+            self.satellite_memory = self.satellite_memory.saturating_sub(sat.memory[unit]);
+        }
         self.unsupported -= u32::from(!u.accelerator_ok[unit]);
         for &x in u.members[unit].iter().rev() {
             for &y in p.ix.pred.row(x) {
@@ -494,6 +534,20 @@ struct Step {
 }
 
 const NO_CHOICE: u8 = u8::MAX;
+/// Back-links keep the kind in the low bits and, with satellites, the
+/// bit of the state they came from in this one.
+const FROM_WAITING: u8 = 0x80;
+
+/// What the DP found: the best chain's value with no satellite waiting
+/// (`best`, a real split; infinite if none) and its steps, the best value
+/// with or without (`relaxed`, see [`crate::satellite`]; equal to `best`
+/// without satellites), and the pairs scored.
+struct DpOut {
+    best: f64,
+    relaxed: f64,
+    chain: Vec<Step>,
+    pairs: u64,
+}
 
 /// The DP pruned by `ub`; if no split of the lattice reaches `ub` (the bound
 /// came from a split outside it), again without a bound.
@@ -503,29 +557,30 @@ fn run_dp(
     ub: f64,
     threads: usize,
     progress: Option<&ProgressFn>,
-) -> Result<(f64, Vec<Step>, u64)> {
-    match run_dp_bounded(p, lat, ub, threads, progress) {
-        Err(PartitionError::Infeasible(_)) if ub.is_finite() => {
-            run_dp_bounded(p, lat, f64::INFINITY, threads, progress)
-        }
-        other => other,
+) -> Result<DpOut> {
+    let out = run_dp_bounded(p, lat, ub, threads, progress)?;
+    if !out.best.is_finite() && ub.is_finite() {
+        let again = run_dp_bounded(p, lat, f64::INFINITY, threads, progress)?;
+        return Ok(DpOut {
+            pairs: out.pairs + again.pairs,
+            ..again
+        });
     }
+    Ok(out)
 }
 
-fn run_dp_bounded(
-    p: &Prepared<'_>,
-    lat: &Lattice,
-    ub: f64,
-    threads: usize,
-    progress: Option<&ProgressFn>,
-) -> Result<(f64, Vec<Step>, u64)> {
-    let kinds = &p.kinds;
-    if kinds.len() >= NO_CHOICE as usize {
-        return Err(PartitionError::Unsupported(format!(
-            "{} device kinds; at most 254 are supported",
-            kinds.len()
-        )));
-    }
+fn infeasible() -> PartitionError {
+    PartitionError::Infeasible(
+        "no contiguous split satisfies the memory and accelerator-support constraints (or \
+         the devices are too few for the groups that must stay together)"
+            .into(),
+    )
+}
+
+/// The number of device states (`prod(count_t + 1)`), their strides, and
+/// the bytes of the DP's table per ideal (values and back-links, with the
+/// satellite bit when `blocks` is 2).
+pub(crate) fn state_space(kinds: &[Kind], blocks: usize) -> Result<(usize, Vec<usize>, usize)> {
     let mut strides = Vec::with_capacity(kinds.len());
     let mut ns = 1usize;
     for k in kinds {
@@ -534,12 +589,37 @@ fn run_dp_bounded(
             PartitionError::Unsupported("too many devices for the DP's state space".into())
         })?;
     }
-    let cells = ns
+    let per_ideal = ns
+        .checked_mul(blocks * (size_of::<f64>() + size_of::<(u32, u8)>()))
+        .ok_or_else(|| {
+            PartitionError::Unsupported("too many devices for the DP's state space".into())
+        })?;
+    Ok((ns, strides, per_ideal))
+}
+
+fn run_dp_bounded(
+    p: &Prepared<'_>,
+    lat: &Lattice,
+    ub: f64,
+    threads: usize,
+    progress: Option<&ProgressFn>,
+) -> Result<DpOut> {
+    let kinds = &p.kinds;
+    if kinds.len() >= (FROM_WAITING - 1) as usize {
+        return Err(PartitionError::Unsupported(format!(
+            "{} device kinds; at most 126 are supported",
+            kinds.len()
+        )));
+    }
+    let blocks = if p.satellites.is_some() { 2 } else { 1 };
+    let (ns, strides, _) = state_space(kinds, blocks)?;
+    let nst = ns * blocks;
+    let cells = nst
         .checked_mul(lat.count)
         .filter(|&c| c <= 1 << 31)
         .ok_or_else(|| {
             PartitionError::Unsupported(format!(
-                "{} ideals x {ns} device states is too large for the DP table",
+                "{} ideals x {nst} device states is too large for the DP table",
                 lat.count
             ))
         })?;
@@ -559,7 +639,11 @@ fn run_dp_bounded(
 
     let mut dp = vec![f64::INFINITY; cells];
     let mut choice = vec![(0u32, NO_CHOICE); cells];
+    // the empty ideal: nothing placed, nothing waiting
     dp[..ns].fill(0.0);
+    let viability = bound
+        .is_finite()
+        .then(|| Viability::new(p, lat, &strides, ns, bound));
     let ctx = RowCtx {
         p,
         lat,
@@ -567,6 +651,7 @@ fn run_dp_bounded(
         with_kind: &with_kind,
         bound,
         ns,
+        viability: viability.as_ref(),
     };
     let threads = threads.max(1);
     let mut workers: Vec<Worker> = (0..threads).map(|_| Worker::new(p, lat.count)).collect();
@@ -578,19 +663,23 @@ fn run_dp_bounded(
         if lo >= hi {
             continue;
         }
-        let (done, rest) = dp.split_at_mut(lo * ns);
-        let level = &mut rest[..(hi - lo) * ns];
-        let (_, crest) = choice.split_at_mut(lo * ns);
-        let clevel = &mut crest[..(hi - lo) * ns];
+        let (done, rest) = dp.split_at_mut(lo * nst);
+        let level = &mut rest[..(hi - lo) * nst];
+        let (_, crest) = choice.split_at_mut(lo * nst);
+        let clevel = &mut crest[..(hi - lo) * nst];
         if threads == 1 || hi - lo < 4 * threads {
-            for (r, (row, crow)) in level.chunks_mut(ns).zip(clevel.chunks_mut(ns)).enumerate() {
+            for (r, (row, crow)) in level
+                .chunks_mut(nst)
+                .zip(clevel.chunks_mut(nst))
+                .enumerate()
+            {
                 row_dp(&ctx, &mut workers[0], lo + r, done, row, crow);
             }
         } else {
             // one row per job, taken from a shared queue as threads free up
             let mut jobs: Vec<Job<'_>> = level
-                .chunks_mut(ns)
-                .zip(clevel.chunks_mut(ns))
+                .chunks_mut(nst)
+                .zip(clevel.chunks_mut(nst))
                 .enumerate()
                 .map(|(r, (row, crow))| (lo + r, row, crow))
                 .collect();
@@ -614,32 +703,38 @@ fn run_dp_bounded(
     }
     let pairs = workers.iter().map(|w| w.pairs).sum();
     let full = lat.count - 1;
-    let value = dp[full * ns + ns - 1];
-    if !value.is_finite() {
-        return Err(PartitionError::Infeasible(
-            "no contiguous split satisfies the memory and accelerator-support constraints (or \
-             the devices are too few for the groups that must stay together)"
-                .into(),
-        ));
-    }
+    let best = dp[full * nst + ns - 1];
+    let relaxed = if blocks == 2 {
+        best.min(dp[full * nst + 2 * ns - 1])
+    } else {
+        best
+    };
     let mut chain = Vec::new();
-    let (mut j, mut s) = (full, ns - 1);
-    while j != 0 {
-        let (i, t) = choice[j * ns + s];
-        if t == NO_CHOICE {
-            return Err(PartitionError::Unsupported(
-                "internal error: the DP's back-links are incomplete".into(),
-            ));
+    if best.is_finite() {
+        let (mut j, mut s) = (full, ns - 1);
+        while j != 0 || s >= ns {
+            let (i, code) = choice[j * nst + s];
+            if code == NO_CHOICE {
+                return Err(PartitionError::Unsupported(
+                    "internal error: the DP's back-links are incomplete".into(),
+                ));
+            }
+            let t = code & !FROM_WAITING;
+            chain.push(Step {
+                j: j as u32,
+                i,
+                kind: t,
+            });
+            s = s % ns - strides[t as usize] + if code & FROM_WAITING != 0 { ns } else { 0 };
+            j = i as usize;
         }
-        chain.push(Step {
-            j: j as u32,
-            i,
-            kind: t,
-        });
-        s -= strides[t as usize];
-        j = i as usize;
     }
-    Ok((value, chain, pairs))
+    Ok(DpOut {
+        best,
+        relaxed,
+        chain,
+        pairs,
+    })
 }
 
 /// One row of a level: the ideal, its dp row, its back-link row.
@@ -652,6 +747,7 @@ struct RowCtx<'a, 'g> {
     with_kind: &'a [Vec<u32>],
     bound: f64,
     ns: usize,
+    viability: Option<&'a Viability>,
 }
 
 /// What one thread keeps between rows. Aligned (and its small vectors
@@ -667,26 +763,40 @@ struct Worker {
     /// (ideal, next down edge, unit added to reach it)
     stack: Vec<(u32, u32, u32)>,
     cost: Vec<f64>,
+    /// Per kind: whether the set detaches satellites on it.
+    detach: Vec<bool>,
+    /// The states of the current row that a split within the bound can
+    /// pass through, per kind (a subset of `with_kind[t]`).
+    live: Vec<Vec<u32>>,
+    items: Vec<Item>,
     pairs: u64,
 }
 
 impl Worker {
     fn new(p: &Prepared<'_>, ideals: usize) -> Self {
         let n = p.ix.graph.nodes.len();
+        let outdeg = match &p.satellites {
+            Some(sat) => sat.core_outdeg.clone(),
+            None => (0..n).map(|i| p.ix.succ.row(i).len() as u32).collect(),
+        };
         Worker {
             st: SetState {
                 in_set: vec![false; n],
                 succ_in: vec![0; n],
-                outdeg: (0..n).map(|i| p.ix.succ.row(i).len() as u32).collect(),
+                outdeg,
                 comm: 0.0,
                 acc_time: 0.0,
                 cpu_time: 0.0,
                 memory: 0,
+                satellite_memory: 0,
                 unsupported: 0,
             },
             stamp: vec![u32::MAX; ideals],
             stack: Vec::with_capacity(p.units.len() + 2),
             cost: padded(vec![0.0; p.kinds.len()]),
+            detach: vec![false; p.kinds.len().max(32)],
+            live: vec![Vec::new(); p.kinds.len()],
+            items: Vec::new(),
             pairs: 0,
         }
     }
@@ -699,6 +809,27 @@ fn padded(mut v: Vec<f64>) -> Vec<f64> {
     v
 }
 
+/// The satellites' knapsack items of the set of units `units` (the
+/// feeders it holds), priced by `st`: a feeder whose output already leaves
+/// the set detaches for free.
+fn satellite_items(p: &Prepared<'_>, st: &SetState, units: &[u32], items: &mut Vec<Item>) {
+    items.clear();
+    let Some(sat) = &p.satellites else {
+        return;
+    };
+    for &v in units {
+        for &(x, memory) in &sat.feeders[v as usize] {
+            let x = x as usize;
+            let pays = st.succ_in[x] < st.outdeg[x];
+            items.push(Item {
+                memory,
+                cost: if pays { 0.0 } else { p.ix.out_cost[x] },
+                feeder: x as u32,
+            });
+        }
+    }
+}
+
 /// Fill `row` (= dp[j]) and its back-links from the finished rows `done`.
 fn row_dp(
     ctx: &RowCtx<'_, '_>,
@@ -709,7 +840,24 @@ fn row_dp(
     crow: &mut [(u32, u8)],
 ) {
     let (p, lat, ns, bound) = (ctx.p, ctx.lat, ctx.ns, ctx.bound);
+    let nst = row.len();
+    let waiting = nst > ns;
     let kinds = &p.kinds;
+    let mut any_live = false;
+    for (t, states) in ctx.with_kind.iter().enumerate() {
+        let live = &mut w.live[t];
+        live.clear();
+        match ctx.viability {
+            None => live.extend_from_slice(states),
+            Some(v) => live.extend(states.iter().copied().filter(|&s| v.viable(j, s as usize))),
+        }
+        any_live |= !live.is_empty();
+    }
+    if !any_live {
+        // No split within the bound passes through this ideal: its row
+        // stays infinite (see `Viability`), and its sub-ideals need no walk.
+        return;
+    }
     w.stamp[j] = j as u32;
     w.stack.push((j as u32, lat.down_start[j], u32::MAX));
     while let Some(top) = w.stack.last_mut() {
@@ -730,7 +878,9 @@ fn row_dp(
         w.st.add(p, unit as usize);
         let st = &w.st;
         let mut any = false;
+        let mut items_ready = false;
         for (t, k) in kinds.iter().enumerate() {
+            let mut detach = false;
             let mut c = if k.is_cpu {
                 st.cpu_time
             } else if st.unsupported > 0 || st.memory > k.memory {
@@ -741,8 +891,26 @@ fn row_dp(
             any |= c <= bound;
             if !k.is_cpu {
                 c += st.comm;
+                let all = st.memory.saturating_add(st.satellite_memory);
+                if c <= bound && all > k.memory {
+                    // detach the cheapest satellites that make it fit
+                    if !items_ready {
+                        let units: Vec<u32> = w
+                            .stack
+                            .iter()
+                            .map(|e| e.2)
+                            .filter(|&u| u != u32::MAX)
+                            .chain(std::iter::once(unit))
+                            .collect();
+                        satellite_items(p, st, &units, &mut w.items);
+                        items_ready = true;
+                    }
+                    c += cover(&mut w.items, all - k.memory, None);
+                    detach = true;
+                }
             }
             w.cost[t] = c;
+            w.detach[t] = detach;
         }
         if !any {
             // every superset of this set is too slow or too big as well
@@ -750,74 +918,325 @@ fn row_dp(
             continue;
         }
         w.pairs += 1;
-        let irow = &done[sub as usize * ns..sub as usize * ns + ns];
+        let irow = &done[sub as usize * nst..sub as usize * nst + nst];
         // with every device, I's best is its least value: nothing to gain past the bound
-        if irow[ns - 1] <= bound {
-            for (t, states) in ctx.with_kind.iter().enumerate() {
+        let least = if waiting {
+            irow[ns - 1].min(irow[nst - 1])
+        } else {
+            irow[ns - 1]
+        };
+        if least <= bound {
+            for (t, states) in w.live.iter().enumerate() {
                 let c = w.cost[t];
                 if c > bound {
                     continue;
                 }
                 let back = ctx.strides[t];
-                for &s in states {
-                    let s = s as usize;
-                    if c >= row[s] {
-                        continue;
+                if !waiting {
+                    for &s in states {
+                        let s = s as usize;
+                        if c >= row[s] {
+                            continue;
+                        }
+                        let cand = irow[s - back].max(c);
+                        if cand < row[s] {
+                            row[s] = cand;
+                            crow[s] = (sub, t as u8);
+                        }
                     }
-                    let cand = irow[s - back].max(c);
-                    if cand < row[s] {
-                        row[s] = cand;
-                        crow[s] = (sub, t as u8);
+                } else if kinds[t].is_cpu || w.detach[t] {
+                    // a CPU houses what waits (to "nothing waits"); a set
+                    // that detaches leaves something waiting
+                    let to = if kinds[t].is_cpu { 0 } else { ns };
+                    for &s in states {
+                        let s = s as usize;
+                        if c >= row[s + to] {
+                            continue;
+                        }
+                        let (a, b) = (irow[s - back], irow[s - back + ns]);
+                        let (from, code) = if b < a {
+                            (b, t as u8 | FROM_WAITING)
+                        } else {
+                            (a, t as u8)
+                        };
+                        let cand = from.max(c);
+                        if cand < row[s + to] {
+                            row[s + to] = cand;
+                            crow[s + to] = (sub, code);
+                        }
+                    }
+                } else {
+                    for &s in states {
+                        let s = s as usize;
+                        for (blk, code) in [(0, t as u8), (ns, t as u8 | FROM_WAITING)] {
+                            if c >= row[s + blk] {
+                                continue;
+                            }
+                            let cand = irow[s - back + blk].max(c);
+                            if cand < row[s + blk] {
+                                row[s + blk] = cand;
+                                crow[s + blk] = (sub, code);
+                            }
+                        }
                     }
                 }
             }
         }
         w.stack.push((sub, lat.down_start[sub as usize], unit));
     }
-    // leaving a device empty
+    // leaving a device empty (an empty CPU houses what waits)
     for s in 0..ns {
         for (t, k) in kinds.iter().enumerate() {
             let back = ctx.strides[t];
-            if !(s / back).is_multiple_of(k.count + 1) && row[s - back] < row[s] {
+            if (s / back).is_multiple_of(k.count + 1) {
+                continue;
+            }
+            if row[s - back] < row[s] {
                 row[s] = row[s - back];
                 crow[s] = (j as u32, t as u8);
             }
+            if waiting {
+                let from = row[s - back + ns];
+                if k.is_cpu {
+                    if from < row[s] {
+                        row[s] = from;
+                        crow[s] = (j as u32, t as u8 | FROM_WAITING);
+                    }
+                } else if from < row[s + ns] {
+                    row[s + ns] = from;
+                    crow[s + ns] = (j as u32, t as u8 | FROM_WAITING);
+                }
+            }
         }
+    }
+}
+
+/// Which (ideal, state) cells a split with objective at most the bound `B`
+/// can pass through. Take any chain whose every load is at most `B`, and
+/// its prefix `(J, s)`: the devices counted by `s` hold `J`, the others the
+/// rest `R`. An accelerator of speed `σ` holds accelerator time at most
+/// `σB` (its load is that time over `σ` plus a non-negative transfer term),
+/// and `c` CPUs hold CPU time at most `cB`: all of the CPU-only units of `J`
+/// (`U(J)`), and supported units whose accelerator time is at most
+/// `K(cB - U(J))`, where `K(b)` is the fractional knapsack (the most
+/// accelerator time of supported units of CPU time at most `b`, units
+/// cut in fractions: a bound on every real subset). So every cell of such a
+/// chain has
+///
+/// `U(J) <= cB`, `A(J) <= Σ_t a_t σ_t B + K(cB - U(J))`,
+///
+/// with `A` the accelerator time of supported units, and the same for `R`
+/// with the devices not counted by `s`. A cell that fails either side is
+/// on no chain within the bound; the DP skips it (and an ideal with no such
+/// cell is not walked at all). The optimum is within the bound, so its
+/// chain is kept: the DP stays exact.
+struct Viability {
+    /// `A(J)` and `U(J)` per ideal.
+    acc: Vec<f64>,
+    cpu_only: Vec<f64>,
+    total_acc: f64,
+    total_cpu_only: f64,
+    /// per state: accelerator capacity `Σ a_t σ_t B` of the counted and of
+    /// the other accelerators, and the CPUs counted and not.
+    acc_cap: Vec<(f64, f64)>,
+    cpus: Vec<(f64, f64)>,
+    bound: f64,
+    /// Supported units by accelerator time per CPU time, best first:
+    /// prefix sums of (CPU time, accelerator time); `free` is the
+    /// accelerator time of units with no CPU time.
+    knap: Vec<(f64, f64)>,
+    free: f64,
+    slack: f64,
+}
+
+impl Viability {
+    fn new(p: &Prepared<'_>, lat: &Lattice, strides: &[usize], ns: usize, bound: f64) -> Self {
+        let u = &p.units;
+        let a_of = |x: usize| {
+            if u.accelerator_ok[x] {
+                u.accelerator_time[x]
+            } else {
+                0.0
+            }
+        };
+        let c_of = |x: usize| {
+            if u.accelerator_ok[x] {
+                0.0
+            } else {
+                u.cpu_time[x]
+            }
+        };
+        let mut acc = vec![0.0; lat.count];
+        let mut cpu_only = vec![0.0; lat.count];
+        for j in 1..lat.count {
+            let (i, x) = lat.down[lat.down_start[j] as usize];
+            acc[j] = acc[i as usize] + a_of(x as usize);
+            cpu_only[j] = cpu_only[i as usize] + c_of(x as usize);
+        }
+        let total_acc: f64 = (0..u.len()).map(a_of).sum();
+        let total_cpu_only: f64 = (0..u.len()).map(c_of).sum();
+        let mut items: Vec<(f64, f64)> = (0..u.len())
+            .filter(|&x| u.accelerator_ok[x] && u.accelerator_time[x] > 0.0)
+            .map(|x| (u.cpu_time[x], u.accelerator_time[x]))
+            .collect();
+        let free = items.iter().filter(|it| it.0 <= 0.0).map(|it| it.1).sum();
+        items.retain(|it| it.0 > 0.0);
+        items.sort_by(|a, b| (b.1 / b.0).total_cmp(&(a.1 / a.0)));
+        let mut knap = Vec::with_capacity(items.len() + 1);
+        let (mut sc, mut sa) = (0.0, 0.0);
+        knap.push((0.0, 0.0));
+        for (c, a) in items {
+            sc += c;
+            sa += a;
+            knap.push((sc, sa));
+        }
+        let mut acc_cap = Vec::with_capacity(ns);
+        let mut cpus = Vec::with_capacity(ns);
+        for s in 0..ns {
+            let (mut used, mut rest, mut cu, mut cr) = (0.0, 0.0, 0.0, 0.0);
+            for (t, k) in p.kinds.iter().enumerate() {
+                let a = (s / strides[t]) % (k.count + 1);
+                let (a, r) = (a as f64, (k.count - a) as f64);
+                if k.is_cpu {
+                    cu += a;
+                    cr += r;
+                } else {
+                    used += a * k.speed * bound;
+                    rest += r * k.speed * bound;
+                }
+            }
+            acc_cap.push((used, rest));
+            cpus.push((cu, cr));
+        }
+        // sums taken in other orders differ by rounding
+        let slack = 1e-9 * (total_acc + total_cpu_only + bound) + 1e-12;
+        Viability {
+            acc,
+            cpu_only,
+            total_acc,
+            total_cpu_only,
+            acc_cap,
+            cpus,
+            bound,
+            knap,
+            free,
+            slack,
+        }
+    }
+
+    /// `K(b)`: the most accelerator time CPUs with CPU time `b` can take.
+    fn knapsack(&self, b: f64) -> f64 {
+        if b < 0.0 {
+            return f64::NEG_INFINITY;
+        }
+        let k = &self.knap;
+        // last prefix within b
+        let n = k.partition_point(|x| x.0 <= b);
+        let (c0, a0) = k[n - 1];
+        let part = match k.get(n) {
+            Some(&(c1, a1)) => (a1 - a0) * (b - c0) / (c1 - c0),
+            None => 0.0,
+        };
+        self.free + a0 + part
+    }
+
+    fn side(&self, acc: f64, cpu_only: f64, acc_cap: f64, cpus: f64) -> bool {
+        let budget = cpus * self.bound;
+        cpu_only <= budget + self.slack
+            && acc <= acc_cap + self.knapsack(budget - cpu_only + self.slack) + self.slack
+    }
+
+    fn viable(&self, j: usize, s: usize) -> bool {
+        let (used, rest) = self.acc_cap[s];
+        let (cu, cr) = self.cpus[s];
+        self.side(self.acc[j], self.cpu_only[j], used, cu)
+            && self.side(
+                self.total_acc - self.acc[j],
+                self.total_cpu_only - self.cpu_only[j],
+                rest,
+                cr,
+            )
     }
 }
 
 fn finish(
     p: &Prepared<'_>,
     lat: &Lattice,
-    (value, pairs): (f64, u64),
-    chain: Vec<Step>,
+    out: DpOut,
     ub: f64,
     solver: &str,
     start: Instant,
 ) -> Result<(Plan, SolveStats)> {
     let n = p.ix.graph.nodes.len();
+    let internal = |what: &str| PartitionError::Unsupported(format!("internal error: {what}"));
     let mut slot = vec![None; n];
     let mut used = vec![0usize; p.kinds.len()];
-    for step in chain.iter().rev() {
+    // per step in chain order, for the satellites: (slot, feeders, detached)
+    let mut sat_steps: Vec<(Slot, Vec<u32>, Vec<u32>)> = Vec::new();
+    let mut items = Vec::new();
+    for step in out.chain.iter().rev() {
+        let t = step.kind as usize;
+        let kind = &p.kinds[t];
         if step.i == step.j {
+            // an empty device; with satellites, an empty CPU may house some
+            if p.satellites.is_some() && kind.is_cpu {
+                sat_steps.push((kind.slot(used[t]), Vec::new(), Vec::new()));
+                used[t] += 1;
+            }
             continue;
         }
-        let t = step.kind as usize;
-        let s = p.kinds[t].slot(used[t]);
+        let s = kind.slot(used[t]);
         used[t] += 1;
-        for u in lat.difference(step.j as usize, step.i as usize) {
+        let units = lat.difference(step.j as usize, step.i as usize);
+        for &u in &units {
             for &x in &p.units.members[u] {
                 slot[x] = Some(s);
             }
         }
+        if let Some(sat) = &p.satellites {
+            let feeders: Vec<u32> = units
+                .iter()
+                .flat_map(|&u| sat.feeders[u].iter().map(|f| f.0))
+                .collect();
+            let mut detached = Vec::new();
+            let memory = units.iter().fold(0u64, |a, &u| a.saturating_add(p.units.memory[u]));
+            let all = units
+                .iter()
+                .fold(memory, |a, &u| a.saturating_add(sat.memory[u]));
+            if !kind.is_cpu && all > kind.memory {
+                // the set's costs as the DP priced them
+                let mut st = SetState {
+                    in_set: vec![false; n],
+                    succ_in: vec![0; n],
+                    outdeg: sat.core_outdeg.clone(),
+                    comm: 0.0,
+                    acc_time: 0.0,
+                    cpu_time: 0.0,
+                    memory: 0,
+                    satellite_memory: 0,
+                    unsupported: 0,
+                };
+                for &u in &units {
+                    st.add(p, u);
+                }
+                let ids: Vec<u32> = units.iter().map(|&u| u as u32).collect();
+                satellite_items(p, &st, &ids, &mut items);
+                let c = cover(&mut items, all - kind.memory, Some(&mut detached));
+                if !c.is_finite() {
+                    return Err(internal("the satellites of a set do not fit"));
+                }
+            }
+            sat_steps.push((s, feeders, detached));
+        }
+    }
+    if let Some(sat) = &p.satellites
+        && !satellite::place(sat, &mut slot, &sat_steps)
+    {
+        return Err(internal("satellites wait for a CPU at the end of the chain"));
     }
     let assignment: Vec<Slot> = slot
         .into_iter()
-        .map(|s| {
-            s.ok_or_else(|| {
-                PartitionError::Unsupported("internal error: the DP left a node unplaced".into())
-            })
-        })
+        .map(|s| s.ok_or_else(|| internal("the DP left a node unplaced")))
         .collect::<Result<_>>()?;
     let e = evaluate_indexed(&p.ix, &p.kinds, &assignment)?;
     let mut plan = e.plan;
@@ -828,9 +1247,9 @@ fn finish(
         SolveStats {
             units: p.units.len(),
             ideals: lat.count,
-            pairs,
+            pairs: out.pairs,
             upper_bound: ub,
-            dp_objective: value,
+            dp_objective: out.best,
             seconds: start.elapsed().as_secs_f64(),
         },
     ))

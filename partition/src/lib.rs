@@ -21,6 +21,7 @@ pub mod ip;
 pub mod paper;
 pub mod pipedream;
 pub mod problem;
+pub(crate) mod satellite;
 pub mod topology;
 
 pub use dp::{ExactDp, Greedy, LinearDp, ProgressFn, SolveStats};

@@ -1,7 +1,9 @@
 //! `cargo xtask bench-place`: the placement benchmark of hetero-partition,
-//! each shipped graph in a process of its own so that the peak resident
-//! memory printed per graph is that graph's alone, then the synthetic
-//! 50,000-node transformer-like graph (linearized DP).
+//! each run the example lists with `--variants` (every shipped graph as
+//! shipped and with 8 CPUs, GNMT with binding accelerator memory) in a
+//! process of its own so that the peak resident memory printed per run is
+//! its alone, then the synthetic 50,000-node transformer-like graph
+//! (linearized DP).
 
 use std::process::Command;
 
@@ -19,7 +21,7 @@ const EXAMPLE: &[&str] = &[
 
 /// Run the benchmark; `data_dir` replaces the shipped graphs' folder.
 pub fn run(data_dir: Option<&str>) -> Result<(), String> {
-    let graphs = example(&["--list"], data_dir)?;
+    let graphs = example(&["--variants"], data_dir)?;
     let names: Vec<&str> = graphs.lines().filter(|l| !l.trim().is_empty()).collect();
     if names.is_empty() {
         return Err("bench-place listed no graphs".into());
@@ -27,7 +29,9 @@ pub fn run(data_dir: Option<&str>) -> Result<(), String> {
     let mut failures = Vec::new();
     for (i, name) in names.iter().enumerate() {
         eprintln!("xtask: bench-place {}/{}: {name}", i + 1, names.len());
-        let mut args = vec!["--graph", name];
+        // a graph name, then its options (`--cpus 8`, `--memory BYTES`)
+        let mut args = vec!["--graph"];
+        args.extend(name.split_whitespace());
         if i > 0 {
             args.push("--no-header");
         }
