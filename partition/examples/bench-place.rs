@@ -144,6 +144,12 @@ struct Args {
     /// With --graph: this accelerator memory (bytes) instead of the file's.
     #[arg(long, value_name = "BYTES", requires = "graph")]
     memory: Option<u64>,
+    /// With --graph: also solve the contiguous IP (Cbc in a build with the
+    /// `cbc` feature, else microlp) with this time limit, seconds, and
+    /// print its objective, bound and gap next to the DP's (the check of
+    /// issue 21).
+    #[arg(long, value_name = "SECONDS", requires = "graph")]
+    ip: Option<f64>,
     /// Only this graph (a name that --list prints).
     #[arg(long, value_name = "NAME", value_parser = graph_name, conflicts_with = "synthetic")]
     graph: Option<String>,
@@ -286,6 +292,9 @@ fn main() -> std::process::ExitCode {
             if ok { "" } else { " MISMATCH" }
         );
     }
+    if let (Some(limit), Selection::Graph(name)) = (args.ip, &selection) {
+        failed |= !check_with_ip(&dir, name, args.cpus, args.memory, limit);
+    }
     if run_synthetic {
         // A synthetic transformer-like graph of 50,000 operators, linearized DP.
         let g = transformer(5_000);
@@ -311,6 +320,72 @@ fn main() -> std::process::ExitCode {
         std::process::ExitCode::FAILURE
     } else {
         std::process::ExitCode::SUCCESS
+    }
+}
+
+/// The contiguous IP on one graph (the DP's check): prints the IP's
+/// objective, bound and gap and the DP's value; false when they disagree
+/// (an IP proven optimal with another value) or a solver fails.
+fn check_with_ip(
+    dir: &std::path::Path,
+    name: &str,
+    cpus: Option<usize>,
+    memory: Option<u64>,
+    limit: f64,
+) -> bool {
+    use hetero_partition::{IntegerProgram, IpSolver};
+    let Ok(pg) = PaperGraph::from_path(&dir.join(format!("{name}.json"))) else {
+        eprintln!("{name}: cannot read the graph");
+        return false;
+    };
+    let mut cluster = pg.cluster();
+    cluster.cpus = cpus.unwrap_or(pg.cpus);
+    for a in &mut cluster.accelerators {
+        a.memory_bytes = memory.unwrap_or(pg.memory_per_accelerator);
+    }
+    let solver = if cfg!(feature = "cbc") {
+        IpSolver::Cbc
+    } else {
+        IpSolver::MicroLp
+    };
+    let dp = match ExactDp::default().solve(&pg.graph, &cluster) {
+        Ok((plan, _)) => plan.objective,
+        Err(e) => {
+            eprintln!("{name}: exact DP: {e}");
+            return false;
+        }
+    };
+    let t = Instant::now();
+    let ip = IntegerProgram::contiguous()
+        .with_time_limit(limit)
+        .with_solver(solver)
+        .solve(&pg.graph, &cluster);
+    match ip {
+        Ok((plan, s)) => {
+            let agrees = s.stopped_by_time_limit || (plan.objective - dp).abs() <= 1e-6 * dp;
+            println!(
+                "contiguous IP ({solver}), {name}, {} CPUs, memory {}: {} variables, {} constraints, objective {:.6}, bound {:.6}, gap {:.4}%, {}, {:.0} s wall; exact DP {dp:.6}{}",
+                cluster.cpus,
+                cluster.accelerators.first().map_or(0, |a| a.memory_bytes),
+                s.variables,
+                s.constraints,
+                plan.objective,
+                s.bound,
+                s.gap * 100.0,
+                if s.stopped_by_time_limit {
+                    "stopped by the time limit"
+                } else {
+                    "proven optimal"
+                },
+                t.elapsed().as_secs_f64(),
+                if agrees { "" } else { " MISMATCH" }
+            );
+            agrees
+        }
+        Err(e) => {
+            eprintln!("{name}: contiguous IP: {e}");
+            false
+        }
     }
 }
 

@@ -32,7 +32,7 @@ use crate::satellite::{self, Item, Satellites, cover};
 use crate::{PartitionError, Result};
 
 /// What a solver did, for reports.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct SolveStats {
     /// Units after contraction.
     pub units: usize,
@@ -46,6 +46,10 @@ pub struct SolveStats {
     pub dp_objective: f64,
     /// Wall time, seconds.
     pub seconds: f64,
+    /// Exact DP: satellite units priced per set instead of enumerated
+    /// (see the `satellite` module's documentation; 0 when the graph has
+    /// none or the DP fell back to every unit).
+    pub satellites: usize,
 }
 
 /// Called as the exact DP goes: (ideals done, ideals in all).
@@ -263,6 +267,7 @@ impl Greedy {
             upper_bound: f64::INFINITY,
             dp_objective: plan.objective,
             seconds: start.elapsed().as_secs_f64(),
+            satellites: 0,
         };
         Ok((plan, stats))
     }
@@ -623,10 +628,10 @@ fn run_dp_bounded(
                 lat.count
             ))
         })?;
-    let with_kind: Vec<Vec<u32>> = (0..kinds.len())
+    let bases: Vec<Vec<u32>> = (0..kinds.len())
         .map(|t| {
             (0..ns)
-                .filter(|&s| (s / strides[t]) % (kinds[t].count + 1) > 0)
+                .filter(|&s| (s / strides[t]) % (kinds[t].count + 1) == 0)
                 .map(|s| s as u32)
                 .collect()
         })
@@ -648,13 +653,15 @@ fn run_dp_bounded(
         p,
         lat,
         strides: &strides,
-        with_kind: &with_kind,
+        bases: &bases,
         bound,
         ns,
         viability: viability.as_ref(),
     };
     let threads = threads.max(1);
-    let mut workers: Vec<Worker> = (0..threads).map(|_| Worker::new(p, lat.count)).collect();
+    let mut workers: Vec<Worker> = (0..threads)
+        .map(|_| Worker::new(p, lat.count, ns))
+        .collect();
     // Ideals of one size do not depend on each other: each level is split
     // over the workers (rows of one level are contiguous, ids grow with size).
     let levels = lat.levels();
@@ -744,10 +751,64 @@ struct RowCtx<'a, 'g> {
     p: &'a Prepared<'g>,
     lat: &'a Lattice,
     strides: &'a [usize],
-    with_kind: &'a [Vec<u32>],
+    /// Per kind: the states with none of that kind (the lines' starts).
+    bases: &'a [Vec<u32>],
     bound: f64,
     ns: usize,
     viability: Option<&'a Viability>,
+}
+
+/// The states of one row that one kind's device can reach from a
+/// sub-ideal's row, as lines: a line starts at a state with none of the
+/// kind and adds one device of it at a time.
+struct Lines<'a> {
+    bases: &'a [u32],
+    live: &'a [bool],
+    back: usize,
+    count: usize,
+    /// The set's cost on this kind and the sub-ideal's id.
+    c: f64,
+    sub: u32,
+}
+
+impl Lines<'_> {
+    /// `row[to + s] = min(row[to + s], max(from(s - back), c))` for every
+    /// live state `s` with one device of the kind or more, where `from`
+    /// gives the sub-ideal's value and the back-link's code. Along a line,
+    /// `from` never grows (a finished row is at most its value with one
+    /// device fewer: a device may stay empty), so once it is at most `c`
+    /// every later state of the line gets exactly `c`: the line stops
+    /// there, and the row's "device left empty" pass carries `c` to the
+    /// rest of it. (That state is written even when it is not live; any
+    /// value the DP writes is a real chain's, so this only adds one.)
+    #[inline]
+    fn relax(
+        &self,
+        row: &mut [f64],
+        crow: &mut [(u32, u8)],
+        to: usize,
+        from: impl Fn(usize) -> (f64, u8),
+    ) {
+        for &s0 in self.bases {
+            let mut s = s0 as usize;
+            for _ in 0..self.count {
+                s += self.back;
+                let (v, code) = from(s - self.back);
+                let x = to + s;
+                if v <= self.c {
+                    if self.c < row[x] {
+                        row[x] = self.c;
+                        crow[x] = (self.sub, code);
+                    }
+                    break;
+                }
+                if self.live[s] && v < row[x] {
+                    row[x] = v;
+                    crow[x] = (self.sub, code);
+                }
+            }
+        }
+    }
 }
 
 /// What one thread keeps between rows. Aligned (and its small vectors
@@ -766,14 +827,14 @@ struct Worker {
     /// Per kind: whether the set detaches satellites on it.
     detach: Vec<bool>,
     /// The states of the current row that a split within the bound can
-    /// pass through, per kind (a subset of `with_kind[t]`).
-    live: Vec<Vec<u32>>,
+    /// pass through (see [`Viability`]).
+    live_mask: Vec<bool>,
     items: Vec<Item>,
     pairs: u64,
 }
 
 impl Worker {
-    fn new(p: &Prepared<'_>, ideals: usize) -> Self {
+    fn new(p: &Prepared<'_>, ideals: usize, ns: usize) -> Self {
         let n = p.ix.graph.nodes.len();
         let outdeg = match &p.satellites {
             Some(sat) => sat.core_outdeg.clone(),
@@ -795,7 +856,7 @@ impl Worker {
             stack: Vec::with_capacity(p.units.len() + 2),
             cost: padded(vec![0.0; p.kinds.len()]),
             detach: vec![false; p.kinds.len().max(32)],
-            live: vec![Vec::new(); p.kinds.len()],
+            live_mask: vec![false; ns],
             items: Vec::new(),
             pairs: 0,
         }
@@ -844,20 +905,38 @@ fn row_dp(
     let waiting = nst > ns;
     let kinds = &p.kinds;
     let mut any_live = false;
-    for (t, states) in ctx.with_kind.iter().enumerate() {
-        let live = &mut w.live[t];
-        live.clear();
-        match ctx.viability {
-            None => live.extend_from_slice(states),
-            Some(v) => live.extend(states.iter().copied().filter(|&s| v.viable(j, s as usize))),
-        }
-        any_live |= !live.is_empty();
+    for s in 1..ns {
+        let live = ctx.viability.is_none_or(|v| v.viable(j, s));
+        w.live_mask[s] = live;
+        any_live |= live;
     }
     if !any_live {
         // No split within the bound passes through this ideal: its row
         // stays infinite (see `Viability`), and its sub-ideals need no walk.
         return;
     }
+    // The states of a sub-ideal's row that a live state of this row can
+    // come from (one device fewer): a sub-ideal with none of them viable
+    // is on no split within the bound through this row, and its row (a
+    // cache miss on large state spaces) is not read.
+    let need = match ctx.viability.and_then(|v| v.bits.as_ref()) {
+        Some(_) => {
+            let mut need = 0u64;
+            for s in 1..ns {
+                if w.live_mask[s] {
+                    for (t, k) in kinds.iter().enumerate() {
+                        let back = ctx.strides[t];
+                        if !(s / back).is_multiple_of(k.count + 1) {
+                            need |= 1 << (s - back);
+                        }
+                    }
+                }
+            }
+            need
+        }
+        None => u64::MAX,
+    };
+    let sub_bits = ctx.viability.and_then(|v| v.bits.as_deref());
     w.stamp[j] = j as u32;
     w.stack.push((j as u32, lat.down_start[j], u32::MAX));
     while let Some(top) = w.stack.last_mut() {
@@ -918,6 +997,10 @@ fn row_dp(
             continue;
         }
         w.pairs += 1;
+        if sub_bits.is_some_and(|b| b[sub as usize] & need == 0) {
+            w.stack.push((sub, lat.down_start[sub as usize], unit));
+            continue;
+        }
         let irow = &done[sub as usize * nst..sub as usize * nst + nst];
         // with every device, I's best is its least value: nothing to gain past the bound
         let least = if waiting {
@@ -926,59 +1009,38 @@ fn row_dp(
             irow[ns - 1]
         };
         if least <= bound {
-            for (t, states) in w.live.iter().enumerate() {
+            for t in 0..kinds.len() {
                 let c = w.cost[t];
                 if c > bound {
                     continue;
                 }
-                let back = ctx.strides[t];
+                let (back, count) = (ctx.strides[t], kinds[t].count);
+                let lines = Lines {
+                    bases: &ctx.bases[t],
+                    live: &w.live_mask,
+                    back,
+                    count,
+                    c,
+                    sub,
+                };
+                let code = t as u8;
                 if !waiting {
-                    for &s in states {
-                        let s = s as usize;
-                        if c >= row[s] {
-                            continue;
-                        }
-                        let cand = irow[s - back].max(c);
-                        if cand < row[s] {
-                            row[s] = cand;
-                            crow[s] = (sub, t as u8);
-                        }
-                    }
+                    lines.relax(row, crow, 0, |q| (irow[q], code));
                 } else if kinds[t].is_cpu || w.detach[t] {
                     // a CPU houses what waits (to "nothing waits"); a set
                     // that detaches leaves something waiting
                     let to = if kinds[t].is_cpu { 0 } else { ns };
-                    for &s in states {
-                        let s = s as usize;
-                        if c >= row[s + to] {
-                            continue;
-                        }
-                        let (a, b) = (irow[s - back], irow[s - back + ns]);
-                        let (from, code) = if b < a {
-                            (b, t as u8 | FROM_WAITING)
+                    lines.relax(row, crow, to, |q| {
+                        let (a, b) = (irow[q], irow[q + ns]);
+                        if b < a {
+                            (b, code | FROM_WAITING)
                         } else {
-                            (a, t as u8)
-                        };
-                        let cand = from.max(c);
-                        if cand < row[s + to] {
-                            row[s + to] = cand;
-                            crow[s + to] = (sub, code);
+                            (a, code)
                         }
-                    }
+                    });
                 } else {
-                    for &s in states {
-                        let s = s as usize;
-                        for (blk, code) in [(0, t as u8), (ns, t as u8 | FROM_WAITING)] {
-                            if c >= row[s + blk] {
-                                continue;
-                            }
-                            let cand = irow[s - back + blk].max(c);
-                            if cand < row[s + blk] {
-                                row[s + blk] = cand;
-                                crow[s + blk] = (sub, code);
-                            }
-                        }
-                    }
+                    lines.relax(row, crow, 0, |q| (irow[q], code));
+                    lines.relax(row, crow, ns, |q| (irow[q + ns], code | FROM_WAITING));
                 }
             }
         }
@@ -1047,6 +1109,8 @@ struct Viability {
     knap: Vec<(f64, f64)>,
     free: f64,
     slack: f64,
+    /// Per ideal, its viable states as bits (when there are at most 64).
+    bits: Option<Vec<u64>>,
 }
 
 impl Viability {
@@ -1110,7 +1174,7 @@ impl Viability {
         }
         // sums taken in other orders differ by rounding
         let slack = 1e-9 * (total_acc + total_cpu_only + bound) + 1e-12;
-        Viability {
+        let mut v = Viability {
             acc,
             cpu_only,
             total_acc,
@@ -1121,7 +1185,19 @@ impl Viability {
             knap,
             free,
             slack,
+            bits: None,
+        };
+        if ns <= 64 {
+            let bits = (0..lat.count)
+                .map(|j| {
+                    (0..ns)
+                        .filter(|&s| v.viable(j, s))
+                        .fold(0u64, |b, s| b | 1 << s)
+                })
+                .collect();
+            v.bits = Some(bits);
         }
+        v
     }
 
     /// `K(b)`: the most accelerator time CPUs with CPU time `b` can take.
@@ -1251,6 +1327,7 @@ fn finish(
             upper_bound: ub,
             dp_objective: out.best,
             seconds: start.elapsed().as_secs_f64(),
+            satellites: p.satellites.as_ref().map_or(0, |s| s.count),
         },
     ))
 }

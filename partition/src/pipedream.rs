@@ -142,6 +142,7 @@ impl PipeDream {
             upper_bound: f64::INFINITY,
             dp_objective: if len > 0 { a[stages][len] } else { 0.0 },
             seconds: start.elapsed().as_secs_f64(),
+            satellites: 0,
         };
         Ok((plan, stats))
     }

@@ -354,3 +354,110 @@ proptest! {
         }
     }
 }
+
+/// Random DAGs where memory binds, with nodes that take no time but hold
+/// memory (the satellites of the exact DP when they dangle from one node),
+/// up to three CPUs, and one or two accelerators (plus a faster one).
+fn binding_case() -> impl Strategy<Value = Case> {
+    (1usize..=6)
+        .prop_flat_map(|n| {
+            let nodes = proptest::collection::vec(
+                (
+                    0u32..20,                   // cpu time
+                    1u32..10,                   // accelerator time
+                    prop::bool::weighted(0.45), // takes no time at all
+                    0u64..6,                    // memory
+                    prop::bool::weighted(0.9),  // runs on an accelerator
+                    0u32..4,                    // out cost
+                ),
+                n,
+            );
+            let edges = proptest::collection::vec(prop::bool::weighted(0.4), n * (n - 1) / 2);
+            let cluster = (1usize..=2, 1u64..=10, prop::bool::ANY, 0usize..=3);
+            (nodes, edges, cluster)
+        })
+        .prop_map(|(nodes, edges, (k, mem, hetero, cpus))| {
+            let n = nodes.len();
+            let graph_nodes: Vec<Node> = nodes
+                .iter()
+                .enumerate()
+                .map(|(i, &(c, a, zero, m, ok, _))| Node {
+                    id: i as u64,
+                    name: None,
+                    cpu_time: if zero { 0.0 } else { f64::from(c) },
+                    accelerator_time: if zero { 0.0 } else { f64::from(a) / 2.0 },
+                    memory_bytes: m,
+                    accelerator_ok: ok,
+                    color_class: None,
+                    backward: false,
+                })
+                .collect();
+            let mut graph_edges = Vec::new();
+            let mut e = 0;
+            #[allow(clippy::needless_range_loop)] // i indexes nodes and numbers edges
+            for i in 0..n {
+                for j in i + 1..n {
+                    if edges[e] {
+                        graph_edges.push(Edge {
+                            src: i,
+                            dst: j,
+                            transfer_time: f64::from(nodes[i].5) / 4.0,
+                            bytes: None,
+                        });
+                    }
+                    e += 1;
+                }
+            }
+            let mut accelerators = vec![AcceleratorClass {
+                name: "a".into(),
+                count: k,
+                memory_bytes: mem,
+                speed_factor: 1.0,
+            }];
+            if hetero {
+                accelerators.push(AcceleratorClass {
+                    name: "b".into(),
+                    count: 1,
+                    memory_bytes: mem / 2 + 1,
+                    speed_factor: 2.0,
+                });
+            }
+            Case {
+                graph: Graph {
+                    nodes: graph_nodes,
+                    edges: graph_edges,
+                },
+                cluster: Cluster {
+                    accelerators,
+                    cpus,
+                    interconnect: None,
+                },
+            }
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1500))]
+
+    /// Several CPUs and binding memory: the exact DP (with its satellites
+    /// priced per set, or its fallback to every unit) equals brute force.
+    #[test]
+    fn exact_dp_equals_brute_force_with_cpus_and_binding_memory(c in binding_case()) {
+        let brute = brute::best_contiguous(&c.graph, &c.cluster).unwrap();
+        let exact = ExactDp::default().solve(&c.graph, &c.cluster);
+        match (brute, exact) {
+            (None, Err(PartitionError::Infeasible(_))) => {}
+            (Some((best, _)), Ok((plan, stats))) => {
+                consistent(&c, &plan);
+                prop_assert!((plan.objective - best).abs() <= 1e-9 * best.max(1.0),
+                    "DP {} vs brute force {} ({} satellites)", plan.objective, best, stats.satellites);
+                prop_assert!((stats.dp_objective - plan.objective).abs() <= 1e-9 * best.max(1.0));
+                if let Ok((lin, _)) = LinearDp.solve(&c.graph, &c.cluster) {
+                    consistent(&c, &lin);
+                    prop_assert!(lin.objective >= best - 1e-9);
+                }
+            }
+            (b, e) => prop_assert!(false, "brute force {b:?} but DP {e:?}"),
+        }
+    }
+}

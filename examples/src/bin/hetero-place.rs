@@ -236,6 +236,7 @@ fn run(args: &Args) -> Result<(), PartitionError> {
                     upper_bound: s.solver_objective,
                     dp_objective: s.solver_objective,
                     seconds: s.seconds,
+                    ..SolveStats::default()
                 };
                 (plan, stats)
             }
