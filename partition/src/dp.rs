@@ -55,6 +55,33 @@ pub struct SolveStats {
 /// Called as the exact DP goes: (ideals done, ideals in all).
 pub type ProgressFn = dyn Fn(usize, usize) + Send + Sync;
 
+/// What the exact DP tells as it goes (for command-line reports).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum DpEvent {
+    /// Before the ideals are enumerated: the lattice's units (after the
+    /// satellites, if any, are taken out), the satellites, an estimate of
+    /// the bytes each ideal will take (enumeration and DP table), and the
+    /// ideal limit, so that `bytes_per_ideal * limit` bounds the memory.
+    Enumerating {
+        units: usize,
+        satellites: usize,
+        bytes_per_ideal: usize,
+        limit: usize,
+    },
+    /// While enumerating: ideals found so far and the bytes they take.
+    Ideals { ideals: usize, bytes: usize },
+    /// Enumeration done: the ideals, and the DP table's bytes.
+    Enumerated { ideals: usize, table_bytes: usize },
+    /// The DP with satellites priced per set did not prove its split
+    /// optimal (its value, and the lower bound it proved): the DP runs
+    /// again on every unit.
+    SatellitesNotTight { value: f64, lower_bound: f64 },
+}
+
+/// Receives [`DpEvent`]s.
+pub type EventFn = dyn Fn(&DpEvent) + Send + Sync;
+
 /// Exact DP over all ideals (contiguous splits).
 #[derive(Clone)]
 pub struct ExactDp {
@@ -65,6 +92,8 @@ pub struct ExactDp {
     pub threads: usize,
     /// Told after each size of ideals is done (for progress bars).
     pub progress: Option<std::sync::Arc<ProgressFn>>,
+    /// Told what the DP is about to do and how the enumeration goes.
+    pub events: Option<std::sync::Arc<EventFn>>,
 }
 
 impl std::fmt::Debug for ExactDp {
@@ -73,6 +102,7 @@ impl std::fmt::Debug for ExactDp {
             .field("ideal_limit", &self.ideal_limit)
             .field("threads", &self.threads)
             .field("progress", &self.progress.is_some())
+            .field("events", &self.events.is_some())
             .finish()
     }
 }
@@ -83,6 +113,7 @@ impl Default for ExactDp {
             ideal_limit: 3_000_000,
             threads: 0,
             progress: None,
+            events: None,
         }
     }
 }
@@ -185,7 +216,7 @@ impl ExactDp {
         // (the pairs reported are the exact DP's own)
         let mut pairs = 0;
         if let Some(core) = satellite::split(&p) {
-            let lattice = Lattice::ideals(&core.units, self.ideal_limit)?;
+            let lattice = self.enumerate(&core)?;
             let out = run_dp(
                 &core,
                 &lattice,
@@ -203,8 +234,12 @@ impl ExactDp {
             if !out.relaxed.is_finite() {
                 return Err(infeasible());
             }
+            self.tell(&DpEvent::SatellitesNotTight {
+                value: out.best,
+                lower_bound: out.relaxed,
+            });
         }
-        let lattice = Lattice::ideals(&p.units, self.ideal_limit)?;
+        let lattice = self.enumerate(&p)?;
         let out = run_dp(
             &p,
             &lattice,
@@ -220,6 +255,35 @@ impl ExactDp {
             ..out
         };
         finish(&p, &lattice, out, ub, "exact-dp", start)
+    }
+}
+
+impl ExactDp {
+    fn tell(&self, e: &DpEvent) {
+        if let Some(f) = &self.events {
+            f(e);
+        }
+    }
+
+    /// The lattice of `p`'s units, with the memory estimate told first and
+    /// the count told as it grows.
+    fn enumerate(&self, p: &Prepared<'_>) -> Result<Lattice> {
+        let words = p.units.len().div_ceil(64).max(1);
+        let blocks = if p.satellites.is_some() { 2 } else { 1 };
+        let (_, _, table) = state_space(&p.kinds, blocks)?;
+        self.tell(&DpEvent::Enumerating {
+            units: p.units.len(),
+            satellites: p.satellites.as_ref().map_or(0, |s| s.count),
+            bytes_per_ideal: Lattice::BYTES_PER_IDEAL + 16 * words + table,
+            limit: self.ideal_limit,
+        });
+        let mut tick = |ideals: usize, bytes: usize| self.tell(&DpEvent::Ideals { ideals, bytes });
+        let lattice = Lattice::ideals(&p.units, self.ideal_limit, &mut tick)?;
+        self.tell(&DpEvent::Enumerated {
+            ideals: lattice.count,
+            table_bytes: lattice.count.saturating_mul(table),
+        });
+        Ok(lattice)
     }
 }
 
@@ -357,7 +421,13 @@ impl Lattice {
         }
     }
 
-    fn ideals(units: &Units, limit: usize) -> Result<Self> {
+    /// Bytes per ideal besides its bitset (two copies of it, in the table
+    /// and the hash index) and the DP table: the hash index's entry, the
+    /// Hasse diagram's edges (about four per ideal on the shipped graphs,
+    /// 12 bytes while built, 8 after) and the stamps.
+    const BYTES_PER_IDEAL: usize = 48 + 4 * 12 + 8;
+
+    fn ideals(units: &Units, limit: usize, tick: &mut dyn FnMut(usize, usize)) -> Result<Self> {
         let n = units.len();
         let words = n.div_ceil(64).max(1);
         let mut data: Vec<u64> = vec![0; words];
@@ -381,6 +451,10 @@ impl Lattice {
                         let id = index.len();
                         if id >= limit {
                             return Err(PartitionError::TooManyIdeals { limit });
+                        }
+                        if id % (1 << 18) == 0 && id > 0 {
+                            let bytes = id * (48 + 16 * words + 8) + up.len() * 12;
+                            tick(id, bytes);
                         }
                         index.insert(child.clone().into_boxed_slice(), id as u32);
                         data.extend_from_slice(&child);
@@ -830,6 +904,8 @@ struct Worker {
     /// pass through (see [`Viability`]).
     live_mask: Vec<bool>,
     items: Vec<Item>,
+    /// Per kind: the sub-ideal states this row's live states come from.
+    need: Vec<u64>,
     pairs: u64,
 }
 
@@ -858,6 +934,7 @@ impl Worker {
             detach: vec![false; p.kinds.len().max(32)],
             live_mask: vec![false; ns],
             items: Vec::new(),
+            need: vec![0; p.kinds.len()],
             pairs: 0,
         }
     }
@@ -915,27 +992,26 @@ fn row_dp(
         // stays infinite (see `Viability`), and its sub-ideals need no walk.
         return;
     }
-    // The states of a sub-ideal's row that a live state of this row can
-    // come from (one device fewer): a sub-ideal with none of them viable
-    // is on no split within the bound through this row, and its row (a
-    // cache miss on large state spaces) is not read.
-    let need = match ctx.viability.and_then(|v| v.bits.as_ref()) {
-        Some(_) => {
-            let mut need = 0u64;
+    // Per kind, the states of a sub-ideal's row that a live state of this
+    // row can come from (one device of the kind fewer): a sub-ideal with
+    // none of them viable, for any kind the set can go on, is on no split
+    // within the bound through this row, and its row (a cache miss on
+    // large state spaces) is not read.
+    let with_bits = ctx.viability.is_some_and(|v| v.bits.is_some());
+    for (t, k) in kinds.iter().enumerate() {
+        let back = ctx.strides[t];
+        let mut need = 0u64;
+        if with_bits {
             for s in 1..ns {
-                if w.live_mask[s] {
-                    for (t, k) in kinds.iter().enumerate() {
-                        let back = ctx.strides[t];
-                        if !(s / back).is_multiple_of(k.count + 1) {
-                            need |= 1 << (s - back);
-                        }
-                    }
+                if w.live_mask[s] && !(s / back).is_multiple_of(k.count + 1) {
+                    need |= 1 << (s - back);
                 }
             }
-            need
+        } else {
+            need = u64::MAX;
         }
-        None => u64::MAX,
-    };
+        w.need[t] = need;
+    }
     let sub_bits = ctx.viability.and_then(|v| v.bits.as_deref());
     w.stamp[j] = j as u32;
     w.stack.push((j as u32, lat.down_start[j], u32::MAX));
@@ -997,6 +1073,11 @@ fn row_dp(
             continue;
         }
         w.pairs += 1;
+        // the states a sub-ideal's row must have viable for a kind the set
+        // can go on within the bound
+        let need = (0..kinds.len())
+            .filter(|&t| w.cost[t] <= bound)
+            .fold(0u64, |a, t| a | w.need[t]);
         if sub_bits.is_some_and(|b| b[sub as usize] & need == 0) {
             w.stack.push((sub, lat.down_start[sub as usize], unit));
             continue;

@@ -24,7 +24,7 @@ pub mod problem;
 pub(crate) mod satellite;
 pub mod topology;
 
-pub use dp::{ExactDp, Greedy, LinearDp, ProgressFn, SolveStats};
+pub use dp::{DpEvent, EventFn, ExactDp, Greedy, LinearDp, ProgressFn, SolveStats};
 pub use eval::{Evaluation, evaluate};
 pub use ip::{IntegerProgram, IpSolver, IpStats};
 pub use paper::{PaperGraph, PaperSplit};

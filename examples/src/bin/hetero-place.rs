@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use hetero_core::placement::{Cluster, Plan};
 use hetero_partition::{
-    ExactDp, Greedy, IntegerProgram, IpSolver, LinearDp, PaperGraph, PaperSplit, PartitionError,
+    DpEvent, ExactDp, Greedy, IntegerProgram, IpSolver, LinearDp, PaperGraph, PaperSplit, PartitionError,
     PipeDream, ProgressFn, SolveStats, cluster_from_topology, evaluate,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -191,6 +191,7 @@ fn run(args: &Args) -> Result<(), PartitionError> {
                 let (progress, bar) = progress_bar();
                 let dp = ExactDp {
                     progress: Some(progress),
+                    events: Some(Arc::new(report_dp_event)),
                     ideal_limit: args.ideal_limit,
                     ..ExactDp::default()
                 };
@@ -275,6 +276,51 @@ fn run(args: &Args) -> Result<(), PartitionError> {
         plan.objective
     );
     Ok(())
+}
+
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// The exact DP's memory estimate before it enumerates, its count while
+/// it does, and whether the satellites' bound was tight, on stderr.
+fn report_dp_event(e: &DpEvent) {
+    match e {
+        DpEvent::Enumerating {
+            units,
+            satellites,
+            bytes_per_ideal,
+            limit,
+        } => {
+            let held = if *satellites > 0 {
+                format!(" ({satellites} zero-time units holding memory priced per set)")
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "exact DP: enumerating the ideals of {units} units{held}; about {bytes_per_ideal} bytes per ideal, so at most {:.0} MiB at the limit of {limit} ideals (--ideal-limit)",
+                mib(bytes_per_ideal.saturating_mul(*limit))
+            );
+        }
+        DpEvent::Ideals { ideals, bytes } => {
+            eprintln!("exact DP: {ideals} ideals so far, {:.0} MiB", mib(*bytes));
+        }
+        DpEvent::Enumerated {
+            ideals,
+            table_bytes,
+        } => {
+            eprintln!(
+                "exact DP: {ideals} ideals; DP table {:.1} MiB",
+                mib(*table_bytes)
+            );
+        }
+        DpEvent::SatellitesNotTight { value, lower_bound } => {
+            eprintln!(
+                "exact DP: with satellites priced per set the best split found is {value:.6} and the bound {lower_bound:.6}; not proven optimal, so the DP runs again on every unit"
+            );
+        }
+        _ => {}
+    }
 }
 
 /// A progress bar on stderr (indicatif hides it unless stderr is a
