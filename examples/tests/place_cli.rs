@@ -176,3 +176,41 @@ fn the_ideal_limit_is_a_flag_and_its_error_names_it() {
     let ok = place(&dir, CHAIN, &["--ideal-limit", "5"]);
     assert!(max_load(&ok) > 0.0);
 }
+
+/// Issue 21: the shipped GNMT graph on accelerators of 629,145,600 bytes,
+/// where memory binds and the zero-time nodes that hold memory are not
+/// merged away. The exact DP prices them per set, says what the
+/// enumeration will take before it starts, and beats the linearized DP.
+#[test]
+fn gnmt_with_binding_memory_is_placed_exactly_with_a_memory_estimate() {
+    let graph = Path::new(env!("CARGO_MANIFEST_DIR")).join(
+        "../../shared/data/dnn-partitioning/throughput-inputs/LayerGraphs/gnmt_inference.json",
+    );
+    if !graph.exists() {
+        eprintln!("skipped: {} is not here", graph.display());
+        return;
+    }
+    let run = |algo: &str| {
+        Command::new(env!("CARGO_BIN_EXE_hetero-place"))
+            .arg("--graph")
+            .arg(&graph)
+            .args(["--memory", "629145600", "--algo", algo])
+            .output()
+            .expect("runs")
+    };
+    let out = run("dp");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bytes per ideal") && stderr.contains("--ideal-limit"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("16 zero-time units holding memory priced per set"),
+        "{stderr}"
+    );
+    let exact = max_load(&out);
+    let linear = max_load(&run("dp-linear"));
+    // the contiguous IP (Cbc) proves 32.910658 optimal (partition/README.md)
+    assert!((exact - 32.910658).abs() < 1e-6, "{exact}");
+    assert!(exact < linear, "{exact} vs {linear}");
+}

@@ -20,6 +20,25 @@
 //! for the linearized DP) or too big for every accelerator. Pruning only
 //! drops pairs that no split with objective at most the bound can use, so the
 //! result stays exact.
+//!
+//! **Devices of one kind are interchangeable, so the state counts them.**
+//! The cost of a set on a device depends on the device only through its
+//! kind: an accelerator's through its speed and memory (the same for every
+//! device of the class), a CPU's not at all (its load is the set's CPU
+//! time: no communication term, no memory limit). Take a split and swap the
+//! sets of two devices of one kind: every load is the same multiset, so the
+//! objective is the same, and the chain of ideals is the same. So a split is
+//! determined, up to such swaps, by its chain and the kind of each step,
+//! and `dp[J][s]` needs only how many devices of each kind the chain of `J`
+//! used (`s`), never which: with `l` CPUs the CPU part of the state has
+//! `l + 1` values, not `2^l`. (Device `j` of a kind gets the `j`-th set of
+//! that kind along the chain.)
+//!
+//! Three further reductions keep it exact (each proved where it is built):
+//! [`Viability`] drops (ideal, state) cells that no split within the bound
+//! passes through, `Lines::relax` stops a line of states once the rest of
+//! it would get the set's cost anyway, and [`crate::satellite`] takes the
+//! zero-time units that hold memory out of the lattice when memory binds.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -947,22 +966,28 @@ fn padded(mut v: Vec<f64>) -> Vec<f64> {
     v
 }
 
-/// The satellites' knapsack items of the set of units `units` (the
-/// feeders it holds), priced by `st`: a feeder whose output already leaves
-/// the set detaches for free.
+/// The satellites' knapsack items of the set of units `units` (its
+/// groups), priced by `st`: detaching a group costs the transfers of its
+/// feeders whose output does not already leave the set.
 fn satellite_items(p: &Prepared<'_>, st: &SetState, units: &[u32], items: &mut Vec<Item>) {
     items.clear();
     let Some(sat) = &p.satellites else {
         return;
     };
     for &v in units {
-        for &(x, memory) in &sat.feeders[v as usize] {
-            let x = x as usize;
-            let pays = st.succ_in[x] < st.outdeg[x];
+        for &g in &sat.unit_groups[v as usize] {
+            let group = &sat.groups[g as usize];
+            let cost = group
+                .feeders
+                .iter()
+                .map(|&x| x as usize)
+                .filter(|&x| st.succ_in[x] >= st.outdeg[x])
+                .map(|x| p.ix.out_cost[x])
+                .sum();
             items.push(Item {
-                memory,
-                cost: if pays { 0.0 } else { p.ix.out_cost[x] },
-                feeder: x as u32,
+                memory: group.memory,
+                cost,
+                group: g,
             });
         }
     }
@@ -1328,7 +1353,7 @@ fn finish(
     let internal = |what: &str| PartitionError::Unsupported(format!("internal error: {what}"));
     let mut slot = vec![None; n];
     let mut used = vec![0usize; p.kinds.len()];
-    // per step in chain order, for the satellites: (slot, feeders, detached)
+    // per step in chain order, for the satellites: (slot, groups, detached)
     let mut sat_steps: Vec<(Slot, Vec<u32>, Vec<u32>)> = Vec::new();
     let mut items = Vec::new();
     for step in out.chain.iter().rev() {
@@ -1351,9 +1376,9 @@ fn finish(
             }
         }
         if let Some(sat) = &p.satellites {
-            let feeders: Vec<u32> = units
+            let groups: Vec<u32> = units
                 .iter()
-                .flat_map(|&u| sat.feeders[u].iter().map(|f| f.0))
+                .flat_map(|&u| sat.unit_groups[u].iter().copied())
                 .collect();
             let mut detached = Vec::new();
             let memory = units.iter().fold(0u64, |a, &u| a.saturating_add(p.units.memory[u]));
@@ -1383,7 +1408,7 @@ fn finish(
                     return Err(internal("the satellites of a set do not fit"));
                 }
             }
-            sat_steps.push((s, feeders, detached));
+            sat_steps.push((s, groups, detached));
         }
     }
     if let Some(sat) = &p.satellites

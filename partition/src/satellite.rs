@@ -9,9 +9,13 @@
 //! zero-time outputs take it from 17,914 ideals to many millions.
 //!
 //! A *satellite* is a unit `u` with no time, some memory, accelerator
-//! support, no edge leaving it, and every edge entering it from one node
-//! `x` (its *feeder*) of one other unit. In the order graph it is a sink
-//! whose only predecessor is the feeder's unit. The DP runs on the *core*
+//! support, no edge leaving it, and every edge entering it from nodes (its
+//! *feeders*: one node in inference graphs, a forward node and its
+//! backward twin in training graphs) of one other unit. In the order graph
+//! it is a sink whose only predecessor is the feeders' unit. Satellites
+//! with the same feeders form a *group*; a unit's groups must have
+//! disjoint feeders (those that do not stay ordinary units), so that the
+//! cost of detaching groups adds up. The DP runs on the *core*
 //! (the units that are not satellites; its ideals are the ideals of the
 //! order graph restricted to the core) and prices satellites per set:
 //!
@@ -19,12 +23,11 @@
 //!   time, no communication term, no memory limit);
 //! - on an accelerator, if the set with all its feeders' satellites fits
 //!   the memory, it takes them (no transfer for those edges);
-//! - otherwise it must *detach* the satellites of some feeders: a feeder
-//!   whose output already leaves the set costs nothing more, any other
-//!   pays its output's transfer once (detaching part of one feeder's
-//!   satellites costs as much as all of them and frees less memory, so
-//!   feeders go whole). The cheapest choice that fits is a covering
-//!   knapsack ([`cover`]), solved exactly.
+//! - otherwise it must *detach* some groups: a feeder whose output already
+//!   leaves the set costs nothing more, any other pays its output's
+//!   transfer once (detaching part of a group costs as much as all of it
+//!   and frees less memory, so groups go whole). The cheapest choice that
+//!   fits is a covering knapsack ([`cover`]), solved exactly.
 //!
 //! Detached satellites are put on a CPU that comes later in the chain
 //! (there they cost nothing), and the DP state carries one more bit: "some
@@ -51,16 +54,22 @@ use hetero_core::placement::Slot;
 use crate::dp::Prepared;
 use crate::problem::Units;
 
-/// The satellites of a prepared problem, by feeder.
+/// Satellites with the same feeders.
+pub(crate) struct Group {
+    pub(crate) feeders: Vec<u32>,
+    pub(crate) memory: u64,
+    pub(crate) nodes: Vec<usize>,
+}
+
+/// The satellites of a prepared problem, in groups.
 pub(crate) struct Satellites {
-    /// Per core unit: its feeders `(node, memory of all its satellites)`.
-    pub(crate) feeders: Vec<Vec<(u32, u64)>>,
-    /// Per core unit: the memory of all its feeders' satellites.
+    pub(crate) groups: Vec<Group>,
+    /// Per core unit: the groups its nodes feed.
+    pub(crate) unit_groups: Vec<Vec<u32>>,
+    /// Per core unit: the memory of all its groups.
     pub(crate) memory: Vec<u64>,
     /// Per node: the number of successors that are not satellites.
     pub(crate) core_outdeg: Vec<u32>,
-    /// Per node: the satellite nodes it feeds (empty for most).
-    pub(crate) fed: Vec<Vec<usize>>,
     /// How many satellite units there are.
     pub(crate) count: usize,
 }
@@ -71,7 +80,8 @@ pub(crate) fn split<'g>(p: &Prepared<'g>) -> Option<Prepared<'g>> {
     let u = &p.units;
     let ix = &p.ix;
     let n = ix.graph.nodes.len();
-    let mut feeder_of = vec![None; u.len()];
+    // candidate satellites and their feeders
+    let mut feeders_of: Vec<Option<Vec<u32>>> = vec![None; u.len()];
     for v in 0..u.len() {
         if u.cpu_time[v] != 0.0
             || u.accelerator_time[v] != 0.0
@@ -82,51 +92,64 @@ pub(crate) fn split<'g>(p: &Prepared<'g>) -> Option<Prepared<'g>> {
         {
             continue;
         }
-        let mut feeder = None;
+        let w = u.preds[v][0];
+        let mut feeders = Vec::new();
         let mut ok = true;
-        'members: for &x in &u.members[v] {
+        for &x in &u.members[v] {
             if ix.succ.row(x).iter().any(|&y| u.unit_of[y] != v) {
                 ok = false;
-                break;
             }
             for &y in ix.pred.row(x) {
-                if u.unit_of[y] == v {
-                    continue;
-                }
-                match feeder {
-                    None => feeder = Some(y),
-                    Some(f) if f == y => {}
-                    Some(_) => {
-                        ok = false;
-                        break 'members;
-                    }
+                if u.unit_of[y] == w {
+                    feeders.push(y as u32);
+                } else if u.unit_of[y] != v {
+                    ok = false;
                 }
             }
         }
-        if let (true, Some(f)) = (ok, feeder)
-            && u.unit_of[f] == u.preds[v][0]
-        {
-            feeder_of[v] = Some(f);
+        feeders.sort_unstable();
+        feeders.dedup();
+        if ok && !feeders.is_empty() {
+            feeders_of[v] = Some(feeders);
         }
     }
-    let count = feeder_of.iter().filter(|f| f.is_some()).count();
+    // groups of a unit must have disjoint feeders: count the distinct
+    // feeder sets each node is in, and keep a set only if all its nodes
+    // are in it alone
+    let mut sets: Vec<Vec<u32>> = feeders_of.iter().flatten().cloned().collect();
+    sets.sort();
+    sets.dedup();
+    let mut in_sets = vec![0u32; n];
+    for set in &sets {
+        for &x in set {
+            in_sets[x as usize] += 1;
+        }
+    }
+    for f in feeders_of.iter_mut() {
+        if f.as_ref().is_some_and(|set| set.iter().any(|&x| in_sets[x as usize] > 1)) {
+            *f = None;
+        }
+    }
+    let count = feeders_of.iter().filter(|f| f.is_some()).count();
     if count == 0 {
         return None;
     }
+    let pick = |v: usize| feeders_of[v].is_none();
     // the core, renumbered in the same (topological) order
     let mut new_id = vec![usize::MAX; u.len()];
     let mut next = 0;
     for v in 0..u.len() {
-        if feeder_of[v].is_none() {
+        if pick(v) {
             new_id[v] = next;
             next += 1;
         }
     }
-    let keep = |v: &usize| feeder_of[*v].is_none();
     let map = |list: &Vec<usize>| -> Vec<usize> {
-        list.iter().filter(|v| keep(v)).map(|&v| new_id[v]).collect()
+        list.iter()
+            .filter(|&&v| pick(v))
+            .map(|&v| new_id[v])
+            .collect()
     };
-    let pick = |v: usize| feeder_of[v].is_none();
     let core = Units {
         members: (0..u.len())
             .filter(|&v| pick(v))
@@ -163,22 +186,32 @@ pub(crate) fn split<'g>(p: &Prepared<'g>) -> Option<Prepared<'g>> {
             .map(|v| u.accelerator_ok[v])
             .collect(),
     };
-    let mut fed = vec![Vec::new(); n];
-    let mut fed_memory = vec![0u64; n];
-    for v in 0..u.len() {
-        if let Some(f) = feeder_of[v] {
-            fed[f].extend_from_slice(&u.members[v]);
-            fed_memory[f] = fed_memory[f].saturating_add(u.memory[v]);
-        }
-    }
-    let mut feeders = vec![Vec::new(); core.len()];
+    let mut groups: Vec<Group> = Vec::new();
+    let mut unit_groups = vec![Vec::new(); core.len()];
     let mut memory = vec![0u64; core.len()];
-    for f in 0..n {
-        if !fed[f].is_empty() {
-            let c = core.unit_of[f];
-            feeders[c].push((f as u32, fed_memory[f]));
-            memory[c] = memory[c].saturating_add(fed_memory[f]);
-        }
+    for v in 0..u.len() {
+        let Some(feeders) = &feeders_of[v] else {
+            continue;
+        };
+        let c = new_id[u.preds[v][0]];
+        let g = match unit_groups[c]
+            .iter()
+            .find(|&&g| groups[g as usize].feeders == *feeders)
+        {
+            Some(&g) => g as usize,
+            None => {
+                groups.push(Group {
+                    feeders: feeders.clone(),
+                    memory: 0,
+                    nodes: Vec::new(),
+                });
+                unit_groups[c].push(groups.len() as u32 - 1);
+                groups.len() - 1
+            }
+        };
+        groups[g].memory = groups[g].memory.saturating_add(u.memory[v]);
+        groups[g].nodes.extend_from_slice(&u.members[v]);
+        memory[c] = memory[c].saturating_add(u.memory[v]);
     }
     let is_sat = |x: usize| core.unit_of[x] == usize::MAX;
     let core_outdeg = (0..n)
@@ -190,28 +223,28 @@ pub(crate) fn split<'g>(p: &Prepared<'g>) -> Option<Prepared<'g>> {
         kinds: p.kinds.clone(),
         interconnect: p.interconnect.clone(),
         satellites: Some(Satellites {
-            feeders,
+            groups,
+            unit_groups,
             memory,
             core_outdeg,
-            fed,
             count,
         }),
     })
 }
 
-/// One feeder's satellites as a knapsack item: the memory detaching them
-/// frees and the time it costs the set's device.
+/// One group as a knapsack item: the memory detaching it frees and the
+/// time it costs the set's device.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Item {
     pub(crate) memory: u64,
     pub(crate) cost: f64,
-    pub(crate) feeder: u32,
+    pub(crate) group: u32,
 }
 
 /// The least total cost of items whose memory adds up to at least `need`
 /// (a covering knapsack), exactly, by branch and bound on the items sorted
 /// by cost per byte with the fractional cover as the bound. `items` is
-/// reordered; with `chosen`, the feeders of the best choice are pushed
+/// reordered; with `chosen`, the groups of the best choice are pushed
 /// there. Infinite when all the items together do not cover `need`.
 pub(crate) fn cover(items: &mut [Item], need: u64, chosen: Option<&mut Vec<u32>>) -> f64 {
     // items that cost nothing are always taken
@@ -221,7 +254,7 @@ pub(crate) fn cover(items: &mut [Item], need: u64, chosen: Option<&mut Vec<u32>>
     for k in 0..items.len() {
         if items[k].cost <= 0.0 {
             need = need.saturating_sub(items[k].memory);
-            free.push(items[k].feeder);
+            free.push(items[k].group);
         } else {
             items.swap(rest, k);
             rest += 1;
@@ -236,7 +269,7 @@ pub(crate) fn cover(items: &mut [Item], need: u64, chosen: Option<&mut Vec<u32>>
         items.sort_by(|a, b| {
             (a.cost / a.memory as f64)
                 .total_cmp(&(b.cost / b.memory as f64))
-                .then(a.feeder.cmp(&b.feeder))
+                .then(a.group.cmp(&b.group))
         });
         let mut pick = vec![false; items.len()];
         branch(items, 0, need, 0.0, &mut pick, &mut best, &mut best_pick);
@@ -245,7 +278,7 @@ pub(crate) fn cover(items: &mut [Item], need: u64, chosen: Option<&mut Vec<u32>>
         out.extend(free);
         for (k, &b) in best_pick.iter().enumerate() {
             if b {
-                out.push(items[k].feeder);
+                out.push(items[k].group);
             }
         }
     }
@@ -297,33 +330,33 @@ fn branch(
     branch(items, k + 1, need, cost, pick, best, best_pick);
 }
 
-/// Where each satellite node goes, given the core's placement: `core_slot`
-/// per node for core nodes (`None` for satellites), and, per step of the
-/// chain in order, its slot and the feeders it detaches. Detached
-/// satellites go on the next CPU step's slot.
+/// Where each satellite node goes, given the core's placement in `slot`
+/// and, per step of the chain in order, its slot, the groups its set
+/// feeds and those it detaches. Detached groups go on the next CPU step's
+/// slot; false if some are left waiting at the end.
 pub(crate) fn place(
     sat: &Satellites,
     slot: &mut [Option<Slot>],
     steps: &[(Slot, Vec<u32>, Vec<u32>)],
 ) -> bool {
-    // steps: (slot, feeders in the set, feeders detached)
     let mut waiting: Vec<u32> = Vec::new();
-    for (s, feeders, detached) in steps {
+    let put = |g: u32, s: Slot, slot: &mut [Option<Slot>]| {
+        for &y in &sat.groups[g as usize].nodes {
+            slot[y] = Some(s);
+        }
+    };
+    for (s, groups, detached) in steps {
         let is_cpu = matches!(s, Slot::Cpu(_));
         if is_cpu {
-            for f in waiting.drain(..) {
-                for &y in &sat.fed[f as usize] {
-                    slot[y] = Some(*s);
-                }
+            for g in waiting.drain(..) {
+                put(g, *s, slot);
             }
         }
-        for &f in feeders {
-            if !is_cpu && detached.contains(&f) {
-                waiting.push(f);
+        for &g in groups {
+            if !is_cpu && detached.contains(&g) {
+                waiting.push(g);
             } else {
-                for &y in &sat.fed[f as usize] {
-                    slot[y] = Some(*s);
-                }
+                put(g, *s, slot);
             }
         }
     }

@@ -356,8 +356,9 @@ proptest! {
 }
 
 /// Random DAGs where memory binds, with nodes that take no time but hold
-/// memory (the satellites of the exact DP when they dangle from one node),
-/// up to three CPUs, and one or two accelerators (plus a faster one).
+/// memory (the satellites of the exact DP when they dangle from one unit;
+/// colour classes make satellites of several nodes and feeders), up to
+/// three CPUs, and one or two accelerators (plus a faster one).
 fn binding_case() -> impl Strategy<Value = Case> {
     (1usize..=6)
         .prop_flat_map(|n| {
@@ -369,6 +370,7 @@ fn binding_case() -> impl Strategy<Value = Case> {
                     0u64..6,                    // memory
                     prop::bool::weighted(0.9),  // runs on an accelerator
                     0u32..4,                    // out cost
+                    prop::option::weighted(0.25, 0u64..2), // colour class
                 ),
                 n,
             );
@@ -381,14 +383,14 @@ fn binding_case() -> impl Strategy<Value = Case> {
             let graph_nodes: Vec<Node> = nodes
                 .iter()
                 .enumerate()
-                .map(|(i, &(c, a, zero, m, ok, _))| Node {
+                .map(|(i, &(c, a, zero, m, ok, _, color))| Node {
                     id: i as u64,
                     name: None,
                     cpu_time: if zero { 0.0 } else { f64::from(c) },
                     accelerator_time: if zero { 0.0 } else { f64::from(a) / 2.0 },
                     memory_bytes: m,
                     accelerator_ok: ok,
-                    color_class: None,
+                    color_class: color,
                     backward: false,
                 })
                 .collect();
