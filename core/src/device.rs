@@ -414,9 +414,8 @@ pub trait Device: Send + Sync + fmt::Debug + 'static {
 
     /// `y = x W^T` with f32 `x` and `y` and the weights `w` in their block
     /// layout (a `U8` buffer, see [`QuantMatmulSpec`]), dequantized inside
-    /// the kernel. A backend may round `x` to 8 bits per block for integer
-    /// dot products (as ggml's CPU kernels do); the device suite bounds
-    /// the error by that rounding.
+    /// the kernel; `x` stays f32 (the device suite allows f32 summation's
+    /// error only, so results match the f32 path's).
     fn matmul_quant(
         &self,
         spec: &QuantMatmulSpec,

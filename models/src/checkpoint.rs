@@ -6,6 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
+use hetero_core::QuantType;
+
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
 use crate::llama::{LlamaConfig, Weight};
@@ -20,6 +22,15 @@ enum Format {
         dir: PathBuf,
         weights: SafetensorsWeights,
     },
+}
+
+/// A weight as a device will hold it (see [`Checkpoint::stored_weight`]).
+#[derive(Debug)]
+pub enum StoredWeight<'a> {
+    /// Blocks of a quantized format, in place in the file's mapping.
+    Blocks { quant: QuantType, bytes: &'a [u8] },
+    /// Values widened to f32.
+    F32(Vec<f32>),
 }
 
 /// An open checkpoint and its config.
@@ -145,10 +156,51 @@ impl Checkpoint {
         }
     }
 
-    /// Bytes of every weight once widened to f32 (what the model holds on
-    /// its device).
+    /// Weight `w` as a device should hold it: its blocks as stored, when
+    /// it is a GGUF tensor of a format in `keep` (the device's
+    /// `quant_types`), else widened to f32. The shape is checked first.
+    pub fn stored_weight(&self, w: Weight, keep: &[QuantType]) -> Result<StoredWeight<'_>> {
+        if let Format::Gguf(f) = &self.format {
+            let name = w.gguf_name();
+            let info = f.tensor(&name)?;
+            if let Some(quant) = info.ggml_type.quant().filter(|q| keep.contains(q)) {
+                let shape = gguf_shape(&info.dims);
+                let want = w.shape(&self.config);
+                if shape != want {
+                    return Err(shape_error(f.path(), &name, &shape, &want));
+                }
+                return Ok(StoredWeight::Blocks {
+                    quant,
+                    bytes: f.tensor_bytes(&name)?,
+                });
+            }
+        }
+        Ok(StoredWeight::F32(self.weight(w)?))
+    }
+
+    /// Bytes of every weight once widened to f32.
     pub fn f32_weight_bytes(&self) -> u64 {
         self.config.parameters().saturating_mul(4)
+    }
+
+    /// Bytes of the weights on a device that keeps the formats in `keep`
+    /// as blocks (see [`Self::stored_weight`]) and widens the rest to f32:
+    /// what [`crate::LlamaModel::load`] allocates for them.
+    pub fn resident_weight_bytes(&self, keep: &[QuantType]) -> u64 {
+        Weight::all(&self.config)
+            .into_iter()
+            .map(|w| {
+                let elems = w.shape(&self.config).iter().product::<usize>() as u64;
+                let blocks = match &self.format {
+                    Format::Gguf(f) => f.tensor(&w.gguf_name()).ok().and_then(|t| {
+                        let q = t.ggml_type.quant().filter(|q| keep.contains(q))?;
+                        Some(elems / q.block_elems() as u64 * q.block_bytes() as u64)
+                    }),
+                    Format::HuggingFace { .. } => None,
+                };
+                blocks.unwrap_or(elems * 4)
+            })
+            .sum()
     }
 
     /// The tokenizer: GGUF metadata, or the folder's `tokenizer.json`.

@@ -26,8 +26,13 @@ pub fn bytes_needed(weight_bytes: u64, cache_bytes: u64) -> u64 {
 }
 
 /// The index of the device to use, or an error naming every device and
-/// why it cannot hold the model.
-pub fn choose_device(devices: &[&dyn DynDevice], need_bytes: u64) -> Result<usize> {
+/// why it cannot hold the model. `need_bytes` is what a device must have
+/// free for the model (it differs by device: one with kernels for the
+/// file's block formats holds the weights as stored, others in f32).
+pub fn choose_device(
+    devices: &[&dyn DynDevice],
+    need_bytes: &dyn Fn(&dyn DynDevice) -> u64,
+) -> Result<usize> {
     let mut reasons = Vec::new();
     let mut best: Option<(u8, u64, usize)> = None;
     for (i, d) in devices.iter().enumerate() {
@@ -46,6 +51,7 @@ pub fn choose_device(devices: &[&dyn DynDevice], need_bytes: u64) -> Result<usiz
                     .unwrap_or(m.total_bytes.saturating_sub(m.allocated_bytes))
             })
             .unwrap_or(info.memory_total_bytes);
+        let need_bytes = need_bytes(*d);
         if memory < need_bytes {
             reasons.push(format!(
                 "{} ({}): {:.2} GiB free, the model needs {:.2} GiB",

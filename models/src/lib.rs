@@ -30,6 +30,7 @@
 //! Errors are [`ModelError`], each naming the file and the field, and
 //! convert into [`hetero_core::Error`].
 
+pub mod bench;
 pub mod chat;
 pub mod checkpoint;
 pub mod device_choice;
@@ -42,13 +43,14 @@ pub mod safetensors;
 pub mod sampling;
 pub mod tokenizer;
 
+pub use bench::{BenchOptions, BenchReport, bench};
 pub use chat::{ChatTemplate, Message};
-pub use checkpoint::Checkpoint;
+pub use checkpoint::{Checkpoint, StoredWeight};
 pub use device_choice::{bytes_needed, choose_device};
 pub use error::{ModelError, Result};
 pub use generate::{FinishReason, GenerateOptions, Generation, generate};
 pub use gguf::GgufFile;
-pub use llama::{KvCache, LlamaConfig, LlamaModel, Logits};
+pub use llama::{KvCache, LlamaConfig, LlamaModel, Logits, WeightFormat};
 pub use prompt::{adds_bos, prompt_ids};
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::{StreamDecoder, Tokenizer};

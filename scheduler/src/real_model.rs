@@ -25,8 +25,8 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use hetero_core::{DType, DynDevice, Error, Result, SharedDevice};
-use hetero_models::{Checkpoint, KvCache, LlamaConfig, LlamaModel, Logits};
+use hetero_core::{DType, DynDevice, Error, QuantType, Result, SharedDevice};
+use hetero_models::{Checkpoint, KvCache, LlamaConfig, LlamaModel, Logits, WeightFormat};
 
 use crate::policy::{Allocation, DeviceProfile, StepFit, StepModel};
 use crate::profile::MemoryProfile;
@@ -58,8 +58,11 @@ pub struct ModelInfo {
     pub format: String,
     pub architecture: String,
     pub parameters: u64,
-    /// Bytes the model takes on a device: f32 weights and rotary table.
+    /// Bytes the model takes on a device with kernels for every block
+    /// format of the file (weights as stored, rotary table).
     pub resident_bytes: u64,
+    /// Bytes it takes on a device that widens every weight to f32.
+    pub f32_resident_bytes: u64,
     pub kv_bytes_per_position: u64,
     pub layers: usize,
     pub hidden: usize,
@@ -83,7 +86,8 @@ impl ModelInfo {
             format: checkpoint.format_name().into(),
             architecture: c.architecture.name().into(),
             parameters: c.parameters(),
-            resident_bytes: resident_bytes(checkpoint),
+            resident_bytes: resident_bytes(checkpoint, &QuantType::ALL),
+            f32_resident_bytes: resident_bytes(checkpoint, &[]),
             kv_bytes_per_position: c.kv_bytes_per_position(),
             layers: c.layers,
             hidden: c.hidden,
@@ -96,10 +100,17 @@ impl ModelInfo {
     }
 }
 
-/// Bytes [`LlamaModel::load`] allocates: the f32 weights and the rotary
-/// inverse frequencies.
-pub fn resident_bytes(checkpoint: &Checkpoint) -> u64 {
-    checkpoint.f32_weight_bytes() + (checkpoint.config().head_dim / 2) as u64 * 4
+/// Bytes [`LlamaModel::load`] allocates on a device that keeps the block
+/// formats `keep` as stored (its `quant_types`, see
+/// [`WeightFormat::kept_formats`]): the weights and the rotary inverse
+/// frequencies.
+pub fn resident_bytes(checkpoint: &Checkpoint, keep: &[QuantType]) -> u64 {
+    checkpoint.resident_weight_bytes(keep) + (checkpoint.config().head_dim / 2) as u64 * 4
+}
+
+/// The block formats `device` keeps as stored when it loads a model.
+pub fn kept_formats(device: &dyn DynDevice) -> Vec<QuantType> {
+    WeightFormat::Native.kept_formats(device)
 }
 
 /// Bytes of the buffers one `forward_batch` call of `rows` new tokens over
@@ -123,11 +134,18 @@ pub fn step_rows(batch: usize, prompt_rows: usize) -> usize {
     batch.max(prompt_rows)
 }
 
-/// What `batch` sequences of `max_len` positions take on a device, the
-/// model included: what [`profile_memory`] allocates.
-pub fn footprint(checkpoint: &Checkpoint, batch: usize, max_len: usize, prompt_rows: usize) -> u64 {
+/// What `batch` sequences of `max_len` positions take on a device that
+/// keeps the block formats `keep`, the model included: what
+/// [`profile_memory`] allocates.
+pub fn footprint(
+    checkpoint: &Checkpoint,
+    keep: &[QuantType],
+    batch: usize,
+    max_len: usize,
+    prompt_rows: usize,
+) -> u64 {
     let c = checkpoint.config();
-    resident_bytes(checkpoint)
+    resident_bytes(checkpoint, keep)
         + batch as u64 * max_len as u64 * c.kv_bytes_per_position()
         + if batch == 0 {
             0
@@ -143,14 +161,15 @@ pub fn footprint(checkpoint: &Checkpoint, batch: usize, max_len: usize, prompt_r
 pub fn load(checkpoint: &Checkpoint, device: SharedDevice) -> Result<LlamaModel> {
     let info = ModelInfo::of(checkpoint);
     let dev = device.info();
+    let need = resident_bytes(checkpoint, &kept_formats(device.as_ref()));
     let too_small = |detail: String| {
         Error::invalid(
             "model",
             format!(
-                "{} needs {} bytes ({:.1} MiB) of f32 weights; {} ({}) has {} bytes ({:.1} MiB){detail}",
+                "{} needs {} bytes ({:.1} MiB) of weights; {} ({}) has {} bytes ({:.1} MiB){detail}",
                 info.name,
-                info.resident_bytes,
-                mib(info.resident_bytes),
+                need,
+                mib(need),
                 dev.id,
                 dev.name,
                 dev.memory_total_bytes,
@@ -158,7 +177,7 @@ pub fn load(checkpoint: &Checkpoint, device: SharedDevice) -> Result<LlamaModel>
             ),
         )
     };
-    if dev.memory_total_bytes < info.resident_bytes {
+    if dev.memory_total_bytes < need {
         return Err(too_small(String::new()));
     }
     LlamaModel::load(checkpoint, device.clone(), &mut |_| {}).map_err(|e| {
@@ -386,10 +405,12 @@ pub fn profile_device(
 
 /// Like [`Allocation::check_fits`] for a checkpoint: the out-of-memory
 /// error that serving the allocation would end in on the first device
-/// given more than its `B*`, with the bytes it would need.
+/// given more than its `B*`, with the bytes it would need (`kept[g]`:
+/// the block formats device `g` keeps, see [`kept_formats`]).
 pub fn check_fits(
     allocation: &Allocation,
     devices: &[DeviceProfile],
+    kept: &[Vec<QuantType>],
     checkpoint: &Checkpoint,
     max_len: usize,
     prompt_rows: usize,
@@ -405,7 +426,13 @@ pub fn check_fits(
     };
     Err(Error::OutOfMemory {
         device: d.device,
-        requested_bytes: footprint(checkpoint, batch, max_len, prompt_rows),
+        requested_bytes: footprint(
+            checkpoint,
+            kept.get(g).map_or(&[][..], Vec::as_slice),
+            batch,
+            max_len,
+            prompt_rows,
+        ),
         available_bytes: None,
     })
 }
@@ -761,9 +788,10 @@ pub fn load_all(
         return Err(Error::invalid(
             "device",
             format!(
-                "no device can hold {} ({} bytes of f32 weights): {}",
+                "no device can hold {} ({} bytes of weights as stored, {} in f32): {}",
                 info.name,
                 info.resident_bytes,
+                info.f32_resident_bytes,
                 failures.join("; ")
             ),
         ));

@@ -690,7 +690,7 @@ impl Device for HostDevice {
     ) -> Result<()> {
         let (q, k, v, out) = self.attention_operands(q, k_cache, v_cache, out)?;
         spec.validate(q.len(), k.len(), v.len(), out.len(), lens)?;
-        llama::attention_causal(spec, q, k, v, lens, out, self.inner.threads);
+        llama::attention_causal(spec, q, k, v, lens, out, &self.inner.pool);
         Ok(())
     }
 

@@ -5,6 +5,7 @@
 //! kernels do, and the suite compares all of them with f64 references.
 
 use hetero_core::{CausalAttentionSpec, RopeLayout, RopeSpec};
+use rayon::prelude::*;
 
 /// `out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w` for rows of `w.len()`.
 pub(crate) fn rms_norm(x: &[f32], w: &[f32], out: &mut [f32], eps: f32) {
@@ -61,7 +62,7 @@ fn attend_one(
     let mut max = f32::NEG_INFINITY;
     for (s, score) in scores[..=pos].iter_mut().enumerate() {
         let krow = &k[(b * spec.max_len + s) * kw + kvh * dh..][..dh];
-        *score = qrow.iter().zip(krow).map(|(a, c)| a * c).sum::<f32>() * scale;
+        *score = crate::gemv::dot(qrow, krow) * scale;
         max = max.max(*score);
     }
     let mut z = 0.0f32;
@@ -81,7 +82,7 @@ fn attend_one(
 
 /// Causal attention over grouped kv heads (see [`CausalAttentionSpec`]);
 /// the rows of `out` (one per sequence and query token) are split over up
-/// to `threads` threads.
+/// the device's thread pool.
 pub(crate) fn attention_causal(
     spec: &CausalAttentionSpec,
     q: &[f32],
@@ -89,7 +90,7 @@ pub(crate) fn attention_causal(
     v: &[f32],
     lens: &[u32],
     out: &mut [f32],
-    threads: usize,
+    pool: &rayon::ThreadPool,
 ) {
     let qw = spec.q_width();
     let rows = spec.batch * spec.q_len;
@@ -106,19 +107,18 @@ pub(crate) fn attention_causal(
             }
         }
     };
-    // Work grows with rows x attended positions; threads pay off only for
-    // prefill blocks and large batches.
-    let threads = threads.min(rows).max(1);
+    // Work grows with rows x attended positions; the pool pays off only
+    // for prefill blocks and large batches.
+    let threads = pool.current_num_threads().min(rows).max(1);
     if threads == 1 || rows * spec.max_len * qw < 1 << 16 {
         work(0, out);
         return;
     }
-    let per = rows.div_ceil(threads);
-    std::thread::scope(|s| {
-        for (c, part) in out.chunks_mut(per * qw).enumerate() {
-            let work = &work;
-            s.spawn(move || work(c * per, part));
-        }
+    let per = rows.div_ceil(threads * 2);
+    pool.install(|| {
+        out.par_chunks_mut(per * qw)
+            .enumerate()
+            .for_each(|(c, part)| work(c * per, part));
     });
 }
 

@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hetero_backends::{discover, select_devices};
-use hetero_core::{DynDevice, Error, Result};
+use hetero_core::{DeviceInfo, DynDevice, Error, Result};
 use hetero_models::{
-    Checkpoint, GenerateOptions, LlamaModel, SamplingParams, bytes_needed, choose_device, generate,
-    prompt_ids,
+    BenchOptions, Checkpoint, GenerateOptions, LlamaModel, SamplingParams, WeightFormat, bench,
+    bytes_needed, choose_device, generate, prompt_ids,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
@@ -16,7 +16,8 @@ use serde_json::json;
 /// Generate text with a Llama-family model (Llama 2/3, TinyLlama,
 /// SmolLM/SmolLM2, Qwen2) from a GGUF file (F32, F16, BF16, Q8_0, Q4_0,
 /// Q4_1, Q4_K, Q5_K, Q6_K tensors) or a Hugging Face folder (config.json,
-/// safetensors, tokenizer.json). Weights are widened to f32 on the device.
+/// safetensors, tokenizer.json). Quantized weights stay in their blocks on
+/// a device with kernels for them (--weights f32 widens everything).
 /// The text streams to stdout as it is generated; what loads and the
 /// speeds go to stderr (or, with --json, one object to stdout at the end).
 #[derive(Debug, Parser)]
@@ -57,6 +58,19 @@ struct Args {
     /// then the CPU, then software adapters).
     #[arg(long, value_name = "SPEC")]
     device: Option<String>,
+    /// How the weights are held: `native` keeps quantized tensors in their
+    /// blocks where the device has kernels for them, `f32` widens all.
+    #[arg(long, default_value = "native", value_parser = ["native", "f32"])]
+    weights: String,
+    /// Measure instead of generating: prefill tokens/s of a 128-token
+    /// prompt, decode tokens/s (total) of 1, 8 and 32 sequences after a
+    /// 32-token prompt over 64 tokens, and the resident weight bytes.
+    /// No prompt is read.
+    #[arg(long)]
+    bench: bool,
+    /// Measured runs per benchmark figure (the median is reported).
+    #[arg(long, default_value_t = 3, requires = "bench")]
+    bench_repeats: usize,
     /// Print one JSON object (ids, text, speeds, device) instead of streaming.
     #[arg(long)]
     json: bool,
@@ -66,8 +80,59 @@ fn main() -> ExitCode {
     hetero_examples::exit_code(run(&Args::parse()))
 }
 
-fn gib(bytes: u64) -> f64 {
-    bytes as f64 / (1u64 << 30) as f64
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 20) as f64
+}
+
+/// `--bench`: measure and print a table (or the JSON object).
+fn run_bench(args: &Args, model: &LlamaModel, info: &DeviceInfo) -> Result<()> {
+    let options = BenchOptions {
+        repeats: args.bench_repeats,
+        ..BenchOptions::default()
+    };
+    let report = bench(model, &options, &mut |phase| {
+        eprintln!("measuring {phase}...")
+    })?;
+    if args.json {
+        let out = json!({
+            "model": args.model.display().to_string(),
+            "device": info.id.to_string(),
+            "device_name": info.name,
+            "weights": args.weights,
+            "prefill_tokens_per_s": report.prefill_tokens_per_s,
+            "decode_tokens_per_s": report.decode_tokens_per_s,
+            "resident_weight_bytes": report.resident_weight_bytes,
+            "kv_bytes_per_position": report.kv_bytes_per_position,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out)
+                .map_err(|e| Error::invalid("json", e.to_string()))?
+        );
+        return Ok(());
+    }
+    println!(
+        "{} on {} ({}), weights {}",
+        args.model.display(),
+        info.id,
+        info.name,
+        args.weights
+    );
+    println!("| measure | tokens/s |");
+    println!("|---|---|");
+    println!(
+        "| prefill, {} tokens | {:.1} |",
+        options.prefill_tokens, report.prefill_tokens_per_s
+    );
+    for (batch, rate) in &report.decode_tokens_per_s {
+        println!("| decode, {batch} sequence(s), total | {rate:.1} |");
+    }
+    println!(
+        "resident weights: {} bytes ({:.1} MiB)",
+        report.resident_weight_bytes,
+        mib(report.resident_weight_bytes)
+    );
+    Ok(())
 }
 
 fn run(args: &Args) -> Result<()> {
@@ -83,6 +148,7 @@ fn run(args: &Args) -> Result<()> {
     }
     let text = match &args.prompt {
         Some(p) => p.clone(),
+        None if args.bench => String::new(),
         None => {
             if std::io::stdin().is_terminal() {
                 eprintln!("reading the prompt from stdin (end with Ctrl-D)...");
@@ -123,19 +189,37 @@ fn run(args: &Args) -> Result<()> {
         Some(spec) => select_devices(std::slice::from_ref(spec), &found)?,
         None => found,
     };
-    let max_len = (ids.len() + args.max_tokens).min(config.max_positions);
-    let need = bytes_needed(
-        checkpoint.f32_weight_bytes(),
-        config.kv_bytes_per_position() * max_len as u64,
-    );
+    let max_len = if args.bench {
+        // The benchmark's largest cache set: 32 sequences of 96 positions.
+        32 * 96
+    } else {
+        (ids.len() + args.max_tokens).min(config.max_positions)
+    };
+    let format = match args.weights.as_str() {
+        "f32" => WeightFormat::F32,
+        _ => WeightFormat::Native,
+    };
+    // The least any device will hold (f32 where it lacks block kernels).
     let dyns: Vec<&dyn DynDevice> = devices.iter().map(|d| d.as_dyn()).collect();
-    let device = &devices[choose_device(&dyns, need)?];
+    let need = |d: &dyn DynDevice| {
+        bytes_needed(
+            checkpoint.resident_weight_bytes(&format.kept_formats(d)),
+            config.kv_bytes_per_position() * max_len as u64,
+        )
+    };
+    let device = &devices[choose_device(&dyns, &need)?];
     let info = device.as_dyn().info();
+    let weight_bytes = checkpoint.resident_weight_bytes(&format.kept_formats(device.as_dyn()));
     eprintln!(
-        "device: {} ({}), loading {:.2} GiB of f32 weights",
+        "device: {} ({}), loading {:.1} MiB of weights ({})",
         info.id,
         info.name,
-        gib(checkpoint.f32_weight_bytes())
+        mib(weight_bytes),
+        if weight_bytes < checkpoint.f32_weight_bytes() {
+            "quantized blocks as stored, f32 for the rest"
+        } else {
+            "f32"
+        }
     );
 
     let bar = ProgressBar::hidden();
@@ -146,11 +230,14 @@ fn run(args: &Args) -> Result<()> {
         ProgressStyle::with_template("loading {bar:40} {bytes}/{total_bytes} ({eta})")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let model = LlamaModel::load(&checkpoint, device.shared(), &mut |p| {
+    let model = LlamaModel::load_as(&checkpoint, device.shared(), format, &mut |p| {
         bar.set_length(p.total_bytes);
         bar.set_position(p.done_bytes);
     })?;
     bar.finish_and_clear();
+    if args.bench {
+        return run_bench(args, &model, &info);
+    }
 
     let options = GenerateOptions {
         max_tokens: args.max_tokens,

@@ -586,6 +586,8 @@ fn run_checkpoint(args: &Args, path: &std::path::Path) -> Result<()> {
     let context = prompt_rows + args.gen_len / 2;
     let mut models = Vec::new();
     let mut profiles: Vec<DeviceProfile> = Vec::new();
+    // The block formats each profiled device keeps (its weights' bytes).
+    let mut kept = Vec::new();
     let mut buckets: Vec<MemoryProfile> = Vec::new();
     for (g, model) in &loaded {
         let dev = shared[*g].as_ref();
@@ -634,6 +636,7 @@ fn run_checkpoint(args: &Args, path: &std::path::Path) -> Result<()> {
             buckets.push(m);
         }
         profiles.push(p);
+        kept.push(real_model::kept_formats(dev));
         models.push(model);
     }
     if models.is_empty() {
@@ -656,7 +659,7 @@ fn run_checkpoint(args: &Args, path: &std::path::Path) -> Result<()> {
         let allocation = p.allocate(&profiles, args.batch);
         predicted.push(allocation.as_ref().ok().map(|a| a.throughput()));
         let outcome = allocation.and_then(|a| {
-            real_model::check_fits(&a, &profiles, &checkpoint, max_len, prompt_rows)?;
+            real_model::check_fits(&a, &profiles, &kept, &checkpoint, max_len, prompt_rows)?;
             eprintln!("decoding with {name}: batches {:?}...", a.batches);
             real_model::serve(&models, &a.batches, &batch, args.gen_len)
         });

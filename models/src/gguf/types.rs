@@ -113,6 +113,21 @@ impl GgmlType {
         self.row().map(|row| (row.3, row.4))
     }
 
+    /// The block format devices hold as is (core's [`QuantType`]), for the
+    /// quantized types they have kernels for.
+    pub fn quant(self) -> Option<hetero_core::QuantType> {
+        use hetero_core::QuantType as Q;
+        Some(match self {
+            GgmlType::Q8_0 => Q::Q8_0,
+            GgmlType::Q4_0 => Q::Q4_0,
+            GgmlType::Q4_1 => Q::Q4_1,
+            GgmlType::Q4K => Q::Q4K,
+            GgmlType::Q5K => Q::Q5K,
+            GgmlType::Q6K => Q::Q6K,
+            _ => return None,
+        })
+    }
+
     /// True for the types [`GgufFile::dequantize`](super::GgufFile::dequantize) turns into f32.
     pub fn can_dequantize(self) -> bool {
         matches!(

@@ -13,5 +13,5 @@ mod model;
 mod weights;
 
 pub use config::{Architecture, LlamaConfig, RopeScaling};
-pub use model::{KvCache, LlamaModel, LoadProgress, Logits};
+pub use model::{KvCache, LlamaModel, LoadProgress, Logits, WeightFormat};
 pub use weights::Weight;

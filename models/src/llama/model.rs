@@ -2,7 +2,10 @@
 //! forward pass, built only from core's `DynDevice` kernels (`embedding`,
 //! `rms_norm`, `gemm`, `bias_activation`, `rope`, `attention_causal`,
 //! `silu_mul`, `reduce`, `copy`), so it runs on every backend that has
-//! them. Weights are widened to f32 on load.
+//! them. Quantized matrices of a GGUF file stay in their blocks on a
+//! device with kernels for the format ([`WeightFormat::Native`], the
+//! default: resident memory is the file's tensor bytes); everything else,
+//! and every weight under [`WeightFormat::F32`], is widened to f32.
 //!
 //! A forward call takes any number of sequences, each with any number of
 //! new tokens after what its [`KvCache`] holds: a prompt is one call of all
@@ -13,25 +16,106 @@
 
 use hetero_core::{
     Activation, BoxedBuffer, CausalAttentionSpec, DType, DynBuffer, DynDevice, DynDeviceExt, Error,
-    GemmSpec, HostSlice, ReduceOp, Result, RopeSpec, SharedDevice,
+    GemmSpec, HostSlice, QuantMatmulSpec, QuantType, ReduceOp, Result, RopeSpec, SharedDevice,
 };
 
 use super::config::LlamaConfig;
 use super::weights::Weight;
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, StoredWeight};
+
+/// How a model's matrices are held on its device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightFormat {
+    /// Quantized GGUF tensors stay in their blocks where the device has
+    /// kernels for their format (`Capabilities::quant_types`); the rest
+    /// are widened to f32.
+    #[default]
+    Native,
+    /// Every weight widened to f32 (the reference path; 4-8x the memory
+    /// of a quantized file).
+    F32,
+}
+
+impl WeightFormat {
+    /// The block formats a model loaded this way keeps on `device`.
+    pub fn kept_formats(self, device: &dyn DynDevice) -> Vec<QuantType> {
+        match self {
+            WeightFormat::Native => device.capabilities().quant_types,
+            WeightFormat::F32 => Vec::new(),
+        }
+    }
+}
+
+/// A `[out, in]` matrix on the device.
+enum Matrix {
+    F32(BoxedBuffer),
+    Blocks { buf: BoxedBuffer, quant: QuantType },
+}
+
+impl Matrix {
+    /// `x W^T` for `rows` rows of `x` (`rows x inp`), into a new buffer.
+    fn apply(
+        &self,
+        d: &dyn DynDevice,
+        x: &dyn DynBuffer,
+        rows: usize,
+        out: usize,
+        inp: usize,
+    ) -> Result<BoxedBuffer> {
+        let mut y = d.alloc(DType::F32, rows * out)?;
+        match self {
+            Matrix::F32(w) => {
+                let spec = GemmSpec {
+                    trans_b: true,
+                    ..GemmSpec::new(rows, out, inp)
+                };
+                d.gemm(&spec, x, w.as_ref(), y.as_mut())?;
+            }
+            Matrix::Blocks { buf, quant } => {
+                let spec = QuantMatmulSpec {
+                    rows,
+                    out,
+                    inp,
+                    quant: *quant,
+                };
+                d.matmul_quant(&spec, x, buf.as_ref(), y.as_mut())?;
+            }
+        }
+        Ok(y)
+    }
+
+    /// Rows `ids` of the matrix into `out` (f32).
+    fn gather(&self, d: &dyn DynDevice, ids: &[u32], out: &mut dyn DynBuffer) -> Result<()> {
+        match self {
+            Matrix::F32(table) => d.embedding(table.as_ref(), ids, out),
+            Matrix::Blocks { buf, quant } => d.embedding_quant(*quant, buf.as_ref(), ids, out),
+        }
+    }
+}
+
+/// A norm or bias vector: always f32 (`upload` with no kept formats).
+fn vector(m: Matrix) -> Result<BoxedBuffer> {
+    match m {
+        Matrix::F32(b) => Ok(b),
+        Matrix::Blocks { quant, .. } => Err(Error::invalid(
+            "model vector",
+            format!("was loaded as {quant} blocks instead of f32"),
+        )),
+    }
+}
 
 /// One layer's weights on the device.
 struct Layer {
     attn_norm: BoxedBuffer,
-    q: BoxedBuffer,
-    k: BoxedBuffer,
-    v: BoxedBuffer,
+    q: Matrix,
+    k: Matrix,
+    v: Matrix,
     biases: Option<[BoxedBuffer; 3]>,
-    o: BoxedBuffer,
+    o: Matrix,
     ffn_norm: BoxedBuffer,
-    gate: BoxedBuffer,
-    up: BoxedBuffer,
-    down: BoxedBuffer,
+    gate: Matrix,
+    up: Matrix,
+    down: Matrix,
 }
 
 /// Progress of a model load: weights uploaded so far.
@@ -45,12 +129,14 @@ pub struct LoadProgress {
 pub struct LlamaModel {
     device: SharedDevice,
     config: LlamaConfig,
-    embedding: BoxedBuffer,
+    embedding: Matrix,
     layers: Vec<Layer>,
     output_norm: BoxedBuffer,
     /// `None` when tied to the embedding.
-    output: Option<BoxedBuffer>,
+    output: Option<Matrix>,
     inv_freq: BoxedBuffer,
+    format: WeightFormat,
+    weight_bytes: u64,
 }
 
 impl std::fmt::Debug for LlamaModel {
@@ -111,39 +197,62 @@ pub enum Logits {
 }
 
 impl LlamaModel {
-    /// Load `checkpoint`'s weights onto `device`, calling `progress` after each tensor.
+    /// Load `checkpoint`'s weights onto `device` in the default
+    /// [`WeightFormat::Native`], calling `progress` after each tensor.
     pub fn load(
         checkpoint: &Checkpoint,
         device: SharedDevice,
         progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Self> {
+        Self::load_as(checkpoint, device, WeightFormat::Native, progress)
+    }
+
+    /// Load `checkpoint`'s weights onto `device` in `format`.
+    pub fn load_as(
+        checkpoint: &Checkpoint,
+        device: SharedDevice,
+        format: WeightFormat,
+        progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Self> {
         let config = checkpoint.config().clone();
-        let total_bytes = checkpoint.f32_weight_bytes();
+        let keep = format.kept_formats(device.as_ref());
+        let total_bytes = checkpoint.resident_weight_bytes(&keep);
         let mut done_bytes = 0u64;
-        let mut upload = |w: Weight| -> Result<BoxedBuffer> {
-            let values = checkpoint.weight(w)?;
-            let buf = device.alloc_from(HostSlice::new(&values))?;
-            done_bytes += values.len() as u64 * 4;
+        let mut upload = |w: Weight, keep: &[QuantType]| -> Result<Matrix> {
+            let (m, bytes) = match checkpoint.stored_weight(w, keep)? {
+                StoredWeight::Blocks { quant, bytes } => (
+                    Matrix::Blocks {
+                        buf: device.alloc_from(HostSlice::new(bytes))?,
+                        quant,
+                    },
+                    bytes.len(),
+                ),
+                StoredWeight::F32(values) => (
+                    Matrix::F32(device.alloc_from(HostSlice::new(&values))?),
+                    values.len() * 4,
+                ),
+            };
+            done_bytes += bytes as u64;
             progress(LoadProgress {
                 done_bytes,
                 total_bytes,
             });
-            Ok(buf)
+            Ok(m)
         };
-        let embedding = upload(Weight::Embedding)?;
+        let embedding = upload(Weight::Embedding, &keep)?;
         let mut layers = Vec::with_capacity(config.layers);
         for l in 0..config.layers {
-            let attn_norm = upload(Weight::AttnNorm(l))?;
+            let attn_norm = vector(upload(Weight::AttnNorm(l), &[])?)?;
             let (q, k, v) = (
-                upload(Weight::Q(l))?,
-                upload(Weight::K(l))?,
-                upload(Weight::V(l))?,
+                upload(Weight::Q(l), &keep)?,
+                upload(Weight::K(l), &keep)?,
+                upload(Weight::V(l), &keep)?,
             );
             let biases = if config.architecture.qkv_bias() {
                 Some([
-                    upload(Weight::QBias(l))?,
-                    upload(Weight::KBias(l))?,
-                    upload(Weight::VBias(l))?,
+                    vector(upload(Weight::QBias(l), &[])?)?,
+                    vector(upload(Weight::KBias(l), &[])?)?,
+                    vector(upload(Weight::VBias(l), &[])?)?,
                 ])
             } else {
                 None
@@ -154,22 +263,24 @@ impl LlamaModel {
                 k,
                 v,
                 biases,
-                o: upload(Weight::O(l))?,
-                ffn_norm: upload(Weight::FfnNorm(l))?,
-                gate: upload(Weight::Gate(l))?,
-                up: upload(Weight::Up(l))?,
-                down: upload(Weight::Down(l))?,
+                o: upload(Weight::O(l), &keep)?,
+                ffn_norm: vector(upload(Weight::FfnNorm(l), &[])?)?,
+                gate: upload(Weight::Gate(l), &keep)?,
+                up: upload(Weight::Up(l), &keep)?,
+                down: upload(Weight::Down(l), &keep)?,
             });
         }
-        let output_norm = upload(Weight::OutputNorm)?;
+        let output_norm = vector(upload(Weight::OutputNorm, &[])?)?;
         let output = if config.tied_embeddings {
             None
         } else {
-            Some(upload(Weight::Output)?)
+            Some(upload(Weight::Output, &keep)?)
         };
         let inv_freq = device.alloc_from(HostSlice::new(&config.inv_freq()))?;
         Ok(LlamaModel {
             device,
+            format,
+            weight_bytes: total_bytes,
             config,
             embedding,
             layers,
@@ -181,6 +292,16 @@ impl LlamaModel {
 
     pub fn config(&self) -> &LlamaConfig {
         &self.config
+    }
+
+    /// How the weights are held.
+    pub fn format(&self) -> WeightFormat {
+        self.format
+    }
+
+    /// Bytes of the weights on the device (blocks as stored, f32 for the rest).
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
     }
 
     pub fn device(&self) -> &SharedDevice {
@@ -267,15 +388,7 @@ impl LlamaModel {
         let alloc = |n: usize| d.alloc(DType::F32, n);
         // y = x W^T for a weight stored [out, in].
         let linear =
-            |x: &dyn DynBuffer, w: &dyn DynBuffer, out: usize, inp: usize| -> Result<BoxedBuffer> {
-                let mut y = alloc(rows * out)?;
-                let spec = GemmSpec {
-                    trans_b: true,
-                    ..GemmSpec::new(rows, out, inp)
-                };
-                d.gemm(&spec, x, w, y.as_mut())?;
-                Ok(y)
-            };
+            |x: &dyn DynBuffer, w: &Matrix, out: usize, inp: usize| w.apply(d, x, rows, out, inp);
         let rope = |x: &mut dyn DynBuffer, heads: usize| -> Result<()> {
             let spec = RopeSpec {
                 tokens: rows,
@@ -296,7 +409,7 @@ impl LlamaModel {
             .collect();
 
         let mut x = alloc(rows * h)?;
-        d.embedding(self.embedding.as_ref(), &ids, x.as_mut())?;
+        self.embedding.gather(d, &ids, x.as_mut())?;
         let mut normed = alloc(rows * h)?;
         for (l, layer) in self.layers.iter().enumerate() {
             d.rms_norm(
@@ -305,9 +418,9 @@ impl LlamaModel {
                 normed.as_mut(),
                 c.rms_eps,
             )?;
-            let mut q = linear(normed.as_ref(), layer.q.as_ref(), qw, h)?;
-            let mut k = linear(normed.as_ref(), layer.k.as_ref(), kvw, h)?;
-            let mut v = linear(normed.as_ref(), layer.v.as_ref(), kvw, h)?;
+            let mut q = linear(normed.as_ref(), &layer.q, qw, h)?;
+            let mut k = linear(normed.as_ref(), &layer.k, kvw, h)?;
+            let mut v = linear(normed.as_ref(), &layer.v, kvw, h)?;
             if let Some([bq, bk, bv]) = &layer.biases {
                 d.bias_activation(q.as_mut(), bq.as_ref(), Activation::Identity)?;
                 d.bias_activation(k.as_mut(), bk.as_ref(), Activation::Identity)?;
@@ -360,7 +473,7 @@ impl LlamaModel {
                     d.copy(oi.as_ref(), 0..n * qw, att.as_mut(), r0 * qw)?;
                 }
             }
-            let o = linear(att.as_ref(), layer.o.as_ref(), h, qw)?;
+            let o = linear(att.as_ref(), &layer.o, h, qw)?;
             d.reduce(ReduceOp::Sum, x.as_mut(), o.as_ref())?;
             d.rms_norm(
                 x.as_ref(),
@@ -368,10 +481,10 @@ impl LlamaModel {
                 normed.as_mut(),
                 c.rms_eps,
             )?;
-            let mut gate = linear(normed.as_ref(), layer.gate.as_ref(), c.intermediate, h)?;
-            let up = linear(normed.as_ref(), layer.up.as_ref(), c.intermediate, h)?;
+            let mut gate = linear(normed.as_ref(), &layer.gate, c.intermediate, h)?;
+            let up = linear(normed.as_ref(), &layer.up, c.intermediate, h)?;
             d.silu_mul(gate.as_mut(), up.as_ref())?;
-            let down = linear(gate.as_ref(), layer.down.as_ref(), h, c.intermediate)?;
+            let down = linear(gate.as_ref(), &layer.down, h, c.intermediate)?;
             d.reduce(ReduceOp::Sum, x.as_mut(), down.as_ref())?;
         }
         for (cache, tokens) in seqs.iter_mut() {
@@ -399,12 +512,7 @@ impl LlamaModel {
             c.rms_eps,
         )?;
         let out_w = self.output.as_ref().unwrap_or(&self.embedding);
-        let mut logits = d.alloc(DType::F32, picked_rows * c.vocab)?;
-        let spec = GemmSpec {
-            trans_b: true,
-            ..GemmSpec::new(picked_rows, c.vocab, h)
-        };
-        d.gemm(&spec, final_norm.as_ref(), out_w.as_ref(), logits.as_mut())?;
+        let logits = out_w.apply(d, final_norm.as_ref(), picked_rows, c.vocab, h)?;
         let all: Vec<f32> = d.to_vec(logits.as_ref())?;
         Ok(match which {
             Logits::Last => all.chunks(c.vocab).map(<[f32]>::to_vec).collect(),

@@ -1,62 +1,85 @@
 //! Matrix products with block-quantized weights, read in their file layout
 //! (core's [`QuantType`]), so a model's resident memory is its file's
-//! tensor bytes.
+//! tensor bytes. The weights are dequantized inside the kernel and the
+//! activations stay f32, so the results equal the f32 path's up to the
+//! order of the additions (no 8-bit rounding of the activations: it moved
+//! SmolLM2's logits by up to 0.1, enough to change a greedy answer).
 //!
-//! - Q8_0, Q4_0, Q4_1: the activations are rounded to 8 bits per block
-//!   ([`act`]), then every block's product is an integer dot product
-//!   scaled once (AVX2 in [`x86`] where the CPU has it, checked at run
-//!   time; [`scalar`] everywhere else), as ggml's CPU kernels compute them.
-//! - Q4_K, Q5_K, Q6_K: each weight row is dequantized exactly into a
-//!   per-thread scratch row and multiplied in f32.
+//! - Few activation rows (decode): each task takes a range of weight rows
+//!   and computes their dot products with up to four activation rows at
+//!   a time, so each block is widened once for four sequences (AVX2 for
+//!   Q8_0 / Q4_0 / Q4_1 in [`x86`], checked at run time; [`scalar`] for
+//!   the K-quants and on other CPUs).
+//! - Some rows (decode of a batch): each task dequantizes three weight
+//!   rows at a time (bit for bit as core's reference) and multiplies them
+//!   with four activation rows at a time in registers ([`x86::dot_block`]).
+//! - Many rows (prefill): each task dequantizes its range of weight rows
+//!   into an f32 tile once and multiplies it with matrixmultiply's packed
+//!   GEMM (packing pays from about 64 rows).
 //!
-//! Output rows of the weight matrix are split over the device's thread
-//! pool; each task computes its rows against every activation row (up to
-//! four at a time, so one unpacked weight block serves four sequences).
+//! Tasks run on the device's persistent thread pool.
 
-pub(crate) mod act;
 pub(crate) mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86_512;
 
 use hetero_core::{QuantMatmulSpec, QuantType};
 use rayon::prelude::*;
 
-use act::{QuantizedRows, RowView};
-
 /// Multiply-adds below which a product runs on the calling thread.
 const PARALLEL_MIN_MACS: usize = 1 << 16;
+/// Activation rows from which dequantizing weight rows once for all of
+/// them pays (below: blocks widened in registers per four rows).
+const DEQUANT_MIN_ROWS: usize = 8;
+/// Activation rows from which the packed GEMM beats the register blocks.
+const TILE_MIN_ROWS: usize = 64;
+/// Bytes of f32 tile a task dequantizes at most (one GEMM call per tile:
+/// the packed GEMM re-packs the activations on every call, so tiles are as
+/// large as this allows, one per thread where it fits).
+const TILE_BYTES: usize = 2 << 20;
 
-/// Which implementation of the integer dot products runs.
+/// Which implementation of the dot products runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kernel {
     Scalar,
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// AVX-512F for the dot products (AVX2 for dequantization).
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
 }
 
 impl Kernel {
     /// The fastest this CPU has.
     pub(crate) fn detect() -> Kernel {
         #[cfg(target_arch = "x86_64")]
-        if x86::available() {
-            return Kernel::Avx2;
+        {
+            if x86_512::available() {
+                return Kernel::Avx512;
+            }
+            if x86::available() {
+                return Kernel::Avx2;
+            }
         }
         Kernel::Scalar
     }
+
+    /// Whether the AVX2 kernels may run (AVX-512 CPUs have them too).
+    #[cfg(target_arch = "x86_64")]
+    fn avx2(self) -> bool {
+        matches!(self, Kernel::Avx2 | Kernel::Avx512)
+    }
 }
 
-/// `y` (one pointer shared by the tasks, each writing its own columns).
+/// `y`, shared by the tasks; each writes only its own output columns.
 #[derive(Clone, Copy)]
 struct Out(*mut f32);
 // SAFETY: tasks write disjoint elements of `y` (their own output columns)
 // while `matmul` holds the unique borrow of it.
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
-
-/// Whether the integer path (activations rounded to 8 bits) serves `quant`.
-fn integer_path(quant: QuantType) -> bool {
-    matches!(quant, QuantType::Q8_0 | QuantType::Q4_0 | QuantType::Q4_1)
-}
 
 /// `y = x W^T` (lengths validated by the caller).
 pub(crate) fn matmul(
@@ -72,11 +95,36 @@ pub(crate) fn matmul(
         return;
     }
     let row_bytes = w.len() / out;
-    let xq = integer_path(spec.quant).then(|| QuantizedRows::new(x, inp));
     let y_ptr = Out(y.as_mut_ptr());
-    let columns = |cols: std::ops::Range<usize>| {
+    let tiled = rows >= TILE_MIN_ROWS;
+    let dequant = !tiled && rows >= DEQUANT_MIN_ROWS;
+    // Block sums of x (the Q4_0 offset's and Q4_1 minimum's factor).
+    let sums: Vec<f32> = if tiled || dequant {
+        Vec::new()
+    } else {
+        x.chunks_exact(32).map(|b| b.iter().sum()).collect()
+    };
+    let task = |cols: std::ops::Range<usize>| {
         let y_ptr = y_ptr;
-        let mut scratch = Vec::new();
+        if tiled {
+            tile(
+                spec,
+                x,
+                &w[cols.start * row_bytes..cols.end * row_bytes],
+                y_ptr,
+                cols.start,
+                kernel,
+            );
+            return;
+        }
+        if dequant {
+            let put = |r: usize, j: usize, v: f32| {
+                // SAFETY: r < rows and j < out (a column of this task's).
+                unsafe { *y_ptr.0.add(r * out + j) = v };
+            };
+            dequantized_rows(spec, x, w, row_bytes, cols, kernel, put);
+            return;
+        }
         for j in cols {
             let wrow = &w[j * row_bytes..(j + 1) * row_bytes];
             let mut put = |r: usize, v: f32| {
@@ -84,71 +132,259 @@ pub(crate) fn matmul(
                 // and column j belongs to this task alone.
                 unsafe { *y_ptr.0.add(r * out + j) = v };
             };
-            match &xq {
-                Some(xq) => integer_rows(spec.quant, wrow, xq, rows, kernel, &mut put),
-                None => {
-                    scratch.clear();
-                    spec.quant.dequantize(wrow, &mut scratch);
-                    for r in 0..rows {
-                        put(r, crate::gemv::dot(&x[r * inp..(r + 1) * inp], &scratch));
-                    }
-                }
-            }
+            dots(spec.quant, wrow, x, &sums, rows, inp, kernel, &mut put);
         }
     };
     let threads = pool.current_num_threads();
+    let tile_rows = (TILE_BYTES / 4 / inp).max(8);
     if threads == 1 || rows * out * inp < PARALLEL_MIN_MACS {
-        columns(0..out);
+        if tiled {
+            (0..out.div_ceil(tile_rows))
+                .for_each(|c| task(c * tile_rows..((c + 1) * tile_rows).min(out)));
+        } else {
+            task(0..out);
+        }
         return;
     }
-    // A few tasks per thread so uneven progress evens out.
-    let per = out.div_ceil(threads * 4).max(8);
+    let per = if tiled {
+        tile_rows.min(out.div_ceil(threads)).max(8)
+    } else {
+        // A few tasks per thread so uneven progress evens out.
+        out.div_ceil(threads * 4).max(8)
+    };
     pool.install(|| {
         (0..out.div_ceil(per))
             .into_par_iter()
-            .for_each(|c| columns(c * per..((c + 1) * per).min(out)));
+            .for_each(|c| task(c * per..((c + 1) * per).min(out)));
     });
 }
 
 /// The dot products of weight row `wrow` with every activation row.
-fn integer_rows(
+#[allow(clippy::too_many_arguments)]
+fn dots(
     quant: QuantType,
     wrow: &[u8],
-    xq: &QuantizedRows,
+    x: &[f32],
+    sums: &[f32],
     rows: usize,
+    inp: usize,
     kernel: Kernel,
     put: &mut impl FnMut(usize, f32),
 ) {
+    let small_blocks = quant.block_elems() == 32;
     let mut r = 0;
     while r < rows {
         let n = (rows - r).min(4);
         match kernel {
-            Kernel::Scalar => {
-                for i in r..r + n {
-                    put(i, scalar::dot(quant, wrow, xq.row(i)));
-                }
-            }
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => {
-                let v = |i: usize| -> RowView<'_> { xq.row(r + i) };
-                // SAFETY: Kernel::Avx2 is only chosen when x86::available();
-                // the row and block lengths were validated by the caller.
+            Kernel::Avx512 if small_blocks => {
+                let nb = inp / 32;
+                let xr = |i: usize| &x[(r + i) * inp..(r + i + 1) * inp];
+                let sr = |i: usize| &sums[(r + i) * nb..(r + i + 1) * nb];
                 let mut emit = |vals: &[f32]| {
                     for (i, &val) in vals.iter().enumerate() {
                         put(r + i, val);
                     }
                 };
+                // SAFETY: Kernel::Avx512 is only chosen when
+                // x86_512::available(); lengths validated by the caller.
                 unsafe {
                     match n {
-                        4 => emit(&x86::dot_rows(quant, wrow, [v(0), v(1), v(2), v(3)])),
-                        3 => emit(&x86::dot_rows(quant, wrow, [v(0), v(1), v(2)])),
-                        2 => emit(&x86::dot_rows(quant, wrow, [v(0), v(1)])),
-                        _ => emit(&x86::dot_rows(quant, wrow, [v(0)])),
+                        4 => emit(&x86_512::dot_rows(
+                            quant,
+                            wrow,
+                            [xr(0), xr(1), xr(2), xr(3)],
+                            [sr(0), sr(1), sr(2), sr(3)],
+                        )),
+                        3 => emit(&x86_512::dot_rows(
+                            quant,
+                            wrow,
+                            [xr(0), xr(1), xr(2)],
+                            [sr(0), sr(1), sr(2)],
+                        )),
+                        2 => emit(&x86_512::dot_rows(
+                            quant,
+                            wrow,
+                            [xr(0), xr(1)],
+                            [sr(0), sr(1)],
+                        )),
+                        _ => emit(&x86_512::dot_rows(quant, wrow, [xr(0)], [sr(0)])),
                     }
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 if small_blocks => {
+                let nb = inp / 32;
+                let xr = |i: usize| &x[(r + i) * inp..(r + i + 1) * inp];
+                let sr = |i: usize| &sums[(r + i) * nb..(r + i + 1) * nb];
+                let mut emit = |vals: &[f32]| {
+                    for (i, &val) in vals.iter().enumerate() {
+                        put(r + i, val);
+                    }
+                };
+                // SAFETY: Kernel::Avx2 is only chosen when x86::available();
+                // the lengths were validated by the caller.
+                unsafe {
+                    match n {
+                        4 => emit(&x86::dot_rows(
+                            quant,
+                            wrow,
+                            [xr(0), xr(1), xr(2), xr(3)],
+                            [sr(0), sr(1), sr(2), sr(3)],
+                        )),
+                        3 => emit(&x86::dot_rows(
+                            quant,
+                            wrow,
+                            [xr(0), xr(1), xr(2)],
+                            [sr(0), sr(1), sr(2)],
+                        )),
+                        2 => emit(&x86::dot_rows(quant, wrow, [xr(0), xr(1)], [sr(0), sr(1)])),
+                        _ => emit(&x86::dot_rows(quant, wrow, [xr(0)], [sr(0)])),
+                    }
+                }
+            }
+            _ => {
+                for i in r..r + n {
+                    put(i, scalar::dot(quant, wrow, &x[i * inp..(i + 1) * inp]));
                 }
             }
         }
         r += n;
+    }
+}
+
+/// Weight rows `cols` dequantized three at a time, each group multiplied
+/// with the activation rows four at a time in registers; `put(r, j, v)`
+/// stores `y[r][j]`.
+fn dequantized_rows(
+    spec: &QuantMatmulSpec,
+    x: &[f32],
+    w: &[u8],
+    row_bytes: usize,
+    cols: std::ops::Range<usize>,
+    kernel: Kernel,
+    put: impl Fn(usize, usize, f32),
+) {
+    const R: usize = 4;
+    // Weight rows per group: 4 x 4 accumulators fit AVX-512's 32
+    // registers, 4 x 3 AVX2's 16.
+    #[cfg(target_arch = "x86_64")]
+    let group = if kernel == Kernel::Avx512 { 4 } else { 3 };
+    #[cfg(not(target_arch = "x86_64"))]
+    let group = 3;
+    let (rows, inp, quant) = (spec.rows, spec.inp, spec.quant);
+    let mut scratch = vec![0.0f32; group * inp];
+    let mut j = cols.start;
+    while j < cols.end {
+        let nc = (cols.end - j).min(group);
+        let wb = &w[j * row_bytes..(j + nc) * row_bytes];
+        let dense = &mut scratch[..nc * inp];
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            k if k.avx2() && quant.block_elems() == 32 => {
+                // SAFETY: chosen only when x86::available(); dense holds 32
+                // values per block of wb.
+                unsafe { x86::dequantize(quant, wb, dense) }
+            }
+            _ => {
+                let be = quant.block_elems();
+                for (blk, o) in wb
+                    .chunks_exact(quant.block_bytes())
+                    .zip(dense.chunks_exact_mut(be))
+                {
+                    quant.dequantize_block(blk, o);
+                }
+            }
+        }
+        let wr = |c: usize| &scratch[c * inp..(c + 1) * inp];
+        let xr = |r: usize| &x[r * inp..(r + 1) * inp];
+        let mut r = 0;
+        while r < rows {
+            let nr = (rows - r).min(R);
+            match kernel {
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx512 if nr == R && nc == 4 => {
+                    // SAFETY: available() checked at detection; rows of inp
+                    // values, inp a multiple of 32.
+                    let v = unsafe {
+                        x86_512::dot_block(
+                            [xr(r), xr(r + 1), xr(r + 2), xr(r + 3)],
+                            [wr(0), wr(1), wr(2), wr(3)],
+                        )
+                    };
+                    for (i, row) in v.iter().enumerate() {
+                        for (c, &val) in row.iter().enumerate() {
+                            put(r + i, j + c, val);
+                        }
+                    }
+                }
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx2 if nr == R && nc == 3 => {
+                    // SAFETY: available() checked at detection; rows of inp
+                    // values, inp a multiple of 32.
+                    let v = unsafe {
+                        x86::dot_block(
+                            [xr(r), xr(r + 1), xr(r + 2), xr(r + 3)],
+                            [wr(0), wr(1), wr(2)],
+                        )
+                    };
+                    for (i, row) in v.iter().enumerate() {
+                        for (c, &val) in row.iter().enumerate() {
+                            put(r + i, j + c, val);
+                        }
+                    }
+                }
+                _ => {
+                    for i in r..r + nr {
+                        for c in 0..nc {
+                            put(i, j + c, crate::gemv::dot(xr(i), wr(c)));
+                        }
+                    }
+                }
+            }
+            r += nr;
+        }
+        j += nc;
+    }
+}
+
+/// Columns `col0..col0 + w.len() / row_bytes` of `y`: the weight rows `w`
+/// dequantized into an f32 tile, then one packed GEMM.
+fn tile(spec: &QuantMatmulSpec, x: &[f32], w: &[u8], y: Out, col0: usize, kernel: Kernel) {
+    let (rows, out, inp) = (spec.rows, spec.out, spec.inp);
+    let quant = spec.quant;
+    let mut t = Vec::new();
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        k if k.avx2() && quant.block_elems() == 32 => {
+            t.resize(w.len() / quant.block_bytes() * 32, 0.0);
+            // SAFETY: chosen only when x86::available(); t holds 32 values
+            // per block of w.
+            unsafe { x86::dequantize(quant, w, &mut t) };
+        }
+        _ => quant.dequantize(w, &mut t),
+    }
+    let n = t.len() / inp;
+    // SAFETY: x is rows x inp, t is n x inp (read as its transpose, inp x
+    // n), and C starts at column col0 of y (rows x out, row stride out)
+    // with col0 + n <= out; the columns col0..col0 + n are this task's.
+    unsafe {
+        matrixmultiply::sgemm(
+            rows,
+            inp,
+            n,
+            1.0,
+            x.as_ptr(),
+            inp as isize,
+            1,
+            t.as_ptr(),
+            1,
+            inp as isize,
+            0.0,
+            y.0.add(col0),
+            out as isize,
+            1,
+        );
     }
 }
 
@@ -161,8 +397,8 @@ pub(crate) fn embedding(
     ids: &[u32],
     out: &mut [f32],
 ) {
-    let row_bytes = width / quant.block_elems() * quant.block_bytes();
     let (bb, be) = (quant.block_bytes(), quant.block_elems());
+    let row_bytes = width / be * bb;
     for (&id, orow) in ids.iter().zip(out.chunks_exact_mut(width)) {
         let row = &table[id as usize * row_bytes..][..row_bytes];
         for (blk, o) in row.chunks_exact(bb).zip(orow.chunks_exact_mut(be)) {
@@ -178,31 +414,137 @@ mod tests {
 
     use super::*;
 
+    /// f64 dot product of the exactly dequantized row with x.
+    fn reference(quant: QuantType, w: &[u8], x: &[f32]) -> (f64, f64) {
+        let mut dense = Vec::new();
+        quant.dequantize(w, &mut dense);
+        let exact = dense
+            .iter()
+            .zip(x)
+            .map(|(&a, &b)| f64::from(a) * f64::from(b));
+        (exact.clone().sum(), exact.map(f64::abs).sum())
+    }
+
+    #[test]
+    fn scalar_matches_f64_reference() {
+        let mut rng = SplitMix64::new(5);
+        for case in 0..120 {
+            let quant = QuantType::ALL[case % QuantType::ALL.len()];
+            let nb = 1 + rng.below(12);
+            let w = random_quant_blocks(quant, nb, rng.next_u64());
+            let x: Vec<f32> = (0..nb * quant.block_elems())
+                .map(|_| rng.signed_unit_f32() * 3.0)
+                .collect();
+            let (want, abs) = reference(quant, &w, &x);
+            let got = f64::from(scalar::dot(quant, &w, &x));
+            assert!(
+                (got - want).abs() <= 1e-5 * abs + 1e-6,
+                "{quant}: {got} vs {want}"
+            );
+        }
+    }
+
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn avx2_equals_scalar_integer_sums() {
+    fn avx2_dequantize_is_bit_exact() {
+        if !x86::available() {
+            eprintln!("skipped: this CPU lacks AVX2/FMA/F16C");
+            return;
+        }
+        for (i, quant) in [QuantType::Q8_0, QuantType::Q4_0, QuantType::Q4_1]
+            .into_iter()
+            .enumerate()
+        {
+            let w = random_quant_blocks(quant, 300, 40 + i as u64);
+            let mut want = Vec::new();
+            quant.dequantize(&w, &mut want);
+            let mut got = vec![0.0f32; want.len()];
+            // SAFETY: checked available() above; got holds 32 per block.
+            unsafe { x86::dequantize(quant, &w, &mut got) };
+            for (k, (g, r)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g.to_bits(), r.to_bits(), "{quant} element {k}: {g} vs {r}");
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn register_blocks_match_f64_reference() {
+        let mut rng = SplitMix64::new(17);
+        for case in 0..100 {
+            let k = 32 * (1 + rng.below(20));
+            let mut row = || -> Vec<f32> { (0..k).map(|_| rng.signed_unit_f32() * 2.0).collect() };
+            let xs: Vec<Vec<f32>> = (0..4).map(|_| row()).collect();
+            let ws: Vec<Vec<f32>> = (0..4).map(|_| row()).collect();
+            let check = |got: &[f32], cols: usize, what: &str| {
+                for r in 0..4 {
+                    for c in 0..cols {
+                        let exact = xs[r]
+                            .iter()
+                            .zip(&ws[c])
+                            .map(|(&a, &b)| f64::from(a) * f64::from(b));
+                        let (want, abs): (f64, f64) =
+                            (exact.clone().sum(), exact.map(f64::abs).sum());
+                        let g = f64::from(got[r * cols + c]);
+                        assert!(
+                            (g - want).abs() <= 1e-5 * abs + 1e-6,
+                            "{what} case {case} [{r}][{c}]: {g} vs {want}"
+                        );
+                    }
+                }
+            };
+            let x = |i: usize| xs[i].as_slice();
+            let w = |i: usize| ws[i].as_slice();
+            if x86::available() {
+                // SAFETY: checked available(); rows of k, a multiple of 32.
+                let v = unsafe { x86::dot_block([x(0), x(1), x(2), x(3)], [w(0), w(1), w(2)]) };
+                check(&v.concat(), 3, "avx2");
+            }
+            if x86_512::available() {
+                // SAFETY: checked available(); rows of k, a multiple of 32.
+                let v = unsafe {
+                    x86_512::dot_block([x(0), x(1), x(2), x(3)], [w(0), w(1), w(2), w(3)])
+                };
+                check(&v.concat(), 4, "avx512");
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn simd_dot_rows_match_f64_reference() {
         if !x86::available() {
             eprintln!("skipped: this CPU lacks AVX2/FMA/F16C");
             return;
         }
         let mut rng = SplitMix64::new(11);
-        for case in 0..200 {
+        for case in 0..300 {
             let quant = [QuantType::Q8_0, QuantType::Q4_0, QuantType::Q4_1][case % 3];
-            let nb = 1 + rng.below(40);
-            let rows = 1 + rng.below(4);
+            let nb = 1 + rng.below(50);
             let w = random_quant_blocks(quant, nb, rng.next_u64());
-            let x: Vec<f32> = (0..rows * nb * 32)
-                .map(|_| rng.signed_unit_f32() * 3.0)
+            let rows: Vec<Vec<f32>> = (0..4)
+                .map(|_| (0..nb * 32).map(|_| rng.signed_unit_f32() * 3.0).collect())
                 .collect();
-            let xq = QuantizedRows::new(&x, nb * 32);
-            let v = |i: usize| xq.row(i.min(rows - 1));
+            let sums: Vec<Vec<f32>> = rows
+                .iter()
+                .map(|x| x.chunks(32).map(|b| b.iter().sum()).collect())
+                .collect();
+            let x = |i: usize| rows[i].as_slice();
+            let s = |i: usize| sums[i].as_slice();
             // SAFETY: checked available() above; lengths agree.
-            let got = unsafe { x86::dot_rows(quant, &w, [v(0), v(1), v(2), v(3)]) };
-            for (i, &g) in got.iter().enumerate().take(rows) {
-                let want = scalar::dot(quant, &w, xq.row(i));
-                let tol = 1e-5 * (1.0 + want.abs()) + 1e-4;
+            let xs = [x(0), x(1), x(2), x(3)];
+            let ss = [s(0), s(1), s(2), s(3)];
+            let mut all = vec![unsafe { x86::dot_rows(quant, &w, xs, ss) }];
+            if x86_512::available() {
+                // SAFETY: checked available(); lengths agree.
+                all.push(unsafe { x86_512::dot_rows(quant, &w, xs, ss) });
+            }
+            for (i, &g) in all.iter().flatten().enumerate() {
+                let i = i % 4;
+                let (want, abs) = reference(quant, &w, x(i));
+                let g = f64::from(g);
                 assert!(
-                    (g - want).abs() <= tol,
+                    (g - want).abs() <= 1e-5 * abs + 1e-6,
                     "case {case} {quant} row {i}: {g} vs {want}"
                 );
             }
