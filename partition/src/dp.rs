@@ -471,7 +471,7 @@ impl Lattice {
                         if id >= limit {
                             return Err(PartitionError::TooManyIdeals { limit });
                         }
-                        if id % (1 << 18) == 0 && id > 0 {
+                        if id.is_multiple_of(1 << 18) && id > 0 {
                             let bytes = id * (48 + 16 * words + 8) + up.len() * 12;
                             tick(id, bytes);
                         }
@@ -1115,6 +1115,7 @@ fn row_dp(
             irow[ns - 1]
         };
         if least <= bound {
+            #[allow(clippy::needless_range_loop)] // t indexes costs, strides, bases and kinds
             for t in 0..kinds.len() {
                 let c = w.cost[t];
                 if c > bound {
@@ -1381,7 +1382,9 @@ fn finish(
                 .flat_map(|&u| sat.unit_groups[u].iter().copied())
                 .collect();
             let mut detached = Vec::new();
-            let memory = units.iter().fold(0u64, |a, &u| a.saturating_add(p.units.memory[u]));
+            let memory = units
+                .iter()
+                .fold(0u64, |a, &u| a.saturating_add(p.units.memory[u]));
             let all = units
                 .iter()
                 .fold(memory, |a, &u| a.saturating_add(sat.memory[u]));
@@ -1414,7 +1417,9 @@ fn finish(
     if let Some(sat) = &p.satellites
         && !satellite::place(sat, &mut slot, &sat_steps)
     {
-        return Err(internal("satellites wait for a CPU at the end of the chain"));
+        return Err(internal(
+            "satellites wait for a CPU at the end of the chain",
+        ));
     }
     let assignment: Vec<Slot> = slot
         .into_iter()

@@ -82,6 +82,7 @@ pub(crate) fn split<'g>(p: &Prepared<'g>) -> Option<Prepared<'g>> {
     let n = ix.graph.nodes.len();
     // candidate satellites and their feeders
     let mut feeders_of: Vec<Option<Vec<u32>>> = vec![None; u.len()];
+    #[allow(clippy::needless_range_loop)] // v indexes every per-unit array
     for v in 0..u.len() {
         if u.cpu_time[v] != 0.0
             || u.accelerator_time[v] != 0.0
@@ -126,7 +127,9 @@ pub(crate) fn split<'g>(p: &Prepared<'g>) -> Option<Prepared<'g>> {
         }
     }
     for f in feeders_of.iter_mut() {
-        if f.as_ref().is_some_and(|set| set.iter().any(|&x| in_sets[x as usize] > 1)) {
+        if f.as_ref()
+            .is_some_and(|set| set.iter().any(|&x| in_sets[x as usize] > 1))
+        {
             *f = None;
         }
     }
@@ -138,6 +141,7 @@ pub(crate) fn split<'g>(p: &Prepared<'g>) -> Option<Prepared<'g>> {
     // the core, renumbered in the same (topological) order
     let mut new_id = vec![usize::MAX; u.len()];
     let mut next = 0;
+    #[allow(clippy::needless_range_loop)] // v also goes to `pick`
     for v in 0..u.len() {
         if pick(v) {
             new_id[v] = next;

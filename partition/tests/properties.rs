@@ -364,12 +364,12 @@ fn binding_case() -> impl Strategy<Value = Case> {
         .prop_flat_map(|n| {
             let nodes = proptest::collection::vec(
                 (
-                    0u32..20,                   // cpu time
-                    1u32..10,                   // accelerator time
-                    prop::bool::weighted(0.45), // takes no time at all
-                    0u64..6,                    // memory
-                    prop::bool::weighted(0.9),  // runs on an accelerator
-                    0u32..4,                    // out cost
+                    0u32..20,                              // cpu time
+                    1u32..10,                              // accelerator time
+                    prop::bool::weighted(0.45),            // takes no time at all
+                    0u64..6,                               // memory
+                    prop::bool::weighted(0.9),             // runs on an accelerator
+                    0u32..4,                               // out cost
                     prop::option::weighted(0.25, 0u64..2), // colour class
                 ),
                 n,

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use hetero_core::placement::{Cluster, Plan};
 use hetero_partition::{
-    DpEvent, ExactDp, Greedy, IntegerProgram, IpSolver, LinearDp, PaperGraph, PaperSplit, PartitionError,
-    PipeDream, ProgressFn, SolveStats, cluster_from_topology, evaluate,
+    DpEvent, ExactDp, Greedy, IntegerProgram, IpSolver, LinearDp, PaperGraph, PaperSplit,
+    PartitionError, PipeDream, ProgressFn, SolveStats, cluster_from_topology, evaluate,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
