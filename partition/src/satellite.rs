@@ -366,3 +366,59 @@ pub(crate) fn place(
     }
     waiting.is_empty()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Item, cover};
+
+    /// The covering knapsack against every subset, on random items (some
+    /// free, some equal), and its chosen groups cover and cost the value.
+    #[test]
+    fn cover_equals_every_subset() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = |m: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % m
+        };
+        for _ in 0..3000 {
+            let k = 1 + rnd(9) as usize;
+            let items: Vec<Item> = (0..k)
+                .map(|g| Item {
+                    memory: 1 + rnd(12),
+                    cost: rnd(5) as f64 * 0.25,
+                    group: g as u32,
+                })
+                .collect();
+            let total: u64 = items.iter().map(|i| i.memory).sum();
+            let need = 1 + rnd(total + 2);
+            let mut best = f64::INFINITY;
+            for mask in 0u32..1 << k {
+                let (mut m, mut c) = (0, 0.0);
+                for (b, it) in items.iter().enumerate() {
+                    if mask >> b & 1 == 1 {
+                        m += it.memory;
+                        c += it.cost;
+                    }
+                }
+                if m >= need && c < best {
+                    best = c;
+                }
+            }
+            let mut work = items.clone();
+            let mut chosen = Vec::new();
+            let got = cover(&mut work, need, Some(&mut chosen));
+            assert_eq!(got.is_finite(), best.is_finite(), "{items:?} need {need}");
+            if best.is_finite() {
+                assert!(
+                    (got - best).abs() < 1e-12,
+                    "{got} vs {best}: {items:?} need {need}"
+                );
+                let m: u64 = chosen.iter().map(|&g| items[g as usize].memory).sum();
+                let c: f64 = chosen.iter().map(|&g| items[g as usize].cost).sum();
+                assert!(m >= need && (c - best).abs() < 1e-12, "{chosen:?}");
+            }
+        }
+    }
+}
