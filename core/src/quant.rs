@@ -85,7 +85,7 @@ impl QuantType {
     /// Bytes of one row of `cols` elements; an error unless `cols` is a
     /// whole number of blocks.
     pub fn row_bytes(self, cols: usize) -> Result<usize> {
-        if cols % self.block_elems() != 0 {
+        if !cols.is_multiple_of(self.block_elems()) {
             return Err(Error::invalid(
                 format!("{self} row"),
                 format!(

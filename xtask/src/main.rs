@@ -9,6 +9,7 @@
 
 use std::process::{Command, ExitCode};
 
+mod bench_llm;
 mod bench_place;
 mod optional;
 mod setup;
@@ -63,6 +64,22 @@ enum Task {
         /// Folder of the graphs (default: the shipped dnn-partitioning inputs).
         #[arg(long)]
         data_dir: Option<String>,
+    },
+    /// Real-model benchmark: `hetero-generate --bench` on each device
+    /// (prefill of 128 tokens, decode of 1 / 8 / 32 sequences, resident
+    /// weights), next to llama.cpp's llama-bench and llama-batched-bench
+    /// on the same file in the same run when LLAMA_CPP_BIN names the bin/
+    /// folder of a llama.cpp build, with the ratios.
+    BenchLlm {
+        /// The GGUF file (default: the test model of `cargo xtask setup`).
+        #[arg(long)]
+        model: Option<String>,
+        /// A device spec for hetero-generate, repeatable (default: host).
+        #[arg(long = "device")]
+        devices: Vec<String>,
+        /// Measured runs per figure on each side.
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
     },
     /// Check formatting (cargo fmt --check).
     Fmt,
@@ -148,6 +165,11 @@ fn run(task: Task) -> Result<(), String> {
             cargo(&all)
         }
         Task::BenchPlace { data_dir } => bench_place::run(data_dir.as_deref()),
+        Task::BenchLlm {
+            model,
+            devices,
+            repeats,
+        } => bench_llm::run(model.as_deref(), &devices, repeats),
         Task::Fmt => fmt(),
         Task::Lint => lint(&optional::probe_all()),
     }

@@ -81,6 +81,14 @@ struct Out(*mut f32);
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
+impl Out {
+    /// `y[i]`'s address (a method, so closures capture the whole `Out`,
+    /// which is `Sync`, not its raw pointer field).
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
 /// `y = x W^T` (lengths validated by the caller).
 pub(crate) fn matmul(
     spec: &QuantMatmulSpec,
@@ -105,7 +113,6 @@ pub(crate) fn matmul(
         x.chunks_exact(32).map(|b| b.iter().sum()).collect()
     };
     let task = |cols: std::ops::Range<usize>| {
-        let y_ptr = y_ptr;
         if tiled {
             tile(
                 spec,
@@ -120,7 +127,7 @@ pub(crate) fn matmul(
         if dequant {
             let put = |r: usize, j: usize, v: f32| {
                 // SAFETY: r < rows and j < out (a column of this task's).
-                unsafe { *y_ptr.0.add(r * out + j) = v };
+                unsafe { *y_ptr.at(r * out + j) = v };
             };
             dequantized_rows(spec, x, w, row_bytes, cols, kernel, put);
             return;
@@ -130,7 +137,7 @@ pub(crate) fn matmul(
             let mut put = |r: usize, v: f32| {
                 // SAFETY: r < rows and j < out, so the index is inside y,
                 // and column j belongs to this task alone.
-                unsafe { *y_ptr.0.add(r * out + j) = v };
+                unsafe { *y_ptr.at(r * out + j) = v };
             };
             dots(spec.quant, wrow, x, &sums, rows, inp, kernel, &mut put);
         }
@@ -381,7 +388,7 @@ fn tile(spec: &QuantMatmulSpec, x: &[f32], w: &[u8], y: Out, col0: usize, kernel
             1,
             inp as isize,
             0.0,
-            y.0.add(col0),
+            y.at(col0),
             out as isize,
             1,
         );
