@@ -22,6 +22,7 @@ use crate::gemv;
 use crate::llama;
 use crate::quant;
 use crate::system;
+use crate::workers::Workers;
 
 /// Below this many bytes per operand a kernel runs on the calling thread:
 /// spawning threads costs more than it saves.
@@ -43,7 +44,7 @@ struct Inner {
     threads: usize,
     /// Persistent workers of the kernels (a decode step's kernels are too
     /// short to spawn threads for).
-    pool: rayon::ThreadPool,
+    workers: Workers,
     /// The integer dot products this CPU runs (detected once).
     quant_kernel: quant::Kernel,
     name: String,
@@ -90,14 +91,7 @@ impl HostDeviceBuilder {
             None => system::available_memory_bytes()?,
         };
         let (cpu, vendor) = system::cpu_description();
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(move |i| format!("hetero-host{}-{i}", self.index))
-            .build()
-            .map_err(|e| Error::DeviceLost {
-                device: DeviceId::new(Backend::Host, self.index),
-                reason: format!("cannot start the host device's {threads} worker threads: {e}"),
-            })?;
+        let workers = Workers::new(threads, self.index)?;
         Ok(HostDevice {
             inner: Arc::new(Inner {
                 ledger: Arc::new(Ledger {
@@ -106,7 +100,7 @@ impl HostDeviceBuilder {
                     allocated: Default::default(),
                 }),
                 threads,
-                pool,
+                workers,
                 quant_kernel: quant::Kernel::detect(),
                 name: format!(
                     "{cpu} ({threads} thread{})",
@@ -690,7 +684,7 @@ impl Device for HostDevice {
     ) -> Result<()> {
         let (q, k, v, out) = self.attention_operands(q, k_cache, v_cache, out)?;
         spec.validate(q.len(), k.len(), v.len(), out.len(), lens)?;
-        llama::attention_causal(spec, q, k, v, lens, out, &self.inner.pool);
+        llama::attention_causal(spec, q, k, v, lens, out, &self.inner.workers);
         Ok(())
     }
 
@@ -717,7 +711,14 @@ impl Device for HostDevice {
         let (xs, ws) = (x.typed::<f32>()?, w.typed::<u8>()?);
         let ys = y.typed_mut::<f32>()?;
         spec.validate(xs.len(), ws.len(), ys.len())?;
-        quant::matmul(spec, xs, ws, ys, &self.inner.pool, self.inner.quant_kernel);
+        quant::matmul(
+            spec,
+            xs,
+            ws,
+            ys,
+            &self.inner.workers,
+            self.inner.quant_kernel,
+        );
         Ok(())
     }
 

@@ -21,6 +21,7 @@ mod link;
 mod llama;
 mod quant;
 mod system;
+mod workers;
 
 pub use buffer::HostBuffer;
 pub use device::{HostDevice, HostDeviceBuilder};

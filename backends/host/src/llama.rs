@@ -5,7 +5,6 @@
 //! kernels do, and the suite compares all of them with f64 references.
 
 use hetero_core::{CausalAttentionSpec, RopeLayout, RopeSpec};
-use rayon::prelude::*;
 
 /// `out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w` for rows of `w.len()`.
 pub(crate) fn rms_norm(x: &[f32], w: &[f32], out: &mut [f32], eps: f32) {
@@ -90,7 +89,7 @@ pub(crate) fn attention_causal(
     v: &[f32],
     lens: &[u32],
     out: &mut [f32],
-    pool: &rayon::ThreadPool,
+    workers: &crate::workers::Workers,
 ) {
     let qw = spec.q_width();
     let rows = spec.batch * spec.q_len;
@@ -109,17 +108,35 @@ pub(crate) fn attention_causal(
     };
     // Work grows with rows x attended positions; the pool pays off only
     // for prefill blocks and large batches.
-    let threads = pool.current_num_threads().min(rows).max(1);
+    let threads = workers.threads().min(rows).max(1);
     if threads == 1 || rows * spec.max_len * qw < 1 << 16 {
         work(0, out);
         return;
     }
     let per = rows.div_ceil(threads * 2);
-    pool.install(|| {
-        out.par_chunks_mut(per * qw)
-            .enumerate()
-            .for_each(|(c, part)| work(c * per, part));
+    let out_ptr = OutRows(out.as_mut_ptr(), out.len());
+    workers.run(rows.div_ceil(per), |c| {
+        let start = c * per * qw;
+        let end = ((c + 1) * per * qw).min(out_ptr.1);
+        // SAFETY: task c owns out[start..end] alone (disjoint row ranges),
+        // and `out` is borrowed mutably for the whole run.
+        let part = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(start), end - start) };
+        work(c * per, part);
     });
+}
+
+/// `out`'s pointer and length, shared by the tasks of one attention call.
+#[derive(Clone, Copy)]
+struct OutRows(*mut f32, usize);
+// SAFETY: each task writes only its own rows.
+unsafe impl Send for OutRows {}
+unsafe impl Sync for OutRows {}
+
+impl OutRows {
+    /// Element `i`'s address (a method, so closures capture the `Sync` wrapper).
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
 }
 
 /// `gate[i] = silu(gate[i]) * up[i]`.

@@ -17,7 +17,7 @@
 //!   into an f32 tile once and multiplies it with matrixmultiply's packed
 //!   GEMM (packing pays from about 64 rows).
 //!
-//! Tasks run on the device's persistent thread pool.
+//! Tasks run on the device's persistent workers and the calling thread.
 
 pub(crate) mod scalar;
 #[cfg(target_arch = "x86_64")]
@@ -26,7 +26,6 @@ pub(crate) mod x86;
 pub(crate) mod x86_512;
 
 use hetero_core::{QuantMatmulSpec, QuantType};
-use rayon::prelude::*;
 
 /// Multiply-adds below which a product runs on the calling thread.
 const PARALLEL_MIN_MACS: usize = 1 << 16;
@@ -95,7 +94,7 @@ pub(crate) fn matmul(
     x: &[f32],
     w: &[u8],
     y: &mut [f32],
-    pool: &rayon::ThreadPool,
+    workers: &crate::workers::Workers,
     kernel: Kernel,
 ) {
     let (rows, out, inp) = (spec.rows, spec.out, spec.inp);
@@ -142,7 +141,7 @@ pub(crate) fn matmul(
             dots(spec.quant, wrow, x, &sums, rows, inp, kernel, &mut put);
         }
     };
-    let threads = pool.current_num_threads();
+    let threads = workers.threads();
     let tile_rows = (TILE_BYTES / 4 / inp).max(8);
     if threads == 1 || rows * out * inp < PARALLEL_MIN_MACS {
         if tiled {
@@ -159,10 +158,8 @@ pub(crate) fn matmul(
         // A few tasks per thread so uneven progress evens out.
         out.div_ceil(threads * 4).max(8)
     };
-    pool.install(|| {
-        (0..out.div_ceil(per))
-            .into_par_iter()
-            .for_each(|c| task(c * per..((c + 1) * per).min(out)));
+    workers.run(out.div_ceil(per), |c| {
+        task(c * per..((c + 1) * per).min(out))
     });
 }
 
