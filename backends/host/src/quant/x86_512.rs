@@ -12,36 +12,11 @@ pub(crate) fn available() -> bool {
     super::x86::available() && is_x86_feature_detected!("avx512f")
 }
 
-/// The 32 quants of block `blk` as f32, elements 0..16 and 16..32.
-///
-/// # Safety
-/// AVX-512F ([`available`]); `blk` is one whole block of `quant` (Q8_0,
-/// Q4_0 or Q4_1).
-#[target_feature(enable = "avx512f,avx2,fma,f16c")]
-unsafe fn widen(quant: QuantType, blk: &[u8]) -> [__m512; 2] {
-    let bb = quant.block_bytes();
-    // SAFETY (loads): blk holds bb bytes and the quants end at bb.
-    if quant == QuantType::Q8_0 {
-        let p = unsafe { blk.as_ptr().add(2) };
-        let lo = unsafe { _mm_loadu_si128(p.cast()) };
-        let hi = unsafe { _mm_loadu_si128(p.add(16).cast()) };
-        [
-            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo)),
-            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi)),
-        ]
-    } else {
-        let raw = unsafe { _mm_loadu_si128(blk.as_ptr().add(bb - 16).cast()) };
-        let mask = _mm_set1_epi8(0x0F);
-        let lo = _mm_and_si128(raw, mask);
-        let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
-        [
-            _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)),
-            _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)),
-        ]
-    }
-}
-
-/// As [`super::x86::dot_rows`].
+/// As [`super::x86::dot_rows`] (`sums` is not needed here): each block is
+/// dequantized in registers (`d q + m`, one FMA per 16 values; Q4_0's
+/// offset is `m = -8 d`) and multiplied into two accumulators per row, with
+/// the format fixed per monomorphized loop and raw-pointer reads, so the
+/// loop has no branch but its own.
 ///
 /// # Safety
 /// AVX-512F ([`available`]); lengths as for [`super::x86::dot_rows`].
@@ -50,34 +25,80 @@ pub(crate) unsafe fn dot_rows<const R: usize>(
     quant: QuantType,
     w: &[u8],
     xs: [&[f32]; R],
-    sums: [&[f32]; R],
+    _sums: [&[f32]; R],
 ) -> [f32; R] {
-    let bb = quant.block_bytes();
+    // SAFETY: forwarded; each variant reads what dot_rows_as documents.
+    unsafe {
+        match quant {
+            QuantType::Q8_0 => dot_rows_as::<R, 0>(w, xs),
+            QuantType::Q4_0 => dot_rows_as::<R, 1>(w, xs),
+            _ => dot_rows_as::<R, 2>(w, xs),
+        }
+    }
+}
+
+/// `F`: 0 Q8_0, 1 Q4_0, 2 Q4_1.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn dot_rows_as<const R: usize, const F: u8>(w: &[u8], xs: [&[f32]; R]) -> [f32; R] {
+    let bb = match F {
+        0 => 34,
+        1 => 18,
+        _ => 20,
+    };
     let nb = w.len() / bb;
-    let mut acc = [_mm512_setzero_ps(); R];
-    let mut offsets = [0.0f32; R];
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    let mask = _mm_set1_epi8(0x0F);
+    let mut p = w.as_ptr();
+    let xp: [*const f32; R] = std::array::from_fn(|r| xs[r].as_ptr());
     for b in 0..nb {
-        let blk = &w[b * bb..(b + 1) * bb];
-        let dw = super::x86::f16_at(blk, 0);
-        let d = _mm512_set1_ps(dw);
-        let offset = match quant {
-            QuantType::Q4_0 => -8.0 * dw,
-            QuantType::Q4_1 => super::x86::f16_at(blk, 2),
-            _ => 0.0,
-        };
-        // SAFETY: blk is one whole block; each x row holds 32 values at 32 b.
-        let q = unsafe { widen(quant, blk) };
-        for r in 0..R {
-            let x = unsafe { xs[r].as_ptr().add(32 * b) };
-            let t = _mm512_mul_ps(unsafe { _mm512_loadu_ps(x) }, q[0]);
-            let t = _mm512_fmadd_ps(unsafe { _mm512_loadu_ps(x.add(16)) }, q[1], t);
-            acc[r] = _mm512_fmadd_ps(d, t, acc[r]);
-            offsets[r] += offset * sums[r][b];
+        // SAFETY: block b spans p..p + bb inside w; each x row holds 32
+        // values at 32 b.
+        unsafe {
+            let d_bits = u16::from_le_bytes([*p, *p.add(1)]);
+            let d = _mm512_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(
+                d_bits,
+            )))));
+            let (q0, q1) = if F == 0 {
+                let lo = _mm_loadu_si128(p.add(2).cast());
+                let hi = _mm_loadu_si128(p.add(18).cast());
+                (
+                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo)),
+                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi)),
+                )
+            } else {
+                let raw = _mm_loadu_si128(p.add(bb - 16).cast());
+                let lo = _mm_and_si128(raw, mask);
+                let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+                (
+                    _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)),
+                    _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)),
+                )
+            };
+            let (w0, w1) = match F {
+                0 => (_mm512_mul_ps(q0, d), _mm512_mul_ps(q1, d)),
+                1 => {
+                    let m = _mm512_mul_ps(d, _mm512_set1_ps(-8.0));
+                    (_mm512_fmadd_ps(q0, d, m), _mm512_fmadd_ps(q1, d, m))
+                }
+                _ => {
+                    let m_bits = u16::from_le_bytes([*p.add(2), *p.add(3)]);
+                    let m = _mm512_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+                        i32::from(m_bits),
+                    ))));
+                    (_mm512_fmadd_ps(q0, d, m), _mm512_fmadd_ps(q1, d, m))
+                }
+            };
+            for r in 0..R {
+                let x = xp[r].add(32 * b);
+                acc[r][0] = _mm512_fmadd_ps(_mm512_loadu_ps(x), w0, acc[r][0]);
+                acc[r][1] = _mm512_fmadd_ps(_mm512_loadu_ps(x.add(16)), w1, acc[r][1]);
+            }
+            p = p.add(bb);
         }
     }
     let mut out = [0.0f32; R];
     for r in 0..R {
-        out[r] = _mm512_reduce_add_ps(acc[r]) + offsets[r];
+        out[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
     }
     out
 }
