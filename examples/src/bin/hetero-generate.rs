@@ -80,6 +80,14 @@ fn main() -> ExitCode {
     hetero_examples::exit_code(run(&Args::parse()))
 }
 
+/// One JSON object on stdout (`--json`).
+fn print_json(value: &serde_json::Value) -> Result<()> {
+    let text =
+        serde_json::to_string_pretty(value).map_err(|e| Error::invalid("json", e.to_string()))?;
+    println!("{text}");
+    Ok(())
+}
+
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 20) as f64
 }
@@ -104,11 +112,7 @@ fn run_bench(args: &Args, model: &LlamaModel, info: &DeviceInfo) -> Result<()> {
             "resident_weight_bytes": report.resident_weight_bytes,
             "kv_bytes_per_position": report.kv_bytes_per_position,
         });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&out)
-                .map_err(|e| Error::invalid("json", e.to_string()))?
-        );
+        print_json(&out)?;
         return Ok(());
     }
     println!(
@@ -269,11 +273,7 @@ fn run(args: &Args) -> Result<()> {
             "prefill_tokens_per_s": g.prefill_tokens_per_s,
             "decode_tokens_per_s": g.decode_tokens_per_s,
         });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&out)
-                .map_err(|e| Error::invalid("json", e.to_string()))?
-        );
+        print_json(&out)?;
     } else {
         println!();
         eprintln!(

@@ -181,7 +181,7 @@ fn dots(
         let n = (rows - r).min(4);
         match kernel {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 if small_blocks => {
+            k @ (Kernel::Avx512 | Kernel::Avx2) if small_blocks => {
                 let nb = inp / 32;
                 let xr = |i: usize| &x[(r + i) * inp..(r + i + 1) * inp];
                 let sr = |i: usize| &sums[(r + i) * nb..(r + i + 1) * nb];
@@ -190,62 +190,30 @@ fn dots(
                         put(r + i, val);
                     }
                 };
-                // SAFETY: Kernel::Avx512 is only chosen when
-                // x86_512::available(); lengths validated by the caller.
-                unsafe {
-                    match n {
-                        4 => emit(&x86_512::dot_rows(
-                            quant,
-                            wrow,
-                            [xr(0), xr(1), xr(2), xr(3)],
-                            [sr(0), sr(1), sr(2), sr(3)],
-                        )),
-                        3 => emit(&x86_512::dot_rows(
-                            quant,
-                            wrow,
-                            [xr(0), xr(1), xr(2)],
-                            [sr(0), sr(1), sr(2)],
-                        )),
-                        2 => emit(&x86_512::dot_rows(
-                            quant,
-                            wrow,
-                            [xr(0), xr(1)],
-                            [sr(0), sr(1)],
-                        )),
-                        _ => emit(&x86_512::dot_rows(quant, wrow, [xr(0)], [sr(0)])),
-                    }
+                let mut vals = [0.0f32; 4];
+                // The same call for 1..=4 rows on either instruction set.
+                macro_rules! rows {
+                    ($($i:literal)+) => {
+                        // SAFETY: Kernel::Avx512 / Avx2 are only chosen when
+                        // x86_512::available() / x86::available(); the
+                        // lengths were validated by the caller.
+                        unsafe {
+                            let v = if k == Kernel::Avx512 {
+                                x86_512::dot_rows(quant, wrow, [$(xr($i)),+], [$(sr($i)),+])
+                            } else {
+                                x86::dot_rows(quant, wrow, [$(xr($i)),+], [$(sr($i)),+])
+                            };
+                            vals[..v.len()].copy_from_slice(&v);
+                        }
+                    };
                 }
-            }
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 if small_blocks => {
-                let nb = inp / 32;
-                let xr = |i: usize| &x[(r + i) * inp..(r + i + 1) * inp];
-                let sr = |i: usize| &sums[(r + i) * nb..(r + i + 1) * nb];
-                let mut emit = |vals: &[f32]| {
-                    for (i, &val) in vals.iter().enumerate() {
-                        put(r + i, val);
-                    }
-                };
-                // SAFETY: Kernel::Avx2 is only chosen when x86::available();
-                // the lengths were validated by the caller.
-                unsafe {
-                    match n {
-                        4 => emit(&x86::dot_rows(
-                            quant,
-                            wrow,
-                            [xr(0), xr(1), xr(2), xr(3)],
-                            [sr(0), sr(1), sr(2), sr(3)],
-                        )),
-                        3 => emit(&x86::dot_rows(
-                            quant,
-                            wrow,
-                            [xr(0), xr(1), xr(2)],
-                            [sr(0), sr(1), sr(2)],
-                        )),
-                        2 => emit(&x86::dot_rows(quant, wrow, [xr(0), xr(1)], [sr(0), sr(1)])),
-                        _ => emit(&x86::dot_rows(quant, wrow, [xr(0)], [sr(0)])),
-                    }
+                match n {
+                    4 => rows!(0 1 2 3),
+                    3 => rows!(0 1 2),
+                    2 => rows!(0 1),
+                    _ => rows!(0),
                 }
+                emit(&vals[..n]);
             }
             _ => {
                 for i in r..r + n {
