@@ -46,61 +46,92 @@ unsafe fn dot_rows_as<const R: usize, const F: u8>(w: &[u8], xs: [&[f32]; R]) ->
         _ => 20,
     };
     let nb = w.len() / bb;
-    let mut acc = [[_mm512_setzero_ps(); 2]; R];
-    let mask = _mm_set1_epi8(0x0F);
-    let mut p = w.as_ptr();
+    // Two accumulators per row for the even blocks, two for the odd ones:
+    // four independent FMA chains per row.
+    let mut acc = [[_mm512_setzero_ps(); 4]; R];
     let xp: [*const f32; R] = std::array::from_fn(|r| xs[r].as_ptr());
-    for b in 0..nb {
-        // SAFETY: block b spans p..p + bb inside w; each x row holds 32
-        // values at 32 b.
+    let mut b = 0;
+    while b + 2 <= nb {
+        // SAFETY: blocks b and b + 1 lie inside w; each x row holds 32
+        // values per block.
         unsafe {
-            let d_bits = u16::from_le_bytes([*p, *p.add(1)]);
-            let d = _mm512_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(
-                d_bits,
-            )))));
-            let (q0, q1) = if F == 0 {
-                let lo = _mm_loadu_si128(p.add(2).cast());
-                let hi = _mm_loadu_si128(p.add(18).cast());
-                (
-                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo)),
-                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi)),
-                )
-            } else {
-                let raw = _mm_loadu_si128(p.add(bb - 16).cast());
-                let lo = _mm_and_si128(raw, mask);
-                let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
-                (
-                    _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)),
-                    _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)),
-                )
-            };
-            let (w0, w1) = match F {
-                0 => (_mm512_mul_ps(q0, d), _mm512_mul_ps(q1, d)),
-                1 => {
-                    let m = _mm512_mul_ps(d, _mm512_set1_ps(-8.0));
-                    (_mm512_fmadd_ps(q0, d, m), _mm512_fmadd_ps(q1, d, m))
-                }
-                _ => {
-                    let m_bits = u16::from_le_bytes([*p.add(2), *p.add(3)]);
-                    let m = _mm512_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
-                        i32::from(m_bits),
-                    ))));
-                    (_mm512_fmadd_ps(q0, d, m), _mm512_fmadd_ps(q1, d, m))
-                }
-            };
+            let (w0, w1) = block::<F>(w.as_ptr().add(b * bb), bb);
+            let (w2, w3) = block::<F>(w.as_ptr().add((b + 1) * bb), bb);
+            for r in 0..R {
+                let x = xp[r].add(32 * b);
+                acc[r][0] = _mm512_fmadd_ps(_mm512_loadu_ps(x), w0, acc[r][0]);
+                acc[r][1] = _mm512_fmadd_ps(_mm512_loadu_ps(x.add(16)), w1, acc[r][1]);
+                acc[r][2] = _mm512_fmadd_ps(_mm512_loadu_ps(x.add(32)), w2, acc[r][2]);
+                acc[r][3] = _mm512_fmadd_ps(_mm512_loadu_ps(x.add(48)), w3, acc[r][3]);
+            }
+        }
+        b += 2;
+    }
+    if b < nb {
+        // SAFETY: block b lies inside w.
+        unsafe {
+            let (w0, w1) = block::<F>(w.as_ptr().add(b * bb), bb);
             for r in 0..R {
                 let x = xp[r].add(32 * b);
                 acc[r][0] = _mm512_fmadd_ps(_mm512_loadu_ps(x), w0, acc[r][0]);
                 acc[r][1] = _mm512_fmadd_ps(_mm512_loadu_ps(x.add(16)), w1, acc[r][1]);
             }
-            p = p.add(bb);
         }
     }
     let mut out = [0.0f32; R];
     for r in 0..R {
-        out[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
+        let a = _mm512_add_ps(
+            _mm512_add_ps(acc[r][0], acc[r][1]),
+            _mm512_add_ps(acc[r][2], acc[r][3]),
+        );
+        out[r] = _mm512_reduce_add_ps(a);
     }
     out
+}
+
+/// The block at `p` (`bb` bytes of format `F`) dequantized in registers:
+/// elements 0..16 and 16..32 as `d q + m` (Q4_0: `m = -8 d`; Q8_0: `d q`).
+/// Both f16 scales of Q4_1 (`d`, `m`, adjacent) convert in one F16C op.
+///
+/// # Safety
+/// AVX-512F; `p..p + bb` is one block of format `F`.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+#[inline]
+unsafe fn block<const F: u8>(p: *const u8, bb: usize) -> (__m512, __m512) {
+    // SAFETY: the block's bytes are readable (the caller's contract).
+    unsafe {
+        let scales = _mm_cvtph_ps(_mm_cvtsi32_si128(p.cast::<i32>().read_unaligned()));
+        let d = _mm512_broadcastss_ps(scales);
+        let (q0, q1) = if F == 0 {
+            let lo = _mm_loadu_si128(p.add(2).cast());
+            let hi = _mm_loadu_si128(p.add(18).cast());
+            (
+                _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo)),
+                _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi)),
+            )
+        } else {
+            let mask = _mm_set1_epi8(0x0F);
+            let raw = _mm_loadu_si128(p.add(bb - 16).cast());
+            let lo = _mm_and_si128(raw, mask);
+            let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+            (
+                _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)),
+                _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)),
+            )
+        };
+        match F {
+            0 => (_mm512_mul_ps(q0, d), _mm512_mul_ps(q1, d)),
+            1 => {
+                let m = _mm512_mul_ps(d, _mm512_set1_ps(-8.0));
+                (_mm512_fmadd_ps(q0, d, m), _mm512_fmadd_ps(q1, d, m))
+            }
+            _ => {
+                // Lane 1 of the converted pair is m.
+                let m = _mm512_broadcastss_ps(_mm_movehdup_ps(scales));
+                (_mm512_fmadd_ps(q0, d, m), _mm512_fmadd_ps(q1, d, m))
+            }
+        }
+    }
 }
 
 /// As [`super::x86::dot_block`], rows a multiple of 16 long.
