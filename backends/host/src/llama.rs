@@ -114,29 +114,15 @@ pub(crate) fn attention_causal(
         return;
     }
     let per = rows.div_ceil(threads * 2);
-    let out_ptr = OutRows(out.as_mut_ptr(), out.len());
+    let (out_len, out_ptr) = (out.len(), crate::workers::SharedOut::new(out));
     workers.run(rows.div_ceil(per), |c| {
         let start = c * per * qw;
-        let end = ((c + 1) * per * qw).min(out_ptr.1);
+        let end = ((c + 1) * per * qw).min(out_len);
         // SAFETY: task c owns out[start..end] alone (disjoint row ranges),
         // and `out` is borrowed mutably for the whole run.
         let part = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(start), end - start) };
         work(c * per, part);
     });
-}
-
-/// `out`'s pointer and length, shared by the tasks of one attention call.
-#[derive(Clone, Copy)]
-struct OutRows(*mut f32, usize);
-// SAFETY: each task writes only its own rows.
-unsafe impl Send for OutRows {}
-unsafe impl Sync for OutRows {}
-
-impl OutRows {
-    /// Element `i`'s address (a method, so closures capture the `Sync` wrapper).
-    fn at(self, i: usize) -> *mut f32 {
-        self.0.wrapping_add(i)
-    }
 }
 
 /// `gate[i] = silu(gate[i]) * up[i]`.

@@ -59,6 +59,27 @@ struct Shared {
     wake: Condvar,
 }
 
+/// An output buffer shared by the tasks of one `run`, each writing only
+/// elements no other task writes (its own rows or columns).
+#[derive(Clone, Copy)]
+pub(crate) struct SharedOut(*mut f32);
+// SAFETY: tasks write disjoint elements while the kernel holds the unique
+// borrow of the buffer for the whole `run`.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    pub(crate) fn new(out: &mut [f32]) -> Self {
+        SharedOut(out.as_mut_ptr())
+    }
+
+    /// Element `i`'s address (a method, so closures capture the `Sync`
+    /// wrapper, not its raw pointer field).
+    pub(crate) fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
 /// Worker threads of one host device.
 pub(crate) struct Workers {
     shared: Arc<Shared>,

@@ -27,6 +27,8 @@ pub(crate) mod x86_512;
 
 use hetero_core::{QuantMatmulSpec, QuantType};
 
+use crate::workers::SharedOut;
+
 /// Multiply-adds below which a product runs on the calling thread.
 const PARALLEL_MIN_MACS: usize = 1 << 16;
 /// Activation rows from which dequantizing weight rows once for all of
@@ -72,22 +74,6 @@ impl Kernel {
     }
 }
 
-/// `y`, shared by the tasks; each writes only its own output columns.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: tasks write disjoint elements of `y` (their own output columns)
-// while `matmul` holds the unique borrow of it.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    /// `y[i]`'s address (a method, so closures capture the whole `Out`,
-    /// which is `Sync`, not its raw pointer field).
-    fn at(self, i: usize) -> *mut f32 {
-        self.0.wrapping_add(i)
-    }
-}
-
 /// `y = x W^T` (lengths validated by the caller).
 pub(crate) fn matmul(
     spec: &QuantMatmulSpec,
@@ -102,14 +88,19 @@ pub(crate) fn matmul(
         return;
     }
     let row_bytes = w.len() / out;
-    let y_ptr = Out(y.as_mut_ptr());
+    let y_ptr = SharedOut::new(y);
     let tiled = rows >= TILE_MIN_ROWS;
     let dequant = !tiled && rows >= DEQUANT_MIN_ROWS;
-    // Block sums of x (the Q4_0 offset's and Q4_1 minimum's factor).
-    let sums: Vec<f32> = if tiled || dequant {
-        Vec::new()
-    } else {
+    // Block sums of x (the Q4_0 offset's and Q4_1 minimum's factor), read
+    // only by the AVX2 few-row kernel.
+    #[cfg(target_arch = "x86_64")]
+    let needs_sums = kernel == Kernel::Avx2 && !tiled && !dequant && spec.quant.block_elems() == 32;
+    #[cfg(not(target_arch = "x86_64"))]
+    let needs_sums = false;
+    let sums: Vec<f32> = if needs_sums {
         x.chunks_exact(32).map(|b| b.iter().sum()).collect()
+    } else {
+        Vec::new()
     };
     let task = |cols: std::ops::Range<usize>| {
         if tiled {
@@ -199,7 +190,7 @@ fn dots(
                         // lengths were validated by the caller.
                         unsafe {
                             let v = if k == Kernel::Avx512 {
-                                x86_512::dot_rows(quant, wrow, [$(xr($i)),+], [$(sr($i)),+])
+                                x86_512::dot_rows(quant, wrow, [$(xr($i)),+])
                             } else {
                                 x86::dot_rows(quant, wrow, [$(xr($i)),+], [$(sr($i)),+])
                             };
@@ -322,7 +313,7 @@ fn dequantized_rows(
 
 /// Columns `col0..col0 + w.len() / row_bytes` of `y`: the weight rows `w`
 /// dequantized into an f32 tile, then one packed GEMM.
-fn tile(spec: &QuantMatmulSpec, x: &[f32], w: &[u8], y: Out, col0: usize, kernel: Kernel) {
+fn tile(spec: &QuantMatmulSpec, x: &[f32], w: &[u8], y: SharedOut, col0: usize, kernel: Kernel) {
     let (rows, out, inp) = (spec.rows, spec.out, spec.inp);
     let quant = spec.quant;
     let mut t = Vec::new();
@@ -509,7 +500,7 @@ mod tests {
             let mut all = vec![unsafe { x86::dot_rows(quant, &w, xs, ss) }];
             if x86_512::available() {
                 // SAFETY: checked available(); lengths agree.
-                all.push(unsafe { x86_512::dot_rows(quant, &w, xs, ss) });
+                all.push(unsafe { x86_512::dot_rows(quant, &w, xs) });
             }
             for (i, &g) in all.iter().flatten().enumerate() {
                 let i = i % 4;

@@ -12,7 +12,7 @@ pub(crate) fn available() -> bool {
     super::x86::available() && is_x86_feature_detected!("avx512f")
 }
 
-/// As [`super::x86::dot_rows`] (`sums` is not needed here): each block is
+/// As [`super::x86::dot_rows`], without the block sums: each block is
 /// dequantized in registers (`d q + m`, one FMA per 16 values; Q4_0's
 /// offset is `m = -8 d`) and multiplied into two accumulators per row, with
 /// the format fixed per monomorphized loop and raw-pointer reads, so the
@@ -25,7 +25,6 @@ pub(crate) unsafe fn dot_rows<const R: usize>(
     quant: QuantType,
     w: &[u8],
     xs: [&[f32]; R],
-    _sums: [&[f32]; R],
 ) -> [f32; R] {
     // SAFETY: forwarded; each variant reads what dot_rows_as documents.
     unsafe {
