@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::llama::{LlamaModel, Logits};
 use crate::sampling::{Sampler, SamplingParams};
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{Tokenizer, Utf8Stream};
 
 /// What to generate.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,13 +69,22 @@ pub struct Generation {
 }
 
 /// Holds back streamed text that might be the start of a stop string.
-struct StopScanner<'a> {
-    stops: &'a [String],
+#[derive(Debug, Clone)]
+struct StopScanner {
+    stops: Vec<String>,
     text: String,
     emitted: usize,
 }
 
-impl StopScanner<'_> {
+impl StopScanner {
+    fn new(stops: Vec<String>) -> Self {
+        StopScanner {
+            stops,
+            text: String::new(),
+            emitted: 0,
+        }
+    }
+
     /// Add `piece`; returns the text now safe to emit and the stop string
     /// reached, if any (the text is then cut before it).
     fn push(&mut self, piece: &str) -> (String, Option<String>) {
@@ -100,9 +109,10 @@ impl StopScanner<'_> {
             .min_by_key(|(at, _)| *at);
         if let Some((at, stop)) = found {
             let out = self.text[self.emitted.min(at)..at].to_string();
+            let stop = stop.clone();
             self.text.truncate(at);
             self.emitted = at;
-            return (out, Some(stop.clone()));
+            return (out, Some(stop));
         }
         // Hold back the longest suffix that is a prefix of some stop string.
         let mut keep_from = self.text.len();
@@ -130,6 +140,111 @@ impl StopScanner<'_> {
     }
 }
 
+/// What one [`Continuation::step`] produced. `text` is the text now final
+/// (possibly empty: a held-back character or stop-string prefix).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Generation goes on: feed `next_id` to the model.
+    Continue { text: String, next_id: u32 },
+    /// Generation ended, for `reason`; `text` is the last of it.
+    Finished { text: String, reason: FinishReason },
+}
+
+/// The token-by-token state of one sequence's generation: its sampler,
+/// the UTF-8 and stop-string holding back of its text, the ids so far.
+/// [`generate()`] drives one of these per call; a server keeps one per
+/// running request and steps them all after each batched forward pass, so
+/// both end generation by exactly the same rules.
+#[derive(Debug, Clone)]
+pub struct Continuation {
+    options: GenerateOptions,
+    sampler: Sampler,
+    utf8: Utf8Stream,
+    scanner: StopScanner,
+    ids: Vec<u32>,
+    finish: Option<FinishReason>,
+}
+
+impl Continuation {
+    /// Check `options` (sampling values in range) and start empty.
+    pub fn new(options: GenerateOptions) -> Result<Self> {
+        let sampler = Sampler::new(options.sampling)?;
+        Ok(Continuation {
+            scanner: StopScanner::new(options.stop.clone()),
+            options,
+            sampler,
+            utf8: Utf8Stream::default(),
+            ids: Vec::new(),
+            finish: None,
+        })
+    }
+
+    /// The ids generated so far (a final stop id excluded).
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+
+    /// The text so far, cut before a stop string.
+    pub fn text(&self) -> &str {
+        &self.scanner.text
+    }
+
+    /// Why generation ended, once it has.
+    pub fn finish_reason(&self) -> Option<&FinishReason> {
+        self.finish.as_ref()
+    }
+
+    /// Choose the next token from `logits` (the last position's row) and
+    /// decide whether generation goes on. `room` says whether the
+    /// sequence's cache can take one more position (false: the context is
+    /// full). After the step that finishes, further calls are an error.
+    pub fn step(&mut self, tokenizer: &Tokenizer, logits: &[f32], room: bool) -> Result<Step> {
+        if self.finish.is_some() {
+            return Err(Error::invalid(
+                "continuation",
+                "generation has already ended",
+            ));
+        }
+        let mut text = String::new();
+        let reason = 'finish: {
+            if self.ids.len() == self.options.max_tokens {
+                break 'finish FinishReason::Length;
+            }
+            let id = self.sampler.sample(logits)?;
+            if self.options.stop_ids.contains(&id) {
+                break 'finish FinishReason::EndOfSequence(id);
+            }
+            self.ids.push(id);
+            if let Some(piece) = self.utf8.push(&tokenizer.token_bytes(id)?) {
+                let (out, stop) = self.scanner.push(&piece);
+                text = out;
+                if let Some(stop) = stop {
+                    break 'finish FinishReason::StopString(stop);
+                }
+            }
+            if self.ids.len() == self.options.max_tokens {
+                break 'finish FinishReason::Length;
+            }
+            if !room {
+                break 'finish FinishReason::ContextFull;
+            }
+            return Ok(Step::Continue { text, next_id: id });
+        };
+        if !matches!(reason, FinishReason::StopString(_)) {
+            // The end of the text: an incomplete character, then whatever
+            // was held back as a possible stop prefix.
+            let rest = self.utf8.finish();
+            let (out, stop) = self.scanner.push(&rest);
+            text.push_str(&out);
+            if stop.is_none() {
+                text.push_str(&self.scanner.flush());
+            }
+        }
+        self.finish = Some(reason.clone());
+        Ok(Step::Finished { text, reason })
+    }
+}
+
 /// Generate from `prompt_ids`, calling `on_text` with each piece of text as
 /// it becomes final.
 pub fn generate(
@@ -153,7 +268,7 @@ pub fn generate(
             ),
         ));
     }
-    let mut sampler = Sampler::new(options.sampling)?;
+    let mut continuation = Continuation::new(options.clone())?;
     let max_len = (prompt_ids.len() + options.max_tokens).min(config.max_positions);
     let mut cache = model.new_cache(max_len)?;
 
@@ -161,58 +276,31 @@ pub fn generate(
     let mut logits = model.forward(&mut cache, prompt_ids, Logits::Last)?;
     let prefill_seconds = started.elapsed().as_secs_f64();
 
-    let mut decoder = tokenizer.stream_decoder();
-    let mut scanner = StopScanner {
-        stops: &options.stop,
-        text: String::new(),
-        emitted: 0,
-    };
-    let mut ids = Vec::new();
     let mut decode_steps = 0;
     let decode_started = Instant::now();
     let finish_reason = loop {
-        if ids.len() == options.max_tokens {
-            break FinishReason::Length;
-        }
-        let id = sampler.sample(&logits)?;
-        if options.stop_ids.contains(&id) {
-            break FinishReason::EndOfSequence(id);
-        }
-        ids.push(id);
-        if let Some(piece) = decoder.step(id)? {
-            let (out, stop) = scanner.push(&piece);
-            if !out.is_empty() {
-                on_text(&out);
+        match continuation.step(tokenizer, &logits, cache.len() < cache.max_len())? {
+            Step::Continue { text, next_id } => {
+                if !text.is_empty() {
+                    on_text(&text);
+                }
+                logits = model.forward(&mut cache, &[next_id], Logits::Last)?;
+                decode_steps += 1;
             }
-            if let Some(stop) = stop {
-                break FinishReason::StopString(stop);
+            Step::Finished { text, reason } => {
+                if !text.is_empty() {
+                    on_text(&text);
+                }
+                break reason;
             }
         }
-        if ids.len() == options.max_tokens {
-            break FinishReason::Length;
-        }
-        if cache.len() == cache.max_len() {
-            break FinishReason::ContextFull;
-        }
-        logits = model.forward(&mut cache, &[id], Logits::Last)?;
-        decode_steps += 1;
     };
     let decode_seconds = decode_started.elapsed().as_secs_f64();
-    if !matches!(finish_reason, FinishReason::StopString(_)) {
-        let rest = decoder.finish();
-        let (mut out, stop) = scanner.push(&rest);
-        if stop.is_none() {
-            out.push_str(&scanner.flush());
-        }
-        if !out.is_empty() {
-            on_text(&out);
-        }
-    }
     let rate = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
     Ok(Generation {
         prompt_ids: prompt_ids.to_vec(),
-        ids,
-        text: scanner.text,
+        ids: continuation.ids,
+        text: continuation.scanner.text,
         finish_reason,
         prefill_seconds,
         decode_steps,
@@ -228,11 +316,7 @@ mod tests {
 
     fn scan(stops: &[&str], pieces: &[&str]) -> (String, Option<String>, String) {
         let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
-        let mut s = StopScanner {
-            stops: &stops,
-            text: String::new(),
-            emitted: 0,
-        };
+        let mut s = StopScanner::new(stops);
         let mut streamed = String::new();
         for p in pieces {
             let (out, stop) = s.push(p);

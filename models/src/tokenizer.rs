@@ -274,7 +274,7 @@ impl Tokenizer {
     pub fn stream_decoder(&self) -> StreamDecoder<'_> {
         StreamDecoder {
             tokenizer: self,
-            pending: Vec::new(),
+            text: Utf8Stream::default(),
         }
     }
 
@@ -319,7 +319,7 @@ impl Tokenizer {
     /// The bytes a token stands for, as the byte-level decoder maps them: a
     /// token made only of byte-level characters is those bytes, any other
     /// (an added token holding a plain space, say) its own UTF-8.
-    fn token_bytes(&self, id: u32) -> Result<Vec<u8>> {
+    pub fn token_bytes(&self, id: u32) -> Result<Vec<u8>> {
         let token = self.token(id)?;
         let mapped: Option<Vec<u8>> = token.chars().map(byte_of_char).collect();
         Ok(mapped.unwrap_or_else(|| token.into_bytes()))
@@ -333,7 +333,7 @@ impl Tokenizer {
 #[derive(Debug)]
 pub struct StreamDecoder<'t> {
     tokenizer: &'t Tokenizer,
-    pending: Vec<u8>,
+    text: Utf8Stream,
 }
 
 impl StreamDecoder<'_> {
@@ -342,7 +342,35 @@ impl StreamDecoder<'_> {
     /// UTF-8 are yielded as U+FFFD, as [`Tokenizer::decode`] does.
     pub fn step(&mut self, id: u32) -> Result<Option<String>> {
         let bytes = self.tokenizer.token_bytes(id)?;
-        self.pending.extend_from_slice(&bytes);
+        Ok(self.text.push(&bytes))
+    }
+
+    /// Bytes of a character still incomplete.
+    pub fn pending(&self) -> &[u8] {
+        self.text.pending()
+    }
+
+    /// The end of the stream: an incomplete character left over becomes
+    /// U+FFFD (empty when none is).
+    pub fn finish(mut self) -> String {
+        self.text.finish()
+    }
+}
+
+/// Text from a stream of byte pieces (tokens' bytes), released a whole
+/// UTF-8 character at a time: the owned half of [`StreamDecoder`], for
+/// callers that keep one per sequence next to a shared [`Tokenizer`] (a
+/// server's running requests) and pass [`Tokenizer::token_bytes`] in.
+#[derive(Debug, Clone, Default)]
+pub struct Utf8Stream {
+    pending: Vec<u8>,
+}
+
+impl Utf8Stream {
+    /// The text `bytes` complete (`None` while a character is incomplete);
+    /// bytes that can never be valid UTF-8 become U+FFFD.
+    pub fn push(&mut self, bytes: &[u8]) -> Option<String> {
+        self.pending.extend_from_slice(bytes);
         let mut out = String::new();
         loop {
             match std::str::from_utf8(&self.pending) {
@@ -368,7 +396,7 @@ impl StreamDecoder<'_> {
                 }
             }
         }
-        Ok((!out.is_empty()).then_some(out))
+        (!out.is_empty()).then_some(out)
     }
 
     /// Bytes of a character still incomplete.
@@ -377,9 +405,11 @@ impl StreamDecoder<'_> {
     }
 
     /// The end of the stream: an incomplete character left over becomes
-    /// U+FFFD (empty when none is).
-    pub fn finish(self) -> String {
-        String::from_utf8_lossy(&self.pending).into_owned()
+    /// U+FFFD (empty when none is); the stream is empty afterwards.
+    pub fn finish(&mut self) -> String {
+        let out = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        out
     }
 }
 

@@ -43,6 +43,7 @@
 pub mod continuous;
 pub mod decode;
 pub mod exchange;
+pub mod live;
 pub mod policy;
 pub mod profile;
 pub mod real_model;

@@ -11,6 +11,7 @@ use hetero_collectives::transport::{Ranks, TransportKind, connect};
 use hetero_collectives::{Algorithm, FlatCollective, TcpConfig, all_gather_bytes};
 use hetero_core::{Collective, DynDevice, Error, Result};
 use hetero_scheduler::continuous::{ContinuousReport, serve_continuous, serve_continuous_rank};
+use hetero_scheduler::live;
 use hetero_scheduler::real_model::{self, ModelInfo, ModelSource, RealServeReport};
 use hetero_scheduler::{
     AllocationPolicy, DeviceProfile, MemoryProfile, ModelShape, Policy, ProfileCache, ServeReport,
@@ -93,6 +94,43 @@ struct Args {
     /// Print JSON instead of tables.
     #[arg(long)]
     json: bool,
+    /// Serve the checkpoint (`--model PATH`) over HTTP at this address
+    /// (e.g. `127.0.0.1:8080`; port 0 picks a free one) with
+    /// OpenAI-compatible routes: POST /v1/chat/completions and
+    /// /v1/completions (streaming with "stream": true), GET /v1/models,
+    /// /health and /metrics (Prometheus). Requests join the running batch
+    /// of a device as they arrive (live continuous batching). Prints
+    /// `listening on http://ADDR` on stderr once ready; SIGINT or SIGTERM
+    /// stops it after the running requests finish.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+    /// With --http: sequences running at once over all devices, split
+    /// among them by --policy (with `all`: balanced).
+    #[arg(long, default_value_t = 32)]
+    slots: usize,
+    /// With --http: the longest request served (prompt + max_tokens), in
+    /// positions. Each device's KV memory is measured at this length and
+    /// counted per token. Default: the model's context, at most 2048.
+    #[arg(long)]
+    max_len: Option<usize>,
+    /// With --http: requests that may wait for a slot; beyond, 429.
+    #[arg(long, default_value_t = 256)]
+    queue_limit: usize,
+    /// With --http: prompt tokens prefilled per round per device, so that a
+    /// long prompt delays the running requests by one chunk at most.
+    #[arg(long, default_value_t = 256)]
+    prefill_chunk: usize,
+    /// With --http: max_tokens of a request that gives none.
+    #[arg(long, default_value_t = 256)]
+    default_max_tokens: usize,
+    /// With --http: the model's id in requests and /v1/models. Default: the
+    /// file (or folder) name.
+    #[arg(long, value_name = "NAME")]
+    served_model_name: Option<String>,
+    /// With --http: seconds a shutdown waits for running requests before
+    /// cancelling them.
+    #[arg(long, default_value_t = 30.0)]
+    shutdown_grace: f64,
 }
 
 /// Where the continuous-batching rounds run.
@@ -126,6 +164,9 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<()> {
+    if let Some(addr) = &args.http {
+        return run_http(args, addr);
+    }
     let model = match ModelSource::resolve(&args.model)? {
         ModelSource::Preset(shape) => shape,
         ModelSource::Checkpoint(path) => return run_checkpoint(args, &path),
@@ -766,4 +807,114 @@ fn run_checkpoint(args: &Args, path: &std::path::Path) -> Result<()> {
     }
     print_buckets(&buckets);
     Ok(())
+}
+
+/// `--http`: load and measure the checkpoint on the devices, start the
+/// live engine, serve until SIGINT / SIGTERM.
+fn run_http(args: &Args, addr: &str) -> Result<()> {
+    let path = match ModelSource::resolve(&args.model)? {
+        ModelSource::Checkpoint(path) => path,
+        ModelSource::Preset(_) => {
+            return Err(Error::invalid(
+                "--http",
+                "serves a real checkpoint: give --model PATH (a .gguf file or a Hugging Face \
+                 folder); the presets have no tokenizer",
+            ));
+        }
+    };
+    if args.rank_from_env || args.requests > 0 {
+        return Err(Error::unsupported_in(
+            "--http",
+            "serves the devices of this process; --rank-from-env and --requests are not \
+             available with it yet",
+        ));
+    }
+    if !(args.shutdown_grace.is_finite() && args.shutdown_grace >= 0.0) {
+        return Err(Error::invalid(
+            "--shutdown-grace",
+            format!("{} is not a number of seconds >= 0", args.shutdown_grace),
+        ));
+    }
+    let policy = match args.policy.as_str() {
+        Policy::EVERY => Policy::Balanced,
+        name => Policy::from_name(name)?,
+    };
+    let checkpoint = real_model::open(&path)?;
+    let context = checkpoint.config().max_positions;
+    let max_len = args.max_len.unwrap_or(context.min(2048));
+    let found = discover(1, &mut |note| eprintln!("{note}"))?;
+    let devices = if args.devices.is_empty() {
+        found
+    } else {
+        select_devices(&args.devices, &found)?
+    };
+    let shared: Vec<_> = devices.iter().map(|d| d.shared()).collect();
+    let setup = live::LiveSetup {
+        slots: args.slots,
+        max_len,
+        policy,
+        config: live::LiveConfig {
+            queue_limit: args.queue_limit,
+            prefill_chunk: args.prefill_chunk,
+            max_request_len: max_len,
+        },
+    };
+    eprintln!(
+        "loading {} on {} device(s)...",
+        path.display(),
+        shared.len()
+    );
+    let (engine, plan) = live::start(&checkpoint, &shared, &setup, &mut |m| eprintln!("{m}"))?;
+    for (d, why) in &plan.skipped {
+        eprintln!("  {d} left out: {why}");
+    }
+    for d in &plan.devices {
+        eprintln!(
+            "  {} ({}): {} slots, {} KV positions ({} sequences of {}), {:.1} MiB of weights",
+            d.device,
+            d.name,
+            d.slots,
+            d.kv_tokens,
+            d.max_batch,
+            plan.max_len,
+            d.resident_weight_bytes as f64 / (1u64 << 20) as f64
+        );
+    }
+    if args.json {
+        println!("{}", json!({"plan": plan}));
+    }
+    let tokenizer = checkpoint.tokenizer()?;
+    let prompter = hetero_server::Prompter::new(&checkpoint, &tokenizer)?;
+    let model_id = args.served_model_name.clone().unwrap_or_else(|| {
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string())
+    });
+    let state = Arc::new(hetero_server::AppState::new(
+        Arc::new(engine),
+        prompter,
+        model_id.clone(),
+        args.default_max_tokens,
+    ));
+    let rt = runtime()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::io(format!("binding --http {addr}"), e))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| Error::io("reading the bound address", e))?;
+        eprintln!("serving {model_id} with the {policy} policy");
+        eprintln!("listening on http://{local}");
+        hetero_server::serve(
+            listener,
+            state,
+            hetero_server::shutdown_signal(),
+            std::time::Duration::from_secs_f64(args.shutdown_grace),
+        )
+        .await
+        .map_err(|e| Error::io("serving HTTP", e))?;
+        eprintln!("stopped");
+        Ok(())
+    })
 }

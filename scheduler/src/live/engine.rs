@@ -1,0 +1,702 @@
+//! The live engine: one worker thread per device, a shared bounded wait
+//! queue, and per-request event channels. See the module docs of
+//! [`live`](super) for the rules.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use hetero_core::{Error, Result};
+use hetero_models::{
+    Continuation, FinishReason, GenerateOptions, KvCache, LlamaModel, Logits, Step, Tokenizer,
+};
+use serde::Serialize;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+use super::metrics::{Metrics, Outcome};
+
+/// A device the engine runs on: its loaded model and its limits.
+#[derive(Debug)]
+pub struct LiveDevice {
+    pub model: LlamaModel,
+    /// Sequences it runs at once (the policy's batch for it; >= 1).
+    pub slots: usize,
+    /// KV-cache positions it holds over all its sequences (>= 1).
+    pub kv_tokens: usize,
+}
+
+/// Engine-wide settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveConfig {
+    /// Requests that may wait for a slot; more are refused.
+    pub queue_limit: usize,
+    /// Prompt tokens prefilled per round per device, over all sequences
+    /// being prefilled (>= 1).
+    pub prefill_chunk: usize,
+    /// The longest request (prompt + max_tokens) accepted, in positions
+    /// (capped by the model's context and the largest device's KV budget).
+    pub max_request_len: usize,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        LiveConfig {
+            queue_limit: 256,
+            prefill_chunk: 256,
+            max_request_len: usize::MAX,
+        }
+    }
+}
+
+/// One request: its prompt ids and how to generate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveRequest {
+    pub prompt_ids: Vec<u32>,
+    pub options: GenerateOptions,
+}
+
+/// Tokens a request used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+/// What a request's receiver hears.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Text now final, in order.
+    Text(String),
+    /// The last event of a request that finished.
+    Done {
+        reason: FinishReason,
+        usage: Usage,
+        /// The device that ran it.
+        device: String,
+        /// Seconds from arrival to the first generated token.
+        time_to_first_token_s: f64,
+    },
+    /// The last event of a request that could not finish, and why.
+    Failed(String),
+}
+
+/// Why a request was not queued.
+#[derive(Debug)]
+pub enum Rejected {
+    /// The wait queue holds `waiting` requests, its limit.
+    QueueFull { waiting: usize },
+    /// The engine is shutting down.
+    Closed,
+    /// The request itself is wrong (the error names the field).
+    Invalid(Error),
+}
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejected::QueueFull { waiting } => write!(
+                f,
+                "the server is at capacity: {waiting} requests are already waiting; retry later"
+            ),
+            Rejected::Closed => write!(f, "the server is shutting down"),
+            Rejected::Invalid(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// A request waiting for a slot.
+struct Queued {
+    request: LiveRequest,
+    events: UnboundedSender<Event>,
+    arrived: Instant,
+    /// KV positions it reserves.
+    reserve: usize,
+}
+
+/// A request on a device.
+struct Running {
+    prompt: Vec<u32>,
+    /// Prompt tokens already in the cache.
+    fed: usize,
+    /// The token to feed next once the prompt is in.
+    next: [u32; 1],
+    cache: KvCache,
+    continuation: Continuation,
+    events: UnboundedSender<Event>,
+    arrived: Instant,
+    first_token_s: Option<f64>,
+    last_token: Option<Instant>,
+    counted_tokens: usize,
+    reserve: usize,
+}
+
+impl Running {
+    fn prefilling(&self) -> bool {
+        self.fed < self.prompt.len()
+    }
+}
+
+#[derive(Debug)]
+struct Limits {
+    name: String,
+    slots: usize,
+    kv_tokens: usize,
+}
+
+struct State {
+    waiting: VecDeque<Queued>,
+    running: Vec<usize>,
+    kv_used: Vec<usize>,
+    closing: bool,
+    cancelled: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+    metrics: Metrics,
+    tokenizer: Arc<Tokenizer>,
+    config: LiveConfig,
+    devices: Vec<Limits>,
+    max_positions: usize,
+    vocab: usize,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Live continuous batching over devices; see the module docs.
+pub struct Engine {
+    shared: Arc<Shared>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("devices", &self.shared.devices)
+            .field("config", &self.shared.config)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Start a worker per device. Every device must hold the same model
+    /// (the same configuration).
+    pub fn start(
+        devices: Vec<LiveDevice>,
+        tokenizer: Arc<Tokenizer>,
+        config: LiveConfig,
+    ) -> Result<Engine> {
+        let Some(first) = devices.first() else {
+            return Err(Error::invalid("devices", "the engine needs at least one"));
+        };
+        if config.prefill_chunk == 0 {
+            return Err(Error::invalid("prefill chunk", "must be at least 1 token"));
+        }
+        let c = first.model.config().clone();
+        for (g, d) in devices.iter().enumerate() {
+            if d.slots == 0 || d.kv_tokens == 0 {
+                return Err(Error::invalid(
+                    format!("device {g}"),
+                    "needs at least one slot and one KV position",
+                ));
+            }
+            if *d.model.config() != c {
+                return Err(Error::invalid(
+                    format!("device {g}"),
+                    "holds another model than device 0",
+                ));
+            }
+        }
+        let limits: Vec<Limits> = devices
+            .iter()
+            .map(|d| Limits {
+                name: d.model.device().id().to_string(),
+                slots: d.slots,
+                kv_tokens: d.kv_tokens,
+            })
+            .collect();
+        let metrics = Metrics::new(
+            &limits
+                .iter()
+                .map(|l| (l.name.clone(), l.slots))
+                .collect::<Vec<_>>(),
+        );
+        let n = devices.len();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                waiting: VecDeque::new(),
+                running: vec![0; n],
+                kv_used: vec![0; n],
+                closing: false,
+                cancelled: false,
+            }),
+            wake: Condvar::new(),
+            metrics,
+            tokenizer,
+            config,
+            devices: limits,
+            max_positions: c.max_positions,
+            vocab: c.vocab,
+        });
+        let mut workers = Vec::new();
+        for (g, d) in devices.into_iter().enumerate() {
+            let shared = shared.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("hetero-live-{g}"))
+                .spawn(move || Worker::new(g, d.model, shared).run())
+                .map_err(|e| Error::invalid("engine", format!("cannot start a worker: {e}")))?;
+            workers.push(handle);
+        }
+        Ok(Engine {
+            shared,
+            workers: Mutex::new(workers),
+        })
+    }
+
+    /// Queue a request; its events arrive on the returned receiver. Dropping
+    /// the receiver cancels the request at the next round.
+    pub fn submit(
+        &self,
+        request: LiveRequest,
+    ) -> std::result::Result<UnboundedReceiver<Event>, Rejected> {
+        let reserve = self.check(&request).map_err(|e| {
+            self.shared.metrics.outcome(Outcome::Invalid);
+            Rejected::Invalid(e)
+        })?;
+        let (events, receiver) = unbounded_channel();
+        let mut st = self.shared.lock();
+        if st.closing || st.cancelled {
+            return Err(Rejected::Closed);
+        }
+        if st.waiting.len() >= self.shared.config.queue_limit {
+            self.shared.metrics.outcome(Outcome::QueueFull);
+            return Err(Rejected::QueueFull {
+                waiting: st.waiting.len(),
+            });
+        }
+        st.waiting.push_back(Queued {
+            request,
+            events,
+            arrived: Instant::now(),
+            reserve,
+        });
+        self.shared.metrics.set_queue_depth(st.waiting.len());
+        drop(st);
+        self.shared.wake.notify_all();
+        Ok(receiver)
+    }
+
+    /// The KV positions `request` reserves, or why it can never run.
+    fn check(&self, request: &LiveRequest) -> Result<usize> {
+        let s = &self.shared;
+        let prompt = request.prompt_ids.len();
+        if prompt == 0 {
+            return Err(Error::invalid("prompt", "has no tokens"));
+        }
+        if prompt >= s.max_positions {
+            return Err(Error::invalid(
+                "prompt",
+                format!(
+                    "{prompt} tokens leave no room in the model's context of {} positions",
+                    s.max_positions
+                ),
+            ));
+        }
+        if let Some(bad) = request.prompt_ids.iter().find(|&&t| t as usize >= s.vocab) {
+            return Err(Error::invalid(
+                "prompt",
+                format!("token id {bad} is past the vocabulary of {}", s.vocab),
+            ));
+        }
+        if request.options.max_tokens == 0 {
+            return Err(Error::invalid("max_tokens", "must be at least 1"));
+        }
+        request.options.sampling.validate()?;
+        let reserve = prompt
+            .saturating_add(request.options.max_tokens)
+            .min(s.max_positions);
+        let longest = self.longest_request();
+        if reserve > longest {
+            return Err(Error::invalid(
+                "max_tokens",
+                format!(
+                    "the prompt ({prompt} tokens) and max_tokens ({}) need {reserve} positions; \
+                     this server runs requests of {longest} positions at most: lower max_tokens \
+                     or shorten the prompt",
+                    request.options.max_tokens
+                ),
+            ));
+        }
+        Ok(reserve)
+    }
+
+    /// Refuse new requests; queued and running ones still finish, then the
+    /// workers stop.
+    pub fn close(&self) {
+        self.shared.lock().closing = true;
+        self.shared.wake.notify_all();
+    }
+
+    /// End every queued and running request now, each with a `Failed`
+    /// event, and stop the workers.
+    pub fn cancel(&self) {
+        let mut st = self.shared.lock();
+        st.closing = true;
+        st.cancelled = true;
+        for q in st.waiting.drain(..) {
+            let _ = q.events.send(Event::Failed(
+                "cancelled: the server is shutting down".into(),
+            ));
+            self.shared.metrics.outcome(Outcome::Cancelled);
+        }
+        self.shared.metrics.set_queue_depth(0);
+        drop(st);
+        self.shared.wake.notify_all();
+    }
+
+    /// Wait for the workers to stop (after [`close`](Self::close) or
+    /// [`cancel`](Self::cancel)).
+    pub fn join(&self) {
+        let handles: Vec<_> =
+            std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
+        for h in handles {
+            let _ = h.join();
+        }
+    }
+
+    /// Whether [`close`](Self::close) or [`cancel`](Self::cancel) was called.
+    pub fn is_closing(&self) -> bool {
+        self.shared.lock().closing
+    }
+
+    /// Whether nothing is queued or running.
+    pub fn is_idle(&self) -> bool {
+        let st = self.shared.lock();
+        st.waiting.is_empty() && st.running.iter().all(|&r| r == 0)
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Requests waiting for a slot now.
+    pub fn queue_depth(&self) -> usize {
+        self.shared.lock().waiting.len()
+    }
+
+    /// The longest request (prompt + max_tokens) accepted, in positions:
+    /// the configured limit, capped by the context and by the KV positions
+    /// of the device that holds the most.
+    pub fn longest_request(&self) -> usize {
+        let s = &self.shared;
+        let largest = s.devices.iter().map(|d| d.kv_tokens).max().unwrap_or(0);
+        s.config.max_request_len.min(s.max_positions).min(largest)
+    }
+
+    /// The model's context, in positions.
+    pub fn max_positions(&self) -> usize {
+        self.shared.max_positions
+    }
+
+    /// The devices, with their slots and KV positions.
+    pub fn devices(&self) -> Vec<(String, usize, usize)> {
+        self.shared
+            .devices
+            .iter()
+            .map(|d| (d.name.clone(), d.slots, d.kv_tokens))
+            .collect()
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.shared.tokenizer
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.cancel();
+        self.join();
+    }
+}
+
+/// One device's loop.
+struct Worker {
+    g: usize,
+    model: LlamaModel,
+    shared: Arc<Shared>,
+    running: Vec<Running>,
+}
+
+impl Worker {
+    fn new(g: usize, model: LlamaModel, shared: Arc<Shared>) -> Self {
+        Worker {
+            g,
+            model,
+            shared,
+            running: Vec::new(),
+        }
+    }
+
+    fn run(mut self) {
+        loop {
+            let Some(admitted) = self.admit() else {
+                return;
+            };
+            for q in admitted {
+                self.start(q);
+            }
+            self.drop_cancelled();
+            if self.running.is_empty() {
+                continue;
+            }
+            self.round();
+        }
+    }
+
+    /// Take the requests this device should start now; `None` when the
+    /// worker should stop. Blocks while there is nothing to do.
+    fn admit(&mut self) -> Option<Vec<Queued>> {
+        let s = self.shared.clone();
+        let me = &s.devices[self.g];
+        let mut st = s.lock();
+        loop {
+            if st.cancelled {
+                for r in self.running.drain(..) {
+                    let _ = r.events.send(Event::Failed(
+                        "cancelled: the server is shutting down".into(),
+                    ));
+                    s.metrics.outcome(Outcome::Cancelled);
+                }
+                st.running[self.g] = 0;
+                st.kv_used[self.g] = 0;
+                s.metrics.set_running(self.g, 0);
+                return None;
+            }
+            let mut admitted = Vec::new();
+            while let Some(front) = st.waiting.front() {
+                if front.events.is_closed() {
+                    st.waiting.pop_front();
+                    s.metrics.outcome(Outcome::Cancelled);
+                    continue;
+                }
+                let fits = |st: &State, h: usize| {
+                    let d = &s.devices[h];
+                    st.running[h] < d.slots && st.kv_used[h] + front.reserve <= d.kv_tokens
+                };
+                if !fits(&st, self.g) {
+                    break;
+                }
+                // Leave it to a device that fits it and is emptier, in the
+                // proportions of the slots.
+                let occupancy =
+                    |st: &State, h: usize| st.running[h] as f64 / s.devices[h].slots as f64;
+                let mine = occupancy(&st, self.g);
+                if (0..s.devices.len())
+                    .any(|h| h != self.g && fits(&st, h) && occupancy(&st, h) < mine)
+                {
+                    break;
+                }
+                let Some(q) = st.waiting.pop_front() else {
+                    break;
+                };
+                st.running[self.g] += 1;
+                st.kv_used[self.g] += q.reserve;
+                admitted.push(q);
+            }
+            s.metrics.set_queue_depth(st.waiting.len());
+            s.metrics.set_running(self.g, st.running[self.g]);
+            debug_assert!(st.kv_used[self.g] <= me.kv_tokens);
+            if !admitted.is_empty() || !self.running.is_empty() {
+                return Some(admitted);
+            }
+            if st.closing && st.waiting.is_empty() {
+                return None;
+            }
+            st = s.wake.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Give up a request's slot and positions.
+    fn release(&self, reserve: usize) {
+        let mut st = self.shared.lock();
+        st.running[self.g] = st.running[self.g].saturating_sub(1);
+        st.kv_used[self.g] = st.kv_used[self.g].saturating_sub(reserve);
+        self.shared.metrics.set_running(self.g, st.running[self.g]);
+        drop(st);
+        // Another device may have held back for this one's lower occupancy.
+        self.shared.wake.notify_all();
+    }
+
+    fn start(&mut self, q: Queued) {
+        let continuation = Continuation::new(q.request.options.clone());
+        let cache = self.model.new_cache(q.reserve);
+        match (continuation, cache) {
+            (Ok(continuation), Ok(cache)) => {
+                self.shared
+                    .metrics
+                    .prompt_tokens(q.request.prompt_ids.len());
+                self.running.push(Running {
+                    prompt: q.request.prompt_ids,
+                    fed: 0,
+                    next: [0],
+                    cache,
+                    continuation,
+                    events: q.events,
+                    arrived: q.arrived,
+                    first_token_s: None,
+                    last_token: None,
+                    counted_tokens: 0,
+                    reserve: q.reserve,
+                })
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                let _ = q.events.send(Event::Failed(format!(
+                    "{} cannot start the request: {e}",
+                    self.shared.devices[self.g].name
+                )));
+                self.shared.metrics.outcome(Outcome::Failed);
+                self.release(q.reserve);
+            }
+        }
+    }
+
+    /// Remove the requests whose client went away.
+    fn drop_cancelled(&mut self) {
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].events.is_closed() {
+                let r = self.running.swap_remove(i);
+                self.shared.metrics.outcome(Outcome::Cancelled);
+                self.release(r.reserve);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// One forward pass: a token for every decoding sequence, and prompt
+    /// tokens up to the chunk for those being prefilled; then a step of
+    /// every sequence whose prompt is in.
+    fn round(&mut self) {
+        let mut budget = self.shared.config.prefill_chunk;
+        let mut included = Vec::new();
+        let mut batch: Vec<(&mut KvCache, &[u32])> = Vec::new();
+        for (i, r) in self.running.iter_mut().enumerate() {
+            let Running {
+                prompt,
+                fed,
+                next,
+                cache,
+                ..
+            } = r;
+            if *fed < prompt.len() {
+                if budget == 0 {
+                    continue;
+                }
+                let n = budget.min(prompt.len() - *fed);
+                budget -= n;
+                batch.push((cache, &prompt[*fed..*fed + n]));
+                included.push((i, n));
+            } else {
+                batch.push((cache, &next[..]));
+                included.push((i, 0));
+            }
+        }
+        let result = self.model.forward_batch(&mut batch, Logits::Last);
+        drop(batch);
+        self.shared.metrics.round(self.g, included.len());
+        let logits = match result {
+            Ok(l) => l,
+            Err(e) => {
+                let message = format!("{} failed: {e}", self.shared.devices[self.g].name);
+                let failed = included
+                    .iter()
+                    .map(|&(i, _)| (i, Event::Failed(message.clone()), Outcome::Failed))
+                    .collect();
+                self.finish(failed);
+                return;
+            }
+        };
+        let device = &self.shared.devices[self.g].name;
+        let metrics = &self.shared.metrics;
+        let mut finished = Vec::new();
+        for ((i, n), logits) in included.into_iter().zip(logits) {
+            let r = &mut self.running[i];
+            if n > 0 {
+                r.fed += n;
+                if r.prefilling() {
+                    continue;
+                }
+            }
+            let room = r.cache.len() < r.cache.max_len();
+            let step = r.continuation.step(&self.shared.tokenizer, &logits, room);
+            let now = Instant::now();
+            match (r.first_token_s, r.last_token) {
+                (None, _) => {
+                    let s = now.duration_since(r.arrived).as_secs_f64();
+                    r.first_token_s = Some(s);
+                    metrics.ttft(s);
+                }
+                (Some(_), Some(last)) => {
+                    metrics.inter_token(now.duration_since(last).as_secs_f64())
+                }
+                (Some(_), None) => {}
+            }
+            r.last_token = Some(now);
+            let generated = r.continuation.ids().len();
+            for _ in r.counted_tokens..generated {
+                metrics.generated_token();
+            }
+            r.counted_tokens = generated;
+            match step {
+                Ok(Step::Continue { text, next_id }) => {
+                    r.next = [next_id];
+                    // A send fails only when the client went away: the
+                    // request is removed at the next round.
+                    if !text.is_empty() {
+                        let _ = r.events.send(Event::Text(text));
+                    }
+                }
+                Ok(Step::Finished { text, reason }) => {
+                    if !text.is_empty() {
+                        let _ = r.events.send(Event::Text(text));
+                    }
+                    let done = Event::Done {
+                        reason,
+                        usage: Usage {
+                            prompt_tokens: r.prompt.len(),
+                            completion_tokens: generated,
+                        },
+                        device: device.clone(),
+                        time_to_first_token_s: r.first_token_s.unwrap_or(0.0),
+                    };
+                    finished.push((i, done, Outcome::Completed));
+                }
+                Err(e) => finished.push((i, Event::Failed(e.to_string()), Outcome::Failed)),
+            }
+        }
+        self.finish(finished);
+    }
+
+    /// Send each listed request its last event and remove it.
+    fn finish(&mut self, mut list: Vec<(usize, Event, Outcome)>) {
+        // Remove from the back so that the other indices stay valid.
+        list.sort_by_key(|(i, _, _)| std::cmp::Reverse(*i));
+        for (i, event, outcome) in list {
+            let r = self.running.remove(i);
+            let outcome = if r.events.send(event).is_ok() {
+                outcome
+            } else {
+                Outcome::Cancelled
+            };
+            self.shared.metrics.outcome(outcome);
+            self.release(r.reserve);
+        }
+    }
+}

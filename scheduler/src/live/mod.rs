@@ -1,0 +1,41 @@
+//! Live continuous batching: requests arrive at any time, each joins a
+//! device's running batch at its next round and leaves it when done. This
+//! is the engine behind `hetero-serve --http`; the offline
+//! [`continuous`](crate::continuous) module plans a batch known up front.
+//!
+//! - **Slots from the policy.** Each device runs at most `slots[g]`
+//!   sequences at once: the batches of an [`Allocation`](crate::Allocation)
+//!   made by a policy (HASC, Balanced) from the devices' measured
+//!   profiles. A waiting request goes to a device with a free slot and
+//!   free KV memory whose occupancy (running / slots) is the lowest, so
+//!   devices fill in the proportions the policy chose.
+//! - **KV memory per token.** A device's KV budget is counted in cache
+//!   positions (`kv_tokens[g]`, from its memory profile: `B*` sequences of
+//!   the profiled length). A request reserves the positions it can use,
+//!   `min(prompt + max_tokens, context)`, not a maximal sequence, and its
+//!   cache is allocated at that length when it is admitted and freed when
+//!   it leaves. Nothing is paged: a request's positions are reserved whole
+//!   at admission, so a running request can never run out of KV memory
+//!   half-way (which paging would have to handle by preemption).
+//! - **Chunked prefill.** Every round is one `forward_batch` call: one
+//!   token for each decoding sequence, plus at most `prefill_chunk` prompt
+//!   tokens of the sequences being prefilled, so a long prompt delays the
+//!   running sequences' next token by one bounded chunk at most.
+//! - **Streams.** Each request gets a channel of [`Event`]s: text pieces as
+//!   they become final, then one `Done` (or `Failed`). A request whose
+//!   receiver is dropped (the client went away) is removed at the next
+//!   round and its slot and KV positions freed.
+//! - **Backpressure and shutdown.** The wait queue is bounded
+//!   ([`Rejected::QueueFull`]); [`Engine::close`] refuses new requests and
+//!   lets the queued and running ones finish; [`Engine::cancel`] ends them
+//!   now, each with a `Failed` event saying so. No request is dropped
+//!   without an event or answered twice: every admitted request ends with
+//!   exactly one `Done` or `Failed`.
+
+mod engine;
+mod metrics;
+mod setup;
+
+pub use engine::{Engine, Event, LiveConfig, LiveDevice, LiveRequest, Rejected, Usage};
+pub use metrics::{Metrics, Outcome};
+pub use setup::{LivePlan, LiveSetup, PlannedDevice, start};

@@ -1,0 +1,201 @@
+//! Starting a live engine on real devices: load the checkpoint on each,
+//! measure how many KV positions each holds next to its weights, measure
+//! step times when there is more than one device, and let the allocation
+//! policy split the concurrent sequences.
+//!
+//! Memory: `B*` sequences of `max_len` positions really allocated next to
+//! the weights, with the activations of a round of `slots + prefill_chunk`
+//! rows ([`real_model::profile_memory`]); the device's KV budget is then
+//! `B* x max_len` positions, counted per token at admission. Speed: the
+//! fitted step-time curve of [`real_model::profile_speed`]. The policy
+//! splits `slots` sequences by speed; it is not capped by `B*`, because
+//! the KV budget, not a sequence count, is what binds memory at admission
+//! (short requests pack more sequences into the same positions).
+
+use std::sync::Arc;
+
+use hetero_core::{Error, Result, SharedDevice};
+use hetero_models::Checkpoint;
+use serde::Serialize;
+
+use super::engine::{Engine, LiveConfig, LiveDevice};
+use crate::policy::{AllocationPolicy, DeviceProfile, Policy, StepModel};
+use crate::real_model::{self, ModelInfo};
+
+/// What to start.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LiveSetup {
+    /// Sequences running at once, over all devices.
+    pub slots: usize,
+    /// Longest request (prompt + max_tokens), positions; at most the
+    /// model's context.
+    pub max_len: usize,
+    pub policy: Policy,
+    pub config: LiveConfig,
+}
+
+/// One device of the plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlannedDevice {
+    pub device: String,
+    pub name: String,
+    /// Its share of the concurrent sequences.
+    pub slots: usize,
+    /// KV positions it holds (`max_batch x max_len`).
+    pub kv_tokens: usize,
+    /// `B*`: sequences of `max_len` positions that fit next to the weights.
+    pub max_batch: usize,
+    /// Measured step time (only with several devices).
+    pub step: Option<StepModel>,
+    pub resident_weight_bytes: u64,
+}
+
+/// Where the engine runs, and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LivePlan {
+    pub model: ModelInfo,
+    pub policy: String,
+    pub max_len: usize,
+    pub devices: Vec<PlannedDevice>,
+    /// Devices left out, with the reason.
+    pub skipped: Vec<(String, String)>,
+}
+
+/// Load, profile and start; `log` hears progress.
+pub fn start(
+    checkpoint: &Checkpoint,
+    devices: &[SharedDevice],
+    setup: &LiveSetup,
+    log: &mut dyn FnMut(&str),
+) -> Result<(Engine, LivePlan)> {
+    let info = ModelInfo::of(checkpoint);
+    if setup.slots == 0 {
+        return Err(Error::invalid("slots", "must be at least 1"));
+    }
+    let context = checkpoint.config().max_positions;
+    if setup.max_len < 2 || setup.max_len > context {
+        return Err(Error::invalid(
+            "max_len",
+            format!(
+                "{} is not in 2..={context} (the model's context)",
+                setup.max_len
+            ),
+        ));
+    }
+    let tokenizer = Arc::new(checkpoint.tokenizer()?);
+    let mut skipped = Vec::new();
+    let loaded = real_model::load_all(checkpoint, devices, &mut |g, e| {
+        skipped.push((devices[g].id().to_string(), e.to_string()));
+    })?;
+    let rows = setup.slots + setup.config.prefill_chunk;
+    let mut measured = Vec::new();
+    for (g, model) in loaded {
+        let d = &devices[g];
+        log(&format!(
+            "measuring the KV memory of {} ({})...",
+            d.id(),
+            d.info().name
+        ));
+        let memory =
+            real_model::profile_memory(&model, &info.name, setup.max_len, rows, setup.slots)?;
+        if memory.max_batch == 0 {
+            let reason = format!(
+                "not one sequence of {} positions fits next to the weights",
+                setup.max_len
+            );
+            if devices.len() > 1 {
+                skipped.push((d.id().to_string(), reason));
+                continue;
+            }
+            return Err(Error::invalid(
+                "max_len",
+                format!("{} on {}: {reason}; lower it", setup.max_len, d.id()),
+            ));
+        }
+        measured.push((g, model, memory.max_batch));
+    }
+    if measured.is_empty() {
+        return Err(Error::invalid(
+            "device",
+            format!(
+                "no device can hold a sequence of {} positions next to the model: {}",
+                setup.max_len,
+                skipped
+                    .iter()
+                    .map(|(d, r)| format!("{d}: {r}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        ));
+    }
+    let mut steps: Vec<Option<StepModel>> = vec![None; measured.len()];
+    let slots: Vec<usize> = if measured.len() == 1 {
+        vec![setup.slots]
+    } else {
+        let mut profiles = Vec::new();
+        for (i, (g, model, max_batch)) in measured.iter().enumerate() {
+            log(&format!(
+                "measuring the step time of {}...",
+                devices[*g].id()
+            ));
+            let (fit, _) = real_model::profile_speed(
+                model,
+                &[1, 4, 16],
+                setup.slots,
+                (setup.max_len / 4).clamp(1, 256),
+                2,
+            )?;
+            steps[i] = Some(fit.model);
+            profiles.push(DeviceProfile {
+                device: devices[*g].id(),
+                name: devices[*g].info().name,
+                // Not capped by B*: memory binds per token at admission.
+                max_batch: setup.slots.max(*max_batch),
+                step: fit.model,
+            });
+        }
+        setup.policy.allocate(&profiles, setup.slots)?.batches
+    };
+    let mut planned = Vec::new();
+    let mut live = Vec::new();
+    for (i, ((g, model, max_batch), slots)) in measured.into_iter().zip(slots).enumerate() {
+        let d = &devices[g];
+        if slots == 0 {
+            skipped.push((
+                d.id().to_string(),
+                format!("the {} policy gave it no sequences", setup.policy),
+            ));
+            continue;
+        }
+        let kv_tokens = max_batch * setup.max_len;
+        planned.push(PlannedDevice {
+            device: d.id().to_string(),
+            name: d.info().name,
+            slots,
+            kv_tokens,
+            max_batch,
+            step: steps[i],
+            resident_weight_bytes: model.weight_bytes(),
+        });
+        live.push(LiveDevice {
+            model,
+            slots,
+            kv_tokens,
+        });
+    }
+    let config = LiveConfig {
+        max_request_len: setup.max_len,
+        ..setup.config
+    };
+    let engine = Engine::start(live, tokenizer, config)?;
+    Ok((
+        engine,
+        LivePlan {
+            model: info,
+            policy: setup.policy.name().into(),
+            max_len: setup.max_len,
+            devices: planned,
+            skipped,
+        },
+    ))
+}
