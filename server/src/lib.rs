@@ -16,6 +16,10 @@
 //! 503 while shutting down. A client that disconnects drops its event
 //! receiver, which frees its slot at the engine's next round.
 //!
+//! For tests and benchmarks of any OpenAI-compatible server: a small
+//! loopback HTTP client with server-sent events ([`client`]) and a load
+//! generator ([`load`]: concurrent streams, tokens/s, time to first token).
+//!
 //! What this crate must not do: compute. It parses, renders prompts,
 //! submits to the engine and formats what comes back; where and how a
 //! request runs is the engine's business (`hetero-scheduler`), and the
@@ -24,6 +28,8 @@
 //! [`live`]: hetero_scheduler::live
 
 pub mod api;
+pub mod client;
+pub mod load;
 pub mod prompt;
 pub mod responses;
 pub mod routes;

@@ -1,0 +1,191 @@
+//! The live engine against the simplest reference: every request, run
+//! among others that arrive while it runs (chunked prefill over several
+//! rounds, sequences joining and leaving the batch), produces exactly what
+//! `hetero_models::generate` produces for it alone, greedy and seeded,
+//! with the real SmolLM2 model (`HETERO_TEST_GGUF`; skipped without it).
+//! Without the model: refusals of requests that can never run.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers may unwrap
+
+use std::sync::Arc;
+
+use hetero_core::SharedDevice;
+use hetero_host::HostDevice;
+use hetero_models::{
+    Checkpoint, FinishReason, GenerateOptions, LlamaModel, SamplingParams, generate, prompt_ids,
+};
+use hetero_scheduler::live::{Engine, Event, LiveConfig, LiveDevice, LiveRequest, Rejected};
+use hetero_scheduler::real_model::DEFAULT_PROMPTS;
+use libtest_mimic::{Arguments, Failed, Trial};
+
+fn host() -> SharedDevice {
+    Arc::new(
+        HostDevice::builder()
+            .threads(2)
+            .memory_budget(1 << 30)
+            .build()
+            .unwrap(),
+    )
+}
+
+/// What a request's events add up to.
+fn collect(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Event>) -> (String, FinishReason, usize) {
+    let mut text = String::new();
+    loop {
+        match rx.blocking_recv().expect("an event") {
+            Event::Text(t) => text.push_str(&t),
+            Event::Done { reason, usage, .. } => return (text, reason, usage.completion_tokens),
+            Event::Failed(e) => panic!("failed: {e}"),
+        }
+    }
+}
+
+fn engine_equals_generate_alone(path: &str) -> Result<(), Failed> {
+    let checkpoint = Checkpoint::open(path)?;
+    let tokenizer = checkpoint.tokenizer()?;
+    let stop_ids = checkpoint.stop_ids(&tokenizer)?;
+    let model = LlamaModel::load(&checkpoint, host(), &mut |_| {})?;
+    let reference = LlamaModel::load(&checkpoint, host(), &mut |_| {})?;
+    let requests: Vec<LiveRequest> = DEFAULT_PROMPTS
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let (_, ids) = prompt_ids(&checkpoint, &tokenizer, p, i % 2 == 0, None).unwrap();
+            LiveRequest {
+                prompt_ids: ids,
+                options: GenerateOptions {
+                    max_tokens: 4 + (i * 7) % 29,
+                    sampling: SamplingParams {
+                        temperature: if i % 3 == 0 { 0.0 } else { 0.8 },
+                        top_k: if i % 3 == 1 { 40 } else { 0 },
+                        top_p: 0.95,
+                        seed: i as u64,
+                    },
+                    stop: if i % 4 == 0 {
+                        vec!["\n".into()]
+                    } else {
+                        Vec::new()
+                    },
+                    stop_ids: stop_ids.clone(),
+                },
+            }
+        })
+        .collect();
+    let engine = Engine::start(
+        vec![LiveDevice {
+            model,
+            slots: 3,
+            kv_tokens: 400,
+        }],
+        Arc::new(checkpoint.tokenizer()?),
+        // A small chunk: prompts take several rounds, among decoding ones.
+        LiveConfig {
+            queue_limit: 64,
+            prefill_chunk: 16,
+            max_request_len: 200,
+        },
+    )?;
+    // Half now, half while the first ones run.
+    let mut receivers = Vec::new();
+    for (i, r) in requests.iter().enumerate() {
+        if i == requests.len() / 2 {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        receivers.push(engine.submit(r.clone()).map_err(|e| e.to_string())?);
+    }
+    for (i, (r, rx)) in requests.iter().zip(&mut receivers).enumerate() {
+        let got = collect(rx);
+        let alone = generate(
+            &reference,
+            &tokenizer,
+            &r.prompt_ids,
+            &r.options,
+            &mut |_| {},
+        )?;
+        let want = (alone.text, alone.finish_reason, alone.ids.len());
+        if got != want {
+            return Err(format!("request {i}: engine {got:?}, alone {want:?}").into());
+        }
+    }
+    if !engine.is_idle() {
+        return Err("the engine holds slots after every request finished".into());
+    }
+    let m = engine.metrics();
+    let tokens: u64 = m.generated_tokens();
+    let completed = m.outcomes(hetero_scheduler::live::Outcome::Completed);
+    if completed != requests.len() as u64 || tokens == 0 {
+        return Err(format!("metrics: {completed} completed, {tokens} tokens").into());
+    }
+    Ok(())
+}
+
+fn refusals_name_the_field(path: &str) -> Result<(), Failed> {
+    let checkpoint = Checkpoint::open(path)?;
+    let model = LlamaModel::load(&checkpoint, host(), &mut |_| {})?;
+    let vocab = model.config().vocab as u32;
+    let engine = Engine::start(
+        vec![LiveDevice {
+            model,
+            slots: 1,
+            kv_tokens: 32,
+        }],
+        Arc::new(checkpoint.tokenizer()?),
+        LiveConfig {
+            queue_limit: 4,
+            prefill_chunk: 8,
+            max_request_len: 32,
+        },
+    )?;
+    let request = |prompt: Vec<u32>, max_tokens: usize| LiveRequest {
+        prompt_ids: prompt,
+        options: GenerateOptions {
+            max_tokens,
+            ..GenerateOptions::default()
+        },
+    };
+    for (r, field) in [
+        (request(vec![], 4), "prompt"),
+        (request(vec![vocab], 4), "prompt"),
+        (request(vec![1; 8], 0), "max_tokens"),
+        (request(vec![1; 8], 40), "max_tokens"),
+    ] {
+        match engine.submit(r) {
+            Err(Rejected::Invalid(hetero_core::Error::InvalidInput { field: f, .. }))
+                if f == field => {}
+            other => return Err(format!("wanted a refusal naming {field}, got {other:?}").into()),
+        }
+    }
+    engine.close();
+    match engine.submit(request(vec![1; 4], 2)) {
+        Err(Rejected::Closed) => Ok(()),
+        other => Err(format!("after close: {other:?}").into()),
+    }
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let model = std::env::var("HETERO_TEST_GGUF")
+        .ok()
+        .filter(|p| std::path::Path::new(p).is_file());
+    type Test = fn(&str) -> Result<(), Failed>;
+    let tests: [(&str, Test); 2] = [
+        (
+            "live::engine_equals_generate_alone",
+            engine_equals_generate_alone,
+        ),
+        ("live::refusals_name_the_field", refusals_name_the_field),
+    ];
+    let trials = tests
+        .into_iter()
+        .map(|(name, f)| match &model {
+            Some(m) => {
+                let m = m.clone();
+                Trial::test(name, move || f(&m))
+            }
+            None => Trial::test(name, || Ok(()))
+                .with_ignored_flag(true)
+                .with_kind("skipped: HETERO_TEST_GGUF does not name a file"),
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit();
+}
