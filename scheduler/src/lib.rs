@@ -28,7 +28,11 @@
 //! - [`continuous`]: continuous batching of a request queue over KV-cache
 //!   slots, one rank per device, and [`synthetic_requests`];
 //! - [`exchange`]: the profile exchange that lets ranks of a
-//!   multi-process job compute the same allocation.
+//!   multi-process job compute the same allocation;
+//! - [`live`]: live continuous batching of real requests arriving at any
+//!   time (per-device workers, a bounded queue, per-token KV reservation,
+//!   chunked prefill, per-request event streams, metrics): the engine of
+//!   `hetero-serve --http` (`hetero-server`).
 //!
 //! # Data-parallel synchronization planning (AutoSync, Zhang et al.)
 //!

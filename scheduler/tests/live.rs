@@ -119,6 +119,97 @@ fn engine_equals_generate_alone(path: &str) -> Result<(), Failed> {
     Ok(())
 }
 
+/// Two devices of one and two slots: requests spread over both (each
+/// device's occupancy kept level), every output still equal to the
+/// request run alone.
+fn two_devices_share_the_requests(path: &str) -> Result<(), Failed> {
+    let checkpoint = Checkpoint::open(path)?;
+    let tokenizer = checkpoint.tokenizer()?;
+    let stop_ids = checkpoint.stop_ids(&tokenizer)?;
+    let device = |index: u32| -> SharedDevice {
+        Arc::new(
+            HostDevice::builder()
+                .index(index)
+                .threads(1)
+                .memory_budget(1 << 30)
+                .build()
+                .unwrap(),
+        )
+    };
+    let devices = [(device(0), 1), (device(1), 2)]
+        .into_iter()
+        .map(|(d, slots)| {
+            Ok(LiveDevice {
+                model: LlamaModel::load(&checkpoint, d, &mut |_| {})?,
+                slots,
+                kv_tokens: 300,
+            })
+        })
+        .collect::<Result<Vec<_>, hetero_core::Error>>()?;
+    let engine = Engine::start(
+        devices,
+        Arc::new(checkpoint.tokenizer()?),
+        LiveConfig {
+            queue_limit: 64,
+            prefill_chunk: 32,
+            max_request_len: 100,
+        },
+    )?;
+    let reference = LlamaModel::load(&checkpoint, host(), &mut |_| {})?;
+    let requests: Vec<LiveRequest> = DEFAULT_PROMPTS
+        .iter()
+        .take(9)
+        .enumerate()
+        .map(|(i, p)| LiveRequest {
+            prompt_ids: tokenizer.encode(p, false).unwrap(),
+            options: GenerateOptions {
+                max_tokens: 3 + i % 5,
+                stop_ids: stop_ids.clone(),
+                ..GenerateOptions::default()
+            },
+        })
+        .collect();
+    let mut receivers = Vec::new();
+    for r in &requests {
+        receivers.push(engine.submit(r.clone()).map_err(|e| e.to_string())?);
+    }
+    let mut used = std::collections::BTreeSet::new();
+    for (i, (r, rx)) in requests.iter().zip(&mut receivers).enumerate() {
+        let mut text = String::new();
+        let (reason, tokens) = loop {
+            match rx.blocking_recv().ok_or("no event")? {
+                Event::Text(t) => text.push_str(&t),
+                Event::Done {
+                    reason,
+                    usage,
+                    device,
+                    ..
+                } => {
+                    used.insert(device);
+                    break (reason, usage.completion_tokens);
+                }
+                Event::Failed(e) => return Err(e.into()),
+            }
+        };
+        let alone = generate(
+            &reference,
+            &tokenizer,
+            &r.prompt_ids,
+            &r.options,
+            &mut |_| {},
+        )?;
+        if (text.as_str(), &reason, tokens)
+            != (alone.text.as_str(), &alone.finish_reason, alone.ids.len())
+        {
+            return Err(format!("request {i}: {text:?} {reason:?}, alone {alone:?}").into());
+        }
+    }
+    if used.len() != 2 {
+        return Err(format!("requests ran on {used:?} only").into());
+    }
+    Ok(())
+}
+
 fn refusals_name_the_field(path: &str) -> Result<(), Failed> {
     let checkpoint = Checkpoint::open(path)?;
     let model = LlamaModel::load(&checkpoint, host(), &mut |_| {})?;
@@ -168,7 +259,11 @@ fn main() {
         .ok()
         .filter(|p| std::path::Path::new(p).is_file());
     type Test = fn(&str) -> Result<(), Failed>;
-    let tests: [(&str, Test); 2] = [
+    let tests: [(&str, Test); 3] = [
+        (
+            "live::two_devices_share_the_requests",
+            two_devices_share_the_requests,
+        ),
         (
             "live::engine_equals_generate_alone",
             engine_equals_generate_alone,

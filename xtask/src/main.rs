@@ -11,6 +11,7 @@ use std::process::{Command, ExitCode};
 
 mod bench_llm;
 mod bench_place;
+mod bench_serve;
 mod optional;
 mod setup;
 mod test_model;
@@ -78,6 +79,34 @@ enum Task {
         #[arg(long = "device")]
         devices: Vec<String>,
         /// Measured runs per figure on each side.
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+    },
+    /// Serving benchmark: `hetero-serve --http` on the host loaded by
+    /// `hetero-serve-bench` (concurrent streamed chat requests), next to
+    /// llama.cpp's llama-server on the same file, threads and slots in
+    /// the same run when LLAMA_CPP_BIN names the bin/ folder of a
+    /// llama.cpp build: tokens/s and time to first token, with ratios.
+    BenchServe {
+        /// The GGUF file (default: the test model of `cargo xtask setup`).
+        #[arg(long)]
+        model: Option<String>,
+        /// Concurrent streams, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "8,32,64")]
+        streams: Vec<usize>,
+        /// Sequences each server runs at once.
+        #[arg(long, default_value_t = 32)]
+        slots: usize,
+        /// Positions per sequence (prompt + generated).
+        #[arg(long, default_value_t = 2048)]
+        max_len: usize,
+        /// Requests each stream sends one after the other.
+        #[arg(long, default_value_t = 2)]
+        requests_per_stream: usize,
+        /// max_tokens of every request.
+        #[arg(long, default_value_t = 64)]
+        max_tokens: usize,
+        /// Runs per figure on each server.
         #[arg(long, default_value_t = 3)]
         repeats: usize,
     },
@@ -170,6 +199,23 @@ fn run(task: Task) -> Result<(), String> {
             devices,
             repeats,
         } => bench_llm::run(model.as_deref(), &devices, repeats),
+        Task::BenchServe {
+            model,
+            streams,
+            slots,
+            max_len,
+            requests_per_stream,
+            max_tokens,
+            repeats,
+        } => bench_serve::run(&bench_serve::Options {
+            model: model.as_deref(),
+            streams: &streams,
+            slots,
+            max_len,
+            requests_per_stream,
+            max_tokens,
+            repeats,
+        }),
         Task::Fmt => fmt(),
         Task::Lint => lint(&optional::probe_all()),
     }

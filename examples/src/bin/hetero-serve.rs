@@ -812,6 +812,12 @@ fn run_checkpoint(args: &Args, path: &std::path::Path) -> Result<()> {
 /// `--http`: load and measure the checkpoint on the devices, start the
 /// live engine, serve until SIGINT / SIGTERM.
 fn run_http(args: &Args, addr: &str) -> Result<()> {
+    if !(args.shutdown_grace.is_finite() && args.shutdown_grace >= 0.0) {
+        return Err(Error::invalid(
+            "--shutdown-grace",
+            format!("{} is not a number of seconds >= 0", args.shutdown_grace),
+        ));
+    }
     let path = match ModelSource::resolve(&args.model)? {
         ModelSource::Checkpoint(path) => path,
         ModelSource::Preset(_) => {
@@ -827,12 +833,6 @@ fn run_http(args: &Args, addr: &str) -> Result<()> {
             "--http",
             "serves the devices of this process; --rank-from-env and --requests are not \
              available with it yet",
-        ));
-    }
-    if !(args.shutdown_grace.is_finite() && args.shutdown_grace >= 0.0) {
-        return Err(Error::invalid(
-            "--shutdown-grace",
-            format!("{} is not a number of seconds >= 0", args.shutdown_grace),
         ));
     }
     let policy = match args.policy.as_str() {
