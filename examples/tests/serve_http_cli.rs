@@ -131,6 +131,151 @@ fn serves_and_stops(model: &str) -> Result<(), Failed> {
     Ok(())
 }
 
+/// Start `hetero-serve --http` with `env`, returning the child and the
+/// address once it listens (rank 0) or the child alone (other ranks).
+fn spawn_http(
+    model: &str,
+    env: &[(&str, String)],
+    wait_listening: bool,
+) -> Result<(std::process::Child, Option<std::net::SocketAddr>), Failed> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hetero-serve"));
+    cmd.args(["--model", model, "--http", "127.0.0.1:0", "--rank-from-env"])
+        .args([
+            "--device",
+            "host:threads=1",
+            "--slots",
+            "2",
+            "--max-len",
+            "256",
+        ])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn()?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    if !wait_listening {
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        return Ok((child, None));
+    }
+    let mut log = Vec::new();
+    let addr = loop {
+        let Some(line) = lines.next() else {
+            let _ = child.kill();
+            return Err(format!("rank 0 exited before listening: {log:?}").into());
+        };
+        let line = line?;
+        if let Some(a) = line.strip_prefix("listening on http://") {
+            break a.trim().parse::<std::net::SocketAddr>()?;
+        }
+        log.push(line);
+    };
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    Ok((child, Some(addr)))
+}
+
+fn metric(addr: std::net::SocketAddr, line_start: &str) -> Result<f64, Failed> {
+    let r = client::request(addr, "GET", "/metrics", None, Duration::from_secs(30))?;
+    let text = String::from_utf8(r.body)?;
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("no {line_start} in {text}").into())
+}
+
+/// Requests at once to `addr`; their statuses.
+fn burst(addr: std::net::SocketAddr, n: usize) -> Vec<u16> {
+    std::thread::scope(|scope| {
+        let hs: Vec<_> = (0..n)
+            .map(|i| {
+                scope.spawn(move || {
+                    let body = serde_json::json!({
+                        "prompt": format!("Count to {}:", i + 3),
+                        "max_tokens": 6,
+                        "temperature": 0,
+                    });
+                    client::request(
+                        addr,
+                        "POST",
+                        "/v1/completions",
+                        Some(body.to_string().as_bytes()),
+                        Duration::from_secs(120),
+                    )
+                    .map_or(0, |r| r.status)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap_or(0)).collect()
+    })
+}
+
+/// Two ranks (torchrun's variables): rank 0 serves HTTP and runs requests
+/// on rank 1's device too; when rank 1 dies, rank 0 goes on alone; on
+/// SIGTERM rank 0 stops and so does a connected rank.
+fn two_ranks(model: &str) -> Result<(), Failed> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let env = |rank: usize| {
+        vec![
+            ("RANK", rank.to_string()),
+            ("WORLD_SIZE", "2".to_string()),
+            ("MASTER_ADDR", "127.0.0.1".to_string()),
+            ("MASTER_PORT", port.to_string()),
+        ]
+    };
+    let (mut rank1, _) = spawn_http(model, &env(1), false)?;
+    let (mut rank0, addr) = match spawn_http(model, &env(0), true) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = rank1.kill();
+            return Err(e);
+        }
+    };
+    let addr = addr.ok_or("no address")?;
+    let result = (|| -> Result<(), Failed> {
+        let statuses = burst(addr, 8);
+        if statuses.iter().any(|&s| s != 200) {
+            return Err(format!("statuses {statuses:?}").into());
+        }
+        let on0 = metric(addr, "hetero_device_requests_total{device=\"host:0\"}")?;
+        let on1 = metric(
+            addr,
+            "hetero_device_requests_total{device=\"rank1/host:0\"}",
+        )?;
+        if on0 + on1 != 8.0 || on0 == 0.0 || on1 == 0.0 {
+            return Err(format!("requests per device: {on0} here, {on1} on rank 1").into());
+        }
+        // Rank 1 dies: rank 0 serves on alone.
+        rank1.kill()?;
+        rank1.wait()?;
+        std::thread::sleep(Duration::from_millis(300));
+        let statuses = burst(addr, 4);
+        if statuses.iter().any(|&s| s != 200) {
+            return Err(format!("after rank 1 died: statuses {statuses:?}").into());
+        }
+        let after = metric(
+            addr,
+            "hetero_device_requests_total{device=\"rank1/host:0\"}",
+        )?;
+        if after != on1 {
+            return Err("a dead rank was given requests".into());
+        }
+        Ok(())
+    })();
+    let _ = Command::new("kill")
+        .args(["-TERM", &rank0.id().to_string()])
+        .status();
+    let status = rank0.wait()?;
+    let _ = rank1.kill();
+    result?;
+    if !status.success() {
+        return Err(format!("rank 0 after SIGTERM: {status}").into());
+    }
+    Ok(())
+}
+
 fn main() {
     let args = Arguments::from_args();
     let mut trials = vec![Trial::test(
@@ -141,15 +286,29 @@ fn main() {
         .ok()
         .filter(|p| Path::new(p).is_file())
     {
-        Some(p) => trials.push(Trial::test(
-            "serve_http_cli::serves_and_stops_on_sigterm",
-            move || serves_and_stops(&p),
-        )),
-        None => trials.push(
-            Trial::test("serve_http_cli::serves_and_stops_on_sigterm", || Ok(()))
-                .with_ignored_flag(true)
-                .with_kind("skipped: HETERO_TEST_GGUF does not name a file"),
-        ),
+        Some(p) => {
+            let q = p.clone();
+            trials.push(Trial::test(
+                "serve_http_cli::serves_and_stops_on_sigterm",
+                move || serves_and_stops(&p),
+            ));
+            trials.push(Trial::test(
+                "serve_http_cli::two_ranks_serve_and_survive_a_dead_rank",
+                move || two_ranks(&q),
+            ));
+        }
+        None => {
+            for name in [
+                "serve_http_cli::serves_and_stops_on_sigterm",
+                "serve_http_cli::two_ranks_serve_and_survive_a_dead_rank",
+            ] {
+                trials.push(
+                    Trial::test(name, || Ok(()))
+                        .with_ignored_flag(true)
+                        .with_kind("skipped: HETERO_TEST_GGUF does not name a file"),
+                );
+            }
+        }
     }
     libtest_mimic::run(&args, trials).exit();
 }

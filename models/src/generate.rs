@@ -8,14 +8,14 @@
 use std::time::Instant;
 
 use hetero_core::{Error, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::llama::{LlamaModel, Logits};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::{Tokenizer, Utf8Stream};
 
 /// What to generate.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenerateOptions {
     /// New tokens at most.
     pub max_tokens: usize,
@@ -38,7 +38,7 @@ impl Default for GenerateOptions {
 }
 
 /// Why generation ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FinishReason {
     /// The model produced one of the stop ids (this one).

@@ -9,7 +9,7 @@ use hetero_core::rng::SplitMix64;
 use hetero_core::{Error, Result};
 
 /// How to choose tokens.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SamplingParams {
     /// 0 is greedy; otherwise logits are divided by it before the softmax.
     pub temperature: f32,

@@ -64,7 +64,7 @@ fn start(model: &str, slots: usize, max_len: usize, queue_limit: usize) -> Serve
             max_request_len: max_len,
         },
     };
-    let (engine, _) = live::start(&checkpoint, &[device], &setup, &mut |_| {}).unwrap();
+    let (engine, _) = live::start(&checkpoint, &[device], Vec::new(), &setup, &mut |_| {}).unwrap();
     let tokenizer = checkpoint.tokenizer().unwrap();
     let prompter = Prompter::new(&checkpoint, &tokenizer).unwrap();
     let state = Arc::new(AppState::new(

@@ -83,7 +83,9 @@ struct Args {
     /// `--device`, the ranks exchange their profiles so every rank computes
     /// the same allocation, and each round's barrier is an all-gather over
     /// TCP. Rank 0 prints the report. Needs `--requests` (continuous
-    /// batching).
+    /// batching). With `--http`: every rank loads the model on its one
+    /// `--device`; rank 0 serves HTTP and runs requests on the other
+    /// ranks' devices too (they connect to MASTER_ADDR:MASTER_PORT).
     #[arg(long)]
     rank_from_env: bool,
     /// With --rank-from-env: ranks on the same host exchange through
@@ -828,11 +830,10 @@ fn run_http(args: &Args, addr: &str) -> Result<()> {
             ));
         }
     };
-    if args.rank_from_env || args.requests > 0 {
-        return Err(Error::unsupported_in(
-            "--http",
-            "serves the devices of this process; --rank-from-env and --requests are not \
-             available with it yet",
+    if args.requests > 0 {
+        return Err(Error::invalid(
+            "--requests",
+            "is for the offline benchmark; with --http requests come from clients",
         ));
     }
     let policy = match args.policy.as_str() {
@@ -859,12 +860,54 @@ fn run_http(args: &Args, addr: &str) -> Result<()> {
             max_request_len: max_len,
         },
     };
+    let ranks = if args.rank_from_env {
+        let cfg = TcpConfig::from_env()?;
+        if shared.len() != 1 {
+            return Err(Error::invalid(
+                "--device",
+                format!(
+                    "with --rank-from-env each rank serves exactly one device; {} were selected",
+                    shared.len()
+                ),
+            ));
+        }
+        if cfg.rank > 0 {
+            return run_http_rank(&checkpoint, &shared, &setup, &cfg);
+        }
+        let listener = std::net::TcpListener::bind(&cfg.master).map_err(|e| {
+            Error::io(
+                format!(
+                    "listening for ranks on MASTER_ADDR:MASTER_PORT {}",
+                    cfg.master
+                ),
+                e,
+            )
+        })?;
+        eprintln!(
+            "rank 0: waiting for {} rank(s) on {}...",
+            cfg.world_size - 1,
+            cfg.master
+        );
+        let expect = rank_hello(&checkpoint, 0, "", 0, 0);
+        let ranks = live::accept_ranks(&listener, cfg.world_size - 1, cfg.timeout, &expect)?;
+        for r in &ranks {
+            eprintln!(
+                "  rank {}: {} with {} slots, {} KV positions",
+                r.hello.rank, r.hello.device, r.hello.slots, r.hello.kv_tokens
+            );
+        }
+        ranks
+    } else {
+        Vec::new()
+    };
     eprintln!(
         "loading {} on {} device(s)...",
         path.display(),
         shared.len()
     );
-    let (engine, plan) = live::start(&checkpoint, &shared, &setup, &mut |m| eprintln!("{m}"))?;
+    let (engine, plan) = live::start(&checkpoint, &shared, ranks, &setup, &mut |m| {
+        eprintln!("{m}")
+    })?;
     for (d, why) in &plan.skipped {
         eprintln!("  {d} left out: {why}");
     }
@@ -917,4 +960,67 @@ fn run_http(args: &Args, addr: &str) -> Result<()> {
         eprintln!("stopped");
         Ok(())
     })
+}
+
+/// What a rank says to rank 0 about its device and model.
+fn rank_hello(
+    checkpoint: &hetero_models::Checkpoint,
+    rank: usize,
+    device: &str,
+    slots: usize,
+    kv_tokens: usize,
+) -> live::Hello {
+    let info = ModelInfo::of(checkpoint);
+    live::Hello {
+        rank,
+        device: device.into(),
+        slots,
+        kv_tokens,
+        model: info.name,
+        parameters: info.parameters,
+        vocab: info.vocab,
+        max_positions: info.max_positions,
+    }
+}
+
+/// `--http --rank-from-env` on a rank other than 0: serve this process's
+/// device for rank 0's engine until rank 0 closes the connection.
+fn run_http_rank(
+    checkpoint: &hetero_models::Checkpoint,
+    devices: &[hetero_core::SharedDevice],
+    setup: &live::LiveSetup,
+    cfg: &TcpConfig,
+) -> Result<()> {
+    let (engine, plan) = live::start(checkpoint, devices, Vec::new(), setup, &mut |m| {
+        eprintln!("rank {}: {m}", cfg.rank)
+    })?;
+    let [d] = &plan.devices[..] else {
+        return Err(Error::invalid(
+            "--device",
+            "a rank serves exactly one device",
+        ));
+    };
+    let hello = rank_hello(
+        checkpoint,
+        cfg.rank,
+        &format!("rank{}/{}", cfg.rank, d.device),
+        d.slots,
+        d.kv_tokens,
+    );
+    eprintln!(
+        "rank {}: {} with {} slots, {} KV positions; joining rank 0 at {}",
+        cfg.rank, d.device, d.slots, d.kv_tokens, cfg.master
+    );
+    let engine = Arc::new(engine);
+    let rt = runtime()?;
+    rt.block_on(live::serve_rank(
+        engine.clone(),
+        &cfg.master,
+        &hello,
+        cfg.timeout,
+    ))?;
+    engine.close();
+    engine.join();
+    eprintln!("rank {}: rank 0 closed the connection; stopped", cfg.rank);
+    Ok(())
 }

@@ -11,10 +11,11 @@ use hetero_core::{Error, Result};
 use hetero_models::{
     Continuation, FinishReason, GenerateOptions, KvCache, LlamaModel, Logits, Step, Tokenizer,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::metrics::{Metrics, Outcome};
+use super::remote::{RemoteRank, RemoteWorker};
 
 /// A device the engine runs on: its loaded model and its limits.
 #[derive(Debug)]
@@ -50,21 +51,22 @@ impl Default for LiveConfig {
 }
 
 /// One request: its prompt ids and how to generate.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LiveRequest {
     pub prompt_ids: Vec<u32>,
     pub options: GenerateOptions,
 }
 
 /// Tokens a request used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
 }
 
 /// What a request's receiver hears.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Event {
     /// Text now final, in order.
     Text(String),
@@ -106,12 +108,12 @@ impl std::fmt::Display for Rejected {
 }
 
 /// A request waiting for a slot.
-struct Queued {
-    request: LiveRequest,
-    events: UnboundedSender<Event>,
-    arrived: Instant,
+pub(crate) struct Queued {
+    pub(crate) request: LiveRequest,
+    pub(crate) events: UnboundedSender<Event>,
+    pub(crate) arrived: Instant,
     /// KV positions it reserves.
-    reserve: usize,
+    pub(crate) reserve: usize,
 }
 
 /// A request on a device.
@@ -138,34 +140,157 @@ impl Running {
 }
 
 #[derive(Debug)]
-struct Limits {
-    name: String,
+pub(crate) struct Limits {
+    pub(crate) name: String,
     slots: usize,
     kv_tokens: usize,
 }
 
-struct State {
+pub(crate) struct State {
     waiting: VecDeque<Queued>,
     running: Vec<usize>,
     kv_used: Vec<usize>,
+    /// Devices that failed for good (a rank whose connection broke).
+    dead: Vec<bool>,
     closing: bool,
     cancelled: bool,
 }
 
-struct Shared {
+pub(crate) struct Shared {
     state: Mutex<State>,
     wake: Condvar,
-    metrics: Metrics,
+    pub(crate) metrics: Metrics,
     tokenizer: Arc<Tokenizer>,
     config: LiveConfig,
-    devices: Vec<Limits>,
+    pub(crate) devices: Vec<Limits>,
     max_positions: usize,
     vocab: usize,
 }
 
+/// The event text of a request cancelled by a shutdown.
+pub(crate) const CANCELLED: &str = "cancelled: the server is shutting down";
+
+/// How long [`Shared::admit`] may block.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Wait {
+    /// Not at all: the device has work already.
+    No,
+    /// Until a request can be admitted or the engine stops.
+    Forever,
+    /// At most this long.
+    For(std::time::Duration),
+}
+
+pub(crate) enum Admitted {
+    /// Requests for the device (possibly none).
+    Requests(Vec<Queued>),
+    /// The engine was cancelled, or closed with nothing left for it.
+    Stop,
+}
+
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The requests device `g` should start now: the head of the queue
+    /// while it fits the device and no emptier device (running / slots)
+    /// fits it too, so that devices fill in the proportions of their
+    /// slots. Blocks as `wait` says while there are none.
+    pub(crate) fn admit(&self, g: usize, wait: Wait) -> Admitted {
+        let mut st = self.lock();
+        let deadline = match wait {
+            Wait::For(d) => Some(Instant::now() + d),
+            _ => None,
+        };
+        loop {
+            if st.cancelled {
+                return Admitted::Stop;
+            }
+            let mut admitted = Vec::new();
+            while let Some(front) = st.waiting.front() {
+                if front.events.is_closed() {
+                    st.waiting.pop_front();
+                    self.metrics.outcome(Outcome::Cancelled);
+                    continue;
+                }
+                let fits = |st: &State, h: usize| {
+                    let d = &self.devices[h];
+                    !st.dead[h]
+                        && st.running[h] < d.slots
+                        && st.kv_used[h] + front.reserve <= d.kv_tokens
+                };
+                if !fits(&st, g) {
+                    break;
+                }
+                let occupancy =
+                    |st: &State, h: usize| st.running[h] as f64 / self.devices[h].slots as f64;
+                let mine = occupancy(&st, g);
+                if (0..self.devices.len())
+                    .any(|h| h != g && fits(&st, h) && occupancy(&st, h) < mine)
+                {
+                    break;
+                }
+                let Some(q) = st.waiting.pop_front() else {
+                    break;
+                };
+                st.running[g] += 1;
+                st.kv_used[g] += q.reserve;
+                admitted.push(q);
+            }
+            self.metrics.set_queue_depth(st.waiting.len());
+            self.metrics.set_running(g, st.running[g]);
+            let busy = st.running[g] > 0;
+            if !admitted.is_empty() || matches!(wait, Wait::No) {
+                return Admitted::Requests(admitted);
+            }
+            if st.closing && st.waiting.is_empty() && !busy {
+                return Admitted::Stop;
+            }
+            match deadline {
+                None => st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Admitted::Requests(admitted);
+                    }
+                    st = self
+                        .wake
+                        .wait_timeout(st, d - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        }
+    }
+
+    /// Give up a request's slot and positions on device `g`.
+    pub(crate) fn release(&self, g: usize, reserve: usize) {
+        let mut st = self.lock();
+        st.running[g] = st.running[g].saturating_sub(1);
+        st.kv_used[g] = st.kv_used[g].saturating_sub(reserve);
+        self.metrics.set_running(g, st.running[g]);
+        drop(st);
+        // Another device may have held back for this one's lower occupancy.
+        self.wake.notify_all();
+    }
+
+    /// Device `g` is gone (a rank that failed): it takes no more requests;
+    /// when no device is left, the waiting requests fail.
+    pub(crate) fn mark_dead(&self, g: usize, why: &str) {
+        let mut st = self.lock();
+        st.dead[g] = true;
+        if st.dead.iter().all(|&d| d) {
+            for q in st.waiting.drain(..) {
+                let _ = q
+                    .events
+                    .send(Event::Failed(format!("no device is left: {why}")));
+                self.metrics.outcome(Outcome::Failed);
+            }
+            self.metrics.set_queue_depth(0);
+        }
+        drop(st);
+        self.wake.notify_all();
     }
 }
 
@@ -192,6 +317,18 @@ impl Engine {
         tokenizer: Arc<Tokenizer>,
         config: LiveConfig,
     ) -> Result<Engine> {
+        Self::start_with_ranks(devices, Vec::new(), tokenizer, config)
+    }
+
+    /// Like [`start`](Self::start), with the devices of other processes
+    /// too (ranks accepted by [`accept_ranks`](super::accept_ranks)), each
+    /// one more device after the local ones.
+    pub fn start_with_ranks(
+        devices: Vec<LiveDevice>,
+        ranks: Vec<RemoteRank>,
+        tokenizer: Arc<Tokenizer>,
+        config: LiveConfig,
+    ) -> Result<Engine> {
         let Some(first) = devices.first() else {
             return Err(Error::invalid("devices", "the engine needs at least one"));
         };
@@ -213,6 +350,21 @@ impl Engine {
                 ));
             }
         }
+        for r in &ranks {
+            let h = &r.hello;
+            if (h.vocab, h.max_positions) != (c.vocab, c.max_positions) {
+                return Err(Error::invalid(
+                    format!("rank {}", h.rank),
+                    "holds another model than this process",
+                ));
+            }
+            if h.slots == 0 || h.kv_tokens == 0 {
+                return Err(Error::invalid(
+                    format!("rank {}", h.rank),
+                    "needs at least one slot and one KV position",
+                ));
+            }
+        }
         let limits: Vec<Limits> = devices
             .iter()
             .map(|d| Limits {
@@ -220,6 +372,11 @@ impl Engine {
                 slots: d.slots,
                 kv_tokens: d.kv_tokens,
             })
+            .chain(ranks.iter().map(|r| Limits {
+                name: r.hello.device.clone(),
+                slots: r.hello.slots,
+                kv_tokens: r.hello.kv_tokens,
+            }))
             .collect();
         let metrics = Metrics::new(
             &limits
@@ -227,12 +384,13 @@ impl Engine {
                 .map(|l| (l.name.clone(), l.slots))
                 .collect::<Vec<_>>(),
         );
-        let n = devices.len();
+        let n = limits.len();
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 waiting: VecDeque::new(),
                 running: vec![0; n],
                 kv_used: vec![0; n],
+                dead: vec![false; n],
                 closing: false,
                 cancelled: false,
             }),
@@ -250,6 +408,16 @@ impl Engine {
             let handle = std::thread::Builder::new()
                 .name(format!("hetero-live-{g}"))
                 .spawn(move || Worker::new(g, d.model, shared).run())
+                .map_err(|e| Error::invalid("engine", format!("cannot start a worker: {e}")))?;
+            workers.push(handle);
+        }
+        let local = workers.len();
+        for (i, r) in ranks.into_iter().enumerate() {
+            let g = local + i;
+            let worker = RemoteWorker::start(g, shared.clone(), r)?;
+            let handle = std::thread::Builder::new()
+                .name(format!("hetero-live-{g}"))
+                .spawn(move || worker.run())
                 .map_err(|e| Error::invalid("engine", format!("cannot start a worker: {e}")))?;
             workers.push(handle);
         }
@@ -350,9 +518,7 @@ impl Engine {
         st.closing = true;
         st.cancelled = true;
         for q in st.waiting.drain(..) {
-            let _ = q.events.send(Event::Failed(
-                "cancelled: the server is shutting down".into(),
-            ));
+            let _ = q.events.send(Event::Failed(CANCELLED.into()));
             self.shared.metrics.outcome(Outcome::Cancelled);
         }
         self.shared.metrics.set_queue_depth(0);
@@ -462,75 +628,27 @@ impl Worker {
     /// Take the requests this device should start now; `None` when the
     /// worker should stop. Blocks while there is nothing to do.
     fn admit(&mut self) -> Option<Vec<Queued>> {
-        let s = self.shared.clone();
-        let me = &s.devices[self.g];
-        let mut st = s.lock();
-        loop {
-            if st.cancelled {
+        let wait = if self.running.is_empty() {
+            Wait::Forever
+        } else {
+            Wait::No
+        };
+        match self.shared.admit(self.g, wait) {
+            Admitted::Requests(v) => Some(v),
+            Admitted::Stop => {
                 for r in self.running.drain(..) {
-                    let _ = r.events.send(Event::Failed(
-                        "cancelled: the server is shutting down".into(),
-                    ));
-                    s.metrics.outcome(Outcome::Cancelled);
+                    let _ = r.events.send(Event::Failed(CANCELLED.into()));
+                    self.shared.metrics.outcome(Outcome::Cancelled);
+                    self.shared.release(self.g, r.reserve);
                 }
-                st.running[self.g] = 0;
-                st.kv_used[self.g] = 0;
-                s.metrics.set_running(self.g, 0);
-                return None;
+                None
             }
-            let mut admitted = Vec::new();
-            while let Some(front) = st.waiting.front() {
-                if front.events.is_closed() {
-                    st.waiting.pop_front();
-                    s.metrics.outcome(Outcome::Cancelled);
-                    continue;
-                }
-                let fits = |st: &State, h: usize| {
-                    let d = &s.devices[h];
-                    st.running[h] < d.slots && st.kv_used[h] + front.reserve <= d.kv_tokens
-                };
-                if !fits(&st, self.g) {
-                    break;
-                }
-                // Leave it to a device that fits it and is emptier, in the
-                // proportions of the slots.
-                let occupancy =
-                    |st: &State, h: usize| st.running[h] as f64 / s.devices[h].slots as f64;
-                let mine = occupancy(&st, self.g);
-                if (0..s.devices.len())
-                    .any(|h| h != self.g && fits(&st, h) && occupancy(&st, h) < mine)
-                {
-                    break;
-                }
-                let Some(q) = st.waiting.pop_front() else {
-                    break;
-                };
-                st.running[self.g] += 1;
-                st.kv_used[self.g] += q.reserve;
-                admitted.push(q);
-            }
-            s.metrics.set_queue_depth(st.waiting.len());
-            s.metrics.set_running(self.g, st.running[self.g]);
-            debug_assert!(st.kv_used[self.g] <= me.kv_tokens);
-            if !admitted.is_empty() || !self.running.is_empty() {
-                return Some(admitted);
-            }
-            if st.closing && st.waiting.is_empty() {
-                return None;
-            }
-            st = s.wake.wait(st).unwrap_or_else(|e| e.into_inner());
         }
     }
 
     /// Give up a request's slot and positions.
     fn release(&self, reserve: usize) {
-        let mut st = self.shared.lock();
-        st.running[self.g] = st.running[self.g].saturating_sub(1);
-        st.kv_used[self.g] = st.kv_used[self.g].saturating_sub(reserve);
-        self.shared.metrics.set_running(self.g, st.running[self.g]);
-        drop(st);
-        // Another device may have held back for this one's lower occupancy.
-        self.shared.wake.notify_all();
+        self.shared.release(self.g, reserve);
     }
 
     fn start(&mut self, q: Queued) {
@@ -690,13 +808,19 @@ impl Worker {
         list.sort_by_key(|(i, _, _)| std::cmp::Reverse(*i));
         for (i, event, outcome) in list {
             let r = self.running.remove(i);
-            let outcome = if r.events.send(event).is_ok() {
-                outcome
-            } else {
+            // Counted before the client hears of it, so that metrics read
+            // after a response include it.
+            if outcome == Outcome::Completed {
+                self.shared.metrics.device_request(self.g);
+            }
+            let outcome = if r.events.is_closed() {
                 Outcome::Cancelled
+            } else {
+                outcome
             };
             self.shared.metrics.outcome(outcome);
             self.release(r.reserve);
+            let _ = r.events.send(event);
         }
     }
 }

@@ -114,6 +114,8 @@ impl Outcome {
 #[derive(Debug, Default)]
 struct DeviceCounters {
     running: AtomicU64,
+    /// Requests it completed.
+    requests: AtomicU64,
     rounds: AtomicU64,
     /// Sum over rounds of the sequences in the round (occupancy = this /
     /// (rounds x slots)).
@@ -175,6 +177,11 @@ impl Metrics {
             c.rounds.fetch_add(1, Ordering::Relaxed);
             c.sequences_in_rounds
                 .fetch_add(sequences as u64, Ordering::Relaxed);
+        }
+    }
+    pub(crate) fn device_request(&self, device: usize) {
+        if let Some((_, _, c)) = self.devices.get(device) {
+            c.requests.fetch_add(1, Ordering::Relaxed);
         }
     }
     pub(crate) fn set_running(&self, device: usize, n: usize) {
@@ -278,7 +285,18 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
-            "# HELP hetero_device_rounds_total Batched forward passes run.\n# TYPE hetero_device_rounds_total counter"
+            "# HELP hetero_device_requests_total Requests a device completed.\n# TYPE hetero_device_requests_total counter"
+        );
+        for (name, _, c) in &self.devices {
+            let _ = writeln!(
+                out,
+                "hetero_device_requests_total{{device=\"{name}\"}} {}",
+                c.requests.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP hetero_device_rounds_total Batched forward passes run (this process's devices).\n# TYPE hetero_device_rounds_total counter"
         );
         for (name, _, c) in &self.devices {
             let _ = writeln!(

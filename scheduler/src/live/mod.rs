@@ -25,6 +25,9 @@
 //!   they become final, then one `Done` (or `Failed`). A request whose
 //!   receiver is dropped (the client went away) is removed at the next
 //!   round and its slot and KV positions freed.
+//! - **Ranks.** Devices of other processes join as devices of rank 0's
+//!   engine ([`accept_ranks`], [`Engine::start_with_ranks`]); each such
+//!   rank runs an engine of its own ([`serve_rank`]). See `remote.rs`.
 //! - **Backpressure and shutdown.** The wait queue is bounded
 //!   ([`Rejected::QueueFull`]); [`Engine::close`] refuses new requests and
 //!   lets the queued and running ones finish; [`Engine::cancel`] ends them
@@ -34,8 +37,10 @@
 
 mod engine;
 mod metrics;
+mod remote;
 mod setup;
 
 pub use engine::{Engine, Event, LiveConfig, LiveDevice, LiveRequest, Rejected, Usage};
 pub use metrics::{Metrics, Outcome};
+pub use remote::{FromRank, Hello, RemoteRank, ToRank, accept_ranks, serve_rank};
 pub use setup::{LivePlan, LiveSetup, PlannedDevice, start};

@@ -19,6 +19,7 @@ use hetero_models::Checkpoint;
 use serde::Serialize;
 
 use super::engine::{Engine, LiveConfig, LiveDevice};
+use super::remote::RemoteRank;
 use crate::policy::{AllocationPolicy, DeviceProfile, Policy, StepModel};
 use crate::real_model::{self, ModelInfo};
 
@@ -61,10 +62,13 @@ pub struct LivePlan {
     pub skipped: Vec<(String, String)>,
 }
 
-/// Load, profile and start; `log` hears progress.
+/// Load, profile and start; `log` hears progress. `ranks` (connected by
+/// [`accept_ranks`](super::accept_ranks)) join as devices after the local
+/// ones, with the slots and KV positions each measured for itself.
 pub fn start(
     checkpoint: &Checkpoint,
     devices: &[SharedDevice],
+    ranks: Vec<RemoteRank>,
     setup: &LiveSetup,
     log: &mut dyn FnMut(&str),
 ) -> Result<(Engine, LivePlan)> {
@@ -187,7 +191,19 @@ pub fn start(
         max_request_len: setup.max_len,
         ..setup.config
     };
-    let engine = Engine::start(live, tokenizer, config)?;
+    for r in &ranks {
+        let h = &r.hello;
+        planned.push(PlannedDevice {
+            device: h.device.clone(),
+            name: format!("rank {}", h.rank),
+            slots: h.slots,
+            kv_tokens: h.kv_tokens,
+            max_batch: h.kv_tokens / setup.max_len.max(1),
+            step: None,
+            resident_weight_bytes: 0,
+        });
+    }
+    let engine = Engine::start_with_ranks(live, ranks, tokenizer, config)?;
     Ok((
         engine,
         LivePlan {
