@@ -210,6 +210,100 @@ fn two_devices_share_the_requests(path: &str) -> Result<(), Failed> {
     Ok(())
 }
 
+/// Prefix caching: the same prompts again, and a conversation continued,
+/// reuse cached positions and still produce what each request produces
+/// alone.
+fn cached_prefixes_change_nothing(path: &str) -> Result<(), Failed> {
+    let checkpoint = Checkpoint::open(path)?;
+    let tokenizer = checkpoint.tokenizer()?;
+    let stop_ids = checkpoint.stop_ids(&tokenizer)?;
+    let model = LlamaModel::load(&checkpoint, host(), &mut |_| {})?;
+    let reference = LlamaModel::load(&checkpoint, host(), &mut |_| {})?;
+    let engine = Engine::start(
+        vec![LiveDevice {
+            model,
+            slots: 2,
+            kv_tokens: 1000,
+        }],
+        Arc::new(checkpoint.tokenizer()?),
+        LiveConfig {
+            queue_limit: 64,
+            prefill_chunk: 16,
+            max_request_len: 200,
+        },
+    )?;
+    let request = |text: &str, max_tokens: usize| -> Result<LiveRequest, Failed> {
+        let (_, ids) = prompt_ids(&checkpoint, &tokenizer, text, true, None)?;
+        Ok(LiveRequest {
+            prompt_ids: ids,
+            options: GenerateOptions {
+                max_tokens,
+                stop_ids: stop_ids.clone(),
+                ..GenerateOptions::default()
+            },
+        })
+    };
+    let first = request("What is the capital of France?", 12)?;
+    let mut waves = vec![
+        vec![
+            first.clone(),
+            request("How many legs does a spider have?", 10)?,
+        ],
+        // The same again, and another question behind the same system prompt.
+        vec![first.clone(), request("Name a colour of the sky.", 10)?],
+    ];
+    // The first question continued: its prompt and answer, then more.
+    let (_, answer) = collect_alone(&reference, &tokenizer, &first)?;
+    let mut continued = first.prompt_ids.clone();
+    continued.extend(tokenizer.encode(&answer, false)?);
+    continued.extend(tokenizer.encode(" And of Italy?", false)?);
+    waves.push(vec![LiveRequest {
+        prompt_ids: continued,
+        options: first.options.clone(),
+    }]);
+    for wave in waves {
+        let mut receivers = Vec::new();
+        for r in &wave {
+            receivers.push(engine.submit(r.clone()).map_err(|e| e.to_string())?);
+        }
+        for (r, rx) in wave.iter().zip(&mut receivers) {
+            let got = collect(rx);
+            let alone = generate(
+                &reference,
+                &tokenizer,
+                &r.prompt_ids,
+                &r.options,
+                &mut |_| {},
+            )?;
+            let want = (alone.text, alone.finish_reason, alone.ids.len());
+            if got != want {
+                return Err(format!("with cached prefixes {got:?}, alone {want:?}").into());
+            }
+        }
+    }
+    let text = engine.metrics().render();
+    let cached: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("hetero_prompt_tokens_cached_total "))
+        .and_then(|v| v.parse().ok())
+        .ok_or("no cached-token counter")?;
+    // At least the repeated question (all but its last token).
+    if cached < (first.prompt_ids.len() - 1) as f64 {
+        return Err(format!("only {cached} prompt tokens came from the cache").into());
+    }
+    Ok(())
+}
+
+/// `generate` alone: its ids and text.
+fn collect_alone(
+    model: &LlamaModel,
+    tokenizer: &hetero_models::Tokenizer,
+    r: &LiveRequest,
+) -> Result<(Vec<u32>, String), Failed> {
+    let g = generate(model, tokenizer, &r.prompt_ids, &r.options, &mut |_| {})?;
+    Ok((g.ids, g.text))
+}
+
 fn refusals_name_the_field(path: &str) -> Result<(), Failed> {
     let checkpoint = Checkpoint::open(path)?;
     let model = LlamaModel::load(&checkpoint, host(), &mut |_| {})?;
@@ -259,7 +353,11 @@ fn main() {
         .ok()
         .filter(|p| std::path::Path::new(p).is_file());
     type Test = fn(&str) -> Result<(), Failed>;
-    let tests: [(&str, Test); 3] = [
+    let tests: [(&str, Test); 4] = [
+        (
+            "live::cached_prefixes_change_nothing",
+            cached_prefixes_change_nothing,
+        ),
         (
             "live::two_devices_share_the_requests",
             two_devices_share_the_requests,

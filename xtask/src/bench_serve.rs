@@ -49,6 +49,9 @@ pub struct Options<'a> {
     pub requests_per_stream: usize,
     pub max_tokens: usize,
     pub repeats: usize,
+    /// hetero's configurations: each a list of device specs (default: one
+    /// host device with every thread).
+    pub hetero: &'a [Vec<String>],
 }
 
 fn free_port() -> Result<u16, String> {
@@ -65,10 +68,14 @@ fn release_binary(name: &str) -> PathBuf {
     target.join("release").join(name)
 }
 
-fn hetero_server(model: &Path, o: &Options<'_>, threads: usize) -> Result<Server, String> {
-    let mut child = Command::new(release_binary("hetero-serve"))
-        .args(["--model", &model.to_string_lossy(), "--http", "127.0.0.1:0"])
-        .args(["--device", &format!("host:threads={threads}")])
+/// `hetero-serve --http` on `devices` (device specs).
+fn hetero_server(model: &Path, o: &Options<'_>, devices: &[String]) -> Result<Server, String> {
+    let mut cmd = Command::new(release_binary("hetero-serve"));
+    cmd.args(["--model", &model.to_string_lossy(), "--http", "127.0.0.1:0"]);
+    for d in devices {
+        cmd.args(["--device", d]);
+    }
+    let mut child = cmd
         .args(["--slots", &o.slots.to_string()])
         .args(["--max-len", &o.max_len.to_string()])
         .args(["--queue-limit", "4096"])
@@ -99,7 +106,7 @@ fn hetero_server(model: &Path, o: &Options<'_>, threads: usize) -> Result<Server
     // Keep draining its stderr so that it never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     Ok(Server {
-        name: "hetero".into(),
+        name: format!("hetero [{}]", devices.join(" + ")),
         child,
         addr,
     })
@@ -225,17 +232,27 @@ pub fn run(o: &Options<'_>) -> Result<(), String> {
              the bin/ folder of a llama.cpp build with llama-server for the side-by-side ratios)"
         ),
     }
-    eprintln!("xtask: bench-serve: hetero-serve --http on host ({threads} threads)");
-    servers.push(hetero_server(&model, o, threads)?);
+    let llama = servers.len();
+    let default = [vec![format!("host:threads={threads}")]];
+    let configs = if o.hetero.is_empty() {
+        &default[..]
+    } else {
+        o.hetero
+    };
+    for devices in configs {
+        eprintln!(
+            "xtask: bench-serve: hetero-serve --http on {}",
+            devices.join(" + ")
+        );
+        servers.push(hetero_server(&model, o, devices)?);
+    }
     // results[server][streams index] = runs
     let mut results = vec![vec![Vec::<Run>::new(); o.streams.len()]; servers.len()];
     for rep in 0..o.repeats.max(1) {
         for (k, &streams) in o.streams.iter().enumerate() {
-            // Alternate which server goes first.
+            // Rotate which server goes first.
             let mut order: Vec<usize> = (0..servers.len()).collect();
-            if (rep + k) % 2 == 1 {
-                order.reverse();
-            }
+            order.rotate_left((rep + k) % servers.len());
             for s in order {
                 eprintln!(
                     "xtask: bench-serve: run {} of {}, {streams} streams, {}",
@@ -261,14 +278,12 @@ pub fn run(o: &Options<'_>) -> Result<(), String> {
     for s in &servers {
         print!(" {} tokens/s | TTFT p50 / p99 (ms) |", s.name);
     }
-    if servers.len() == 2 {
-        print!(" hetero / llama tokens/s | TTFT p99 hetero / llama |");
+    let ratios = if llama == 1 { servers.len() - 1 } else { 0 };
+    for s in &servers[llama..servers.len().min(llama + ratios)] {
+        print!(" {} / llama tokens/s | TTFT p99 / llama |", s.name);
     }
     println!();
-    println!(
-        "|---|{}",
-        "---|---|".repeat(servers.len()) + if servers.len() == 2 { "---|---|" } else { "" }
-    );
+    println!("|---|{}", "---|---|".repeat(servers.len() + ratios));
     for (k, &streams) in o.streams.iter().enumerate() {
         print!("| {streams} |");
         let mut med = Vec::new();
@@ -285,19 +300,22 @@ pub fn run(o: &Options<'_>) -> Result<(), String> {
             print!(" {tps:.1}{note} | {:.0} / {:.0} |", p50 * 1e3, p99 * 1e3);
             med.push((tps, p99));
         }
-        if let [(l_tps, l_p99), (h_tps, h_p99)] = med[..] {
-            // Per-run ratios too: the spread says how much to trust the median.
-            let ratios: Vec<String> = results[0][k]
-                .iter()
-                .zip(&results[1][k])
-                .map(|(l, h)| format!("{:.2}", h.tokens_per_s / l.tokens_per_s))
-                .collect();
-            print!(
-                " {:.2}x (runs {}) | {:.2}x |",
-                h_tps / l_tps,
-                ratios.join(", "),
-                h_p99 / l_p99
-            );
+        if ratios > 0 {
+            let (l_tps, l_p99) = med[0];
+            for (h, &(h_tps, h_p99)) in med.iter().enumerate().skip(1) {
+                // Per-run ratios too: the spread says how much to trust the median.
+                let runs: Vec<String> = results[0][k]
+                    .iter()
+                    .zip(&results[h][k])
+                    .map(|(l, h)| format!("{:.2}", h.tokens_per_s / l.tokens_per_s))
+                    .collect();
+                print!(
+                    " {:.2}x (runs {}) | {:.2}x |",
+                    h_tps / l_tps,
+                    runs.join(", "),
+                    h_p99 / l_p99
+                );
+            }
         }
         println!();
     }

@@ -109,6 +109,11 @@ enum Task {
         /// Runs per figure on each server.
         #[arg(long, default_value_t = 3)]
         repeats: usize,
+        /// A configuration of hetero-serve to measure, repeatable: device
+        /// specs joined by `+` (e.g. `host:threads=1+host:threads=1` for
+        /// two host devices). Default: one host device with every thread.
+        #[arg(long = "hetero")]
+        hetero: Vec<String>,
     },
     /// Check formatting (cargo fmt --check).
     Fmt,
@@ -207,6 +212,7 @@ fn run(task: Task) -> Result<(), String> {
             requests_per_stream,
             max_tokens,
             repeats,
+            hetero,
         } => bench_serve::run(&bench_serve::Options {
             model: model.as_deref(),
             streams: &streams,
@@ -215,6 +221,10 @@ fn run(task: Task) -> Result<(), String> {
             requests_per_stream,
             max_tokens,
             repeats,
+            hetero: &hetero
+                .iter()
+                .map(|c| c.split('+').map(str::to_string).collect())
+                .collect::<Vec<_>>(),
         }),
         Task::Fmt => fmt(),
         Task::Lint => lint(&optional::probe_all()),

@@ -308,6 +308,35 @@ impl LlamaModel {
         &self.device
     }
 
+    /// Put the first `n` positions of `from` into the empty cache `to` (a
+    /// device-side copy per layer): a sequence whose tokens begin with the
+    /// `n` tokens `from` was fed starts after them (prefix caching). The
+    /// keys and values of a position depend only on the tokens up to it,
+    /// so what follows is computed as if those tokens had been fed to `to`.
+    pub fn copy_prefix(&self, from: &KvCache, n: usize, to: &mut KvCache) -> Result<()> {
+        let c = &self.config;
+        if from.k.len() != c.layers || to.k.len() != c.layers {
+            return Err(Error::invalid("kv cache", "belongs to another model"));
+        }
+        if n > from.len || n > to.max_len || !to.is_empty() {
+            return Err(Error::invalid(
+                "kv cache prefix",
+                format!(
+                    "{n} positions from a cache holding {} into one of {} (holding {})",
+                    from.len, to.max_len, to.len
+                ),
+            ));
+        }
+        let width = n * c.kv_heads * c.head_dim;
+        let d: &dyn DynDevice = self.device.as_ref();
+        for l in 0..c.layers {
+            d.copy(from.k[l].as_ref(), 0..width, to.k[l].as_mut(), 0)?;
+            d.copy(from.v[l].as_ref(), 0..width, to.v[l].as_mut(), 0)?;
+        }
+        to.len = n;
+        Ok(())
+    }
+
     /// An empty cache for one sequence of up to `max_len` positions.
     pub fn new_cache(&self, max_len: usize) -> Result<KvCache> {
         if max_len == 0 {

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::metrics::{Metrics, Outcome};
+use super::prefix::PrefixPool;
 use super::remote::{RemoteRank, RemoteWorker};
 
 /// A device the engine runs on: its loaded model and its limits.
@@ -262,6 +263,12 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// KV positions of device `g` not reserved by running requests.
+    pub(crate) fn kv_room(&self, g: usize) -> usize {
+        let st = self.lock();
+        self.devices[g].kv_tokens.saturating_sub(st.kv_used[g])
     }
 
     /// Give up a request's slot and positions on device `g`.
@@ -597,6 +604,7 @@ struct Worker {
     model: LlamaModel,
     shared: Arc<Shared>,
     running: Vec<Running>,
+    prefixes: PrefixPool,
 }
 
 impl Worker {
@@ -606,6 +614,7 @@ impl Worker {
             model,
             shared,
             running: Vec::new(),
+            prefixes: PrefixPool::default(),
         }
     }
 
@@ -614,6 +623,10 @@ impl Worker {
             let Some(admitted) = self.admit() else {
                 return;
             };
+            if !admitted.is_empty() {
+                // The new reservations are counted: make their room.
+                self.prefixes.evict_to(self.shared.kv_room(self.g));
+            }
             for q in admitted {
                 self.start(q);
             }
@@ -655,13 +668,23 @@ impl Worker {
         let continuation = Continuation::new(q.request.options.clone());
         let cache = self.model.new_cache(q.reserve);
         match (continuation, cache) {
-            (Ok(continuation), Ok(cache)) => {
+            (Ok(continuation), Ok(mut cache)) => {
                 self.shared
                     .metrics
                     .prompt_tokens(q.request.prompt_ids.len());
+                let mut fed = 0;
+                if let Some((from, n)) = self.prefixes.best(&q.request.prompt_ids) {
+                    let n = n.min(cache.max_len());
+                    if self.model.copy_prefix(from, n, &mut cache).is_ok() {
+                        fed = n;
+                        self.shared.metrics.cached_prompt_tokens(n);
+                    } else {
+                        cache.clear();
+                    }
+                }
                 self.running.push(Running {
                     prompt: q.request.prompt_ids,
-                    fed: 0,
+                    fed,
                     next: [0],
                     cache,
                     continuation,
@@ -692,6 +715,7 @@ impl Worker {
                 let r = self.running.swap_remove(i);
                 self.shared.metrics.outcome(Outcome::Cancelled);
                 self.release(r.reserve);
+                self.keep_prefix(r);
             } else {
                 i += 1;
             }
@@ -820,7 +844,26 @@ impl Worker {
             };
             self.shared.metrics.outcome(outcome);
             self.release(r.reserve);
+            let failed = matches!(event, Event::Failed(_));
             let _ = r.events.send(event);
+            if !failed {
+                self.keep_prefix(r);
+            }
         }
+    }
+
+    /// Keep a finished request's cache for later requests that begin with
+    /// the same tokens, within the room the running requests leave.
+    fn keep_prefix(&mut self, r: Running) {
+        let fed = r.cache.len();
+        let mut tokens: Vec<u32> = r.prompt.iter().copied().take(fed).collect();
+        if fed > r.prompt.len() {
+            let ids = r.continuation.ids();
+            tokens.extend(ids.iter().take(fed - r.prompt.len()));
+        }
+        if tokens.len() == fed {
+            self.prefixes.insert(tokens, r.cache);
+        }
+        self.prefixes.evict_to(self.shared.kv_room(self.g));
     }
 }

@@ -128,6 +128,7 @@ struct DeviceCounters {
 pub struct Metrics {
     outcomes: [AtomicU64; 5],
     prompt_tokens: AtomicU64,
+    cached_prompt_tokens: AtomicU64,
     generated_tokens: AtomicU64,
     queue_depth: AtomicU64,
     ttft: Histogram,
@@ -141,6 +142,7 @@ impl Metrics {
         Metrics {
             outcomes: Default::default(),
             prompt_tokens: AtomicU64::new(0),
+            cached_prompt_tokens: AtomicU64::new(0),
             generated_tokens: AtomicU64::new(0),
             queue_depth: AtomicU64::new(0),
             ttft: Histogram::new(TTFT_BUCKETS),
@@ -159,6 +161,10 @@ impl Metrics {
     }
     pub(crate) fn prompt_tokens(&self, n: usize) {
         self.prompt_tokens.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    pub(crate) fn cached_prompt_tokens(&self, n: usize) {
+        self.cached_prompt_tokens
+            .fetch_add(n as u64, Ordering::Relaxed);
     }
     pub(crate) fn generated_token(&self) {
         self.generated_tokens.fetch_add(1, Ordering::Relaxed);
@@ -226,6 +232,12 @@ impl Metrics {
             "hetero_prompt_tokens_total",
             "Prompt tokens of admitted requests.",
             self.prompt_tokens.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "hetero_prompt_tokens_cached_total",
+            "Prompt tokens taken from cached prefixes instead of prefilled.",
+            self.cached_prompt_tokens.load(Ordering::Relaxed),
         );
         counter(
             &mut out,

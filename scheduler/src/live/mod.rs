@@ -21,6 +21,11 @@
 //!   token for each decoding sequence, plus at most `prefill_chunk` prompt
 //!   tokens of the sequences being prefilled, so a long prompt delays the
 //!   running sequences' next token by one bounded chunk at most.
+//! - **Prefix caching.** A finished request's cache stays on the device,
+//!   keyed by the tokens it was fed; a request whose prompt begins with
+//!   them copies those positions and prefills only the rest (see
+//!   `prefix.rs`). Cached caches are evicted, least recently used first,
+//!   whenever running requests need the room.
 //! - **Streams.** Each request gets a channel of [`Event`]s: text pieces as
 //!   they become final, then one `Done` (or `Failed`). A request whose
 //!   receiver is dropped (the client went away) is removed at the next
@@ -37,6 +42,7 @@
 
 mod engine;
 mod metrics;
+mod prefix;
 mod remote;
 mod setup;
 
