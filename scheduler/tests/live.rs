@@ -28,6 +28,29 @@ fn host() -> SharedDevice {
     )
 }
 
+/// An engine on `model`'s device: prompts prefilled 16 tokens per round,
+/// requests of 200 positions at most.
+fn one_device(
+    checkpoint: &Checkpoint,
+    model: LlamaModel,
+    slots: usize,
+    kv_tokens: usize,
+) -> Result<Engine, Failed> {
+    Ok(Engine::start(
+        vec![LiveDevice {
+            model,
+            slots,
+            kv_tokens,
+        }],
+        Arc::new(checkpoint.tokenizer()?),
+        LiveConfig {
+            queue_limit: 64,
+            prefill_chunk: 16,
+            max_request_len: 200,
+        },
+    )?)
+}
+
 /// What a request's events add up to.
 fn collect(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Event>) -> (String, FinishReason, usize) {
     let mut text = String::new();
@@ -71,20 +94,8 @@ fn engine_equals_generate_alone(path: &str) -> Result<(), Failed> {
             }
         })
         .collect();
-    let engine = Engine::start(
-        vec![LiveDevice {
-            model,
-            slots: 3,
-            kv_tokens: 400,
-        }],
-        Arc::new(checkpoint.tokenizer()?),
-        // A small chunk: prompts take several rounds, among decoding ones.
-        LiveConfig {
-            queue_limit: 64,
-            prefill_chunk: 16,
-            max_request_len: 200,
-        },
-    )?;
+    // A small chunk: prompts take several rounds, among decoding ones.
+    let engine = one_device(&checkpoint, model, 3, 400)?;
     // Half now, half while the first ones run.
     let mut receivers = Vec::new();
     for (i, r) in requests.iter().enumerate() {
@@ -219,19 +230,7 @@ fn cached_prefixes_change_nothing(path: &str) -> Result<(), Failed> {
     let stop_ids = checkpoint.stop_ids(&tokenizer)?;
     let model = LlamaModel::load(&checkpoint, host(), &mut |_| {})?;
     let reference = LlamaModel::load(&checkpoint, host(), &mut |_| {})?;
-    let engine = Engine::start(
-        vec![LiveDevice {
-            model,
-            slots: 2,
-            kv_tokens: 1000,
-        }],
-        Arc::new(checkpoint.tokenizer()?),
-        LiveConfig {
-            queue_limit: 64,
-            prefill_chunk: 16,
-            max_request_len: 200,
-        },
-    )?;
+    let engine = one_device(&checkpoint, model, 2, 1000)?;
     let request = |text: &str, max_tokens: usize| -> Result<LiveRequest, Failed> {
         let (_, ids) = prompt_ids(&checkpoint, &tokenizer, text, true, None)?;
         Ok(LiveRequest {

@@ -161,6 +161,16 @@ fn load_cache(path: Option<&std::path::Path>) -> Result<ProfileCache> {
     }
 }
 
+/// The devices `--device` names, or every device found.
+fn chosen_devices(args: &Args) -> Result<Vec<hetero_backends::AnyDevice>> {
+    let found = discover(1, &mut |note| eprintln!("{note}"))?;
+    if args.devices.is_empty() {
+        Ok(found)
+    } else {
+        select_devices(&args.devices, &found)
+    }
+}
+
 fn main() -> ExitCode {
     hetero_examples::exit_code(run(&Args::parse()))
 }
@@ -188,12 +198,7 @@ fn run(args: &Args) -> Result<()> {
             model.name, model.dtype
         );
     }
-    let found = discover(1, &mut |note| eprintln!("{note}"))?;
-    let devices = if args.devices.is_empty() {
-        found
-    } else {
-        select_devices(&args.devices, &found)?
-    };
+    let devices = chosen_devices(args)?;
     let max_len = args.prompt_len + args.gen_len;
     if let Some(&bad) = args.buckets.iter().find(|&&len| len == 0) {
         return Err(Error::invalid(
@@ -613,12 +618,7 @@ fn run_checkpoint(args: &Args, path: &std::path::Path) -> Result<()> {
         prompts.iter().map(Vec::len).max().unwrap_or(0),
         args.batch
     );
-    let found = discover(1, &mut |note| eprintln!("{note}"))?;
-    let devices = if args.devices.is_empty() {
-        found
-    } else {
-        select_devices(&args.devices, &found)?
-    };
+    let devices = chosen_devices(args)?;
     let shared: Vec<_> = devices.iter().map(|d| d.shared()).collect();
     let loaded = real_model::load_all(&checkpoint, &shared, &mut |g, e| {
         eprintln!("  {} skipped: {e}", shared[g].id());
@@ -843,12 +843,7 @@ fn run_http(args: &Args, addr: &str) -> Result<()> {
     let checkpoint = real_model::open(&path)?;
     let context = checkpoint.config().max_positions;
     let max_len = args.max_len.unwrap_or(context.min(2048));
-    let found = discover(1, &mut |note| eprintln!("{note}"))?;
-    let devices = if args.devices.is_empty() {
-        found
-    } else {
-        select_devices(&args.devices, &found)?
-    };
+    let devices = chosen_devices(args)?;
     let shared: Vec<_> = devices.iter().map(|d| d.shared()).collect();
     let setup = live::LiveSetup {
         slots: args.slots,

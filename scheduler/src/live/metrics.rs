@@ -122,6 +122,17 @@ struct DeviceCounters {
     sequences_in_rounds: AtomicU64,
 }
 
+/// Sequences per round over slots, since start.
+fn occupancy(c: &DeviceCounters, slots: usize) -> f64 {
+    let rounds = c.rounds.load(Ordering::Relaxed);
+    let seqs = c.sequences_in_rounds.load(Ordering::Relaxed);
+    if rounds > 0 && slots > 0 {
+        seqs as f64 / (rounds as f64 * slots as f64)
+    } else {
+        0.0
+    }
+}
+
 /// What a live engine counts. Shared by the engine's workers and whoever
 /// serves `/metrics`.
 #[derive(Debug)]
@@ -260,62 +271,44 @@ impl Metrics {
             "hetero_inter_token_latency_seconds",
             "Between consecutive tokens of one request.",
         );
-        let _ = writeln!(
-            out,
-            "# HELP hetero_device_running Sequences running on a device.\n# TYPE hetero_device_running gauge"
-        );
-        for (name, _, c) in &self.devices {
-            let _ = writeln!(
-                out,
-                "hetero_device_running{{device=\"{name}\"}} {}",
-                c.running.load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP hetero_device_slots Sequences a device may run at once.\n# TYPE hetero_device_slots gauge"
-        );
-        for (name, slots, _) in &self.devices {
-            let _ = writeln!(out, "hetero_device_slots{{device=\"{name}\"}} {slots}");
-        }
-        let _ = writeln!(
-            out,
-            "# HELP hetero_device_batch_occupancy Mean sequences per round over slots, since start.\n# TYPE hetero_device_batch_occupancy gauge"
-        );
-        for (name, slots, c) in &self.devices {
-            let rounds = c.rounds.load(Ordering::Relaxed);
-            let seqs = c.sequences_in_rounds.load(Ordering::Relaxed);
-            let occ = if rounds > 0 && *slots > 0 {
-                seqs as f64 / (rounds as f64 * *slots as f64)
-            } else {
-                0.0
-            };
-            let _ = writeln!(
-                out,
-                "hetero_device_batch_occupancy{{device=\"{name}\"}} {occ}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP hetero_device_requests_total Requests a device completed.\n# TYPE hetero_device_requests_total counter"
-        );
-        for (name, _, c) in &self.devices {
-            let _ = writeln!(
-                out,
-                "hetero_device_requests_total{{device=\"{name}\"}} {}",
-                c.requests.load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP hetero_device_rounds_total Batched forward passes run (this process's devices).\n# TYPE hetero_device_rounds_total counter"
-        );
-        for (name, _, c) in &self.devices {
-            let _ = writeln!(
-                out,
-                "hetero_device_rounds_total{{device=\"{name}\"}} {}",
-                c.rounds.load(Ordering::Relaxed)
-            );
+        type Value = fn(&DeviceCounters, usize) -> f64;
+        let per_device: [(&str, &str, &str, Value); 5] = [
+            (
+                "hetero_device_running",
+                "gauge",
+                "Sequences running on a device.",
+                |c, _| c.running.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "hetero_device_slots",
+                "gauge",
+                "Sequences a device may run at once.",
+                |_, slots| slots as f64,
+            ),
+            (
+                "hetero_device_batch_occupancy",
+                "gauge",
+                "Mean sequences per round over slots, since start.",
+                occupancy,
+            ),
+            (
+                "hetero_device_requests_total",
+                "counter",
+                "Requests a device completed.",
+                |c, _| c.requests.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "hetero_device_rounds_total",
+                "counter",
+                "Batched forward passes run (this process's devices).",
+                |c, _| c.rounds.load(Ordering::Relaxed) as f64,
+            ),
+        ];
+        for (name, kind, help, value) in per_device {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (device, slots, c) in &self.devices {
+                let _ = writeln!(out, "{name}{{device=\"{device}\"}} {}", value(c, *slots));
+            }
         }
         out
     }
