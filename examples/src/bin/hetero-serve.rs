@@ -33,6 +33,11 @@ use serde_json::json;
 /// 1..=gen-len) are served with continuous batching: a finished request's
 /// slot takes the next queued one; the next tokens of all devices are
 /// gathered every round by an all-gather (hetero-collectives).
+///
+/// With `--http ADDR` and a checkpoint (`--model PATH`) it is a server
+/// instead: OpenAI-compatible routes (chat and text completions, streamed
+/// or whole, /v1/models, /health, /metrics), requests joining the devices'
+/// running batches as they arrive. See the `--http` flags below.
 #[derive(Debug, Parser)]
 #[command(name = "hetero-serve", version)]
 struct Args {
