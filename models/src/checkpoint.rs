@@ -189,17 +189,45 @@ impl Checkpoint {
     pub fn resident_weight_bytes(&self, keep: &[QuantType]) -> u64 {
         Weight::all(&self.config)
             .into_iter()
-            .map(|w| {
-                let elems = w.shape(&self.config).iter().product::<usize>() as u64;
-                let blocks = match &self.format {
-                    Format::Gguf(f) => f.tensor(&w.gguf_name()).ok().and_then(|t| {
-                        let q = t.ggml_type.quant().filter(|q| keep.contains(q))?;
-                        Some(elems / q.block_elems() as u64 * q.block_bytes() as u64)
-                    }),
-                    Format::HuggingFace { .. } => None,
-                };
-                blocks.unwrap_or(elems * 4)
+            .map(|w| self.weight_bytes(w, keep))
+            .sum()
+    }
+
+    /// Bytes of weight `w` on a device keeping the block formats `keep`
+    /// (its blocks as stored, or f32).
+    pub fn weight_bytes(&self, w: Weight, keep: &[QuantType]) -> u64 {
+        let elems = w.shape(&self.config).iter().product::<usize>() as u64;
+        let blocks = match &self.format {
+            Format::Gguf(f) => f.tensor(&w.gguf_name()).ok().and_then(|t| {
+                let q = t.ggml_type.quant().filter(|q| keep.contains(q))?;
+                Some(elems / q.block_elems() as u64 * q.block_bytes() as u64)
+            }),
+            Format::HuggingFace { .. } => None,
+        };
+        blocks.unwrap_or(elems * 4)
+    }
+
+    /// Bytes of the weights of one stage of a split model: the layers
+    /// `layers`, the embedding on the `first` stage, the output norm and
+    /// head on the `last` (with `tied_copy`, a second copy of a tied
+    /// embedding, which a split model's last device needs for the head).
+    pub fn stage_weight_bytes(
+        &self,
+        keep: &[QuantType],
+        layers: std::ops::Range<usize>,
+        first: bool,
+        last: bool,
+        tied_copy: bool,
+    ) -> u64 {
+        Weight::all(&self.config)
+            .into_iter()
+            .filter(|w| match w.layer() {
+                Some(l) => layers.contains(&l),
+                None if *w == Weight::Embedding => first,
+                None => last,
             })
+            .chain((last && tied_copy).then_some(Weight::Embedding))
+            .map(|w| self.weight_bytes(w, keep))
             .sum()
     }
 

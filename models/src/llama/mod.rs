@@ -1,7 +1,8 @@
 //! The Llama family: config ([`LlamaConfig`], from GGUF metadata or a
 //! Hugging Face `config.json`), weights by role and their names in each
 //! format ([`Weight`]), and the model on a device ([`LlamaModel`]) with its
-//! per-sequence [`KvCache`].
+//! per-sequence [`KvCache`], optionally split by layers over several
+//! devices ([`StageSpec`]) and run as a pipeline of micro-batches.
 //!
 //! Covers Llama 2/3, TinyLlama, SmolLM/SmolLM2, Mistral without sliding
 //! window, and Qwen2 (Q/K/V biases). The rotary layout follows the file:
@@ -9,9 +10,10 @@
 //! Hugging Face checkpoints and GGUF `qwen2` rotate halves.
 
 mod config;
+mod forward;
 mod model;
 mod weights;
 
 pub use config::{Architecture, LlamaConfig, RopeScaling};
-pub use model::{KvCache, LlamaModel, LoadProgress, Logits, WeightFormat};
+pub use model::{KvCache, LlamaModel, LoadProgress, Logits, StageInfo, StageSpec, WeightFormat};
 pub use weights::Weight;

@@ -7,16 +7,13 @@
 //! default: resident memory is the file's tensor bytes); everything else,
 //! and every weight under [`WeightFormat::F32`], is widened to f32.
 //!
-//! A forward call takes any number of sequences, each with any number of
-//! new tokens after what its [`KvCache`] holds: a prompt is one call of all
-//! its tokens (every GEMM over all of them at once), a decode step one
-//! token per sequence, and both may mix. The matrices run once over the
-//! rows of every sequence together; attention runs per sequence over its
-//! own cache.
+//! The forward pass is in `forward.rs`.
+
+use std::ops::Range;
 
 use hetero_core::{
-    Activation, BoxedBuffer, CausalAttentionSpec, DType, DynBuffer, DynDevice, DynDeviceExt, Error,
-    GemmSpec, HostSlice, QuantMatmulSpec, QuantType, ReduceOp, Result, RopeSpec, SharedDevice,
+    BoxedBuffer, DType, DynBuffer, DynDevice, DynDeviceExt, Error, GemmSpec, HostSlice,
+    QuantMatmulSpec, QuantType, Result, SharedDevice,
 };
 
 use super::config::LlamaConfig;
@@ -47,14 +44,14 @@ impl WeightFormat {
 }
 
 /// A `[out, in]` matrix on the device.
-enum Matrix {
+pub(super) enum Matrix {
     F32(BoxedBuffer),
     Blocks { buf: BoxedBuffer, quant: QuantType },
 }
 
 impl Matrix {
     /// `x W^T` for `rows` rows of `x` (`rows x inp`), into a new buffer.
-    fn apply(
+    pub(super) fn apply(
         &self,
         d: &dyn DynDevice,
         x: &dyn DynBuffer,
@@ -85,7 +82,12 @@ impl Matrix {
     }
 
     /// Rows `ids` of the matrix into `out` (f32).
-    fn gather(&self, d: &dyn DynDevice, ids: &[u32], out: &mut dyn DynBuffer) -> Result<()> {
+    pub(super) fn gather(
+        &self,
+        d: &dyn DynDevice,
+        ids: &[u32],
+        out: &mut dyn DynBuffer,
+    ) -> Result<()> {
         match self {
             Matrix::F32(table) => d.embedding(table.as_ref(), ids, out),
             Matrix::Blocks { buf, quant } => d.embedding_quant(*quant, buf.as_ref(), ids, out),
@@ -105,17 +107,17 @@ fn vector(m: Matrix) -> Result<BoxedBuffer> {
 }
 
 /// One layer's weights on the device.
-struct Layer {
-    attn_norm: BoxedBuffer,
-    q: Matrix,
-    k: Matrix,
-    v: Matrix,
-    biases: Option<[BoxedBuffer; 3]>,
-    o: Matrix,
-    ffn_norm: BoxedBuffer,
-    gate: Matrix,
-    up: Matrix,
-    down: Matrix,
+pub(super) struct Layer {
+    pub(super) attn_norm: BoxedBuffer,
+    pub(super) q: Matrix,
+    pub(super) k: Matrix,
+    pub(super) v: Matrix,
+    pub(super) biases: Option<[BoxedBuffer; 3]>,
+    pub(super) o: Matrix,
+    pub(super) ffn_norm: BoxedBuffer,
+    pub(super) gate: Matrix,
+    pub(super) up: Matrix,
+    pub(super) down: Matrix,
 }
 
 /// Progress of a model load: weights uploaded so far.
@@ -125,36 +127,75 @@ pub struct LoadProgress {
     pub total_bytes: u64,
 }
 
-/// A Llama-family model resident on one device.
+/// One device's part of a model split across devices: the layers it
+/// holds. The first stage also holds the embedding, the last the output
+/// norm and head.
+#[derive(Debug, Clone)]
+pub struct StageSpec {
+    pub device: SharedDevice,
+    pub layers: Range<usize>,
+}
+
+/// What one stage of a loaded model holds.
+#[derive(Debug, Clone)]
+pub struct StageInfo {
+    pub device: SharedDevice,
+    pub layers: Range<usize>,
+    /// Bytes of the weights on this stage's device.
+    pub weight_bytes: u64,
+}
+
+/// One stage on its device.
+pub(super) struct Stage {
+    pub(super) device: SharedDevice,
+    pub(super) layers: Range<usize>,
+    /// RoPE's inverse frequencies, on this stage's device.
+    pub(super) inv_freq: BoxedBuffer,
+    pub(super) weight_bytes: u64,
+}
+
+/// A Llama-family model resident on one device, or split by layers
+/// across several (each stage on its own device, activations moved
+/// between them through the host).
 pub struct LlamaModel {
-    device: SharedDevice,
-    config: LlamaConfig,
-    embedding: Matrix,
-    layers: Vec<Layer>,
-    output_norm: BoxedBuffer,
-    /// `None` when tied to the embedding.
-    output: Option<Matrix>,
-    inv_freq: BoxedBuffer,
+    pub(super) config: LlamaConfig,
+    pub(super) stages: Vec<Stage>,
+    /// On the first stage's device.
+    pub(super) embedding: Matrix,
+    pub(super) layers: Vec<Layer>,
+    /// On the last stage's device.
+    pub(super) output_norm: BoxedBuffer,
+    /// `None` when tied to the embedding and the model is on one device;
+    /// a split model with tied embeddings holds a second copy of the
+    /// embedding on its last device.
+    pub(super) output: Option<Matrix>,
+    /// Micro-batches a call of a split model is cut into.
+    pub(super) micro_batches: usize,
     format: WeightFormat,
     weight_bytes: u64,
 }
 
 impl std::fmt::Debug for LlamaModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let stages: Vec<String> = self
+            .stages
+            .iter()
+            .map(|s| format!("{}: {:?}", s.device.id(), s.layers))
+            .collect();
         f.debug_struct("LlamaModel")
-            .field("device", &self.device.id())
+            .field("stages", &stages)
             .field("config", &self.config)
             .finish()
     }
 }
 
-/// The keys and values of one sequence's past positions, per layer, on
-/// the model's device.
+/// The keys and values of one sequence's past positions, per layer, each
+/// on the device of the stage that holds the layer.
 pub struct KvCache {
-    k: Vec<BoxedBuffer>,
-    v: Vec<BoxedBuffer>,
-    len: usize,
-    max_len: usize,
+    pub(super) k: Vec<BoxedBuffer>,
+    pub(super) v: Vec<BoxedBuffer>,
+    pub(super) len: usize,
+    pub(super) max_len: usize,
 }
 
 impl std::fmt::Debug for KvCache {
@@ -196,6 +237,35 @@ pub enum Logits {
     All,
 }
 
+/// Check that `stages` cover layers `0..layers` in order, each with at
+/// least one layer.
+fn check_stages(stages: &[StageSpec], layers: usize) -> Result<()> {
+    if stages.is_empty() {
+        return Err(Error::invalid("model split", "names no device"));
+    }
+    let mut next = 0;
+    for (i, s) in stages.iter().enumerate() {
+        if s.layers.start != next || s.layers.end <= s.layers.start {
+            return Err(Error::invalid(
+                format!("model split stage {i} ({})", s.device.id()),
+                format!(
+                    "holds layers {:?}; stages must hold consecutive non-empty ranges starting \
+                     at 0 (the next one starts at layer {next})",
+                    s.layers
+                ),
+            ));
+        }
+        next = s.layers.end;
+    }
+    if next != layers {
+        return Err(Error::invalid(
+            "model split",
+            format!("covers layers 0..{next} of the model's {layers}"),
+        ));
+    }
+    Ok(())
+}
+
 impl LlamaModel {
     /// Load `checkpoint`'s weights onto `device` in the default
     /// [`WeightFormat::Native`], calling `progress` after each tensor.
@@ -214,11 +284,51 @@ impl LlamaModel {
         format: WeightFormat,
         progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Self> {
+        let layers = 0..checkpoint.config().layers;
+        Self::load_split(
+            checkpoint,
+            &[StageSpec { device, layers }],
+            format,
+            progress,
+        )
+    }
+
+    /// Load `checkpoint` split by layers over `stages` (consecutive
+    /// ranges covering every layer, in order), each stage's weights on
+    /// its device in `format`.
+    pub fn load_split(
+        checkpoint: &Checkpoint,
+        stages: &[StageSpec],
+        format: WeightFormat,
+        progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Self> {
         let config = checkpoint.config().clone();
-        let keep = format.kept_formats(device.as_ref());
-        let total_bytes = checkpoint.resident_weight_bytes(&keep);
+        check_stages(stages, config.layers)?;
+        let keeps: Vec<Vec<QuantType>> = stages
+            .iter()
+            .map(|s| format.kept_formats(s.device.as_ref()))
+            .collect();
+        let split = stages.len() > 1;
+        let mut stage_bytes = vec![0u64; stages.len()];
+        let total_bytes: u64 = {
+            let mut total = 0;
+            for (i, s) in stages.iter().enumerate() {
+                let b = checkpoint.stage_weight_bytes(
+                    &keeps[i],
+                    s.layers.clone(),
+                    i == 0,
+                    i + 1 == stages.len(),
+                    split && config.tied_embeddings,
+                );
+                stage_bytes[i] = b;
+                total += b;
+            }
+            total
+        };
         let mut done_bytes = 0u64;
-        let mut upload = |w: Weight, keep: &[QuantType]| -> Result<Matrix> {
+        let mut upload = |w: Weight, s: usize, quantized: bool| -> Result<Matrix> {
+            let device = &stages[s].device;
+            let keep: &[QuantType] = if quantized { &keeps[s] } else { &[] };
             let (m, bytes) = match checkpoint.stored_weight(w, keep)? {
                 StoredWeight::Blocks { quant, bytes } => (
                     Matrix::Blocks {
@@ -239,54 +349,72 @@ impl LlamaModel {
             });
             Ok(m)
         };
-        let embedding = upload(Weight::Embedding, &keep)?;
+        let last = stages.len() - 1;
+        let embedding = upload(Weight::Embedding, 0, true)?;
         let mut layers = Vec::with_capacity(config.layers);
-        for l in 0..config.layers {
-            let attn_norm = vector(upload(Weight::AttnNorm(l), &[])?)?;
-            let (q, k, v) = (
-                upload(Weight::Q(l), &keep)?,
-                upload(Weight::K(l), &keep)?,
-                upload(Weight::V(l), &keep)?,
-            );
-            let biases = if config.architecture.qkv_bias() {
-                Some([
-                    vector(upload(Weight::QBias(l), &[])?)?,
-                    vector(upload(Weight::KBias(l), &[])?)?,
-                    vector(upload(Weight::VBias(l), &[])?)?,
-                ])
-            } else {
-                None
-            };
-            layers.push(Layer {
-                attn_norm,
-                q,
-                k,
-                v,
-                biases,
-                o: upload(Weight::O(l), &keep)?,
-                ffn_norm: vector(upload(Weight::FfnNorm(l), &[])?)?,
-                gate: upload(Weight::Gate(l), &keep)?,
-                up: upload(Weight::Up(l), &keep)?,
-                down: upload(Weight::Down(l), &keep)?,
-            });
+        for (s, stage) in stages.iter().enumerate() {
+            for l in stage.layers.clone() {
+                let attn_norm = vector(upload(Weight::AttnNorm(l), s, false)?)?;
+                let (q, k, v) = (
+                    upload(Weight::Q(l), s, true)?,
+                    upload(Weight::K(l), s, true)?,
+                    upload(Weight::V(l), s, true)?,
+                );
+                let biases = if config.architecture.qkv_bias() {
+                    Some([
+                        vector(upload(Weight::QBias(l), s, false)?)?,
+                        vector(upload(Weight::KBias(l), s, false)?)?,
+                        vector(upload(Weight::VBias(l), s, false)?)?,
+                    ])
+                } else {
+                    None
+                };
+                layers.push(Layer {
+                    attn_norm,
+                    q,
+                    k,
+                    v,
+                    biases,
+                    o: upload(Weight::O(l), s, true)?,
+                    ffn_norm: vector(upload(Weight::FfnNorm(l), s, false)?)?,
+                    gate: upload(Weight::Gate(l), s, true)?,
+                    up: upload(Weight::Up(l), s, true)?,
+                    down: upload(Weight::Down(l), s, true)?,
+                });
+            }
         }
-        let output_norm = vector(upload(Weight::OutputNorm, &[])?)?;
-        let output = if config.tied_embeddings {
-            None
+        let output_norm = vector(upload(Weight::OutputNorm, last, false)?)?;
+        let output = if !config.tied_embeddings {
+            Some(upload(Weight::Output, last, true)?)
+        } else if split {
+            // The head reads the embedding matrix; the last device needs its own copy.
+            Some(upload(Weight::Embedding, last, true)?)
         } else {
-            Some(upload(Weight::Output, &keep)?)
+            None
         };
-        let inv_freq = device.alloc_from(HostSlice::new(&config.inv_freq()))?;
+        let inv_freq = config.inv_freq();
+        let stages = stages
+            .iter()
+            .zip(stage_bytes)
+            .map(|(s, weight_bytes)| {
+                Ok(Stage {
+                    inv_freq: s.device.alloc_from(HostSlice::new(&inv_freq))?,
+                    device: s.device.clone(),
+                    layers: s.layers.clone(),
+                    weight_bytes,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(LlamaModel {
-            device,
+            micro_batches: stages.len(),
             format,
             weight_bytes: total_bytes,
             config,
+            stages,
             embedding,
             layers,
             output_norm,
             output,
-            inv_freq,
         })
     }
 
@@ -299,13 +427,43 @@ impl LlamaModel {
         self.format
     }
 
-    /// Bytes of the weights on the device (blocks as stored, f32 for the rest).
+    /// Bytes of the weights on every device together (blocks as stored,
+    /// f32 for the rest).
     pub fn weight_bytes(&self) -> u64 {
         self.weight_bytes
     }
 
+    /// The device of the first stage: the model's only device unless it is
+    /// split (see [`stages`](Self::stages)).
     pub fn device(&self) -> &SharedDevice {
-        &self.device
+        &self.stages[0].device
+    }
+
+    /// The stages in order: one holding every layer unless the model is split.
+    pub fn stages(&self) -> Vec<StageInfo> {
+        self.stages
+            .iter()
+            .map(|s| StageInfo {
+                device: s.device.clone(),
+                layers: s.layers.clone(),
+                weight_bytes: s.weight_bytes,
+            })
+            .collect()
+    }
+
+    /// Cut the sequences of each call of a split model into `n`
+    /// micro-batches (default: one per stage; more shortens the pipeline's
+    /// fill and drain, at smaller matrix products per stage).
+    pub fn set_micro_batches(&mut self, n: usize) {
+        self.micro_batches = n.max(1);
+    }
+
+    /// The stage holding layer `l`.
+    fn stage_of(&self, l: usize) -> &Stage {
+        self.stages
+            .iter()
+            .find(|s| s.layers.contains(&l))
+            .unwrap_or(&self.stages[0])
     }
 
     /// Put the first `n` positions of `from` into the empty cache `to` (a
@@ -328,8 +486,8 @@ impl LlamaModel {
             ));
         }
         let width = n * c.kv_heads * c.head_dim;
-        let d: &dyn DynDevice = self.device.as_ref();
         for l in 0..c.layers {
+            let d: &dyn DynDevice = self.stage_of(l).device.as_ref();
             d.copy(from.k[l].as_ref(), 0..width, to.k[l].as_mut(), 0)?;
             d.copy(from.v[l].as_ref(), 0..width, to.v[l].as_mut(), 0)?;
         }
@@ -337,7 +495,8 @@ impl LlamaModel {
         Ok(())
     }
 
-    /// An empty cache for one sequence of up to `max_len` positions.
+    /// An empty cache for one sequence of up to `max_len` positions, each
+    /// layer's part on the device of its stage.
     pub fn new_cache(&self, max_len: usize) -> Result<KvCache> {
         if max_len == 0 {
             return Err(Error::invalid("kv cache length", "must be at least 1"));
@@ -345,13 +504,9 @@ impl LlamaModel {
         let width = max_len
             .checked_mul(self.config.kv_heads * self.config.head_dim)
             .ok_or_else(|| Error::invalid("kv cache length", format!("{max_len} overflows")))?;
-        let alloc = || self.device.alloc(DType::F32, width);
-        let k = (0..self.config.layers)
-            .map(|_| alloc())
-            .collect::<Result<_>>()?;
-        let v = (0..self.config.layers)
-            .map(|_| alloc())
-            .collect::<Result<_>>()?;
+        let alloc = |l: usize| self.stage_of(l).device.alloc(DType::F32, width);
+        let k = (0..self.config.layers).map(alloc).collect::<Result<_>>()?;
+        let v = (0..self.config.layers).map(alloc).collect::<Result<_>>()?;
         Ok(KvCache {
             k,
             v,
@@ -365,191 +520,5 @@ impl LlamaModel {
     pub fn forward(&self, cache: &mut KvCache, tokens: &[u32], which: Logits) -> Result<Vec<f32>> {
         let mut out = self.forward_batch(&mut [(cache, tokens)], which)?;
         Ok(out.pop().unwrap_or_default())
-    }
-
-    /// Run several sequences at once, each with its new tokens; per
-    /// sequence, the logits of the rows `which` asks for. Caches are
-    /// advanced only if the whole call succeeds.
-    pub fn forward_batch(
-        &self,
-        seqs: &mut [(&mut KvCache, &[u32])],
-        which: Logits,
-    ) -> Result<Vec<Vec<f32>>> {
-        let c = &self.config;
-        let d: &dyn DynDevice = self.device.as_ref();
-        if seqs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut ids = Vec::new();
-        let mut positions = Vec::new();
-        for (i, (cache, tokens)) in seqs.iter().enumerate() {
-            if tokens.is_empty() {
-                return Err(Error::invalid(format!("sequence {i}"), "has no new tokens"));
-            }
-            if cache.k.len() != c.layers {
-                return Err(Error::invalid(
-                    format!("sequence {i} cache"),
-                    "belongs to another model",
-                ));
-            }
-            if cache.len + tokens.len() > cache.max_len {
-                return Err(Error::invalid(
-                    format!("sequence {i}"),
-                    format!(
-                        "{} cached + {} new positions exceed its KV cache of {}",
-                        cache.len,
-                        tokens.len(),
-                        cache.max_len
-                    ),
-                ));
-            }
-            if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab) {
-                return Err(Error::invalid(
-                    format!("sequence {i} tokens"),
-                    format!("id {bad} is past the vocabulary of {}", c.vocab),
-                ));
-            }
-            ids.extend_from_slice(tokens);
-            positions.extend((cache.len..cache.len + tokens.len()).map(|p| p as u32));
-        }
-        let rows = ids.len();
-        let (h, qw, kvw) = (c.hidden, c.heads * c.head_dim, c.kv_heads * c.head_dim);
-        let alloc = |n: usize| d.alloc(DType::F32, n);
-        // y = x W^T for a weight stored [out, in].
-        let linear =
-            |x: &dyn DynBuffer, w: &Matrix, out: usize, inp: usize| w.apply(d, x, rows, out, inp);
-        let rope = |x: &mut dyn DynBuffer, heads: usize| -> Result<()> {
-            let spec = RopeSpec {
-                tokens: rows,
-                heads,
-                head_dim: c.head_dim,
-                layout: c.rope_layout,
-            };
-            d.rope(&spec, x, &positions, self.inv_freq.as_ref())
-        };
-        // Row offset of each sequence's tokens.
-        let offsets: Vec<usize> = seqs
-            .iter()
-            .scan(0, |acc, (_, t)| {
-                let start = *acc;
-                *acc += t.len();
-                Some(start)
-            })
-            .collect();
-
-        let mut x = alloc(rows * h)?;
-        self.embedding.gather(d, &ids, x.as_mut())?;
-        let mut normed = alloc(rows * h)?;
-        for (l, layer) in self.layers.iter().enumerate() {
-            d.rms_norm(
-                x.as_ref(),
-                layer.attn_norm.as_ref(),
-                normed.as_mut(),
-                c.rms_eps,
-            )?;
-            let mut q = linear(normed.as_ref(), &layer.q, qw, h)?;
-            let mut k = linear(normed.as_ref(), &layer.k, kvw, h)?;
-            let mut v = linear(normed.as_ref(), &layer.v, kvw, h)?;
-            if let Some([bq, bk, bv]) = &layer.biases {
-                d.bias_activation(q.as_mut(), bq.as_ref(), Activation::Identity)?;
-                d.bias_activation(k.as_mut(), bk.as_ref(), Activation::Identity)?;
-                d.bias_activation(v.as_mut(), bv.as_ref(), Activation::Identity)?;
-            }
-            rope(q.as_mut(), c.heads)?;
-            rope(k.as_mut(), c.kv_heads)?;
-            let mut att = alloc(rows * qw)?;
-            for ((cache, tokens), &r0) in seqs.iter_mut().zip(&offsets) {
-                let n = tokens.len();
-                let rows_kv = r0 * kvw..(r0 + n) * kvw;
-                d.copy(
-                    k.as_ref(),
-                    rows_kv.clone(),
-                    cache.k[l].as_mut(),
-                    cache.len * kvw,
-                )?;
-                d.copy(v.as_ref(), rows_kv, cache.v[l].as_mut(), cache.len * kvw)?;
-                let spec = CausalAttentionSpec {
-                    batch: 1,
-                    q_len: n,
-                    heads: c.heads,
-                    kv_heads: c.kv_heads,
-                    head_dim: c.head_dim,
-                    max_len: cache.max_len,
-                };
-                let lens = [(cache.len + n) as u32];
-                if n == rows {
-                    d.attention_causal(
-                        &spec,
-                        q.as_ref(),
-                        cache.k[l].as_ref(),
-                        cache.v[l].as_ref(),
-                        &lens,
-                        att.as_mut(),
-                    )?;
-                } else {
-                    // The kernel reads one sequence's rows: stage them.
-                    let mut qi = alloc(n * qw)?;
-                    d.copy(q.as_ref(), r0 * qw..(r0 + n) * qw, qi.as_mut(), 0)?;
-                    let mut oi = alloc(n * qw)?;
-                    d.attention_causal(
-                        &spec,
-                        qi.as_ref(),
-                        cache.k[l].as_ref(),
-                        cache.v[l].as_ref(),
-                        &lens,
-                        oi.as_mut(),
-                    )?;
-                    d.copy(oi.as_ref(), 0..n * qw, att.as_mut(), r0 * qw)?;
-                }
-            }
-            let o = linear(att.as_ref(), &layer.o, h, qw)?;
-            d.reduce(ReduceOp::Sum, x.as_mut(), o.as_ref())?;
-            d.rms_norm(
-                x.as_ref(),
-                layer.ffn_norm.as_ref(),
-                normed.as_mut(),
-                c.rms_eps,
-            )?;
-            let mut gate = linear(normed.as_ref(), &layer.gate, c.intermediate, h)?;
-            let up = linear(normed.as_ref(), &layer.up, c.intermediate, h)?;
-            d.silu_mul(gate.as_mut(), up.as_ref())?;
-            let down = linear(gate.as_ref(), &layer.down, h, c.intermediate)?;
-            d.reduce(ReduceOp::Sum, x.as_mut(), down.as_ref())?;
-        }
-        for (cache, tokens) in seqs.iter_mut() {
-            cache.len += tokens.len();
-        }
-
-        // The rows whose logits are wanted.
-        let (picked, picked_rows) = match which {
-            Logits::All => (x, rows),
-            Logits::Last if seqs.len() == 1 && rows == 1 => (x, 1),
-            Logits::Last => {
-                let mut last = alloc(seqs.len() * h)?;
-                for (i, ((_, tokens), &r0)) in seqs.iter().zip(&offsets).enumerate() {
-                    let r = r0 + tokens.len() - 1;
-                    d.copy(x.as_ref(), r * h..(r + 1) * h, last.as_mut(), i * h)?;
-                }
-                (last, seqs.len())
-            }
-        };
-        let mut final_norm = d.alloc(DType::F32, picked_rows * h)?;
-        d.rms_norm(
-            picked.as_ref(),
-            self.output_norm.as_ref(),
-            final_norm.as_mut(),
-            c.rms_eps,
-        )?;
-        let out_w = self.output.as_ref().unwrap_or(&self.embedding);
-        let logits = out_w.apply(d, final_norm.as_ref(), picked_rows, c.vocab, h)?;
-        let all: Vec<f32> = d.to_vec(logits.as_ref())?;
-        Ok(match which {
-            Logits::Last => all.chunks(c.vocab).map(<[f32]>::to_vec).collect(),
-            Logits::All => offsets
-                .iter()
-                .zip(seqs.iter())
-                .map(|(&r0, (_, t))| all[r0 * c.vocab..(r0 + t.len()) * c.vocab].to_vec())
-                .collect(),
-        })
     }
 }

@@ -25,6 +25,26 @@ pub enum Weight {
 }
 
 impl Weight {
+    /// The layer a per-layer weight belongs to; `None` for the embedding,
+    /// output norm and output.
+    pub fn layer(self) -> Option<usize> {
+        match self {
+            Weight::Embedding | Weight::OutputNorm | Weight::Output => None,
+            Weight::AttnNorm(l)
+            | Weight::Q(l)
+            | Weight::K(l)
+            | Weight::V(l)
+            | Weight::O(l)
+            | Weight::QBias(l)
+            | Weight::KBias(l)
+            | Weight::VBias(l)
+            | Weight::FfnNorm(l)
+            | Weight::Gate(l)
+            | Weight::Up(l)
+            | Weight::Down(l) => Some(l),
+        }
+    }
+
     /// Every weight the config's model has, in file order (embedding,
     /// layers, output norm, output).
     pub fn all(config: &LlamaConfig) -> Vec<Weight> {

@@ -1,0 +1,466 @@
+//! The forward pass of a [`LlamaModel`], on one device or split by layers
+//! over several.
+//!
+//! A call takes any number of sequences, each with any number of new
+//! tokens after what its [`KvCache`] holds: a prompt is one call of all its
+//! tokens (every GEMM over all of them at once), a decode step one token
+//! per sequence, and both may mix. The matrices run once over the rows of
+//! every sequence together; attention runs per sequence over its own cache.
+//!
+//! A split model runs each stage on its own device. The sequences of a call
+//! are cut into as many micro-batches as there are stages (of about equal
+//! rows), and each stage runs on a thread of its own, taking micro-batch
+//! `m` while the next stage takes `m - 1` (GPipe's schedule, forward only):
+//! all devices are busy except while the pipeline fills and drains. The
+//! activations of a micro-batch go from one stage's device to the next
+//! through the host (the hidden state, `rows x hidden` f32), which every
+//! backend supports.
+
+use std::ops::Range;
+use std::sync::mpsc;
+
+use hetero_core::{
+    Activation, BoxedBuffer, CausalAttentionSpec, DType, DynDevice, DynDeviceExt, Error, HostSlice,
+    ReduceOp, Result, RopeSpec,
+};
+
+use super::model::{KvCache, LlamaModel, Logits};
+
+/// One sequence's keys and values in the layers of one stage.
+struct SeqKv<'a> {
+    k: &'a mut [BoxedBuffer],
+    v: &'a mut [BoxedBuffer],
+    /// Positions cached before this call.
+    len: usize,
+    max_len: usize,
+    /// New tokens in this call.
+    n: usize,
+}
+
+/// A run of consecutive sequences that go through the stages together.
+struct Micro {
+    seqs: Range<usize>,
+    ids: Vec<u32>,
+    positions: Vec<u32>,
+    /// Row of each sequence's first new token, within the micro-batch.
+    offsets: Vec<usize>,
+    rows: usize,
+}
+
+/// Cut sequences with `news[i]` new tokens into at most `parts` runs of
+/// about equal rows (every run non-empty).
+fn cut(news: &[usize], parts: usize) -> Vec<Range<usize>> {
+    let parts = parts.clamp(1, news.len().max(1));
+    let total: usize = news.iter().sum();
+    let mut runs = Vec::with_capacity(parts);
+    let (mut start, mut acc) = (0, 0);
+    for (i, &n) in news.iter().enumerate() {
+        acc += n;
+        let left_seqs = news.len() - i - 1;
+        let left_runs = parts - runs.len() - 1;
+        // Close the run once it holds its share of the rows, or when the
+        // sequences left are just enough for the runs left.
+        if left_runs > 0 && (acc * parts >= total * (runs.len() + 1) || left_seqs == left_runs) {
+            runs.push(start..i + 1);
+            start = i + 1;
+        }
+    }
+    if start < news.len() {
+        runs.push(start..news.len());
+    }
+    runs
+}
+
+impl LlamaModel {
+    /// Run several sequences at once, each with its new tokens; per
+    /// sequence, the logits of the rows `which` asks for. Caches are
+    /// advanced only if the whole call succeeds.
+    pub fn forward_batch(
+        &self,
+        seqs: &mut [(&mut KvCache, &[u32])],
+        which: Logits,
+    ) -> Result<Vec<Vec<f32>>> {
+        let c = &self.config;
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        for (i, (cache, tokens)) in seqs.iter().enumerate() {
+            if tokens.is_empty() {
+                return Err(Error::invalid(format!("sequence {i}"), "has no new tokens"));
+            }
+            if cache.k.len() != c.layers {
+                return Err(Error::invalid(
+                    format!("sequence {i} cache"),
+                    "belongs to another model",
+                ));
+            }
+            if cache.len + tokens.len() > cache.max_len {
+                return Err(Error::invalid(
+                    format!("sequence {i}"),
+                    format!(
+                        "{} cached + {} new positions exceed its KV cache of {}",
+                        cache.len,
+                        tokens.len(),
+                        cache.max_len
+                    ),
+                ));
+            }
+            if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab) {
+                return Err(Error::invalid(
+                    format!("sequence {i} tokens"),
+                    format!("id {bad} is past the vocabulary of {}", c.vocab),
+                ));
+            }
+        }
+        let news: Vec<usize> = seqs.iter().map(|(_, t)| t.len()).collect();
+        let parts = if self.stages.len() > 1 {
+            self.micro_batches
+        } else {
+            1
+        };
+        let micros: Vec<Micro> = cut(&news, parts)
+            .into_iter()
+            .map(|run| {
+                let mut micro = Micro {
+                    seqs: run.clone(),
+                    ids: Vec::new(),
+                    positions: Vec::new(),
+                    offsets: Vec::new(),
+                    rows: 0,
+                };
+                for (cache, tokens) in &seqs[run] {
+                    micro.offsets.push(micro.rows);
+                    micro.rows += tokens.len();
+                    micro.ids.extend_from_slice(tokens);
+                    micro
+                        .positions
+                        .extend((cache.len..cache.len + tokens.len()).map(|p| p as u32));
+                }
+                micro
+            })
+            .collect();
+
+        // Each stage's layers of every cache, borrowed apart so the stages
+        // can run at once.
+        let mut kv: Vec<Vec<SeqKv<'_>>> = self.stages.iter().map(|_| Vec::new()).collect();
+        for (cache, tokens) in seqs.iter_mut() {
+            let (len, max_len, n) = (cache.len, cache.max_len, tokens.len());
+            let (mut k, mut v) = (&mut cache.k[..], &mut cache.v[..]);
+            for (s, stage) in self.stages.iter().enumerate() {
+                let (ks, k_rest) = std::mem::take(&mut k).split_at_mut(stage.layers.len());
+                let (vs, v_rest) = std::mem::take(&mut v).split_at_mut(stage.layers.len());
+                (k, v) = (k_rest, v_rest);
+                kv[s].push(SeqKv {
+                    k: ks,
+                    v: vs,
+                    len,
+                    max_len,
+                    n,
+                });
+            }
+        }
+
+        let outs = if self.stages.len() == 1 || micros.len() == 1 {
+            let mut outs = Vec::with_capacity(micros.len());
+            for m in &micros {
+                let mut x = None;
+                for (s, kv_s) in kv.iter_mut().enumerate() {
+                    x = Some(self.run_stage(s, m, x, &mut kv_s[m.seqs.clone()], which)?);
+                }
+                outs.push(x.unwrap_or_default());
+            }
+            outs
+        } else {
+            self.run_pipelined(&micros, &mut kv, which)?
+        };
+        drop(kv);
+        for (cache, tokens) in seqs.iter_mut() {
+            cache.len += tokens.len();
+        }
+
+        let mut logits = Vec::with_capacity(seqs.len());
+        for (m, all) in micros.iter().zip(outs) {
+            match which {
+                Logits::Last => logits.extend(all.chunks(c.vocab).map(<[f32]>::to_vec)),
+                Logits::All => {
+                    for (&r0, &n) in m.offsets.iter().zip(&news[m.seqs.clone()]) {
+                        logits.push(all[r0 * c.vocab..(r0 + n) * c.vocab].to_vec());
+                    }
+                }
+            }
+        }
+        Ok(logits)
+    }
+
+    /// Every stage on a thread of its own, micro-batches passed down the
+    /// line; the last stage's outputs in micro-batch order. The first
+    /// failing stage's error is returned (a stage whose input stops
+    /// because an earlier one failed fails too, after it).
+    fn run_pipelined(
+        &self,
+        micros: &[Micro],
+        kv: &mut [Vec<SeqKv<'_>>],
+        which: Logits,
+    ) -> Result<Vec<Vec<f32>>> {
+        let last = self.stages.len() - 1;
+        std::thread::scope(|scope| {
+            let mut handles = Vec::with_capacity(kv.len());
+            let mut input: Option<mpsc::Receiver<Vec<f32>>> = None;
+            for (s, kv_s) in kv.iter_mut().enumerate() {
+                let (tx, rx) = if s < last {
+                    let (tx, rx) = mpsc::channel();
+                    (Some(tx), Some(rx))
+                } else {
+                    (None, None)
+                };
+                let from = std::mem::replace(&mut input, rx);
+                handles.push(scope.spawn(move || -> Result<Vec<Vec<f32>>> {
+                    let mut outs = Vec::new();
+                    for m in micros {
+                        let x = match &from {
+                            None => None,
+                            Some(rx) => Some(rx.recv().map_err(|_| {
+                                Error::invalid(
+                                    format!("model stage {s}"),
+                                    "got no input: an earlier stage failed",
+                                )
+                            })?),
+                        };
+                        let out = self.run_stage(s, m, x, &mut kv_s[m.seqs.clone()], which)?;
+                        match &tx {
+                            // A later stage that failed has hung up; its
+                            // error is the one returned.
+                            Some(tx) => drop(tx.send(out)),
+                            None => outs.push(out),
+                        }
+                    }
+                    Ok(outs)
+                }));
+            }
+            let mut results = Vec::with_capacity(handles.len());
+            for h in handles {
+                results.push(
+                    h.join().unwrap_or_else(|_| {
+                        Err(Error::invalid("model stage", "its thread panicked"))
+                    }),
+                );
+            }
+            let mut last_outs = Vec::new();
+            for r in results {
+                last_outs = r?;
+            }
+            Ok(last_outs)
+        })
+    }
+
+    /// Stage `s` on micro-batch `m`: the embedding (first stage) or the
+    /// previous stage's hidden state `x` (host f32) in; the hidden state
+    /// (host f32) out, or from the last stage the logits of the rows
+    /// `which` asks for.
+    fn run_stage(
+        &self,
+        s: usize,
+        m: &Micro,
+        x: Option<Vec<f32>>,
+        kv: &mut [SeqKv<'_>],
+        which: Logits,
+    ) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let stage = &self.stages[s];
+        let d: &dyn DynDevice = stage.device.as_ref();
+        let rows = m.rows;
+        let h = c.hidden;
+        let mut x = match x {
+            None => {
+                let mut x = d.alloc(DType::F32, rows * h)?;
+                self.embedding.gather(d, &m.ids, x.as_mut())?;
+                x
+            }
+            Some(host) => d.alloc_from(HostSlice::new(&host))?,
+        };
+        let mut normed = d.alloc(DType::F32, rows * h)?;
+        for (i, l) in stage.layers.clone().enumerate() {
+            self.layer(d, s, l, i, m, &mut x, &mut normed, kv)?;
+        }
+        if s + 1 < self.stages.len() {
+            return d.to_vec(x.as_ref());
+        }
+
+        // The rows whose logits are wanted.
+        let (picked, picked_rows) = match which {
+            Logits::All => (x, rows),
+            Logits::Last if kv.len() == 1 && rows == 1 => (x, 1),
+            Logits::Last => {
+                let mut last = d.alloc(DType::F32, kv.len() * h)?;
+                for (i, (seq, &r0)) in kv.iter().zip(&m.offsets).enumerate() {
+                    let r = r0 + seq.n - 1;
+                    d.copy(x.as_ref(), r * h..(r + 1) * h, last.as_mut(), i * h)?;
+                }
+                (last, kv.len())
+            }
+        };
+        let mut final_norm = d.alloc(DType::F32, picked_rows * h)?;
+        d.rms_norm(
+            picked.as_ref(),
+            self.output_norm.as_ref(),
+            final_norm.as_mut(),
+            c.rms_eps,
+        )?;
+        let out_w = self.output.as_ref().unwrap_or(&self.embedding);
+        let logits = out_w.apply(d, final_norm.as_ref(), picked_rows, c.vocab, h)?;
+        d.to_vec(logits.as_ref())
+    }
+
+    /// Layer `l` (the stage's `i`-th) on the micro-batch's hidden state `x`.
+    #[allow(clippy::too_many_arguments)]
+    fn layer(
+        &self,
+        d: &dyn DynDevice,
+        s: usize,
+        l: usize,
+        i: usize,
+        m: &Micro,
+        x: &mut BoxedBuffer,
+        normed: &mut BoxedBuffer,
+        kv: &mut [SeqKv<'_>],
+    ) -> Result<()> {
+        let c = &self.config;
+        let layer = &self.layers[l];
+        let rows = m.rows;
+        let (h, qw, kvw) = (c.hidden, c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        let alloc = |n: usize| d.alloc(DType::F32, n);
+        // y = x W^T for a weight stored [out, in].
+        let linear = |x: &BoxedBuffer, w: &super::model::Matrix, out: usize, inp: usize| {
+            w.apply(d, x.as_ref(), rows, out, inp)
+        };
+        let rope = |x: &mut BoxedBuffer, heads: usize| -> Result<()> {
+            let spec = RopeSpec {
+                tokens: rows,
+                heads,
+                head_dim: c.head_dim,
+                layout: c.rope_layout,
+            };
+            d.rope(
+                &spec,
+                x.as_mut(),
+                &m.positions,
+                self.stages[s].inv_freq.as_ref(),
+            )
+        };
+
+        d.rms_norm(
+            x.as_ref(),
+            layer.attn_norm.as_ref(),
+            normed.as_mut(),
+            c.rms_eps,
+        )?;
+        let mut q = linear(normed, &layer.q, qw, h)?;
+        let mut k = linear(normed, &layer.k, kvw, h)?;
+        let mut v = linear(normed, &layer.v, kvw, h)?;
+        if let Some([bq, bk, bv]) = &layer.biases {
+            d.bias_activation(q.as_mut(), bq.as_ref(), Activation::Identity)?;
+            d.bias_activation(k.as_mut(), bk.as_ref(), Activation::Identity)?;
+            d.bias_activation(v.as_mut(), bv.as_ref(), Activation::Identity)?;
+        }
+        rope(&mut q, c.heads)?;
+        rope(&mut k, c.kv_heads)?;
+        let mut att = alloc(rows * qw)?;
+        for (seq, &r0) in kv.iter_mut().zip(&m.offsets) {
+            let n = seq.n;
+            let rows_kv = r0 * kvw..(r0 + n) * kvw;
+            d.copy(
+                k.as_ref(),
+                rows_kv.clone(),
+                seq.k[i].as_mut(),
+                seq.len * kvw,
+            )?;
+            d.copy(v.as_ref(), rows_kv, seq.v[i].as_mut(), seq.len * kvw)?;
+            let spec = CausalAttentionSpec {
+                batch: 1,
+                q_len: n,
+                heads: c.heads,
+                kv_heads: c.kv_heads,
+                head_dim: c.head_dim,
+                max_len: seq.max_len,
+            };
+            let lens = [(seq.len + n) as u32];
+            if n == rows {
+                d.attention_causal(
+                    &spec,
+                    q.as_ref(),
+                    seq.k[i].as_ref(),
+                    seq.v[i].as_ref(),
+                    &lens,
+                    att.as_mut(),
+                )?;
+            } else {
+                // The kernel reads one sequence's rows: stage them.
+                let mut qi = alloc(n * qw)?;
+                d.copy(q.as_ref(), r0 * qw..(r0 + n) * qw, qi.as_mut(), 0)?;
+                let mut oi = alloc(n * qw)?;
+                d.attention_causal(
+                    &spec,
+                    qi.as_ref(),
+                    seq.k[i].as_ref(),
+                    seq.v[i].as_ref(),
+                    &lens,
+                    oi.as_mut(),
+                )?;
+                d.copy(oi.as_ref(), 0..n * qw, att.as_mut(), r0 * qw)?;
+            }
+        }
+        let o = linear(&att, &layer.o, h, qw)?;
+        d.reduce(ReduceOp::Sum, x.as_mut(), o.as_ref())?;
+        d.rms_norm(
+            x.as_ref(),
+            layer.ffn_norm.as_ref(),
+            normed.as_mut(),
+            c.rms_eps,
+        )?;
+        let mut gate = linear(normed, &layer.gate, c.intermediate, h)?;
+        let up = linear(normed, &layer.up, c.intermediate, h)?;
+        d.silu_mul(gate.as_mut(), up.as_ref())?;
+        let down = linear(&gate, &layer.down, h, c.intermediate)?;
+        d.reduce(ReduceOp::Sum, x.as_mut(), down.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cut;
+
+    #[test]
+    fn cuts_cover_every_sequence_in_order_with_nonempty_runs() {
+        let mut rng = 7u64;
+        for _ in 0..2000 {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let len = (rng >> 33) as usize % 12 + 1;
+            let parts = (rng >> 20) as usize % 5 + 1;
+            let news: Vec<usize> = (0..len)
+                .map(|i| ((rng >> (i % 30)) as usize % 40) + 1)
+                .collect();
+            let runs = cut(&news, parts);
+            assert_eq!(runs.len(), parts.min(len), "{news:?} in {parts}");
+            let mut next = 0;
+            for r in &runs {
+                assert_eq!(r.start, next);
+                assert!(r.end > r.start);
+                next = r.end;
+            }
+            assert_eq!(next, len);
+        }
+    }
+
+    #[test]
+    fn cuts_balance_rows() {
+        assert_eq!(cut(&[1; 8], 2), vec![0..4, 4..8]);
+        assert_eq!(
+            cut(&[10, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], 2),
+            vec![0..1, 1..11]
+        );
+        assert_eq!(cut(&[3, 3, 3], 3), vec![0..1, 1..2, 2..3]);
+        assert_eq!(cut(&[5], 4), vec![0..1]);
+    }
+}

@@ -1,0 +1,332 @@
+//! A model split by layers over several devices computes what the same
+//! model computes on one: the greedy continuations of the reference
+//! prompts token for token and the logits of a batched call (the
+//! micro-batch pipeline) for splits over 2 and 3 host devices; over the
+//! host and a software GPU (lavapipe / llvmpipe) when one has the Llama
+//! kernels, the greedy continuation up to a near tie. A stage that fails
+//! mid-call fails the call, with nothing advanced. Skipped with the
+//! reason without `HETERO_TEST_GGUF`.
+
+use std::ops::Range;
+use std::path::Path;
+
+use hetero_backends::host::HostDevice;
+use hetero_backends::{AnyDevice, discover};
+use hetero_core::{DType, SharedDevice};
+use hetero_models::{Checkpoint, KvCache, LlamaModel, Logits, StageSpec, WeightFormat};
+use libtest_mimic::{Arguments, Failed, Trial};
+use serde_json::Value;
+
+/// The reference prompts' ids.
+fn prompts() -> Result<Vec<Vec<u32>>, Failed> {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama/smollm2_reference.json");
+    let r: Value = serde_json::from_slice(&std::fs::read(path)?)?;
+    Ok(r["cases"]
+        .as_array()
+        .ok_or("no cases")?
+        .iter()
+        .map(|c| {
+            c["prompt_ids"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_u64)
+                        .map(|x| x as u32)
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+        .collect())
+}
+
+fn host(index: u32) -> Result<SharedDevice, Failed> {
+    Ok(AnyDevice::Host(HostDevice::builder().index(index).threads(1).build()?).shared())
+}
+
+/// `ranges` of layers on `devices`, in order.
+fn split(
+    ckpt: &Checkpoint,
+    devices: &[SharedDevice],
+    ranges: &[Range<usize>],
+) -> Result<LlamaModel, Failed> {
+    let stages: Vec<StageSpec> = devices
+        .iter()
+        .zip(ranges)
+        .map(|(d, r)| StageSpec {
+            device: d.clone(),
+            layers: r.clone(),
+        })
+        .collect();
+    Ok(LlamaModel::load_split(
+        ckpt,
+        &stages,
+        WeightFormat::Native,
+        &mut |_| {},
+    )?)
+}
+
+/// Greedy ids after `prompt`, `n` of them.
+fn greedy(model: &LlamaModel, prompt: &[u32], n: usize) -> Result<Vec<u32>, Failed> {
+    let mut cache = model.new_cache(prompt.len() + n)?;
+    let mut logits = model.forward(&mut cache, prompt, Logits::Last)?;
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let id = hetero_models::sampling::argmax(&logits);
+        out.push(id);
+        logits = model.forward(&mut cache, &[id], Logits::Last)?;
+    }
+    Ok(out)
+}
+
+/// Every prompt in one call (with `Logits::All`), then a decode step of
+/// all of them together: the logits of each.
+fn batched(model: &LlamaModel, prompts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, Failed> {
+    let mut caches: Vec<KvCache> = prompts
+        .iter()
+        .map(|p| model.new_cache(p.len() + 1))
+        .collect::<Result<_, _>>()?;
+    let mut seqs: Vec<(&mut KvCache, &[u32])> = caches
+        .iter_mut()
+        .zip(prompts)
+        .map(|(c, p)| (c, p.as_slice()))
+        .collect();
+    let mut out = model.forward_batch(&mut seqs, Logits::All)?;
+    let next: Vec<[u32; 1]> = out
+        .iter()
+        .zip(prompts)
+        .map(|(l, p)| {
+            let vocab = l.len() / p.len();
+            [hetero_models::sampling::argmax(&l[l.len() - vocab..])]
+        })
+        .collect();
+    let mut seqs: Vec<(&mut KvCache, &[u32])> = caches
+        .iter_mut()
+        .zip(&next)
+        .map(|(c, t)| (c, t.as_slice()))
+        .collect();
+    out.extend(model.forward_batch(&mut seqs, Logits::Last)?);
+    Ok(out)
+}
+
+fn host_split(path: &str, ranges: &[Range<usize>]) -> Result<(), Failed> {
+    let ckpt = Checkpoint::open(path)?;
+    let layers = ckpt.config().layers;
+    // The ranges are for SmolLM2-135M's 30 layers; scale to others.
+    let ranges: Vec<Range<usize>> = ranges
+        .iter()
+        .map(|r| r.start * layers / 30..r.end * layers / 30)
+        .collect();
+    let one = LlamaModel::load_as(&ckpt, host(0)?, WeightFormat::Native, &mut |_| {})?;
+    let devices: Vec<SharedDevice> = (1..=ranges.len() as u32)
+        .map(host)
+        .collect::<Result<_, _>>()?;
+    let model = split(&ckpt, &devices, &ranges)?;
+
+    // Every stage's bytes, the embedding's second copy on the last one.
+    let stages = model.stages();
+    let copy = if ckpt.config().tied_embeddings {
+        ckpt.weight_bytes(
+            hetero_models::llama::Weight::Embedding,
+            &devices[0].capabilities().quant_types,
+        )
+    } else {
+        0
+    };
+    assert_eq!(model.weight_bytes(), one.weight_bytes() + copy);
+    assert_eq!(
+        stages.iter().map(|s| s.weight_bytes).sum::<u64>(),
+        model.weight_bytes()
+    );
+    for (s, d) in stages.iter().zip(&devices) {
+        let used = d.memory()?.allocated_bytes;
+        if used < s.weight_bytes {
+            return Err(format!(
+                "{} holds {used} bytes, its stage {}",
+                d.id(),
+                s.weight_bytes
+            )
+            .into());
+        }
+    }
+
+    let prompts = prompts()?;
+    for p in &prompts {
+        let (want, got) = (greedy(&one, p, 24)?, greedy(&model, p, 24)?);
+        if want != got {
+            return Err(format!("greedy after {p:?}: split {got:?}, one device {want:?}").into());
+        }
+    }
+    let (want, got) = (batched(&one, &prompts)?, batched(&model, &prompts)?);
+    let mut worst = 0.0f32;
+    for (w, g) in want.iter().zip(&got) {
+        assert_eq!(w.len(), g.len());
+        for (a, b) in w.iter().zip(g) {
+            worst = worst.max((a - b).abs());
+        }
+    }
+    // Micro-batches change the row blocking of the quantized products,
+    // hence the order of some sums: rounding, not a different result.
+    if worst > 1e-3 {
+        return Err(format!("batched logits differ by up to {worst}").into());
+    }
+    Ok(())
+}
+
+/// Host and a GPU adapter: equal greedy ids until the one-device model's
+/// top two logits are within 0.05 (kernels of two backends round
+/// differently; a wider divergence is a bug).
+fn host_and_gpu(path: &str, gpu: SharedDevice) -> Result<(), Failed> {
+    let ckpt = Checkpoint::open(path)?;
+    let layers = ckpt.config().layers;
+    let one = LlamaModel::load_as(&ckpt, host(0)?, WeightFormat::Native, &mut |_| {})?;
+    let model = split(
+        &ckpt,
+        &[host(1)?, gpu],
+        &[0..layers / 2, layers / 2..layers],
+    )?;
+    for p in prompts()? {
+        let mut c1 = one.new_cache(p.len() + 16)?;
+        let mut c2 = model.new_cache(p.len() + 16)?;
+        let mut l1 = one.forward(&mut c1, &p, Logits::Last)?;
+        let mut l2 = model.forward(&mut c2, &p, Logits::Last)?;
+        for step in 0..16 {
+            let (a, b) = (
+                hetero_models::sampling::argmax(&l1),
+                hetero_models::sampling::argmax(&l2),
+            );
+            if a != b {
+                let mut sorted = l1.clone();
+                sorted.sort_by(|x, y| y.total_cmp(x));
+                let margin = sorted[0] - sorted[1];
+                if margin >= 0.05 {
+                    return Err(format!(
+                        "after {p:?}, step {step}: split {b}, one device {a} (margin {margin})"
+                    )
+                    .into());
+                }
+                break;
+            }
+            l1 = one.forward(&mut c1, &[a], Logits::Last)?;
+            l2 = model.forward(&mut c2, &[a], Logits::Last)?;
+        }
+    }
+    Ok(())
+}
+
+/// The second stage's device has room for its weights and small caches
+/// but not for the activations of a long batched prompt: the call fails
+/// with its out-of-memory error (no hang), the caches stay as they were,
+/// and a small call still works.
+fn failing_stage(path: &str) -> Result<(), Failed> {
+    let ckpt = Checkpoint::open(path)?;
+    let layers = ckpt.config().layers;
+    let c = ckpt.config().clone();
+    let first = host(1)?;
+    let keep = first.capabilities().quant_types;
+    let second_bytes = ckpt.stage_weight_bytes(&keep, layers / 2..layers, false, true, true);
+    let caches = 8 * 2 * (layers - layers / 2) * 64 * c.kv_heads * c.head_dim * 4;
+    let second = AnyDevice::Host(
+        HostDevice::builder()
+            .index(2)
+            .threads(1)
+            .memory_budget(second_bytes + caches as u64 + (1 << 20))
+            .build()?,
+    )
+    .shared();
+    let model = split(
+        &ckpt,
+        &[first, second],
+        &[0..layers / 2, layers / 2..layers],
+    )?;
+    let mut caches: Vec<KvCache> = (0..8)
+        .map(|_| model.new_cache(64))
+        .collect::<Result<_, _>>()?;
+    let long: Vec<u32> = (0..60).map(|i| 100 + i).collect();
+    let mut seqs: Vec<(&mut KvCache, &[u32])> =
+        caches.iter_mut().map(|c| (c, long.as_slice())).collect();
+    match model.forward_batch(&mut seqs, Logits::Last) {
+        Err(e) if e.is_out_of_memory() => {}
+        Err(e) => return Err(format!("expected out of memory, got {e}").into()),
+        Ok(_) => return Err("a prompt batch past the second device's memory ran".into()),
+    }
+    if caches.iter().any(|c| !c.is_empty()) {
+        return Err("a failed call advanced a cache".into());
+    }
+    let mut seqs: Vec<(&mut KvCache, &[u32])> =
+        caches.iter_mut().map(|c| (c, &long[..2])).collect();
+    let out = model.forward_batch(&mut seqs, Logits::Last)?;
+    assert_eq!(out.len(), 8);
+    Ok(())
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let path = std::env::var("HETERO_TEST_GGUF")
+        .ok()
+        .filter(|p| Path::new(p).is_file());
+    let skip = |name: &str, why: &str| {
+        Trial::test(name, || Ok(()))
+            .with_ignored_flag(true)
+            .with_kind(format!("skipped: {why}"))
+    };
+    let no_file = "HETERO_TEST_GGUF does not name a file";
+    let mut trials = Vec::new();
+    let host_cases: [(&str, Vec<Range<usize>>); 2] = [
+        (
+            "split::two_host_stages_equal_one_device",
+            vec![0..13, 13..30],
+        ),
+        (
+            "split::three_host_stages_equal_one_device",
+            vec![0..7, 7..19, 19..30],
+        ),
+    ];
+    for (name, ranges) in host_cases {
+        match &path {
+            Some(p) => {
+                let p = p.clone();
+                trials.push(Trial::test(name, move || host_split(&p, &ranges)));
+            }
+            None => trials.push(skip(name, no_file)),
+        }
+    }
+    match &path {
+        Some(p) => {
+            let p = p.clone();
+            trials.push(Trial::test(
+                "split::failing_stage_fails_the_call",
+                move || failing_stage(&p),
+            ));
+        }
+        None => trials.push(skip("split::failing_stage_fails_the_call", no_file)),
+    }
+    let mut notes = Vec::new();
+    let gpus: Vec<AnyDevice> = discover(1, &mut |n| notes.push(n.to_string()))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|d| !matches!(d, AnyDevice::Host(_)))
+        .collect();
+    for gpu in gpus {
+        let info = gpu.as_dyn().info();
+        let name = format!("split::host_and_{}[{}]", info.id, info.name);
+        let has = gpu
+            .as_dyn()
+            .capabilities()
+            .llama_dtypes
+            .contains(&DType::F32);
+        match (&path, has) {
+            (Some(p), true) => {
+                let p = p.clone();
+                trials.push(Trial::test(name, move || host_and_gpu(&p, gpu.shared())));
+            }
+            (None, _) => trials.push(skip(&name, no_file)),
+            (_, false) => trials.push(skip(&name, "device has no Llama-family kernels")),
+        }
+    }
+    for note in notes {
+        let backend = note.split(':').next().unwrap_or("backend").to_string();
+        trials.push(skip(&format!("split::host_and_{backend}"), &note));
+    }
+    libtest_mimic::run(&args, trials).exit();
+}
