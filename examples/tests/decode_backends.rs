@@ -87,5 +87,7 @@ fn main() {
                 .with_kind("skipped: no accelerator found"),
         ),
     }
-    libtest_mimic::run(&args, trials).exit();
+    // Mesa's exit-time teardown can abort after every result is printed.
+    let failed = libtest_mimic::run(&args, trials).has_failed();
+    hetero_backends::exit_after_tests(failed);
 }

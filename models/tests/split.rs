@@ -328,5 +328,7 @@ fn main() {
         let backend = note.split(':').next().unwrap_or("backend").to_string();
         trials.push(skip(&format!("split::host_and_{backend}"), &note));
     }
-    libtest_mimic::run(&args, trials).exit();
+    // Mesa's exit-time teardown can abort after every result is printed.
+    let failed = libtest_mimic::run(&args, trials).has_failed();
+    hetero_backends::exit_after_tests(failed);
 }

@@ -39,3 +39,16 @@ pub use hetero_wgpu as wgpu;
 
 #[cfg(feature = "rocm")]
 pub use hetero_rocm as rocm;
+
+/// End a test harness's process with its status once its results are
+/// printed: without the exit-time teardown of Mesa's software adapters
+/// when wgpu is compiled in (see `hetero_wgpu::exit_without_teardown`:
+/// that teardown can abort after every trial passed), a plain exit
+/// otherwise.
+pub fn exit_after_tests(failed: bool) -> ! {
+    let code = if failed { 101 } else { 0 };
+    #[cfg(feature = "wgpu")]
+    hetero_wgpu::exit_without_teardown(code);
+    #[cfg(not(feature = "wgpu"))]
+    std::process::exit(code)
+}

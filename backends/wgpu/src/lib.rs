@@ -26,6 +26,9 @@
 //!   boundary are merged through the host. Between adapters, use
 //!   `hetero_core::probe::StagedLink` (through host memory).
 //!
+//! - [`exit_without_teardown`]: how test mains end a process that used
+//!   Mesa's software adapters (their exit-time teardown can abort).
+//!
 //! What this crate must not do: depend on another backend.
 
 mod buffer;
@@ -34,6 +37,7 @@ mod device;
 mod dispatch;
 mod error;
 mod error_scope;
+mod exit;
 mod gemm;
 mod io;
 mod kernels;
@@ -44,6 +48,7 @@ mod llama_kernels;
 pub use buffer::WgpuBuffer;
 pub use device::{FALLBACK_GPU_BUDGET_BYTES, WgpuDevice};
 pub use error::WgpuError;
+pub use exit::exit_without_teardown;
 pub use gemm::GemmKernel;
 pub use link::{WgpuDirection, WgpuLink};
 
