@@ -9,12 +9,17 @@
 //! - [`dp`]: the exact DP over ideals, the linearized DP, and a greedy split;
 //! - [`ip`]: integer programs for contiguous and non-contiguous splits (microlp, or Cbc with the `cbc` feature);
 //! - [`pipedream`]: PipeDream's stage DP over one order, as a baseline;
+//! - [`chain`]: the exact DP for a chain of layers on devices with their own
+//!   measured per-layer times and memory (a real model split into a
+//!   pipeline), with llama.cpp's memory-proportional and the equal split
+//!   as baselines;
 //! - [`brute`]: brute force over every contiguous split of a tiny graph (tests).
 //!
 //! Every solver implements [`hetero_core::Placement`]; the objective it reports
 //! is the evaluator's on the split it returns.
 
 pub mod brute;
+pub mod chain;
 pub mod dp;
 pub mod eval;
 pub mod ip;
@@ -24,6 +29,10 @@ pub mod problem;
 pub(crate) mod satellite;
 pub mod topology;
 
+pub use chain::{
+    ChainPlan, ChainProblem, ChainStage, best_chain_split, equal_split, evaluate_chain,
+    memory_proportional_split,
+};
 pub use dp::{DpEvent, EventFn, ExactDp, Greedy, LinearDp, ProgressFn, SolveStats};
 pub use eval::{Evaluation, evaluate};
 pub use ip::{IntegerProgram, IpSolver, IpStats};
