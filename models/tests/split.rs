@@ -170,6 +170,62 @@ fn host_split(path: &str, ranges: &[Range<usize>]) -> Result<(), Failed> {
     if worst > 1e-3 {
         return Err(format!("batched logits differ by up to {worst}").into());
     }
+
+    // Groups circulating through the stages: each sequence's greedy ids
+    // are its ids decoded alone on one device.
+    let steps = 12;
+    let mut caches: Vec<KvCache> = prompts
+        .iter()
+        .map(|p| model.new_cache(p.len() + steps))
+        .collect::<Result<_, _>>()?;
+    let mut next = Vec::new();
+    for (c, p) in caches.iter_mut().zip(&prompts) {
+        let l = model.forward(c, p, Logits::Last)?;
+        next.push(hetero_models::sampling::argmax(&l));
+    }
+    let mut got: Vec<Vec<u32>> = next.iter().map(|&t| vec![t]).collect();
+    let groups = [0..prompts.len() / 2, prompts.len() / 2..prompts.len()];
+    model.decode_pipelined(&mut caches, &next, &groups, &mut |_, seqs, logits| {
+        seqs.iter()
+            .zip(logits)
+            .map(|(&i, l)| {
+                let id = hetero_models::sampling::argmax(&l);
+                got[i].push(id);
+                (got[i].len() < steps).then_some(id)
+            })
+            .collect()
+    })?;
+    for (p, g) in prompts.iter().zip(&got) {
+        let want = greedy(&one, p, steps)?;
+        if *g != want {
+            return Err(format!("pipelined decode after {p:?}: {g:?}, one device {want:?}").into());
+        }
+    }
+    for (c, p) in caches.iter().zip(&prompts) {
+        assert_eq!(c.len(), p.len() + steps - 1);
+    }
+    Ok(())
+}
+
+/// A part (layers 5..10 on one device) holds no embedding or head: it
+/// cannot run tokens to logits, says so, and can be timed.
+fn part(path: &str) -> Result<(), Failed> {
+    let ckpt = Checkpoint::open(path)?;
+    let model = split(&ckpt, &[host(1)?], &[5..10])?;
+    assert!(!model.is_whole());
+    assert_eq!(model.layers_held(), 5..10);
+    let keep = model.device().capabilities().quant_types;
+    assert_eq!(
+        model.weight_bytes(),
+        ckpt.stage_weight_bytes(&keep, 5..10, false, false, false)
+    );
+    let mut cache = model.new_cache(8)?;
+    let err = model
+        .forward(&mut cache, &[1, 2], Logits::Last)
+        .expect_err("a part runs no tokens");
+    assert!(err.to_string().contains("holds layers 5..10"), "{err}");
+    let t = model.time_call(2, 1, 16, 2)?;
+    assert!(t > 0.0 && t.is_finite());
     Ok(())
 }
 
@@ -291,15 +347,18 @@ fn main() {
             None => trials.push(skip(name, no_file)),
         }
     }
-    match &path {
-        Some(p) => {
-            let p = p.clone();
-            trials.push(Trial::test(
-                "split::failing_stage_fails_the_call",
-                move || failing_stage(&p),
-            ));
+    let cases: [(&str, fn(&str) -> Result<(), Failed>); 2] = [
+        ("split::failing_stage_fails_the_call", failing_stage),
+        ("split::a_part_is_timed_not_run", part),
+    ];
+    for (name, f) in cases {
+        match &path {
+            Some(p) => {
+                let p = p.clone();
+                trials.push(Trial::test(name, move || f(&p)));
+            }
+            None => trials.push(skip(name, no_file)),
         }
-        None => trials.push(skip("split::failing_stage_fails_the_call", no_file)),
     }
     let mut notes = Vec::new();
     let gpus: Vec<AnyDevice> = discover(1, &mut |n| notes.push(n.to_string()))

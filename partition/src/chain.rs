@@ -326,7 +326,7 @@ fn proportional_split(problem: &ChainProblem, weights: &[f64]) -> Result<ChainPl
     problem.validate()?;
     let n = problem.units();
     let total: f64 = weights.iter().sum();
-    if !(total > 0.0) {
+    if total.is_nan() || total <= 0.0 {
         return Err(PartitionError::Infeasible("every weight is zero".into()));
     }
     let shares: Vec<f64> = weights.iter().map(|w| w / total * n as f64).collect();

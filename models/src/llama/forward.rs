@@ -27,24 +27,24 @@ use hetero_core::{
 use super::model::{KvCache, LlamaModel, Logits};
 
 /// One sequence's keys and values in the layers of one stage.
-struct SeqKv<'a> {
-    k: &'a mut [BoxedBuffer],
-    v: &'a mut [BoxedBuffer],
+pub(super) struct SeqKv<'a> {
+    pub(super) k: &'a mut [BoxedBuffer],
+    pub(super) v: &'a mut [BoxedBuffer],
     /// Positions cached before this call.
-    len: usize,
-    max_len: usize,
+    pub(super) len: usize,
+    pub(super) max_len: usize,
     /// New tokens in this call.
-    n: usize,
+    pub(super) n: usize,
 }
 
 /// A run of consecutive sequences that go through the stages together.
-struct Micro {
-    seqs: Range<usize>,
-    ids: Vec<u32>,
-    positions: Vec<u32>,
+pub(super) struct Micro {
+    pub(super) seqs: Range<usize>,
+    pub(super) ids: Vec<u32>,
+    pub(super) positions: Vec<u32>,
     /// Row of each sequence's first new token, within the micro-batch.
-    offsets: Vec<usize>,
-    rows: usize,
+    pub(super) offsets: Vec<usize>,
+    pub(super) rows: usize,
 }
 
 /// Cut sequences with `news[i]` new tokens into at most `parts` runs of
@@ -81,6 +81,17 @@ impl LlamaModel {
         which: Logits,
     ) -> Result<Vec<Vec<f32>>> {
         let c = &self.config;
+        if !self.is_whole() {
+            return Err(Error::invalid(
+                "model",
+                format!(
+                    "holds layers {:?} of {} only: a part runs as one stage of a pipeline, \
+                     not from tokens to logits",
+                    self.layers_held(),
+                    c.layers
+                ),
+            ));
+        }
         if seqs.is_empty() {
             return Ok(Vec::new());
         }
@@ -88,7 +99,7 @@ impl LlamaModel {
             if tokens.is_empty() {
                 return Err(Error::invalid(format!("sequence {i}"), "has no new tokens"));
             }
-            if cache.k.len() != c.layers {
+            if cache.k.len() != self.layers.len() {
                 return Err(Error::invalid(
                     format!("sequence {i} cache"),
                     "belongs to another model",
@@ -257,7 +268,7 @@ impl LlamaModel {
     /// previous stage's hidden state `x` (host f32) in; the hidden state
     /// (host f32) out, or from the last stage the logits of the rows
     /// `which` asks for.
-    fn run_stage(
+    pub(super) fn run_stage(
         &self,
         s: usize,
         m: &Micro,
@@ -272,19 +283,24 @@ impl LlamaModel {
         let h = c.hidden;
         let mut x = match x {
             None => {
+                let embedding = self.embedding.as_ref().ok_or_else(|| {
+                    Error::invalid("model part", "has no embedding: give it hidden states")
+                })?;
                 let mut x = d.alloc(DType::F32, rows * h)?;
-                self.embedding.gather(d, &m.ids, x.as_mut())?;
+                embedding.gather(d, &m.ids, x.as_mut())?;
                 x
             }
             Some(host) => d.alloc_from(HostSlice::new(&host))?,
         };
         let mut normed = d.alloc(DType::F32, rows * h)?;
+        let first = self.layers_held().start;
         for (i, l) in stage.layers.clone().enumerate() {
-            self.layer(d, s, l, i, m, &mut x, &mut normed, kv)?;
+            self.layer(d, s, l - first, i, m, &mut x, &mut normed, kv)?;
         }
-        if s + 1 < self.stages.len() {
-            return d.to_vec(x.as_ref());
-        }
+        let head = match &self.head {
+            Some(head) if s + 1 == self.stages.len() => head,
+            _ => return d.to_vec(x.as_ref()),
+        };
 
         // The rows whose logits are wanted.
         let (picked, picked_rows) = match which {
@@ -302,16 +318,21 @@ impl LlamaModel {
         let mut final_norm = d.alloc(DType::F32, picked_rows * h)?;
         d.rms_norm(
             picked.as_ref(),
-            self.output_norm.as_ref(),
+            head.norm.as_ref(),
             final_norm.as_mut(),
             c.rms_eps,
         )?;
-        let out_w = self.output.as_ref().unwrap_or(&self.embedding);
+        let out_w = head
+            .output
+            .as_ref()
+            .or(self.embedding.as_ref())
+            .ok_or_else(|| Error::invalid("model part", "has a head but no output matrix"))?;
         let logits = out_w.apply(d, final_norm.as_ref(), picked_rows, c.vocab, h)?;
         d.to_vec(logits.as_ref())
     }
 
-    /// Layer `l` (the stage's `i`-th) on the micro-batch's hidden state `x`.
+    /// The model's `l`-th held layer (the stage's `i`-th) on the
+    /// micro-batch's hidden state `x`.
     #[allow(clippy::too_many_arguments)]
     fn layer(
         &self,

@@ -10,10 +10,13 @@
 //! Hugging Face checkpoints and GGUF `qwen2` rotate halves.
 
 mod config;
+mod decode_pipeline;
 mod forward;
 mod model;
+mod timing;
 mod weights;
 
 pub use config::{Architecture, LlamaConfig, RopeScaling};
+pub use decode_pipeline::PickFn;
 pub use model::{KvCache, LlamaModel, LoadProgress, Logits, StageInfo, StageSpec, WeightFormat};
 pub use weights::Weight;

@@ -145,6 +145,15 @@ pub struct StageInfo {
     pub weight_bytes: u64,
 }
 
+/// The output norm and matrix, on the last stage's device.
+pub(super) struct Head {
+    pub(super) norm: BoxedBuffer,
+    /// `None` when tied to the embedding on the same device; a split model
+    /// (or a part without the embedding) with tied embeddings holds a
+    /// second copy of the embedding here.
+    pub(super) output: Option<Matrix>,
+}
+
 /// One stage on its device.
 pub(super) struct Stage {
     pub(super) device: SharedDevice,
@@ -160,15 +169,13 @@ pub(super) struct Stage {
 pub struct LlamaModel {
     pub(super) config: LlamaConfig,
     pub(super) stages: Vec<Stage>,
-    /// On the first stage's device.
-    pub(super) embedding: Matrix,
+    /// On the first stage's device; `None` for a part that does not start
+    /// at layer 0.
+    pub(super) embedding: Option<Matrix>,
     pub(super) layers: Vec<Layer>,
-    /// On the last stage's device.
-    pub(super) output_norm: BoxedBuffer,
-    /// `None` when tied to the embedding and the model is on one device;
-    /// a split model with tied embeddings holds a second copy of the
-    /// embedding on its last device.
-    pub(super) output: Option<Matrix>,
+    /// On the last stage's device; `None` for a part that does not end at
+    /// the last layer.
+    pub(super) head: Option<Head>,
     /// Micro-batches a call of a split model is cut into.
     pub(super) micro_batches: usize,
     format: WeightFormat,
@@ -237,31 +244,25 @@ pub enum Logits {
     All,
 }
 
-/// Check that `stages` cover layers `0..layers` in order, each with at
-/// least one layer.
+/// Check that `stages` cover consecutive non-empty ranges of layers, in
+/// order, within the model's `layers`.
 fn check_stages(stages: &[StageSpec], layers: usize) -> Result<()> {
-    if stages.is_empty() {
+    let Some(first) = stages.first() else {
         return Err(Error::invalid("model split", "names no device"));
-    }
-    let mut next = 0;
+    };
+    let mut next = first.layers.start;
     for (i, s) in stages.iter().enumerate() {
-        if s.layers.start != next || s.layers.end <= s.layers.start {
+        if s.layers.start != next || s.layers.end <= s.layers.start || s.layers.end > layers {
             return Err(Error::invalid(
                 format!("model split stage {i} ({})", s.device.id()),
                 format!(
-                    "holds layers {:?}; stages must hold consecutive non-empty ranges starting \
-                     at 0 (the next one starts at layer {next})",
+                    "holds layers {:?}; stages hold consecutive non-empty ranges of the \
+                     model's {layers} layers (this one should start at layer {next})",
                     s.layers
                 ),
             ));
         }
         next = s.layers.end;
-    }
-    if next != layers {
-        return Err(Error::invalid(
-            "model split",
-            format!("covers layers 0..{next} of the model's {layers}"),
-        ));
     }
     Ok(())
 }
@@ -304,11 +305,15 @@ impl LlamaModel {
     ) -> Result<Self> {
         let config = checkpoint.config().clone();
         check_stages(stages, config.layers)?;
+        let has_embedding = stages[0].layers.start == 0;
+        let has_head = stages[stages.len() - 1].layers.end == config.layers;
         let keeps: Vec<Vec<QuantType>> = stages
             .iter()
             .map(|s| format.kept_formats(s.device.as_ref()))
             .collect();
-        let split = stages.len() > 1;
+        // The head needs its own copy of a tied embedding unless the
+        // embedding is on the same (only) device.
+        let tied_copy = config.tied_embeddings && (stages.len() > 1 || !has_embedding);
         let mut stage_bytes = vec![0u64; stages.len()];
         let total_bytes: u64 = {
             let mut total = 0;
@@ -316,9 +321,9 @@ impl LlamaModel {
                 let b = checkpoint.stage_weight_bytes(
                     &keeps[i],
                     s.layers.clone(),
-                    i == 0,
-                    i + 1 == stages.len(),
-                    split && config.tied_embeddings,
+                    i == 0 && has_embedding,
+                    i + 1 == stages.len() && has_head,
+                    tied_copy,
                 );
                 stage_bytes[i] = b;
                 total += b;
@@ -350,7 +355,11 @@ impl LlamaModel {
             Ok(m)
         };
         let last = stages.len() - 1;
-        let embedding = upload(Weight::Embedding, 0, true)?;
+        let embedding = if has_embedding {
+            Some(upload(Weight::Embedding, 0, true)?)
+        } else {
+            None
+        };
         let mut layers = Vec::with_capacity(config.layers);
         for (s, stage) in stages.iter().enumerate() {
             for l in stage.layers.clone() {
@@ -383,12 +392,16 @@ impl LlamaModel {
                 });
             }
         }
-        let output_norm = vector(upload(Weight::OutputNorm, last, false)?)?;
-        let output = if !config.tied_embeddings {
-            Some(upload(Weight::Output, last, true)?)
-        } else if split {
-            // The head reads the embedding matrix; the last device needs its own copy.
-            Some(upload(Weight::Embedding, last, true)?)
+        let head = if has_head {
+            let norm = vector(upload(Weight::OutputNorm, last, false)?)?;
+            let output = if !config.tied_embeddings {
+                Some(upload(Weight::Output, last, true)?)
+            } else if tied_copy {
+                Some(upload(Weight::Embedding, last, true)?)
+            } else {
+                None
+            };
+            Some(Head { norm, output })
         } else {
             None
         };
@@ -413,8 +426,7 @@ impl LlamaModel {
             stages,
             embedding,
             layers,
-            output_norm,
-            output,
+            head,
         })
     }
 
@@ -458,6 +470,17 @@ impl LlamaModel {
         self.micro_batches = n.max(1);
     }
 
+    /// The layers this model holds: all of them, unless it is a part
+    /// loaded for one stage of a pipeline (or to be profiled).
+    pub fn layers_held(&self) -> Range<usize> {
+        self.stages[0].layers.start..self.stages[self.stages.len() - 1].layers.end
+    }
+
+    /// True when it holds the embedding, every layer and the head.
+    pub fn is_whole(&self) -> bool {
+        self.embedding.is_some() && self.head.is_some()
+    }
+
     /// The stage holding layer `l`.
     fn stage_of(&self, l: usize) -> &Stage {
         self.stages
@@ -473,7 +496,7 @@ impl LlamaModel {
     /// so what follows is computed as if those tokens had been fed to `to`.
     pub fn copy_prefix(&self, from: &KvCache, n: usize, to: &mut KvCache) -> Result<()> {
         let c = &self.config;
-        if from.k.len() != c.layers || to.k.len() != c.layers {
+        if from.k.len() != self.layers.len() || to.k.len() != self.layers.len() {
             return Err(Error::invalid("kv cache", "belongs to another model"));
         }
         if n > from.len || n > to.max_len || !to.is_empty() {
@@ -486,10 +509,10 @@ impl LlamaModel {
             ));
         }
         let width = n * c.kv_heads * c.head_dim;
-        for l in 0..c.layers {
+        for (i, l) in self.layers_held().enumerate() {
             let d: &dyn DynDevice = self.stage_of(l).device.as_ref();
-            d.copy(from.k[l].as_ref(), 0..width, to.k[l].as_mut(), 0)?;
-            d.copy(from.v[l].as_ref(), 0..width, to.v[l].as_mut(), 0)?;
+            d.copy(from.k[i].as_ref(), 0..width, to.k[i].as_mut(), 0)?;
+            d.copy(from.v[i].as_ref(), 0..width, to.v[i].as_mut(), 0)?;
         }
         to.len = n;
         Ok(())

@@ -1,0 +1,104 @@
+//! Timing a model, or a part of one, on its device: what per-layer cost
+//! profiles (placing layers on devices) are measured with.
+
+use std::time::Instant;
+
+use hetero_core::{Error, Result};
+
+use super::forward::{Micro, SeqKv};
+use super::model::{KvCache, LlamaModel, Logits};
+
+impl LlamaModel {
+    /// Seconds of one call through this model or part: `batch` sequences
+    /// with `new_tokens` each after `context` cached positions (best of
+    /// `reps`, after a warm-up call). Token ids go in when it holds the
+    /// embedding, synthetic hidden states otherwise (a layer's time does
+    /// not depend on the values); what comes out (logits of each
+    /// sequence's last row, or the hidden state) is read back to the host,
+    /// as a pipeline stage's output is.
+    pub fn time_call(
+        &self,
+        batch: usize,
+        new_tokens: usize,
+        context: usize,
+        reps: usize,
+    ) -> Result<f64> {
+        if batch == 0 || new_tokens == 0 {
+            return Err(Error::invalid(
+                "timed call",
+                "needs at least one sequence and one new token",
+            ));
+        }
+        let reps = reps.max(1);
+        let mut caches = (0..batch)
+            .map(|_| self.new_cache(context + new_tokens * (reps + 1)))
+            .collect::<Result<Vec<KvCache>>>()?;
+        if context > 0 {
+            for c in caches.iter_mut() {
+                self.call_synthetic(std::slice::from_mut(c), context)?;
+            }
+        }
+        self.call_synthetic(&mut caches, new_tokens)?;
+        let mut best = f64::INFINITY;
+        for _ in 0..reps {
+            let start = Instant::now();
+            self.call_synthetic(&mut caches, new_tokens)?;
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+        Ok(best)
+    }
+
+    /// One call of `n` synthetic tokens per cache through every stage in turn.
+    fn call_synthetic(&self, caches: &mut [KvCache], n: usize) -> Result<()> {
+        let c = &self.config;
+        let rows = caches.len() * n;
+        let micro = Micro {
+            seqs: 0..caches.len(),
+            ids: (0..rows).map(|i| ((i * 7 + 1) % c.vocab) as u32).collect(),
+            positions: caches
+                .iter()
+                .flat_map(|cache| (cache.len..cache.len + n).map(|p| p as u32))
+                .collect(),
+            offsets: (0..caches.len()).map(|i| i * n).collect(),
+            rows,
+        };
+        let mut x = if self.embedding.is_some() {
+            None
+        } else {
+            Some(
+                (0..rows * c.hidden)
+                    .map(|i| ((i * 37) % 101) as f32 / 101.0 - 0.5)
+                    .collect(),
+            )
+        };
+        {
+            let mut kv: Vec<Vec<SeqKv<'_>>> = self.stages.iter().map(|_| Vec::new()).collect();
+            for cache in caches.iter_mut() {
+                if cache.len + n > cache.max_len {
+                    return Err(Error::invalid("timed call", "cache too short"));
+                }
+                let (len, max_len) = (cache.len, cache.max_len);
+                let (mut k, mut v) = (&mut cache.k[..], &mut cache.v[..]);
+                for (s, stage) in self.stages.iter().enumerate() {
+                    let (ks, k_rest) = std::mem::take(&mut k).split_at_mut(stage.layers.len());
+                    let (vs, v_rest) = std::mem::take(&mut v).split_at_mut(stage.layers.len());
+                    (k, v) = (k_rest, v_rest);
+                    kv[s].push(SeqKv {
+                        k: ks,
+                        v: vs,
+                        len,
+                        max_len,
+                        n,
+                    });
+                }
+            }
+            for (s, kv_s) in kv.iter_mut().enumerate() {
+                x = Some(self.run_stage(s, &micro, x.take(), kv_s, Logits::Last)?);
+            }
+        }
+        for cache in caches.iter_mut() {
+            cache.len += n;
+        }
+        Ok(())
+    }
+}
