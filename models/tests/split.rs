@@ -211,7 +211,7 @@ fn host_split(path: &str, ranges: &[Range<usize>]) -> Result<(), Failed> {
 /// cannot run tokens to logits, says so, and can be timed.
 fn part(path: &str) -> Result<(), Failed> {
     let ckpt = Checkpoint::open(path)?;
-    let model = split(&ckpt, &[host(1)?], &[5..10])?;
+    let model = split(&ckpt, &[host(1)?], std::slice::from_ref(&(5..10)))?;
     assert!(!model.is_whole());
     assert_eq!(model.layers_held(), 5..10);
     let keep = model.device().capabilities().quant_types;
@@ -316,6 +316,9 @@ fn failing_stage(path: &str) -> Result<(), Failed> {
     Ok(())
 }
 
+/// A trial on the model file.
+type TrialFn = fn(&str) -> Result<(), Failed>;
+
 fn main() {
     let args = Arguments::from_args();
     let path = std::env::var("HETERO_TEST_GGUF")
@@ -347,7 +350,7 @@ fn main() {
             None => trials.push(skip(name, no_file)),
         }
     }
-    let cases: [(&str, fn(&str) -> Result<(), Failed>); 2] = [
+    let cases: [(&str, TrialFn); 2] = [
         ("split::failing_stage_fails_the_call", failing_stage),
         ("split::a_part_is_timed_not_run", part),
     ];

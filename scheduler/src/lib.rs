@@ -29,6 +29,9 @@
 //!   slots, one rank per device, and [`synthetic_requests`];
 //! - [`exchange`]: the profile exchange that lets ranks of a
 //!   multi-process job compute the same allocation;
+//! - [`pipeline`]: one model split by layers over unequal devices, the
+//!   split chosen by the exact chain DP (`hetero-partition`) on measured
+//!   per-layer profiles, and its decode throughput measured;
 //! - [`live`]: live continuous batching of real requests arriving at any
 //!   time (per-device workers, a bounded queue, per-token KV reservation,
 //!   chunked prefill, per-request event streams, metrics): the engine of
@@ -48,6 +51,7 @@ pub mod continuous;
 pub mod decode;
 pub mod exchange;
 pub mod live;
+pub mod pipeline;
 pub mod policy;
 pub mod profile;
 pub mod real_model;

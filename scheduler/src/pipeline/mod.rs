@@ -1,0 +1,30 @@
+//! One model split by layers over unequal devices: a pipeline whose
+//! stages are placed by the exact chain DP on measured costs.
+//!
+//! - [`profile`]: each device's per-layer cost profile of a real model
+//!   (decode time per layer, embedding and head, the time to hand a
+//!   batch's hidden state in or out, bytes per layer in the device's own
+//!   weight formats, KV bytes), measured on one- and two-layer parts of
+//!   the model, cached as JSON;
+//! - [`plan`]: the profiles become a `hetero_partition::ChainProblem` and
+//!   the DP chooses which consecutive layers each device holds, against
+//!   the equal split, llama.cpp's memory-proportional split and the best
+//!   single device, with the reasons for every device left out;
+//! - [`choose`]: `--split auto|replicate|layers:N1,N2,...` into stages,
+//!   with the profile cache;
+//! - [`run`]: a plan loaded as a split [`hetero_models::LlamaModel`] and
+//!   its decode throughput measured (groups of sequences circulating
+//!   through the stages), to set against the prediction.
+//!
+//! What this module must not do: hold device code. Models run through
+//! `hetero_models`, devices through `hetero_core::DynDevice`.
+
+pub mod choose;
+pub mod plan;
+pub mod profile;
+pub mod run;
+
+pub use choose::{SplitSpec, cached_profiles, choose_stages, free_bytes};
+pub use plan::{PlanOptions, SplitChoice, SplitReport, plan_split};
+pub use profile::{LayerProfile, ProfileOptions, profile_layers};
+pub use run::{load_plan, measure_decode};

@@ -1,0 +1,356 @@
+//! Which consecutive layers each device holds: the exact chain DP on the
+//! measured profiles, with the baselines beside it.
+
+use serde::{Deserialize, Serialize};
+
+use hetero_core::{Error, Result};
+use hetero_partition::{
+    ChainPlan, ChainProblem, PartitionError, best_chain_split, equal_split, evaluate_chain,
+    memory_proportional_split,
+};
+
+use super::profile::LayerProfile;
+
+/// The shapes a plan must hold.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PlanOptions {
+    /// Sequences in flight (their KV caches count against every stage).
+    pub batch: usize,
+    /// Positions each may reach.
+    pub max_len: usize,
+    /// Bytes every stage keeps free for a call's activations.
+    pub activation_bytes: u64,
+}
+
+/// One candidate split, scored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SplitChoice {
+    /// "dp", "memory-proportional", "equal" or "single:DEVICE".
+    pub name: String,
+    /// Per stage: device (its index in the plan's devices and its id),
+    /// layers `[first, last]`, resident bytes (weights + KV), predicted
+    /// seconds per decode step of the batch.
+    pub stages: Vec<StageChoice>,
+    /// The slowest stage's seconds per step.
+    pub bottleneck_s: f64,
+    /// `batch / bottleneck`: decode tokens/s when every stage is busy.
+    pub predicted_tokens_per_s: f64,
+    /// Every stage fits its device.
+    pub fits: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageChoice {
+    pub device_index: usize,
+    pub device: String,
+    pub layers: [usize; 2],
+    pub resident_bytes: u64,
+    pub seconds: f64,
+}
+
+/// The DP's plan and the baselines, with the devices left out and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SplitReport {
+    pub options: PlanOptions,
+    pub devices: Vec<String>,
+    pub memory_bytes: Vec<u64>,
+    /// `None` when nothing fits.
+    pub dp: Option<SplitChoice>,
+    pub memory_proportional: SplitChoice,
+    pub equal: SplitChoice,
+    /// The fastest device that holds the whole model alone, if any.
+    pub best_single: Option<SplitChoice>,
+    /// Devices that cannot hold even one layer, with the reason.
+    pub left_out: Vec<(String, String)>,
+}
+
+impl SplitReport {
+    /// Why the DP chose what it chose, in numbers.
+    pub fn explain(&self) -> String {
+        let mut out = String::new();
+        let line = |c: &SplitChoice| {
+            let stages: Vec<String> = c
+                .stages
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} layers {}-{} ({:.1} MiB, {:.2} ms)",
+                        s.device,
+                        s.layers[0],
+                        s.layers[1],
+                        s.resident_bytes as f64 / 1048576.0,
+                        s.seconds * 1e3
+                    )
+                })
+                .collect();
+            format!(
+                "{:<20} {:>9.1} tok/s predicted, slowest stage {:.2} ms{}: {}\n",
+                c.name,
+                c.predicted_tokens_per_s,
+                c.bottleneck_s * 1e3,
+                if c.fits { "" } else { " (DOES NOT FIT)" },
+                stages.join(" | ")
+            )
+        };
+        match &self.dp {
+            Some(dp) => out.push_str(&line(dp)),
+            None => out.push_str("dp: no split fits the devices' memory\n"),
+        }
+        out.push_str(&line(&self.memory_proportional));
+        out.push_str(&line(&self.equal));
+        match &self.best_single {
+            Some(s) => out.push_str(&line(s)),
+            None => out.push_str("single device: none holds the whole model\n"),
+        }
+        for (d, why) in &self.left_out {
+            out.push_str(&format!("left out {d}: {why}\n"));
+        }
+        if let (Some(dp), Some(single)) = (&self.dp, &self.best_single) {
+            out.push_str(&format!(
+                "the DP's split is predicted {:.2}x the best single device\n",
+                dp.predicted_tokens_per_s / single.predicted_tokens_per_s
+            ));
+        }
+        out
+    }
+}
+
+/// The chain problem of `profiles` (one per device, same model) under
+/// `memory` bytes per device and `options`.
+pub fn chain_problem(
+    profiles: &[LayerProfile],
+    memory: &[u64],
+    options: &PlanOptions,
+) -> Result<ChainProblem> {
+    let Some(first) = profiles.first() else {
+        return Err(Error::invalid("devices", "none to place the model on"));
+    };
+    let n = first.layer_s.len();
+    if let Some(p) = profiles
+        .iter()
+        .find(|p| p.layer_s.len() != n || p.model != first.model)
+    {
+        return Err(Error::invalid(
+            "profiles",
+            format!(
+                "{} profiles {} ({} layers), {} profiles {} ({} layers): not one model",
+                first.device,
+                first.model,
+                n,
+                p.device,
+                p.model,
+                p.layer_s.len()
+            ),
+        ));
+    }
+    if memory.len() != profiles.len() {
+        return Err(Error::invalid("memory", "one size per device"));
+    }
+    let kv = |p: &LayerProfile| {
+        p.kv_bytes_per_position_layer * options.batch as u64 * options.max_len as u64
+    };
+    Ok(ChainProblem {
+        time: profiles
+            .iter()
+            .map(|p| {
+                (0..n)
+                    .map(|l| {
+                        p.layer_s[l]
+                            + if l == 0 { p.embed_s } else { 0.0 }
+                            + if l + 1 == n { p.head_s } else { 0.0 }
+                    })
+                    .collect()
+            })
+            .collect(),
+        bytes: profiles
+            .iter()
+            .map(|p| {
+                (0..n)
+                    .map(|l| {
+                        p.layer_bytes[l]
+                            + kv(p)
+                            + if l == 0 { p.embed_bytes } else { 0 }
+                            + if l + 1 == n { p.head_bytes } else { 0 }
+                    })
+                    .collect()
+            })
+            .collect(),
+        memory: memory
+            .iter()
+            .map(|m| m.saturating_sub(options.activation_bytes))
+            .collect(),
+        boundary: profiles
+            .iter()
+            .map(|p| vec![p.boundary_s / 2.0; n.saturating_sub(1)])
+            .collect(),
+        split_last_bytes: profiles.iter().map(|p| p.tied_copy_bytes).collect(),
+    })
+}
+
+fn choice(name: &str, plan: &ChainPlan, devices: &[String], batch: usize) -> SplitChoice {
+    SplitChoice {
+        name: name.into(),
+        stages: plan
+            .stages
+            .iter()
+            .map(|s| StageChoice {
+                device_index: s.device,
+                device: devices[s.device].clone(),
+                layers: [s.units.start, s.units.end - 1],
+                resident_bytes: s.bytes,
+                seconds: s.load,
+            })
+            .collect(),
+        bottleneck_s: plan.objective,
+        predicted_tokens_per_s: if plan.objective > 0.0 {
+            batch as f64 / plan.objective
+        } else {
+            0.0
+        },
+        fits: plan.fits,
+    }
+}
+
+fn partition_error(e: PartitionError) -> Error {
+    Error::invalid("model split", e.to_string())
+}
+
+/// The DP's split of the model over the profiled devices (each with
+/// `memory[i]` bytes), the baselines, and the devices left out.
+pub fn plan_split(
+    profiles: &[LayerProfile],
+    memory: &[u64],
+    options: PlanOptions,
+) -> Result<SplitReport> {
+    let problem = chain_problem(profiles, memory, &options)?;
+    let devices: Vec<String> = profiles.iter().map(|p| p.device.clone()).collect();
+    let n = problem.units();
+    let mut left_out = Vec::new();
+    for (d, p) in profiles.iter().enumerate() {
+        let smallest = problem.bytes[d].iter().min().copied().unwrap_or(0);
+        if smallest > problem.memory[d] {
+            left_out.push((
+                p.device.clone(),
+                format!(
+                    "{} bytes free for weights and KV (of {}, {} kept for activations) hold no \
+                     layer: the smallest needs {smallest} ({} of KV for {} sequences of {})",
+                    problem.memory[d],
+                    memory[d],
+                    options.activation_bytes,
+                    p.kv_bytes_per_position_layer * options.batch as u64 * options.max_len as u64,
+                    options.batch,
+                    options.max_len
+                ),
+            ));
+        }
+    }
+    let dp = match best_chain_split(&problem) {
+        Ok(plan) => Some(choice("dp", &plan, &devices, options.batch)),
+        Err(PartitionError::Infeasible(_)) => None,
+        Err(e) => return Err(partition_error(e)),
+    };
+    let proportional = memory_proportional_split(&problem).map_err(partition_error)?;
+    let equal = equal_split(&problem).map_err(partition_error)?;
+    let mut best_single: Option<SplitChoice> = None;
+    for d in 0..devices.len() {
+        let plan = evaluate_chain(&problem, &[(d, 0..n)]).map_err(partition_error)?;
+        if plan.fits
+            && best_single
+                .as_ref()
+                .is_none_or(|b| plan.objective < b.bottleneck_s)
+        {
+            best_single = Some(choice(
+                &format!("single:{}", devices[d]),
+                &plan,
+                &devices,
+                options.batch,
+            ));
+        }
+    }
+    Ok(SplitReport {
+        options,
+        memory_bytes: memory.to_vec(),
+        dp,
+        memory_proportional: choice(
+            "memory-proportional",
+            &proportional,
+            &devices,
+            options.batch,
+        ),
+        equal: choice("equal", &equal, &devices, options.batch),
+        devices,
+        best_single,
+        left_out,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::ProfileOptions;
+
+    fn profile(device: &str, layer_s: f64) -> LayerProfile {
+        LayerProfile {
+            device: device.into(),
+            device_name: device.into(),
+            model: "m.gguf".into(),
+            options: ProfileOptions::default(),
+            layer_s: vec![layer_s; 10],
+            embed_s: 0.0,
+            head_s: layer_s * 4.0,
+            boundary_s: layer_s / 10.0,
+            layer_bytes: vec![100; 10],
+            embed_bytes: 300,
+            head_bytes: 10,
+            tied_copy_bytes: 300,
+            kv_bytes_per_position_layer: 1,
+        }
+    }
+
+    #[test]
+    fn a_model_no_device_holds_alone_is_split_and_a_tiny_device_left_out() {
+        let profiles = [profile("a", 1.0), profile("b", 2.0), profile("c", 0.1)];
+        let options = PlanOptions {
+            batch: 2,
+            max_len: 5,
+            activation_bytes: 50,
+        };
+        // Whole model: 10 x (100 + 10 KV) + 300 + 10 = 1410 bytes.
+        let r = plan_split(&profiles, &[1000, 1000, 100], options).unwrap();
+        assert!(r.best_single.is_none());
+        let dp = r.dp.as_ref().expect("two devices hold it");
+        assert!(dp.fits && dp.stages.len() == 2);
+        assert_eq!(r.left_out.len(), 1);
+        assert_eq!(r.left_out[0].0, "c");
+        let covered: usize = dp
+            .stages
+            .iter()
+            .map(|s| s.layers[1] - s.layers[0] + 1)
+            .sum();
+        assert_eq!(covered, 10);
+        for s in &dp.stages {
+            assert!(s.resident_bytes <= 950, "{s:?}");
+        }
+        // The faster device takes more of the work, and the DP is no
+        // worse than a baseline that fits.
+        for b in [&r.equal, &r.memory_proportional] {
+            if b.fits {
+                assert!(dp.bottleneck_s <= b.bottleneck_s + 1e-12);
+            }
+        }
+        assert!(r.explain().contains("left out c"));
+    }
+
+    #[test]
+    fn profiles_of_two_models_are_refused() {
+        let mut b = profile("b", 1.0);
+        b.model = "other.gguf".into();
+        let options = PlanOptions {
+            batch: 1,
+            max_len: 1,
+            activation_bytes: 0,
+        };
+        let e = plan_split(&[profile("a", 1.0), b], &[1 << 20, 1 << 20], options).unwrap_err();
+        assert!(e.to_string().contains("not one model"), "{e}");
+    }
+}
