@@ -1,4 +1,5 @@
-//! hetero-generate: generate text with a real model on one device.
+//! hetero-generate: generate text with a real model on one device, or
+//! split by layers over several (`--split`).
 
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
@@ -10,6 +11,8 @@ use hetero_models::{
     BenchOptions, Checkpoint, GenerateOptions, LlamaModel, SamplingParams, WeightFormat, bench,
     bytes_needed, choose_device, generate, prompt_ids,
 };
+use hetero_scheduler::pipeline::{PlanOptions, ProfileOptions, SplitSpec, choose_stages};
+use hetero_scheduler::real_model::activation_bytes;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
@@ -55,9 +58,20 @@ struct Args {
     stop: Vec<String>,
     /// The device: `host`, `host:threads=4`, `cuda:0`, `wgpu:1`, ...
     /// Default: the fastest kind of device that can hold the model (a GPU,
-    /// then the CPU, then software adapters).
-    #[arg(long, value_name = "SPEC")]
-    device: Option<String>,
+    /// then the CPU, then software adapters). Repeat it to split the
+    /// model's layers over several devices (see --split).
+    #[arg(long = "device", value_name = "SPEC")]
+    devices: Vec<String>,
+    /// How the model spreads over the --device list: `auto` (the default
+    /// with two or more devices) profiles each device and places the
+    /// layers by the exact chain DP; `layers:N1,N2,...` puts N1 layers on
+    /// the first device, N2 on the next...; `replicate` keeps the whole
+    /// model on the first device.
+    #[arg(long, value_name = "auto|replicate|layers:N1,N2,...")]
+    split: Option<String>,
+    /// Per-device profiles of --split auto cached in this JSON file.
+    #[arg(long, value_name = "FILE")]
+    profile_cache: Option<std::path::PathBuf>,
     /// How the weights are held: `native` keeps quantized tensors in their
     /// blocks where the device has kernels for them, `f32` widens all.
     #[arg(long, default_value = "native", value_parser = ["native", "f32"])]
@@ -93,7 +107,30 @@ fn mib(bytes: u64) -> f64 {
 }
 
 /// `--bench`: measure and print a table (or the JSON object).
-fn run_bench(args: &Args, model: &LlamaModel, info: &DeviceInfo) -> Result<()> {
+/// The model's stages for `--json`: device, first and last layer, bytes.
+fn stage_json(model: &LlamaModel) -> serde_json::Value {
+    serde_json::Value::Array(
+        model
+            .stages()
+            .iter()
+            .map(|s| {
+                json!({
+                    "device": s.device.id().to_string(),
+                    "device_name": s.device.info().name,
+                    "layers": [s.layers.start, s.layers.end - 1],
+                    "resident_bytes": s.weight_bytes,
+                })
+            })
+            .collect(),
+    )
+}
+
+fn run_bench(
+    args: &Args,
+    model: &LlamaModel,
+    info: &DeviceInfo,
+    stages: serde_json::Value,
+) -> Result<()> {
     let options = BenchOptions {
         repeats: args.bench_repeats,
         ..BenchOptions::default()
@@ -111,6 +148,7 @@ fn run_bench(args: &Args, model: &LlamaModel, info: &DeviceInfo) -> Result<()> {
             "decode_tokens_per_s": report.decode_tokens_per_s,
             "resident_weight_bytes": report.resident_weight_bytes,
             "kv_bytes_per_position": report.kv_bytes_per_position,
+            "devices": stages,
         });
         print_json(&out)?;
         return Ok(());
@@ -147,6 +185,11 @@ fn run(args: &Args) -> Result<()> {
         seed: args.seed,
     };
     sampling.validate()?;
+    let split = match &args.split {
+        Some(s) => Some(s.parse::<SplitSpec>()?),
+        None if args.devices.len() > 1 => Some(SplitSpec::Auto),
+        None => None,
+    };
     if args.max_tokens == 0 {
         return Err(Error::invalid("--max-tokens", "must be at least 1"));
     }
@@ -189,9 +232,10 @@ fn run(args: &Args) -> Result<()> {
     let stop_ids = checkpoint.stop_ids(&tokenizer)?;
 
     let found = discover(1, &mut |_| {})?;
-    let devices = match &args.device {
-        Some(spec) => select_devices(std::slice::from_ref(spec), &found)?,
-        None => found,
+    let devices = if args.devices.is_empty() {
+        found
+    } else {
+        select_devices(&args.devices, &found)?
     };
     let max_len = if args.bench {
         // The benchmark's largest cache set: 32 sequences of 96 positions.
@@ -211,21 +255,6 @@ fn run(args: &Args) -> Result<()> {
             config.kv_bytes_per_position() * max_len as u64,
         )
     };
-    let device = &devices[choose_device(&dyns, &need)?];
-    let info = device.as_dyn().info();
-    let weight_bytes = checkpoint.resident_weight_bytes(&format.kept_formats(device.as_dyn()));
-    eprintln!(
-        "device: {} ({}), loading {:.1} MiB of weights ({})",
-        info.id,
-        info.name,
-        mib(weight_bytes),
-        if weight_bytes < checkpoint.f32_weight_bytes() {
-            "quantized blocks as stored, f32 for the rest"
-        } else {
-            "f32"
-        }
-    );
-
     let bar = ProgressBar::hidden();
     if std::io::stderr().is_terminal() {
         bar.set_draw_target(ProgressDrawTarget::stderr());
@@ -234,13 +263,72 @@ fn run(args: &Args) -> Result<()> {
         ProgressStyle::with_template("loading {bar:40} {bytes}/{total_bytes} ({eta})")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let model = LlamaModel::load_as(&checkpoint, device.shared(), format, &mut |p| {
-        bar.set_length(p.total_bytes);
-        bar.set_position(p.done_bytes);
-    })?;
+    let model = match &split {
+        Some(spec) => {
+            let shared: Vec<_> = devices.iter().map(|d| d.shared()).collect();
+            let plan = PlanOptions {
+                batch: 1,
+                max_len,
+                activation_bytes: activation_bytes(config, ids.len().max(1), 1),
+            };
+            let profile = ProfileOptions {
+                batch: 1,
+                ..ProfileOptions::default()
+            };
+            let (stages, report) = choose_stages(
+                &checkpoint,
+                &shared,
+                spec,
+                plan,
+                profile,
+                args.profile_cache.as_deref(),
+                &mut |m| eprintln!("{m}"),
+            )?;
+            if let Some(report) = report {
+                eprint!("{}", report.explain());
+            }
+            LlamaModel::load_split(&checkpoint, &stages, format, &mut |p| {
+                bar.set_length(p.total_bytes);
+                bar.set_position(p.done_bytes);
+            })?
+        }
+        None => {
+            let device = &devices[choose_device(&dyns, &need)?];
+            let info = device.as_dyn().info();
+            let weight_bytes =
+                checkpoint.resident_weight_bytes(&format.kept_formats(device.as_dyn()));
+            eprintln!(
+                "device: {} ({}), loading {:.1} MiB of weights ({})",
+                info.id,
+                info.name,
+                mib(weight_bytes),
+                if weight_bytes < checkpoint.f32_weight_bytes() {
+                    "quantized blocks as stored, f32 for the rest"
+                } else {
+                    "f32"
+                }
+            );
+            LlamaModel::load_as(&checkpoint, device.shared(), format, &mut |p| {
+                bar.set_length(p.total_bytes);
+                bar.set_position(p.done_bytes);
+            })?
+        }
+    };
     bar.finish_and_clear();
+    let stages = stage_json(&model);
+    for s in model.stages() {
+        eprintln!(
+            "stage: {} ({}) holds layers {}-{}, {:.1} MiB of weights",
+            s.device.id(),
+            s.device.info().name,
+            s.layers.start,
+            s.layers.end - 1,
+            mib(s.weight_bytes)
+        );
+    }
+    let info = model.device().info();
     if args.bench {
-        return run_bench(args, &model, &info);
+        return run_bench(args, &model, &info, stages);
     }
 
     let options = GenerateOptions {
@@ -272,6 +360,7 @@ fn run(args: &Args) -> Result<()> {
             "decode_steps": g.decode_steps,
             "prefill_tokens_per_s": g.prefill_tokens_per_s,
             "decode_tokens_per_s": g.decode_tokens_per_s,
+            "devices": stages,
         });
         print_json(&out)?;
     } else {

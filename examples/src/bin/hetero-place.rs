@@ -3,6 +3,11 @@
 //!
 //! Prints the split in the paper's output format (`maxLoad`, `fpgas`, `cpus`)
 //! on stdout and a human summary on stderr.
+//!
+//! With `--model`, places a real model's layers on the given devices
+//! instead: each device profiled, the exact chain DP against the equal and
+//! memory-proportional splits and the best single device, optionally each
+//! plan loaded and measured (`--measure`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,12 +30,45 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 /// The graph file is the paper's input format (`maxFPGAs`, `maxCPUs`,
 /// `maxSizePerFPGA`, `nodes`, `edges`); k, l and the memory default to the
 /// file's values. The split goes to stdout in the paper's output format.
+///
+/// With --model instead of --graph: split a real model (GGUF or Hugging
+/// Face) by layers over the --device list, each device's per-layer costs
+/// measured (cached with --profile-cache), the layers placed by the exact
+/// chain DP under every device's free memory (weights + the KV cache of
+/// --batch sequences of --max-len positions), beside llama.cpp's
+/// memory-proportional split, the equal split and the best single device.
 #[derive(Debug, Parser)]
 #[command(name = "hetero-place", version)]
 struct Args {
     /// Graph file in the paper's JSON format.
+    #[arg(long, value_name = "FILE", required_unless_present = "model")]
+    graph: Option<PathBuf>,
+    /// A real model to split by layers (.gguf file or Hugging Face folder).
+    #[arg(long, value_name = "PATH", conflicts_with = "graph")]
+    model: Option<PathBuf>,
+    /// With --model: a device of the pipeline (repeatable): `host`,
+    /// `host:threads=1,memory=200MiB`, `wgpu:0`, `cuda:0`, ...
+    #[arg(long = "device", value_name = "SPEC", requires = "model")]
+    devices: Vec<String>,
+    /// With --model: sequences decoded together (profile and KV memory).
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    batch: usize,
+    /// With --model: cached positions when a decode step is timed.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    context: usize,
+    /// With --model: positions each sequence may reach (KV memory).
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    max_len: usize,
+    /// With --model: profiles cached in this JSON file.
     #[arg(long, value_name = "FILE")]
-    graph: PathBuf,
+    profile_cache: Option<PathBuf>,
+    /// With --model: load every plan that fits and measure its decode
+    /// tokens/s (64 steps of --batch sequences).
+    #[arg(long, requires = "model")]
+    measure: bool,
+    /// With --model: print the report as one JSON object.
+    #[arg(long, requires = "model")]
+    json: bool,
     /// Algorithm: exact DP over all ideals, DP over the prefixes of one
     /// topological order, or the greedy baseline.
     #[arg(long, value_enum, default_value_t = Algo::Dp)]
@@ -121,7 +159,13 @@ enum Algo {
 }
 
 fn run(args: &Args) -> Result<(), PartitionError> {
-    let pg = PaperGraph::from_path(&args.graph)?;
+    let Some(graph) = &args.graph else {
+        return Err(PartitionError::Malformed {
+            what: "arguments".into(),
+            reason: "give --graph FILE or --model PATH".into(),
+        });
+    };
+    let pg = PaperGraph::from_path(graph)?;
     let cluster = match (&args.cluster, &args.topology) {
         (None, Some(path)) => {
             let topology =
@@ -154,7 +198,7 @@ fn run(args: &Args) -> Result<(), PartitionError> {
     let g = &pg.graph;
     eprintln!(
         "graph {}: {} nodes, {} edges; {} accelerator(s), {} CPU(s)",
-        args.graph.display(),
+        graph.display(),
         g.nodes.len(),
         g.edges.len(),
         cluster.accelerator_count(),
@@ -348,8 +392,113 @@ fn progress_bar() -> (Arc<ProgressFn>, ProgressBar) {
     (Arc::new(tell), bar)
 }
 
+/// `--model`: profile, plan, report, and with `--measure` run every plan.
+fn run_model(args: &Args, path: &std::path::Path) -> hetero_core::Result<()> {
+    use hetero_scheduler::pipeline::{
+        PlanOptions, ProfileOptions, load_plan, measure_decode, plan_devices,
+    };
+    let checkpoint = hetero_models::Checkpoint::open(path)?;
+    let found = hetero_backends::discover(1, &mut |_| {})?;
+    let specs = if args.devices.is_empty() {
+        vec!["host".to_string()]
+    } else {
+        args.devices.clone()
+    };
+    let devices: Vec<hetero_core::SharedDevice> = hetero_backends::select_devices(&specs, &found)?
+        .iter()
+        .map(|d| d.shared())
+        .collect();
+    let profile = ProfileOptions {
+        batch: args.batch,
+        context: args.context,
+        repetitions: 3,
+    };
+    let options = PlanOptions {
+        batch: args.batch,
+        max_len: args.max_len,
+        activation_bytes: hetero_scheduler::real_model::activation_bytes(
+            checkpoint.config(),
+            args.batch.max(args.context),
+            args.batch,
+        ),
+    };
+    let (profiles, report) = plan_devices(
+        &checkpoint,
+        &devices,
+        options,
+        profile,
+        args.profile_cache.as_deref(),
+        &mut |m| eprintln!("{m}"),
+    )?;
+    let mut measured = Vec::new();
+    if args.measure {
+        let mut plans: Vec<_> = report.dp.iter().cloned().collect();
+        plans.push(report.memory_proportional.clone());
+        plans.push(report.equal.clone());
+        plans.extend(report.best_single.iter().cloned());
+        for plan in plans.iter().filter(|p| p.fits) {
+            eprintln!("measuring {}...", plan.name);
+            let model = load_plan(&checkpoint, &devices, plan, &mut |_| {})?;
+            let rate = measure_decode(&model, args.batch, args.context, 64)?;
+            drop(model);
+            measured.push((plan.name.clone(), rate, plan.predicted_tokens_per_s));
+        }
+    }
+    if args.json {
+        let out = serde_json::json!({
+            "model": path.display().to_string(),
+            "profiles": profiles,
+            "report": report,
+            "measured": measured.iter().map(|(name, rate, predicted)| serde_json::json!({
+                "plan": name,
+                "tokens_per_s": rate,
+                "predicted_tokens_per_s": predicted,
+                "measured_over_predicted": rate / predicted,
+            })).collect::<Vec<_>>(),
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out)
+                .map_err(|e| hetero_core::Error::invalid("report", e.to_string()))?
+        );
+        return Ok(());
+    }
+    for p in &profiles {
+        let free = report
+            .devices
+            .iter()
+            .position(|d| *d == p.device)
+            .map_or(0, |i| report.memory_bytes[i]);
+        println!(
+            "{} ({}): {:.3} ms per layer (mean), embedding {:.3} ms, head {:.3} ms, boundary {:.3} ms, {:.1} MiB free",
+            p.device,
+            p.device_name,
+            p.layer_s.iter().sum::<f64>() / p.layer_s.len().max(1) as f64 * 1e3,
+            p.embed_s * 1e3,
+            p.head_s * 1e3,
+            p.boundary_s * 1e3,
+            free as f64 / 1048576.0
+        );
+    }
+    print!("{}", report.explain());
+    if !measured.is_empty() {
+        println!("| plan | measured tok/s | predicted tok/s | measured / predicted |");
+        println!("|---|---|---|---|");
+        for (name, rate, predicted) in &measured {
+            println!(
+                "| {name} | {rate:.1} | {predicted:.1} | {:.2} |",
+                rate / predicted
+            );
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(path) = &args.model {
+        return hetero_examples::exit_code(run_model(&args, path));
+    }
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

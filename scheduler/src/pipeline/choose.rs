@@ -7,7 +7,7 @@ use std::str::FromStr;
 use hetero_core::{DynDevice, Error, Result, SharedDevice};
 use hetero_models::{Checkpoint, StageSpec};
 
-use super::plan::{PlanOptions, SplitReport, plan_split};
+use super::plan::{PlanOptions, SplitChoice, SplitReport, plan_split};
 use super::profile::{LayerProfile, ProfileOptions, profile_layers};
 
 /// How a model is spread over the devices given.
@@ -67,14 +67,16 @@ pub fn free_bytes(device: &dyn DynDevice) -> Result<u64> {
 
 /// Profiles of `checkpoint` on `devices`, from `cache` (a JSON list of
 /// profiles) where one matches device, adapter name, model and options,
-/// measured (and added to the cache) otherwise.
+/// measured (and added to the cache) otherwise. A device that runs out of
+/// memory while a part of the model is timed on it has no profile: its
+/// entry is the reason.
 pub fn cached_profiles(
     checkpoint: &Checkpoint,
     devices: &[SharedDevice],
     options: ProfileOptions,
     cache: Option<&Path>,
     progress: &mut dyn FnMut(&str),
-) -> Result<Vec<LayerProfile>> {
+) -> Result<Vec<std::result::Result<LayerProfile, String>>> {
     let model = checkpoint
         .path()
         .file_name()
@@ -102,14 +104,19 @@ pub fn cached_profiles(
         match hit {
             Some(p) => {
                 progress(&format!("{id}: profile from the cache"));
-                out.push(p.clone());
+                out.push(Ok(p.clone()));
             }
-            None => {
-                let p = profile_layers(checkpoint, d, options, progress)?;
-                known.push(p.clone());
-                out.push(p);
-                measured = true;
-            }
+            None => match profile_layers(checkpoint, d, options, progress) {
+                Ok(p) => {
+                    known.push(p.clone());
+                    out.push(Ok(p));
+                    measured = true;
+                }
+                Err(e) if e.is_out_of_memory() => out.push(Err(format!(
+                    "cannot hold one layer of the model to be profiled ({e})"
+                ))),
+                Err(e) => return Err(e),
+            },
         }
     }
     if let (Some(path), true) = (cache, measured) {
@@ -118,6 +125,62 @@ pub fn cached_profiles(
         std::fs::write(path, text).map_err(|e| Error::io(path.display().to_string(), e))?;
     }
     Ok(out)
+}
+
+/// Profile `devices` (see [`cached_profiles`]) and plan the split over
+/// those profiled, under their free memory: the profiles (of the devices
+/// profiled) and the report, whose device indices are into `devices` and
+/// whose devices left out include those that could not be profiled.
+pub fn plan_devices(
+    checkpoint: &Checkpoint,
+    devices: &[SharedDevice],
+    plan: PlanOptions,
+    profile: ProfileOptions,
+    cache: Option<&Path>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(Vec<LayerProfile>, SplitReport)> {
+    let results = cached_profiles(checkpoint, devices, profile, cache, progress)?;
+    let mut kept = Vec::new();
+    let mut profiles = Vec::new();
+    let mut unprofiled = Vec::new();
+    for (i, r) in results.into_iter().enumerate() {
+        match r {
+            Ok(p) => {
+                kept.push(i);
+                profiles.push(p);
+            }
+            Err(why) => unprofiled.push((devices[i].id().to_string(), why)),
+        }
+    }
+    if profiles.is_empty() {
+        return Err(Error::invalid(
+            "devices",
+            format!(
+                "none could be profiled: {}",
+                unprofiled
+                    .iter()
+                    .map(|(d, why)| format!("{d}: {why}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        ));
+    }
+    let memory = kept
+        .iter()
+        .map(|&i| free_bytes(devices[i].as_ref()))
+        .collect::<Result<Vec<_>>>()?;
+    let mut report = plan_split(&profiles, &memory, plan)?;
+    let remap = |c: &mut SplitChoice| {
+        for s in &mut c.stages {
+            s.device_index = kept[s.device_index];
+        }
+    };
+    report.dp.iter_mut().for_each(remap);
+    remap(&mut report.memory_proportional);
+    remap(&mut report.equal);
+    report.best_single.iter_mut().for_each(remap);
+    report.left_out.extend(unprofiled);
+    Ok((profiles, report))
 }
 
 /// The stages `spec` asks for over `devices` (with `auto`, the DP's plan
@@ -176,12 +239,7 @@ pub fn choose_stages(
             Ok((stages, None))
         }
         SplitSpec::Auto => {
-            let profiles = cached_profiles(checkpoint, devices, profile, cache, progress)?;
-            let memory = devices
-                .iter()
-                .map(|d| free_bytes(d.as_ref()))
-                .collect::<Result<Vec<_>>>()?;
-            let report = plan_split(&profiles, &memory, plan)?;
+            let (_, report) = plan_devices(checkpoint, devices, plan, profile, cache, progress)?;
             let Some(dp) = &report.dp else {
                 return Err(Error::invalid(
                     "model split",

@@ -24,7 +24,7 @@ pub mod plan;
 pub mod profile;
 pub mod run;
 
-pub use choose::{SplitSpec, cached_profiles, choose_stages, free_bytes};
+pub use choose::{SplitSpec, cached_profiles, choose_stages, free_bytes, plan_devices};
 pub use plan::{PlanOptions, SplitChoice, SplitReport, plan_split};
 pub use profile::{LayerProfile, ProfileOptions, profile_layers};
 pub use run::{load_plan, measure_decode};
