@@ -221,6 +221,84 @@ fn two_devices_share_the_requests(path: &str) -> Result<(), Failed> {
     Ok(())
 }
 
+/// A model split over two host devices as the engine's one device
+/// (`start_split`): requests give what each gives alone on one device.
+fn split_model_serves(path: &str) -> Result<(), Failed> {
+    use hetero_models::StageSpec;
+    use hetero_scheduler::live::{LiveSetup, start_split};
+    let checkpoint = Checkpoint::open(path)?;
+    let tokenizer = checkpoint.tokenizer()?;
+    let stop_ids = checkpoint.stop_ids(&tokenizer)?;
+    let layers = checkpoint.config().layers;
+    let device = |index: u32| -> SharedDevice {
+        Arc::new(
+            HostDevice::builder()
+                .index(index)
+                .threads(1)
+                .memory_budget(1 << 30)
+                .build()
+                .unwrap(),
+        )
+    };
+    let stages = [
+        StageSpec {
+            device: device(0),
+            layers: 0..layers / 2,
+        },
+        StageSpec {
+            device: device(1),
+            layers: layers / 2..layers,
+        },
+    ];
+    let setup = LiveSetup {
+        slots: 4,
+        max_len: 100,
+        policy: hetero_scheduler::Policy::Balanced,
+        config: LiveConfig {
+            queue_limit: 64,
+            prefill_chunk: 32,
+            max_request_len: 100,
+        },
+    };
+    let (engine, plan) = start_split(&checkpoint, &stages, &setup, &mut |_| {})?;
+    if plan.devices.len() != 1 || !plan.devices[0].device.contains('+') {
+        return Err(format!("plan: {:?}", plan.devices).into());
+    }
+    let reference = LlamaModel::load(&checkpoint, host(), &mut |_| {})?;
+    let requests: Vec<LiveRequest> = DEFAULT_PROMPTS
+        .iter()
+        .take(6)
+        .enumerate()
+        .map(|(i, p)| LiveRequest {
+            prompt_ids: tokenizer.encode(p, false).unwrap(),
+            options: GenerateOptions {
+                max_tokens: 4 + i % 5,
+                stop_ids: stop_ids.clone(),
+                ..GenerateOptions::default()
+            },
+        })
+        .collect();
+    let mut receivers = Vec::new();
+    for r in &requests {
+        receivers.push(engine.submit(r.clone()).map_err(|e| e.to_string())?);
+    }
+    for (i, (r, rx)) in requests.iter().zip(&mut receivers).enumerate() {
+        let got = collect(rx);
+        let alone = generate(
+            &reference,
+            &tokenizer,
+            &r.prompt_ids,
+            &r.options,
+            &mut |_| {},
+        )?;
+        let want = (alone.text, alone.finish_reason, alone.ids.len());
+        if got != want {
+            return Err(format!("request {i}: split engine {got:?}, alone {want:?}").into());
+        }
+    }
+    Ok(())
+}
+
 /// Prefix caching: the same prompts again, and a conversation continued,
 /// reuse cached positions and still produce what each request produces
 /// alone.
@@ -352,7 +430,8 @@ fn main() {
         .ok()
         .filter(|p| std::path::Path::new(p).is_file());
     type Test = fn(&str) -> Result<(), Failed>;
-    let tests: [(&str, Test); 4] = [
+    let tests: [(&str, Test); 5] = [
+        ("live::split_model_serves", split_model_serves),
         (
             "live::cached_prefixes_change_nothing",
             cached_prefixes_change_nothing,

@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use hetero_scheduler::pipeline::{PlanOptions, ProfileOptions, SplitSpec, choose_stages};
 use std::sync::Arc;
 
 use hetero_backends::{discover, select_devices};
@@ -45,6 +46,14 @@ struct Args {
     /// `wgpu:1`, `rocm:0`. Default: every device found.
     #[arg(long = "device", value_name = "SPEC")]
     devices: Vec<String>,
+    /// With --http: how the model spreads over the devices. `replicate`
+    /// (the default) loads a copy on each and the policy splits the
+    /// requests; `auto` splits one copy's layers over all of them as a
+    /// pipeline, placed by the exact chain DP on measured profiles (for a
+    /// model too large for any one device); `layers:N1,N2,...` gives N1
+    /// layers to the first device, N2 to the next...
+    #[arg(long, value_name = "replicate|auto|layers:N1,N2,...")]
+    split: Option<String>,
     /// Model preset: tiny, opt-125m or bloom-3b (bloom-3b is a shape stand-in:
     /// its sizes, with synthetic weights and no ALiBi, not BLOOM's numerics);
     /// or the path of a real checkpoint (a .gguf file or a Hugging Face
@@ -845,6 +854,17 @@ fn run_http(args: &Args, addr: &str) -> Result<()> {
         Policy::EVERY => Policy::Balanced,
         name => Policy::from_name(name)?,
     };
+    let split = match &args.split {
+        Some(s) => s.parse::<SplitSpec>()?,
+        None => SplitSpec::Replicate,
+    };
+    if split != SplitSpec::Replicate && args.rank_from_env {
+        return Err(Error::invalid(
+            "--split",
+            "splitting across ranks is not supported yet; with --rank-from-env every rank holds \
+             the whole model (--split replicate)",
+        ));
+    }
     let checkpoint = real_model::open(&path)?;
     let context = checkpoint.config().max_positions;
     let max_len = args.max_len.unwrap_or(context.min(2048));
@@ -905,9 +925,38 @@ fn run_http(args: &Args, addr: &str) -> Result<()> {
         path.display(),
         shared.len()
     );
-    let (engine, plan) = live::start(&checkpoint, &shared, ranks, &setup, &mut |m| {
-        eprintln!("{m}")
-    })?;
+    let (engine, plan) = if split == SplitSpec::Replicate {
+        live::start(&checkpoint, &shared, ranks, &setup, &mut |m| {
+            eprintln!("{m}")
+        })?
+    } else {
+        let plan_options = PlanOptions {
+            batch: args.slots,
+            max_len,
+            activation_bytes: real_model::activation_bytes(
+                checkpoint.config(),
+                args.slots + args.prefill_chunk,
+                args.slots,
+            ),
+        };
+        let profile = ProfileOptions {
+            batch: args.slots.min(16),
+            ..ProfileOptions::default()
+        };
+        let (stages, report) = choose_stages(
+            &checkpoint,
+            &shared,
+            &split,
+            plan_options,
+            profile,
+            None,
+            &mut |m| eprintln!("{m}"),
+        )?;
+        if let Some(report) = report {
+            eprint!("{}", report.explain());
+        }
+        live::start_split(&checkpoint, &stages, &setup, &mut |m| eprintln!("{m}"))?
+    };
     for (d, why) in &plan.skipped {
         eprintln!("  {d} left out: {why}");
     }

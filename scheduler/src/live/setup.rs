@@ -72,7 +72,57 @@ pub fn start(
     setup: &LiveSetup,
     log: &mut dyn FnMut(&str),
 ) -> Result<(Engine, LivePlan)> {
-    let info = ModelInfo::of(checkpoint);
+    check_setup(checkpoint, setup)?;
+    let mut skipped = Vec::new();
+    let loaded = real_model::load_all(checkpoint, devices, &mut |g, e| {
+        skipped.push((devices[g].id().to_string(), e.to_string()));
+    })?;
+    let loaded = loaded
+        .into_iter()
+        .map(|(g, model)| (devices[g].id().to_string(), devices[g].info().name, model))
+        .collect();
+    start_models(checkpoint, loaded, skipped, ranks, setup, log)
+}
+
+/// Like [`start`], with one model split by layers over `stages` (a
+/// pipeline) as the engine's one device: its rounds run through the
+/// stages, each call cut into one micro-batch per stage.
+pub fn start_split(
+    checkpoint: &Checkpoint,
+    stages: &[hetero_models::StageSpec],
+    setup: &LiveSetup,
+    log: &mut dyn FnMut(&str),
+) -> Result<(Engine, LivePlan)> {
+    check_setup(checkpoint, setup)?;
+    let model = hetero_models::LlamaModel::load_split(
+        checkpoint,
+        stages,
+        hetero_models::WeightFormat::Native,
+        &mut |_| {},
+    )?;
+    let label = |f: &dyn Fn(&hetero_models::StageSpec) -> String| {
+        stages.iter().map(f).collect::<Vec<_>>().join("+")
+    };
+    let id = label(&|s| s.device.id().to_string());
+    let name = label(&|s| {
+        format!(
+            "{} layers {}-{}",
+            s.device.info().name,
+            s.layers.start,
+            s.layers.end - 1
+        )
+    });
+    start_models(
+        checkpoint,
+        vec![(id, name, model)],
+        Vec::new(),
+        Vec::new(),
+        setup,
+        log,
+    )
+}
+
+fn check_setup(checkpoint: &Checkpoint, setup: &LiveSetup) -> Result<()> {
     if setup.slots == 0 {
         return Err(Error::invalid("slots", "must be at least 1"));
     }
@@ -86,20 +136,25 @@ pub fn start(
             ),
         ));
     }
+    Ok(())
+}
+
+/// Measure the loaded models (`(device id, name, model)`) and start.
+fn start_models(
+    checkpoint: &Checkpoint,
+    loaded: Vec<(String, String, hetero_models::LlamaModel)>,
+    mut skipped: Vec<(String, String)>,
+    ranks: Vec<RemoteRank>,
+    setup: &LiveSetup,
+    log: &mut dyn FnMut(&str),
+) -> Result<(Engine, LivePlan)> {
+    let info = ModelInfo::of(checkpoint);
     let tokenizer = Arc::new(checkpoint.tokenizer()?);
-    let mut skipped = Vec::new();
-    let loaded = real_model::load_all(checkpoint, devices, &mut |g, e| {
-        skipped.push((devices[g].id().to_string(), e.to_string()));
-    })?;
+    let several = loaded.len() > 1;
     let rows = setup.slots + setup.config.prefill_chunk;
     let mut measured = Vec::new();
-    for (g, model) in loaded {
-        let d = &devices[g];
-        log(&format!(
-            "measuring the KV memory of {} ({})...",
-            d.id(),
-            d.info().name
-        ));
+    for (id, name, model) in loaded {
+        log(&format!("measuring the KV memory of {id} ({name})..."));
         let memory =
             real_model::profile_memory(&model, &info.name, setup.max_len, rows, setup.slots)?;
         if memory.max_batch == 0 {
@@ -107,16 +162,16 @@ pub fn start(
                 "not one sequence of {} positions fits next to the weights",
                 setup.max_len
             );
-            if devices.len() > 1 {
-                skipped.push((d.id().to_string(), reason));
+            if several {
+                skipped.push((id, reason));
                 continue;
             }
             return Err(Error::invalid(
                 "max_len",
-                format!("{} on {}: {reason}; lower it", setup.max_len, d.id()),
+                format!("{} on {id}: {reason}; lower it", setup.max_len),
             ));
         }
-        measured.push((g, model, memory.max_batch));
+        measured.push(((id, name), model, memory.max_batch));
     }
     if measured.is_empty() {
         return Err(Error::invalid(
@@ -137,11 +192,8 @@ pub fn start(
         vec![setup.slots]
     } else {
         let mut profiles = Vec::new();
-        for (i, (g, model, max_batch)) in measured.iter().enumerate() {
-            log(&format!(
-                "measuring the step time of {}...",
-                devices[*g].id()
-            ));
+        for (i, ((id, _), model, max_batch)) in measured.iter().enumerate() {
+            log(&format!("measuring the step time of {id}..."));
             let (fit, _) = real_model::profile_speed(
                 model,
                 &[1, 4, 16],
@@ -151,8 +203,8 @@ pub fn start(
             )?;
             steps[i] = Some(fit.model);
             profiles.push(DeviceProfile {
-                device: devices[*g].id(),
-                name: devices[*g].info().name,
+                device: model.device().id(),
+                name: model.device().info().name,
                 // Not capped by B*: memory binds per token at admission.
                 max_batch: setup.slots.max(*max_batch),
                 step: fit.model,
@@ -162,19 +214,19 @@ pub fn start(
     };
     let mut planned = Vec::new();
     let mut live = Vec::new();
-    for (i, ((g, model, max_batch), slots)) in measured.into_iter().zip(slots).enumerate() {
-        let d = &devices[g];
+    for (i, (((id, name), model, max_batch), slots)) in measured.into_iter().zip(slots).enumerate()
+    {
         if slots == 0 {
             skipped.push((
-                d.id().to_string(),
+                id,
                 format!("the {} policy gave it no sequences", setup.policy),
             ));
             continue;
         }
         let kv_tokens = max_batch * setup.max_len;
         planned.push(PlannedDevice {
-            device: d.id().to_string(),
-            name: d.info().name,
+            device: id,
+            name,
             slots,
             kv_tokens,
             max_batch,
