@@ -63,7 +63,9 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     profile_cache: Option<PathBuf>,
     /// With --model: load every plan that fits and measure its decode
-    /// tokens/s (64 steps of --batch sequences).
+    /// tokens/s (64 steps, or 30 s after 4 steps; one group of --batch sequences per stage in
+    /// flight, so each stage call is a step of --batch sequences, as
+    /// profiled).
     #[arg(long, requires = "model")]
     measure: bool,
     /// With --model: print the report as one JSON object.
@@ -411,7 +413,7 @@ fn run_model(args: &Args, path: &std::path::Path) -> hetero_core::Result<()> {
     let profile = ProfileOptions {
         batch: args.batch,
         context: args.context,
-        repetitions: 3,
+        ..ProfileOptions::default()
     };
     let options = PlanOptions {
         batch: args.batch,
@@ -439,7 +441,7 @@ fn run_model(args: &Args, path: &std::path::Path) -> hetero_core::Result<()> {
         for plan in plans.iter().filter(|p| p.fits) {
             eprintln!("measuring {}...", plan.name);
             let model = load_plan(&checkpoint, &devices, plan, &mut |_| {})?;
-            let rate = measure_decode(&model, args.batch, args.context, 64)?;
+            let rate = measure_decode(&model, args.batch, args.context, 64, 30.0)?;
             drop(model);
             measured.push((plan.name.clone(), rate, plan.predicted_tokens_per_s));
         }

@@ -33,7 +33,9 @@ pub struct SplitChoice {
     pub stages: Vec<StageChoice>,
     /// The slowest stage's seconds per step.
     pub bottleneck_s: f64,
-    /// `batch / bottleneck`: decode tokens/s when every stage is busy.
+    /// `batch / bottleneck`: decode tokens/s when every stage is busy,
+    /// i.e. with one group of `batch` sequences per stage in flight
+    /// (`batch x stages` sequences; see [`super::run::measure_decode`]).
     pub predicted_tokens_per_s: f64,
     /// Every stage fits its device.
     pub fits: bool,

@@ -8,6 +8,11 @@
 //! the layer, the rest the boundary. The part holding layer 0 has the
 //! embedding instead of an upload, the one holding the last layer the
 //! head (and its logits read back) instead of the hidden state's.
+//!
+//! Small parts flatter a device whose caches hold their weights between
+//! calls, where the whole model streams its weights from memory every
+//! step; where the whole model fits on the device for a timing, the
+//! parts' figures are scaled so their sum is its measured time.
 
 use std::collections::BTreeMap;
 
@@ -33,7 +38,7 @@ impl Default for ProfileOptions {
         ProfileOptions {
             batch: 8,
             context: 64,
-            repetitions: 3,
+            repetitions: 5,
         }
     }
 }
@@ -120,17 +125,24 @@ pub fn profile_layers(
             groups.len(),
             members.len()
         ));
-        // A middle member with a successor in the group, where there is one.
+        // A run of up to four consecutive members, from the middle where
+        // there is one: one layer alone and the run, their difference
+        // over the extra layers is the layer (three layers of signal
+        // against the timer's noise), the rest the boundary.
         let k = members
             .iter()
             .copied()
             .find(|&k| k > 0 && k + 2 < n && members.contains(&(k + 1)))
             .or_else(|| members.iter().copied().find(|&k| k > 0 && k + 1 < n))
             .unwrap_or(members[0]);
+        let run = (1..4)
+            .take_while(|i| k + i < n && members.contains(&(k + i)))
+            .count()
+            + 1;
         let one = time(k..k + 1)?;
-        let layer = if k + 2 <= n && members.contains(&(k + 1)) {
-            let two = time(k..k + 2)?;
-            let layer = (two - one).max(0.0);
+        let layer = if run > 1 {
+            let more = time(k..k + run)?;
+            let layer = ((more - one) / (run - 1) as f64).max(0.0);
             boundary.push((one - layer).max(0.0));
             layer
         } else {
@@ -154,6 +166,31 @@ pub fn profile_layers(
     let embed_s = (first - layer_s[0] - boundary_s / 2.0).max(0.0);
     let last = if n == 1 { first } else { time(n - 1..n)? };
     let head_s = (last - layer_s[n - 1] - boundary_s / 2.0).max(0.0);
+    let (mut embed_s, mut head_s) = (embed_s, head_s);
+    // Parts of a layer or a few keep their weights in the processor's
+    // caches between calls; a whole model streams them from memory every
+    // step. Where the whole model fits for a timing, scale the parts'
+    // figures to its measured time.
+    progress(&format!(
+        "{}: timing the whole model to calibrate",
+        device.id()
+    ));
+    match time(0..n) {
+        Ok(whole) => {
+            let parts = embed_s + layer_s.iter().sum::<f64>() + head_s;
+            if parts > 0.0 {
+                let scale = whole / parts;
+                layer_s.iter_mut().for_each(|t| *t *= scale);
+                embed_s *= scale;
+                head_s *= scale;
+            }
+        }
+        Err(e) if e.is_out_of_memory() => progress(&format!(
+            "{}: the whole model does not fit for a timing; parts uncalibrated",
+            device.id()
+        )),
+        Err(e) => return Err(e),
+    }
     let head_bytes = checkpoint.stage_weight_bytes(&keep, 0..0, false, true, false);
     let tied_copy_bytes = if c.tied_embeddings {
         checkpoint.weight_bytes(Weight::Embedding, &keep)

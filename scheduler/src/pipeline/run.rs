@@ -35,16 +35,20 @@ pub fn load_plan(
     LlamaModel::load_split(checkpoint, &stages, WeightFormat::Native, progress)
 }
 
-/// Decode tokens/s of `model` over `batch` sequences: each gets a
-/// `context`-token synthetic prompt, then `steps` greedy tokens are
-/// decoded with the sequences in one group per stage circulating through
-/// the stages (one group on a single device). Timed from the first decode
-/// step to the last.
+/// Decode tokens/s of `model` with one group of `batch` sequences per
+/// stage in flight (`batch x stages` sequences; one group on a single
+/// device), so every stage call is a step of `batch` sequences, as in the
+/// profiles the plan was made from. Each sequence gets a `context`-token
+/// synthetic prompt, then `steps` greedy tokens are decoded with the
+/// groups circulating through the stages, until `steps` steps or, after
+/// four at least, `max_seconds`. Timed from the first decode step to the
+/// last.
 pub fn measure_decode(
     model: &LlamaModel,
     batch: usize,
     context: usize,
     steps: usize,
+    max_seconds: f64,
 ) -> Result<f64> {
     if batch == 0 || steps == 0 {
         return Err(Error::invalid(
@@ -53,10 +57,12 @@ pub fn measure_decode(
         ));
     }
     let vocab = model.config().vocab;
-    let mut caches = (0..batch)
+    let groups_n = model.stages().len();
+    let total = batch * groups_n;
+    let mut caches = (0..total)
         .map(|_| model.new_cache(context + steps + 1))
         .collect::<Result<Vec<KvCache>>>()?;
-    let mut next = Vec::with_capacity(batch);
+    let mut next = Vec::with_capacity(total);
     for (i, c) in caches.iter_mut().enumerate() {
         let prompt: Vec<u32> = (0..context.max(1))
             .map(|t| ((t * 7 + i * 13 + 1) % vocab) as u32)
@@ -64,20 +70,17 @@ pub fn measure_decode(
         let logits = model.forward(c, &prompt, hetero_models::Logits::Last)?;
         next.push(hetero_models::sampling::argmax(&logits));
     }
-    let groups_n = model.stages().len().min(batch);
-    let per = batch.div_ceil(groups_n);
-    let groups: Vec<std::ops::Range<usize>> = (0..groups_n)
-        .map(|g| g * per..((g + 1) * per).min(batch))
-        .filter(|r| !r.is_empty())
-        .collect();
-    let mut fed = vec![0usize; batch];
+    let groups: Vec<std::ops::Range<usize>> =
+        (0..groups_n).map(|g| g * batch..(g + 1) * batch).collect();
+    let mut fed = vec![0usize; total];
     let start = Instant::now();
     model.decode_pipelined(&mut caches, &next, &groups, &mut |_, seqs, logits| {
         seqs.iter()
             .zip(logits)
             .map(|(&i, l)| {
                 fed[i] += 1;
-                (fed[i] < steps).then(|| hetero_models::sampling::argmax(&l))
+                let out_of_time = fed[i] >= 4 && start.elapsed().as_secs_f64() > max_seconds;
+                (fed[i] < steps && !out_of_time).then(|| hetero_models::sampling::argmax(&l))
             })
             .collect()
     })?;
