@@ -62,6 +62,14 @@ pub struct SplitReport {
     pub equal: SplitChoice,
     /// The fastest device that holds the whole model alone, if any.
     pub best_single: Option<SplitChoice>,
+    /// Data-parallel replicas instead of a pipeline: every device that
+    /// holds the whole model runs its own copy on its own group of `batch`
+    /// sequences (one "stage" per replica, every layer); predicted
+    /// tokens/s is the sum of theirs. `None` when no device holds it.
+    pub replicas: Option<SplitChoice>,
+    /// The plan with the higher predicted tokens/s: "dp" (the pipeline)
+    /// or "replicas"; see [`SplitReport::explain`].
+    pub recommended: String,
     /// Devices that cannot hold even one layer, with the reason.
     pub left_out: Vec<(String, String)>,
 }
@@ -104,6 +112,16 @@ impl SplitReport {
             Some(s) => out.push_str(&line(s)),
             None => out.push_str("single device: none holds the whole model\n"),
         }
+        if let Some(r) = &self.replicas {
+            out.push_str(&line(r));
+        }
+        let rate = |c: &Option<SplitChoice>| c.as_ref().map_or(0.0, |c| c.predicted_tokens_per_s);
+        out.push_str(&format!(
+            "recommended: {} (pipeline {:.1} tok/s, replicas {:.1} tok/s predicted)\n",
+            self.recommended,
+            rate(&self.dp),
+            rate(&self.replicas)
+        ));
         for (d, why) in &self.left_out {
             out.push_str(&format!("left out {d}: {why}\n"));
         }
@@ -269,7 +287,35 @@ pub fn plan_split(
             ));
         }
     }
+    let singles: Vec<ChainPlan> = (0..devices.len())
+        .map(|d| evaluate_chain(&problem, &[(d, 0..n)]).map_err(partition_error))
+        .collect::<Result<_>>()?;
+    let fitting: Vec<&ChainPlan> = singles
+        .iter()
+        .filter(|p| p.fits && p.objective > 0.0)
+        .collect();
+    let replicas = (!fitting.is_empty()).then(|| SplitChoice {
+        name: "replicas".into(),
+        stages: fitting
+            .iter()
+            .flat_map(|p| choice("", p, &devices, options.batch).stages)
+            .collect(),
+        bottleneck_s: fitting.iter().map(|p| p.objective).fold(0.0, f64::max),
+        predicted_tokens_per_s: fitting
+            .iter()
+            .map(|p| options.batch as f64 / p.objective)
+            .sum(),
+        fits: true,
+    });
+    let recommended = match (&dp, &replicas) {
+        (Some(d), Some(r)) if r.predicted_tokens_per_s > d.predicted_tokens_per_s => "replicas",
+        (None, Some(_)) => "replicas",
+        _ => "dp",
+    }
+    .to_string();
     Ok(SplitReport {
+        replicas,
+        recommended,
         options,
         memory_bytes: memory.to_vec(),
         dp,
@@ -320,6 +366,8 @@ mod tests {
         // Whole model: 10 x (100 + 10 KV) + 300 + 10 = 1410 bytes.
         let r = plan_split(&profiles, &[1000, 1000, 100], options).unwrap();
         assert!(r.best_single.is_none());
+        assert!(r.replicas.is_none());
+        assert_eq!(r.recommended, "dp");
         let dp = r.dp.as_ref().expect("two devices hold it");
         assert!(dp.fits && dp.stages.len() == 2);
         assert_eq!(r.left_out.len(), 1);
@@ -341,6 +389,24 @@ mod tests {
             }
         }
         assert!(r.explain().contains("left out c"));
+    }
+
+    #[test]
+    fn replicas_are_recommended_when_every_device_holds_the_model() {
+        let profiles = [profile("a", 1.0), profile("b", 1.0)];
+        let options = PlanOptions {
+            batch: 4,
+            max_len: 5,
+            activation_bytes: 0,
+        };
+        let r = plan_split(&profiles, &[1 << 20, 1 << 20], options).unwrap();
+        let reps = r.replicas.as_ref().expect("both hold it");
+        assert_eq!(reps.stages.len(), 2);
+        // Two copies of a 14 s model at batch 4 each; the pipeline pays
+        // its boundaries and cannot halve the head.
+        assert!((reps.predicted_tokens_per_s - 8.0 / 14.0).abs() < 1e-9);
+        assert_eq!(r.recommended, "replicas");
+        assert!(r.explain().contains("recommended: replicas"));
     }
 
     #[test]
