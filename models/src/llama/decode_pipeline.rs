@@ -81,25 +81,9 @@ impl LlamaModel {
         let lens: Vec<usize> = caches.iter().map(|c| c.len).collect();
         let maxes: Vec<usize> = caches.iter().map(|c| c.max_len).collect();
         let mut fed = vec![0usize; caches.len()];
-        // Each stage's layers of every cache, and each cache's length as
-        // that stage has advanced it.
-        let mut kv: Vec<Vec<SeqKv<'_>>> = (0..stages).map(|_| Vec::new()).collect();
-        for cache in caches.iter_mut() {
-            let (len, max_len) = (cache.len, cache.max_len);
-            let (mut k, mut v) = (&mut cache.k[..], &mut cache.v[..]);
-            for (s, stage) in self.stages.iter().enumerate() {
-                let (ks, k_rest) = std::mem::take(&mut k).split_at_mut(stage.layers.len());
-                let (vs, v_rest) = std::mem::take(&mut v).split_at_mut(stage.layers.len());
-                (k, v) = (k_rest, v_rest);
-                kv[s].push(SeqKv {
-                    k: ks,
-                    v: vs,
-                    len,
-                    max_len,
-                    n: 1,
-                });
-            }
-        }
+        // Each stage's layers of every cache; each stage advances its
+        // own copy of a cache's length.
+        let mut kv = self.split_caches(caches.iter_mut(), std::iter::repeat(1));
         let result = std::thread::scope(|scope| -> Result<()> {
             let (first_tx, mut input) = mpsc::channel::<Work>();
             let (out_tx, out_rx) = mpsc::channel::<(Work, Vec<f32>)>();

@@ -72,6 +72,34 @@ fn cut(news: &[usize], parts: usize) -> Vec<Range<usize>> {
 }
 
 impl LlamaModel {
+    /// Each stage's layers of every cache (with `news[i]` new tokens for
+    /// cache `i`), borrowed apart so the stages can run at once:
+    /// `[stage][sequence]`.
+    pub(super) fn split_caches<'c>(
+        &self,
+        caches: impl Iterator<Item = &'c mut KvCache>,
+        news: impl Iterator<Item = usize>,
+    ) -> Vec<Vec<SeqKv<'c>>> {
+        let mut kv: Vec<Vec<SeqKv<'c>>> = self.stages.iter().map(|_| Vec::new()).collect();
+        for (cache, n) in caches.zip(news) {
+            let (len, max_len) = (cache.len, cache.max_len);
+            let (mut k, mut v) = (&mut cache.k[..], &mut cache.v[..]);
+            for (s, stage) in self.stages.iter().enumerate() {
+                let (ks, k_rest) = std::mem::take(&mut k).split_at_mut(stage.layers.len());
+                let (vs, v_rest) = std::mem::take(&mut v).split_at_mut(stage.layers.len());
+                (k, v) = (k_rest, v_rest);
+                kv[s].push(SeqKv {
+                    k: ks,
+                    v: vs,
+                    len,
+                    max_len,
+                    n,
+                });
+            }
+        }
+        kv
+    }
+
     /// Run several sequences at once, each with its new tokens; per
     /// sequence, the logits of the rows `which` asks for. Caches are
     /// advanced only if the whole call succeeds.
@@ -151,25 +179,8 @@ impl LlamaModel {
             })
             .collect();
 
-        // Each stage's layers of every cache, borrowed apart so the stages
-        // can run at once.
-        let mut kv: Vec<Vec<SeqKv<'_>>> = self.stages.iter().map(|_| Vec::new()).collect();
-        for (cache, tokens) in seqs.iter_mut() {
-            let (len, max_len, n) = (cache.len, cache.max_len, tokens.len());
-            let (mut k, mut v) = (&mut cache.k[..], &mut cache.v[..]);
-            for (s, stage) in self.stages.iter().enumerate() {
-                let (ks, k_rest) = std::mem::take(&mut k).split_at_mut(stage.layers.len());
-                let (vs, v_rest) = std::mem::take(&mut v).split_at_mut(stage.layers.len());
-                (k, v) = (k_rest, v_rest);
-                kv[s].push(SeqKv {
-                    k: ks,
-                    v: vs,
-                    len,
-                    max_len,
-                    n,
-                });
-            }
-        }
+        let mut kv =
+            self.split_caches(seqs.iter_mut().map(|(c, _)| &mut **c), news.iter().copied());
 
         let outs = if self.stages.len() == 1 || micros.len() == 1 {
             let mut outs = Vec::with_capacity(micros.len());

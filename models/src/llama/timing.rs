@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use hetero_core::{Error, Result};
 
-use super::forward::{Micro, SeqKv};
+use super::forward::Micro;
 use super::model::{KvCache, LlamaModel, Logits};
 
 impl LlamaModel {
@@ -72,26 +72,10 @@ impl LlamaModel {
             )
         };
         {
-            let mut kv: Vec<Vec<SeqKv<'_>>> = self.stages.iter().map(|_| Vec::new()).collect();
-            for cache in caches.iter_mut() {
-                if cache.len + n > cache.max_len {
-                    return Err(Error::invalid("timed call", "cache too short"));
-                }
-                let (len, max_len) = (cache.len, cache.max_len);
-                let (mut k, mut v) = (&mut cache.k[..], &mut cache.v[..]);
-                for (s, stage) in self.stages.iter().enumerate() {
-                    let (ks, k_rest) = std::mem::take(&mut k).split_at_mut(stage.layers.len());
-                    let (vs, v_rest) = std::mem::take(&mut v).split_at_mut(stage.layers.len());
-                    (k, v) = (k_rest, v_rest);
-                    kv[s].push(SeqKv {
-                        k: ks,
-                        v: vs,
-                        len,
-                        max_len,
-                        n,
-                    });
-                }
+            if caches.iter().any(|c| c.len + n > c.max_len) {
+                return Err(Error::invalid("timed call", "cache too short"));
             }
+            let mut kv = self.split_caches(caches.iter_mut(), std::iter::repeat(n));
             for (s, kv_s) in kv.iter_mut().enumerate() {
                 x = Some(self.run_stage(s, &micro, x.take(), kv_s, Logits::Last)?);
             }
