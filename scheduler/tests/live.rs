@@ -28,6 +28,18 @@ fn host() -> SharedDevice {
     )
 }
 
+/// Host device `index` of one thread and 1 GiB.
+fn device(index: u32) -> SharedDevice {
+    Arc::new(
+        HostDevice::builder()
+            .index(index)
+            .threads(1)
+            .memory_budget(1 << 30)
+            .build()
+            .unwrap(),
+    )
+}
+
 /// An engine on `model`'s device: prompts prefilled 16 tokens per round,
 /// requests of 200 positions at most.
 fn one_device(
@@ -137,16 +149,6 @@ fn two_devices_share_the_requests(path: &str) -> Result<(), Failed> {
     let checkpoint = Checkpoint::open(path)?;
     let tokenizer = checkpoint.tokenizer()?;
     let stop_ids = checkpoint.stop_ids(&tokenizer)?;
-    let device = |index: u32| -> SharedDevice {
-        Arc::new(
-            HostDevice::builder()
-                .index(index)
-                .threads(1)
-                .memory_budget(1 << 30)
-                .build()
-                .unwrap(),
-        )
-    };
     let devices = [(device(0), 1), (device(1), 2)]
         .into_iter()
         .map(|(d, slots)| {
@@ -230,16 +232,6 @@ fn split_model_serves(path: &str) -> Result<(), Failed> {
     let tokenizer = checkpoint.tokenizer()?;
     let stop_ids = checkpoint.stop_ids(&tokenizer)?;
     let layers = checkpoint.config().layers;
-    let device = |index: u32| -> SharedDevice {
-        Arc::new(
-            HostDevice::builder()
-                .index(index)
-                .threads(1)
-                .memory_budget(1 << 30)
-                .build()
-                .unwrap(),
-        )
-    };
     let stages = [
         StageSpec {
             device: device(0),

@@ -247,14 +247,6 @@ fn run(args: &Args) -> Result<()> {
         "f32" => WeightFormat::F32,
         _ => WeightFormat::Native,
     };
-    // The least any device will hold (f32 where it lacks block kernels).
-    let dyns: Vec<&dyn DynDevice> = devices.iter().map(|d| d.as_dyn()).collect();
-    let need = |d: &dyn DynDevice| {
-        bytes_needed(
-            checkpoint.resident_weight_bytes(&format.kept_formats(d)),
-            config.kv_bytes_per_position() * max_len as u64,
-        )
-    };
     let bar = ProgressBar::hidden();
     if std::io::stderr().is_terminal() {
         bar.set_draw_target(ProgressDrawTarget::stderr());
@@ -293,6 +285,14 @@ fn run(args: &Args) -> Result<()> {
             })?
         }
         None => {
+            // The least any device will hold (f32 where it lacks block kernels).
+            let dyns: Vec<&dyn DynDevice> = devices.iter().map(|d| d.as_dyn()).collect();
+            let need = |d: &dyn DynDevice| {
+                bytes_needed(
+                    checkpoint.resident_weight_bytes(&format.kept_formats(d)),
+                    config.kv_bytes_per_position() * max_len as u64,
+                )
+            };
             let device = &devices[choose_device(&dyns, &need)?];
             let info = device.as_dyn().info();
             let weight_bytes =
