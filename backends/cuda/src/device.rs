@@ -398,7 +398,7 @@ impl CudaDevice {
         };
         // SAFETY: the kernel reads and writes `n` elements of `buf`, whose
         // allocation holds at least n * size_of(dtype) bytes; the argument
-        // types match the kernel's signature in kernels.rs.
+        // types match the kernel's signature in hetero-gpu-kernels.
         unsafe { launch.launch(launch_config(buf.len)) }
             .map(|_| ())
             .map_err(self.driver_err("cuLaunchKernel"))
@@ -583,7 +583,7 @@ impl Device for CudaDevice {
         let mut launch = self.inner.stream.launch_builder(&f);
         launch.arg(&mut acc.data).arg(&src.data).arg(&n);
         // SAFETY: both buffers hold `n` elements of the kernel's dtype
-        // (checked above); the signature matches kernels.rs.
+        // (checked above); the signature matches hetero-gpu-kernels.
         unsafe { launch.launch(launch_config(acc.len)) }
             .map(|_| ())
             .map_err(self.driver_err("cuLaunchKernel"))

@@ -21,11 +21,13 @@
 
 mod device;
 mod error;
-mod kernels;
 mod link;
 mod nccl;
 mod nvml;
 pub mod ptx_check;
+
+// The kernel source is shared with hetero-rocm (one text for NVRTC and hiprtc).
+use hetero_gpu_kernels as kernels;
 
 pub use device::{CudaBuffer, CudaDevice, PeerPath};
 pub use error::CudaError;

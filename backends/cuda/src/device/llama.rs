@@ -1,6 +1,7 @@
 //! Launchers of the Llama-family kernels (`rms_norm`, `rope`,
 //! `attention_causal`, `silu_mul`) and of the one-launch embedding gather;
-//! the kernels are CUDA C in `kernels.rs`, the `Device` impl delegates here.
+//! the kernels are CUDA C in hetero-gpu-kernels (`llama.cu`), the `Device`
+//! impl delegates here.
 //!
 //! Every launcher checks owners, dtypes and shapes (the core's `validate`
 //! helpers) before launching, so a bad call is an error and never a read
@@ -87,7 +88,7 @@ impl CudaDevice {
             .arg(&mut out.data)
             .arg(&cols64)
             .arg(&eps);
-        // SAFETY: (x, w, out, u64 cols, float eps) as in kernels.rs; one
+        // SAFETY: (x, w, out, u64 cols, float eps) as in llama.cu; one
         // block per row of `cols` floats, x and out hold rows * cols,
         // weight cols (checked above).
         unsafe { launch.launch(one_block_each(blocks, 0)) }
@@ -130,7 +131,7 @@ impl CudaDevice {
             .arg(&half64)
             .arg(&halves);
         // SAFETY: (x, unsigned pos, inv_freq, u64 n, u64 heads, u64 half,
-        // int halves) as in kernels.rs; validate checked x holds
+        // int halves) as in llama.cu; validate checked x holds
         // tokens * heads * 2 * half floats, inv_freq half, positions tokens
         // (uploaded to `pos`). Each thread rotates its own pair.
         unsafe { launch.launch(launch_config(pairs)) }
@@ -201,7 +202,7 @@ impl CudaDevice {
             .arg(&dh)
             .arg(&max_len);
         // SAFETY: (q, k, v, unsigned lens, out, u64 q_len, heads, kv_heads,
-        // dh, max_len) as in kernels.rs; validate checked every buffer
+        // dh, max_len) as in llama.cu; validate checked every buffer
         // against the spec, kv_heads > 0 dividing heads, and
         // q_len <= lens[b] <= max_len, so every position read is in the
         // cache. The dynamic shared memory holds 2 * dh + one tile floats.
@@ -224,7 +225,7 @@ impl CudaDevice {
         let n = gate.len as u64;
         let mut launch = self.inner.stream.launch_builder(&f);
         launch.arg(&mut gate.data).arg(&up.data).arg(&n);
-        // SAFETY: (gate, up, u64 n) as in kernels.rs; both hold n floats.
+        // SAFETY: (gate, up, u64 n) as in llama.cu; both hold n floats.
         unsafe { launch.launch(launch_config(gate.len)) }
             .map(|_| ())
             .map_err(self.driver_err("cuLaunchKernel"))
@@ -264,7 +265,7 @@ impl CudaDevice {
             .arg(&n)
             .arg(&width64);
         // SAFETY: (table, unsigned ids, out, u64 n, u64 width) as in
-        // kernels.rs, elements of the dtype's size; embedding_width checked
+        // hetero-gpu-kernels, elements of the dtype's size; embedding_width checked
         // out holds ids.len() rows of width (n > 0) and every id names a
         // row of the table.
         unsafe { launch.launch(launch_config(out.len)) }

@@ -1,0 +1,96 @@
+// The Llama-family kernels (f32). Launched with DECODE_BLOCK (256)
+// threads, a multiple of 32 as warp_sum needs and 256 as block_sum's
+// shared array holds.
+//
+// - hetero_rms_norm_f32: one block per row.
+// - hetero_rope_f32: one thread per rotated pair (grid-stride).
+// - hetero_attention_causal_f32: one block per (sequence, query token,
+//   head), blocks ordered (b * q_len + t) * heads + h. Dynamic shared
+//   memory: the query row (dh), the output accumulator (dh) and one tile
+//   of scores (HETERO_ATT_TILE). Per tile: each group of 32 lanes takes
+//   keys and its lanes split the dot product (coalesced reads of a key
+//   row), then the running max / normaliser / accumulator are rescaled
+//   (online softmax), each thread owning output dims d = tid, tid +
+//   blockDim, ... The 32-lane groups are the CUDA warp; on AMD they are
+//   halves of a 64-wide wavefront or a whole 32-wide one (HETERO_SHFL_XOR).
+// - hetero_silu_mul_f32: elementwise (grid-stride).
+#define HETERO_ATT_TILE 256
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += HETERO_SHFL_XOR(v, o);
+    return v;
+}
+extern "C" __global__ void hetero_rms_norm_f32(const float* x, const float* w, float* out, u64 cols, float eps) {
+    __shared__ float sh[256];
+    const float* row = x + (u64)blockIdx.x * cols;
+    float* o = out + (u64)blockIdx.x * cols;
+    float s = 0.0f;
+    for (u64 c = threadIdx.x; c < cols; c += blockDim.x) { float v = row[c]; s += v * v; }
+    float inv = 1.0f / sqrtf(block_sum(s, sh) / (float)cols + eps);
+    for (u64 c = threadIdx.x; c < cols; c += blockDim.x) o[c] = row[c] * inv * w[c];
+}
+extern "C" __global__ void hetero_rope_f32(float* x, const unsigned int* pos, const float* inv_freq, u64 n, u64 heads, u64 half, int halves) {
+    GRID_STRIDE(n) {
+        u64 j = i % half, th = i / half;
+        u64 t = th / heads;
+        float s, c;
+        sincosf((float)pos[t] * inv_freq[j], &s, &c);
+        float* head = x + th * 2 * half;
+        u64 ia = halves ? j : 2 * j;
+        u64 ib = halves ? j + half : 2 * j + 1;
+        float a = head[ia], b = head[ib];
+        head[ia] = a * c - b * s;
+        head[ib] = a * s + b * c;
+    }
+}
+extern "C" __global__ void hetero_attention_causal_f32(const float* q, const float* k, const float* v, const unsigned int* lens, float* out, u64 q_len, u64 heads, u64 kv_heads, u64 dh, u64 max_len) {
+    extern __shared__ float dyn[];
+    __shared__ float sh[256];
+    float* qs = dyn;
+    float* acc = dyn + dh;
+    float* p = dyn + 2 * dh;
+    u64 h = blockIdx.x % heads, r = blockIdx.x / heads;
+    u64 b = r / q_len, t = r % q_len;
+    u64 kvh = h / (heads / kv_heads);
+    u64 qw = heads * dh, kw = kv_heads * dh;
+    u64 pos = (u64)lens[b] - q_len + t;
+    const float* qv = q + r * qw + h * dh;
+    const float* kb = k + b * max_len * kw + kvh * dh;
+    const float* vb = v + b * max_len * kw + kvh * dh;
+    float scale = 1.0f / sqrtf((float)dh);
+    for (u64 d = threadIdx.x; d < dh; d += blockDim.x) { qs[d] = qv[d]; acc[d] = 0.0f; }
+    __syncthreads();
+    unsigned int lane = threadIdx.x & 31u, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    float m = __int_as_float(0xff800000), z = 0.0f;
+    for (u64 s0 = 0; s0 <= pos; s0 += HETERO_ATT_TILE) {
+        u64 n = pos + 1 - s0;
+        if (n > HETERO_ATT_TILE) n = HETERO_ATT_TILE;
+        for (u64 j = warp; j < n; j += warps) {
+            const float* kr = kb + (s0 + j) * kw;
+            float s = 0.0f;
+            for (u64 d = lane; d < dh; d += 32) s += qs[d] * kr[d];
+            s = warp_sum(s);
+            if (lane == 0) p[j] = s * scale;
+        }
+        __syncthreads();
+        float tm = __int_as_float(0xff800000);
+        for (u64 j = threadIdx.x; j < n; j += blockDim.x) tm = fmaxf(tm, p[j]);
+        float mn = fmaxf(m, block_max(tm, sh));
+        float corr = expf(m - mn);
+        float ls = 0.0f;
+        for (u64 j = threadIdx.x; j < n; j += blockDim.x) { float e = expf(p[j] - mn); p[j] = e; ls += e; }
+        z = z * corr + block_sum(ls, sh);
+        m = mn;
+        for (u64 d = threadIdx.x; d < dh; d += blockDim.x) {
+            float a = acc[d] * corr;
+            const float* vr = vb + s0 * kw + d;
+            for (u64 j = 0; j < n; j++) a += p[j] * vr[j * kw];
+            acc[d] = a;
+        }
+        __syncthreads();
+    }
+    float* o = out + r * qw + h * dh;
+    for (u64 d = threadIdx.x; d < dh; d += blockDim.x) o[d] = acc[d] / z;
+}
+extern "C" __global__ void hetero_silu_mul_f32(float* g, const float* u, u64 n) {
+    GRID_STRIDE(n) { float x = g[i]; g[i] = x / (1.0f + expf(-x)) * u[i]; }
+}
