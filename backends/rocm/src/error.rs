@@ -23,6 +23,34 @@ pub enum RocmError {
     #[error("no AMD GPU available: {0}")]
     NoDevice(String),
 
+    /// A library loaded at run time (hiprtc, comgr) is missing.
+    #[error("{library} is not loadable ({tried}); it is needed for {what}")]
+    MissingLibrary {
+        library: &'static str,
+        what: &'static str,
+        tried: String,
+    },
+
+    /// The installed ROCm's compiler does not know this GPU architecture
+    /// (compiling for it would abort the process inside hiprtc).
+    #[error(
+        "the installed ROCm ({rocm}) cannot compile kernels for {arch}: its code object manager lists {known}; a newer ROCm is needed"
+    )]
+    UnknownArch {
+        arch: String,
+        rocm: String,
+        known: String,
+    },
+
+    /// hiprtc failed: a call's status, or the compiler's log.
+    #[error("hiprtc {call} for {arch} failed with status {code}: {log}")]
+    Compile {
+        arch: String,
+        call: &'static str,
+        code: i32,
+        log: String,
+    },
+
     /// A HIP call failed with a status code.
     #[error("{call} on {device} failed with HIP status {code}")]
     Hip {
@@ -55,7 +83,11 @@ impl From<RocmError> for Error {
                 device,
                 reason: e.to_string(),
             },
-            RocmError::NotBuilt | RocmError::NoDevice(_) => Error::Unsupported {
+            RocmError::NotBuilt
+            | RocmError::NoDevice(_)
+            | RocmError::MissingLibrary { .. }
+            | RocmError::UnknownArch { .. }
+            | RocmError::Compile { .. } => Error::Unsupported {
                 what: e.to_string(),
                 component: Backend::Rocm.into(),
             },
@@ -85,6 +117,12 @@ mod tests {
         });
         assert!(matches!(lost, Error::DeviceLost { .. }), "{lost}");
         assert!(Error::from(RocmError::NotBuilt).is_unsupported());
+        let unknown = Error::from(RocmError::UnknownArch {
+            arch: "gfx1100".into(),
+            rocm: "hiprtc 5.2".into(),
+            known: "gfx90a".into(),
+        });
+        assert!(unknown.is_unsupported() && unknown.to_string().contains("gfx1100"));
         assert_eq!(HIP_ERROR_NO_DEVICE, 100);
     }
 }

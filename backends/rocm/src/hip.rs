@@ -1,4 +1,6 @@
-//! The HIP-backed device (feature `rocm`).
+//! The HIP-backed device (feature `rocm`). Its kernels (the shared source
+//! of hetero-gpu-kernels, compiled by hiprtc for the device's processor)
+//! are launched from `hip/ops.rs`.
 //!
 //! `hip-sys` provides the build-time link to `libamdhip64` (its build script
 //! finds the runtime) and the argument types. The handful of calls used here
@@ -8,22 +10,22 @@
 
 use std::ffi::{c_char, c_int, c_void};
 use std::ops::Range;
-use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use hetero_core::device::{
-    check_copy, check_download, check_owner, check_same_shape, check_upload,
-};
-use hetero_core::host_kernels::{self, Arith};
+use hetero_core::device::{check_copy, check_download, check_owner, check_upload};
 use hetero_core::{
-    Backend, Capabilities, DType, Device, DeviceBuffer, DeviceId, DeviceInfo, DeviceKind, Error,
-    GemmSpec, HostSlice, HostSliceMut, Link, LinkKind, MemoryUsage, ReduceOp, Result, with_dtype,
+    Activation, AttentionSpec, Backend, Capabilities, CausalAttentionSpec, DType, Device,
+    DeviceBuffer, DeviceId, DeviceInfo, DeviceKind, Error, GemmSpec, HostSlice, HostSliceMut, Link,
+    LinkKind, MemoryUsage, ReduceOp, Result, RopeSpec,
 };
-use hip_sys::hiprt::hipMemcpyKind;
+use hip_sys::hiprt::{hipDeviceProp_t, hipMemcpyKind};
 
 use crate::error::{HIP_ERROR_NO_DEVICE, RocmError};
+use crate::module::Module;
+
+mod ops;
 
 #[link(name = "amdhip64")]
 unsafe extern "C" {
@@ -44,6 +46,32 @@ unsafe extern "C" {
     ) -> i32;
     fn hipDeviceSynchronize() -> i32;
     fn hipRuntimeGetVersion(version: *mut c_int) -> i32;
+    fn hipGetDeviceProperties(props: *mut c_void, device: c_int) -> i32;
+}
+
+/// Room for `hipDeviceProp_t` of any ROCm version: the runtime writes its
+/// own version's struct, which may be larger than hip-sys's.
+#[repr(C, align(8))]
+struct PropsBuffer([u8; 4096]);
+
+const _: () = assert!(size_of::<hipDeviceProp_t>() <= 4096);
+
+/// The device's target id, e.g. `gfx90a:sramecc+:xnack-`
+/// (`hipDeviceProp_t::gcnArchName`), or `None` when the runtime cannot tell.
+fn gcn_arch_name(ordinal: c_int) -> Option<String> {
+    let mut props = PropsBuffer([0; 4096]);
+    // SAFETY: the buffer is larger than any hipDeviceProp_t the runtime writes.
+    let status = unsafe { hipGetDeviceProperties(props.0.as_mut_ptr().cast(), ordinal) };
+    if status != 0 {
+        return None;
+    }
+    // gcnArchName's offset has been the same (396) from ROCm 4 to 5.7, and
+    // ROCm 6 keeps this layout behind the unversioned symbol called here.
+    let start = std::mem::offset_of!(hipDeviceProp_t, gcnArchName);
+    let field = &props.0[start..start + 256];
+    let len = field.iter().position(|&b| b == 0).unwrap_or(field.len());
+    let name = String::from_utf8_lossy(&field[..len]).trim().to_string();
+    (!name.is_empty()).then_some(name)
 }
 
 /// Number of HIP devices, or an `Unsupported` error saying why there are none.
@@ -78,7 +106,11 @@ struct Inner {
     id: DeviceId,
     ordinal: c_int,
     name: String,
+    /// Target id (`gcnArchName`), e.g. `gfx90a:sramecc+:xnack-`.
+    arch: String,
     allocated: Arc<AtomicU64>,
+    /// The shared kernels, compiled for `arch` and loaded on first use.
+    module: OnceLock<std::result::Result<Module, String>>,
 }
 
 /// A buffer in GPU memory.
@@ -159,12 +191,15 @@ impl RocmDevice {
         } else {
             "AMD GPU".into()
         };
+        let arch = gcn_arch_name(ordinal).unwrap_or_default();
         let device = RocmDevice {
             inner: Arc::new(Inner {
                 id,
                 ordinal,
                 name,
+                arch,
                 allocated: Arc::new(AtomicU64::new(0)),
+                module: OnceLock::new(),
             }),
         };
         device.select("hipSetDevice")?;
@@ -199,21 +234,49 @@ impl RocmDevice {
         check_owner(buf, self.inner.id, what)
     }
 
-    fn to_host<T: Arith + Default>(&self, buf: &RocmBuffer) -> Result<Vec<T>> {
-        let mut v = vec![T::default(); buf.len];
-        Device::download(self, buf, 0, HostSliceMut::new(&mut v))?;
-        Ok(v)
+    /// The GPU's target id as the runtime reports it (`gcnArchName`, e.g.
+    /// `gfx90a:sramecc+:xnack-`); empty when the runtime did not tell.
+    pub fn arch(&self) -> &str {
+        &self.inner.arch
     }
 
-    /// Run a host kernel on a staged copy of `buf` and write it back.
-    fn staged<T: Arith + Default>(
-        &self,
-        buf: &mut RocmBuffer,
-        f: impl FnOnce(&mut [T]) -> Result<()>,
-    ) -> Result<()> {
-        let mut v = self.to_host::<T>(buf)?;
-        f(&mut v)?;
-        Device::upload(self, buf, 0, HostSlice::new(&v))
+    /// `Ok` when the installed ROCm can compile the kernels for this GPU
+    /// (hiprtc and comgr load, comgr knows the processor), else why not.
+    /// Cheap: nothing is compiled.
+    pub fn kernels_supported(&self) -> Result<()> {
+        if self.inner.arch.is_empty() {
+            return Err(Error::unsupported(
+                Backend::Rocm,
+                "kernels: the HIP runtime reports no architecture (gcnArchName) for this GPU",
+            ));
+        }
+        crate::rtc::check_target(&self.inner.arch).map_err(Error::from)
+    }
+
+    /// Compile (once per processor, cached on disk) and load every kernel,
+    /// so the first real call pays no compilation; an error says why not.
+    pub fn prepare_kernels(&self) -> Result<()> {
+        self.module().map(|_| ())
+    }
+
+    fn module(&self) -> Result<&Module> {
+        let loaded = self.inner.module.get_or_init(|| {
+            self.kernels_supported().map_err(|e| e.to_string())?;
+            let code =
+                crate::code_cache::code_object(&self.inner.arch).map_err(|e| e.to_string())?;
+            self.select("hipSetDevice").map_err(|e| e.to_string())?;
+            Module::load(
+                self.inner.id,
+                self.inner.ordinal,
+                &code,
+                &hetero_gpu_kernels::all_names(),
+            )
+            .map_err(|e| e.to_string())
+        });
+        loaded.as_ref().map_err(|reason| Error::Unsupported {
+            what: reason.clone(),
+            component: Backend::Rocm.into(),
+        })
     }
 }
 
@@ -253,14 +316,25 @@ impl Device for RocmDevice {
     }
 
     fn capabilities(&self) -> Capabilities {
-        // Reduce and scale are staged through the host (no kernel compiler
-        // in Debian's HIP); there is no GEMM without hipBLAS.
+        // Every kernel runs on the GPU, compiled by hiprtc; where the
+        // installed ROCm cannot compile for this GPU there are none (and
+        // the calls say why), never a silent trip through the host.
+        if self.kernels_supported().is_err() {
+            return Capabilities {
+                reduce_dtypes: Vec::new(),
+                scale_dtypes: Vec::new(),
+                gemm_dtypes: Vec::new(),
+                decode_dtypes: Vec::new(),
+                llama_dtypes: Vec::new(),
+                quant_types: Vec::new(),
+            };
+        }
         Capabilities {
             reduce_dtypes: DType::ALL.to_vec(),
             scale_dtypes: DType::ALL.to_vec(),
-            gemm_dtypes: Vec::new(),
-            decode_dtypes: Vec::new(),
-            llama_dtypes: Vec::new(),
+            gemm_dtypes: hetero_gpu_kernels::GEMM_DTYPES.to_vec(),
+            decode_dtypes: vec![DType::F32],
+            llama_dtypes: vec![DType::F32],
             quant_types: Vec::new(),
         }
     }
@@ -360,35 +434,15 @@ impl Device for RocmDevice {
     }
 
     fn reduce(&self, op: ReduceOp, acc: &mut RocmBuffer, src: &RocmBuffer) -> Result<()> {
-        self.check_owned(acc, "reduce accumulator")?;
-        self.check_owned(src, "reduce source")?;
-        check_same_shape(acc, src, "reduce operands")?;
-        with_dtype!(acc.dtype, T => {
-            let other = self.to_host::<T>(src)?;
-            self.staged::<T>(acc, |a| host_kernels::combine(op, a, &other))
-        })
+        self.launch_reduce(op, acc, src)
     }
 
     fn finish_reduce(&self, op: ReduceOp, buf: &mut RocmBuffer, count: usize) -> Result<()> {
-        self.check_owned(buf, "reduce buffer")?;
-        if count == 0 {
-            return Err(Error::invalid(
-                "count",
-                "a reduction needs at least one contribution",
-            ));
-        }
-        if op != ReduceOp::Avg || count == 1 {
-            return Ok(());
-        }
-        with_dtype!(buf.dtype, T => self.staged::<T>(buf, |b| host_kernels::finish(op, b, count)))
+        self.launch_finish_reduce(op, buf, count)
     }
 
     fn scale(&self, buf: &mut RocmBuffer, alpha: f64) -> Result<()> {
-        self.check_owned(buf, "scale buffer")?;
-        with_dtype!(buf.dtype, T => self.staged::<T>(buf, |b| {
-            host_kernels::scale(b, alpha);
-            Ok(())
-        }))
+        self.launch_scale(buf, alpha)
     }
 
     fn gemm(
@@ -398,11 +452,83 @@ impl Device for RocmDevice {
         b: &RocmBuffer,
         c: &mut RocmBuffer,
     ) -> Result<()> {
-        spec.validate(a.len, b.len, c.len)?;
-        Err(Error::unsupported(
-            Backend::Rocm,
-            "gemm: hetero-rocm has no hipBLAS (Debian does not ship it)",
-        ))
+        self.launch_gemm(spec, a, b, c)
+    }
+
+    fn layer_norm(
+        &self,
+        x: &RocmBuffer,
+        gamma: &RocmBuffer,
+        beta: &RocmBuffer,
+        out: &mut RocmBuffer,
+        eps: f32,
+    ) -> Result<()> {
+        self.launch_layer_norm(x, gamma, beta, out, eps)
+    }
+
+    fn bias_activation(
+        &self,
+        x: &mut RocmBuffer,
+        bias: &RocmBuffer,
+        act: Activation,
+    ) -> Result<()> {
+        self.launch_bias_activation(x, bias, act)
+    }
+
+    fn attention_decode(
+        &self,
+        spec: &AttentionSpec,
+        q: &RocmBuffer,
+        k_cache: &RocmBuffer,
+        v_cache: &RocmBuffer,
+        lens: &[u32],
+        out: &mut RocmBuffer,
+    ) -> Result<()> {
+        self.launch_attention_decode(spec, q, k_cache, v_cache, lens, out)
+    }
+
+    fn argmax_rows(&self, x: &RocmBuffer, rows: usize) -> Result<Vec<u32>> {
+        self.launch_argmax_rows(x, rows)
+    }
+
+    fn rms_norm(
+        &self,
+        x: &RocmBuffer,
+        weight: &RocmBuffer,
+        out: &mut RocmBuffer,
+        eps: f32,
+    ) -> Result<()> {
+        self.launch_rms_norm(x, weight, out, eps)
+    }
+
+    fn rope(
+        &self,
+        spec: &RopeSpec,
+        x: &mut RocmBuffer,
+        positions: &[u32],
+        inv_freq: &RocmBuffer,
+    ) -> Result<()> {
+        self.launch_rope(spec, x, positions, inv_freq)
+    }
+
+    fn attention_causal(
+        &self,
+        spec: &CausalAttentionSpec,
+        q: &RocmBuffer,
+        k_cache: &RocmBuffer,
+        v_cache: &RocmBuffer,
+        lens: &[u32],
+        out: &mut RocmBuffer,
+    ) -> Result<()> {
+        self.launch_attention_causal(spec, q, k_cache, v_cache, lens, out)
+    }
+
+    fn silu_mul(&self, gate: &mut RocmBuffer, up: &RocmBuffer) -> Result<()> {
+        self.launch_silu_mul(gate, up)
+    }
+
+    fn embedding(&self, table: &RocmBuffer, ids: &[u32], out: &mut RocmBuffer) -> Result<()> {
+        self.launch_embedding(table, ids, out)
     }
 
     fn synchronize(&self) -> Result<()> {
