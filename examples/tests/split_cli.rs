@@ -2,10 +2,15 @@
 //! --split` gives the one-device greedy ids and reports its stages in
 //! `--json`; `hetero-place --model` profiles, plans and explains, and
 //! leaves out a device too small for any layer. Bad `--split` values are
-//! named errors. Skipped without `HETERO_TEST_GGUF`.
+//! named errors. The same split over processes (`--rank-from-env`, one
+//! stage per rank over loopback TCP) gives the same ids, and a stage
+//! process killed mid-run ends the others with an error within the stage
+//! timeout. Skipped without `HETERO_TEST_GGUF`.
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
 
@@ -125,6 +130,167 @@ fn place_model(model: &str) -> Result<(), Failed> {
     Ok(())
 }
 
+/// Start `counts.len()` processes of hetero-generate as the ranks of one
+/// job (torchrun's variables), each holding its count of layers on a
+/// one-thread host device.
+fn spawn_ranks(model: &str, counts: &[usize], extra: &[&str]) -> Result<Vec<Child>, Failed> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let split = format!(
+        "layers:{}",
+        counts
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let mut children = Vec::new();
+    for rank in 0..counts.len() {
+        let child = Command::new(GENERATE)
+            .args(["--model", model, "--rank-from-env", "--split", &split])
+            .args(["--device", "host:threads=1", "--json"])
+            .args(extra)
+            .env("RANK", rank.to_string())
+            .env("WORLD_SIZE", counts.len().to_string())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
+        match child {
+            Ok(c) => children.push(c),
+            Err(e) => {
+                for mut c in children {
+                    let _ = c.kill();
+                }
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(children)
+}
+
+/// Wait for every child until `deadline`, killing those still running
+/// then; their outputs (`None` for one that had to be killed).
+fn wait_all(children: Vec<Child>, deadline: Instant) -> Vec<Option<Output>> {
+    let mut outs = Vec::new();
+    for mut c in children {
+        loop {
+            match c.try_wait() {
+                Ok(Some(_)) => {
+                    outs.push(c.wait_with_output().ok());
+                    break;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                _ => {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    outs.push(None);
+                    break;
+                }
+            }
+        }
+    }
+    outs
+}
+
+/// The model split over 2 and 3 processes (hidden states over loopback
+/// TCP) gives the one-device greedy ids; every rank exits cleanly.
+fn ranks_give_one_device_ids(model: &str) -> Result<(), Failed> {
+    let prompt = [
+        "--prompt",
+        "The capital of Germany is",
+        "--max-tokens",
+        "12",
+    ];
+    let mut args = vec!["--model", model, "--json", "--device", "host"];
+    args.extend_from_slice(&prompt);
+    let one = json(GENERATE, &args)?;
+    let layers = one["devices"][0]["layers"][1].as_u64().ok_or("no layers")? as usize + 1;
+    for counts in [
+        vec![layers / 2, layers - layers / 2],
+        vec![layers / 3, layers / 3, layers - 2 * (layers / 3)],
+    ] {
+        let children = spawn_ranks(model, &counts, &prompt)?;
+        let outs = wait_all(children, Instant::now() + Duration::from_secs(180));
+        for (rank, out) in outs.iter().enumerate() {
+            let out = out
+                .as_ref()
+                .ok_or(format!("rank {rank} of {counts:?} did not end"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "rank {rank} of {counts:?}: {}: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                )
+                .into());
+            }
+        }
+        let first = outs[0].as_ref().ok_or("rank 0")?;
+        let got: serde_json::Value = serde_json::from_slice(&first.stdout)?;
+        if got["ids"] != one["ids"] {
+            return Err(format!(
+                "{counts:?}: ids {} vs one device {}",
+                got["ids"], one["ids"]
+            )
+            .into());
+        }
+        let stages = got["devices"].as_array().ok_or("no devices")?;
+        if stages.len() != counts.len() || stages[counts.len() - 1]["rank"] != counts.len() - 1 {
+            return Err(format!("{counts:?}: stages {stages:?}").into());
+        }
+    }
+    Ok(())
+}
+
+/// A stage process that dies (SIGKILL) ends the others with an error
+/// naming what was lost, within the stage timeout: never a hang.
+fn dead_stage_ends_the_others(model: &str) -> Result<(), Failed> {
+    let layers = 30;
+    let timeout = 10;
+    let counts = [10, 10, layers - 20];
+    let t = timeout.to_string();
+    let extra = [
+        "--prompt",
+        "Count from one to one thousand, one number per line.",
+        "--max-tokens",
+        "1000",
+        "--stage-timeout",
+        &t,
+    ];
+    let mut children = spawn_ranks(model, &counts, &extra)?;
+    // Kill rank 1 once it serves (rank 0 is then joining or generating).
+    let stderr = children[1].stderr.take().ok_or("rank 1 stderr")?;
+    let serving = BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.contains("serving until"));
+    let _ = children[1].kill();
+    let killed = Instant::now();
+    let outs = wait_all(children, killed + Duration::from_secs(timeout + 30));
+    if !serving {
+        return Err("rank 1 never said it was serving".into());
+    }
+    let elapsed = killed.elapsed();
+    for rank in [0, 2] {
+        let out = outs[rank].as_ref().ok_or(format!(
+            "rank {rank} still ran {elapsed:?} after rank 1 died"
+        ))?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() || !err.contains("rank") {
+            return Err(format!("rank {rank} after rank 1 died: {}: {err}", out.status).into());
+        }
+    }
+    if elapsed > Duration::from_secs(timeout + 5) {
+        return Err(format!("the ranks took {elapsed:?} to stop (timeout {timeout} s)").into());
+    }
+    Ok(())
+}
+
 /// A trial on the model file.
 type TrialFn = fn(&str) -> Result<(), Failed>;
 
@@ -134,7 +300,15 @@ fn main() {
         .ok()
         .filter(|p| Path::new(p).is_file());
     let mut trials = Vec::new();
-    let cases: [(&str, TrialFn); 2] = [
+    let cases: [(&str, TrialFn); 4] = [
+        (
+            "split_cli::ranks_give_one_device_ids",
+            ranks_give_one_device_ids,
+        ),
+        (
+            "split_cli::dead_stage_ends_the_others",
+            dead_stage_ends_the_others,
+        ),
         (
             "split_cli::generate_split_gives_one_device_ids",
             generate_split,

@@ -50,7 +50,10 @@ pub use device_choice::{bytes_needed, choose_device};
 pub use error::{ModelError, Result};
 pub use generate::{Continuation, FinishReason, GenerateOptions, Generation, Step, generate};
 pub use gguf::GgufFile;
-pub use llama::{KvCache, LlamaConfig, LlamaModel, Logits, StageInfo, StageSpec, WeightFormat};
+pub use llama::{
+    KvCache, LlamaConfig, LlamaModel, Logits, RemoteStage, RemoteTail, StageInfo, StagePeer,
+    StageSpec, StageStats, WeightFormat,
+};
 pub use prompt::{adds_bos, prompt_ids};
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::{StreamDecoder, Tokenizer, Utf8Stream};

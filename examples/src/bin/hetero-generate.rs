@@ -8,10 +8,13 @@ use clap::Parser;
 use hetero_backends::{discover, select_devices};
 use hetero_core::{DeviceInfo, DynDevice, Error, Result};
 use hetero_models::{
-    BenchOptions, Checkpoint, GenerateOptions, LlamaModel, SamplingParams, WeightFormat, bench,
-    bytes_needed, choose_device, generate, prompt_ids,
+    BenchOptions, Checkpoint, GenerateOptions, LlamaModel, SamplingParams, StageSpec, WeightFormat,
+    bench, bytes_needed, choose_device, generate, prompt_ids,
 };
-use hetero_scheduler::pipeline::{PlanOptions, ProfileOptions, SplitSpec, choose_stages};
+use hetero_scheduler::pipeline::{
+    PlanOptions, ProfileOptions, SplitSpec, choose_stages, join_stage_ranks, rank_layers,
+    serve_stage_rank,
+};
 use hetero_scheduler::real_model::activation_bytes;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
@@ -88,6 +91,79 @@ struct Args {
     /// Print one JSON object (ids, text, speeds, device) instead of streaming.
     #[arg(long)]
     json: bool,
+    /// Run as one stage of the model split over processes, in a job
+    /// started like torchrun (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT):
+    /// rank i holds the i-th count of `--split layers:N0,N1,...` on its one
+    /// --device (default: the host). Rank 0 holds the embedding, reads the
+    /// prompt, samples and prints; the hidden states go from rank to rank
+    /// and the last rank (which holds the head) sends the logits back. The
+    /// other ranks serve until rank 0 is done (or gone).
+    #[arg(long)]
+    rank_from_env: bool,
+    /// With --rank-from-env: ranks on the same host exchange through
+    /// shared memory (/dev/shm, or HETERO_SHM_DIR; Linux) instead of
+    /// loopback TCP.
+    #[arg(long, requires = "rank_from_env")]
+    shared_memory: bool,
+    /// With --rank-from-env: seconds a rank waits for a message (rank 0
+    /// for an answer from the line, the others at start-up) before it
+    /// gives up with an error; the rendezvous and the other ranks'
+    /// loading get the same limit.
+    #[arg(long, default_value_t = 60.0, requires = "rank_from_env")]
+    stage_timeout: f64,
+}
+
+/// `--rank-from-env`: this process's rank and its link to the others.
+struct RankLink {
+    rank: usize,
+    world: usize,
+    transport: std::sync::Arc<dyn hetero_collectives::transport::Transport>,
+    runtime: tokio::runtime::Runtime,
+    timeout: std::time::Duration,
+}
+
+impl RankLink {
+    fn join(args: &Args) -> Result<Self> {
+        use hetero_collectives::transport::{Ranks, TransportKind, connect};
+        if !(args.stage_timeout.is_finite() && args.stage_timeout > 0.0) {
+            return Err(Error::invalid(
+                "--stage-timeout",
+                "must be a positive number of seconds",
+            ));
+        }
+        let timeout = std::time::Duration::from_secs_f64(args.stage_timeout);
+        let mut cfg = hetero_collectives::TcpConfig::from_env()?;
+        cfg.timeout = timeout;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("starting the tokio runtime", e))?;
+        let kind = if args.shared_memory {
+            TransportKind::SharedMemory
+        } else {
+            TransportKind::Tcp
+        };
+        eprintln!(
+            "rank {} of {}: joining the job at {}...",
+            cfg.rank, cfg.world_size, cfg.master
+        );
+        let transport = runtime
+            .block_on(connect(kind, Ranks::Job(cfg), Some(timeout)))?
+            .into_single()?;
+        Ok(RankLink {
+            rank: transport.rank(),
+            world: transport.size(),
+            transport,
+            runtime,
+            timeout,
+        })
+    }
+
+    /// Hand the last messages to the medium before the process exits.
+    fn flush(&self) -> Result<()> {
+        self.runtime.block_on(self.transport.flush())
+    }
 }
 
 fn main() -> ExitCode {
@@ -115,8 +191,9 @@ fn stage_json(model: &LlamaModel) -> serde_json::Value {
             .iter()
             .map(|s| {
                 json!({
-                    "device": s.device.id().to_string(),
-                    "device_name": s.device.info().name,
+                    "device": s.device_id,
+                    "device_name": s.device_name,
+                    "rank": s.rank,
                     "layers": [s.layers.start, s.layers.end - 1],
                     "resident_bytes": s.weight_bytes,
                 })
@@ -193,9 +270,15 @@ fn run(args: &Args) -> Result<()> {
     if args.max_tokens == 0 {
         return Err(Error::invalid("--max-tokens", "must be at least 1"));
     }
+    let link = if args.rank_from_env {
+        Some(RankLink::join(args)?)
+    } else {
+        None
+    };
     let text = match &args.prompt {
         Some(p) => p.clone(),
-        None if args.bench => String::new(),
+        // Only rank 0 reads a prompt.
+        None if args.bench || link.as_ref().is_some_and(|l| l.rank > 0) => String::new(),
         None => {
             if std::io::stdin().is_terminal() {
                 eprintln!("reading the prompt from stdin (end with Ctrl-D)...");
@@ -255,8 +338,77 @@ fn run(args: &Args) -> Result<()> {
         ProgressStyle::with_template("loading {bar:40} {bytes}/{total_bytes} ({eta})")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let model = match &split {
-        Some(spec) => {
+    let model = match (&split, &link) {
+        (_, Some(link)) => {
+            let counts = match &split {
+                Some(SplitSpec::Layers(counts)) => counts,
+                _ => {
+                    return Err(Error::invalid(
+                        "--split",
+                        "with --rank-from-env give each rank's layers as layers:N0,N1,... (one \
+                         count per rank); placing them automatically across processes is not \
+                         supported yet",
+                    ));
+                }
+            };
+            let layers = rank_layers(counts, link.rank, link.world, config.layers)?;
+            let device = match devices.as_slice() {
+                [one] => one.shared(),
+                _ if args.devices.is_empty() => select_devices(&["host".to_string()], &devices)?
+                    .remove(0)
+                    .shared(),
+                more => {
+                    return Err(Error::invalid(
+                        "--device",
+                        format!(
+                            "with --rank-from-env each rank runs one device; {} were given",
+                            more.len()
+                        ),
+                    ));
+                }
+            };
+            eprintln!(
+                "rank {}: loading layers {}-{} on {}",
+                link.rank,
+                layers.start,
+                layers.end - 1,
+                device.id()
+            );
+            let part = LlamaModel::load_split(
+                &checkpoint,
+                &[StageSpec { device, layers }],
+                format,
+                &mut |p| {
+                    bar.set_length(p.total_bytes);
+                    bar.set_position(p.done_bytes);
+                },
+            )?;
+            bar.finish_and_clear();
+            if link.rank > 0 {
+                eprintln!("rank {}: serving until rank 0 stops the line", link.rank);
+                let served = serve_stage_rank(&part, link.transport.clone(), link.runtime.handle());
+                let flushed = link.flush();
+                let stats = served?;
+                flushed?;
+                if args.json {
+                    print_json(&json!({"rank": link.rank, "stage": stats}))?;
+                } else {
+                    eprintln!(
+                        "rank {}: stopped after {} steps ({} rows, {} failed)",
+                        link.rank, stats.steps, stats.rows, stats.failed_steps
+                    );
+                }
+                return Ok(());
+            }
+            eprintln!("rank 0: waiting for the other ranks' stages...");
+            join_stage_ranks(
+                part,
+                link.transport.clone(),
+                link.runtime.handle(),
+                link.timeout,
+            )?
+        }
+        (Some(spec), None) => {
             let shared: Vec<_> = devices.iter().map(|d| d.shared()).collect();
             let plan = PlanOptions {
                 batch: 1,
@@ -284,7 +436,7 @@ fn run(args: &Args) -> Result<()> {
                 bar.set_position(p.done_bytes);
             })?
         }
-        None => {
+        (None, None) => {
             // The least any device will hold (f32 where it lacks block kernels).
             let dyns: Vec<&dyn DynDevice> = devices.iter().map(|d| d.as_dyn()).collect();
             let need = |d: &dyn DynDevice| {
@@ -319,16 +471,50 @@ fn run(args: &Args) -> Result<()> {
     for s in model.stages() {
         eprintln!(
             "stage: {} ({}) holds layers {}-{}, {:.1} MiB of weights",
-            s.device.id(),
-            s.device.info().name,
+            s.device_id,
+            s.device_name,
             s.layers.start,
             s.layers.end - 1,
             mib(s.weight_bytes)
         );
     }
     let info = model.device().info();
+    let result = generate_and_print(
+        args,
+        &model,
+        &info,
+        stages,
+        &tokenizer,
+        &prompt_text,
+        &ids,
+        stop_ids,
+        sampling,
+    );
+    // Rank 0 stops the other ranks (also after a failure) and hands its
+    // last messages to the network.
+    if let Some(link) = &link {
+        let stopped = model.stop_remote().and_then(|()| link.flush());
+        result?;
+        stopped?;
+        return Ok(());
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn generate_and_print(
+    args: &Args,
+    model: &LlamaModel,
+    info: &DeviceInfo,
+    stages: serde_json::Value,
+    tokenizer: &hetero_models::Tokenizer,
+    prompt_text: &str,
+    ids: &[u32],
+    stop_ids: Vec<u32>,
+    sampling: SamplingParams,
+) -> Result<()> {
     if args.bench {
-        return run_bench(args, &model, &info, stages);
+        return run_bench(args, model, info, stages);
     }
 
     let options = GenerateOptions {
@@ -338,7 +524,7 @@ fn run(args: &Args) -> Result<()> {
         stop_ids,
     };
     let mut stdout = std::io::stdout();
-    let g = generate(&model, &tokenizer, &ids, &options, &mut |piece| {
+    let g = generate(model, tokenizer, ids, &options, &mut |piece| {
         if !args.json {
             // A closed pipe ends the stream; the summary still goes to stderr.
             let _ = stdout.write_all(piece.as_bytes());

@@ -21,6 +21,7 @@ use hetero_core::{Error, Result};
 
 use super::forward::{Micro, SeqKv};
 use super::model::{KvCache, LlamaModel, Logits};
+use super::remote::SeqStep;
 
 /// The sampler of [`LlamaModel::decode_pipelined`]: `(group, sequences,
 /// their logits)` to each sequence's next token, `None` when it is done.
@@ -78,6 +79,7 @@ impl LlamaModel {
             }
         }
         let stages = self.stages.len();
+        let ids: Vec<u64> = caches.iter().map(|c| c.id).collect();
         let lens: Vec<usize> = caches.iter().map(|c| c.len).collect();
         let maxes: Vec<usize> = caches.iter().map(|c| c.max_len).collect();
         let mut fed = vec![0usize; caches.len()];
@@ -87,16 +89,19 @@ impl LlamaModel {
         let result = std::thread::scope(|scope| -> Result<()> {
             let (first_tx, mut input) = mpsc::channel::<Work>();
             let (out_tx, out_rx) = mpsc::channel::<(Work, Vec<f32>)>();
-            let mut handles = Vec::with_capacity(stages);
+            let mut handles = Vec::with_capacity(stages + 2);
+            // Only the thread that hands out logits holds `out_tx`, so the
+            // loop below sees the line closed as soon as it stops.
+            let mut out_tx = Some(out_tx);
             for (s, kv_s) in kv.iter_mut().enumerate() {
                 let (tx, rx) = mpsc::channel::<Work>();
                 let from = std::mem::replace(&mut input, rx);
-                let out_tx = out_tx.clone();
-                let last = s + 1 == stages;
+                let last = s + 1 == stages && self.tail.is_none();
+                let out_tx = if last { out_tx.take() } else { None };
                 handles.push(scope.spawn(move || -> Result<()> {
                     for mut work in from {
                         let out = self.stage_step(s, &mut work, kv_s)?;
-                        if last {
+                        if let Some(out_tx) = &out_tx {
                             if out_tx.send((work, out)).is_err() {
                                 break;
                             }
@@ -107,6 +112,47 @@ impl LlamaModel {
                             })
                             .is_err()
                         {
+                            break;
+                        }
+                    }
+                    Ok(())
+                }));
+            }
+            if let (Some(tail), Some(out_tx)) = (&self.tail, out_tx.take()) {
+                // The stages of other processes: one thread sends each
+                // group's step down the line, another takes the answers in
+                // the same order.
+                let from = std::mem::replace(&mut input, mpsc::channel().1);
+                let (sent_tx, sent_rx) = mpsc::channel::<(u64, Work)>();
+                let (ids, maxes) = (&ids, &maxes);
+                let mut tail_lens = lens.clone();
+                handles.push(scope.spawn(move || -> Result<()> {
+                    for mut work in from {
+                        let steps = work
+                            .seqs
+                            .iter()
+                            .map(|&i| SeqStep {
+                                id: ids[i],
+                                len: tail_lens[i],
+                                n: 1,
+                                max_len: maxes[i],
+                            })
+                            .collect();
+                        let hidden = work.hidden.take().unwrap_or_default();
+                        let tag = tail.send_step(steps, Logits::Last, &hidden)?;
+                        for &i in &work.seqs {
+                            tail_lens[i] += 1;
+                        }
+                        if sent_tx.send((tag, work)).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(())
+                }));
+                handles.push(scope.spawn(move || -> Result<()> {
+                    for (tag, work) in sent_rx {
+                        let out = tail.recv_out(tag)?;
+                        if out_tx.send((work, out)).is_err() {
                             break;
                         }
                     }

@@ -25,6 +25,7 @@ use hetero_core::{
 };
 
 use super::model::{KvCache, LlamaModel, Logits};
+use super::remote::SeqStep;
 
 /// One sequence's keys and values in the layers of one stage.
 pub(super) struct SeqKv<'a> {
@@ -152,7 +153,17 @@ impl LlamaModel {
             }
         }
         let news: Vec<usize> = seqs.iter().map(|(_, t)| t.len()).collect();
-        let parts = if self.stages.len() > 1 {
+        // Each sequence's step for the stages of other processes.
+        let steps: Vec<SeqStep> = seqs
+            .iter()
+            .map(|(c, t)| SeqStep {
+                id: c.id,
+                len: c.len,
+                n: t.len(),
+                max_len: c.max_len,
+            })
+            .collect();
+        let parts = if self.pipeline_len() > 1 {
             self.micro_batches
         } else {
             1
@@ -182,18 +193,26 @@ impl LlamaModel {
         let mut kv =
             self.split_caches(seqs.iter_mut().map(|(c, _)| &mut **c), news.iter().copied());
 
-        let outs = if self.stages.len() == 1 || micros.len() == 1 {
+        let outs = if self.pipeline_len() == 1 || micros.len() == 1 {
             let mut outs = Vec::with_capacity(micros.len());
             for m in &micros {
                 let mut x = None;
                 for (s, kv_s) in kv.iter_mut().enumerate() {
                     x = Some(self.run_stage(s, m, x, &mut kv_s[m.seqs.clone()], which)?);
                 }
+                if let Some(tail) = &self.tail {
+                    let tag = tail.send_step(
+                        steps[m.seqs.clone()].to_vec(),
+                        which,
+                        &x.unwrap_or_default(),
+                    )?;
+                    x = Some(tail.recv_out(tag)?);
+                }
                 outs.push(x.unwrap_or_default());
             }
             outs
         } else {
-            self.run_pipelined(&micros, &mut kv, which)?
+            self.run_pipelined(&micros, &mut kv, &steps, which)?
         };
         drop(kv);
         for (cache, tokens) in seqs.iter_mut() {
@@ -222,14 +241,15 @@ impl LlamaModel {
         &self,
         micros: &[Micro],
         kv: &mut [Vec<SeqKv<'_>>],
+        steps: &[SeqStep],
         which: Logits,
     ) -> Result<Vec<Vec<f32>>> {
         let last = self.stages.len() - 1;
         std::thread::scope(|scope| {
-            let mut handles = Vec::with_capacity(kv.len());
+            let mut handles = Vec::with_capacity(kv.len() + 2);
             let mut input: Option<mpsc::Receiver<Vec<f32>>> = None;
             for (s, kv_s) in kv.iter_mut().enumerate() {
-                let (tx, rx) = if s < last {
+                let (tx, rx) = if s < last || self.tail.is_some() {
                     let (tx, rx) = mpsc::channel();
                     (Some(tx), Some(rx))
                 } else {
@@ -259,6 +279,37 @@ impl LlamaModel {
                     Ok(outs)
                 }));
             }
+            if let (Some(tail), Some(from)) = (&self.tail, input) {
+                // Two threads: one sends each micro-batch down the line as
+                // it comes, the other takes the answers in the same order,
+                // so the other processes' stages overlap as these do.
+                let (sent_tx, sent_rx) = mpsc::channel::<u64>();
+                handles.push(scope.spawn(move || -> Result<Vec<Vec<f32>>> {
+                    for m in micros {
+                        let x = from.recv().map_err(|_| {
+                            Error::invalid("remote stages", "got no input: an earlier stage failed")
+                        })?;
+                        let tag = tail.send_step(steps[m.seqs.clone()].to_vec(), which, &x)?;
+                        if sent_tx.send(tag).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(Vec::new())
+                }));
+                handles.push(scope.spawn(move || -> Result<Vec<Vec<f32>>> {
+                    let mut outs = Vec::with_capacity(micros.len());
+                    for tag in sent_rx {
+                        outs.push(tail.recv_out(tag)?);
+                    }
+                    if outs.len() < micros.len() {
+                        return Err(Error::invalid(
+                            "remote stages",
+                            "got no input: an earlier stage failed",
+                        ));
+                    }
+                    Ok(outs)
+                }));
+            }
             let mut results = Vec::with_capacity(handles.len());
             for h in handles {
                 results.push(
@@ -273,6 +324,67 @@ impl LlamaModel {
             }
             Ok(last_outs)
         })
+    }
+
+    /// Run a part without the embedding (one stage of a pipeline over
+    /// processes) on `hidden`, the hidden state of every new row of the
+    /// sequences `seqs` (each cache with its number of new rows): the
+    /// hidden state out, or the logits `which` asks for from a part with
+    /// the head. Caches advance only if the call succeeds.
+    pub(super) fn forward_hidden(
+        &self,
+        seqs: &mut [(&mut KvCache, usize)],
+        hidden: Vec<f32>,
+        which: Logits,
+    ) -> Result<Vec<f32>> {
+        let rows: usize = seqs.iter().map(|(_, n)| n).sum();
+        if hidden.len() != rows * self.config.hidden {
+            return Err(Error::invalid(
+                "hidden state",
+                format!(
+                    "{} values for {rows} rows of {}",
+                    hidden.len(),
+                    self.config.hidden
+                ),
+            ));
+        }
+        for (i, (cache, n)) in seqs.iter().enumerate() {
+            if *n == 0 || cache.len + n > cache.max_len || cache.k.len() != self.layers.len() {
+                return Err(Error::invalid(
+                    format!("sequence {i}"),
+                    format!(
+                        "{n} new rows after {} of a cache of {} positions",
+                        cache.len, cache.max_len
+                    ),
+                ));
+            }
+        }
+        let mut micro = Micro {
+            seqs: 0..seqs.len(),
+            ids: Vec::new(),
+            positions: Vec::with_capacity(rows),
+            offsets: Vec::with_capacity(seqs.len()),
+            rows,
+        };
+        for (cache, n) in seqs.iter() {
+            micro.offsets.push(micro.positions.len());
+            micro
+                .positions
+                .extend((cache.len..cache.len + n).map(|p| p as u32));
+        }
+        let news: Vec<usize> = seqs.iter().map(|(_, n)| *n).collect();
+        let mut x = Some(hidden);
+        {
+            let mut kv =
+                self.split_caches(seqs.iter_mut().map(|(c, _)| &mut **c), news.into_iter());
+            for (s, kv_s) in kv.iter_mut().enumerate() {
+                x = Some(self.run_stage(s, &micro, x, kv_s, which)?);
+            }
+        }
+        for (cache, n) in seqs.iter_mut() {
+            cache.len += *n;
+        }
+        Ok(x.unwrap_or_default())
     }
 
     /// Stage `s` on micro-batch `m`: the embedding (first stage) or the

@@ -13,10 +13,12 @@ mod config;
 mod decode_pipeline;
 mod forward;
 mod model;
+mod remote;
 mod timing;
 mod weights;
 
 pub use config::{Architecture, LlamaConfig, RopeScaling};
 pub use decode_pipeline::PickFn;
 pub use model::{KvCache, LlamaModel, LoadProgress, Logits, StageInfo, StageSpec, WeightFormat};
+pub use remote::{RemoteStage, RemoteTail, StagePeer, StageStats};
 pub use weights::Weight;

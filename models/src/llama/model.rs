@@ -17,6 +17,7 @@ use hetero_core::{
 };
 
 use super::config::LlamaConfig;
+use super::remote::{RemoteTail, next_cache_id};
 use super::weights::Weight;
 use crate::checkpoint::{Checkpoint, StoredWeight};
 
@@ -139,7 +140,14 @@ pub struct StageSpec {
 /// What one stage of a loaded model holds.
 #[derive(Debug, Clone)]
 pub struct StageInfo {
-    pub device: SharedDevice,
+    /// The stage's device, in this process; `None` for a stage that runs
+    /// in another process (see `rank`).
+    pub device: Option<SharedDevice>,
+    /// The device's id ("host:0"; "rank 1 host:0" for another process's).
+    pub device_id: String,
+    pub device_name: String,
+    /// The rank of the process that runs a remote stage.
+    pub rank: Option<usize>,
     pub layers: Range<usize>,
     /// Bytes of the weights on this stage's device.
     pub weight_bytes: u64,
@@ -176,6 +184,9 @@ pub struct LlamaModel {
     /// On the last stage's device; `None` for a part that does not end at
     /// the last layer.
     pub(super) head: Option<Head>,
+    /// The stages after the local ones, in other processes (rank 0 of a
+    /// pipeline over processes); they hold the head then.
+    pub(super) tail: Option<RemoteTail>,
     /// Micro-batches a call of a split model is cut into.
     pub(super) micro_batches: usize,
     format: WeightFormat,
@@ -203,6 +214,20 @@ pub struct KvCache {
     pub(super) v: Vec<BoxedBuffer>,
     pub(super) len: usize,
     pub(super) max_len: usize,
+    /// Names the sequence to the stages in other processes, which hold
+    /// the rest of its keys and values.
+    pub(super) id: u64,
+    /// Where the id goes when the cache is dropped, so those stages free
+    /// theirs (with the next message down the line).
+    release: Option<std::sync::Arc<std::sync::Mutex<Vec<u64>>>>,
+}
+
+impl Drop for KvCache {
+    fn drop(&mut self) {
+        if let Some(Ok(mut freed)) = self.release.as_ref().map(|r| r.lock()) {
+            freed.push(self.id);
+        }
+    }
 }
 
 impl std::fmt::Debug for KvCache {
@@ -419,6 +444,7 @@ impl LlamaModel {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(LlamaModel {
+            tail: None,
             micro_batches: stages.len(),
             format,
             weight_bytes: total_bytes,
@@ -451,16 +477,76 @@ impl LlamaModel {
         &self.stages[0].device
     }
 
-    /// The stages in order: one holding every layer unless the model is split.
+    /// The stages in order: one holding every layer unless the model is
+    /// split (those of other processes last).
     pub fn stages(&self) -> Vec<StageInfo> {
-        self.stages
-            .iter()
-            .map(|s| StageInfo {
-                device: s.device.clone(),
+        let local = self.stages.iter().map(|s| {
+            let info = s.device.info();
+            StageInfo {
+                device: Some(s.device.clone()),
+                device_id: info.id.to_string(),
+                device_name: info.name,
+                rank: None,
                 layers: s.layers.clone(),
                 weight_bytes: s.weight_bytes,
-            })
-            .collect()
+            }
+        });
+        let remote = self
+            .tail
+            .iter()
+            .flat_map(|t| t.stages())
+            .map(|r| StageInfo {
+                device: None,
+                device_id: format!("rank {} {}", r.rank, r.device),
+                device_name: r.device_name.clone(),
+                rank: Some(r.rank),
+                layers: r.layers.clone(),
+                weight_bytes: r.weight_bytes,
+            });
+        local.chain(remote).collect()
+    }
+
+    /// Stages of the pipeline, this process's and the others'.
+    pub(super) fn pipeline_len(&self) -> usize {
+        self.stages.len() + self.tail.as_ref().map_or(0, |t| t.stages().len())
+    }
+
+    /// Continue this model (the embedding and the first layers, no head)
+    /// with stages in other processes that hold the remaining layers and
+    /// the head: calls go down the line and the logits come back (see
+    /// [`serve_stage`](Self::serve_stage) for the other end). Micro-batches
+    /// per call become one per stage of the whole pipeline.
+    pub fn attach_remote(mut self, tail: RemoteTail) -> Result<Self> {
+        let held = self.layers_held();
+        if self.embedding.is_none() || self.head.is_some() || self.tail.is_some() {
+            return Err(Error::invalid(
+                "model",
+                "only a part holding the embedding and no head can be continued by remote stages",
+            ));
+        }
+        if tail.layers() != (held.end..self.config.layers) {
+            return Err(Error::invalid(
+                "remote stages",
+                format!(
+                    "hold layers {:?}; after this part's {held:?} they must hold {:?}",
+                    tail.layers(),
+                    held.end..self.config.layers
+                ),
+            ));
+        }
+        self.tail = Some(tail);
+        self.micro_batches = self.pipeline_len();
+        Ok(self)
+    }
+
+    /// Stop the stages in other processes (each returns from
+    /// `serve_stage`), waiting until the last has passed the stop on;
+    /// nothing without them. The model can run no call through them after.
+    pub fn stop_remote(&self) -> Result<()> {
+        match &self.tail {
+            Some(t) => t.stop(),
+            None => Ok(()),
+        }
     }
 
     /// Cut the sequences of each call of a split model into `n`
@@ -476,9 +562,10 @@ impl LlamaModel {
         self.stages[0].layers.start..self.stages[self.stages.len() - 1].layers.end
     }
 
-    /// True when it holds the embedding, every layer and the head.
+    /// True when it holds the embedding, every layer and the head (some
+    /// of them possibly in stages of other processes).
     pub fn is_whole(&self) -> bool {
-        self.embedding.is_some() && self.head.is_some()
+        self.embedding.is_some() && (self.head.is_some() || self.tail.is_some())
     }
 
     /// The stage holding layer `l`.
@@ -514,6 +601,9 @@ impl LlamaModel {
             d.copy(from.k[i].as_ref(), 0..width, to.k[i].as_mut(), 0)?;
             d.copy(from.v[i].as_ref(), 0..width, to.v[i].as_mut(), 0)?;
         }
+        if let Some(tail) = &self.tail {
+            tail.copy(from.id, to.id, n, to.max_len)?;
+        }
         to.len = n;
         Ok(())
     }
@@ -528,13 +618,15 @@ impl LlamaModel {
             .checked_mul(self.config.kv_heads * self.config.head_dim)
             .ok_or_else(|| Error::invalid("kv cache length", format!("{max_len} overflows")))?;
         let alloc = |l: usize| self.stage_of(l).device.alloc(DType::F32, width);
-        let k = (0..self.config.layers).map(alloc).collect::<Result<_>>()?;
-        let v = (0..self.config.layers).map(alloc).collect::<Result<_>>()?;
+        let k = self.layers_held().map(alloc).collect::<Result<_>>()?;
+        let v = self.layers_held().map(alloc).collect::<Result<_>>()?;
         Ok(KvCache {
             k,
             v,
             len: 0,
             max_len,
+            id: next_cache_id(),
+            release: self.tail.as_ref().map(|t| t.freed.clone()),
         })
     }
 

@@ -12,6 +12,8 @@
 //!   single device, with the reasons for every device left out;
 //! - [`choose`]: `--split auto|replicate|layers:N1,N2,...` into stages,
 //!   with the profile cache;
+//! - [`ranks`]: the same split over processes, one stage per rank of a
+//!   torchrun-style job, hidden states over the collectives' transports;
 //! - [`run`]: a plan loaded as a split [`hetero_models::LlamaModel`] and
 //!   its decode throughput measured (groups of sequences circulating
 //!   through the stages), to set against the prediction.
@@ -22,9 +24,13 @@
 pub mod choose;
 pub mod plan;
 pub mod profile;
+pub mod ranks;
 pub mod run;
 
 pub use choose::{SplitSpec, cached_profiles, choose_stages, free_bytes, plan_devices};
 pub use plan::{PlanOptions, SplitChoice, SplitReport, plan_split};
 pub use profile::{LayerProfile, ProfileOptions, profile_layers};
+pub use ranks::{
+    StageHello, TransportPeer, join_stage_ranks, model_identity, rank_layers, serve_stage_rank,
+};
 pub use run::{load_plan, measure_decode};

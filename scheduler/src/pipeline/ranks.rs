@@ -1,0 +1,215 @@
+//! One model split over processes: one stage per rank of a job started
+//! like torchrun (`RANK`, `WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT`), the
+//! hidden states moved by `hetero_collectives`' point-to-point transports
+//! (TCP, or shared memory between the processes of one host).
+//!
+//! Rank 0 loads the embedding and the first layers and runs the model as
+//! usual (generation, sampling, serving); every other rank loads its
+//! consecutive layers (the last one also the head), tells rank 0 what it
+//! holds ([`StageHello`]) and serves steps until rank 0 stops the line
+//! ([`LlamaModel::serve_stage`]). Which layers a rank holds comes from
+//! `--split layers:N0,N1,...`, one count per rank ([`rank_layers`]).
+//!
+//! The transports are async; the model's stage threads are plain threads,
+//! so [`TransportPeer`] blocks on the runtime's handle for each message.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hetero_collectives::transport::Transport;
+use hetero_core::{Error, Result};
+use hetero_models::{LlamaModel, RemoteStage, RemoteTail, StagePeer, StageStats};
+use serde::{Deserialize, Serialize};
+use tokio::runtime::Handle;
+
+/// One peer of a rank's transport as a [`StagePeer`].
+#[derive(Debug, Clone)]
+pub struct TransportPeer {
+    transport: Arc<dyn Transport>,
+    peer: usize,
+    runtime: Handle,
+}
+
+impl TransportPeer {
+    /// `runtime` drives `transport`; the calls block on it, so they must
+    /// not come from one of its own tasks.
+    pub fn new(transport: Arc<dyn Transport>, peer: usize, runtime: Handle) -> Self {
+        TransportPeer {
+            transport,
+            peer,
+            runtime,
+        }
+    }
+}
+
+impl StagePeer for TransportPeer {
+    fn send(&self, message: Vec<u8>) -> Result<()> {
+        self.runtime
+            .block_on(self.transport.send(self.peer, message))
+    }
+
+    fn recv(&self) -> Result<Vec<u8>> {
+        self.runtime.block_on(self.transport.recv(self.peer))
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.runtime.block_on(self.transport.flush())
+    }
+
+    fn describe(&self) -> String {
+        format!("rank {}", self.peer)
+    }
+}
+
+/// What a stage rank tells rank 0 once its layers are loaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageHello {
+    pub stage: RemoteStage,
+    /// The model it loaded (layers, hidden size, vocabulary, parameters),
+    /// checked against rank 0's.
+    pub model: String,
+}
+
+/// What rank 0 compares to be sure every rank loaded the same model.
+pub fn model_identity(model: &LlamaModel) -> String {
+    let c = model.config();
+    format!(
+        "{} layers, hidden {}, vocabulary {}, {} parameters",
+        c.layers,
+        c.hidden,
+        c.vocab,
+        c.parameters()
+    )
+}
+
+/// The layers of rank `rank` of `world` when rank `i` holds `counts[i]`
+/// consecutive layers of a model of `layers`.
+pub fn rank_layers(
+    counts: &[usize],
+    rank: usize,
+    world: usize,
+    layers: usize,
+) -> Result<Range<usize>> {
+    if counts.len() != world {
+        return Err(Error::invalid(
+            "--split",
+            format!(
+                "gives {} layer counts for a job of {world} ranks: give one count per rank \
+                 (layers:N0,N1,...; rank 0 holds the first N0 layers)",
+                counts.len()
+            ),
+        ));
+    }
+    let total: usize = counts.iter().sum();
+    if total != layers {
+        return Err(Error::invalid(
+            "--split",
+            format!("layer counts add up to {total}; the model has {layers} layers"),
+        ));
+    }
+    let start: usize = counts[..rank].iter().sum();
+    Ok(start..start + counts[rank])
+}
+
+/// Rank `r > 0`: say what this rank holds to rank 0, then serve steps
+/// from rank `r - 1` to rank `r + 1` (rank 0 after the last) until rank 0
+/// stops the line.
+pub fn serve_stage_rank(
+    model: &LlamaModel,
+    transport: Arc<dyn Transport>,
+    runtime: &Handle,
+) -> Result<StageStats> {
+    let (rank, world) = (transport.rank(), transport.size());
+    if rank == 0 || world < 2 {
+        return Err(Error::invalid(
+            "rank",
+            format!(
+                "rank {rank} of {world}: stages are served by ranks 1 and up of a job of two or more"
+            ),
+        ));
+    }
+    let info = model.device().info();
+    let hello = StageHello {
+        stage: RemoteStage {
+            rank,
+            device: info.id.to_string(),
+            device_name: info.name,
+            layers: model.layers_held(),
+            weight_bytes: model.weight_bytes(),
+        },
+        model: model_identity(model),
+    };
+    let bytes = serde_json::to_vec(&hello).map_err(|e| Error::invalid("hello", e.to_string()))?;
+    let peer = |p: usize| TransportPeer::new(transport.clone(), p, runtime.clone());
+    peer(0).send(bytes)?;
+    model.serve_stage(rank, &peer(rank - 1), &peer((rank + 1) % world))
+}
+
+/// Rank 0: wait for every other rank's [`StageHello`] (loading may take a
+/// while: up to `wait`), check they continue `first` (the embedding and
+/// the first layers) in rank order with the same model, and attach them.
+pub fn join_stage_ranks(
+    first: LlamaModel,
+    transport: Arc<dyn Transport>,
+    runtime: &Handle,
+    wait: Duration,
+) -> Result<LlamaModel> {
+    let world = transport.size();
+    if transport.rank() != 0 || world < 2 {
+        return Err(Error::invalid(
+            "rank",
+            "the first stage is rank 0 of a job of two or more",
+        ));
+    }
+    let identity = model_identity(&first);
+    let deadline = Instant::now() + wait;
+    let mut stages = Vec::with_capacity(world - 1);
+    for r in 1..world {
+        let bytes = loop {
+            match runtime.block_on(transport.recv(r)) {
+                Err(Error::Timeout { .. }) if Instant::now() < deadline => continue,
+                other => break other?,
+            }
+        };
+        let hello: StageHello = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::invalid(
+                format!("rank {r}"),
+                format!("its hello is not a stage's: {e}"),
+            )
+        })?;
+        if hello.model != identity {
+            return Err(Error::invalid(
+                format!("rank {r}"),
+                format!("loaded a model of {}; rank 0's has {identity}", hello.model),
+            ));
+        }
+        if hello.stage.rank != r {
+            return Err(Error::invalid(
+                format!("rank {r}"),
+                format!("says it is rank {}", hello.stage.rank),
+            ));
+        }
+        stages.push(hello.stage);
+    }
+    let peer = |p: usize| -> Arc<dyn StagePeer> {
+        Arc::new(TransportPeer::new(transport.clone(), p, runtime.clone()))
+    };
+    first.attach_remote(RemoteTail::new(peer(1), peer(world - 1), stages)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rank_layers;
+
+    #[test]
+    fn ranks_take_consecutive_counts() {
+        assert_eq!(rank_layers(&[3, 5, 2], 0, 3, 10).unwrap(), 0..3);
+        assert_eq!(rank_layers(&[3, 5, 2], 1, 3, 10).unwrap(), 3..8);
+        assert_eq!(rank_layers(&[3, 5, 2], 2, 3, 10).unwrap(), 8..10);
+        let e = rank_layers(&[3, 5], 0, 3, 8).unwrap_err().to_string();
+        assert!(e.contains("one count per rank"), "{e}");
+        let e = rank_layers(&[3, 5, 1], 0, 3, 10).unwrap_err().to_string();
+        assert!(e.contains("add up to 9"), "{e}");
+    }
+}
