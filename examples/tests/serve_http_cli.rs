@@ -138,8 +138,19 @@ fn spawn_http(
     env: &[(&str, String)],
     wait_listening: bool,
 ) -> Result<(std::process::Child, Option<std::net::SocketAddr>), Failed> {
+    spawn_http_with(model, env, wait_listening, &[])
+}
+
+/// [`spawn_http`] with more flags.
+fn spawn_http_with(
+    model: &str,
+    env: &[(&str, String)],
+    wait_listening: bool,
+    extra: &[&str],
+) -> Result<(std::process::Child, Option<std::net::SocketAddr>), Failed> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hetero-serve"));
     cmd.args(["--model", model, "--http", "127.0.0.1:0", "--rank-from-env"])
+        .args(extra)
         .args([
             "--device",
             "host:threads=1",
@@ -276,6 +287,75 @@ fn two_ranks(model: &str) -> Result<(), Failed> {
     Ok(())
 }
 
+/// The model split over two processes (`--split layers:12,18`, a stage
+/// per rank): rank 0 serves HTTP on the whole line and answers what one
+/// process answers (greedy); on SIGTERM rank 0 stops the line and both
+/// ranks exit cleanly.
+fn stage_ranks(model: &str) -> Result<(), Failed> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let env = |rank: usize| {
+        vec![
+            ("RANK", rank.to_string()),
+            ("WORLD_SIZE", "2".to_string()),
+            ("MASTER_ADDR", "127.0.0.1".to_string()),
+            ("MASTER_PORT", port.to_string()),
+        ]
+    };
+    let split = ["--split", "layers:12,18"];
+    let (mut rank1, _) = spawn_http_with(model, &env(1), false, &split)?;
+    let (mut rank0, addr) = match spawn_http_with(model, &env(0), true, &split) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = rank1.kill();
+            return Err(e);
+        }
+    };
+    let addr = addr.ok_or("no address")?;
+    let prompt = "The capital of Germany is";
+    let result = (|| -> Result<(), Failed> {
+        let body = serde_json::json!({"prompt": prompt, "max_tokens": 10, "temperature": 0});
+        let r = client::request(
+            addr,
+            "POST",
+            "/v1/completions",
+            Some(body.to_string().as_bytes()),
+            Duration::from_secs(120),
+        )?;
+        let got: serde_json::Value = serde_json::from_slice(&r.body)?;
+        let alone = Command::new(env!("CARGO_BIN_EXE_hetero-generate"))
+            .args(["--model", model, "--device", "host", "--json"])
+            .args(["--prompt", prompt, "--max-tokens", "10"])
+            .output()?;
+        let alone: serde_json::Value = serde_json::from_slice(&alone.stdout)?;
+        if r.status != 200 || got["choices"][0]["text"] != alone["text"] {
+            return Err(format!("{}: {got} vs one process {}", r.status, alone["text"]).into());
+        }
+        Ok(())
+    })();
+    let _ = Command::new("kill")
+        .args(["-TERM", &rank0.id().to_string()])
+        .status();
+    let status0 = rank0.wait()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status1 = loop {
+        if let Some(s) = rank1.try_wait()? {
+            break Some(s);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = rank1.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    result?;
+    match (status0.success(), status1) {
+        (true, Some(s)) if s.success() => Ok(()),
+        other => Err(format!("after SIGTERM: rank 0 {status0}, rank 1 {other:?}").into()),
+    }
+}
+
 fn main() {
     let args = Arguments::from_args();
     let mut trials = vec![Trial::test(
@@ -288,6 +368,7 @@ fn main() {
     {
         Some(p) => {
             let q = p.clone();
+            let r = p.clone();
             trials.push(Trial::test(
                 "serve_http_cli::serves_and_stops_on_sigterm",
                 move || serves_and_stops(&p),
@@ -296,11 +377,16 @@ fn main() {
                 "serve_http_cli::two_ranks_serve_and_survive_a_dead_rank",
                 move || two_ranks(&q),
             ));
+            trials.push(Trial::test(
+                "serve_http_cli::model_split_over_two_ranks_serves",
+                move || stage_ranks(&r),
+            ));
         }
         None => {
             for name in [
                 "serve_http_cli::serves_and_stops_on_sigterm",
                 "serve_http_cli::two_ranks_serve_and_survive_a_dead_rank",
+                "serve_http_cli::model_split_over_two_ranks_serves",
             ] {
                 trials.push(
                     Trial::test(name, || Ok(()))

@@ -858,11 +858,12 @@ fn run_http(args: &Args, addr: &str) -> Result<()> {
         Some(s) => s.parse::<SplitSpec>()?,
         None => SplitSpec::Replicate,
     };
-    if split != SplitSpec::Replicate && args.rank_from_env {
+    if split == SplitSpec::Auto && args.rank_from_env {
         return Err(Error::invalid(
             "--split",
-            "splitting across ranks is not supported yet; with --rank-from-env every rank holds \
-             the whole model (--split replicate)",
+            "with --rank-from-env give each rank's layers as layers:N0,N1,... (one count per \
+             rank, a stage per rank) or replicate (every rank holds the whole model); placing \
+             layers automatically across processes is not supported yet",
         ));
     }
     let checkpoint = real_model::open(&path)?;
@@ -880,7 +881,22 @@ fn run_http(args: &Args, addr: &str) -> Result<()> {
             max_request_len: max_len,
         },
     };
-    let ranks = if args.rank_from_env {
+    // `--split layers:...` over ranks: a stage per rank; rank 0 runs the
+    // engine on the whole line.
+    let mut stage_link = None;
+    let staged = match (&split, args.rank_from_env) {
+        (SplitSpec::Layers(counts), true) => {
+            match start_stage_rank(args, &checkpoint, &shared, counts, &setup)? {
+                Some((engine, plan, link)) => {
+                    stage_link = Some(link);
+                    Some((engine, plan))
+                }
+                None => return Ok(()),
+            }
+        }
+        _ => None,
+    };
+    let ranks = if args.rank_from_env && staged.is_none() {
         let cfg = TcpConfig::from_env()?;
         if shared.len() != 1 {
             return Err(Error::invalid(
@@ -925,7 +941,9 @@ fn run_http(args: &Args, addr: &str) -> Result<()> {
         path.display(),
         shared.len()
     );
-    let (engine, plan) = if split == SplitSpec::Replicate {
+    let (engine, plan) = if let Some(started) = staged {
+        started
+    } else if split == SplitSpec::Replicate {
         live::start(&checkpoint, &shared, ranks, &setup, &mut |m| {
             eprintln!("{m}")
         })?
@@ -982,8 +1000,9 @@ fn run_http(args: &Args, addr: &str) -> Result<()> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| path.display().to_string())
     });
+    let engine = Arc::new(engine);
     let state = Arc::new(hetero_server::AppState::new(
-        Arc::new(engine),
+        engine.clone(),
         prompter,
         model_id.clone(),
         args.default_max_tokens,
@@ -1007,8 +1026,90 @@ fn run_http(args: &Args, addr: &str) -> Result<()> {
         .await
         .map_err(|e| Error::io("serving HTTP", e))?;
         eprintln!("stopped");
-        Ok(())
-    })
+        Ok::<(), Error>(())
+    })?;
+    if let Some((transport, link_rt)) = stage_link {
+        // The engine's model ends the line when it drops (the other ranks
+        // stop); hand that message to the network before exiting.
+        engine.close();
+        engine.join();
+        link_rt.block_on(transport.flush())?;
+    }
+    Ok(())
+}
+
+/// The link of a rank of a split over processes: its transport and the
+/// runtime that drives it (the engine's thread blocks on it).
+type StageLink = (
+    Arc<dyn hetero_collectives::transport::Transport>,
+    tokio::runtime::Runtime,
+);
+
+/// `--http --rank-from-env --split layers:N0,N1,...`: join the job, load
+/// this rank's layers on its one device; rank 0 waits for the others'
+/// stages and starts the engine on the whole line (returned), every other
+/// rank serves its stage until rank 0 stops the line (`None`).
+fn start_stage_rank(
+    args: &Args,
+    checkpoint: &hetero_models::Checkpoint,
+    shared: &[hetero_core::SharedDevice],
+    counts: &[usize],
+    setup: &live::LiveSetup,
+) -> Result<Option<(live::Engine, live::LivePlan, StageLink)>> {
+    use hetero_scheduler::pipeline::{join_stage_ranks, rank_layers, serve_stage_rank};
+    let [device] = shared else {
+        return Err(Error::invalid(
+            "--device",
+            format!(
+                "with --rank-from-env each rank serves exactly one device; {} were selected",
+                shared.len()
+            ),
+        ));
+    };
+    let cfg = TcpConfig::from_env()?;
+    let timeout = cfg.timeout;
+    let link_rt = runtime()?;
+    let kind = if args.shared_memory {
+        TransportKind::SharedMemory
+    } else {
+        TransportKind::Tcp
+    };
+    let transport = link_rt
+        .block_on(connect(kind, Ranks::Job(cfg), None))?
+        .into_single()?;
+    let (rank, world) = (transport.rank(), transport.size());
+    let layers = rank_layers(counts, rank, world, checkpoint.config().layers)?;
+    eprintln!(
+        "rank {rank}: loading layers {}-{} on {}",
+        layers.start,
+        layers.end - 1,
+        device.id()
+    );
+    let part = hetero_models::LlamaModel::load_split(
+        checkpoint,
+        &[hetero_models::StageSpec {
+            device: device.clone(),
+            layers,
+        }],
+        hetero_models::WeightFormat::Native,
+        &mut |_| {},
+    )?;
+    if rank > 0 {
+        eprintln!("rank {rank}: serving its stage until rank 0 stops the line");
+        let served = serve_stage_rank(&part, transport.clone(), link_rt.handle());
+        let flushed = link_rt.block_on(transport.flush());
+        let stats = served?;
+        flushed?;
+        eprintln!(
+            "rank {rank}: stopped after {} steps ({} rows, {} failed)",
+            stats.steps, stats.rows, stats.failed_steps
+        );
+        return Ok(None);
+    }
+    eprintln!("rank 0: waiting for the other ranks' stages...");
+    let model = join_stage_ranks(part, transport.clone(), link_rt.handle(), timeout)?;
+    let (engine, plan) = live::start_loaded(checkpoint, model, setup, &mut |m| eprintln!("{m}"))?;
+    Ok(Some((engine, plan, (transport, link_rt))))
 }
 
 /// What a rank says to rank 0 about its device and model.

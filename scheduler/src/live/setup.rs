@@ -122,6 +122,44 @@ pub fn start_split(
     )
 }
 
+/// Like [`start`], with a model already loaded as the engine's one device
+/// (rank 0's model of a split over processes, whose later stages run in
+/// the other ranks; its KV memory is measured on this process's devices).
+pub fn start_loaded(
+    checkpoint: &Checkpoint,
+    model: hetero_models::LlamaModel,
+    setup: &LiveSetup,
+    log: &mut dyn FnMut(&str),
+) -> Result<(Engine, LivePlan)> {
+    check_setup(checkpoint, setup)?;
+    let stages = model.stages();
+    let id = stages
+        .iter()
+        .map(|s| s.device_id.clone())
+        .collect::<Vec<_>>()
+        .join("+");
+    let name = stages
+        .iter()
+        .map(|s| {
+            format!(
+                "{} layers {}-{}",
+                s.device_name,
+                s.layers.start,
+                s.layers.end - 1
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("+");
+    start_models(
+        checkpoint,
+        vec![(id, name, model)],
+        Vec::new(),
+        Vec::new(),
+        setup,
+        log,
+    )
+}
+
 fn check_setup(checkpoint: &Checkpoint, setup: &LiveSetup) -> Result<()> {
     if setup.slots == 0 {
         return Err(Error::invalid("slots", "must be at least 1"));
