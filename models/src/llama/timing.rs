@@ -23,6 +23,19 @@ impl LlamaModel {
         context: usize,
         reps: usize,
     ) -> Result<f64> {
+        let times = self.time_calls(batch, new_tokens, context, reps)?;
+        Ok(times.into_iter().fold(f64::INFINITY, f64::min))
+    }
+
+    /// Like [`time_call`](Self::time_call), every one of the `reps` timed
+    /// calls' seconds (for a median where the device is shared).
+    pub fn time_calls(
+        &self,
+        batch: usize,
+        new_tokens: usize,
+        context: usize,
+        reps: usize,
+    ) -> Result<Vec<f64>> {
         if batch == 0 || new_tokens == 0 {
             return Err(Error::invalid(
                 "timed call",
@@ -39,13 +52,13 @@ impl LlamaModel {
             }
         }
         self.call_synthetic(&mut caches, new_tokens)?;
-        let mut best = f64::INFINITY;
+        let mut times = Vec::with_capacity(reps);
         for _ in 0..reps {
             let start = Instant::now();
             self.call_synthetic(&mut caches, new_tokens)?;
-            best = best.min(start.elapsed().as_secs_f64());
+            times.push(start.elapsed().as_secs_f64());
         }
-        Ok(best)
+        Ok(times)
     }
 
     /// One call of `n` synthetic tokens per cache through every stage in turn.
