@@ -68,7 +68,7 @@ pub fn slowdown_together(
             )
         })
         .collect::<Result<Vec<_>>>()?;
-    let samples = options.repetitions.max(3);
+    let samples = (2 * options.repetitions).max(9);
     let call = |part: &LlamaModel| part.time_calls(options.batch, 1, options.context, samples);
     let alone = parts
         .iter()

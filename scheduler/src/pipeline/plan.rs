@@ -122,28 +122,6 @@ pub fn rescore(
     Ok(self::choice(&choice.name, &plan, &devices, options.batch))
 }
 
-/// The DP's split when every device runs `slowdown[i]` times slower
-/// than its profile (`None` when nothing fits).
-pub fn dp_slowed(
-    profiles: &[LayerProfile],
-    memory: &[u64],
-    options: PlanOptions,
-    slowdown: &[f64],
-) -> Result<Option<SplitChoice>> {
-    let scaled: Vec<LayerProfile> = profiles
-        .iter()
-        .zip(slowdown)
-        .map(|(p, &f)| p.slowed(f))
-        .collect();
-    let problem = chain_problem(&scaled, memory, &options)?;
-    let devices: Vec<String> = profiles.iter().map(|p| p.device.clone()).collect();
-    match best_chain_split(&problem) {
-        Ok(plan) => Ok(Some(choice("dp", &plan, &devices, options.batch))),
-        Err(PartitionError::Infeasible(_)) => Ok(None),
-        Err(e) => Err(partition_error(e)),
-    }
-}
-
 impl SplitReport {
     /// "dp" or "replicas", by predicted tokens/s.
     pub fn recommend(&mut self) {
@@ -512,17 +490,6 @@ mod tests {
         r.replicas = Some(r3);
         r.recommend();
         assert_eq!(r.recommended, "dp");
-        // The DP under a slowdown of b moves work to a.
-        let again = dp_slowed(&profiles, &memory, options, &[1.0, 3.0])
-            .unwrap()
-            .unwrap();
-        let on_a: usize = again
-            .stages
-            .iter()
-            .filter(|s| s.device == "a")
-            .map(|s| s.layers[1] - s.layers[0] + 1)
-            .sum();
-        assert!(on_a > 5, "{again:?}");
     }
 
     #[test]
