@@ -7,8 +7,7 @@ use std::str::FromStr;
 use hetero_core::{DynDevice, Error, Result, SharedDevice};
 use hetero_models::{Checkpoint, StageSpec};
 
-use super::contention::slowdown_together;
-use super::plan::{PlanOptions, SplitChoice, SplitReport, plan_split, rescore};
+use super::plan::{PlanOptions, SplitChoice, SplitReport, plan_split};
 use super::profile::{LayerProfile, ProfileOptions, profile_layers};
 
 /// How a model is spread over the devices given.
@@ -171,19 +170,6 @@ pub fn plan_devices(
         .map(|&i| free_bytes(devices[i].as_ref()))
         .collect::<Result<Vec<_>>>()?;
     let mut report = plan_split(&profiles, &memory, plan)?;
-    if profiles.len() > 1 {
-        let shared: Vec<SharedDevice> = kept.iter().map(|&i| devices[i].clone()).collect();
-        side_by_side(
-            checkpoint,
-            &shared,
-            &profiles,
-            &memory,
-            plan,
-            profile,
-            &mut report,
-            progress,
-        )?;
-    }
     let remap = |c: &mut SplitChoice| {
         for s in &mut c.stages {
             s.device_index = kept[s.device_index];
@@ -195,69 +181,6 @@ pub fn plan_devices(
     report.best_single.iter_mut().for_each(remap);
     report.left_out.extend(unprofiled);
     Ok((profiles, report))
-}
-
-/// Score every plan of `report` (indices into `profiles` / `devices`) with
-/// its devices timed side by side ([`slowdown_together`], once per set of
-/// devices) and recommend again on the new predictions. The DP's choice
-/// itself stays the one made on the profiles: re-planning under measured
-/// slowdowns followed their noise (two equal host devices measured x1.02
-/// and x3.31 in one run moved 26 of 30 layers onto one of them, and the
-/// plan ran 0.6x its prediction).
-#[allow(clippy::too_many_arguments)]
-fn side_by_side(
-    checkpoint: &Checkpoint,
-    devices: &[SharedDevice],
-    profiles: &[LayerProfile],
-    memory: &[u64],
-    plan: PlanOptions,
-    profile: ProfileOptions,
-    report: &mut SplitReport,
-    progress: &mut dyn FnMut(&str),
-) -> Result<()> {
-    let mut measured: Vec<(Vec<usize>, Vec<f64>)> = Vec::new();
-    let mut slowdown_of = |set: Vec<usize>, progress: &mut dyn FnMut(&str)| -> Result<Vec<f64>> {
-        if let Some((_, s)) = measured.iter().find(|(k, _)| *k == set) {
-            return Ok(s.clone());
-        }
-        let mut full = vec![1.0; profiles.len()];
-        if set.len() > 1 {
-            let group: Vec<SharedDevice> = set.iter().map(|&i| devices[i].clone()).collect();
-            let s = slowdown_together(checkpoint, &group, profile, progress)?;
-            for (&i, f) in set.iter().zip(s) {
-                full[i] = f;
-            }
-        }
-        measured.push((set, full.clone()));
-        Ok(full)
-    };
-    let set_of = |c: &SplitChoice| {
-        let mut set: Vec<usize> = c.stages.iter().map(|s| s.device_index).collect();
-        set.sort_unstable();
-        set.dedup();
-        set
-    };
-    let mut choices: Vec<&mut SplitChoice> =
-        vec![&mut report.memory_proportional, &mut report.equal];
-    choices.extend(report.dp.as_mut());
-    choices.extend(report.replicas.as_mut());
-    for c in choices {
-        if c.fits {
-            let slow = slowdown_of(set_of(c), progress)?;
-            *c = rescore(c, profiles, memory, plan, &slow)?;
-        }
-    }
-    report.contention = measured
-        .into_iter()
-        .filter(|(set, _)| set.len() > 1)
-        .map(|(set, f)| {
-            set.iter()
-                .map(|&i| (profiles[i].device.clone(), f[i]))
-                .collect()
-        })
-        .collect();
-    report.recommend();
-    Ok(())
 }
 
 /// The stages `spec` asks for over `devices` (with `auto`, the DP's plan

@@ -10,8 +10,6 @@
 //!   the DP chooses which consecutive layers each device holds, against
 //!   the equal split, llama.cpp's memory-proportional split and the best
 //!   single device, with the reasons for every device left out;
-//! - [`contention`]: a plan's devices timed side by side (each slowed by
-//!   the others sharing its processor), to score every plan as it runs;
 //! - [`choose`]: `--split auto|replicate|layers:N1,N2,...` into stages,
 //!   with the profile cache;
 //! - [`ranks`]: the same split over processes, one stage per rank of a
@@ -24,7 +22,6 @@
 //! `hetero_models`, devices through `hetero_core::DynDevice`.
 
 pub mod choose;
-pub mod contention;
 pub mod plan;
 pub mod profile;
 pub mod ranks;

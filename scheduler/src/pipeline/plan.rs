@@ -72,66 +72,6 @@ pub struct SplitReport {
     pub recommended: String,
     /// Devices that cannot hold even one layer, with the reason.
     pub left_out: Vec<(String, String)>,
-    /// Slowdowns measured with a plan's devices running side by side
-    /// (device, factor), per set of devices timed together; empty when
-    /// the plans were scored on the profiles alone
-    /// (see [`super::contention`]).
-    #[serde(default)]
-    pub contention: Vec<Vec<(String, f64)>>,
-}
-
-/// `choice` scored again with each device's times multiplied by
-/// `slowdown[device index]` (devices running side by side).
-pub fn rescore(
-    choice: &SplitChoice,
-    profiles: &[LayerProfile],
-    memory: &[u64],
-    options: PlanOptions,
-    slowdown: &[f64],
-) -> Result<SplitChoice> {
-    let scaled: Vec<LayerProfile> = profiles
-        .iter()
-        .zip(slowdown)
-        .map(|(p, &f)| p.slowed(f))
-        .collect();
-    let problem = chain_problem(&scaled, memory, &options)?;
-    let devices: Vec<String> = profiles.iter().map(|p| p.device.clone()).collect();
-    let n = problem.units();
-    if choice.name == "replicas" {
-        // Each stage is a whole copy on its own device.
-        let mut out = choice.clone();
-        out.predicted_tokens_per_s = 0.0;
-        out.bottleneck_s = 0.0;
-        for s in &mut out.stages {
-            let plan =
-                evaluate_chain(&problem, &[(s.device_index, 0..n)]).map_err(partition_error)?;
-            s.seconds = plan.objective;
-            out.bottleneck_s = out.bottleneck_s.max(plan.objective);
-            if plan.objective > 0.0 {
-                out.predicted_tokens_per_s += options.batch as f64 / plan.objective;
-            }
-        }
-        return Ok(out);
-    }
-    let stages: Vec<(usize, std::ops::Range<usize>)> = choice
-        .stages
-        .iter()
-        .map(|s| (s.device_index, s.layers[0]..s.layers[1] + 1))
-        .collect();
-    let plan = evaluate_chain(&problem, &stages).map_err(partition_error)?;
-    Ok(self::choice(&choice.name, &plan, &devices, options.batch))
-}
-
-impl SplitReport {
-    /// "dp" or "replicas", by predicted tokens/s.
-    pub fn recommend(&mut self) {
-        let rate = |c: &Option<SplitChoice>| c.as_ref().map_or(0.0, |c| c.predicted_tokens_per_s);
-        self.recommended = if self.replicas.is_some() && rate(&self.replicas) > rate(&self.dp) {
-            "replicas".into()
-        } else {
-            "dp".into()
-        };
-    }
 }
 
 impl SplitReport {
@@ -184,13 +124,6 @@ impl SplitReport {
         ));
         for (d, why) in &self.left_out {
             out.push_str(&format!("left out {d}: {why}\n"));
-        }
-        for set in &self.contention {
-            let list: Vec<String> = set.iter().map(|(d, f)| format!("{d} x{f:.2}")).collect();
-            out.push_str(&format!(
-                "side by side (stage times scaled by): {}\n",
-                list.join(", ")
-            ));
         }
         if let (Some(dp), Some(single)) = (&self.dp, &self.best_single) {
             out.push_str(&format!(
@@ -381,7 +314,6 @@ pub fn plan_split(
     }
     .to_string();
     Ok(SplitReport {
-        contention: Vec::new(),
         replicas,
         recommended,
         options,
@@ -457,39 +389,6 @@ mod tests {
             }
         }
         assert!(r.explain().contains("left out c"));
-    }
-
-    #[test]
-    fn rescoring_scales_each_device_and_can_flip_the_recommendation() {
-        let profiles = [profile("a", 1.0), profile("b", 1.0)];
-        let options = PlanOptions {
-            batch: 4,
-            max_len: 5,
-            activation_bytes: 0,
-        };
-        let memory = [1 << 20, 1 << 20];
-        let mut r = plan_split(&profiles, &memory, options).unwrap();
-        assert_eq!(r.recommended, "replicas");
-        let dp = r.dp.clone().unwrap();
-        let reps = r.replicas.clone().unwrap();
-        // No slowdown: the same scores.
-        let same = rescore(&dp, &profiles, &memory, options, &[1.0, 1.0]).unwrap();
-        assert!((same.bottleneck_s - dp.bottleneck_s).abs() < 1e-12);
-        assert_eq!(same.stages, dp.stages);
-        // Every stage on device b twice as slow, on a unchanged: the
-        // stage times follow, layer for layer.
-        let slow = rescore(&dp, &profiles, &memory, options, &[1.0, 2.0]).unwrap();
-        for (s, t) in slow.stages.iter().zip(&dp.stages) {
-            let f = if s.device == "b" { 2.0 } else { 1.0 };
-            assert!((s.seconds - f * t.seconds).abs() < 1e-9, "{s:?} vs {t:?}");
-        }
-        // Replicas: the sum of each copy's rate, each slowed 3x.
-        let r3 = rescore(&reps, &profiles, &memory, options, &[3.0, 3.0]).unwrap();
-        assert!((r3.predicted_tokens_per_s - reps.predicted_tokens_per_s / 3.0).abs() < 1e-9);
-        // Replicas slowed much more than the pipeline: the pipeline wins.
-        r.replicas = Some(r3);
-        r.recommend();
-        assert_eq!(r.recommended, "dp");
     }
 
     #[test]

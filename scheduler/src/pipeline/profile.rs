@@ -76,17 +76,6 @@ impl LayerProfile {
     pub fn whole_s(&self) -> f64 {
         self.embed_s + self.layer_s.iter().sum::<f64>() + self.head_s
     }
-
-    /// This profile with every time multiplied by `factor` (the device
-    /// slowed by others running beside it).
-    pub fn slowed(&self, factor: f64) -> LayerProfile {
-        let mut p = self.clone();
-        p.layer_s.iter_mut().for_each(|t| *t *= factor);
-        p.embed_s *= factor;
-        p.head_s *= factor;
-        p.boundary_s *= factor;
-        p
-    }
 }
 
 /// Measure `checkpoint`'s costs on `device` (see the module docs). Layers
