@@ -22,17 +22,20 @@
 //! Which kind of device sits at each position is itself a variable
 //! (`k[p][t]`, one kind per position, `count_t` positions per kind), so
 //! CPUs and accelerator classes may come in any order, as in the DP; load,
-//! memory and support constraints of kind `t` hold at position `p` only
-//! when `k[p][t] = 1` (big-M). With a two-level interconnect the kinds are
+//! memory and support are written per position and kind on `z[u][p][t] =
+//! x[u][p] k[p][t]` (linearised exactly, no big-M; see `contiguous_ip` for
+//! this and the other valid inequalities and the symmetry breaking, each
+//! proved there). With a two-level interconnect the kinds are
 //! refined by node (an accelerator class with devices in two nodes is two
-//! kinds), so each position's node is `node[p][n] = sum of k[p][t]` over the
-//! kinds `t` of node `n`; continuous `on[u][n] >= x[u][p] + node[p][n] - 1`
-//! marks a unit on node `n`, and for transfer `u -> w` the sender's extra
-//! term is bounded below by `x[u][p] + node[p][n] + sum of on[w][n'] over
-//! nodes n' != n - 2` (the receiver's by the mirror), adding `(factor - 1) x
-//! cost` to position `p`'s load. Every such variable sits only in lower
-//! bounds of loads being minimised, so at the optimum it is the indicator it
-//! stands for: the model is exact, and equals brute force (property test).
+//! kinds), so each kind has one node; continuous `on[u][n] >= sum of
+//! z[u][p][t]` over the kinds of node `n` marks a unit on node `n`, and for
+//! transfer `u -> w`
+//! the sender's extra term at position `p` of kind `t` (node `n`) is bounded
+//! below by `z[u][p][t] + sum of on[w][n'] over nodes n' != n - 1` (the
+//! receiver's by the mirror), adding `(factor - 1) x cost` to that load.
+//! Every such variable sits only in lower bounds of loads being minimised,
+//! so at the optimum it is the indicator it stands for: the model is exact,
+//! and equals brute force (property tests).
 //!
 //! Whatever the solver reports, the plan's objective is the evaluator's on
 //! the returned split; [`IpStats`] keeps the solver's own objective, its
@@ -41,6 +44,7 @@
 // Index loops mirror the model's subscripts (x[u][d], y[u][q]).
 #![allow(clippy::needless_range_loop)]
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use good_lp::{Expression, ProblemVariables, Variable, constraint, variable};
@@ -68,6 +72,20 @@ pub struct IntegerProgram {
     pub write_mps: Option<std::path::PathBuf>,
     /// The MILP solver (microlp unless chosen otherwise).
     pub solver: IpSolver,
+    /// The objective of a known split in the model's space (contiguous IP
+    /// only; e.g. the exact DP's): the model adds `M <= bound`, which keeps
+    /// the optimum when the bound is right and lets the solver prune every
+    /// branch that cannot beat it. A bound below the optimum makes the IP
+    /// infeasible (so a wrong DP value shows). The linearized DP's
+    /// objective is always used as well.
+    pub upper_bound: Option<f64>,
+    /// A split (a slot per node) for the solver to start from (contiguous
+    /// IP, Cbc only): its first incumbent, so it prunes from the start;
+    /// default: the linearized DP's split. Ignored when it is not a
+    /// contiguous split of the model (Cbc checks every row). With both a
+    /// start and an upper bound from the caller, Cbc's primal heuristics
+    /// are off: it only has to prove that no split is better.
+    pub start: Option<Vec<Slot>>,
 }
 
 impl IntegerProgram {
@@ -77,6 +95,8 @@ impl IntegerProgram {
             time_limit_s: None,
             write_mps: None,
             solver: IpSolver::default(),
+            upper_bound: None,
+            start: None,
         }
     }
     pub fn non_contiguous() -> Self {
@@ -85,6 +105,8 @@ impl IntegerProgram {
             time_limit_s: None,
             write_mps: None,
             solver: IpSolver::default(),
+            upper_bound: None,
+            start: None,
         }
     }
     pub fn with_time_limit(mut self, seconds: f64) -> Self {
@@ -93,6 +115,16 @@ impl IntegerProgram {
     }
     pub fn with_solver(mut self, solver: IpSolver) -> Self {
         self.solver = solver;
+        self
+    }
+    /// See [`IntegerProgram::upper_bound`].
+    pub fn with_upper_bound(mut self, bound: f64) -> Self {
+        self.upper_bound = Some(bound);
+        self
+    }
+    /// See [`IntegerProgram::start`].
+    pub fn with_start(mut self, assignment: Vec<Slot>) -> Self {
+        self.start = Some(assignment);
         self
     }
 
@@ -178,7 +210,38 @@ impl IntegerProgram {
             prepare(graph, cluster)?
         };
         let (assignment, mut stats) = if self.contiguous {
-            self.contiguous_ip(&p, interconnect)?
+            let (bound, linear) = self.contiguous_upper_bound(graph, cluster, interconnect);
+            let warm = self.start.clone().or(linear);
+            match self.contiguous_ip(&p, interconnect, bound, warm.as_deref(), true) {
+                // microlp's LU fails now and then ("Singular matrix") on a
+                // model that another set of rows avoids (seen on random
+                // graphs of three nodes, each of the valid inequalities
+                // alone making the difference): try once more without
+                // them, in the time left. They never change the optimum,
+                // so neither does leaving them out; the upper bound keeps
+                // its meaning through the check below.
+                Err(PartitionError::Unsupported(why)) if self.solver == IpSolver::MicroLp => {
+                    let left = self.time_limit_s.map(|t| t - start.elapsed().as_secs_f64());
+                    if left.is_some_and(|t| t <= 0.0) {
+                        return Err(PartitionError::Unsupported(why));
+                    }
+                    let plain = IntegerProgram {
+                        time_limit_s: left,
+                        ..self.clone()
+                    };
+                    let out = plain.contiguous_ip(&p, interconnect, bound, None, false)?;
+                    if let Some(b) = self.upper_bound
+                        && out.1.solver_objective > b * (1.0 + 1e-7) + 1e-9
+                    {
+                        return Err(PartitionError::Infeasible(format!(
+                            "no split within the upper bound {b} (the best is {})",
+                            out.1.solver_objective
+                        )));
+                    }
+                    out
+                }
+                other => other?,
+            }
         } else {
             self.free_ip(&p, interconnect)?
         };
@@ -293,7 +356,7 @@ impl IntegerProgram {
             let sum: Expression = row.iter().sum();
             model.add(constraint!(sum == 1));
         }
-        let mut first_of_class = std::collections::HashMap::new();
+        let mut first_of_class = HashMap::new();
         for (v, node) in g.nodes.iter().enumerate() {
             if let Some(c) = node.color_class {
                 let f = *first_of_class.entry(c).or_insert(v);
@@ -359,11 +422,87 @@ impl IntegerProgram {
         Ok((assignment, stats))
     }
 
+    /// An upper bound on the contiguous optimum: the caller's
+    /// ([`IntegerProgram::with_upper_bound`]) and the linearized DP's
+    /// objective (a contiguous split that fits, scored by the evaluator,
+    /// so the optimum is at most that; the DP does not model a two-level
+    /// interconnect, so then only the caller's), whichever is lower; and the
+    /// linearized DP's split.
+    fn contiguous_upper_bound(
+        &self,
+        graph: &Graph,
+        cluster: &Cluster,
+        interconnect: Option<&TwoLevelInterconnect>,
+    ) -> (Option<f64>, Option<Vec<Slot>>) {
+        let linear = if interconnect.is_none() {
+            crate::LinearDp
+                .solve(graph, cluster)
+                .ok()
+                .map(|(plan, _)| plan)
+        } else {
+            None
+        };
+        let bound = [self.upper_bound, linear.as_ref().map(|p| p.objective)]
+            .into_iter()
+            .flatten()
+            .filter(|b| b.is_finite())
+            .reduce(f64::min);
+        (bound, linear.map(|p| p.assignment))
+    }
+
     /// Contiguous splits: a chain of ideals of the contracted order graph.
+    ///
+    /// Issue 21 (InceptionV3 inference, 6 accelerators and 8 CPUs: bound 0
+    /// after 1,500 s of Cbc) made this model tighter without changing its
+    /// optimum. The old model gated each position's load, memory and
+    /// support by `k[q][t]` with big-M terms (`load <= m + big (1 -
+    /// k[q][t])`); with `k` fractional the LP relaxation switches every
+    /// position off and its bound is 0. Now:
+    ///
+    /// - `z[u][q][t]` (continuous, only with two kinds or more): unit `u` at
+    ///   position `q` and that position of kind `t`: `sum_t z[u][q][t] =
+    ///   x[u][q]`, `z[u][q][t] <= k[q][t]`. At integer `x` and `k` exactly
+    ///   one `k[q][t]` is 1, so `z[u][q][t] = x[u][q] k[q][t]`: the
+    ///   product, determined, so the variables add no freedom. A position's
+    ///   load *per kind* is `L[q][t] = sum_u time_t(u) z[u][q][t]` (+ the
+    ///   transfers below), and `L[q][t] <= m` holds for every kind with no
+    ///   big-M: `L[q][t]` is the real load when `t` is the position's kind
+    ///   and 0 otherwise (every term is 0 then, the transfer variables
+    ///   included, see below). Memory: `sum_u mem(u) z[u][q][t] <= memory_t
+    ///   k[q][t]` (0 <= 0 on the other kinds). Support: `z[u][q][t] = 0`
+    ///   for a unit without accelerator support and an accelerator kind.
+    /// - Transfers per accelerator kind: `out[q][t] >= z[u][q][t] -
+    ///   x[w][q]`, `in[q][t] >= z[w][q][t] - x[u][q]`, so they can be 0 at
+    ///   a position of another kind; each only bounds a load from below, so
+    ///   at the optimum it is the evaluator's once-per-node indicator.
+    /// - Per kind, `sum_q L[q][t] <= count_t m`: at most `count_t`
+    ///   positions are of kind `t` and the others' `L[q][t]` is 0. This is
+    ///   what lifts the LP bound to the fractional-work bound (each unit's
+    ///   time spread over the kinds, `count_t m` of capacity per kind).
+    /// - With an upper bound `B` on the optimum (the linearized DP's
+    ///   objective, or the caller's): `m <= B` and `L[q][t] <= B k[q][t]`.
+    ///   The optimum is at most `B`, so neither removes it; `B` gets a
+    ///   relative `1e-7` of slack for rounding.
+    /// - `m >= max_u min_t time_t(u)` over the kinds that can hold `u`:
+    ///   every unit sits on some device, whose load is at least its time.
+    /// - Empty positions last (symmetry): `f[q] <= sum_u x[u][q]` and
+    ///   `x[u][q+1] <= f[q]`, so a position is used only if the one before
+    ///   it is. Any split's chain can be rearranged this way: removing a
+    ///   position whose ideal repeats the previous one and appending it (its
+    ///   kind with it) at the end keeps a chain of ideals, every set, every
+    ///   load and the count of positions per kind.
+    ///
+    /// `strong: false` leaves out the last four items (the per-kind rows,
+    /// the bound, the floor and the symmetry breaking), all of them valid
+    /// inequalities: the same optimum, a weaker relaxation (microlp's
+    /// fallback).
     fn contiguous_ip(
         &self,
         p: &Prepared<'_>,
         interconnect: Option<&TwoLevelInterconnect>,
+        upper_bound: Option<f64>,
+        start: Option<&[Slot]>,
+        strong: bool,
     ) -> Result<(Vec<Slot>, IpStats)> {
         let units = &p.units;
         let nu = units.len();
@@ -371,6 +510,11 @@ impl IntegerProgram {
         let nodes = node_of_kind.iter().flatten().max().map_or(0, |&n| n + 1);
         let positions: usize = kinds.iter().map(|k| k.count).sum();
         let nk = kinds.len();
+        let acc_kinds: Vec<usize> = (0..nk).filter(|&t| !kinds[t].is_cpu).collect();
+        let allowed = |u: usize, t: usize| kinds[t].is_cpu || units.accelerator_ok[u];
+        let bound = upper_bound
+            .map(|b| b * (1.0 + 1e-7) + 1e-9)
+            .filter(|_| strong);
         let mut vars = ProblemVariables::new();
         let y: Vec<Vec<Variable>> = (0..nu)
             .map(|_| {
@@ -382,15 +526,43 @@ impl IntegerProgram {
         let kind_at: Vec<Vec<Variable>> = (0..positions)
             .map(|_| (0..nk).map(|_| vars.add(variable().binary())).collect())
             .collect();
+        let z: Vec<Vec<Vec<Variable>>> = if nk > 1 {
+            (0..nu)
+                .map(|u| {
+                    (0..positions)
+                        .map(|_| {
+                            (0..nk)
+                                .map(|t| {
+                                    let top = if allowed(u, t) { 1.0 } else { 0.0 };
+                                    vars.add(variable().min(0.0).max(top))
+                                })
+                                .collect()
+                        })
+                        .collect()
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let tr = transfers(&p.ix, &units.unit_of);
-        let io: Vec<Vec<(Variable, Variable)>> = tr
-            .iter()
-            .map(|_| {
-                (0..positions)
-                    .map(|_| (vars.add(variable().min(0.0)), vars.add(variable().min(0.0))))
-                    .collect()
-            })
-            .collect();
+        // per transfer, position and accelerator kind (index into acc_kinds)
+        let pair_vars = |vars: &mut ProblemVariables| -> Vec<Vec<Vec<(Variable, Variable)>>> {
+            tr.iter()
+                .map(|_| {
+                    (0..positions)
+                        .map(|_| {
+                            acc_kinds
+                                .iter()
+                                .map(|_| {
+                                    (vars.add(variable().min(0.0)), vars.add(variable().min(0.0)))
+                                })
+                                .collect()
+                        })
+                        .collect()
+                })
+                .collect()
+        };
+        let io = pair_vars(&mut vars);
         // two-level interconnect (none when one node holds every accelerator)
         let two_level = nodes > 1;
         let extra = interconnect.map_or(0.0, |ic| ic.inter_node_cost_factor - 1.0);
@@ -401,19 +573,73 @@ impl IntegerProgram {
         } else {
             Vec::new()
         };
-        let cross: Vec<Vec<(Variable, Variable)>> = if two_level {
-            tr.iter()
-                .map(|_| {
-                    (0..positions)
-                        .map(|_| (vars.add(variable().min(0.0)), vars.add(variable().min(0.0))))
-                        .collect()
-                })
-                .collect()
+        let cross = if two_level {
+            pair_vars(&mut vars)
         } else {
             Vec::new()
         };
-        let m = vars.add(variable().min(0.0));
+        let filled: Vec<Variable> = (0..positions.saturating_sub(1))
+            .map(|_| vars.add(variable().min(0.0).max(1.0)))
+            .collect();
+        // every unit's least time over the kinds that can hold it
+        let floor = (0..nu)
+            .filter_map(|u| {
+                (0..nk)
+                    .filter(|&t| allowed(u, t))
+                    .map(|t| unit_time(&kinds[t], units.cpu_time[u], units.accelerator_time[u]))
+                    .reduce(f64::min)
+            })
+            .fold(0.0, f64::max);
+        // (a floor above the bound would mean the bound is wrong: the
+        // unit's own load then makes the model infeasible, which is the
+        // answer, so the variable's own bounds stay ordered)
+        let floor = if strong { floor } else { 0.0 };
+        let m_def = match bound {
+            Some(b) => variable().min(floor.min(b)).max(b),
+            None => variable().min(floor),
+        };
+        let m = vars.add(m_def);
         let nvars = vars.len();
+        // The start's value of every variable but m (m: its largest load,
+        // below); none with a two-level interconnect (not worked out).
+        let mut at = start
+            .filter(|_| !two_level && self.solver == IpSolver::Cbc)
+            .and_then(|a| chain_of(units, &kinds, a))
+            .map(|(pos, kind_of)| {
+                let mut v: HashMap<Variable, f64> = HashMap::new();
+                let b = |c: bool| if c { 1.0 } else { 0.0 };
+                for u in 0..nu {
+                    for q in 0..positions {
+                        v.insert(y[u][q], b(pos[u] <= q));
+                        if nk > 1 {
+                            for t in 0..nk {
+                                v.insert(z[u][q][t], b(pos[u] == q && kind_of[q] == t));
+                            }
+                        }
+                    }
+                }
+                for q in 0..positions {
+                    for t in 0..nk {
+                        v.insert(kind_at[q][t], b(kind_of[q] == t));
+                    }
+                }
+                for (k, (_, u, rec)) in tr.iter().enumerate() {
+                    for q in 0..positions {
+                        for (i, &t) in acc_kinds.iter().enumerate() {
+                            let here = kind_of[q] == t;
+                            let leaves = here && pos[*u] == q && rec.iter().any(|&w| pos[w] != q);
+                            let enters = here && pos[*u] != q && rec.iter().any(|&w| pos[w] == q);
+                            v.insert(io[k][q][i].0, b(leaves));
+                            v.insert(io[k][q][i].1, b(enters));
+                        }
+                    }
+                }
+                for (q, &f) in filled.iter().enumerate() {
+                    v.insert(f, b(pos.contains(&q)));
+                }
+                v
+            });
+        let mut start_m = 0.0f64;
         let mut model = Model::new(vars, m);
         // x[u][q] = y[u][q] - y[u][q-1]
         let x = |u: usize, q: usize| -> Expression {
@@ -423,12 +649,13 @@ impl IntegerProgram {
                 y[u][q] - y[u][q - 1]
             }
         };
-        // node[q][n]: position q holds an accelerator of node n
-        let node_at = |q: usize, n: usize| -> Expression {
-            (0..nk)
-                .filter(|&t| node_of_kind[t] == Some(n))
-                .map(|t| kind_at[q][t])
-                .sum()
+        // z[u][q][t], which is x[u][q] itself with one kind
+        let zx = |u: usize, q: usize, t: usize| -> Expression {
+            if nk > 1 {
+                Expression::from(z[u][q][t])
+            } else {
+                x(u, q)
+            }
         };
         for u in 0..nu {
             for q in 1..positions {
@@ -449,11 +676,39 @@ impl IntegerProgram {
             let s: Expression = kind_at.iter().map(|row| row[t]).sum();
             model.add(constraint!(s == kind.count as f64));
         }
+        for u in 0..nu {
+            for q in 0..positions {
+                if nk > 1 {
+                    let s: Expression = z[u][q].iter().sum();
+                    model.add(constraint!(s == x(u, q)));
+                    for t in 0..nk {
+                        if allowed(u, t) {
+                            model.add(constraint!(z[u][q][t] <= kind_at[q][t]));
+                        }
+                    }
+                } else if !allowed(u, 0) {
+                    // one kind, an accelerator, that cannot hold u: infeasible
+                    model.add(constraint!(x(u, q) <= 0));
+                }
+            }
+        }
+        // empty positions last
+        for (q, &f) in filled.iter().enumerate().filter(|_| strong) {
+            let here: Expression = (0..nu).map(|u| x(u, q)).sum();
+            model.add(constraint!(f <= here));
+            for u in 0..nu {
+                model.add(constraint!(x(u, q + 1) <= f));
+            }
+        }
         if two_level {
             for u in 0..nu {
                 for n in 0..nodes {
                     for q in 0..positions {
-                        model.add(constraint!(on_node[u][n] >= x(u, q) + node_at(q, n) - 1));
+                        let here: Expression = (0..nk)
+                            .filter(|&t| node_of_kind[t] == Some(n))
+                            .map(|t| zx(u, q, t))
+                            .sum();
+                        model.add(constraint!(on_node[u][n] >= here));
                     }
                 }
             }
@@ -464,55 +719,71 @@ impl IntegerProgram {
         };
         for (k, (_, u, rec)) in tr.iter().enumerate() {
             for q in 0..positions {
-                for &w in rec {
-                    model.add(constraint!(io[k][q].0 >= x(*u, q) - x(w, q)));
-                    model.add(constraint!(io[k][q].1 >= x(w, q) - x(*u, q)));
-                    if two_level {
-                        let (leaves, enters) = cross[k][q];
-                        for n in 0..nodes {
-                            model.add(constraint!(
-                                leaves >= x(*u, q) + node_at(q, n) + away(w, n) - 2
-                            ));
-                            model.add(constraint!(
-                                enters >= x(w, q) + node_at(q, n) + away(*u, n) - 2
-                            ));
+                for (i, &t) in acc_kinds.iter().enumerate() {
+                    let (leaves, enters) = io[k][q][i];
+                    for &w in rec {
+                        model.add(constraint!(leaves >= zx(*u, q, t) - x(w, q)));
+                        model.add(constraint!(enters >= zx(w, q, t) - x(*u, q)));
+                        if let (true, Some(n)) = (two_level, node_of_kind[t]) {
+                            let (cl, ce) = cross[k][q][i];
+                            model.add(constraint!(cl >= zx(*u, q, t) + away(w, n) - 1));
+                            model.add(constraint!(ce >= zx(w, q, t) + away(*u, n) - 1));
                         }
                     }
                 }
             }
         }
-        let comm_total: f64 = tr.iter().map(|(c, _, _)| 2.0 * c).sum::<f64>() * (1.0 + extra);
-        let total_mem: f64 = units.memory.iter().map(|&b| b as f64).sum();
-        for q in 0..positions {
-            for (t, kind) in kinds.iter().enumerate() {
+        for (t, kind) in kinds.iter().enumerate() {
+            let acc = acc_kinds.iter().position(|&a| a == t);
+            let mut all = Expression::from(0.0);
+            for q in 0..positions {
                 let mut load = Expression::from(0.0);
-                let mut big = 0.0;
                 for u in 0..nu {
-                    let time = unit_time(kind, units.cpu_time[u], units.accelerator_time[u]);
-                    big += time;
-                    load += time * x(u, q);
-                    if !kind.is_cpu && !units.accelerator_ok[u] {
-                        // Not on an accelerator position.
-                        model.add(constraint!(x(u, q) + kind_at[q][t] <= 1));
+                    if allowed(u, t) {
+                        let time = unit_time(kind, units.cpu_time[u], units.accelerator_time[u]);
+                        load += time * zx(u, q, t);
                     }
                 }
-                if !kind.is_cpu {
+                if let Some(i) = acc {
                     for (k, (c, _, _)) in tr.iter().enumerate() {
-                        load += *c * io[k][q].0 + *c * io[k][q].1;
+                        load += *c * io[k][q][i].0 + *c * io[k][q][i].1;
                         if two_level {
-                            load += *c * extra * cross[k][q].0 + *c * extra * cross[k][q].1;
+                            load += *c * extra * cross[k][q][i].0 + *c * extra * cross[k][q][i].1;
                         }
                     }
-                    big += comm_total;
-                    let mem: Expression = (0..nu).map(|u| units.memory[u] as f64 * x(u, q)).sum();
-                    let slack = (total_mem - kind.memory as f64).max(0.0);
-                    model.add(constraint!(
-                        mem <= kind.memory as f64 + slack * (1.0 - kind_at[q][t])
-                    ));
+                    let mem: Expression = (0..nu)
+                        .filter(|&u| allowed(u, t) && units.memory[u] > 0)
+                        .map(|u| units.memory[u] as f64 * zx(u, q, t))
+                        .sum();
+                    if nk > 1 {
+                        model.add(constraint!(mem <= kind.memory as f64 * kind_at[q][t]));
+                    } else {
+                        model.add(constraint!(mem <= kind.memory as f64));
+                    }
                 }
-                model.add(constraint!(load <= m + big * (1.0 - kind_at[q][t])));
+                if nk > 1 {
+                    all += load.clone();
+                    if let Some(b) = bound {
+                        model.add(constraint!(load.clone() <= b * kind_at[q][t]));
+                    }
+                }
+                if let Some(v) = &at {
+                    start_m = start_m.max(load.eval_with(v));
+                }
+                model.add(constraint!(load <= m));
+            }
+            if nk > 1 && strong {
+                model.add(constraint!(all <= kind.count as f64 * m));
             }
         }
+        if let Some(v) = at.as_mut() {
+            v.insert(m, start_m.max(floor));
+        }
+        // Given a split and a bound by the caller (the DP's check), the
+        // solver only has to prove that nothing is better.
+        model.prove_only = at.is_some() && self.start.is_some() && self.upper_bound.is_some();
+        let started = at.is_some();
+        model.start = at.map(|v| v.into_iter().collect());
         let constraints = model.constraints.len();
         let solution = self.run(model)?;
         // Map positions to concrete devices of their kind, in order.
@@ -535,10 +806,103 @@ impl IntegerProgram {
                 assignment[v] = slot_of_position[q];
             }
         }
-        let objective = solution.value(m);
+        let mut objective = solution.value(m);
+        // Cbc (2.10.8, C interface) keeps the start as its incumbent but,
+        // when nothing beats it, ends "infeasible" (its cutoff) and hands
+        // back the last LP's columns instead of the incumbent (seen on a
+        // one-node graph: the start's 0.25 proven, a split of 0.5
+        // returned). So the split returned is kept only if the evaluator
+        // agrees with the solver's objective and it is no worse than the
+        // start; otherwise the start, which fits (checked here) and which
+        // Cbc's finished search proved nothing beats, is the answer.
+        if let (true, Some(start)) = (started, start) {
+            let score = |a: &[Slot]| {
+                evaluate_with(&p.ix, &p.kinds, interconnect, a)
+                    .ok()
+                    .filter(|e| e.fits())
+                    .map(|e| e.plan.objective)
+            };
+            let tol = 1e-6 * objective.abs().max(1.0);
+            let returned = score(&assignment).filter(|&e| (e - objective).abs() <= tol);
+            if let Some(s) = score(start)
+                && returned.is_none_or(|r| r > s + tol)
+            {
+                assignment = start.to_vec();
+                objective = s;
+            }
+        }
+        if let Some(b) = bound
+            && objective > b + 1e-6 * b.abs().max(1.0)
+        {
+            // (only through the start: Cbc rejects a start above the bound)
+            return Err(PartitionError::Infeasible(format!(
+                "no split within the upper bound {b}"
+            )));
+        }
         let stats = self.finish(&solution, objective, nvars, constraints);
         Ok((assignment, stats))
     }
+}
+
+/// A split as a chain: each unit's position and each position's kind, the
+/// used devices in a topological order of the split's quotient graph and
+/// the unused ones after them (the model's "empty positions last"); `None`
+/// when the split is not contiguous (a unit split over devices, a slot of
+/// no kind, or a cycle between devices).
+fn chain_of(
+    units: &crate::problem::Units,
+    kinds: &[Kind],
+    assignment: &[Slot],
+) -> Option<(Vec<usize>, Vec<usize>)> {
+    let devices: Vec<(Slot, usize)> = kinds
+        .iter()
+        .enumerate()
+        .flat_map(|(t, k)| (0..k.count).map(move |j| (k.slot(j), t)))
+        .collect();
+    let mut device_of = Vec::with_capacity(units.len());
+    for members in &units.members {
+        let slot = *assignment.get(*members.first()?)?;
+        if members.iter().any(|&v| assignment.get(v) != Some(&slot)) {
+            return None;
+        }
+        device_of.push(devices.iter().position(|&(s, _)| s == slot)?);
+    }
+    let nd = devices.len();
+    let mut used = vec![false; nd];
+    let mut indegree = vec![0usize; nd];
+    let mut edges = vec![Vec::new(); nd];
+    for (u, &d) in device_of.iter().enumerate() {
+        used[d] = true;
+        for &b in &units.succs[u] {
+            let e = device_of[b];
+            if e != d && !edges[d].contains(&e) {
+                edges[d].push(e);
+                indegree[e] += 1;
+            }
+        }
+    }
+    let mut order: Vec<usize> = Vec::with_capacity(nd);
+    let mut ready: Vec<usize> = (0..nd).filter(|&d| used[d] && indegree[d] == 0).collect();
+    while let Some(d) = ready.pop() {
+        order.push(d);
+        for &e in &edges[d] {
+            indegree[e] -= 1;
+            if indegree[e] == 0 {
+                ready.push(e);
+            }
+        }
+    }
+    if order.len() != used.iter().filter(|&&u| u).count() {
+        return None;
+    }
+    order.extend((0..nd).filter(|&d| !used[d]));
+    let mut position_of = vec![0; nd];
+    for (q, &d) in order.iter().enumerate() {
+        position_of[d] = q;
+    }
+    let pos = device_of.iter().map(|&d| position_of[d]).collect();
+    let kind_of = order.iter().map(|&d| devices[d].1).collect();
+    Some((pos, kind_of))
 }
 
 /// The device kinds with accelerator classes split by node of a two-level
