@@ -233,6 +233,11 @@ mod cbc {
             .and_then(|v| v.parse::<i32>().ok())
         {
             problem.set_log_level(level);
+        } else {
+            // Cbc's LP solver prints presolve notes ("Coin0505I Presolved
+            // problem not optimal, resolve after postsolve") on stdout at
+            // its default level, which would corrupt a tool's JSON there.
+            problem.set_parameter("slogLevel", "0");
         }
         if let Some(path) = write_mps {
             export(&problem, path)?;
