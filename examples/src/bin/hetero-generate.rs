@@ -6,14 +6,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hetero_backends::{discover, select_devices};
+use hetero_collectives::transport::TransportKind;
 use hetero_core::{DeviceInfo, DynDevice, Error, Result};
 use hetero_models::{
     BenchOptions, Checkpoint, GenerateOptions, LlamaModel, SamplingParams, StageSpec, WeightFormat,
     bench, bytes_needed, choose_device, generate, prompt_ids,
 };
 use hetero_scheduler::pipeline::{
-    PlanOptions, ProfileOptions, SplitSpec, choose_stages, join_stage_ranks, rank_layers,
-    serve_stage_rank,
+    PlanOptions, ProfileOptions, RankRole, SplitSpec, StageRank, choose_stages,
 };
 use hetero_scheduler::real_model::activation_bytes;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -113,57 +113,24 @@ struct Args {
     stage_timeout: f64,
 }
 
-/// `--rank-from-env`: this process's rank and its link to the others.
-struct RankLink {
-    rank: usize,
-    world: usize,
-    transport: std::sync::Arc<dyn hetero_collectives::transport::Transport>,
-    runtime: tokio::runtime::Runtime,
-    timeout: std::time::Duration,
-}
-
-impl RankLink {
-    fn join(args: &Args) -> Result<Self> {
-        use hetero_collectives::transport::{Ranks, TransportKind, connect};
-        if !(args.stage_timeout.is_finite() && args.stage_timeout > 0.0) {
-            return Err(Error::invalid(
-                "--stage-timeout",
-                "must be a positive number of seconds",
-            ));
-        }
-        let timeout = std::time::Duration::from_secs_f64(args.stage_timeout);
-        let mut cfg = hetero_collectives::TcpConfig::from_env()?;
-        cfg.timeout = timeout;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .map_err(|e| Error::io("starting the tokio runtime", e))?;
-        let kind = if args.shared_memory {
-            TransportKind::SharedMemory
-        } else {
-            TransportKind::Tcp
-        };
-        eprintln!(
-            "rank {} of {}: joining the job at {}...",
-            cfg.rank, cfg.world_size, cfg.master
-        );
-        let transport = runtime
-            .block_on(connect(kind, Ranks::Job(cfg), Some(timeout)))?
-            .into_single()?;
-        Ok(RankLink {
-            rank: transport.rank(),
-            world: transport.size(),
-            transport,
-            runtime,
-            timeout,
-        })
+/// `--rank-from-env`: join the job, with `--stage-timeout` as the
+/// transport's limit.
+fn join_ranks(args: &Args) -> Result<StageRank> {
+    if !(args.stage_timeout.is_finite() && args.stage_timeout > 0.0) {
+        return Err(Error::invalid(
+            "--stage-timeout",
+            "must be a positive number of seconds",
+        ));
     }
-
-    /// Hand the last messages to the medium before the process exits.
-    fn flush(&self) -> Result<()> {
-        self.runtime.block_on(self.transport.flush())
-    }
+    let kind = if args.shared_memory {
+        TransportKind::SharedMemory
+    } else {
+        TransportKind::Tcp
+    };
+    StageRank::join(
+        kind,
+        Some(std::time::Duration::from_secs_f64(args.stage_timeout)),
+    )
 }
 
 fn main() -> ExitCode {
@@ -271,14 +238,14 @@ fn run(args: &Args) -> Result<()> {
         return Err(Error::invalid("--max-tokens", "must be at least 1"));
     }
     let link = if args.rank_from_env {
-        Some(RankLink::join(args)?)
+        Some(join_ranks(args)?)
     } else {
         None
     };
     let text = match &args.prompt {
         Some(p) => p.clone(),
         // Only rank 0 reads a prompt.
-        None if args.bench || link.as_ref().is_some_and(|l| l.rank > 0) => String::new(),
+        None if args.bench || link.as_ref().is_some_and(|l| l.rank() > 0) => String::new(),
         None => {
             if std::io::stdin().is_terminal() {
                 eprintln!("reading the prompt from stdin (end with Ctrl-D)...");
@@ -351,7 +318,7 @@ fn run(args: &Args) -> Result<()> {
                     ));
                 }
             };
-            let layers = rank_layers(counts, link.rank, link.world, config.layers)?;
+            let layers = link.layers(counts, config.layers)?;
             let device = match devices.as_slice() {
                 [one] => one.shared(),
                 _ if args.devices.is_empty() => select_devices(&["host".to_string()], &devices)?
@@ -369,7 +336,7 @@ fn run(args: &Args) -> Result<()> {
             };
             eprintln!(
                 "rank {}: loading layers {}-{} on {}",
-                link.rank,
+                link.rank(),
                 layers.start,
                 layers.end - 1,
                 device.id()
@@ -384,29 +351,23 @@ fn run(args: &Args) -> Result<()> {
                 },
             )?;
             bar.finish_and_clear();
-            if link.rank > 0 {
-                eprintln!("rank {}: serving until rank 0 stops the line", link.rank);
-                let served = serve_stage_rank(&part, link.transport.clone(), link.runtime.handle());
-                let flushed = link.flush();
-                let stats = served?;
-                flushed?;
-                if args.json {
-                    print_json(&json!({"rank": link.rank, "stage": stats}))?;
-                } else {
-                    eprintln!(
-                        "rank {}: stopped after {} steps ({} rows, {} failed)",
-                        link.rank, stats.steps, stats.rows, stats.failed_steps
-                    );
+            match link.run(part)? {
+                RankRole::Head(model) => *model,
+                RankRole::Served(stats) => {
+                    if args.json {
+                        print_json(&json!({"rank": link.rank(), "stage": stats}))?;
+                    } else {
+                        eprintln!(
+                            "rank {}: stopped after {} steps ({} rows, {} failed)",
+                            link.rank(),
+                            stats.steps,
+                            stats.rows,
+                            stats.failed_steps
+                        );
+                    }
+                    return Ok(());
                 }
-                return Ok(());
             }
-            eprintln!("rank 0: waiting for the other ranks' stages...");
-            join_stage_ranks(
-                part,
-                link.transport.clone(),
-                link.runtime.handle(),
-                link.timeout,
-            )?
         }
         (Some(spec), None) => {
             let shared: Vec<_> = devices.iter().map(|d| d.shared()).collect();

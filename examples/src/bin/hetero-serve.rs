@@ -4,7 +4,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use hetero_scheduler::pipeline::{PlanOptions, ProfileOptions, SplitSpec, choose_stages};
+use hetero_scheduler::pipeline::{
+    PlanOptions, ProfileOptions, RankRole, SplitSpec, StageRank, choose_stages,
+};
 use std::sync::Arc;
 
 use hetero_backends::{discover, select_devices};
@@ -1028,22 +1030,15 @@ fn run_http(args: &Args, addr: &str) -> Result<()> {
         eprintln!("stopped");
         Ok::<(), Error>(())
     })?;
-    if let Some((transport, link_rt)) = stage_link {
+    if let Some(link) = stage_link {
         // The engine's model ends the line when it drops (the other ranks
         // stop); hand that message to the network before exiting.
         engine.close();
         engine.join();
-        link_rt.block_on(transport.flush())?;
+        link.flush()?;
     }
     Ok(())
 }
-
-/// The link of a rank of a split over processes: its transport and the
-/// runtime that drives it (the engine's thread blocks on it).
-type StageLink = (
-    Arc<dyn hetero_collectives::transport::Transport>,
-    tokio::runtime::Runtime,
-);
 
 /// `--http --rank-from-env --split layers:N0,N1,...`: join the job, load
 /// this rank's layers on its one device; rank 0 waits for the others'
@@ -1055,8 +1050,7 @@ fn start_stage_rank(
     shared: &[hetero_core::SharedDevice],
     counts: &[usize],
     setup: &live::LiveSetup,
-) -> Result<Option<(live::Engine, live::LivePlan, StageLink)>> {
-    use hetero_scheduler::pipeline::{join_stage_ranks, rank_layers, serve_stage_rank};
+) -> Result<Option<(live::Engine, live::LivePlan, StageRank)>> {
     let [device] = shared else {
         return Err(Error::invalid(
             "--device",
@@ -1066,19 +1060,14 @@ fn start_stage_rank(
             ),
         ));
     };
-    let cfg = TcpConfig::from_env()?;
-    let timeout = cfg.timeout;
-    let link_rt = runtime()?;
     let kind = if args.shared_memory {
         TransportKind::SharedMemory
     } else {
         TransportKind::Tcp
     };
-    let transport = link_rt
-        .block_on(connect(kind, Ranks::Job(cfg), None))?
-        .into_single()?;
-    let (rank, world) = (transport.rank(), transport.size());
-    let layers = rank_layers(counts, rank, world, checkpoint.config().layers)?;
+    let link = StageRank::join(kind, None)?;
+    let rank = link.rank();
+    let layers = link.layers(counts, checkpoint.config().layers)?;
     eprintln!(
         "rank {rank}: loading layers {}-{} on {}",
         layers.start,
@@ -1094,22 +1083,20 @@ fn start_stage_rank(
         hetero_models::WeightFormat::Native,
         &mut |_| {},
     )?;
-    if rank > 0 {
-        eprintln!("rank {rank}: serving its stage until rank 0 stops the line");
-        let served = serve_stage_rank(&part, transport.clone(), link_rt.handle());
-        let flushed = link_rt.block_on(transport.flush());
-        let stats = served?;
-        flushed?;
-        eprintln!(
-            "rank {rank}: stopped after {} steps ({} rows, {} failed)",
-            stats.steps, stats.rows, stats.failed_steps
-        );
-        return Ok(None);
+    match link.run(part)? {
+        RankRole::Head(model) => {
+            let (engine, plan) =
+                live::start_loaded(checkpoint, *model, setup, &mut |m| eprintln!("{m}"))?;
+            Ok(Some((engine, plan, link)))
+        }
+        RankRole::Served(stats) => {
+            eprintln!(
+                "rank {rank}: stopped after {} steps ({} rows, {} failed)",
+                stats.steps, stats.rows, stats.failed_steps
+            );
+            Ok(None)
+        }
     }
-    eprintln!("rank 0: waiting for the other ranks' stages...");
-    let model = join_stage_ranks(part, transport.clone(), link_rt.handle(), timeout)?;
-    let (engine, plan) = live::start_loaded(checkpoint, model, setup, &mut |m| eprintln!("{m}"))?;
-    Ok(Some((engine, plan, (transport, link_rt))))
 }
 
 /// What a rank says to rank 0 about its device and model.

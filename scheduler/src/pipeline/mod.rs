@@ -31,6 +31,7 @@ pub use choose::{SplitSpec, cached_profiles, choose_stages, free_bytes, plan_dev
 pub use plan::{PlanOptions, SplitChoice, SplitReport, plan_split};
 pub use profile::{LayerProfile, ProfileOptions, profile_layers};
 pub use ranks::{
-    StageHello, TransportPeer, join_stage_ranks, model_identity, rank_layers, serve_stage_rank,
+    RankRole, StageHello, StageRank, TransportPeer, join_stage_ranks, model_identity, rank_layers,
+    serve_stage_rank,
 };
 pub use run::{load_plan, measure_decode};

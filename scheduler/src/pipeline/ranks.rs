@@ -12,16 +12,113 @@
 //!
 //! The transports are async; the model's stage threads are plain threads,
 //! so [`TransportPeer`] blocks on the runtime's handle for each message.
+//!
+//! A binary's whole start-up is [`StageRank::join`] (the rendezvous),
+//! [`StageRank::layers`] (which layers to load), then
+//! [`StageRank::run`]: rank 0 gets the model with the other ranks attached
+//! ([`RankRole::Head`]), every other rank serves until rank 0 stops the
+//! line ([`RankRole::Served`]).
 
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hetero_collectives::transport::Transport;
+use hetero_collectives::TcpConfig;
+use hetero_collectives::transport::{Ranks, Transport, TransportKind, connect};
 use hetero_core::{Error, Result};
 use hetero_models::{LlamaModel, RemoteStage, RemoteTail, StagePeer, StageStats};
 use serde::{Deserialize, Serialize};
-use tokio::runtime::Handle;
+use tokio::runtime::{Handle, Runtime};
+
+/// This process's place in a split over processes: its transport to the
+/// other ranks and the runtime that drives it.
+#[derive(Debug)]
+pub struct StageRank {
+    pub transport: Arc<dyn Transport>,
+    /// Drives `transport`; the model's threads block on its handle, so it
+    /// must outlive every use of the model this rank serves or heads.
+    pub runtime: Runtime,
+    /// How long rank 0 waits for the other ranks' stages (their loading).
+    pub timeout: Duration,
+}
+
+/// What [`StageRank::run`] did.
+#[derive(Debug)]
+pub enum RankRole {
+    /// Rank 0: the model, the other ranks' layers attached.
+    Head(Box<LlamaModel>),
+    /// Ranks 1 and up: served steps until rank 0 stopped the line.
+    Served(StageStats),
+}
+
+impl StageRank {
+    /// Join the job torchrun's variables describe (`RANK`, `WORLD_SIZE`,
+    /// `MASTER_ADDR`, `MASTER_PORT`) over `kind` (TCP or shared memory).
+    /// `timeout` bounds the rendezvous and every receive (default: the
+    /// transport's, from the environment).
+    pub fn join(kind: TransportKind, timeout: Option<Duration>) -> Result<Self> {
+        let cfg = TcpConfig::from_env()?;
+        let timeout = timeout.unwrap_or(cfg.timeout);
+        // One worker: it only moves messages; the stages compute on
+        // their own threads.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("starting the tokio runtime", e))?;
+        eprintln!(
+            "rank {} of {}: joining the job at {}...",
+            cfg.rank, cfg.world_size, cfg.master
+        );
+        let transport = runtime
+            .block_on(connect(kind, Ranks::Job(cfg), Some(timeout)))?
+            .into_single()?;
+        Ok(StageRank {
+            transport,
+            runtime,
+            timeout,
+        })
+    }
+
+    pub fn rank(&self) -> usize {
+        self.transport.rank()
+    }
+
+    pub fn world(&self) -> usize {
+        self.transport.size()
+    }
+
+    /// This rank's layers when rank `i` holds `counts[i]` consecutive
+    /// layers of a model of `layers` ([`rank_layers`]).
+    pub fn layers(&self, counts: &[usize], layers: usize) -> Result<Range<usize>> {
+        rank_layers(counts, self.rank(), self.world(), layers)
+    }
+
+    /// With this rank's part of the model loaded: rank 0 waits for the
+    /// other ranks' stages and attaches them ([`join_stage_ranks`]); every
+    /// other rank serves its stage ([`serve_stage_rank`]) and hands its
+    /// last messages to the medium before it returns.
+    pub fn run(&self, part: LlamaModel) -> Result<RankRole> {
+        let rank = self.rank();
+        if rank == 0 {
+            eprintln!("rank 0: waiting for the other ranks' stages...");
+            let handle = self.runtime.handle();
+            return join_stage_ranks(part, self.transport.clone(), handle, self.timeout)
+                .map(|model| RankRole::Head(Box::new(model)));
+        }
+        eprintln!("rank {rank}: serving until rank 0 stops the line");
+        let served = serve_stage_rank(&part, self.transport.clone(), self.runtime.handle());
+        let flushed = self.flush();
+        let stats = served?;
+        flushed?;
+        Ok(RankRole::Served(stats))
+    }
+
+    /// Hand the last messages to the medium (before the process exits).
+    pub fn flush(&self) -> Result<()> {
+        self.runtime.block_on(self.transport.flush())
+    }
+}
 
 /// One peer of a rank's transport as a [`StagePeer`].
 #[derive(Debug, Clone)]
