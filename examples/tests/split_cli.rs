@@ -134,9 +134,6 @@ fn place_model(model: &str) -> Result<(), Failed> {
 /// job (torchrun's variables), each holding its count of layers on a
 /// one-thread host device.
 fn spawn_ranks(model: &str, counts: &[usize], extra: &[&str]) -> Result<Vec<Child>, Failed> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
     let split = format!(
         "layers:{}",
         counts
@@ -145,14 +142,29 @@ fn spawn_ranks(model: &str, counts: &[usize], extra: &[&str]) -> Result<Vec<Chil
             .collect::<Vec<_>>()
             .join(",")
     );
+    let devices = vec!["host:threads=1"; counts.len()];
+    spawn_job(model, &split, &devices, extra)
+}
+
+/// Start one hetero-generate per device spec as the ranks of one job
+/// (rank i on `devices[i]`), all with `--split split`.
+fn spawn_job(
+    model: &str,
+    split: &str,
+    devices: &[&str],
+    extra: &[&str],
+) -> Result<Vec<Child>, Failed> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let mut children = Vec::new();
-    for rank in 0..counts.len() {
+    for (rank, device) in devices.iter().enumerate() {
         let child = Command::new(GENERATE)
-            .args(["--model", model, "--rank-from-env", "--split", &split])
-            .args(["--device", "host:threads=1", "--json"])
+            .args(["--model", model, "--rank-from-env", "--split", split])
+            .args(["--device", device, "--json"])
             .args(extra)
             .env("RANK", rank.to_string())
-            .env("WORLD_SIZE", counts.len().to_string())
+            .env("WORLD_SIZE", devices.len().to_string())
             .env("MASTER_ADDR", "127.0.0.1")
             .env("MASTER_PORT", port.to_string())
             .stdin(Stdio::null())
@@ -247,6 +259,76 @@ fn ranks_give_one_device_ids(model: &str) -> Result<(), Failed> {
     Ok(())
 }
 
+/// `--split auto` over processes: every rank profiles its device, rank 0
+/// places consecutive layers on every rank in rank order; with memory
+/// budgets under which no rank holds the whole model, the split serves
+/// the one-device greedy ids. A rank that cannot hold a layer fails the
+/// job with its name.
+fn auto_split_over_ranks(model: &str) -> Result<(), Failed> {
+    let prompt = ["--prompt", "The capital of Germany is", "--max-tokens", "8"];
+    let mut args = vec!["--model", model, "--json", "--device", "host"];
+    args.extend_from_slice(&prompt);
+    let one = json(GENERATE, &args)?;
+    let whole = one["devices"][0]["resident_bytes"]
+        .as_u64()
+        .ok_or("no resident_bytes")?;
+    let layers = one["devices"][0]["layers"][1].as_u64().ok_or("no layers")? as usize + 1;
+    // Each rank gets 70% of the model's resident bytes: none holds it
+    // alone, two together do.
+    let budget = format!("host:threads=1,memory={}", whole * 7 / 10);
+    let children = spawn_job(model, "auto", &[&budget, &budget], &prompt)?;
+    let outs = wait_all(children, Instant::now() + Duration::from_secs(240));
+    for (rank, out) in outs.iter().enumerate() {
+        let out = out.as_ref().ok_or(format!("rank {rank} did not end"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "rank {rank}: {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
+        }
+    }
+    let first = outs[0].as_ref().ok_or("rank 0")?;
+    let explained = String::from_utf8_lossy(&first.stderr);
+    if !explained.contains("dp in any order") {
+        return Err(format!("rank 0 did not explain the plan: {explained}").into());
+    }
+    let got: serde_json::Value = serde_json::from_slice(&first.stdout)?;
+    if got["ids"] != one["ids"] {
+        return Err(format!("ids {} vs one device {}", got["ids"], one["ids"]).into());
+    }
+    let stages = got["devices"].as_array().ok_or("no devices")?;
+    let spans: Vec<(u64, u64)> = stages
+        .iter()
+        .map(|s| {
+            (
+                s["layers"][0].as_u64().unwrap_or(u64::MAX),
+                s["layers"][1].as_u64().unwrap_or(u64::MAX),
+            )
+        })
+        .collect();
+    let covered = spans.len() == 2
+        && spans[0].0 == 0
+        && spans[1].0 == spans[0].1 + 1
+        && spans[1].1 == layers as u64 - 1;
+    if !covered {
+        return Err(format!("stages {stages:?} do not cover 0..{layers} in rank order").into());
+    }
+    // A rank whose budget holds no layer: every rank fails, naming it.
+    let tiny = "host:threads=1,memory=1MiB";
+    let children = spawn_job(model, "auto", &["host:threads=1", tiny], &prompt)?;
+    let outs = wait_all(children, Instant::now() + Duration::from_secs(240));
+    for (rank, out) in outs.iter().enumerate() {
+        let out = out.as_ref().ok_or(format!("rank {rank} did not end"))?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() || !err.contains("rank 1") {
+            return Err(format!("rank {rank} with a 1 MiB rank 1: {}: {err}", out.status).into());
+        }
+    }
+    Ok(())
+}
+
 /// A stage process that dies (SIGKILL) ends the others with an error
 /// naming what was lost, within the stage timeout: never a hang.
 fn dead_stage_ends_the_others(model: &str) -> Result<(), Failed> {
@@ -300,7 +382,8 @@ fn main() {
         .ok()
         .filter(|p| Path::new(p).is_file());
     let mut trials = Vec::new();
-    let cases: [(&str, TrialFn); 4] = [
+    let cases: [(&str, TrialFn); 5] = [
+        ("split_cli::auto_split_over_ranks", auto_split_over_ranks),
         (
             "split_cli::ranks_give_one_device_ids",
             ranks_give_one_device_ids,

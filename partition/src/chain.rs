@@ -308,6 +308,67 @@ pub fn best_chain_split(problem: &ChainProblem) -> Result<ChainPlan> {
     evaluate_chain(problem, &stages)
 }
 
+/// The split with the least bottleneck that fits when **every device,
+/// in the given order, holds one non-empty range** (devices in separate
+/// processes joined into a line in rank order: the first holds the chain's
+/// start, each passes to the next). [`PartitionError::Infeasible`] when
+/// no such split fits, or there are more devices than units.
+///
+/// `best[k][i]` = the least bottleneck covering units `0..i` with devices
+/// `0..k`, one range each, is `min over j < i of max(best[k-1][j],
+/// load(k-1, j..i))`: the last device's range is `j..i` for some `j`, and
+/// what comes before is a split of `0..j` over the devices before it,
+/// whose best is independent of the last range. `D * n^2 / 2` steps.
+pub fn best_chain_split_in_order(problem: &ChainProblem) -> Result<ChainPlan> {
+    problem.validate()?;
+    let (dn, n) = (problem.devices(), problem.units());
+    if dn > n {
+        return Err(PartitionError::Infeasible(format!(
+            "{dn} devices in order, one range each, need at least {dn} units; the chain has {n}"
+        )));
+    }
+    // best[k * (n + 1) + i], and where the range of device k - 1 starts.
+    let mut best = vec![f64::INFINITY; (dn + 1) * (n + 1)];
+    let mut from = vec![usize::MAX; (dn + 1) * (n + 1)];
+    best[0] = 0.0;
+    let split = dn > 1;
+    for k in 1..=dn {
+        let d = k - 1;
+        for i in k..=n {
+            for j in k - 1..i {
+                let before = best[(k - 1) * (n + 1) + j];
+                if !before.is_finite() {
+                    continue;
+                }
+                let stage = problem.stage(d, j..i, split);
+                let last = i == n;
+                if stage.bytes > problem.memory[d] || (last && k != dn) {
+                    continue;
+                }
+                let v = before.max(stage.load);
+                if v < best[k * (n + 1) + i] {
+                    best[k * (n + 1) + i] = v;
+                    from[k * (n + 1) + i] = j;
+                }
+            }
+        }
+    }
+    if !best[dn * (n + 1) + n].is_finite() {
+        return Err(PartitionError::Infeasible(format!(
+            "no split of the {n} units over the {dn} devices in order, one range each, fits              their memory"
+        )));
+    }
+    let mut stages = Vec::with_capacity(dn);
+    let mut i = n;
+    for k in (1..=dn).rev() {
+        let j = from[k * (n + 1) + i];
+        stages.push((k - 1, j..i));
+        i = j;
+    }
+    stages.reverse();
+    evaluate_chain(problem, &stages)
+}
+
 /// Every device, in the given order, gets `n / D` units (the first
 /// `n % D` one more); devices beyond the units get none.
 pub fn equal_split(problem: &ChainProblem) -> Result<ChainPlan> {
@@ -454,6 +515,68 @@ mod tests {
             }
         }
         assert!(checked > 300, "only {checked} feasible cases");
+    }
+
+    /// Every composition of the units into `devices()` non-empty ranges,
+    /// device `k` holding the `k`-th.
+    fn brute_in_order(p: &ChainProblem) -> Option<f64> {
+        fn go(
+            p: &ChainProblem,
+            start: usize,
+            stages: &mut Vec<(usize, Range<usize>)>,
+            best: &mut Option<f64>,
+        ) {
+            let (n, d) = (p.units(), stages.len());
+            if d == p.devices() {
+                if start == n {
+                    let plan = evaluate_chain(p, stages).expect("valid split");
+                    if plan.fits && best.is_none_or(|b| plan.objective < b) {
+                        *best = Some(plan.objective);
+                    }
+                }
+                return;
+            }
+            for end in start + 1..=n {
+                stages.push((d, start..end));
+                go(p, end, stages, best);
+                stages.pop();
+            }
+        }
+        let mut best = None;
+        go(p, 0, &mut Vec::new(), &mut best);
+        best
+    }
+
+    #[test]
+    fn in_order_dp_equals_brute_force_and_is_never_below_the_free_dp() {
+        let mut checked = 0;
+        for seed in 0..600u64 {
+            let dn = 1 + seed as usize % 4;
+            let n = 1 + (seed as usize / 4) % 8;
+            let mut p = problem(dn, n, seed);
+            // more memory than `problem`'s, so most cases fit in order
+            p.memory.iter_mut().for_each(|m| *m *= 2);
+            let want = brute_in_order(&p);
+            match best_chain_split_in_order(&p) {
+                Ok(plan) => {
+                    assert!(plan.fits, "seed {seed}");
+                    let devices: Vec<usize> = plan.stages.iter().map(|s| s.device).collect();
+                    assert_eq!(devices, (0..dn).collect::<Vec<_>>(), "seed {seed}");
+                    let w = want.expect("brute force finds a split too");
+                    assert!(
+                        (plan.objective - w).abs() <= 1e-9 * w.max(1.0),
+                        "seed {seed}: in-order dp {} brute {w}",
+                        plan.objective
+                    );
+                    let free = best_chain_split(&p).expect("an in-order split is a split");
+                    assert!(free.objective <= plan.objective + 1e-9, "seed {seed}");
+                    checked += 1;
+                }
+                Err(PartitionError::Infeasible(_)) => assert_eq!(want, None, "seed {seed}"),
+                Err(e) => panic!("seed {seed}: {e}"),
+            }
+        }
+        assert!(checked > 250, "only {checked} feasible cases");
     }
 
     #[test]

@@ -13,7 +13,8 @@ use hetero_models::{
     bench, bytes_needed, choose_device, generate, prompt_ids,
 };
 use hetero_scheduler::pipeline::{
-    PlanOptions, ProfileOptions, RankRole, SplitSpec, StageRank, choose_stages,
+    PlanOptions, ProfileOptions, RankRole, SplitSpec, StageRank, cached_profiles, choose_stages,
+    free_bytes,
 };
 use hetero_scheduler::real_model::activation_bytes;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -69,7 +70,9 @@ struct Args {
     /// with two or more devices) profiles each device and places the
     /// layers by the exact chain DP; `layers:N1,N2,...` puts N1 layers on
     /// the first device, N2 on the next...; `replicate` keeps the whole
-    /// model on the first device.
+    /// model on the first device. With --rank-from-env one count per rank,
+    /// and `auto` (the default there) profiles every rank's device and
+    /// places consecutive layers on every rank in rank order.
     #[arg(long, value_name = "auto|replicate|layers:N1,N2,...")]
     split: Option<String>,
     /// Per-device profiles of --split auto cached in this JSON file.
@@ -93,8 +96,8 @@ struct Args {
     json: bool,
     /// Run as one stage of the model split over processes, in a job
     /// started like torchrun (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT):
-    /// rank i holds the i-th count of `--split layers:N0,N1,...` on its one
-    /// --device (default: the host). Rank 0 holds the embedding, reads the
+    /// rank i holds the i-th count of `--split layers:N0,N1,...` (or what
+    /// `--split auto` chose) on its one --device (default: the host). Rank 0 holds the embedding, reads the
     /// prompt, samples and prints; the hidden states go from rank to rank
     /// and the last rank (which holds the head) sends the logits back. The
     /// other ranks serve until rank 0 is done (or gone).
@@ -307,18 +310,6 @@ fn run(args: &Args) -> Result<()> {
     );
     let model = match (&split, &link) {
         (_, Some(link)) => {
-            let counts = match &split {
-                Some(SplitSpec::Layers(counts)) => counts,
-                _ => {
-                    return Err(Error::invalid(
-                        "--split",
-                        "with --rank-from-env give each rank's layers as layers:N0,N1,... (one \
-                         count per rank); placing them automatically across processes is not \
-                         supported yet",
-                    ));
-                }
-            };
-            let layers = link.layers(counts, config.layers)?;
             let device = match devices.as_slice() {
                 [one] => one.shared(),
                 _ if args.devices.is_empty() => select_devices(&["host".to_string()], &devices)?
@@ -334,6 +325,45 @@ fn run(args: &Args) -> Result<()> {
                     ));
                 }
             };
+            let counts = match &split {
+                Some(SplitSpec::Layers(counts)) => counts.clone(),
+                Some(SplitSpec::Auto) | None => {
+                    // Every rank profiles its own device; rank 0 places
+                    // the layers in rank order and tells the others.
+                    let rank = link.rank();
+                    let profile = ProfileOptions {
+                        batch: 1,
+                        ..ProfileOptions::default()
+                    };
+                    let mine = cached_profiles(
+                        &checkpoint,
+                        std::slice::from_ref(&device),
+                        profile,
+                        args.profile_cache.as_deref(),
+                        &mut |m| eprintln!("rank {rank}: {m}"),
+                    )?
+                    .remove(0);
+                    let plan = PlanOptions {
+                        batch: 1,
+                        max_len,
+                        activation_bytes: activation_bytes(config, ids.len().max(1), 1),
+                    };
+                    let free = free_bytes(device.as_ref())?;
+                    let (counts, report) = link.agree_split(mine, free, plan)?;
+                    if let Some(report) = report {
+                        eprint!("{}", report.explain());
+                    }
+                    counts
+                }
+                Some(SplitSpec::Replicate) => {
+                    return Err(Error::invalid(
+                        "--split",
+                        "replicate runs a whole model per process; with --rank-from-env give \
+                         auto or layers:N0,N1,... (one count per rank)",
+                    ));
+                }
+            };
+            let layers = link.layers(&counts, config.layers)?;
             eprintln!(
                 "rank {}: loading layers {}-{} on {}",
                 link.rank(),

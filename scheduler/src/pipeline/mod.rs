@@ -28,7 +28,7 @@ pub mod ranks;
 pub mod run;
 
 pub use choose::{SplitSpec, cached_profiles, choose_stages, free_bytes, plan_devices};
-pub use plan::{PlanOptions, SplitChoice, SplitReport, plan_split};
+pub use plan::{PlanOptions, SplitChoice, SplitReport, plan_split, plan_split_in_order};
 pub use profile::{LayerProfile, ProfileOptions, profile_layers};
 pub use ranks::{
     RankRole, StageHello, StageRank, TransportPeer, join_stage_ranks, model_identity, rank_layers,

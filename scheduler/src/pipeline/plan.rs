@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use hetero_core::{Error, Result};
 use hetero_partition::{
-    ChainPlan, ChainProblem, PartitionError, best_chain_split, equal_split, evaluate_chain,
-    memory_proportional_split,
+    ChainPlan, ChainProblem, PartitionError, best_chain_split, best_chain_split_in_order,
+    equal_split, evaluate_chain, memory_proportional_split,
 };
 
 use super::profile::LayerProfile;
@@ -72,6 +72,10 @@ pub struct SplitReport {
     pub recommended: String,
     /// Devices that cannot hold even one layer, with the reason.
     pub left_out: Vec<(String, String)>,
+    /// With the devices in a fixed order ([`plan_split_in_order`]): the
+    /// DP's split in any order, for comparison (`dp` is the in-order one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub any_order: Option<SplitChoice>,
 }
 
 impl SplitReport {
@@ -102,9 +106,17 @@ impl SplitReport {
                 stages.join(" | ")
             )
         };
-        match &self.dp {
-            Some(dp) => out.push_str(&line(dp)),
-            None => out.push_str("dp: no split fits the devices' memory\n"),
+        match (&self.dp, &self.any_order) {
+            (Some(dp), _) => out.push_str(&line(dp)),
+            (None, Some(_)) => out.push_str(
+                "dp: no split with every device in its order, one range each, fits their memory\n",
+            ),
+            (None, None) => out.push_str("dp: no split fits the devices' memory\n"),
+        }
+        if let Some(free) = &self.any_order {
+            let mut free = free.clone();
+            free.name = "dp in any order".into();
+            out.push_str(&line(&free));
         }
         out.push_str(&line(&self.memory_proportional));
         out.push_str(&line(&self.equal));
@@ -242,6 +254,27 @@ pub fn plan_split(
     memory: &[u64],
     options: PlanOptions,
 ) -> Result<SplitReport> {
+    plan(profiles, memory, options, false)
+}
+
+/// [`plan_split`] with every device holding a range, in the order given:
+/// the stages of a split over processes, whose line runs in rank order
+/// (rank 0 holds the embedding and samples). `dp` is the best such split
+/// (`None` when none fits), `any_order` the DP's without the constraint.
+pub fn plan_split_in_order(
+    profiles: &[LayerProfile],
+    memory: &[u64],
+    options: PlanOptions,
+) -> Result<SplitReport> {
+    plan(profiles, memory, options, true)
+}
+
+fn plan(
+    profiles: &[LayerProfile],
+    memory: &[u64],
+    options: PlanOptions,
+    in_order: bool,
+) -> Result<SplitReport> {
     let problem = chain_problem(profiles, memory, &options)?;
     let devices: Vec<String> = profiles.iter().map(|p| p.device.clone()).collect();
     let n = problem.units();
@@ -264,11 +297,20 @@ pub fn plan_split(
             ));
         }
     }
-    let dp = match best_chain_split(&problem) {
-        Ok(plan) => Some(choice("dp", &plan, &devices, options.batch)),
-        Err(PartitionError::Infeasible(_)) => None,
-        Err(e) => return Err(partition_error(e)),
+    let solve = |in_order: bool| {
+        let plan = if in_order {
+            best_chain_split_in_order(&problem)
+        } else {
+            best_chain_split(&problem)
+        };
+        match plan {
+            Ok(plan) => Ok(Some(choice("dp", &plan, &devices, options.batch))),
+            Err(PartitionError::Infeasible(_)) => Ok(None),
+            Err(e) => Err(partition_error(e)),
+        }
     };
+    let dp = solve(in_order)?;
+    let any_order = if in_order { solve(false)? } else { None };
     let proportional = memory_proportional_split(&problem).map_err(partition_error)?;
     let equal = equal_split(&problem).map_err(partition_error)?;
     let mut best_single: Option<SplitChoice> = None;
@@ -329,6 +371,7 @@ pub fn plan_split(
         devices,
         best_single,
         left_out,
+        any_order,
     })
 }
 
@@ -407,6 +450,35 @@ mod tests {
         assert!((reps.predicted_tokens_per_s - 8.0 / 14.0).abs() < 1e-9);
         assert_eq!(r.recommended, "replicas");
         assert!(r.explain().contains("recommended: replicas"));
+    }
+
+    #[test]
+    fn in_rank_order_every_device_holds_layers_in_order() {
+        // A slow device first: in any order the fast one would take the
+        // head and most layers; in rank order the slow one still holds
+        // the first range.
+        let profiles = [profile("slow", 2.0), profile("fast", 0.5)];
+        let options = PlanOptions {
+            batch: 1,
+            max_len: 5,
+            activation_bytes: 0,
+        };
+        let r = plan_split_in_order(&profiles, &[1 << 20, 1 << 20], options).unwrap();
+        let dp = r.dp.as_ref().expect("fits");
+        let order: Vec<usize> = dp.stages.iter().map(|s| s.device_index).collect();
+        assert_eq!(order, vec![0, 1]);
+        assert_eq!(dp.stages[0].layers[0], 0);
+        assert_eq!(dp.stages[1].layers[1], 9);
+        let free = r.any_order.as_ref().expect("the free DP is reported");
+        assert!(free.bottleneck_s <= dp.bottleneck_s + 1e-12);
+        assert!(r.explain().contains("dp in any order"));
+        // The free DP alone has no such entry.
+        let plain = plan_split(&profiles, &[1 << 20, 1 << 20], options).unwrap();
+        assert!(plain.any_order.is_none());
+        // A device that holds no layer: no in-order split.
+        let r = plan_split_in_order(&profiles, &[1 << 20, 50], options).unwrap();
+        assert!(r.dp.is_none());
+        assert!(r.explain().contains("in its order"));
     }
 
     #[test]

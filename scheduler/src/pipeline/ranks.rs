@@ -30,6 +30,28 @@ use hetero_models::{LlamaModel, RemoteStage, RemoteTail, StagePeer, StageStats};
 use serde::{Deserialize, Serialize};
 use tokio::runtime::{Handle, Runtime};
 
+use super::plan::{PlanOptions, SplitReport, plan_split_in_order};
+use super::profile::LayerProfile;
+
+/// What a rank offers to rank 0 for `--split auto`: its device's profile
+/// (or why it has none) and the bytes free on it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RankOffer {
+    profile: std::result::Result<LayerProfile, String>,
+    free_bytes: u64,
+}
+
+/// Rank 0's answer: the layer count of every rank, or why there is none.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum SplitAnswer {
+    Layers(Vec<usize>),
+    Failed(String),
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| Error::invalid("message", e.to_string()))
+}
+
 /// This process's place in a split over processes: its transport to the
 /// other ranks and the runtime that drives it.
 #[derive(Debug)]
@@ -92,6 +114,105 @@ impl StageRank {
     /// layers of a model of `layers` ([`rank_layers`]).
     pub fn layers(&self, counts: &[usize], layers: usize) -> Result<Range<usize>> {
         rank_layers(counts, self.rank(), self.world(), layers)
+    }
+
+    /// `--split auto` over processes: every rank offers its device's
+    /// profile (`Err`: why it has none) and free bytes; rank 0 plans the
+    /// split with every rank holding consecutive layers in rank order (the
+    /// line's order; [`plan_split_in_order`]) and sends every rank the
+    /// layer counts, which every rank returns; rank 0 also the report. A
+    /// rank without a profile, or no split that fits, fails every rank
+    /// with the reason (rank 0 names the rank to leave out).
+    pub fn agree_split(
+        &self,
+        profile: std::result::Result<LayerProfile, String>,
+        free_bytes: u64,
+        options: PlanOptions,
+    ) -> Result<(Vec<usize>, Option<SplitReport>)> {
+        let (rank, world) = (self.rank(), self.world());
+        let handle = self.runtime.handle();
+        // Every rank profiles its own device meanwhile: wait up to the
+        // timeout past the slowest of them, not past the first message.
+        let recv = |from: usize| -> Result<Vec<u8>> {
+            let deadline = Instant::now() + self.timeout;
+            loop {
+                match handle.block_on(self.transport.recv(from)) {
+                    Err(Error::Timeout { .. }) if Instant::now() < deadline => continue,
+                    other => return other,
+                }
+            }
+        };
+        if rank > 0 {
+            let offer = RankOffer {
+                profile,
+                free_bytes,
+            };
+            handle.block_on(self.transport.send(0, encode(&offer)?))?;
+            let answer: SplitAnswer = serde_json::from_slice(&recv(0)?).map_err(|e| {
+                Error::invalid("rank 0", format!("its split answer is not one: {e}"))
+            })?;
+            return match answer {
+                SplitAnswer::Layers(counts) => Ok((counts, None)),
+                SplitAnswer::Failed(why) => Err(Error::invalid("--split auto", why)),
+            };
+        }
+        let mut offers = vec![RankOffer {
+            profile,
+            free_bytes,
+        }];
+        for r in 1..world {
+            let offer: RankOffer = serde_json::from_slice(&recv(r)?).map_err(|e| {
+                Error::invalid(format!("rank {r}"), format!("its offer is not one: {e}"))
+            })?;
+            offers.push(offer);
+        }
+        let planned = (|| -> std::result::Result<(Vec<usize>, SplitReport), String> {
+            let mut profiles = Vec::with_capacity(world);
+            for (r, o) in offers.iter().enumerate() {
+                match &o.profile {
+                    // Device ids are each process's own (every rank may
+                    // have a host:0): the report names ranks.
+                    Ok(p) => profiles.push(LayerProfile {
+                        device: format!("rank {r} {}", p.device),
+                        ..p.clone()
+                    }),
+                    Err(why) => {
+                        return Err(format!(
+                            "rank {r} has no profile ({why}); start the job without it"
+                        ));
+                    }
+                }
+            }
+            let memory: Vec<u64> = offers.iter().map(|o| o.free_bytes).collect();
+            let report =
+                plan_split_in_order(&profiles, &memory, options).map_err(|e| e.to_string())?;
+            let Some(dp) = &report.dp else {
+                return Err(format!(
+                    "no split with every rank holding layers, in rank order, fits the ranks' \
+                     memory:\n{}",
+                    report.explain()
+                ));
+            };
+            let counts = dp
+                .stages
+                .iter()
+                .map(|s| s.layers[1] + 1 - s.layers[0])
+                .collect();
+            Ok((counts, report))
+        })();
+        let answer = match &planned {
+            Ok((counts, _)) => SplitAnswer::Layers(counts.clone()),
+            Err(why) => SplitAnswer::Failed(why.clone()),
+        };
+        let bytes = encode(&answer)?;
+        for r in 1..world {
+            handle.block_on(self.transport.send(r, bytes.clone()))?;
+        }
+        handle.block_on(self.transport.flush())?;
+        match planned {
+            Ok((counts, report)) => Ok((counts, Some(report))),
+            Err(why) => Err(Error::invalid("--split auto", why)),
+        }
     }
 
     /// With this rank's part of the model loaded: rank 0 waits for the
