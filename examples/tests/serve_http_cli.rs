@@ -287,11 +287,12 @@ fn two_ranks(model: &str) -> Result<(), Failed> {
     Ok(())
 }
 
-/// The model split over two processes (`--split layers:12,18`, a stage
-/// per rank): rank 0 serves HTTP on the whole line and answers what one
-/// process answers (greedy); on SIGTERM rank 0 stops the line and both
-/// ranks exit cleanly.
-fn stage_ranks(model: &str) -> Result<(), Failed> {
+/// The model split over two processes (`--split layers:12,18`, or
+/// `auto`: the ranks' profiles placed in rank order; a stage per rank):
+/// rank 0 serves HTTP on the whole line and answers what one process
+/// answers (greedy); on SIGTERM rank 0 stops the line and both ranks exit
+/// cleanly.
+fn stage_ranks(model: &str, split: &str) -> Result<(), Failed> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -303,7 +304,7 @@ fn stage_ranks(model: &str) -> Result<(), Failed> {
             ("MASTER_PORT", port.to_string()),
         ]
     };
-    let split = ["--split", "layers:12,18"];
+    let split = ["--split", split];
     let (mut rank1, _) = spawn_http_with(model, &env(1), false, &split)?;
     let (mut rank0, addr) = match spawn_http_with(model, &env(0), true, &split) {
         Ok(r) => r,
@@ -369,6 +370,7 @@ fn main() {
         Some(p) => {
             let q = p.clone();
             let r = p.clone();
+            let a = p.clone();
             trials.push(Trial::test(
                 "serve_http_cli::serves_and_stops_on_sigterm",
                 move || serves_and_stops(&p),
@@ -379,7 +381,11 @@ fn main() {
             ));
             trials.push(Trial::test(
                 "serve_http_cli::model_split_over_two_ranks_serves",
-                move || stage_ranks(&r),
+                move || stage_ranks(&r, "layers:12,18"),
+            ));
+            trials.push(Trial::test(
+                "serve_http_cli::model_split_auto_over_two_ranks_serves",
+                move || stage_ranks(&a, "auto"),
             ));
         }
         None => {
@@ -387,6 +393,7 @@ fn main() {
                 "serve_http_cli::serves_and_stops_on_sigterm",
                 "serve_http_cli::two_ranks_serve_and_survive_a_dead_rank",
                 "serve_http_cli::model_split_over_two_ranks_serves",
+                "serve_http_cli::model_split_auto_over_two_ranks_serves",
             ] {
                 trials.push(
                     Trial::test(name, || Ok(()))

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hetero_scheduler::pipeline::{
-    PlanOptions, ProfileOptions, RankRole, SplitSpec, StageRank, choose_stages,
+    PlanOptions, ProfileOptions, RankRole, SplitSpec, StageRank, cached_profiles, choose_stages,
+    free_bytes,
 };
 use std::sync::Arc;
 
@@ -53,7 +54,10 @@ struct Args {
     /// requests; `auto` splits one copy's layers over all of them as a
     /// pipeline, placed by the exact chain DP on measured profiles (for a
     /// model too large for any one device); `layers:N1,N2,...` gives N1
-    /// layers to the first device, N2 to the next...
+    /// layers to the first device, N2 to the next... With --rank-from-env
+    /// `auto` and `layers:` give every rank one stage (one count per rank;
+    /// `auto` profiles each rank's device and places the layers in rank
+    /// order), `replicate` a whole copy per rank.
     #[arg(long, value_name = "replicate|auto|layers:N1,N2,...")]
     split: Option<String>,
     /// Model preset: tiny, opt-125m or bloom-3b (bloom-3b is a shape stand-in:
@@ -860,14 +864,6 @@ fn run_http(args: &Args, addr: &str) -> Result<()> {
         Some(s) => s.parse::<SplitSpec>()?,
         None => SplitSpec::Replicate,
     };
-    if split == SplitSpec::Auto && args.rank_from_env {
-        return Err(Error::invalid(
-            "--split",
-            "with --rank-from-env give each rank's layers as layers:N0,N1,... (one count per \
-             rank, a stage per rank) or replicate (every rank holds the whole model); placing \
-             layers automatically across processes is not supported yet",
-        ));
-    }
     let checkpoint = real_model::open(&path)?;
     let context = checkpoint.config().max_positions;
     let max_len = args.max_len.unwrap_or(context.min(2048));
@@ -883,12 +879,34 @@ fn run_http(args: &Args, addr: &str) -> Result<()> {
             max_request_len: max_len,
         },
     };
-    // `--split layers:...` over ranks: a stage per rank; rank 0 runs the
-    // engine on the whole line.
+    let plan_options = PlanOptions {
+        batch: args.slots,
+        max_len,
+        activation_bytes: real_model::activation_bytes(
+            checkpoint.config(),
+            args.slots + args.prefill_chunk,
+            args.slots,
+        ),
+    };
+    let profile = ProfileOptions {
+        batch: args.slots.min(16),
+        ..ProfileOptions::default()
+    };
+    // `--split layers:...|auto` over ranks: a stage per rank; rank 0 runs
+    // the engine on the whole line.
     let mut stage_link = None;
     let staged = match (&split, args.rank_from_env) {
-        (SplitSpec::Layers(counts), true) => {
-            match start_stage_rank(args, &checkpoint, &shared, counts, &setup)? {
+        (SplitSpec::Layers(_) | SplitSpec::Auto, true) => {
+            let counts = match &split {
+                SplitSpec::Layers(counts) => Some(counts.as_slice()),
+                _ => None,
+            };
+            let how = RankSplit {
+                counts,
+                plan: plan_options,
+                profile,
+            };
+            match start_stage_rank(args, &checkpoint, &shared, how, &setup)? {
                 Some((engine, plan, link)) => {
                     stage_link = Some(link);
                     Some((engine, plan))
@@ -950,19 +968,6 @@ fn run_http(args: &Args, addr: &str) -> Result<()> {
             eprintln!("{m}")
         })?
     } else {
-        let plan_options = PlanOptions {
-            batch: args.slots,
-            max_len,
-            activation_bytes: real_model::activation_bytes(
-                checkpoint.config(),
-                args.slots + args.prefill_chunk,
-                args.slots,
-            ),
-        };
-        let profile = ProfileOptions {
-            batch: args.slots.min(16),
-            ..ProfileOptions::default()
-        };
         let (stages, report) = choose_stages(
             &checkpoint,
             &shared,
@@ -1040,15 +1045,24 @@ fn run_http(args: &Args, addr: &str) -> Result<()> {
     Ok(())
 }
 
-/// `--http --rank-from-env --split layers:N0,N1,...`: join the job, load
-/// this rank's layers on its one device; rank 0 waits for the others'
-/// stages and starts the engine on the whole line (returned), every other
-/// rank serves its stage until rank 0 stops the line (`None`).
+/// How the ranks of `--http --rank-from-env` split the layers.
+struct RankSplit<'a> {
+    /// `--split layers:N0,N1,...`; `None`: `auto` (every rank profiles its
+    /// device, rank 0 places the layers in rank order).
+    counts: Option<&'a [usize]>,
+    plan: PlanOptions,
+    profile: ProfileOptions,
+}
+
+/// `--http --rank-from-env --split layers:N0,N1,...|auto`: join the job,
+/// load this rank's layers on its one device; rank 0 waits for the
+/// others' stages and starts the engine on the whole line (returned),
+/// every other rank serves its stage until rank 0 stops the line (`None`).
 fn start_stage_rank(
     args: &Args,
     checkpoint: &hetero_models::Checkpoint,
     shared: &[hetero_core::SharedDevice],
-    counts: &[usize],
+    how: RankSplit<'_>,
     setup: &live::LiveSetup,
 ) -> Result<Option<(live::Engine, live::LivePlan, StageRank)>> {
     let [device] = shared else {
@@ -1067,7 +1081,26 @@ fn start_stage_rank(
     };
     let link = StageRank::join(kind, None)?;
     let rank = link.rank();
-    let layers = link.layers(counts, checkpoint.config().layers)?;
+    let counts = match how.counts {
+        Some(counts) => counts.to_vec(),
+        None => {
+            let mine = cached_profiles(
+                checkpoint,
+                std::slice::from_ref(device),
+                how.profile,
+                None,
+                &mut |m| eprintln!("rank {rank}: {m}"),
+            )?
+            .remove(0);
+            let free = free_bytes(device.as_ref())?;
+            let (counts, report) = link.agree_split(mine, free, how.plan)?;
+            if let Some(report) = report {
+                eprint!("{}", report.explain());
+            }
+            counts
+        }
+    };
+    let layers = link.layers(&counts, checkpoint.config().layers)?;
     eprintln!(
         "rank {rank}: loading layers {}-{} on {}",
         layers.start,
