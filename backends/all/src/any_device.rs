@@ -30,6 +30,19 @@ impl AnyDevice {
         }
     }
 
+    /// Where the device's memory figure comes from, for tools to print
+    /// next to it: a wgpu adapter's budget source (an override, the DRM
+    /// VRAM total, a software adapter's share of the host's memory, or the
+    /// fallback with the reason); `None` for backends whose figure is the
+    /// driver's own (CUDA, ROCm) or the host's budget.
+    pub fn memory_source(&self) -> Option<String> {
+        match self {
+            #[cfg(feature = "wgpu")]
+            AnyDevice::Wgpu(d) => Some(d.memory_source().to_string()),
+            _ => None,
+        }
+    }
+
     pub fn shared(&self) -> SharedDevice {
         match self {
             AnyDevice::Host(d) => Arc::new(d.clone()),

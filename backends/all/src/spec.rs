@@ -2,8 +2,13 @@
 //!
 //! A spec is `host`, `host:threads=N,memory=SIZE` (a new host device with
 //! that many threads and that memory budget), or `BACKEND:INDEX` for a
-//! discovered device (`cuda:0`, `wgpu:1`, `rocm:0`). A size is a number of
-//! bytes with an optional binary unit (`512MiB`, `2GiB`, `1.5g`, `1024`).
+//! discovered device (`cuda:0`, `wgpu:1`, `rocm:0`), optionally
+//! `BACKEND:INDEX,memory=SIZE` to set the device's memory budget (wgpu:
+//! the adapter opened again with that budget instead of the one its own
+//! figures give; CUDA and ROCm report the driver's memory and take no
+//! budget, so there it is an `Unsupported` error, never ignored). A size
+//! is a number of bytes with an optional binary unit (`512MiB`, `2GiB`,
+//! `1.5g`, `1024`).
 
 use std::str::FromStr;
 
@@ -20,8 +25,12 @@ pub enum DeviceSpec {
         memory: Option<u64>,
     },
     /// A device the accelerator backend `backend` (its name, e.g. `cuda`)
-    /// found, by index.
-    Found { backend: String, index: u32 },
+    /// found, by index; `memory` (`wgpu:0,memory=2GiB`) sets its budget.
+    Found {
+        backend: String,
+        index: u32,
+        memory: Option<u64>,
+    },
 }
 
 impl FromStr for DeviceSpec {
@@ -53,17 +62,42 @@ impl FromStr for DeviceSpec {
             }
             return Ok(DeviceSpec::Host { threads, memory });
         }
-        let index: u32 = rest.parse().map_err(|_| {
-            Error::invalid(
-                "device",
-                format!(
-                    "{spec:?}: expected host[:threads=N,memory=SIZE] or BACKEND:INDEX, e.g. cuda:0"
-                ),
-            )
-        })?;
+        let mut parts = rest.split(',');
+        let index: u32 = parts
+            .next()
+            .and_then(|i| i.parse().ok())
+            .filter(|_| !kind.is_empty())
+            .ok_or_else(|| {
+                Error::invalid(
+                    "device",
+                    format!(
+                        "{spec:?}: expected host[:threads=N,memory=SIZE] or \
+                         BACKEND:INDEX[,memory=SIZE], e.g. cuda:0 or wgpu:0,memory=2GiB"
+                    ),
+                )
+            })?;
+        let mut memory = None;
+        for kv in parts {
+            match kv.split_once('=') {
+                Some(("memory", v)) if memory.is_none() => memory = Some(parse_bytes(v)?),
+                Some(("memory", _)) => {
+                    return Err(Error::invalid(
+                        "device",
+                        format!("{spec:?} sets memory= twice"),
+                    ));
+                }
+                _ => {
+                    return Err(Error::invalid(
+                        "device",
+                        format!("{kv:?} in {spec:?}: {kind}:INDEX takes only memory=SIZE"),
+                    ));
+                }
+            }
+        }
         Ok(DeviceSpec::Found {
             backend: kind.to_string(),
             index,
+            memory,
         })
     }
 }
@@ -106,7 +140,10 @@ pub fn parse_bytes(text: &str) -> Result<u64> {
 }
 
 /// Resolve `--device` specs against the devices found; each `host` spec
-/// makes a new host device (numbered from 0 in the order given).
+/// makes a new host device (numbered from 0 in the order given). A found
+/// device's spec with `memory=SIZE` gives that device with that budget (a
+/// wgpu adapter opened again with it); a backend that takes no budget is
+/// an `Unsupported` error naming it.
 pub fn select_devices(specs: &[String], found: &[AnyDevice]) -> Result<Vec<AnyDevice>> {
     let mut host_index = 0u32;
     let mut out = Vec::new();
@@ -123,14 +160,19 @@ pub fn select_devices(specs: &[String], found: &[AnyDevice]) -> Result<Vec<AnyDe
                 }
                 out.push(AnyDevice::Host(b.build()?));
             }
-            DeviceSpec::Found { backend, index } => {
+            DeviceSpec::Found {
+                backend,
+                index,
+                memory,
+            } => {
                 let hit = found.iter().find(|d| {
                     let id = d.as_dyn().id();
                     id.backend.name() == backend && id.index == index
                 });
-                match hit {
-                    Some(d) => out.push(d.clone()),
-                    None => {
+                match (hit, memory) {
+                    (Some(d), None) => out.push(d.clone()),
+                    (Some(d), Some(bytes)) => out.push(with_budget(d, bytes, text)?),
+                    (None, _) => {
                         let names: Vec<String> =
                             found.iter().map(|d| d.as_dyn().id().to_string()).collect();
                         return Err(Error::invalid(
@@ -143,6 +185,26 @@ pub fn select_devices(specs: &[String], found: &[AnyDevice]) -> Result<Vec<AnyDe
         }
     }
     Ok(out)
+}
+
+/// `device` with a budget of `bytes` (`--device` spec `spec`).
+#[cfg_attr(not(feature = "wgpu"), allow(unused_variables))]
+fn with_budget(device: &AnyDevice, bytes: u64, spec: &str) -> Result<AnyDevice> {
+    match device {
+        #[cfg(feature = "wgpu")]
+        AnyDevice::Wgpu(d) => Ok(AnyDevice::Wgpu(d.with_budget(bytes)?)),
+        other => {
+            let backend = other.as_dyn().id().backend;
+            Err(Error::unsupported(
+                backend,
+                format!(
+                    "a memory budget ({spec:?}): the {} backend reports the driver's own \
+                     memory and has no budget to set; drop memory= from the spec",
+                    backend.name()
+                ),
+            ))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -192,7 +254,32 @@ mod tests {
             "cuda:1".parse::<DeviceSpec>().unwrap(),
             DeviceSpec::Found {
                 backend: "cuda".into(),
-                index: 1
+                index: 1,
+                memory: None
+            }
+        );
+        assert_eq!(
+            "wgpu:0,memory=2GiB".parse::<DeviceSpec>().unwrap(),
+            DeviceSpec::Found {
+                backend: "wgpu".into(),
+                index: 0,
+                memory: Some(2 << 30)
+            }
+        );
+        assert_eq!(
+            "rocm:3,memory=512MiB".parse::<DeviceSpec>().unwrap(),
+            DeviceSpec::Found {
+                backend: "rocm".into(),
+                index: 3,
+                memory: Some(512 << 20)
+            }
+        );
+        assert_eq!(
+            "wgpu:1,memory=0".parse::<DeviceSpec>().unwrap(),
+            DeviceSpec::Found {
+                backend: "wgpu".into(),
+                index: 1,
+                memory: Some(0)
             }
         );
         for bad in [
@@ -205,6 +292,19 @@ mod tests {
             "cuda",
             "cuda:x",
             "wgpu:-1",
+            ":0",
+            "wgpu:",
+            "wgpu:,memory=1GiB",
+            "wgpu:0,",
+            "wgpu:0,memory",
+            "wgpu:0,memory=",
+            "wgpu:0,memory=-1",
+            "wgpu:0,memory=NaN",
+            "wgpu:0,memory=1TiB",
+            "wgpu:0,memory=1GiB,memory=2GiB",
+            "wgpu:0,threads=2",
+            "wgpu:memory=1GiB",
+            "wgpu:0:memory=1GiB",
         ] {
             assert!(bad.parse::<DeviceSpec>().is_err(), "{bad:?} parsed");
         }
@@ -228,5 +328,23 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("not found") && e.contains("host:0"), "{e}");
+    }
+
+    #[test]
+    fn a_budget_on_a_backend_without_one_is_an_error_naming_it() {
+        let found = select_devices(&["host".to_string()], &[]).unwrap();
+        // A spec naming a device that is not there still says so first.
+        let e = select_devices(&["cuda:0,memory=1GiB".to_string()], &found)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("not found"), "{e}");
+        // A found device of a backend with no budget: Unsupported, named.
+        let e = with_budget(&found[0], 1 << 30, "host:0,memory=1GiB")
+            .err()
+            .unwrap();
+        assert!(matches!(e, Error::Unsupported { .. }), "{e:?}");
+        let e = e.to_string();
+        assert!(e.contains("host") && e.contains("memory="), "{e}");
     }
 }

@@ -23,9 +23,7 @@ use crate::buffer::{WgpuBuffer, align4_up};
 use crate::error::WgpuError;
 use crate::gemm::GemmKernel;
 use crate::kernels::{self, Elementwise};
-
-/// Fallback budget for a hardware GPU: wgpu cannot tell its memory size.
-pub const FALLBACK_GPU_BUDGET_BYTES: u64 = 4 << 30;
+use crate::memory_size::{self, AdapterIds, MemorySource, SysfsVram};
 
 /// One wgpu adapter as a hetero device. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -35,11 +33,17 @@ pub struct WgpuDevice {
 
 pub(crate) struct Inner {
     pub(crate) id: DeviceId,
+    /// Kept to open the adapter again with another budget.
+    pub(crate) adapter: wgpu::Adapter,
     pub(crate) info: wgpu::AdapterInfo,
     pub(crate) device: wgpu::Device,
     pub(crate) queue: wgpu::Queue,
     pub(crate) limits: wgpu::Limits,
     pub(crate) budget: u64,
+    /// Where `budget` came from (`memory_size.rs`).
+    pub(crate) memory_source: MemorySource,
+    /// The DRM card's VRAM counters, when one matched the adapter.
+    pub(crate) vram: Option<SysfsVram>,
     /// The adapter can convert f16 pairs in shaders (`unpack2x16float`).
     pub(crate) f16_in_f32: bool,
     pub(crate) allocated: Arc<AtomicU64>,
@@ -63,7 +67,8 @@ impl std::fmt::Debug for Inner {
 
 impl WgpuDevice {
     /// Open `adapter` as device `index` of the wgpu backend. `budget`
-    /// overrides the default memory budget (see the crate docs).
+    /// overrides the memory budget the adapter's own figures give (see
+    /// [`MemorySource`] and the crate docs).
     pub fn new(adapter: &wgpu::Adapter, index: u32, budget: Option<u64>) -> Result<Self> {
         let id = DeviceId::new(Backend::Wgpu, index);
         let info = adapter.get_info();
@@ -93,7 +98,12 @@ impl WgpuDevice {
                 *u = Some(e.to_string());
             }
         }));
-        let budget = budget.unwrap_or_else(|| default_budget(&info));
+        let size = memory_size::decide(
+            AdapterIds::of(&info),
+            budget,
+            std::path::Path::new(memory_size::DRM_ROOT),
+            hetero_core::system::mem_available,
+        );
         let f16_in_f32 = adapter
             .get_downlevel_capabilities()
             .flags
@@ -101,11 +111,14 @@ impl WgpuDevice {
         Ok(WgpuDevice {
             inner: Arc::new(Inner {
                 id,
+                adapter: adapter.clone(),
                 info,
                 device,
                 queue,
                 limits,
-                budget,
+                budget: size.budget_bytes,
+                memory_source: size.source,
+                vram: size.vram,
                 f16_in_f32,
                 allocated: Arc::new(AtomicU64::new(0)),
                 lost,
@@ -133,6 +146,32 @@ impl WgpuDevice {
         self.inner.budget
     }
 
+    /// Where [`budget`](Self::budget) came from: an override, the DRM
+    /// card's VRAM total, a software adapter's share of host memory, or the
+    /// fallback (with the reason).
+    pub fn memory_source(&self) -> &MemorySource {
+        &self.inner.memory_source
+    }
+
+    /// The same adapter opened again as a new device with the same id and
+    /// `budget` bytes as its budget ([`MemorySource::Override`]): what
+    /// `--device wgpu:N,memory=SIZE` gives. The new device has its own wgpu
+    /// device and queue and its own budget ledger; buffers of one are not
+    /// buffers of the other.
+    pub fn with_budget(&self, budget: u64) -> Result<WgpuDevice> {
+        WgpuDevice::new(&self.inner.adapter, self.inner.id.index, Some(budget))
+    }
+
+    /// Free bytes: what the budget has left, and no more than the driver
+    /// says the card has free where it reports used VRAM.
+    fn free_bytes(&self, used: u64) -> u64 {
+        let left = self.inner.budget.saturating_sub(used);
+        match self.inner.vram.as_ref().and_then(SysfsVram::reported_free) {
+            Some(reported) => left.min(reported),
+            None => left,
+        }
+    }
+
     /// A short label for test names and tables: `"0-vulkan-llvmpipe"`.
     pub fn label(&self) -> String {
         let name: String = self
@@ -157,16 +196,6 @@ impl WgpuDevice {
     }
 }
 
-fn default_budget(info: &wgpu::AdapterInfo) -> u64 {
-    match info.device_type {
-        // A software adapter allocates host memory: half of what is available.
-        wgpu::DeviceType::Cpu => hetero_core::system::mem_available()
-            .map(|m| m / 2)
-            .unwrap_or(FALLBACK_GPU_BUDGET_BYTES),
-        _ => FALLBACK_GPU_BUDGET_BYTES,
-    }
-}
-
 impl Device for WgpuDevice {
     type Buffer = WgpuBuffer;
 
@@ -187,7 +216,7 @@ impl Device for WgpuDevice {
             },
             vendor: format!("{:#06x}", i.vendor),
             memory_total_bytes: self.inner.budget,
-            memory_free_bytes: Some(self.inner.budget.saturating_sub(used)),
+            memory_free_bytes: Some(self.free_bytes(used)),
             driver: Some(format!("{} {}", i.driver, i.driver_info).trim().to_string())
                 .filter(|d| !d.is_empty()),
             compute_units: None,
@@ -198,7 +227,7 @@ impl Device for WgpuDevice {
         let used = self.inner.allocated.load(Ordering::Acquire);
         Ok(MemoryUsage {
             total_bytes: self.inner.budget,
-            free_bytes: Some(self.inner.budget.saturating_sub(used)),
+            free_bytes: Some(self.free_bytes(used)),
             allocated_bytes: used,
         })
     }

@@ -4,14 +4,25 @@
 //! - Every adapter wgpu enumerates becomes a [`WgpuDevice`] with its own
 //!   `DeviceId` (enumeration order); `WGPU_BACKEND` (e.g. `gl`, `vulkan`)
 //!   restricts which backends are searched, as in wgpu's own tools.
-//! - Memory: wgpu cannot report free memory, so this crate tracks what it
-//!   allocated against a **budget**: half the host's available memory for a
-//!   software (CPU) adapter, otherwise [`FALLBACK_GPU_BUDGET_BYTES`] (4 GiB, a
-//!   fallback, since wgpu does not expose the size of a GPU's memory);
-//!   settable per device. Past the budget, past `max_buffer_size`, or when an
-//!   out-of-memory error scope fires, `alloc` returns `Error::OutOfMemory`
-//!   and the device keeps working. wgpu's panicking default error handler is
-//!   replaced so nothing a user does can abort the process.
+//! - Memory: wgpu reports neither the size nor the free amount of an
+//!   adapter's memory (its limits bound one buffer, not the total), so this
+//!   crate tracks what it allocated against a **budget**, and
+//!   [`WgpuDevice::memory_source`] says where the figure came from
+//!   ([`MemorySource`]): an override (`WgpuDevice::new(.., Some(bytes))`,
+//!   [`WgpuDevice::with_budget`], `--device wgpu:N,memory=SIZE` through
+//!   hetero-backends); for a software adapter (lavapipe, llvmpipe) half of
+//!   the host's available memory, which is the host device's memory too, so
+//!   the two budgets overlap rather than add up (its link to the host is
+//!   `SharedMemory`); on Linux, the VRAM total the DRM driver reports for the
+//!   adapter's PCI device (`/sys/class/drm/cardN/device/mem_info_vram_total`,
+//!   amdgpu; the card matched by PCI vendor / device id and bus id, never
+//!   guessed among identical cards); otherwise [`FALLBACK_GPU_BUDGET_BYTES`]
+//!   (4 GiB, a fallback, and the source says why). Where the card reports
+//!   used VRAM, free memory is no more than the driver says is free. Past
+//!   the budget, past `max_buffer_size`, or when an out-of-memory error
+//!   scope fires, `alloc` returns `Error::OutOfMemory` and the device keeps
+//!   working. wgpu's panicking default error handler is replaced so nothing
+//!   a user does can abort the process.
 //! - Kernels in WGSL (`kernels.rs`, `llama_kernels.rs`), compiled once per
 //!   device and cached: reduce / average for f32, i32, u8, f16, bf16 (16- and
 //!   8-bit types packed in 32-bit words, so no `SHADER_F16` is needed), scale
@@ -44,13 +55,15 @@ mod kernels;
 mod link;
 mod llama;
 mod llama_kernels;
+mod memory_size;
 
 pub use buffer::WgpuBuffer;
-pub use device::{FALLBACK_GPU_BUDGET_BYTES, WgpuDevice};
+pub use device::WgpuDevice;
 pub use error::WgpuError;
 pub use exit::exit_without_teardown;
 pub use gemm::GemmKernel;
 pub use link::{WgpuDirection, WgpuLink};
+pub use memory_size::{FALLBACK_GPU_BUDGET_BYTES, MemorySource};
 
 use hetero_core::Result;
 

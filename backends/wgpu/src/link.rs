@@ -20,8 +20,9 @@ pub enum WgpuDirection {
 
 /// The path between host memory (device `host`) and an adapter, or within
 /// it, through hetero's own `upload` (queue write), `download` (copy to a
-/// mapped staging buffer) and `copy`. Its kind is `Unknown`: wgpu does not
-/// say how an adapter is attached.
+/// mapped staging buffer) and `copy`. Its kind is `SharedMemory` for a
+/// software adapter (its memory is the host's), otherwise `Unknown`: wgpu
+/// does not say how a hardware adapter is attached.
 #[derive(Debug)]
 pub struct WgpuLink {
     gpu: WgpuDevice,
@@ -59,6 +60,9 @@ impl Link for WgpuLink {
     fn kind(&self) -> LinkKind {
         match self.direction {
             WgpuDirection::OnDevice => LinkKind::SameDevice,
+            // A software adapter's buffers are host memory: the host device
+            // and the adapter share it (and their budgets overlap).
+            _ if self.gpu.inner.info.device_type == wgpu::DeviceType::Cpu => LinkKind::SharedMemory,
             _ => LinkKind::Unknown,
         }
     }

@@ -6,8 +6,8 @@
 //! `vulkan`) restricts the run to one backend.
 
 use hetero_core::testsuite::{device_tests, device_trials, run_exclusive, skipped_trials};
-use hetero_core::{DType, Device, DynDevice, LinkProbe};
-use hetero_wgpu::{GemmKernel, WgpuDevice, WgpuDirection, WgpuLink};
+use hetero_core::{DType, Device, DynDevice, Link, LinkKind, LinkProbe};
+use hetero_wgpu::{GemmKernel, MemorySource, WgpuDevice, WgpuDirection, WgpuLink};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 #[path = "device_suite/llama_long.rs"]
@@ -47,6 +47,16 @@ fn main() {
                 trials.push(Trial::test(
                     format!("{label}::small_budget_is_enforced_and_device_keeps_working"),
                     move || small_budget(&dev),
+                ));
+                let dev = device.clone();
+                trials.push(Trial::test(
+                    format!("{label}::budget_override_is_what_info_reports_and_is_enforced"),
+                    move || budget_override(&dev),
+                ));
+                let dev = device.clone();
+                trials.push(Trial::test(
+                    format!("{label}::memory_source_is_reported"),
+                    move || memory_source(&dev),
                 ));
             }
         }
@@ -122,6 +132,88 @@ fn small_budget(device: &WgpuDevice) -> Result<(), Failed> {
     let again = Device::alloc(&small, DType::F32, 100_000)?;
     if hetero_core::DeviceBuffer::len(&again) != 100_000 {
         return Err("wrong length".into());
+    }
+    Ok(())
+}
+
+/// `with_budget` (what `--device wgpu:N,memory=SIZE` opens): the override is
+/// the source, `info()` and `memory()` report it, and allocating past it is
+/// `OutOfMemory` while the device keeps working.
+fn budget_override(device: &WgpuDevice) -> Result<(), Failed> {
+    const BUDGET: u64 = 3 << 20;
+    let own = device.with_budget(BUDGET)?;
+    if Device::id(&own) != Device::id(device) {
+        return Err("the reopened device has another id".into());
+    }
+    if *own.memory_source() != MemorySource::Override || own.budget() != BUDGET {
+        return Err(format!("{} bytes from {:?}", own.budget(), own.memory_source()).into());
+    }
+    let info = Device::info(&own);
+    let free = info.memory_free_bytes.ok_or("no free memory reported")?;
+    if info.memory_total_bytes != BUDGET || free > BUDGET {
+        return Err(format!("info(): total {}, free {free}", info.memory_total_bytes).into());
+    }
+    let held = Device::alloc(&own, DType::F32, 512 << 10)?; // 2 MiB
+    let usage = Device::memory(&own)?;
+    if usage.total_bytes != BUDGET || usage.allocated_bytes != 2 << 20 {
+        return Err(format!("memory() after 2 MiB: {usage:?}").into());
+    }
+    if usage.free_bytes.is_none_or(|f| f > 1 << 20) {
+        return Err(format!("free after 2 of 3 MiB: {:?}", usage.free_bytes).into());
+    }
+    match Device::alloc(&own, DType::F32, 512 << 10) {
+        Err(e) if e.is_out_of_memory() => {}
+        other => return Err(format!("2 MiB more past a 3 MiB budget gave {other:?}").into()),
+    }
+    let small = Device::alloc(&own, DType::U8, 1 << 20)?;
+    drop((held, small));
+    if Device::memory(&own)?.allocated_bytes != 0 {
+        return Err("the ledger did not return to zero".into());
+    }
+    // The device it was opened from keeps its own budget.
+    if *device.memory_source() == MemorySource::Override {
+        return Err("the original device took the override".into());
+    }
+    Ok(())
+}
+
+/// Where the default budget came from: a software adapter's share of host
+/// memory (its link to the host is shared memory), a hardware adapter's
+/// sysfs VRAM total or the fallback, never an override.
+fn memory_source(device: &WgpuDevice) -> Result<(), Failed> {
+    let software = device.adapter_info().device_type == wgpu::DeviceType::Cpu;
+    let host = hetero_core::DeviceId::new(hetero_core::Backend::Host, 0);
+    let kind = WgpuLink::new(device.clone(), host, WgpuDirection::HostToDevice).kind();
+    match (software, device.memory_source()) {
+        (
+            true,
+            MemorySource::SoftwareHostShare {
+                host_available_bytes,
+            },
+        ) => {
+            if device.budget() != host_available_bytes / 2 || kind != LinkKind::SharedMemory {
+                return Err(format!(
+                    "budget {} of {host_available_bytes} available, link {kind}",
+                    device.budget()
+                )
+                .into());
+            }
+        }
+        (false, MemorySource::Sysfs { path }) => {
+            let text = std::fs::read_to_string(path)?;
+            if text.trim().parse::<u64>().ok() != Some(device.budget()) {
+                return Err(format!("budget {} but {text:?}", device.budget()).into());
+            }
+        }
+        (_, MemorySource::Fallback { reason }) => {
+            if device.budget() != hetero_wgpu::FALLBACK_GPU_BUDGET_BYTES {
+                return Err(format!("fallback ({reason}) of {} bytes", device.budget()).into());
+            }
+        }
+        (_, other) => return Err(format!("software {software}: {other:?}").into()),
+    }
+    if software && kind != LinkKind::SharedMemory {
+        return Err(format!("a software adapter's host link is {kind}").into());
     }
     Ok(())
 }

@@ -25,7 +25,8 @@ use serde_json::json;
 struct Args {
     /// A device to use, repeatable: `host:threads=2,memory=2GiB` (a host
     /// device with that many threads and that budget; both optional),
-    /// `cuda:0`, `wgpu:1`, `rocm:0`. Default: every device found.
+    /// `cuda:0`, `wgpu:1`, `wgpu:1,memory=2GiB` (a wgpu adapter with that
+    /// budget), `rocm:0`. Default: every device found.
     #[arg(long = "device", value_name = "SPEC")]
     devices: Vec<String>,
     /// Model preset: tiny, opt-125m or bloom-3b (bloom-3b is a shape stand-in:

@@ -79,6 +79,11 @@ fn measure(args: &Args) -> Result<Topology> {
         (GemmProbe::default(), LinkProbe::default())
     };
     let devices = discover(args.host_devices, &mut |note| eprintln!("{note}"))?;
+    for d in &devices {
+        if let Some(source) = d.memory_source() {
+            eprintln!("{}: memory budget: {source}", d.as_dyn().id());
+        }
+    }
     eprintln!(
         "measuring {} device(s) and {} link(s)...",
         devices.len(),

@@ -47,7 +47,8 @@ struct Args {
     #[arg(long, value_name = "PATH", conflicts_with = "graph")]
     model: Option<PathBuf>,
     /// With --model: a device of the pipeline (repeatable): `host`,
-    /// `host:threads=1,memory=200MiB`, `wgpu:0`, `cuda:0`, ...
+    /// `host:threads=1,memory=200MiB`, `wgpu:0`, `wgpu:0,memory=1GiB`,
+    /// `cuda:0`, ...
     #[arg(long = "device", value_name = "SPEC", requires = "model")]
     devices: Vec<String>,
     /// With --model: sequences decoded together (profile and KV memory).

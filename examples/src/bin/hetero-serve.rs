@@ -46,7 +46,8 @@ use serde_json::json;
 #[command(name = "hetero-serve", version)]
 struct Args {
     /// A device, repeatable: `host:threads=2,memory=2GiB`, `cuda:0`,
-    /// `wgpu:1`, `rocm:0`. Default: every device found.
+    /// `wgpu:1`, `wgpu:1,memory=2GiB` (a wgpu adapter with that budget),
+    /// `rocm:0`. Default: every device found.
     #[arg(long = "device", value_name = "SPEC")]
     devices: Vec<String>,
     /// With --http: how the model spreads over the devices. `replicate`
