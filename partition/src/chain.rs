@@ -207,82 +207,12 @@ fn plan_of(problem: &ChainProblem, stages: Vec<ChainStage>) -> ChainPlan {
 /// The split with the least bottleneck that fits every device (ties: the
 /// fewest stages). [`PartitionError::Infeasible`] when none fits.
 pub fn best_chain_split(problem: &ChainProblem) -> Result<ChainPlan> {
-    problem.validate()?;
+    let table = ChainTable::new(problem)?;
     let (dn, n) = (problem.devices(), problem.units());
-    let sets = 1usize << dn;
-    // Prefix sums per device.
-    let pt: Vec<Vec<f64>> = problem
-        .time
-        .iter()
-        .map(|t| {
-            std::iter::once(0.0)
-                .chain(t.iter().scan(0.0, |a, &x| {
-                    *a += x;
-                    Some(*a)
-                }))
-                .collect()
-        })
-        .collect();
-    let pb: Vec<Vec<u64>> = problem
-        .bytes
-        .iter()
-        .map(|b| {
-            std::iter::once(0u64)
-                .chain(b.iter().scan(0u64, |a, &x| {
-                    *a = a.saturating_add(x);
-                    Some(*a)
-                }))
-                .collect()
-        })
-        .collect();
-    let load = |d: usize, j: usize, i: usize| -> f64 {
-        let mut l = pt[d][i] - pt[d][j];
-        if j > 0 {
-            l += problem.boundary[d][j - 1];
-        }
-        if i < n {
-            l += problem.boundary[d][i - 1];
-        }
-        l
-    };
-    // best[set][i], and the (device, start) of the stage ending at i.
-    let mut best = vec![f64::INFINITY; sets * (n + 1)];
-    let mut from = vec![(usize::MAX, usize::MAX); sets * (n + 1)];
-    best[0] = 0.0;
-    // Sets in increasing order: every subset of a set comes before it.
-    for set in 0..sets {
-        for j in 0..n {
-            let base = best[set * (n + 1) + j];
-            if !base.is_finite() {
-                continue;
-            }
-            for d in (0..dn).filter(|&d| set & (1 << d) == 0) {
-                let next_set = set | (1 << d);
-                for i in j + 1..=n {
-                    let mut bytes = pb[d][i] - pb[d][j];
-                    if i == n && j > 0 {
-                        bytes = bytes.saturating_add(problem.split_last_bytes[d]);
-                    }
-                    if bytes > problem.memory[d] {
-                        if pb[d][i] - pb[d][j] > problem.memory[d] {
-                            break; // longer ranges hold more
-                        }
-                        continue;
-                    }
-                    let v = base.max(load(d, j, i));
-                    let at = next_set * (n + 1) + i;
-                    if v < best[at] {
-                        best[at] = v;
-                        from[at] = (d, j);
-                    }
-                }
-            }
-        }
-    }
     // The least bottleneck over all sets; ties to the fewest stages.
     let mut pick: Option<(f64, u32, usize)> = None;
-    for set in 1..sets {
-        let v = best[set * (n + 1) + n];
+    for set in 1..1usize << dn {
+        let v = table.best(set);
         if !v.is_finite() {
             continue;
         }
@@ -291,21 +221,201 @@ pub fn best_chain_split(problem: &ChainProblem) -> Result<ChainPlan> {
             pick = Some((v, k, set));
         }
     }
-    let Some((_, _, mut set)) = pick else {
+    let Some((_, _, set)) = pick else {
         return Err(PartitionError::Infeasible(format!(
             "no split of the {n} units over the {dn} devices fits their memory"
         )));
     };
-    let mut stages = Vec::new();
-    let mut i = n;
-    while i > 0 {
-        let (d, j) = from[set * (n + 1) + i];
-        stages.push((d, j..i));
-        set &= !(1 << d);
-        i = j;
+    table.plan(problem, set)
+}
+
+/// Several pipelines side by side (replicas of pipelines): disjoint groups
+/// of devices, each running the whole chain as its own pipeline on its
+/// own work, chosen to maximise the summed throughput `sum 1 / bottleneck`
+/// (every pipeline runs the same batch per step). A group of one device
+/// is a data-parallel replica; one group is [`best_chain_split`]'s kind of
+/// plan. Devices that add nothing are left unused. Ties: fewer groups,
+/// then fewer devices. [`PartitionError::Infeasible`] when no device set
+/// holds the chain.
+///
+/// Exact: a group's best pipeline depends only on its own devices
+/// (`best(S)` of the chain table, over exactly the devices of `S`), so
+/// `g(S)` = the best total over the devices of `S` is `max(g(S - {d}),
+/// max over T containing d of rate(T) + g(S - T))` for `d` the lowest
+/// device of `S` (it is unused, or in some group `T`). `3^D` steps.
+pub fn best_chain_pipelines(problem: &ChainProblem) -> Result<Vec<ChainPlan>> {
+    let table = ChainTable::new(problem)?;
+    let dn = problem.devices();
+    let sets = 1usize << dn;
+    let rate = |set: usize| {
+        let b = table.best(set);
+        if b.is_finite() {
+            // a zero-time pipeline would be infinitely fast: count it as
+            // very fast but keep the sums finite
+            1.0 / b.max(1e-300)
+        } else {
+            0.0
+        }
+    };
+    // total[S], groups[S], devices[S], and the group taken with S's
+    // lowest device (0: none).
+    let mut total = vec![0.0f64; sets];
+    let mut count = vec![(0u32, 0u32); sets];
+    let mut take = vec![0usize; sets];
+    for s in 1..sets {
+        let low = s & s.wrapping_neg();
+        let rest = s & !low;
+        // the lowest device unused
+        let (mut best, mut best_count, mut best_take) = (total[rest], count[rest], 0usize);
+        // or in a group T: every subset of `rest`, with `low` added
+        let mut sub = rest;
+        loop {
+            let t = sub | low;
+            let r = rate(t);
+            if r > 0.0 {
+                let v = r + total[s & !t];
+                let c = (count[s & !t].0 + 1, count[s & !t].1 + t.count_ones());
+                let better =
+                    v > best * (1.0 + 1e-12) + 0.0 || (v >= best * (1.0 - 1e-12) && c < best_count);
+                if better {
+                    best = v;
+                    best_count = c;
+                    best_take = t;
+                }
+            }
+            if sub == 0 {
+                break;
+            }
+            sub = (sub - 1) & rest;
+        }
+        total[s] = best;
+        count[s] = best_count;
+        take[s] = best_take;
     }
-    stages.reverse();
-    evaluate_chain(problem, &stages)
+    let mut plans = Vec::new();
+    let mut s = sets - 1;
+    while s != 0 {
+        let t = take[s];
+        if t == 0 {
+            s &= s - 1; // lowest device unused
+        } else {
+            plans.push(table.plan(problem, t)?);
+            s &= !t;
+        }
+    }
+    if plans.is_empty() {
+        return Err(PartitionError::Infeasible(format!(
+            "no pipeline of the {} units over the {dn} devices fits their memory",
+            problem.units()
+        )));
+    }
+    Ok(plans)
+}
+
+/// The chain DP's table: `best(S)` = the least bottleneck covering the
+/// whole chain with exactly the devices of `S`, one range each.
+struct ChainTable {
+    n: usize,
+    best: Vec<f64>,
+    /// The (device, start) of the stage ending at `i` for `(set, i)`.
+    from: Vec<(usize, usize)>,
+}
+
+impl ChainTable {
+    fn new(problem: &ChainProblem) -> Result<Self> {
+        problem.validate()?;
+        let (dn, n) = (problem.devices(), problem.units());
+        let sets = 1usize << dn;
+        // Prefix sums per device.
+        let pt: Vec<Vec<f64>> = problem
+            .time
+            .iter()
+            .map(|t| {
+                std::iter::once(0.0)
+                    .chain(t.iter().scan(0.0, |a, &x| {
+                        *a += x;
+                        Some(*a)
+                    }))
+                    .collect()
+            })
+            .collect();
+        let pb: Vec<Vec<u64>> = problem
+            .bytes
+            .iter()
+            .map(|b| {
+                std::iter::once(0u64)
+                    .chain(b.iter().scan(0u64, |a, &x| {
+                        *a = a.saturating_add(x);
+                        Some(*a)
+                    }))
+                    .collect()
+            })
+            .collect();
+        let load = |d: usize, j: usize, i: usize| -> f64 {
+            let mut l = pt[d][i] - pt[d][j];
+            if j > 0 {
+                l += problem.boundary[d][j - 1];
+            }
+            if i < n {
+                l += problem.boundary[d][i - 1];
+            }
+            l
+        };
+        // best[set][i], and the (device, start) of the stage ending at i.
+        let mut best = vec![f64::INFINITY; sets * (n + 1)];
+        let mut from = vec![(usize::MAX, usize::MAX); sets * (n + 1)];
+        best[0] = 0.0;
+        // Sets in increasing order: every subset of a set comes before it.
+        for set in 0..sets {
+            for j in 0..n {
+                let base = best[set * (n + 1) + j];
+                if !base.is_finite() {
+                    continue;
+                }
+                for d in (0..dn).filter(|&d| set & (1 << d) == 0) {
+                    let next_set = set | (1 << d);
+                    for i in j + 1..=n {
+                        let mut bytes = pb[d][i] - pb[d][j];
+                        if i == n && j > 0 {
+                            bytes = bytes.saturating_add(problem.split_last_bytes[d]);
+                        }
+                        if bytes > problem.memory[d] {
+                            if pb[d][i] - pb[d][j] > problem.memory[d] {
+                                break; // longer ranges hold more
+                            }
+                            continue;
+                        }
+                        let v = base.max(load(d, j, i));
+                        let at = next_set * (n + 1) + i;
+                        if v < best[at] {
+                            best[at] = v;
+                            from[at] = (d, j);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(ChainTable { n, best, from })
+    }
+
+    fn best(&self, set: usize) -> f64 {
+        self.best[set * (self.n + 1) + self.n]
+    }
+
+    /// The plan behind `best(set)` (finite).
+    fn plan(&self, problem: &ChainProblem, mut set: usize) -> Result<ChainPlan> {
+        let n = self.n;
+        let mut stages = Vec::new();
+        let mut i = n;
+        while i > 0 {
+            let (d, j) = self.from[set * (n + 1) + i];
+            stages.push((d, j..i));
+            set &= !(1 << d);
+            i = j;
+        }
+        stages.reverse();
+        evaluate_chain(problem, &stages)
+    }
 }
 
 /// The split with the least bottleneck that fits when **every device,
@@ -577,6 +687,91 @@ mod tests {
             }
         }
         assert!(checked > 250, "only {checked} feasible cases");
+    }
+
+    /// `p` restricted to the devices of `set` (in index order).
+    fn restricted(p: &ChainProblem, set: usize) -> ChainProblem {
+        let keep: Vec<usize> = (0..p.devices()).filter(|d| set & (1 << d) != 0).collect();
+        ChainProblem {
+            time: keep.iter().map(|&d| p.time[d].clone()).collect(),
+            bytes: keep.iter().map(|&d| p.bytes[d].clone()).collect(),
+            memory: keep.iter().map(|&d| p.memory[d]).collect(),
+            boundary: keep.iter().map(|&d| p.boundary[d].clone()).collect(),
+            split_last_bytes: keep.iter().map(|&d| p.split_last_bytes[d]).collect(),
+        }
+    }
+
+    /// Every labelling of the devices with groups (0: unused), each group
+    /// scored by brute force alone: the best summed `1 / bottleneck`.
+    fn brute_pipelines(p: &ChainProblem) -> f64 {
+        let dn = p.devices();
+        let mut best = 0.0f64;
+        let labellings = (dn + 1).pow(dn as u32);
+        for code in 0..labellings {
+            let mut c = code;
+            let mut groups = vec![0usize; dn + 1];
+            for d in 0..dn {
+                groups[c % (dn + 1)] |= 1 << d;
+                c /= dn + 1;
+            }
+            let total: f64 = groups[1..]
+                .iter()
+                .filter(|&&g| g != 0)
+                .map(|&g| brute(&restricted(p, g)).map_or(0.0, |b| 1.0 / b))
+                .sum();
+            best = best.max(total);
+        }
+        best
+    }
+
+    #[test]
+    fn pipelines_equal_brute_force_and_cover_single_and_replicas() {
+        let (mut checked, mut several, mut mixed) = (0, 0, 0);
+        for seed in 0..300u64 {
+            let dn = 1 + seed as usize % 4;
+            let n = 1 + (seed as usize / 4) % 6;
+            let mut p = problem(dn, n, seed);
+            if seed % 2 == 0 {
+                // roomier devices: replicas become possible
+                p.memory.iter_mut().for_each(|m| *m *= 3);
+            }
+            let want = brute_pipelines(&p);
+            match best_chain_pipelines(&p) {
+                Ok(plans) => {
+                    let mut used = 0usize;
+                    let mut total = 0.0;
+                    for plan in &plans {
+                        assert!(plan.fits, "seed {seed}");
+                        let covered: usize = plan.stages.iter().map(|s| s.units.len()).sum();
+                        assert_eq!(covered, n, "seed {seed}");
+                        for s in &plan.stages {
+                            assert_eq!(used & (1 << s.device), 0, "seed {seed}: shared device");
+                            used |= 1 << s.device;
+                        }
+                        total += 1.0 / plan.objective;
+                    }
+                    assert!(
+                        (total - want).abs() <= 1e-9 * want.max(1.0),
+                        "seed {seed}: pipelines {total} brute {want}"
+                    );
+                    // never below one pipeline
+                    let one = best_chain_split(&p).expect("a pipeline fits");
+                    assert!(total >= 1.0 / one.objective * (1.0 - 1e-12), "seed {seed}");
+                    checked += 1;
+                    if plans.len() > 1 {
+                        several += 1;
+                        if plans.iter().any(|p| p.stages.len() > 1) {
+                            mixed += 1;
+                        }
+                    }
+                }
+                Err(PartitionError::Infeasible(_)) => assert_eq!(want, 0.0, "seed {seed}"),
+                Err(e) => panic!("seed {seed}: {e}"),
+            }
+        }
+        assert!(checked > 150, "only {checked} feasible cases");
+        // the cases include replicas and pipelines side by side
+        assert!(several > 20 && mixed > 3, "{several} with groups, {mixed} mixed");
     }
 
     #[test]

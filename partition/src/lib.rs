@@ -30,8 +30,8 @@ pub(crate) mod satellite;
 pub mod topology;
 
 pub use chain::{
-    ChainPlan, ChainProblem, ChainStage, best_chain_split, best_chain_split_in_order, equal_split,
-    evaluate_chain, memory_proportional_split,
+    ChainPlan, ChainProblem, ChainStage, best_chain_pipelines, best_chain_split,
+    best_chain_split_in_order, equal_split, evaluate_chain, memory_proportional_split,
 };
 pub use dp::{DpEvent, EventFn, ExactDp, Greedy, LinearDp, ProgressFn, SolveStats};
 pub use eval::{Evaluation, evaluate};
