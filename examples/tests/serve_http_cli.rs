@@ -131,6 +131,68 @@ fn serves_and_stops(model: &str) -> Result<(), Failed> {
     Ok(())
 }
 
+/// `--split auto` on devices none of which holds the model: the report
+/// says what it chose (one pipeline, or pipelines side by side) and the
+/// server answers what one process on one device answers (greedy).
+fn auto_split_serves(model: &str) -> Result<(), Failed> {
+    let device = "host:threads=1,memory=100MiB";
+    let mut child = serve()
+        .args(["--model", model, "--http", "127.0.0.1:0", "--split", "auto"])
+        .args(["--device", device, "--device", device, "--device", device])
+        .args(["--slots", "2", "--max-len", "64"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let mut log = Vec::new();
+    let addr = loop {
+        let Some(line) = lines.next() else {
+            let _ = child.kill();
+            return Err(format!("exited before listening: {log:?}").into());
+        };
+        let line = line?;
+        if let Some(a) = line.strip_prefix("listening on http://") {
+            break a.trim().parse::<std::net::SocketAddr>()?;
+        }
+        log.push(line);
+    };
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    let result = (|| -> Result<(), Failed> {
+        if !log.iter().any(|l| l.starts_with("recommended: ")) {
+            return Err(format!("no plan report: {log:?}").into());
+        }
+        let prompt = "The capital of Germany is";
+        let body = serde_json::json!({"prompt": prompt, "max_tokens": 8, "temperature": 0});
+        let r = client::request(
+            addr,
+            "POST",
+            "/v1/completions",
+            Some(body.to_string().as_bytes()),
+            Duration::from_secs(120),
+        )?;
+        let got: serde_json::Value = serde_json::from_slice(&r.body)?;
+        let alone = Command::new(env!("CARGO_BIN_EXE_hetero-generate"))
+            .args(["--model", model, "--device", "host", "--json"])
+            .args(["--prompt", prompt, "--max-tokens", "8"])
+            .output()?;
+        let alone: serde_json::Value = serde_json::from_slice(&alone.stdout)?;
+        if r.status != 200 || got["choices"][0]["text"] != alone["text"] {
+            return Err(format!("{}: {got} vs one device {}", r.status, alone["text"]).into());
+        }
+        Ok(())
+    })();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait()?;
+    result?;
+    if !status.success() {
+        return Err(format!("after SIGTERM: {status}").into());
+    }
+    Ok(())
+}
+
 /// Start `hetero-serve --http` with `env`, returning the child and the
 /// address once it listens (rank 0) or the child alone (other ranks).
 fn spawn_http(
@@ -371,6 +433,11 @@ fn main() {
             let q = p.clone();
             let r = p.clone();
             let a = p.clone();
+            let b = p.clone();
+            trials.push(Trial::test(
+                "serve_http_cli::auto_split_serves",
+                move || auto_split_serves(&b),
+            ));
             trials.push(Trial::test(
                 "serve_http_cli::serves_and_stops_on_sigterm",
                 move || serves_and_stops(&p),
@@ -394,6 +461,7 @@ fn main() {
                 "serve_http_cli::two_ranks_serve_and_survive_a_dead_rank",
                 "serve_http_cli::model_split_over_two_ranks_serves",
                 "serve_http_cli::model_split_auto_over_two_ranks_serves",
+                "serve_http_cli::auto_split_serves",
             ] {
                 trials.push(
                     Trial::test(name, || Ok(()))

@@ -291,6 +291,83 @@ fn split_model_serves(path: &str) -> Result<(), Failed> {
     Ok(())
 }
 
+/// Two pipelines side by side (`start_pipelines`, replicas of
+/// pipelines), each over two host devices: the engine runs requests on
+/// both, and every request gives what it gives alone on one device.
+fn pipelines_side_by_side_serve(path: &str) -> Result<(), Failed> {
+    use hetero_models::StageSpec;
+    use hetero_scheduler::live::{LiveSetup, start_pipelines};
+    let checkpoint = Checkpoint::open(path)?;
+    let tokenizer = checkpoint.tokenizer()?;
+    let stop_ids = checkpoint.stop_ids(&tokenizer)?;
+    let layers = checkpoint.config().layers;
+    let pipeline = |first: u32, cut: usize| {
+        vec![
+            StageSpec {
+                device: device(first),
+                layers: 0..cut,
+            },
+            StageSpec {
+                device: device(first + 1),
+                layers: cut..layers,
+            },
+        ]
+    };
+    let pipelines = [pipeline(0, layers / 2), pipeline(2, layers / 3)];
+    let setup = LiveSetup {
+        slots: 4,
+        max_len: 100,
+        policy: hetero_scheduler::Policy::Balanced,
+        config: LiveConfig {
+            queue_limit: 64,
+            prefill_chunk: 32,
+            max_request_len: 100,
+        },
+    };
+    let (engine, plan) = start_pipelines(&checkpoint, &pipelines, &setup, &mut |_| {})?;
+    if plan.devices.len() != 2
+        || plan
+            .devices
+            .iter()
+            .any(|d| !d.device.contains('+') || d.slots == 0)
+    {
+        return Err(format!("plan: {:?}", plan.devices).into());
+    }
+    let reference = LlamaModel::load(&checkpoint, host(), &mut |_| {})?;
+    let requests: Vec<LiveRequest> = DEFAULT_PROMPTS
+        .iter()
+        .take(8)
+        .enumerate()
+        .map(|(i, p)| LiveRequest {
+            prompt_ids: tokenizer.encode(p, false).unwrap(),
+            options: GenerateOptions {
+                max_tokens: 4 + i % 5,
+                stop_ids: stop_ids.clone(),
+                ..GenerateOptions::default()
+            },
+        })
+        .collect();
+    let mut receivers = Vec::new();
+    for r in &requests {
+        receivers.push(engine.submit(r.clone()).map_err(|e| e.to_string())?);
+    }
+    for (i, (r, rx)) in requests.iter().zip(&mut receivers).enumerate() {
+        let got = collect(rx);
+        let alone = generate(
+            &reference,
+            &tokenizer,
+            &r.prompt_ids,
+            &r.options,
+            &mut |_| {},
+        )?;
+        let want = (alone.text, alone.finish_reason, alone.ids.len());
+        if got != want {
+            return Err(format!("request {i}: pipelines {got:?}, alone {want:?}").into());
+        }
+    }
+    Ok(())
+}
+
 /// Prefix caching: the same prompts again, and a conversation continued,
 /// reuse cached positions and still produce what each request produces
 /// alone.
@@ -422,8 +499,12 @@ fn main() {
         .ok()
         .filter(|p| std::path::Path::new(p).is_file());
     type Test = fn(&str) -> Result<(), Failed>;
-    let tests: [(&str, Test); 5] = [
+    let tests: [(&str, Test); 6] = [
         ("live::split_model_serves", split_model_serves),
+        (
+            "live::pipelines_side_by_side_serve",
+            pipelines_side_by_side_serve,
+        ),
         (
             "live::cached_prefixes_change_nothing",
             cached_prefixes_change_nothing,

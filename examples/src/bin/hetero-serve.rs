@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hetero_scheduler::pipeline::{
-    PlanOptions, ProfileOptions, RankRole, SplitSpec, StageRank, cached_profiles, choose_stages,
+    PlanOptions, ProfileOptions, RankRole, SplitSpec, StageRank, cached_profiles, choose_pipelines,
     free_bytes,
 };
 use std::sync::Arc;
@@ -52,9 +52,11 @@ struct Args {
     devices: Vec<String>,
     /// With --http: how the model spreads over the devices. `replicate`
     /// (the default) loads a copy on each and the policy splits the
-    /// requests; `auto` splits one copy's layers over all of them as a
-    /// pipeline, placed by the exact chain DP on measured profiles (for a
-    /// model too large for any one device); `layers:N1,N2,...` gives N1
+    /// requests; `auto` profiles every device and runs what is predicted
+    /// fastest: one copy's layers over all of them as a pipeline (placed by
+    /// the exact chain DP; for a model too large for any one device), a
+    /// copy per device, or several pipelines side by side (the report on
+    /// stderr says which and why); `layers:N1,N2,...` gives N1
     /// layers to the first device, N2 to the next... With --rank-from-env
     /// `auto` and `layers:` give every rank one stage (one count per rank;
     /// `auto` profiles each rank's device and places the layers in rank
@@ -969,7 +971,7 @@ fn run_http(args: &Args, addr: &str) -> Result<()> {
             eprintln!("{m}")
         })?
     } else {
-        let (stages, report) = choose_stages(
+        let (pipelines, report) = choose_pipelines(
             &checkpoint,
             &shared,
             &split,
@@ -981,7 +983,7 @@ fn run_http(args: &Args, addr: &str) -> Result<()> {
         if let Some(report) = report {
             eprint!("{}", report.explain());
         }
-        live::start_split(&checkpoint, &stages, &setup, &mut |m| eprintln!("{m}"))?
+        live::start_pipelines(&checkpoint, &pipelines, &setup, &mut |m| eprintln!("{m}"))?
     };
     for (d, why) in &plan.skipped {
         eprintln!("  {d} left out: {why}");

@@ -49,4 +49,6 @@ mod setup;
 pub use engine::{Engine, Event, LiveConfig, LiveDevice, LiveRequest, Rejected, Usage};
 pub use metrics::{Metrics, Outcome};
 pub use remote::{FromRank, Hello, RemoteRank, ToRank, accept_ranks, serve_rank};
-pub use setup::{LivePlan, LiveSetup, PlannedDevice, start, start_loaded, start_split};
+pub use setup::{
+    LivePlan, LiveSetup, PlannedDevice, start, start_loaded, start_pipelines, start_split,
+};

@@ -93,33 +93,47 @@ pub fn start_split(
     setup: &LiveSetup,
     log: &mut dyn FnMut(&str),
 ) -> Result<(Engine, LivePlan)> {
+    start_pipelines(checkpoint, &[stages.to_vec()], setup, log)
+}
+
+/// Several pipelines side by side (replicas of pipelines, as
+/// [`crate::pipeline::SplitReport::pipelines`] plans them): each split
+/// model is one of the engine's devices, measured like a replica, and the
+/// policy splits the sequences between them by their measured speed. A
+/// pipeline of one stage is a whole-model replica.
+pub fn start_pipelines(
+    checkpoint: &Checkpoint,
+    pipelines: &[Vec<hetero_models::StageSpec>],
+    setup: &LiveSetup,
+    log: &mut dyn FnMut(&str),
+) -> Result<(Engine, LivePlan)> {
     check_setup(checkpoint, setup)?;
-    let model = hetero_models::LlamaModel::load_split(
-        checkpoint,
-        stages,
-        hetero_models::WeightFormat::Native,
-        &mut |_| {},
-    )?;
-    let label = |f: &dyn Fn(&hetero_models::StageSpec) -> String| {
-        stages.iter().map(f).collect::<Vec<_>>().join("+")
-    };
-    let id = label(&|s| s.device.id().to_string());
-    let name = label(&|s| {
-        format!(
-            "{} layers {}-{}",
-            s.device.info().name,
-            s.layers.start,
-            s.layers.end - 1
-        )
-    });
-    start_models(
-        checkpoint,
-        vec![(id, name, model)],
-        Vec::new(),
-        Vec::new(),
-        setup,
-        log,
-    )
+    if pipelines.iter().any(Vec::is_empty) || pipelines.is_empty() {
+        return Err(Error::invalid("pipelines", "each needs at least one stage"));
+    }
+    let mut loaded = Vec::with_capacity(pipelines.len());
+    for stages in pipelines {
+        let model = hetero_models::LlamaModel::load_split(
+            checkpoint,
+            stages,
+            hetero_models::WeightFormat::Native,
+            &mut |_| {},
+        )?;
+        let label = |f: &dyn Fn(&hetero_models::StageSpec) -> String| {
+            stages.iter().map(f).collect::<Vec<_>>().join("+")
+        };
+        let id = label(&|s| s.device.id().to_string());
+        let name = label(&|s| {
+            format!(
+                "{} layers {}-{}",
+                s.device.info().name,
+                s.layers.start,
+                s.layers.end - 1
+            )
+        });
+        loaded.push((id, name, model));
+    }
+    start_models(checkpoint, loaded, Vec::new(), Vec::new(), setup, log)
 }
 
 /// Like [`start`], with a model already loaded as the engine's one device

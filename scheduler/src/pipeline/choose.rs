@@ -259,6 +259,60 @@ pub fn choose_stages(
     }
 }
 
+/// What `spec` asks for over `devices` as pipelines side by side: with
+/// `auto`, the report's recommendation (one pipeline, whole-model
+/// replicas, or replicas of pipelines, whichever is predicted fastest);
+/// otherwise [`choose_stages`]'s one pipeline.
+pub fn choose_pipelines(
+    checkpoint: &Checkpoint,
+    devices: &[SharedDevice],
+    spec: &SplitSpec,
+    plan: PlanOptions,
+    profile: ProfileOptions,
+    cache: Option<&Path>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(Vec<Vec<StageSpec>>, Option<SplitReport>)> {
+    if *spec != SplitSpec::Auto {
+        let (stages, report) =
+            choose_stages(checkpoint, devices, spec, plan, profile, cache, progress)?;
+        return Ok((vec![stages], report));
+    }
+    let (_, report) = plan_devices(checkpoint, devices, plan, profile, cache, progress)?;
+    let chosen = match report.recommended.as_str() {
+        "pipelines" => report.pipelines.as_ref(),
+        "replicas" => report.replicas.as_ref(),
+        _ => report.dp.as_ref(),
+    };
+    let Some(chosen) = chosen else {
+        return Err(Error::invalid(
+            "model split",
+            format!("no split fits the devices' memory:\n{}", report.explain()),
+        ));
+    };
+    let stage = |s: &super::plan::StageChoice| StageSpec {
+        device: devices[s.device_index].clone(),
+        layers: s.layers[0]..s.layers[1] + 1,
+    };
+    let groups = if chosen.groups.is_empty() {
+        vec![chosen.stages.len()]
+    } else {
+        chosen.groups.clone()
+    };
+    let mut pipelines = Vec::with_capacity(groups.len());
+    let mut next = 0;
+    for g in groups {
+        let Some(stages) = chosen.stages.get(next..next + g) else {
+            return Err(Error::invalid(
+                "model split",
+                format!("plan {:?} has fewer stages than its groups", chosen.name),
+            ));
+        };
+        pipelines.push(stages.iter().map(stage).collect());
+        next += g;
+    }
+    Ok((pipelines, Some(report)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,7 +27,9 @@ pub mod profile;
 pub mod ranks;
 pub mod run;
 
-pub use choose::{SplitSpec, cached_profiles, choose_stages, free_bytes, plan_devices};
+pub use choose::{
+    SplitSpec, cached_profiles, choose_pipelines, choose_stages, free_bytes, plan_devices,
+};
 pub use plan::{PlanOptions, SplitChoice, SplitReport, plan_split, plan_split_in_order};
 pub use profile::{LayerProfile, ProfileOptions, profile_layers};
 pub use ranks::{

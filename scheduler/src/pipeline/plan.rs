@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use hetero_core::{Error, Result};
 use hetero_partition::{
-    ChainPlan, ChainProblem, PartitionError, best_chain_split, best_chain_split_in_order,
-    equal_split, evaluate_chain, memory_proportional_split,
+    ChainPlan, ChainProblem, PartitionError, best_chain_pipelines, best_chain_split,
+    best_chain_split_in_order, equal_split, evaluate_chain, memory_proportional_split,
 };
 
 use super::profile::LayerProfile;
@@ -39,6 +39,10 @@ pub struct SplitChoice {
     pub predicted_tokens_per_s: f64,
     /// Every stage fits its device.
     pub fits: bool,
+    /// Several pipelines side by side ("replicas", "pipelines"): how many
+    /// consecutive entries of `stages` each has. Empty: one pipeline.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,8 +71,16 @@ pub struct SplitReport {
     /// sequences (one "stage" per replica, every layer); predicted
     /// tokens/s is the sum of theirs. `None` when no device holds it.
     pub replicas: Option<SplitChoice>,
-    /// The plan with the higher predicted tokens/s: "dp" (the pipeline)
-    /// or "replicas"; see [`SplitReport::explain`].
+    /// Replicas of pipelines: disjoint groups of devices, each running its
+    /// own pipeline (or whole copy) on its own group of `batch` sequences,
+    /// chosen to maximise the summed tokens/s (exact: the set-partition DP
+    /// of `hetero_partition::best_chain_pipelines`). Only when it differs
+    /// from both `dp` and `replicas` (two groups or more, one of them a
+    /// pipeline); `None` with the devices in a fixed order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipelines: Option<SplitChoice>,
+    /// The plan with the highest predicted tokens/s: "dp" (one pipeline),
+    /// "replicas" or "pipelines"; see [`SplitReport::explain`].
     pub recommended: String,
     /// Devices that cannot hold even one layer, with the reason.
     pub left_out: Vec<(String, String)>,
@@ -97,13 +109,24 @@ impl SplitReport {
                     )
                 })
                 .collect();
+            // pipelines side by side: " || " between them
+            let mut groups = Vec::new();
+            let mut next = 0;
+            for &g in &c.groups {
+                let end = (next + g).min(stages.len());
+                groups.push(stages[next..end].join(" | "));
+                next = end;
+            }
+            if next < stages.len() {
+                groups.push(stages[next..].join(" | "));
+            }
             format!(
                 "{:<20} {:>9.1} tok/s predicted, slowest stage {:.2} ms{}: {}\n",
                 c.name,
                 c.predicted_tokens_per_s,
                 c.bottleneck_s * 1e3,
                 if c.fits { "" } else { " (DOES NOT FIT)" },
-                stages.join(" | ")
+                groups.join(" || ")
             )
         };
         match (&self.dp, &self.any_order) {
@@ -127,9 +150,20 @@ impl SplitReport {
         if let Some(r) = &self.replicas {
             out.push_str(&line(r));
         }
+        if let Some(p) = &self.pipelines {
+            out.push_str(&line(p));
+        }
         let rate = |c: &Option<SplitChoice>| c.as_ref().map_or(0.0, |c| c.predicted_tokens_per_s);
+        let pipelines = match &self.pipelines {
+            Some(p) => format!(
+                ", {} pipelines side by side {:.1} tok/s",
+                p.groups.len(),
+                p.predicted_tokens_per_s
+            ),
+            None => String::new(),
+        };
         out.push_str(&format!(
-            "recommended: {} (pipeline {:.1} tok/s, replicas {:.1} tok/s predicted)\n",
+            "recommended: {} (pipeline {:.1} tok/s, replicas {:.1} tok/s{pipelines} predicted)\n",
             self.recommended,
             rate(&self.dp),
             rate(&self.replicas)
@@ -240,6 +274,7 @@ fn choice(name: &str, plan: &ChainPlan, devices: &[String], batch: usize) -> Spl
             0.0
         },
         fits: plan.fits,
+        groups: Vec::new(),
     }
 }
 
@@ -348,15 +383,46 @@ fn plan(
             .map(|p| options.batch as f64 / p.objective)
             .sum(),
         fits: true,
+        groups: vec![1; fitting.len()],
     });
-    let recommended = match (&dp, &replicas) {
-        (Some(d), Some(r)) if r.predicted_tokens_per_s > d.predicted_tokens_per_s => "replicas",
-        (None, Some(_)) => "replicas",
-        _ => "dp",
+    let pipelines = if in_order {
+        None
+    } else {
+        match best_chain_pipelines(&problem) {
+            Ok(plans) if plans.len() > 1 && plans.iter().any(|p| p.stages.len() > 1) => {
+                Some(SplitChoice {
+                    name: "pipelines".into(),
+                    stages: plans
+                        .iter()
+                        .flat_map(|p| choice("", p, &devices, options.batch).stages)
+                        .collect(),
+                    bottleneck_s: plans.iter().map(|p| p.objective).fold(0.0, f64::max),
+                    predicted_tokens_per_s: plans
+                        .iter()
+                        .map(|p| options.batch as f64 / p.objective)
+                        .sum(),
+                    fits: true,
+                    groups: plans.iter().map(|p| p.stages.len()).collect(),
+                })
+            }
+            Ok(_) | Err(PartitionError::Infeasible(_)) => None,
+            Err(e) => return Err(partition_error(e)),
+        }
+    };
+    let rate = |c: &Option<SplitChoice>| c.as_ref().map_or(0.0, |c| c.predicted_tokens_per_s);
+    let (r_dp, r_rep, r_pipes) = (rate(&dp), rate(&replicas), rate(&pipelines));
+    // The simpler plan on a tie (within rounding).
+    let recommended = if r_pipes > r_dp.max(r_rep) * (1.0 + 1e-9) {
+        "pipelines"
+    } else if r_rep > r_dp || (dp.is_none() && replicas.is_some()) {
+        "replicas"
+    } else {
+        "dp"
     }
     .to_string();
     Ok(SplitReport {
         replicas,
+        pipelines,
         recommended,
         options,
         memory_bytes: memory.to_vec(),
@@ -479,6 +545,36 @@ mod tests {
         let r = plan_split_in_order(&profiles, &[1 << 20, 50], options).unwrap();
         assert!(r.dp.is_none());
         assert!(r.explain().contains("in its order"));
+    }
+
+    #[test]
+    fn pipelines_side_by_side_when_the_head_binds_one_long_pipeline() {
+        // Four equal devices, none holds the model alone (1410 bytes), two
+        // do. One pipeline over four is bound by the stage with the head
+        // (4 s of a 14 s model); two pipelines of two run 7 s stages
+        // each, side by side: more tokens/s.
+        let profiles = ["a", "b", "c", "d"].map(|d| profile(d, 1.0));
+        let options = PlanOptions {
+            batch: 2,
+            max_len: 5,
+            activation_bytes: 50,
+        };
+        let r = plan_split(&profiles, &[1000; 4], options).unwrap();
+        assert!(r.replicas.is_none());
+        let dp = r.dp.as_ref().expect("fits");
+        let pipes = r.pipelines.as_ref().expect("two pipelines fit");
+        assert_eq!(pipes.groups, vec![2, 2]);
+        assert_eq!(pipes.stages.len(), 4);
+        let mut devices: Vec<usize> = pipes.stages.iter().map(|s| s.device_index).collect();
+        devices.sort();
+        assert_eq!(devices, vec![0, 1, 2, 3]);
+        assert!(pipes.predicted_tokens_per_s > dp.predicted_tokens_per_s);
+        assert_eq!(r.recommended, "pipelines");
+        assert!(r.explain().contains("2 pipelines side by side"));
+        // Every device holds the model: plain replicas, no pipelines entry.
+        let r = plan_split(&profiles, &[1 << 20; 4], options).unwrap();
+        assert!(r.pipelines.is_none());
+        assert_eq!(r.recommended, "replicas");
     }
 
     #[test]
