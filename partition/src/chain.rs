@@ -27,6 +27,11 @@
 //! `min over d in S, j < i of max(best(S - d, j), load(d, j..i))`.
 //! `2^D * D * n^2 / 2` steps: 8 devices and 100 layers is 10M.
 //!
+//! Two variants on the same costs: [`best_chain_split_in_order`] (every
+//! device holds a range, in the given order: stages in separate processes
+//! joined in rank order) and [`best_chain_pipelines`] (several pipelines
+//! side by side on disjoint device groups, maximising summed throughput).
+//!
 //! [`equal_split`] and [`memory_proportional_split`] are the baselines
 //! (llama.cpp's `--split-mode layer` splits in proportion to each
 //! device's free memory); [`evaluate_chain`] scores any split the same way.
@@ -771,7 +776,10 @@ mod tests {
         }
         assert!(checked > 150, "only {checked} feasible cases");
         // the cases include replicas and pipelines side by side
-        assert!(several > 20 && mixed > 3, "{several} with groups, {mixed} mixed");
+        assert!(
+            several > 20 && mixed > 3,
+            "{several} with groups, {mixed} mixed"
+        );
     }
 
     #[test]
