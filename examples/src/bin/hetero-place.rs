@@ -398,7 +398,7 @@ fn progress_bar() -> (Arc<ProgressFn>, ProgressBar) {
 /// `--model`: profile, plan, report, and with `--measure` run every plan.
 fn run_model(args: &Args, path: &std::path::Path) -> hetero_core::Result<()> {
     use hetero_scheduler::pipeline::{
-        PlanOptions, ProfileOptions, load_plan, measure_decode, plan_devices,
+        PlanOptions, ProfileOptions, load_plan, measure_decode, measure_side_by_side, plan_devices,
     };
     let checkpoint = hetero_models::Checkpoint::open(path)?;
     let found = hetero_backends::discover(1, &mut |_| {})?;
@@ -446,46 +446,24 @@ fn run_model(args: &Args, path: &std::path::Path) -> hetero_core::Result<()> {
             drop(model);
             measured.push((plan.name.clone(), rate, plan.predicted_tokens_per_s));
         }
-        if let Some(r) = &report.replicas
-            && r.stages.len() > 1
-        {
-            // Every replica decodes its own group at once.
-            eprintln!("measuring replicas...");
-            let models = r
-                .stages
-                .iter()
-                .map(|s| {
-                    hetero_models::LlamaModel::load(
-                        &checkpoint,
-                        devices[s.device_index].clone(),
-                        &mut |_| {},
-                    )
-                })
-                .collect::<hetero_core::Result<Vec<_>>>()?;
-            let rates = std::thread::scope(|scope| {
-                let handles: Vec<_> = models
-                    .iter()
-                    .map(|m| {
-                        scope.spawn(move || measure_decode(m, args.batch, args.context, 64, 30.0))
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(hetero_core::Error::invalid(
-                                "replica",
-                                "its thread panicked",
-                            ))
-                        })
-                    })
-                    .collect::<hetero_core::Result<Vec<f64>>>()
-            })?;
-            measured.push((
-                "replicas".into(),
-                rates.iter().sum(),
-                r.predicted_tokens_per_s,
-            ));
+        // Several pipelines (or copies) side by side: all at once.
+        let side_by_side = report
+            .replicas
+            .iter()
+            .filter(|r| r.stages.len() > 1)
+            .chain(report.pipelines.iter());
+        for plan in side_by_side {
+            eprintln!("measuring {}...", plan.name);
+            let rate = measure_side_by_side(
+                &checkpoint,
+                &devices,
+                plan,
+                args.batch,
+                args.context,
+                64,
+                30.0,
+            )?;
+            measured.push((plan.name.clone(), rate, plan.predicted_tokens_per_s));
         }
     }
     if args.json {

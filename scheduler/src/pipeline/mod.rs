@@ -36,4 +36,4 @@ pub use ranks::{
     RankRole, StageHello, StageRank, TransportPeer, join_stage_ranks, model_identity, rank_layers,
     serve_stage_rank,
 };
-pub use run::{load_plan, measure_decode};
+pub use run::{load_plan, measure_decode, measure_side_by_side};

@@ -87,3 +87,55 @@ pub fn measure_decode(
     let secs = start.elapsed().as_secs_f64();
     Ok(fed.iter().sum::<usize>() as f64 / secs)
 }
+
+/// Decode tokens/s of a plan of several pipelines side by side
+/// (`choice.groups`: "replicas", "pipelines"; one group when empty): each
+/// pipeline loaded and measured as [`measure_decode`] does, all at once on
+/// threads of their own (they share the machine as they would serving),
+/// and their rates summed.
+pub fn measure_side_by_side(
+    checkpoint: &Checkpoint,
+    devices: &[SharedDevice],
+    choice: &SplitChoice,
+    batch: usize,
+    context: usize,
+    steps: usize,
+    max_seconds: f64,
+) -> Result<f64> {
+    let groups = if choice.groups.is_empty() {
+        vec![choice.stages.len()]
+    } else {
+        choice.groups.clone()
+    };
+    let mut models = Vec::with_capacity(groups.len());
+    let mut next = 0;
+    for g in groups {
+        let stages = choice.stages.get(next..next + g).ok_or_else(|| {
+            Error::invalid(
+                "plan",
+                format!("{:?} has fewer stages than its groups", choice.name),
+            )
+        })?;
+        next += g;
+        let one = SplitChoice {
+            stages: stages.to_vec(),
+            groups: Vec::new(),
+            ..choice.clone()
+        };
+        models.push(load_plan(checkpoint, devices, &one, &mut |_| {})?);
+    }
+    let rates = std::thread::scope(|scope| {
+        let handles: Vec<_> = models
+            .iter()
+            .map(|m| scope.spawn(move || measure_decode(m, batch, context, steps, max_seconds)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::invalid("pipeline", "its thread panicked")))
+            })
+            .collect::<Result<Vec<f64>>>()
+    })?;
+    Ok(rates.iter().sum())
+}
