@@ -142,26 +142,33 @@ fn spawn_ranks(model: &str, counts: &[usize], extra: &[&str]) -> Result<Vec<Chil
             .collect::<Vec<_>>()
             .join(",")
     );
-    let devices = vec!["host:threads=1"; counts.len()];
+    let devices = vec![vec!["host:threads=1"]; counts.len()];
     spawn_job(model, &split, &devices, extra)
 }
 
-/// Start one hetero-generate per device spec as the ranks of one job
-/// (rank i on `devices[i]`), all with `--split split`.
+/// Start one hetero-generate per entry of `devices` as the ranks of one
+/// job (rank i on the device specs `devices[i]`), all with `--split split`.
 fn spawn_job(
     model: &str,
     split: &str,
-    devices: &[&str],
+    devices: &[Vec<&str>],
     extra: &[&str],
 ) -> Result<Vec<Child>, Failed> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
     let mut children = Vec::new();
-    for (rank, device) in devices.iter().enumerate() {
+    for (rank, specs) in devices.iter().enumerate() {
         let child = Command::new(GENERATE)
-            .args(["--model", model, "--rank-from-env", "--split", split])
-            .args(["--device", device, "--json"])
+            .args([
+                "--model",
+                model,
+                "--rank-from-env",
+                "--split",
+                split,
+                "--json",
+            ])
+            .args(specs.iter().flat_map(|d| ["--device", d]))
             .args(extra)
             .env("RANK", rank.to_string())
             .env("WORLD_SIZE", devices.len().to_string())
@@ -276,7 +283,12 @@ fn auto_split_over_ranks(model: &str) -> Result<(), Failed> {
     // Each rank gets 70% of the model's resident bytes: none holds it
     // alone, two together do.
     let budget = format!("host:threads=1,memory={}", whole * 7 / 10);
-    let children = spawn_job(model, "auto", &[&budget, &budget], &prompt)?;
+    let children = spawn_job(
+        model,
+        "auto",
+        &[vec![budget.as_str()], vec![budget.as_str()]],
+        &prompt,
+    )?;
     let outs = wait_all(children, Instant::now() + Duration::from_secs(240));
     for (rank, out) in outs.iter().enumerate() {
         let out = out.as_ref().ok_or(format!("rank {rank} did not end"))?;
@@ -315,9 +327,48 @@ fn auto_split_over_ranks(model: &str) -> Result<(), Failed> {
     if !covered {
         return Err(format!("stages {stages:?} do not cover 0..{layers} in rank order").into());
     }
+    // Several devices per rank: rank 0 runs two (each with 40% of the
+    // model's bytes), rank 1 one; every device holds consecutive layers.
+    let small = format!("host:threads=1,memory={}", whole * 4 / 10);
+    let children = spawn_job(
+        model,
+        "auto",
+        &[vec![small.as_str(), small.as_str()], vec![budget.as_str()]],
+        &prompt,
+    )?;
+    let outs = wait_all(children, Instant::now() + Duration::from_secs(240));
+    for (rank, out) in outs.iter().enumerate() {
+        let out = out.as_ref().ok_or(format!("rank {rank} did not end"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "two devices on rank 0, rank {rank}: {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
+        }
+    }
+    let first = outs[0].as_ref().ok_or("rank 0")?;
+    let got: serde_json::Value = serde_json::from_slice(&first.stdout)?;
+    if got["ids"] != one["ids"] {
+        return Err(format!(
+            "two devices on rank 0: ids {} vs one device {}",
+            got["ids"], one["ids"]
+        )
+        .into());
+    }
+    let stages = got["devices"].as_array().ok_or("no devices")?;
+    if stages.len() != 3 {
+        return Err(format!("two devices on rank 0: stages {stages:?}").into());
+    }
     // A rank whose budget holds no layer: every rank fails, naming it.
     let tiny = "host:threads=1,memory=1MiB";
-    let children = spawn_job(model, "auto", &["host:threads=1", tiny], &prompt)?;
+    let children = spawn_job(
+        model,
+        "auto",
+        &[vec!["host:threads=1"], vec![tiny]],
+        &prompt,
+    )?;
     let outs = wait_all(children, Instant::now() + Duration::from_secs(240));
     for (rank, out) in outs.iter().enumerate() {
         let out = out.as_ref().ok_or(format!("rank {rank} did not end"))?;

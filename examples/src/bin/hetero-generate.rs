@@ -7,14 +7,14 @@ use std::process::ExitCode;
 use clap::Parser;
 use hetero_backends::{discover, select_devices};
 use hetero_collectives::transport::TransportKind;
-use hetero_core::{DeviceInfo, DynDevice, Error, Result};
+use hetero_core::{DeviceInfo, DynDevice, Error, Result, SharedDevice};
 use hetero_models::{
     BenchOptions, Checkpoint, GenerateOptions, LlamaModel, SamplingParams, StageSpec, WeightFormat,
     bench, bytes_needed, choose_device, generate, prompt_ids,
 };
 use hetero_scheduler::pipeline::{
-    PlanOptions, ProfileOptions, RankRole, SplitSpec, StageRank, cached_profiles, choose_stages,
-    free_bytes,
+    PlanOptions, ProfileOptions, RankRole, SplitSpec, StageRank, choose_stages, device_offers,
+    rank_device_layers,
 };
 use hetero_scheduler::real_model::activation_bytes;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -97,8 +97,10 @@ struct Args {
     json: bool,
     /// Run as one stage of the model split over processes, in a job
     /// started like torchrun (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT):
-    /// rank i holds the i-th count of `--split layers:N0,N1,...` (or what
-    /// `--split auto` chose) on its one --device (default: the host). Rank 0 holds the embedding, reads the
+    /// rank i holds the i-th count of `--split layers:N0,N1,...` on its one
+    /// --device (default: the host), or with `--split auto` (the default)
+    /// what rank 0 placed on each of its --device (several allowed), every
+    /// device of every rank holding consecutive layers in rank order. Rank 0 holds the embedding, reads the
     /// prompt, samples and prints; the hidden states go from rank to rank
     /// and the last rank (which holds the head) sends the logits back. The
     /// other ranks serve until rank 0 is done (or gone).
@@ -311,46 +313,52 @@ fn run(args: &Args) -> Result<()> {
     );
     let model = match (&split, &link) {
         (_, Some(link)) => {
-            let device = match devices.as_slice() {
-                [one] => one.shared(),
-                _ if args.devices.is_empty() => select_devices(&["host".to_string()], &devices)?
-                    .remove(0)
-                    .shared(),
-                more => {
-                    return Err(Error::invalid(
-                        "--device",
-                        format!(
-                            "with --rank-from-env each rank runs one device; {} were given",
-                            more.len()
-                        ),
-                    ));
-                }
+            let mine: Vec<SharedDevice> = if args.devices.is_empty() {
+                vec![
+                    select_devices(&["host".to_string()], &devices)?
+                        .remove(0)
+                        .shared(),
+                ]
+            } else {
+                devices.iter().map(|d| d.shared()).collect()
             };
-            let counts = match &split {
-                Some(SplitSpec::Layers(counts)) => counts.clone(),
+            let rank = link.rank();
+            let counts: Vec<Vec<usize>> = match &split {
+                Some(SplitSpec::Layers(counts)) => {
+                    if mine.len() != 1 {
+                        return Err(Error::invalid(
+                            "--device",
+                            format!(
+                                "{} devices on rank {rank}: layers:N0,N1,... gives one count \
+                                 per rank, for one device each; with several devices per rank \
+                                 use --split auto",
+                                mine.len()
+                            ),
+                        ));
+                    }
+                    link.layers(counts, config.layers)?;
+                    counts.iter().map(|&c| vec![c]).collect()
+                }
                 Some(SplitSpec::Auto) | None => {
-                    // Every rank profiles its own device; rank 0 places
+                    // Every rank profiles its own devices; rank 0 places
                     // the layers in rank order and tells the others.
-                    let rank = link.rank();
                     let profile = ProfileOptions {
                         batch: 1,
                         ..ProfileOptions::default()
                     };
-                    let mine = cached_profiles(
+                    let offers = device_offers(
                         &checkpoint,
-                        std::slice::from_ref(&device),
+                        &mine,
                         profile,
                         args.profile_cache.as_deref(),
                         &mut |m| eprintln!("rank {rank}: {m}"),
-                    )?
-                    .remove(0);
+                    )?;
                     let plan = PlanOptions {
                         batch: 1,
                         max_len,
                         activation_bytes: activation_bytes(config, ids.len().max(1), 1),
                     };
-                    let free = free_bytes(device.as_ref())?;
-                    let (counts, report) = link.agree_split(mine, free, plan)?;
+                    let (counts, report) = link.agree_split(offers, plan)?;
                     if let Some(report) = report {
                         eprint!("{}", report.explain());
                     }
@@ -364,23 +372,24 @@ fn run(args: &Args) -> Result<()> {
                     ));
                 }
             };
-            let layers = link.layers(&counts, config.layers)?;
-            eprintln!(
-                "rank {}: loading layers {}-{} on {}",
-                link.rank(),
-                layers.start,
-                layers.end - 1,
-                device.id()
-            );
-            let part = LlamaModel::load_split(
-                &checkpoint,
-                &[StageSpec { device, layers }],
-                format,
-                &mut |p| {
-                    bar.set_length(p.total_bytes);
-                    bar.set_position(p.done_bytes);
-                },
-            )?;
+            let ranges = rank_device_layers(&counts, rank, config.layers)?;
+            let stages: Vec<StageSpec> = mine
+                .into_iter()
+                .zip(ranges)
+                .map(|(device, layers)| {
+                    eprintln!(
+                        "rank {rank}: loading layers {}-{} on {}",
+                        layers.start,
+                        layers.end - 1,
+                        device.id()
+                    );
+                    StageSpec { device, layers }
+                })
+                .collect();
+            let part = LlamaModel::load_split(&checkpoint, &stages, format, &mut |p| {
+                bar.set_length(p.total_bytes);
+                bar.set_position(p.done_bytes);
+            })?;
             bar.finish_and_clear();
             match link.run(part)? {
                 RankRole::Head(model) => *model,

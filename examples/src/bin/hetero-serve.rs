@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hetero_scheduler::pipeline::{
-    PlanOptions, ProfileOptions, RankRole, SplitSpec, StageRank, cached_profiles, choose_pipelines,
-    free_bytes,
+    PlanOptions, ProfileOptions, RankRole, SplitSpec, StageRank, choose_pipelines, device_offers,
+    rank_device_layers,
 };
 use std::sync::Arc;
 
@@ -1068,15 +1068,16 @@ fn start_stage_rank(
     how: RankSplit<'_>,
     setup: &live::LiveSetup,
 ) -> Result<Option<(live::Engine, live::LivePlan, StageRank)>> {
-    let [device] = shared else {
+    if how.counts.is_some() && shared.len() != 1 {
         return Err(Error::invalid(
             "--device",
             format!(
-                "with --rank-from-env each rank serves exactly one device; {} were selected",
+                "{} devices selected: layers:N0,N1,... gives one count per rank, for one device \
+                 each; with several devices per rank use --split auto",
                 shared.len()
             ),
         ));
-    };
+    }
     let kind = if args.shared_memory {
         TransportKind::SharedMemory
     } else {
@@ -1084,38 +1085,43 @@ fn start_stage_rank(
     };
     let link = StageRank::join(kind, None)?;
     let rank = link.rank();
-    let counts = match how.counts {
-        Some(counts) => counts.to_vec(),
+    let layers = checkpoint.config().layers;
+    let counts: Vec<Vec<usize>> = match how.counts {
+        Some(counts) => {
+            link.layers(counts, layers)?;
+            counts.iter().map(|&c| vec![c]).collect()
+        }
         None => {
-            let mine = cached_profiles(
-                checkpoint,
-                std::slice::from_ref(device),
-                how.profile,
-                None,
-                &mut |m| eprintln!("rank {rank}: {m}"),
-            )?
-            .remove(0);
-            let free = free_bytes(device.as_ref())?;
-            let (counts, report) = link.agree_split(mine, free, how.plan)?;
+            let offers = device_offers(checkpoint, shared, how.profile, None, &mut |m| {
+                eprintln!("rank {rank}: {m}")
+            })?;
+            let (counts, report) = link.agree_split(offers, how.plan)?;
             if let Some(report) = report {
                 eprint!("{}", report.explain());
             }
             counts
         }
     };
-    let layers = link.layers(&counts, checkpoint.config().layers)?;
-    eprintln!(
-        "rank {rank}: loading layers {}-{} on {}",
-        layers.start,
-        layers.end - 1,
-        device.id()
-    );
+    let ranges = rank_device_layers(&counts, rank, layers)?;
+    let stages: Vec<hetero_models::StageSpec> = shared
+        .iter()
+        .zip(ranges)
+        .map(|(device, layers)| {
+            eprintln!(
+                "rank {rank}: loading layers {}-{} on {}",
+                layers.start,
+                layers.end - 1,
+                device.id()
+            );
+            hetero_models::StageSpec {
+                device: device.clone(),
+                layers,
+            }
+        })
+        .collect();
     let part = hetero_models::LlamaModel::load_split(
         checkpoint,
-        &[hetero_models::StageSpec {
-            device: device.clone(),
-            layers,
-        }],
+        &stages,
         hetero_models::WeightFormat::Native,
         &mut |_| {},
     )?;

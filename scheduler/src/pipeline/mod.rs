@@ -33,7 +33,7 @@ pub use choose::{
 pub use plan::{PlanOptions, SplitChoice, SplitReport, plan_split, plan_split_in_order};
 pub use profile::{LayerProfile, ProfileOptions, profile_layers};
 pub use ranks::{
-    RankRole, StageHello, StageRank, TransportPeer, join_stage_ranks, model_identity, rank_layers,
-    serve_stage_rank,
+    DeviceOffer, RankRole, StageHello, StageRank, TransportPeer, device_offers, join_stage_ranks,
+    model_identity, rank_device_layers, rank_layers, serve_stage_rank,
 };
 pub use run::{load_plan, measure_decode, measure_side_by_side};

@@ -33,19 +33,71 @@ use tokio::runtime::{Handle, Runtime};
 use super::plan::{PlanOptions, SplitReport, plan_split_in_order};
 use super::profile::LayerProfile;
 
-/// What a rank offers to rank 0 for `--split auto`: its device's profile
-/// (or why it has none) and the bytes free on it.
+/// What a rank offers to rank 0 for `--split auto`, per device of the
+/// rank in order: its profile (or why it has none) and the bytes free on
+/// it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct RankOffer {
-    profile: std::result::Result<LayerProfile, String>,
-    free_bytes: u64,
+pub struct DeviceOffer {
+    pub profile: std::result::Result<LayerProfile, String>,
+    pub free_bytes: u64,
 }
 
-/// Rank 0's answer: the layer count of every rank, or why there is none.
+/// This rank's offer for [`StageRank::agree_split`]: each of `devices`
+/// profiled (from `cache` where it has the profile) with its free bytes.
+pub fn device_offers(
+    checkpoint: &hetero_models::Checkpoint,
+    devices: &[hetero_core::SharedDevice],
+    profile: super::profile::ProfileOptions,
+    cache: Option<&std::path::Path>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<DeviceOffer>> {
+    let profiles = super::choose::cached_profiles(checkpoint, devices, profile, cache, progress)?;
+    devices
+        .iter()
+        .zip(profiles)
+        .map(|(d, profile)| {
+            Ok(DeviceOffer {
+                profile,
+                free_bytes: super::choose::free_bytes(d.as_ref())?,
+            })
+        })
+        .collect()
+}
+
+/// Rank 0's answer: the layer count of every device of every rank, or why
+/// there is none.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum SplitAnswer {
-    Layers(Vec<usize>),
+    Layers(Vec<Vec<usize>>),
     Failed(String),
+}
+
+/// The layers of each device of rank `rank` when device `j` of rank `i`
+/// holds `counts[i][j]` consecutive layers (ranks in order, each rank's
+/// devices in order) of a model of `layers`.
+pub fn rank_device_layers(
+    counts: &[Vec<usize>],
+    rank: usize,
+    layers: usize,
+) -> Result<Vec<Range<usize>>> {
+    let total: usize = counts.iter().flatten().sum();
+    if total != layers || rank >= counts.len() || counts.iter().flatten().any(|&c| c == 0) {
+        return Err(Error::invalid(
+            "split",
+            format!(
+                "{counts:?} is not a split of {layers} layers over ranks with rank {rank} in it, \
+                 every device holding one layer or more"
+            ),
+        ));
+    }
+    let mut start: usize = counts[..rank].iter().flatten().sum();
+    Ok(counts[rank]
+        .iter()
+        .map(|&c| {
+            start += c;
+            start - c..start
+        })
+        .collect())
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
@@ -116,22 +168,26 @@ impl StageRank {
         rank_layers(counts, self.rank(), self.world(), layers)
     }
 
-    /// `--split auto` over processes: every rank offers its device's
-    /// profile (`Err`: why it has none) and free bytes; rank 0 plans the
-    /// split with every rank holding consecutive layers in rank order (the
+    /// `--split auto` over processes: every rank offers its devices'
+    /// profiles (`Err`: why a device has none) and free bytes; rank 0
+    /// plans the split with every device of every rank holding consecutive
+    /// layers in rank order, each rank's devices in their order (the
     /// line's order; [`plan_split_in_order`]) and sends every rank the
-    /// layer counts, which every rank returns; rank 0 also the report. A
-    /// rank without a profile, or no split that fits, fails every rank
-    /// with the reason (rank 0 names the rank to leave out).
+    /// layer counts (per rank, per device), which every rank returns; rank
+    /// 0 also the report. A device without a profile, or no split that
+    /// fits, fails every rank with the reason (rank 0 names the rank and
+    /// device to leave out).
     pub fn agree_split(
         &self,
-        profile: std::result::Result<LayerProfile, String>,
-        free_bytes: u64,
+        mine: Vec<DeviceOffer>,
         options: PlanOptions,
-    ) -> Result<(Vec<usize>, Option<SplitReport>)> {
+    ) -> Result<(Vec<Vec<usize>>, Option<SplitReport>)> {
         let (rank, world) = (self.rank(), self.world());
         let handle = self.runtime.handle();
-        // Every rank profiles its own device meanwhile: wait up to the
+        if mine.is_empty() {
+            return Err(Error::invalid("devices", "a rank offers at least one"));
+        }
+        // Every rank profiles its own devices meanwhile: wait up to the
         // timeout past the slowest of them, not past the first message.
         let recv = |from: usize| -> Result<Vec<u8>> {
             let deadline = Instant::now() + self.timeout;
@@ -143,11 +199,7 @@ impl StageRank {
             }
         };
         if rank > 0 {
-            let offer = RankOffer {
-                profile,
-                free_bytes,
-            };
-            handle.block_on(self.transport.send(0, encode(&offer)?))?;
+            handle.block_on(self.transport.send(0, encode(&mine)?))?;
             let answer: SplitAnswer = serde_json::from_slice(&recv(0)?).map_err(|e| {
                 Error::invalid("rank 0", format!("its split answer is not one: {e}"))
             })?;
@@ -156,47 +208,51 @@ impl StageRank {
                 SplitAnswer::Failed(why) => Err(Error::invalid("--split auto", why)),
             };
         }
-        let mut offers = vec![RankOffer {
-            profile,
-            free_bytes,
-        }];
+        let mut offers = vec![mine];
         for r in 1..world {
-            let offer: RankOffer = serde_json::from_slice(&recv(r)?).map_err(|e| {
+            let offer: Vec<DeviceOffer> = serde_json::from_slice(&recv(r)?).map_err(|e| {
                 Error::invalid(format!("rank {r}"), format!("its offer is not one: {e}"))
             })?;
+            if offer.is_empty() {
+                return Err(Error::invalid(format!("rank {r}"), "offers no device"));
+            }
             offers.push(offer);
         }
-        let planned = (|| -> std::result::Result<(Vec<usize>, SplitReport), String> {
-            let mut profiles = Vec::with_capacity(world);
-            for (r, o) in offers.iter().enumerate() {
-                match &o.profile {
-                    // Device ids are each process's own (every rank may
-                    // have a host:0): the report names ranks.
-                    Ok(p) => profiles.push(LayerProfile {
-                        device: format!("rank {r} {}", p.device),
-                        ..p.clone()
-                    }),
-                    Err(why) => {
-                        return Err(format!(
-                            "rank {r} has no profile ({why}); start the job without it"
-                        ));
+        let planned = (|| -> std::result::Result<(Vec<Vec<usize>>, SplitReport), String> {
+            let mut profiles = Vec::new();
+            let mut memory = Vec::new();
+            for (r, devices) in offers.iter().enumerate() {
+                for o in devices {
+                    match &o.profile {
+                        // Device ids are each process's own (every rank
+                        // may have a host:0): the report names ranks.
+                        Ok(p) => profiles.push(LayerProfile {
+                            device: format!("rank {r} {}", p.device),
+                            ..p.clone()
+                        }),
+                        Err(why) => {
+                            return Err(format!(
+                                "rank {r} has a device without a profile ({why}); start the \
+                                 job without it"
+                            ));
+                        }
                     }
+                    memory.push(o.free_bytes);
                 }
             }
-            let memory: Vec<u64> = offers.iter().map(|o| o.free_bytes).collect();
             let report =
                 plan_split_in_order(&profiles, &memory, options).map_err(|e| e.to_string())?;
             let Some(dp) = &report.dp else {
                 return Err(format!(
-                    "no split with every rank holding layers, in rank order, fits the ranks' \
-                     memory:\n{}",
+                    "no split with every device of every rank holding layers, in rank order, \
+                     fits their memory:\n{}",
                     report.explain()
                 ));
             };
-            let counts = dp
-                .stages
+            let mut flat = dp.stages.iter().map(|s| s.layers[1] + 1 - s.layers[0]);
+            let counts = offers
                 .iter()
-                .map(|s| s.layers[1] + 1 - s.layers[0])
+                .map(|devices| flat.by_ref().take(devices.len()).collect())
                 .collect();
             Ok((counts, report))
         })();
@@ -347,12 +403,16 @@ pub fn serve_stage_rank(
             ),
         ));
     }
-    let info = model.device().info();
+    // A rank may run several devices, one local stage each.
+    let stages = model.stages();
+    let join = |f: &dyn Fn(&hetero_models::llama::StageInfo) -> String| {
+        stages.iter().map(f).collect::<Vec<_>>().join("+")
+    };
     let hello = StageHello {
         stage: RemoteStage {
             rank,
-            device: info.id.to_string(),
-            device_name: info.name,
+            device: join(&|s| s.device_id.clone()),
+            device_name: join(&|s| s.device_name.clone()),
             layers: model.layers_held(),
             weight_bytes: model.weight_bytes(),
         },
@@ -418,7 +478,28 @@ pub fn join_stage_ranks(
 
 #[cfg(test)]
 mod tests {
-    use super::rank_layers;
+    use super::{rank_device_layers, rank_layers};
+
+    #[test]
+    fn devices_of_ranks_take_consecutive_counts() {
+        let counts = vec![vec![3, 2], vec![4], vec![1, 1, 1]];
+        assert_eq!(
+            rank_device_layers(&counts, 0, 12).unwrap(),
+            vec![0..3, 3..5]
+        );
+        assert_eq!(rank_device_layers(&counts, 1, 12).unwrap(), vec![5..9]);
+        assert_eq!(
+            rank_device_layers(&counts, 2, 12).unwrap(),
+            vec![9..10, 10..11, 11..12]
+        );
+        for (bad, layers, rank) in [
+            (counts.clone(), 13, 0),
+            (counts.clone(), 12, 3),
+            (vec![vec![12, 0]], 12, 0),
+        ] {
+            assert!(rank_device_layers(&bad, rank, layers).is_err());
+        }
+    }
 
     #[test]
     fn ranks_take_consecutive_counts() {
