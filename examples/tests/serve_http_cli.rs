@@ -52,6 +52,34 @@ fn bad_flags() -> Result<(), Failed> {
     Ok(())
 }
 
+/// Where a server listens, what it said before, and the rest of its
+/// stderr.
+type Listening = (
+    std::net::SocketAddr,
+    Vec<String>,
+    std::io::Lines<BufReader<std::process::ChildStderr>>,
+);
+
+/// Read `child`'s stderr (piped) until it says where it listens: the
+/// address, the lines before, and the rest of its stderr. A child that
+/// exits first is an error with what it said.
+fn read_until_listening(child: &mut std::process::Child) -> Result<Listening, Failed> {
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let mut log = Vec::new();
+    loop {
+        let Some(line) = lines.next() else {
+            let _ = child.kill();
+            return Err(format!("exited before listening: {log:?}").into());
+        };
+        let line = line?;
+        if let Some(a) = line.strip_prefix("listening on http://") {
+            return Ok((a.trim().parse()?, log, lines));
+        }
+        log.push(line);
+    }
+}
+
 fn serves_and_stops(model: &str) -> Result<(), Failed> {
     fails_with(
         &[
@@ -79,20 +107,7 @@ fn serves_and_stops(model: &str) -> Result<(), Failed> {
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()?;
-    let stderr = child.stderr.take().ok_or("no stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-    let mut log = Vec::new();
-    let addr = loop {
-        let Some(line) = lines.next() else {
-            let _ = child.kill();
-            return Err(format!("exited before listening: {log:?}").into());
-        };
-        let line = line?;
-        if let Some(a) = line.strip_prefix("listening on http://") {
-            break a.trim().parse::<std::net::SocketAddr>()?;
-        }
-        log.push(line);
-    };
+    let (addr, _, lines) = read_until_listening(&mut child)?;
     let body = serde_json::json!({
         "model": "smol",
         "messages": [{"role": "user", "content": "What is the capital of France?"}],
@@ -143,21 +158,8 @@ fn auto_split_serves(model: &str) -> Result<(), Failed> {
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()?;
-    let stderr = child.stderr.take().ok_or("no stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-    let mut log = Vec::new();
-    let addr = loop {
-        let Some(line) = lines.next() else {
-            let _ = child.kill();
-            return Err(format!("exited before listening: {log:?}").into());
-        };
-        let line = line?;
-        if let Some(a) = line.strip_prefix("listening on http://") {
-            break a.trim().parse::<std::net::SocketAddr>()?;
-        }
-        log.push(line);
-    };
-    std::thread::spawn(move || for _ in lines.by_ref() {});
+    let (addr, log, lines) = read_until_listening(&mut child)?;
+    std::thread::spawn(move || for _ in lines {});
     let result = (|| -> Result<(), Failed> {
         if !log.iter().any(|l| l.starts_with("recommended: ")) {
             return Err(format!("no plan report: {log:?}").into());
@@ -225,25 +227,13 @@ fn spawn_http_with(
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn()?;
-    let stderr = child.stderr.take().ok_or("no stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
     if !wait_listening {
-        std::thread::spawn(move || for _ in lines.by_ref() {});
+        let stderr = child.stderr.take().ok_or("no stderr")?;
+        std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
         return Ok((child, None));
     }
-    let mut log = Vec::new();
-    let addr = loop {
-        let Some(line) = lines.next() else {
-            let _ = child.kill();
-            return Err(format!("rank 0 exited before listening: {log:?}").into());
-        };
-        let line = line?;
-        if let Some(a) = line.strip_prefix("listening on http://") {
-            break a.trim().parse::<std::net::SocketAddr>()?;
-        }
-        log.push(line);
-    };
-    std::thread::spawn(move || for _ in lines.by_ref() {});
+    let (addr, _, lines) = read_until_listening(&mut child)?;
+    std::thread::spawn(move || for _ in lines {});
     Ok((child, Some(addr)))
 }
 

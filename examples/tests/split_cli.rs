@@ -236,20 +236,7 @@ fn ranks_give_one_device_ids(model: &str) -> Result<(), Failed> {
     ] {
         let children = spawn_ranks(model, &counts, &prompt)?;
         let outs = wait_all(children, Instant::now() + Duration::from_secs(180));
-        for (rank, out) in outs.iter().enumerate() {
-            let out = out
-                .as_ref()
-                .ok_or(format!("rank {rank} of {counts:?} did not end"))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "rank {rank} of {counts:?}: {}: {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr)
-                )
-                .into());
-            }
-        }
-        let first = outs[0].as_ref().ok_or("rank 0")?;
+        let first = all_succeeded(&outs, &format!("{counts:?}"))?;
         let got: serde_json::Value = serde_json::from_slice(&first.stdout)?;
         if got["ids"] != one["ids"] {
             return Err(format!(
@@ -264,6 +251,27 @@ fn ranks_give_one_device_ids(model: &str) -> Result<(), Failed> {
         }
     }
     Ok(())
+}
+
+/// Every rank ended successfully (`label` names the case in the error);
+/// rank 0's output.
+fn all_succeeded<'a>(outs: &'a [Option<Output>], label: &str) -> Result<&'a Output, Failed> {
+    for (rank, out) in outs.iter().enumerate() {
+        let out = out
+            .as_ref()
+            .ok_or(format!("{label}: rank {rank} did not end"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{label}: rank {rank}: {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
+        }
+    }
+    outs.first()
+        .and_then(Option::as_ref)
+        .ok_or_else(|| format!("{label}: no rank 0").into())
 }
 
 /// `--split auto` over processes: every rank profiles its device, rank 0
@@ -290,18 +298,7 @@ fn auto_split_over_ranks(model: &str) -> Result<(), Failed> {
         &prompt,
     )?;
     let outs = wait_all(children, Instant::now() + Duration::from_secs(240));
-    for (rank, out) in outs.iter().enumerate() {
-        let out = out.as_ref().ok_or(format!("rank {rank} did not end"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "rank {rank}: {}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            )
-            .into());
-        }
-    }
-    let first = outs[0].as_ref().ok_or("rank 0")?;
+    let first = all_succeeded(&outs, "auto")?;
     let explained = String::from_utf8_lossy(&first.stderr);
     if !explained.contains("dp in any order") {
         return Err(format!("rank 0 did not explain the plan: {explained}").into());
@@ -337,18 +334,7 @@ fn auto_split_over_ranks(model: &str) -> Result<(), Failed> {
         &prompt,
     )?;
     let outs = wait_all(children, Instant::now() + Duration::from_secs(240));
-    for (rank, out) in outs.iter().enumerate() {
-        let out = out.as_ref().ok_or(format!("rank {rank} did not end"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "two devices on rank 0, rank {rank}: {}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            )
-            .into());
-        }
-    }
-    let first = outs[0].as_ref().ok_or("rank 0")?;
+    let first = all_succeeded(&outs, "two devices on rank 0")?;
     let got: serde_json::Value = serde_json::from_slice(&first.stdout)?;
     if got["ids"] != one["ids"] {
         return Err(format!(

@@ -223,43 +223,19 @@ fn two_devices_share_the_requests(path: &str) -> Result<(), Failed> {
     Ok(())
 }
 
-/// A model split over two host devices as the engine's one device
-/// (`start_split`): requests give what each gives alone on one device.
-fn split_model_serves(path: &str) -> Result<(), Failed> {
-    use hetero_models::StageSpec;
-    use hetero_scheduler::live::{LiveSetup, start_split};
-    let checkpoint = Checkpoint::open(path)?;
+/// The first `count` default prompts (4-8 tokens each) through `engine`
+/// give what each gives alone on one host device.
+fn same_as_one_device(
+    engine: &Engine,
+    checkpoint: &Checkpoint,
+    count: usize,
+) -> Result<(), Failed> {
     let tokenizer = checkpoint.tokenizer()?;
     let stop_ids = checkpoint.stop_ids(&tokenizer)?;
-    let layers = checkpoint.config().layers;
-    let stages = [
-        StageSpec {
-            device: device(0),
-            layers: 0..layers / 2,
-        },
-        StageSpec {
-            device: device(1),
-            layers: layers / 2..layers,
-        },
-    ];
-    let setup = LiveSetup {
-        slots: 4,
-        max_len: 100,
-        policy: hetero_scheduler::Policy::Balanced,
-        config: LiveConfig {
-            queue_limit: 64,
-            prefill_chunk: 32,
-            max_request_len: 100,
-        },
-    };
-    let (engine, plan) = start_split(&checkpoint, &stages, &setup, &mut |_| {})?;
-    if plan.devices.len() != 1 || !plan.devices[0].device.contains('+') {
-        return Err(format!("plan: {:?}", plan.devices).into());
-    }
-    let reference = LlamaModel::load(&checkpoint, host(), &mut |_| {})?;
+    let reference = LlamaModel::load(checkpoint, host(), &mut |_| {})?;
     let requests: Vec<LiveRequest> = DEFAULT_PROMPTS
         .iter()
-        .take(6)
+        .take(count)
         .enumerate()
         .map(|(i, p)| LiveRequest {
             prompt_ids: tokenizer.encode(p, false).unwrap(),
@@ -285,10 +261,44 @@ fn split_model_serves(path: &str) -> Result<(), Failed> {
         )?;
         let want = (alone.text, alone.finish_reason, alone.ids.len());
         if got != want {
-            return Err(format!("request {i}: split engine {got:?}, alone {want:?}").into());
+            return Err(format!("request {i}: engine {got:?}, alone {want:?}").into());
         }
     }
     Ok(())
+}
+
+/// A model split over two host devices as the engine's one device
+/// (`start_split`): requests give what each gives alone on one device.
+fn split_model_serves(path: &str) -> Result<(), Failed> {
+    use hetero_models::StageSpec;
+    use hetero_scheduler::live::{LiveSetup, start_split};
+    let checkpoint = Checkpoint::open(path)?;
+    let layers = checkpoint.config().layers;
+    let stages = [
+        StageSpec {
+            device: device(0),
+            layers: 0..layers / 2,
+        },
+        StageSpec {
+            device: device(1),
+            layers: layers / 2..layers,
+        },
+    ];
+    let setup = LiveSetup {
+        slots: 4,
+        max_len: 100,
+        policy: hetero_scheduler::Policy::Balanced,
+        config: LiveConfig {
+            queue_limit: 64,
+            prefill_chunk: 32,
+            max_request_len: 100,
+        },
+    };
+    let (engine, plan) = start_split(&checkpoint, &stages, &setup, &mut |_| {})?;
+    if plan.devices.len() != 1 || !plan.devices[0].device.contains('+') {
+        return Err(format!("plan: {:?}", plan.devices).into());
+    }
+    same_as_one_device(&engine, &checkpoint, 6)
 }
 
 /// Two pipelines side by side (`start_pipelines`, replicas of
@@ -298,8 +308,6 @@ fn pipelines_side_by_side_serve(path: &str) -> Result<(), Failed> {
     use hetero_models::StageSpec;
     use hetero_scheduler::live::{LiveSetup, start_pipelines};
     let checkpoint = Checkpoint::open(path)?;
-    let tokenizer = checkpoint.tokenizer()?;
-    let stop_ids = checkpoint.stop_ids(&tokenizer)?;
     let layers = checkpoint.config().layers;
     let pipeline = |first: u32, cut: usize| {
         vec![
@@ -333,39 +341,7 @@ fn pipelines_side_by_side_serve(path: &str) -> Result<(), Failed> {
     {
         return Err(format!("plan: {:?}", plan.devices).into());
     }
-    let reference = LlamaModel::load(&checkpoint, host(), &mut |_| {})?;
-    let requests: Vec<LiveRequest> = DEFAULT_PROMPTS
-        .iter()
-        .take(8)
-        .enumerate()
-        .map(|(i, p)| LiveRequest {
-            prompt_ids: tokenizer.encode(p, false).unwrap(),
-            options: GenerateOptions {
-                max_tokens: 4 + i % 5,
-                stop_ids: stop_ids.clone(),
-                ..GenerateOptions::default()
-            },
-        })
-        .collect();
-    let mut receivers = Vec::new();
-    for r in &requests {
-        receivers.push(engine.submit(r.clone()).map_err(|e| e.to_string())?);
-    }
-    for (i, (r, rx)) in requests.iter().zip(&mut receivers).enumerate() {
-        let got = collect(rx);
-        let alone = generate(
-            &reference,
-            &tokenizer,
-            &r.prompt_ids,
-            &r.options,
-            &mut |_| {},
-        )?;
-        let want = (alone.text, alone.finish_reason, alone.ids.len());
-        if got != want {
-            return Err(format!("request {i}: pipelines {got:?}, alone {want:?}").into());
-        }
-    }
-    Ok(())
+    same_as_one_device(&engine, &checkpoint, 8)
 }
 
 /// Prefix caching: the same prompts again, and a conversation continued,
