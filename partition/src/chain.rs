@@ -234,6 +234,28 @@ pub fn best_chain_split(problem: &ChainProblem) -> Result<ChainPlan> {
     table.plan(problem, set)
 }
 
+/// [`best_chain_split`] with exactly `stages` devices used (the caller's
+/// costs may depend on the number of stages: a pipeline keeps a group of
+/// sequences per stage in flight, so each stage holds the KV cache of
+/// `stages` groups). [`PartitionError::Infeasible`] when no such split
+/// fits.
+pub fn best_chain_split_stages(problem: &ChainProblem, stages: usize) -> Result<ChainPlan> {
+    let table = ChainTable::new(problem)?;
+    let dn = problem.devices();
+    let pick = (1..1usize << dn)
+        .filter(|set| set.count_ones() as usize == stages)
+        .map(|set| (table.best(set), set))
+        .filter(|(v, _)| v.is_finite())
+        .min_by(|a, b| a.0.total_cmp(&b.0));
+    match pick {
+        Some((_, set)) => table.plan(problem, set),
+        None => Err(PartitionError::Infeasible(format!(
+            "no split of the {} units over exactly {stages} of the {dn} devices fits their memory",
+            problem.units()
+        ))),
+    }
+}
+
 /// Several pipelines side by side (replicas of pipelines): disjoint groups
 /// of devices, each running the whole chain as its own pipeline on its
 /// own work, chosen to maximise the summed throughput `sum 1 / bottleneck`
@@ -249,11 +271,38 @@ pub fn best_chain_split(problem: &ChainProblem) -> Result<ChainPlan> {
 /// max over T containing d of rate(T) + g(S - T))` for `d` the lowest
 /// device of `S` (it is unused, or in some group `T`). `3^D` steps.
 pub fn best_chain_pipelines(problem: &ChainProblem) -> Result<Vec<ChainPlan>> {
-    let table = ChainTable::new(problem)?;
-    let dn = problem.devices();
+    best_chain_pipelines_sized(std::slice::from_ref(problem))
+}
+
+/// [`best_chain_pipelines`] where a pipeline's costs depend on its number
+/// of stages: a group of `k` devices is planned on `problems[min(k,
+/// len) - 1]` (same devices and units in each; e.g. the KV cache of `k`
+/// groups of sequences in flight per stage).
+pub fn best_chain_pipelines_sized(problems: &[ChainProblem]) -> Result<Vec<ChainPlan>> {
+    let Some(first) = problems.first() else {
+        return Err(PartitionError::Malformed {
+            what: "pipelines".into(),
+            reason: "no problem given".into(),
+        });
+    };
+    let (dn, n) = (first.devices(), first.units());
+    if problems.iter().any(|p| p.devices() != dn || p.units() != n) {
+        return Err(PartitionError::Malformed {
+            what: "pipelines".into(),
+            reason: "the problems per pipeline size differ in devices or units".into(),
+        });
+    }
+    let tables = problems
+        .iter()
+        .map(ChainTable::new)
+        .collect::<Result<Vec<_>>>()?;
+    let sized = |set: usize| {
+        let k = (set.count_ones() as usize).min(problems.len()) - 1;
+        (&tables[k], &problems[k])
+    };
     let sets = 1usize << dn;
     let rate = |set: usize| {
-        let b = table.best(set);
+        let b = sized(set).0.best(set);
         if b.is_finite() {
             // a zero-time pipeline would be infinitely fast: count it as
             // very fast but keep the sums finite
@@ -304,14 +353,14 @@ pub fn best_chain_pipelines(problem: &ChainProblem) -> Result<Vec<ChainPlan>> {
         if t == 0 {
             s &= s - 1; // lowest device unused
         } else {
+            let (table, problem) = sized(t);
             plans.push(table.plan(problem, t)?);
             s &= !t;
         }
     }
     if plans.is_empty() {
         return Err(PartitionError::Infeasible(format!(
-            "no pipeline of the {} units over the {dn} devices fits their memory",
-            problem.units()
+            "no pipeline of the {n} units over the {dn} devices fits their memory"
         )));
     }
     Ok(plans)
@@ -565,8 +614,14 @@ mod tests {
     /// Every ordered choice of distinct devices and every composition of
     /// the units over them.
     fn brute(p: &ChainProblem) -> Option<f64> {
+        brute_stages(p, None)
+    }
+
+    /// [`brute`] over the plans of exactly `count` stages (any: `None`).
+    fn brute_stages(p: &ChainProblem, count: Option<usize>) -> Option<f64> {
         fn go(
             p: &ChainProblem,
+            count: Option<usize>,
             start: usize,
             used: &mut Vec<usize>,
             stages: &mut Vec<(usize, Range<usize>)>,
@@ -574,6 +629,9 @@ mod tests {
         ) {
             let n = p.units();
             if start == n {
+                if count.is_some_and(|k| k != stages.len()) {
+                    return;
+                }
                 let plan = evaluate_chain(p, stages).expect("valid split");
                 if plan.fits && best.is_none_or(|b| plan.objective < b) {
                     *best = Some(plan.objective);
@@ -587,15 +645,43 @@ mod tests {
                 for end in start + 1..=n {
                     used.push(d);
                     stages.push((d, start..end));
-                    go(p, end, used, stages, best);
+                    go(p, count, end, used, stages, best);
                     stages.pop();
                     used.pop();
                 }
             }
         }
         let mut best = None;
-        go(p, 0, &mut Vec::new(), &mut Vec::new(), &mut best);
+        go(p, count, 0, &mut Vec::new(), &mut Vec::new(), &mut best);
         best
+    }
+
+    #[test]
+    fn dp_with_a_stage_count_equals_brute_force() {
+        let mut checked = 0;
+        for seed in 0..300u64 {
+            let dn = 1 + seed as usize % 4;
+            let n = 1 + (seed as usize / 4) % 6;
+            let mut p = problem(dn, n, seed);
+            p.memory.iter_mut().for_each(|m| *m *= 2);
+            for k in 1..=dn {
+                let want = brute_stages(&p, Some(k));
+                match best_chain_split_stages(&p, k) {
+                    Ok(plan) => {
+                        assert!(plan.fits && plan.stages.len() == k, "seed {seed} k {k}");
+                        let w = want.expect("brute force finds one");
+                        assert!(
+                            (plan.objective - w).abs() <= 1e-9 * w.max(1.0),
+                            "seed {seed}"
+                        );
+                        checked += 1;
+                    }
+                    Err(PartitionError::Infeasible(_)) => assert_eq!(want, None, "seed {seed}"),
+                    Err(e) => panic!("seed {seed}: {e}"),
+                }
+            }
+        }
+        assert!(checked > 300, "only {checked} feasible cases");
     }
 
     #[test]
@@ -707,9 +793,11 @@ mod tests {
     }
 
     /// Every labelling of the devices with groups (0: unused), each group
-    /// scored by brute force alone: the best summed `1 / bottleneck`.
-    fn brute_pipelines(p: &ChainProblem) -> f64 {
-        let dn = p.devices();
+    /// of `k` devices scored by brute force alone on `problems[min(k, len)
+    /// - 1]`: the best summed `1 / bottleneck`.
+    fn brute_pipelines(problems: &[ChainProblem]) -> f64 {
+        let dn = problems[0].devices();
+        let sized = |g: usize| &problems[(g.count_ones() as usize).min(problems.len()) - 1];
         let mut best = 0.0f64;
         let labellings = (dn + 1).pow(dn as u32);
         for code in 0..labellings {
@@ -722,7 +810,7 @@ mod tests {
             let total: f64 = groups[1..]
                 .iter()
                 .filter(|&&g| g != 0)
-                .map(|&g| brute(&restricted(p, g)).map_or(0.0, |b| 1.0 / b))
+                .map(|&g| brute(&restricted(sized(g), g)).map_or(0.0, |b| 1.0 / b))
                 .sum();
             best = best.max(total);
         }
@@ -740,7 +828,7 @@ mod tests {
                 // roomier devices: replicas become possible
                 p.memory.iter_mut().for_each(|m| *m *= 3);
             }
-            let want = brute_pipelines(&p);
+            let want = brute_pipelines(std::slice::from_ref(&p));
             match best_chain_pipelines(&p) {
                 Ok(plans) => {
                     let mut used = 0usize;
@@ -780,6 +868,55 @@ mod tests {
             several > 20 && mixed > 3,
             "{several} with groups, {mixed} mixed"
         );
+    }
+
+    #[test]
+    fn sized_pipelines_equal_brute_force() {
+        let mut checked = 0;
+        for seed in 0..200u64 {
+            let dn = 1 + seed as usize % 4;
+            let n = 1 + (seed as usize / 4) % 5;
+            let base = problem(dn, n, seed);
+            // bigger groups need more bytes per unit (KV of more groups)
+            let problems: Vec<ChainProblem> = (1..=dn)
+                .map(|k| {
+                    let mut p = base.clone();
+                    p.memory.iter_mut().for_each(|m| *m *= 3);
+                    p.bytes
+                        .iter_mut()
+                        .flatten()
+                        .for_each(|b| *b = *b * (2 + k as u64) / 3);
+                    p
+                })
+                .collect();
+            let want = brute_pipelines(&problems);
+            match best_chain_pipelines_sized(&problems) {
+                Ok(plans) => {
+                    let total: f64 = plans.iter().map(|p| 1.0 / p.objective).sum();
+                    assert!(
+                        (total - want).abs() <= 1e-9 * want.max(1.0),
+                        "seed {seed}: {total} vs {want}"
+                    );
+                    for plan in &plans {
+                        let k = plan.stages.len();
+                        let again = evaluate_chain(
+                            &problems[k - 1],
+                            &plan
+                                .stages
+                                .iter()
+                                .map(|s| (s.device, s.units.clone()))
+                                .collect::<Vec<_>>(),
+                        )
+                        .unwrap();
+                        assert!(again.fits, "seed {seed}: scored on its size's problem");
+                    }
+                    checked += 1;
+                }
+                Err(PartitionError::Infeasible(_)) => assert_eq!(want, 0.0, "seed {seed}"),
+                Err(e) => panic!("seed {seed}: {e}"),
+            }
+        }
+        assert!(checked > 100, "only {checked} feasible cases");
     }
 
     #[test]

@@ -30,8 +30,9 @@ pub(crate) mod satellite;
 pub mod topology;
 
 pub use chain::{
-    ChainPlan, ChainProblem, ChainStage, best_chain_pipelines, best_chain_split,
-    best_chain_split_in_order, equal_split, evaluate_chain, memory_proportional_split,
+    ChainPlan, ChainProblem, ChainStage, best_chain_pipelines, best_chain_pipelines_sized,
+    best_chain_split, best_chain_split_in_order, best_chain_split_stages, equal_split,
+    evaluate_chain, memory_proportional_split,
 };
 pub use dp::{DpEvent, EventFn, ExactDp, Greedy, LinearDp, ProgressFn, SolveStats};
 pub use eval::{Evaluation, evaluate};

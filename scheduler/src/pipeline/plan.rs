@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use hetero_core::{Error, Result};
 use hetero_partition::{
-    ChainPlan, ChainProblem, PartitionError, best_chain_pipelines, best_chain_split,
-    best_chain_split_in_order, equal_split, evaluate_chain, memory_proportional_split,
+    ChainPlan, ChainProblem, PartitionError, best_chain_pipelines_sized, best_chain_split_in_order,
+    best_chain_split_stages, equal_split, evaluate_chain, memory_proportional_split,
 };
 
 use super::profile::LayerProfile;
@@ -14,7 +14,10 @@ use super::profile::LayerProfile;
 /// The shapes a plan must hold.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct PlanOptions {
-    /// Sequences in flight (their KV caches count against every stage).
+    /// Sequences of a group: a device (or replica) runs one group, a
+    /// pipeline of `S` stages keeps `S` groups in flight (one per stage),
+    /// so each stage holds the KV cache of `S x batch` sequences for its
+    /// layers.
     pub batch: usize,
     /// Positions each may reach.
     pub max_len: usize,
@@ -182,11 +185,25 @@ impl SplitReport {
 }
 
 /// The chain problem of `profiles` (one per device, same model) under
-/// `memory` bytes per device and `options`.
+/// `memory` bytes per device and `options`, for one group of sequences
+/// (a single device, or a replica).
 pub fn chain_problem(
     profiles: &[LayerProfile],
     memory: &[u64],
     options: &PlanOptions,
+) -> Result<ChainProblem> {
+    chain_problem_for_stages(profiles, memory, options, 1)
+}
+
+/// [`chain_problem`] for a pipeline of `stages` stages: it keeps one group
+/// of `options.batch` sequences per stage in flight (what its predicted
+/// tokens/s assumes), so every stage holds the KV cache of `stages` groups
+/// for its layers.
+pub fn chain_problem_for_stages(
+    profiles: &[LayerProfile],
+    memory: &[u64],
+    options: &PlanOptions,
+    stages: usize,
 ) -> Result<ChainProblem> {
     let Some(first) = profiles.first() else {
         return Err(Error::invalid("devices", "none to place the model on"));
@@ -213,7 +230,9 @@ pub fn chain_problem(
         return Err(Error::invalid("memory", "one size per device"));
     }
     let kv = |p: &LayerProfile| {
-        p.kv_bytes_per_position_layer * options.batch as u64 * options.max_len as u64
+        p.kv_bytes_per_position_layer
+            * (options.batch * stages.max(1)) as u64
+            * options.max_len as u64
     };
     Ok(ChainProblem {
         time: profiles
@@ -310,9 +329,14 @@ fn plan(
     options: PlanOptions,
     in_order: bool,
 ) -> Result<SplitReport> {
-    let problem = chain_problem(profiles, memory, &options)?;
+    // problems[k - 1]: a pipeline of k stages (the KV of k groups each)
+    let problems = (1..=profiles.len().max(1))
+        .map(|k| chain_problem_for_stages(profiles, memory, &options, k))
+        .collect::<Result<Vec<_>>>()?;
+    let problem = &problems[0];
     let devices: Vec<String> = profiles.iter().map(|p| p.device.clone()).collect();
     let n = problem.units();
+    let dn = devices.len();
     let mut left_out = Vec::new();
     for (d, p) in profiles.iter().enumerate() {
         let smallest = problem.bytes[d].iter().min().copied().unwrap_or(0);
@@ -332,25 +356,38 @@ fn plan(
             ));
         }
     }
-    let solve = |in_order: bool| {
+    let fitting_or_none = |plan: std::result::Result<ChainPlan, PartitionError>| match plan {
+        Ok(plan) => Ok(Some(plan)),
+        Err(PartitionError::Infeasible(_)) => Ok(None),
+        Err(e) => Err(partition_error(e)),
+    };
+    let solve = |in_order: bool| -> Result<Option<SplitChoice>> {
         let plan = if in_order {
-            best_chain_split_in_order(&problem)
+            fitting_or_none(best_chain_split_in_order(&problems[dn - 1]))?
         } else {
-            best_chain_split(&problem)
+            // the best over every stage count, each with its KV; ties to
+            // the fewest stages
+            let mut best: Option<ChainPlan> = None;
+            for k in 1..=dn.min(n) {
+                if let Some(p) = fitting_or_none(best_chain_split_stages(&problems[k - 1], k))?
+                    && best.as_ref().is_none_or(|b| p.objective < b.objective)
+                {
+                    best = Some(p);
+                }
+            }
+            best
         };
-        match plan {
-            Ok(plan) => Ok(Some(choice("dp", &plan, &devices, options.batch))),
-            Err(PartitionError::Infeasible(_)) => Ok(None),
-            Err(e) => Err(partition_error(e)),
-        }
+        Ok(plan.map(|p| choice("dp", &p, &devices, options.batch)))
     };
     let dp = solve(in_order)?;
     let any_order = if in_order { solve(false)? } else { None };
-    let proportional = memory_proportional_split(&problem).map_err(partition_error)?;
-    let equal = equal_split(&problem).map_err(partition_error)?;
+    // the baselines use every device (those beyond the units get none)
+    let all = &problems[dn.min(n).max(1) - 1];
+    let proportional = memory_proportional_split(all).map_err(partition_error)?;
+    let equal = equal_split(all).map_err(partition_error)?;
     let mut best_single: Option<SplitChoice> = None;
     for d in 0..devices.len() {
-        let plan = evaluate_chain(&problem, &[(d, 0..n)]).map_err(partition_error)?;
+        let plan = evaluate_chain(problem, &[(d, 0..n)]).map_err(partition_error)?;
         if plan.fits
             && best_single
                 .as_ref()
@@ -365,7 +402,7 @@ fn plan(
         }
     }
     let singles: Vec<ChainPlan> = (0..devices.len())
-        .map(|d| evaluate_chain(&problem, &[(d, 0..n)]).map_err(partition_error))
+        .map(|d| evaluate_chain(problem, &[(d, 0..n)]).map_err(partition_error))
         .collect::<Result<_>>()?;
     let fitting: Vec<&ChainPlan> = singles
         .iter()
@@ -388,7 +425,7 @@ fn plan(
     let pipelines = if in_order {
         None
     } else {
-        match best_chain_pipelines(&problem) {
+        match best_chain_pipelines_sized(&problems) {
             Ok(plans) if plans.len() > 1 && plans.iter().any(|p| p.stages.len() > 1) => {
                 Some(SplitChoice {
                     name: "pipelines".into(),
@@ -575,6 +612,42 @@ mod tests {
         let r = plan_split(&profiles, &[1 << 20; 4], options).unwrap();
         assert!(r.pipelines.is_none());
         assert_eq!(r.recommended, "replicas");
+    }
+
+    #[test]
+    fn pipeline_stages_hold_the_kv_of_every_group_in_flight() {
+        let profiles = [profile("a", 1.0), profile("b", 1.0)];
+        let options = PlanOptions {
+            batch: 2,
+            max_len: 5,
+            activation_bytes: 0,
+        };
+        let r = plan_split(&profiles, &[1 << 20, 1 << 20], options).unwrap();
+        let dp = r.dp.as_ref().expect("fits");
+        let stages = dp.stages.len() as u64;
+        assert_eq!(stages, 2, "two equal devices halve the work");
+        // 1 byte per position and layer: 2 x 5 per group, `stages` groups.
+        let kv = 2 * 5 * stages;
+        for (i, s) in dp.stages.iter().enumerate() {
+            let layers = (s.layers[1] - s.layers[0] + 1) as u64;
+            let mut want = layers * (100 + kv);
+            if i == 0 {
+                want += 300; // the embedding
+            }
+            if i + 1 == dp.stages.len() {
+                want += 10 + 300; // the head and the tied embedding's copy
+            }
+            assert_eq!(s.resident_bytes, want, "stage {i}: {s:?}");
+        }
+        // With memory for one group's KV only, the pipeline no longer
+        // fits where it did: 10 layers x (100 + 20) + 620 = 1820 bytes in
+        // all, 1720 with one group's KV.
+        let tight = plan_split(&profiles, &[900, 900], options).unwrap();
+        if let Some(dp) = &tight.dp {
+            for s in &dp.stages {
+                assert!(s.resident_bytes <= 900, "{s:?}");
+            }
+        }
     }
 
     #[test]
