@@ -959,11 +959,14 @@ fn run_http(args: &Args, addr: &str) -> Result<()> {
     } else {
         Vec::new()
     };
-    eprintln!(
-        "loading {} on {} device(s)...",
-        path.display(),
-        shared.len()
-    );
+    // (a split over ranks has loaded its part already)
+    if staged.is_none() {
+        eprintln!(
+            "loading {} on {} device(s)...",
+            path.display(),
+            shared.len()
+        );
+    }
     let (engine, plan) = if let Some(started) = staged {
         started
     } else if split == SplitSpec::Replicate {
