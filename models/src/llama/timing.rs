@@ -27,9 +27,9 @@ impl LlamaModel {
         Ok(times.into_iter().fold(f64::INFINITY, f64::min))
     }
 
-    /// Like [`time_call`](Self::time_call), every one of the `reps` timed
-    /// calls' seconds (for a median where the device is shared).
-    pub fn time_calls(
+    /// Every one of [`time_call`](Self::time_call)'s `reps` timed calls'
+    /// seconds.
+    fn time_calls(
         &self,
         batch: usize,
         new_tokens: usize,
