@@ -9,12 +9,11 @@ use hetero_backends::{discover, select_devices};
 use hetero_collectives::transport::TransportKind;
 use hetero_core::{DeviceInfo, DynDevice, Error, Result, SharedDevice};
 use hetero_models::{
-    BenchOptions, Checkpoint, GenerateOptions, LlamaModel, SamplingParams, StageSpec, WeightFormat,
-    bench, bytes_needed, choose_device, generate, prompt_ids,
+    BenchOptions, Checkpoint, GenerateOptions, LlamaModel, SamplingParams, WeightFormat, bench,
+    bytes_needed, choose_device, generate, prompt_ids,
 };
 use hetero_scheduler::pipeline::{
-    PlanOptions, ProfileOptions, RankRole, SplitSpec, StageRank, choose_stages, device_offers,
-    rank_device_layers,
+    PlanOptions, ProfileOptions, RankRole, SplitSpec, StageRank, choose_stages,
 };
 use hetero_scheduler::real_model::activation_bytes;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -322,48 +321,11 @@ fn run(args: &Args) -> Result<()> {
             } else {
                 devices.iter().map(|d| d.shared()).collect()
             };
-            let rank = link.rank();
-            let counts: Vec<Vec<usize>> = match &split {
-                Some(SplitSpec::Layers(counts)) => {
-                    if mine.len() != 1 {
-                        return Err(Error::invalid(
-                            "--device",
-                            format!(
-                                "{} devices on rank {rank}: layers:N0,N1,... gives one count \
-                                 per rank, for one device each; with several devices per rank \
-                                 use --split auto",
-                                mine.len()
-                            ),
-                        ));
-                    }
-                    link.layers(counts, config.layers)?;
-                    counts.iter().map(|&c| vec![c]).collect()
-                }
-                Some(SplitSpec::Auto) | None => {
-                    // Every rank profiles its own devices; rank 0 places
-                    // the layers in rank order and tells the others.
-                    let profile = ProfileOptions {
-                        batch: 1,
-                        ..ProfileOptions::default()
-                    };
-                    let offers = device_offers(
-                        &checkpoint,
-                        &mine,
-                        profile,
-                        args.profile_cache.as_deref(),
-                        &mut |m| eprintln!("rank {rank}: {m}"),
-                    )?;
-                    let plan = PlanOptions {
-                        batch: 1,
-                        max_len,
-                        activation_bytes: activation_bytes(config, ids.len().max(1), 1),
-                    };
-                    let (counts, report) = link.agree_split(offers, plan)?;
-                    if let Some(report) = report {
-                        eprint!("{}", report.explain());
-                    }
-                    counts
-                }
+            let counts = match &split {
+                Some(SplitSpec::Layers(counts)) => Some(counts.as_slice()),
+                // Every rank profiles its own devices; rank 0 places the
+                // layers in rank order and tells the others.
+                Some(SplitSpec::Auto) | None => None,
                 Some(SplitSpec::Replicate) => {
                     return Err(Error::invalid(
                         "--split",
@@ -372,20 +334,24 @@ fn run(args: &Args) -> Result<()> {
                     ));
                 }
             };
-            let ranges = rank_device_layers(&counts, rank, config.layers)?;
-            let stages: Vec<StageSpec> = mine
-                .into_iter()
-                .zip(ranges)
-                .map(|(device, layers)| {
-                    eprintln!(
-                        "rank {rank}: loading layers {}-{} on {}",
-                        layers.start,
-                        layers.end - 1,
-                        device.id()
-                    );
-                    StageSpec { device, layers }
-                })
-                .collect();
+            let profile = ProfileOptions {
+                batch: 1,
+                ..ProfileOptions::default()
+            };
+            let plan = PlanOptions {
+                batch: 1,
+                max_len,
+                activation_bytes: activation_bytes(config, ids.len().max(1), 1),
+            };
+            let stages = link.plan_stages(
+                &checkpoint,
+                &mine,
+                counts,
+                profile,
+                plan,
+                args.profile_cache.as_deref(),
+                &mut |m| eprintln!("{m}"),
+            )?;
             let part = LlamaModel::load_split(&checkpoint, &stages, format, &mut |p| {
                 bar.set_length(p.total_bytes);
                 bar.set_position(p.done_bytes);

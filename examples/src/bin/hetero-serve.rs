@@ -5,8 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hetero_scheduler::pipeline::{
-    PlanOptions, ProfileOptions, RankRole, SplitSpec, StageRank, choose_pipelines, device_offers,
-    rank_device_layers,
+    PlanOptions, ProfileOptions, RankRole, SplitSpec, StageRank, choose_pipelines,
 };
 use std::sync::Arc;
 
@@ -1071,16 +1070,6 @@ fn start_stage_rank(
     how: RankSplit<'_>,
     setup: &live::LiveSetup,
 ) -> Result<Option<(live::Engine, live::LivePlan, StageRank)>> {
-    if how.counts.is_some() && shared.len() != 1 {
-        return Err(Error::invalid(
-            "--device",
-            format!(
-                "{} devices selected: layers:N0,N1,... gives one count per rank, for one device \
-                 each; with several devices per rank use --split auto",
-                shared.len()
-            ),
-        ));
-    }
     let kind = if args.shared_memory {
         TransportKind::SharedMemory
     } else {
@@ -1088,40 +1077,15 @@ fn start_stage_rank(
     };
     let link = StageRank::join(kind, None)?;
     let rank = link.rank();
-    let layers = checkpoint.config().layers;
-    let counts: Vec<Vec<usize>> = match how.counts {
-        Some(counts) => {
-            link.layers(counts, layers)?;
-            counts.iter().map(|&c| vec![c]).collect()
-        }
-        None => {
-            let offers = device_offers(checkpoint, shared, how.profile, None, &mut |m| {
-                eprintln!("rank {rank}: {m}")
-            })?;
-            let (counts, report) = link.agree_split(offers, how.plan)?;
-            if let Some(report) = report {
-                eprint!("{}", report.explain());
-            }
-            counts
-        }
-    };
-    let ranges = rank_device_layers(&counts, rank, layers)?;
-    let stages: Vec<hetero_models::StageSpec> = shared
-        .iter()
-        .zip(ranges)
-        .map(|(device, layers)| {
-            eprintln!(
-                "rank {rank}: loading layers {}-{} on {}",
-                layers.start,
-                layers.end - 1,
-                device.id()
-            );
-            hetero_models::StageSpec {
-                device: device.clone(),
-                layers,
-            }
-        })
-        .collect();
+    let stages = link.plan_stages(
+        checkpoint,
+        shared,
+        how.counts,
+        how.profile,
+        how.plan,
+        None,
+        &mut |m| eprintln!("{m}"),
+    )?;
     let part = hetero_models::LlamaModel::load_split(
         checkpoint,
         &stages,

@@ -9,6 +9,7 @@ use hetero_models::{Checkpoint, StageSpec};
 
 use super::plan::{PlanOptions, SplitChoice, SplitReport, plan_split};
 use super::profile::{LayerProfile, ProfileOptions, profile_layers};
+use super::run::stage_specs;
 
 /// How a model is spread over the devices given.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -246,14 +247,7 @@ pub fn choose_stages(
                     format!("no split fits the devices' memory:\n{}", report.explain()),
                 ));
             };
-            let stages = dp
-                .stages
-                .iter()
-                .map(|s| StageSpec {
-                    device: devices[s.device_index].clone(),
-                    layers: s.layers[0]..s.layers[1] + 1,
-                })
-                .collect();
+            let stages = stage_specs(&dp.stages, devices)?;
             Ok((stages, Some(report)))
         }
     }
@@ -289,27 +283,11 @@ pub fn choose_pipelines(
             format!("no split fits the devices' memory:\n{}", report.explain()),
         ));
     };
-    let stage = |s: &super::plan::StageChoice| StageSpec {
-        device: devices[s.device_index].clone(),
-        layers: s.layers[0]..s.layers[1] + 1,
-    };
-    let groups = if chosen.groups.is_empty() {
-        vec![chosen.stages.len()]
-    } else {
-        chosen.groups.clone()
-    };
-    let mut pipelines = Vec::with_capacity(groups.len());
-    let mut next = 0;
-    for g in groups {
-        let Some(stages) = chosen.stages.get(next..next + g) else {
-            return Err(Error::invalid(
-                "model split",
-                format!("plan {:?} has fewer stages than its groups", chosen.name),
-            ));
-        };
-        pipelines.push(stages.iter().map(stage).collect());
-        next += g;
-    }
+    let pipelines = chosen
+        .pipelines()?
+        .into_iter()
+        .map(|group| stage_specs(group, devices))
+        .collect::<Result<Vec<_>>>()?;
     Ok((pipelines, Some(report)))
 }
 

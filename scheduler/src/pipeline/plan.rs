@@ -93,36 +93,54 @@ pub struct SplitReport {
     pub any_order: Option<SplitChoice>,
 }
 
+impl SplitChoice {
+    /// The stages of each pipeline side by side (`groups`; one pipeline
+    /// when it is empty). An error when the groups count more stages than
+    /// there are.
+    pub fn pipelines(&self) -> Result<Vec<&[StageChoice]>> {
+        if self.groups.is_empty() {
+            return Ok(vec![&self.stages]);
+        }
+        let mut next = 0;
+        self.groups
+            .iter()
+            .map(|&g| {
+                let group = self.stages.get(next..next + g).ok_or_else(|| {
+                    Error::invalid(
+                        "plan",
+                        format!("{:?} has fewer stages than its groups", self.name),
+                    )
+                })?;
+                next += g;
+                Ok(group)
+            })
+            .collect()
+    }
+}
+
 impl SplitReport {
     /// Why the DP chose what it chose, in numbers.
     pub fn explain(&self) -> String {
         let mut out = String::new();
         let line = |c: &SplitChoice| {
-            let stages: Vec<String> = c
-                .stages
-                .iter()
-                .map(|s| {
-                    format!(
-                        "{} layers {}-{} ({:.1} MiB, {:.2} ms)",
-                        s.device,
-                        s.layers[0],
-                        s.layers[1],
-                        s.resident_bytes as f64 / 1048576.0,
-                        s.seconds * 1e3
-                    )
-                })
-                .collect();
-            // pipelines side by side: " || " between them
-            let mut groups = Vec::new();
-            let mut next = 0;
-            for &g in &c.groups {
-                let end = (next + g).min(stages.len());
-                groups.push(stages[next..end].join(" | "));
-                next = end;
-            }
-            if next < stages.len() {
-                groups.push(stages[next..].join(" | "));
-            }
+            let stage = |s: &StageChoice| {
+                format!(
+                    "{} layers {}-{} ({:.1} MiB, {:.2} ms)",
+                    s.device,
+                    s.layers[0],
+                    s.layers[1],
+                    s.resident_bytes as f64 / 1048576.0,
+                    s.seconds * 1e3
+                )
+            };
+            // pipelines side by side: " || " between them (a malformed
+            // grouping is shown as one pipeline)
+            let groups = c
+                .pipelines()
+                .unwrap_or_else(|_| vec![c.stages.as_slice()])
+                .into_iter()
+                .map(|g| g.iter().map(stage).collect::<Vec<_>>().join(" | "))
+                .collect::<Vec<_>>();
             format!(
                 "{:<20} {:>9.1} tok/s predicted, slowest stage {:.2} ms{}: {}\n",
                 c.name,

@@ -14,7 +14,8 @@
 //! so [`TransportPeer`] blocks on the runtime's handle for each message.
 //!
 //! A binary's whole start-up is [`StageRank::join`] (the rendezvous),
-//! [`StageRank::layers`] (which layers to load), then
+//! [`StageRank::plan_stages`] (which layers each of its devices loads),
+//! then
 //! [`StageRank::run`]: rank 0 gets the model with the other ranks attached
 //! ([`RankRole::Head`]), every other rank serves until rank 0 stops the
 //! line ([`RankRole::Served`]).
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 use hetero_collectives::TcpConfig;
 use hetero_collectives::transport::{Ranks, Transport, TransportKind, connect};
 use hetero_core::{Error, Result};
-use hetero_models::{LlamaModel, RemoteStage, RemoteTail, StagePeer, StageStats};
+use hetero_models::{LlamaModel, RemoteStage, RemoteTail, StagePeer, StageSpec, StageStats};
 use serde::{Deserialize, Serialize};
 use tokio::runtime::{Handle, Runtime};
 
@@ -269,6 +270,71 @@ impl StageRank {
             Ok((counts, report)) => Ok((counts, Some(report))),
             Err(why) => Err(Error::invalid("--split auto", why)),
         }
+    }
+
+    /// This rank's stages, one per device of `devices`, in order. With
+    /// `counts` (`--split layers:N0,N1,...`, one count per rank) the rank
+    /// has one device, which holds its count; without (`--split auto`)
+    /// the ranks agree on the split ([`device_offers`] with `profile` and
+    /// `cache`, then [`StageRank::agree_split`] with `plan`; rank 0 logs
+    /// the report). `log` hears progress and what each device loads.
+    #[allow(clippy::too_many_arguments)]
+    pub fn plan_stages(
+        &self,
+        checkpoint: &hetero_models::Checkpoint,
+        devices: &[hetero_core::SharedDevice],
+        counts: Option<&[usize]>,
+        profile: super::profile::ProfileOptions,
+        plan: PlanOptions,
+        cache: Option<&std::path::Path>,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<Vec<StageSpec>> {
+        let rank = self.rank();
+        let layers = checkpoint.config().layers;
+        let counts: Vec<Vec<usize>> = match counts {
+            Some(counts) => {
+                if devices.len() != 1 {
+                    return Err(Error::invalid(
+                        "--device",
+                        format!(
+                            "{} devices on rank {rank}: layers:N0,N1,... gives one count per \
+                             rank, for one device each; with several devices per rank use \
+                             --split auto",
+                            devices.len()
+                        ),
+                    ));
+                }
+                self.layers(counts, layers)?;
+                counts.iter().map(|&c| vec![c]).collect()
+            }
+            None => {
+                let offers = device_offers(checkpoint, devices, profile, cache, &mut |m| {
+                    log(&format!("rank {rank}: {m}"))
+                })?;
+                let (counts, report) = self.agree_split(offers, plan)?;
+                if let Some(report) = report {
+                    log(report.explain().trim_end());
+                }
+                counts
+            }
+        };
+        let ranges = rank_device_layers(&counts, rank, layers)?;
+        Ok(devices
+            .iter()
+            .zip(ranges)
+            .map(|(device, layers)| {
+                log(&format!(
+                    "rank {rank}: loading layers {}-{} on {}",
+                    layers.start,
+                    layers.end - 1,
+                    device.id()
+                ));
+                StageSpec {
+                    device: device.clone(),
+                    layers,
+                }
+            })
+            .collect())
     }
 
     /// With this rank's part of the model loaded: rank 0 waits for the

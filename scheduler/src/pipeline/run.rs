@@ -6,18 +6,12 @@ use std::time::Instant;
 use hetero_core::{Error, Result, SharedDevice};
 use hetero_models::{Checkpoint, KvCache, LlamaModel, StageSpec, WeightFormat};
 
-use super::plan::SplitChoice;
+use super::plan::{SplitChoice, StageChoice};
 
-/// Load `checkpoint` as `choice` says over `devices` (the plan's devices,
-/// in the profiles' order).
-pub fn load_plan(
-    checkpoint: &Checkpoint,
-    devices: &[SharedDevice],
-    choice: &SplitChoice,
-    progress: &mut dyn FnMut(hetero_models::llama::LoadProgress),
-) -> Result<LlamaModel> {
-    let stages = choice
-        .stages
+/// The stages of a plan (one pipeline's [`StageChoice`]s) on `devices`
+/// (the plan's devices, in the profiles' order).
+pub fn stage_specs(stages: &[StageChoice], devices: &[SharedDevice]) -> Result<Vec<StageSpec>> {
+    stages
         .iter()
         .map(|s| {
             let device = devices.get(s.device_index).cloned().ok_or_else(|| {
@@ -31,7 +25,18 @@ pub fn load_plan(
                 layers: s.layers[0]..s.layers[1] + 1,
             })
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect()
+}
+
+/// Load `checkpoint` as `choice` says over `devices` (the plan's devices,
+/// in the profiles' order).
+pub fn load_plan(
+    checkpoint: &Checkpoint,
+    devices: &[SharedDevice],
+    choice: &SplitChoice,
+    progress: &mut dyn FnMut(hetero_models::llama::LoadProgress),
+) -> Result<LlamaModel> {
+    let stages = stage_specs(&choice.stages, devices)?;
     LlamaModel::load_split(checkpoint, &stages, WeightFormat::Native, progress)
 }
 
@@ -102,28 +107,14 @@ pub fn measure_side_by_side(
     steps: usize,
     max_seconds: f64,
 ) -> Result<f64> {
-    let groups = if choice.groups.is_empty() {
-        vec![choice.stages.len()]
-    } else {
-        choice.groups.clone()
-    };
-    let mut models = Vec::with_capacity(groups.len());
-    let mut next = 0;
-    for g in groups {
-        let stages = choice.stages.get(next..next + g).ok_or_else(|| {
-            Error::invalid(
-                "plan",
-                format!("{:?} has fewer stages than its groups", choice.name),
-            )
-        })?;
-        next += g;
-        let one = SplitChoice {
-            stages: stages.to_vec(),
-            groups: Vec::new(),
-            ..choice.clone()
-        };
-        models.push(load_plan(checkpoint, devices, &one, &mut |_| {})?);
-    }
+    let models = choice
+        .pipelines()?
+        .into_iter()
+        .map(|group| {
+            let stages = stage_specs(group, devices)?;
+            LlamaModel::load_split(checkpoint, &stages, WeightFormat::Native, &mut |_| {})
+        })
+        .collect::<Result<Vec<_>>>()?;
     let rates = std::thread::scope(|scope| {
         let handles: Vec<_> = models
             .iter()
