@@ -80,6 +80,34 @@ fn read_until_listening(child: &mut std::process::Child) -> Result<Listening, Fa
     }
 }
 
+/// A greedy completion of `prompt` from the server at `addr` is what
+/// `hetero-generate` alone on the host gives.
+fn same_completion_as_one_device(
+    addr: std::net::SocketAddr,
+    model: &str,
+    prompt: &str,
+    max_tokens: usize,
+) -> Result<(), Failed> {
+    let body = serde_json::json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0});
+    let r = client::request(
+        addr,
+        "POST",
+        "/v1/completions",
+        Some(body.to_string().as_bytes()),
+        Duration::from_secs(120),
+    )?;
+    let got: serde_json::Value = serde_json::from_slice(&r.body)?;
+    let alone = Command::new(env!("CARGO_BIN_EXE_hetero-generate"))
+        .args(["--model", model, "--device", "host", "--json"])
+        .args(["--prompt", prompt, "--max-tokens", &max_tokens.to_string()])
+        .output()?;
+    let alone: serde_json::Value = serde_json::from_slice(&alone.stdout)?;
+    if r.status != 200 || got["choices"][0]["text"] != alone["text"] {
+        return Err(format!("{}: {got} vs one device {}", r.status, alone["text"]).into());
+    }
+    Ok(())
+}
+
 fn serves_and_stops(model: &str) -> Result<(), Failed> {
     fails_with(
         &[
@@ -165,23 +193,7 @@ fn auto_split_serves(model: &str) -> Result<(), Failed> {
             return Err(format!("no plan report: {log:?}").into());
         }
         let prompt = "The capital of Germany is";
-        let body = serde_json::json!({"prompt": prompt, "max_tokens": 8, "temperature": 0});
-        let r = client::request(
-            addr,
-            "POST",
-            "/v1/completions",
-            Some(body.to_string().as_bytes()),
-            Duration::from_secs(120),
-        )?;
-        let got: serde_json::Value = serde_json::from_slice(&r.body)?;
-        let alone = Command::new(env!("CARGO_BIN_EXE_hetero-generate"))
-            .args(["--model", model, "--device", "host", "--json"])
-            .args(["--prompt", prompt, "--max-tokens", "8"])
-            .output()?;
-        let alone: serde_json::Value = serde_json::from_slice(&alone.stdout)?;
-        if r.status != 200 || got["choices"][0]["text"] != alone["text"] {
-            return Err(format!("{}: {got} vs one device {}", r.status, alone["text"]).into());
-        }
+        same_completion_as_one_device(addr, model, prompt, 8)?;
         Ok(())
     })();
     let _ = Command::new("kill")
@@ -368,23 +380,7 @@ fn stage_ranks(model: &str, split: &str) -> Result<(), Failed> {
     let addr = addr.ok_or("no address")?;
     let prompt = "The capital of Germany is";
     let result = (|| -> Result<(), Failed> {
-        let body = serde_json::json!({"prompt": prompt, "max_tokens": 10, "temperature": 0});
-        let r = client::request(
-            addr,
-            "POST",
-            "/v1/completions",
-            Some(body.to_string().as_bytes()),
-            Duration::from_secs(120),
-        )?;
-        let got: serde_json::Value = serde_json::from_slice(&r.body)?;
-        let alone = Command::new(env!("CARGO_BIN_EXE_hetero-generate"))
-            .args(["--model", model, "--device", "host", "--json"])
-            .args(["--prompt", prompt, "--max-tokens", "10"])
-            .output()?;
-        let alone: serde_json::Value = serde_json::from_slice(&alone.stdout)?;
-        if r.status != 200 || got["choices"][0]["text"] != alone["text"] {
-            return Err(format!("{}: {got} vs one process {}", r.status, alone["text"]).into());
-        }
+        same_completion_as_one_device(addr, model, prompt, 10)?;
         Ok(())
     })();
     let _ = Command::new("kill")

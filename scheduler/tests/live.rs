@@ -116,20 +116,7 @@ fn engine_equals_generate_alone(path: &str) -> Result<(), Failed> {
         }
         receivers.push(engine.submit(r.clone()).map_err(|e| e.to_string())?);
     }
-    for (i, (r, rx)) in requests.iter().zip(&mut receivers).enumerate() {
-        let got = collect(rx);
-        let alone = generate(
-            &reference,
-            &tokenizer,
-            &r.prompt_ids,
-            &r.options,
-            &mut |_| {},
-        )?;
-        let want = (alone.text, alone.finish_reason, alone.ids.len());
-        if got != want {
-            return Err(format!("request {i}: engine {got:?}, alone {want:?}").into());
-        }
-    }
+    each_as_alone(&reference, &tokenizer, &requests, &mut receivers, "engine")?;
     if !engine.is_idle() {
         return Err("the engine holds slots after every request finished".into());
     }
@@ -250,20 +237,7 @@ fn same_as_one_device(
     for r in &requests {
         receivers.push(engine.submit(r.clone()).map_err(|e| e.to_string())?);
     }
-    for (i, (r, rx)) in requests.iter().zip(&mut receivers).enumerate() {
-        let got = collect(rx);
-        let alone = generate(
-            &reference,
-            &tokenizer,
-            &r.prompt_ids,
-            &r.options,
-            &mut |_| {},
-        )?;
-        let want = (alone.text, alone.finish_reason, alone.ids.len());
-        if got != want {
-            return Err(format!("request {i}: engine {got:?}, alone {want:?}").into());
-        }
-    }
+    each_as_alone(&reference, &tokenizer, &requests, &mut receivers, "engine")?;
     Ok(())
 }
 
@@ -388,20 +362,13 @@ fn cached_prefixes_change_nothing(path: &str) -> Result<(), Failed> {
         for r in &wave {
             receivers.push(engine.submit(r.clone()).map_err(|e| e.to_string())?);
         }
-        for (r, rx) in wave.iter().zip(&mut receivers) {
-            let got = collect(rx);
-            let alone = generate(
-                &reference,
-                &tokenizer,
-                &r.prompt_ids,
-                &r.options,
-                &mut |_| {},
-            )?;
-            let want = (alone.text, alone.finish_reason, alone.ids.len());
-            if got != want {
-                return Err(format!("with cached prefixes {got:?}, alone {want:?}").into());
-            }
-        }
+        each_as_alone(
+            &reference,
+            &tokenizer,
+            &wave,
+            &mut receivers,
+            "with cached prefixes",
+        )?;
     }
     let text = engine.metrics().render();
     let cached: f64 = text
@@ -412,6 +379,26 @@ fn cached_prefixes_change_nothing(path: &str) -> Result<(), Failed> {
     // At least the repeated question (all but its last token).
     if cached < (first.prompt_ids.len() - 1) as f64 {
         return Err(format!("only {cached} prompt tokens came from the cache").into());
+    }
+    Ok(())
+}
+
+/// Each request's events (from `receivers`, in order) are what
+/// `generate` gives alone on `reference`: text, finish reason, length.
+fn each_as_alone(
+    reference: &LlamaModel,
+    tokenizer: &hetero_models::Tokenizer,
+    requests: &[LiveRequest],
+    receivers: &mut [tokio::sync::mpsc::UnboundedReceiver<Event>],
+    what: &str,
+) -> Result<(), Failed> {
+    for (i, (r, rx)) in requests.iter().zip(receivers).enumerate() {
+        let got = collect(rx);
+        let alone = generate(reference, tokenizer, &r.prompt_ids, &r.options, &mut |_| {})?;
+        let want = (alone.text, alone.finish_reason, alone.ids.len());
+        if got != want {
+            return Err(format!("request {i}: {what} {got:?}, alone {want:?}").into());
+        }
     }
     Ok(())
 }
