@@ -91,17 +91,6 @@ pub(crate) fn matmul(
     let y_ptr = SharedOut::new(y);
     let tiled = rows >= TILE_MIN_ROWS;
     let dequant = !tiled && rows >= DEQUANT_MIN_ROWS;
-    // Block sums of x (the Q4_0 offset's and Q4_1 minimum's factor), read
-    // only by the AVX2 few-row kernel.
-    #[cfg(target_arch = "x86_64")]
-    let needs_sums = kernel == Kernel::Avx2 && !tiled && !dequant && spec.quant.block_elems() == 32;
-    #[cfg(not(target_arch = "x86_64"))]
-    let needs_sums = false;
-    let sums: Vec<f32> = if needs_sums {
-        x.chunks_exact(32).map(|b| b.iter().sum()).collect()
-    } else {
-        Vec::new()
-    };
     let task = |cols: std::ops::Range<usize>| {
         if tiled {
             tile(
@@ -129,7 +118,7 @@ pub(crate) fn matmul(
                 // and column j belongs to this task alone.
                 unsafe { *y_ptr.at(r * out + j) = v };
             };
-            dots(spec.quant, wrow, x, &sums, rows, inp, kernel, &mut put);
+            dots(spec.quant, wrow, x, rows, inp, kernel, &mut put);
         }
     };
     let threads = workers.threads();
@@ -155,12 +144,10 @@ pub(crate) fn matmul(
 }
 
 /// The dot products of weight row `wrow` with every activation row.
-#[allow(clippy::too_many_arguments)]
 fn dots(
     quant: QuantType,
     wrow: &[u8],
     x: &[f32],
-    sums: &[f32],
     rows: usize,
     inp: usize,
     kernel: Kernel,
@@ -173,9 +160,7 @@ fn dots(
         match kernel {
             #[cfg(target_arch = "x86_64")]
             k @ (Kernel::Avx512 | Kernel::Avx2) if small_blocks => {
-                let nb = inp / 32;
                 let xr = |i: usize| &x[(r + i) * inp..(r + i + 1) * inp];
-                let sr = |i: usize| &sums[(r + i) * nb..(r + i + 1) * nb];
                 let mut emit = |vals: &[f32]| {
                     for (i, &val) in vals.iter().enumerate() {
                         put(r + i, val);
@@ -192,7 +177,7 @@ fn dots(
                             let v = if k == Kernel::Avx512 {
                                 x86_512::dot_rows(quant, wrow, [$(xr($i)),+])
                             } else {
-                                x86::dot_rows(quant, wrow, [$(xr($i)),+], [$(sr($i)),+])
+                                x86::dot_rows(quant, wrow, [$(xr($i)),+])
                             };
                             vals[..v.len()].copy_from_slice(&v);
                         }
@@ -488,16 +473,10 @@ mod tests {
             let rows: Vec<Vec<f32>> = (0..4)
                 .map(|_| (0..nb * 32).map(|_| rng.signed_unit_f32() * 3.0).collect())
                 .collect();
-            let sums: Vec<Vec<f32>> = rows
-                .iter()
-                .map(|x| x.chunks(32).map(|b| b.iter().sum()).collect())
-                .collect();
             let x = |i: usize| rows[i].as_slice();
-            let s = |i: usize| sums[i].as_slice();
             // SAFETY: checked available() above; lengths agree.
             let xs = [x(0), x(1), x(2), x(3)];
-            let ss = [s(0), s(1), s(2), s(3)];
-            let mut all = vec![unsafe { x86::dot_rows(quant, &w, xs, ss) }];
+            let mut all = vec![unsafe { x86::dot_rows(quant, &w, xs) }];
             if x86_512::available() {
                 // SAFETY: checked available(); lengths agree.
                 all.push(unsafe { x86_512::dot_rows(quant, &w, xs) });

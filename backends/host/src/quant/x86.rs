@@ -1,10 +1,8 @@
 //! AVX2 dot products of one quantized weight row (Q8_0, Q4_0, Q4_1) with
 //! up to four f32 activation rows at once: each 32-element block is
-//! widened to f32 in registers once for all of them, and
-//! `sum(x * (d q + m)) = d * sum(x q) + m * sum(x)` takes one FMA per
-//! block for the scale (the block sums of x are computed once per row).
-//! The activations stay f32, so results equal the f32 path up to the
-//! order of the additions. [`super::scalar`] computes the same, and the
+//! dequantized to f32 in registers once for all of them. The activations
+//! stay f32, so results equal the f32 path up to the order of the
+//! additions (and the rounding of `d q + m`). [`super::scalar`] computes the same, and the
 //! tests compare the two.
 
 use std::arch::x86_64::*;
@@ -18,49 +16,120 @@ pub(crate) fn available() -> bool {
         && is_x86_feature_detected!("f16c")
 }
 
-/// `out[r] = dot(w, xs[r])` for `R` activation rows; `sums[r][b]` is the
-/// sum of block `b` of `xs[r]`.
+/// `out[r] = dot(w, xs[r])` for `R` activation rows. Each block is
+/// dequantized in registers (`d q + m`, one FMA per 8 values; Q4_0's
+/// offset is `m = -8 d`) and multiplied into the rows' accumulators, with
+/// the format fixed per monomorphized loop and raw-pointer reads, so the
+/// loop has no branch but its own. One or two rows keep four independent
+/// FMA chains each (the decode case, where FMA latency would bind); three
+/// or four rows keep two each, so accumulators, the block's four weight
+/// vectors and an activation vector fit the 16 registers.
 ///
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C ([`available`]); `w` holds whole
-/// blocks of `quant` (Q8_0, Q4_0 or Q4_1), every row of `xs` 32 values per
-/// block and every row of `sums` one per block.
+/// blocks of `quant` (Q8_0, Q4_0 or Q4_1) and every row of `xs` 32 values
+/// per block.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn dot_rows<const R: usize>(
     quant: QuantType,
     w: &[u8],
     xs: [&[f32]; R],
-    sums: [&[f32]; R],
 ) -> [f32; R] {
-    let bb = quant.block_bytes();
+    // SAFETY: forwarded; each variant reads what dot_rows_as documents.
+    unsafe {
+        match quant {
+            QuantType::Q8_0 => dot_rows_as::<R, 0>(w, xs),
+            QuantType::Q4_0 => dot_rows_as::<R, 1>(w, xs),
+            _ => dot_rows_as::<R, 2>(w, xs),
+        }
+    }
+}
+
+/// `F`: 0 Q8_0, 1 Q4_0, 2 Q4_1.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_rows_as<const R: usize, const F: u8>(w: &[u8], xs: [&[f32]; R]) -> [f32; R] {
+    let bb = match F {
+        0 => 34,
+        1 => 18,
+        _ => 20,
+    };
     let nb = w.len() / bb;
-    let mut acc = [_mm256_setzero_ps(); R];
-    let mut offsets = [0.0f32; R];
+    let mut acc = [[_mm256_setzero_ps(); 4]; R];
+    let xp: [*const f32; R] = std::array::from_fn(|r| xs[r].as_ptr());
     for b in 0..nb {
-        let blk = &w[b * bb..(b + 1) * bb];
-        let d = _mm256_set1_ps(f16_at(blk, 0));
-        let offset = match quant {
-            QuantType::Q4_0 => -8.0 * f16_at(blk, 0),
-            QuantType::Q4_1 => f16_at(blk, 2),
-            _ => 0.0,
-        };
-        // SAFETY: blk holds one whole block of quant.
-        let q = unsafe { widen(quant, blk) };
-        for r in 0..R {
-            let x = unsafe { xs[r].as_ptr().add(32 * b) };
-            let mut t = _mm256_mul_ps(unsafe { _mm256_loadu_ps(x) }, q[0]);
-            t = _mm256_fmadd_ps(unsafe { _mm256_loadu_ps(x.add(8)) }, q[1], t);
-            t = _mm256_fmadd_ps(unsafe { _mm256_loadu_ps(x.add(16)) }, q[2], t);
-            t = _mm256_fmadd_ps(unsafe { _mm256_loadu_ps(x.add(24)) }, q[3], t);
-            acc[r] = _mm256_fmadd_ps(d, t, acc[r]);
-            offsets[r] += offset * sums[r][b];
+        // SAFETY: block b lies inside w; each x row holds 32 values per
+        // block.
+        unsafe {
+            let q = block::<F>(w.as_ptr().add(b * bb), bb);
+            for r in 0..R {
+                let x = xp[r].add(32 * b);
+                for (i, qi) in q.iter().enumerate() {
+                    let a = if R <= 2 { i } else { i & 1 };
+                    acc[r][a] = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(8 * i)), *qi, acc[r][a]);
+                }
+            }
         }
     }
     let mut out = [0.0f32; R];
     for r in 0..R {
-        out[r] = hsum(acc[r]) + offsets[r];
+        let a = _mm256_add_ps(
+            _mm256_add_ps(acc[r][0], acc[r][1]),
+            _mm256_add_ps(acc[r][2], acc[r][3]),
+        );
+        out[r] = hsum(a);
     }
     out
+}
+
+/// The block at `p` (`bb` bytes of format `F`) dequantized in registers:
+/// elements 0..8, 8..16, 16..24, 24..32 as `d q + m` (Q4_0: `m = -8 d`;
+/// Q8_0: `d q`). Both f16 scales of Q4_1 (`d`, `m`, adjacent) convert in
+/// one F16C op; Q8_0's quants widen straight from memory.
+///
+/// # Safety
+/// AVX2 as for [`dot_rows`]; `p..p + bb` is one block of format `F`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn block<const F: u8>(p: *const u8, bb: usize) -> [__m256; 4] {
+    // SAFETY: the block's bytes are readable (the caller's contract); every
+    // block is at least 18 bytes, so the first four are.
+    unsafe {
+        let scales = _mm_cvtph_ps(_mm_cvtsi32_si128(p.cast::<i32>().read_unaligned()));
+        let d = _mm256_broadcastss_ps(scales);
+        let q: [__m256; 4] = if F == 0 {
+            std::array::from_fn(|i| {
+                let bytes = _mm_loadl_epi64(p.add(2 + 8 * i).cast());
+                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes))
+            })
+        } else {
+            // Byte j of the 16 holds element j (low nibble) and j + 16
+            // (high nibble); widening each half of the bytes to 32-bit
+            // lanes straight from memory leaves both nibbles one mask or
+            // one shift away (no in-register byte shuffles).
+            let mask = _mm256_set1_epi32(0x0F);
+            let quants = p.add(bb - 16);
+            let a = _mm256_cvtepu8_epi32(_mm_loadl_epi64(quants.cast()));
+            let b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(quants.add(8).cast()));
+            [
+                _mm256_cvtepi32_ps(_mm256_and_si256(a, mask)),
+                _mm256_cvtepi32_ps(_mm256_and_si256(b, mask)),
+                _mm256_cvtepi32_ps(_mm256_srli_epi32(a, 4)),
+                _mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4)),
+            ]
+        };
+        match F {
+            0 => q.map(|qi| _mm256_mul_ps(qi, d)),
+            1 => {
+                let m = _mm256_mul_ps(d, _mm256_set1_ps(-8.0));
+                q.map(|qi| _mm256_fmadd_ps(qi, d, m))
+            }
+            _ => {
+                // Lane 1 of the converted pair is m.
+                let m = _mm256_broadcastss_ps(_mm_movehdup_ps(scales));
+                q.map(|qi| _mm256_fmadd_ps(qi, d, m))
+            }
+        }
+    }
 }
 
 /// The 32 quants of block `blk` as f32 (Q8_0: the signed values; Q4_0,
@@ -85,16 +154,17 @@ unsafe fn widen(quant: QuantType, blk: &[u8]) -> [__m256; 4] {
             _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8))),
         ]
     } else {
-        let raw = unsafe { _mm_loadu_si128(blk.as_ptr().add(bb - 16).cast()) };
-        let mask = _mm_set1_epi8(0x0F);
-        // Low nibbles are elements 0..16, high nibbles 16..32.
-        let lo = _mm_and_si128(raw, mask);
-        let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+        // As in `block`: each half of the bytes widened from memory, then
+        // the low nibbles masked and the high ones shifted down.
+        let quants = unsafe { blk.as_ptr().add(bb - 16) };
+        let a = _mm256_cvtepu8_epi32(unsafe { _mm_loadl_epi64(quants.cast()) });
+        let b = _mm256_cvtepu8_epi32(unsafe { _mm_loadl_epi64(quants.add(8).cast()) });
+        let mask = _mm256_set1_epi32(0x0F);
         [
-            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)),
-            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))),
-            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)),
-            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))),
+            _mm256_cvtepi32_ps(_mm256_and_si256(a, mask)),
+            _mm256_cvtepi32_ps(_mm256_and_si256(b, mask)),
+            _mm256_cvtepi32_ps(_mm256_srli_epi32(a, 4)),
+            _mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4)),
         ]
     }
 }
