@@ -477,6 +477,14 @@ mod tests {
             // SAFETY: checked available() above; lengths agree.
             let xs = [x(0), x(1), x(2), x(3)];
             let mut all = vec![unsafe { x86::dot_rows(quant, &w, xs) }];
+            // One and two rows take other accumulator layouts; padded to
+            // four with the four-row results so the check below indexes
+            // rows the same way.
+            // SAFETY: as above.
+            let one = unsafe { x86::dot_rows(quant, &w, [x(0)]) };
+            let two = unsafe { x86::dot_rows(quant, &w, [x(0), x(1)]) };
+            all.push([one[0], all[0][1], all[0][2], all[0][3]]);
+            all.push([two[0], two[1], all[0][2], all[0][3]]);
             if x86_512::available() {
                 // SAFETY: checked available(); lengths agree.
                 all.push(unsafe { x86_512::dot_rows(quant, &w, xs) });
