@@ -1,9 +1,10 @@
 //! AVX2 dot products of one quantized weight row (Q8_0, Q4_0, Q4_1) with
 //! up to four f32 activation rows at once: each 32-element block is
-//! dequantized to f32 in registers once for all of them. The activations
-//! stay f32, so results equal the f32 path up to the order of the
-//! additions (and the rounding of `d q + m`). [`super::scalar`] computes the same, and the
-//! tests compare the two.
+//! widened to f32 in registers once for all of them (Q4: dequantized as
+//! `d q + m`; Q8_0: its scale applied once per block, `d * sum(x q)`).
+//! The activations stay f32, so results equal the f32 path up to the
+//! order of the additions (and the rounding of `d q + m`).
+//! [`super::scalar`] computes the same, and the tests compare the two.
 
 use std::arch::x86_64::*;
 
@@ -16,14 +17,15 @@ pub(crate) fn available() -> bool {
         && is_x86_feature_detected!("f16c")
 }
 
-/// `out[r] = dot(w, xs[r])` for `R` activation rows. Each block is
-/// dequantized in registers (`d q + m`, one FMA per 8 values; Q4_0's
-/// offset is `m = -8 d`) and multiplied into the rows' accumulators, with
-/// the format fixed per monomorphized loop and raw-pointer reads, so the
-/// loop has no branch but its own. One or two rows keep four independent
-/// FMA chains each (the decode case, where FMA latency would bind); three
-/// or four rows keep two each, so accumulators, the block's four weight
-/// vectors and an activation vector fit the 16 registers.
+/// `out[r] = dot(w, xs[r])` for `R` activation rows, with the format fixed
+/// per monomorphized loop and raw-pointer reads, so the loop has no branch
+/// but its own. Q4 blocks are dequantized in registers ([`dequantized`]);
+/// Q8_0 has no offset, so its scale factors out of the block and
+/// `d * sum(x q)` saves the four multiplies that would dequantize it.
+/// One or two rows keep four independent FMA chains each (the decode case,
+/// where FMA latency would bind); three or four rows keep two each, so
+/// accumulators, the block's four weight vectors and an activation vector
+/// fit the 16 registers.
 ///
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C ([`available`]); `w` holds whole
@@ -48,30 +50,20 @@ pub(crate) unsafe fn dot_rows<const R: usize>(
 /// `F`: 0 Q8_0, 1 Q4_0, 2 Q4_1.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_rows_as<const R: usize, const F: u8>(w: &[u8], xs: [&[f32]; R]) -> [f32; R] {
-    let bb = match F {
-        0 => 34,
-        1 => 18,
-        _ => 20,
-    };
+    let bb = block_bytes::<F>();
     let nb = w.len() / bb;
     let mut acc = [[_mm256_setzero_ps(); 4]; R];
     let xp: [*const f32; R] = std::array::from_fn(|r| xs[r].as_ptr());
-    if F == 0 {
-        // Q8_0 has no offset, so the scale factors out of the block:
-        // `d * sum(x q)` saves the four multiplies that would dequantize
-        // it; consecutive blocks rotate over the accumulators so their
-        // scale FMAs do not wait on each other.
-        for b in 0..nb {
-            // SAFETY: as below.
-            unsafe {
-                let p = w.as_ptr().add(b * bb);
-                let d = _mm256_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(
-                    p.cast::<u16>().read_unaligned(),
-                )))));
-                let q: [__m256; 4] = std::array::from_fn(|i| {
-                    let bytes = _mm_loadl_epi64(p.add(2 + 8 * i).cast());
-                    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes))
-                });
+    for b in 0..nb {
+        // SAFETY: block b lies inside w; each x row holds 32 values per
+        // block.
+        unsafe {
+            let p = w.as_ptr().add(b * bb);
+            if F == 0 {
+                let d = _mm256_broadcastss_ps(scales(p));
+                let q = quants::<F>(p);
+                // Consecutive blocks rotate over the accumulators so their
+                // scale FMAs do not wait on each other.
                 let a = if R <= 2 { b & 3 } else { b & 1 };
                 for r in 0..R {
                     let x = xp[r].add(32 * b);
@@ -81,19 +73,14 @@ unsafe fn dot_rows_as<const R: usize, const F: u8>(w: &[u8], xs: [&[f32]; R]) ->
                     t = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(24)), q[3], t);
                     acc[r][a] = _mm256_fmadd_ps(d, t, acc[r][a]);
                 }
-            }
-        }
-    }
-    for b in 0..if F == 0 { 0 } else { nb } {
-        // SAFETY: block b lies inside w; each x row holds 32 values per
-        // block.
-        unsafe {
-            let q = block::<F>(w.as_ptr().add(b * bb), bb);
-            for r in 0..R {
-                let x = xp[r].add(32 * b);
-                for (i, qi) in q.iter().enumerate() {
-                    let a = if R <= 2 { i } else { i & 1 };
-                    acc[r][a] = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(8 * i)), *qi, acc[r][a]);
+            } else {
+                let q = dequantized::<F>(p);
+                for r in 0..R {
+                    let x = xp[r].add(32 * b);
+                    for (i, qi) in q.iter().enumerate() {
+                        let a = if R <= 2 { i } else { i & 1 };
+                        acc[r][a] = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(8 * i)), *qi, acc[r][a]);
+                    }
                 }
             }
         }
@@ -109,33 +96,53 @@ unsafe fn dot_rows_as<const R: usize, const F: u8>(w: &[u8], xs: [&[f32]; R]) ->
     out
 }
 
-/// The block at `p` (`bb` bytes of format `F`) dequantized in registers:
-/// elements 0..8, 8..16, 16..24, 24..32 as `d q + m` (Q4_0: `m = -8 d`;
-/// Q8_0: `d q`). Both f16 scales of Q4_1 (`d`, `m`, adjacent) convert in
-/// one F16C op; Q8_0's quants widen straight from memory.
+/// Bytes of one block of format `F` (0 Q8_0, 1 Q4_0, 2 Q4_1).
+const fn block_bytes<const F: u8>() -> usize {
+    match F {
+        0 => 34,
+        1 => 18,
+        _ => 20,
+    }
+}
+
+/// The block's first two f16s as f32 in lanes 0 and 1: `d`, and for Q4_1
+/// `m` (both convert in one F16C op; for the other formats lane 1 is
+/// meaningless).
 ///
 /// # Safety
-/// AVX2 as for [`dot_rows`]; `p..p + bb` is one block of format `F`.
+/// AVX2 as for [`dot_rows`]; `p` starts a block (every block is at least
+/// 18 bytes, so its first four are readable).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn block<const F: u8>(p: *const u8, bb: usize) -> [__m256; 4] {
-    // SAFETY: the block's bytes are readable (the caller's contract); every
-    // block is at least 18 bytes, so the first four are.
+unsafe fn scales(p: *const u8) -> __m128 {
+    // SAFETY: the caller's contract.
+    _mm_cvtph_ps(_mm_cvtsi32_si128(unsafe {
+        p.cast::<i32>().read_unaligned()
+    }))
+}
+
+/// The 32 quants of the block at `p` (format `F`) as f32 (Q8_0: the
+/// signed values; Q4_0, Q4_1: the nibbles 0..=15), elements 0..8, 8..16,
+/// 16..24, 24..32, each widened straight from memory. A Q4 byte `j` holds
+/// element `j` (low nibble) and `j + 16` (high nibble): widening each half
+/// of the 16 bytes to 32-bit lanes leaves both nibbles one mask or one
+/// shift away, with no in-register byte shuffles.
+///
+/// # Safety
+/// AVX2 as for [`dot_rows`]; `p..p + block_bytes::<F>()` is one block.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn quants<const F: u8>(p: *const u8) -> [__m256; 4] {
+    // SAFETY (loads): the quants end at the block's end.
     unsafe {
-        let scales = _mm_cvtph_ps(_mm_cvtsi32_si128(p.cast::<i32>().read_unaligned()));
-        let d = _mm256_broadcastss_ps(scales);
-        let q: [__m256; 4] = if F == 0 {
+        if F == 0 {
             std::array::from_fn(|i| {
                 let bytes = _mm_loadl_epi64(p.add(2 + 8 * i).cast());
                 _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes))
             })
         } else {
-            // Byte j of the 16 holds element j (low nibble) and j + 16
-            // (high nibble); widening each half of the bytes to 32-bit
-            // lanes straight from memory leaves both nibbles one mask or
-            // one shift away (no in-register byte shuffles).
             let mask = _mm256_set1_epi32(0x0F);
-            let quants = p.add(bb - 16);
+            let quants = p.add(block_bytes::<F>() - 16);
             let a = _mm256_cvtepu8_epi32(_mm_loadl_epi64(quants.cast()));
             let b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(quants.add(8).cast()));
             [
@@ -144,57 +151,29 @@ unsafe fn block<const F: u8>(p: *const u8, bb: usize) -> [__m256; 4] {
                 _mm256_cvtepi32_ps(_mm256_srli_epi32(a, 4)),
                 _mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4)),
             ]
-        };
-        match F {
-            0 => q.map(|qi| _mm256_mul_ps(qi, d)),
-            1 => {
-                let m = _mm256_mul_ps(d, _mm256_set1_ps(-8.0));
-                q.map(|qi| _mm256_fmadd_ps(qi, d, m))
-            }
-            _ => {
-                // Lane 1 of the converted pair is m.
-                let m = _mm256_broadcastss_ps(_mm_movehdup_ps(scales));
-                q.map(|qi| _mm256_fmadd_ps(qi, d, m))
-            }
         }
     }
 }
 
-/// The 32 quants of block `blk` as f32 (Q8_0: the signed values; Q4_0,
-/// Q4_1: the nibbles 0..=15), elements 0..8, 8..16, 16..24, 24..32.
+/// The Q4 block at `p` (`F` 1 Q4_0, 2 Q4_1) dequantized in registers as
+/// `d q + m` (Q4_0: `m = -8 d`), one FMA per 8 values.
 ///
 /// # Safety
-/// AVX2 as for [`dot_rows`]; `blk` is one whole block of `quant` (Q8_0,
-/// Q4_0 or Q4_1).
+/// AVX2 as for [`dot_rows`]; `p..p + block_bytes::<F>()` is one block.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn widen(quant: QuantType, blk: &[u8]) -> [__m256; 4] {
-    let bb = quant.block_bytes();
-    debug_assert_eq!(blk.len(), bb);
-    // SAFETY (loads): blk holds bb bytes and the quants end at bb.
-    if quant == QuantType::Q8_0 {
-        let p = unsafe { blk.as_ptr().add(2) };
-        let lo = unsafe { _mm_loadu_si128(p.cast()) };
-        let hi = unsafe { _mm_loadu_si128(p.add(16).cast()) };
-        [
-            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)),
-            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8))),
-            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)),
-            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8))),
-        ]
+#[inline]
+unsafe fn dequantized<const F: u8>(p: *const u8) -> [__m256; 4] {
+    debug_assert!(F != 0, "Q8_0 is scaled per block, not dequantized");
+    // SAFETY: the caller's contract.
+    let (s, q) = unsafe { (scales(p), quants::<F>(p)) };
+    let d = _mm256_broadcastss_ps(s);
+    let m = if F == 1 {
+        _mm256_mul_ps(d, _mm256_set1_ps(-8.0))
     } else {
-        // As in `block`: each half of the bytes widened from memory, then
-        // the low nibbles masked and the high ones shifted down.
-        let quants = unsafe { blk.as_ptr().add(bb - 16) };
-        let a = _mm256_cvtepu8_epi32(unsafe { _mm_loadl_epi64(quants.cast()) });
-        let b = _mm256_cvtepu8_epi32(unsafe { _mm_loadl_epi64(quants.add(8).cast()) });
-        let mask = _mm256_set1_epi32(0x0F);
-        [
-            _mm256_cvtepi32_ps(_mm256_and_si256(a, mask)),
-            _mm256_cvtepi32_ps(_mm256_and_si256(b, mask)),
-            _mm256_cvtepi32_ps(_mm256_srli_epi32(a, 4)),
-            _mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4)),
-        ]
-    }
+        // Lane 1 of the converted pair is m.
+        _mm256_broadcastss_ps(_mm_movehdup_ps(s))
+    };
+    q.map(|qi| _mm256_fmadd_ps(qi, d, m))
 }
 
 /// Dequantize whole blocks of `quant` (Q8_0, Q4_0 or Q4_1) onto `out`
@@ -209,7 +188,13 @@ pub(crate) unsafe fn dequantize(quant: QuantType, w: &[u8], out: &mut [f32]) {
     for (blk, o) in w.chunks_exact(bb).zip(out.chunks_exact_mut(32)) {
         let d = _mm256_set1_ps(f16_at(blk, 0));
         // SAFETY: blk is one whole block.
-        let q = unsafe { widen(quant, blk) };
+        let q = unsafe {
+            match quant {
+                QuantType::Q8_0 => quants::<0>(blk.as_ptr()),
+                QuantType::Q4_0 => quants::<1>(blk.as_ptr()),
+                _ => quants::<2>(blk.as_ptr()),
+            }
+        };
         let eight = _mm256_set1_ps(8.0);
         let m = _mm256_set1_ps(if quant == QuantType::Q4_1 {
             f16_at(blk, 2)
