@@ -80,8 +80,10 @@ fn attend_one(
 }
 
 /// Causal attention over grouped kv heads (see [`CausalAttentionSpec`]);
-/// the rows of `out` (one per sequence and query token) are split over up
-/// the device's thread pool.
+/// the (query row, head) pairs, one `head_dim` slice of `out` each, are
+/// split over the device's thread pool: a decode step of one sequence has
+/// a single query row, so splitting rows alone would leave the other
+/// threads waiting.
 pub(crate) fn attention_causal(
     spec: &CausalAttentionSpec,
     q: &[f32],
@@ -91,34 +93,35 @@ pub(crate) fn attention_causal(
     out: &mut [f32],
     workers: &crate::workers::Workers,
 ) {
-    let qw = spec.q_width();
-    let rows = spec.batch * spec.q_len;
-    let work = |first_row: usize, out: &mut [f32]| {
+    let (qw, dh) = (spec.q_width(), spec.head_dim);
+    let heads = spec.heads;
+    let units = spec.batch * spec.q_len * heads;
+    // Units first..first + out.len() / dh; unit u is row u / heads, head
+    // u % heads, and its output is out[u * dh..][..dh].
+    let work = |first: usize, out: &mut [f32]| {
         let mut scores = vec![0.0f32; spec.max_len];
-        for (i, orow) in out.chunks_mut(qw).enumerate() {
-            let r = first_row + i;
+        for (i, o) in out.chunks_mut(dh).enumerate() {
+            let (r, h) = ((first + i) / heads, (first + i) % heads);
             let (b, t) = (r / spec.q_len, r % spec.q_len);
             let pos = lens[b] as usize - spec.q_len + t;
-            let qrow = &q[r * qw..][..qw];
-            for (h, o) in orow.chunks_mut(spec.head_dim).enumerate() {
-                let qh = &qrow[h * spec.head_dim..][..spec.head_dim];
-                attend_one(spec, qh, k, v, b, h / spec.group(), pos, &mut scores, o);
-            }
+            let qh = &q[r * qw + h * dh..][..dh];
+            attend_one(spec, qh, k, v, b, h / spec.group(), pos, &mut scores, o);
         }
     };
-    // Work grows with rows x attended positions; the pool pays off only
-    // for prefill blocks and large batches.
-    let threads = workers.threads().min(rows).max(1);
-    if threads == 1 || rows * spec.max_len * qw < 1 << 16 {
+    // Work grows with query rows x attended positions; the pool pays off
+    // from a few thousand multiply-adds per thread.
+    let attended: usize = lens.iter().map(|&l| l as usize).sum::<usize>() * spec.q_len;
+    let threads = workers.threads().min(units).max(1);
+    if threads == 1 || attended * qw < 1 << 14 {
         work(0, out);
         return;
     }
-    let per = rows.div_ceil(threads * 2);
+    let per = units.div_ceil(threads * 2);
     let (out_len, out_ptr) = (out.len(), crate::workers::SharedOut::new(out));
-    workers.run(rows.div_ceil(per), |c| {
-        let start = c * per * qw;
-        let end = ((c + 1) * per * qw).min(out_len);
-        // SAFETY: task c owns out[start..end] alone (disjoint row ranges),
+    workers.run(units.div_ceil(per), |c| {
+        let start = c * per * dh;
+        let end = ((c + 1) * per * dh).min(out_len);
+        // SAFETY: task c owns out[start..end] alone (disjoint unit ranges),
         // and `out` is borrowed mutably for the whole run.
         let part = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(start), end - start) };
         work(c * per, part);

@@ -3,8 +3,14 @@
 //! tensor bytes. The weights are dequantized inside the kernel and the
 //! activations stay f32, so the results equal the f32 path's up to the
 //! order of the additions (no 8-bit rounding of the activations: it moved
-//! SmolLM2's logits by up to 0.1, enough to change a greedy answer).
+//! SmolLM2's logits by up to 0.1, enough to change a greedy answer) --
+//! except for one activation row on AVX2-only CPUs:
 //!
+//! - One activation row (decode of one sequence) on AVX2-only CPUs: the
+//!   row is rounded to 16 bits per block once, and each task runs its
+//!   range of weight rows through `vpmaddwd` in one call ([`x86_i16`]:
+//!   about a third fewer instructions per block; logits move by at most
+//!   a few thousandths).
 //! - Few activation rows (decode): each task takes a range of weight rows
 //!   and computes their dot products with up to four activation rows at
 //!   a time, so each block is widened once for four sequences (AVX2 for
@@ -24,6 +30,8 @@ pub(crate) mod scalar;
 pub(crate) mod x86;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86_512;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86_i16;
 
 use hetero_core::{QuantMatmulSpec, QuantType};
 
@@ -83,6 +91,46 @@ pub(crate) fn matmul(
     workers: &crate::workers::Workers,
     kernel: Kernel,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Kernel::Avx2 && spec.rows == 1 && spec.quant.block_elems() == 32 {
+        // One sequence on an AVX2-only CPU: the activations rounded to 16
+        // bits (x86_i16), once here for all tasks, into a buffer this
+        // thread keeps. AVX-512 CPUs keep f32 activations (16-bit
+        // products there are unmeasured), and so do two or more rows
+        // (measured slower rounded).
+        ROUNDED.with_borrow_mut(|x16| {
+            // SAFETY: Kernel::Avx2 is only chosen when x86::available().
+            unsafe { x16.quantize(x) };
+            run(spec, x, Some(x16), w, y, workers, kernel);
+        });
+        return;
+    }
+    run(spec, x, None, w, y, workers, kernel);
+}
+
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    /// The activation row of this thread's last one-row product, rounded.
+    static ROUNDED: std::cell::RefCell<x86_i16::Rounded> = Default::default();
+}
+
+/// The activation row rounded to 16 bits: on AVX2-only CPUs, for one row.
+#[cfg(target_arch = "x86_64")]
+type RoundedRow<'a> = Option<&'a x86_i16::Rounded>;
+#[cfg(not(target_arch = "x86_64"))]
+type RoundedRow<'a> = Option<&'a ()>;
+
+/// [`matmul`], with the one activation row also given rounded (`x16`,
+/// from `x`) where the 16-bit kernel runs.
+fn run(
+    spec: &QuantMatmulSpec,
+    x: &[f32],
+    x16: RoundedRow<'_>,
+    w: &[u8],
+    y: &mut [f32],
+    workers: &crate::workers::Workers,
+    kernel: Kernel,
+) {
     let (rows, out, inp) = (spec.rows, spec.out, spec.inp);
     if rows == 0 || out == 0 {
         return;
@@ -109,6 +157,27 @@ pub(crate) fn matmul(
                 unsafe { *y_ptr.at(r * out + j) = v };
             };
             dequantized_rows(spec, x, w, row_bytes, cols, kernel, put);
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(x16) = x16 {
+            // One sequence: y is one row, and this task's columns are its
+            // own slice of it.
+            // SAFETY: cols lies inside 0..out = y, and belongs to this
+            // task alone while y is borrowed mutably for the whole run.
+            let ys = unsafe { std::slice::from_raw_parts_mut(y_ptr.at(cols.start), cols.len()) };
+            // SAFETY: x16 is only given for Kernel::Avx2, chosen only when
+            // x86::available(); it was rounded from x, one block of
+            // activations per block of each weight row.
+            unsafe {
+                x86_i16::dot_range(
+                    spec.quant,
+                    &w[cols.start * row_bytes..cols.end * row_bytes],
+                    row_bytes,
+                    x16,
+                    ys,
+                );
+            }
             return;
         }
         for j in cols {
@@ -497,6 +566,98 @@ mod tests {
                     (g - want).abs() <= 1e-5 * abs + 1e-6,
                     "case {case} {quant} row {i}: {g} vs {want}"
                 );
+            }
+        }
+    }
+
+    /// The 16-bit kernel against the f64 product of the exact weights
+    /// with the *unrounded* activations: the error may be the f32 path's
+    /// plus at most half a step per element (`sum |w| step / 2` per
+    /// block), and no more.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn i16_dot_range_matches_f64_reference_within_the_rounding() {
+        if !x86::available() {
+            eprintln!("skipped: this CPU lacks AVX2/FMA/F16C");
+            return;
+        }
+        let mut rng = SplitMix64::new(23);
+        for case in 0..300 {
+            let quant = [QuantType::Q8_0, QuantType::Q4_0, QuantType::Q4_1][case % 3];
+            let nb = 1 + rng.below(50);
+            let n_rows = 1 + rng.below(5);
+            let w = random_quant_blocks(quant, nb * n_rows, rng.next_u64());
+            let row_bytes = w.len() / n_rows;
+            let k = nb * 32;
+            // Magnitudes from 0.01 to 200, some with a block of zeros or
+            // one outlier.
+            let scale = [3.0, 0.01, 200.0, 1.0][case % 4];
+            let mut x: Vec<f32> = (0..k)
+                .map(|i| {
+                    if case % 5 == 0 && i < 32 {
+                        0.0
+                    } else {
+                        rng.signed_unit_f32() * scale
+                    }
+                })
+                .collect();
+            if case % 7 == 0 {
+                x[rng.below(k)] = 100.0 * scale;
+            }
+            let mut x16 = x86_i16::Rounded::default();
+            let mut got = vec![0.0f32; n_rows];
+            // SAFETY: checked available() above; n_rows rows of row_bytes,
+            // k values for each.
+            unsafe {
+                x16.quantize(&x);
+                x86_i16::dot_range(quant, &w, row_bytes, &x16, &mut got);
+            }
+            for (j, &g) in got.iter().enumerate() {
+                let wrow = &w[j * row_bytes..(j + 1) * row_bytes];
+                let (want, abs) = reference(quant, wrow, &x);
+                let mut dense = Vec::new();
+                quant.dequantize(wrow, &mut dense);
+                let rounding: f64 = dense
+                    .chunks_exact(32)
+                    .zip(x.chunks_exact(32))
+                    .map(|(wb, xb)| {
+                        let amax = xb.iter().fold(0.0f64, |m, &v| m.max(f64::from(v).abs()));
+                        let w1: f64 = wb.iter().map(|&v| f64::from(v).abs()).sum();
+                        w1 * amax / 32767.0 * 0.5
+                    })
+                    .sum();
+                let g = f64::from(g);
+                assert!(
+                    (g - want).abs() <= 1.01 * rounding + 1e-5 * abs + 1e-6,
+                    "case {case} {quant} row {j}: {g} vs {want} (rounding bound {rounding})"
+                );
+            }
+        }
+    }
+
+    /// A non-finite activation makes its products non-finite, as on the
+    /// f32 path, instead of being rounded to an integer.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn i16_rounding_keeps_non_finite_values_visible() {
+        if !x86::available() {
+            eprintln!("skipped: this CPU lacks AVX2/FMA/F16C");
+            return;
+        }
+        for quant in [QuantType::Q8_0, QuantType::Q4_0, QuantType::Q4_1] {
+            let w = random_quant_blocks(quant, 2, 3);
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                let mut x = vec![0.5f32; 64];
+                x[40] = bad;
+                let mut x16 = x86_i16::Rounded::default();
+                let mut v = [0.0f32];
+                // SAFETY: checked available() above; one row of two
+                // blocks.
+                unsafe {
+                    x16.quantize(&x);
+                    x86_i16::dot_range(quant, &w, w.len(), &x16, &mut v);
+                }
+                assert!(!v[0].is_finite(), "{quant} {bad}: got {}", v[0]);
             }
         }
     }
