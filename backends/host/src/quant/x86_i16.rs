@@ -193,9 +193,9 @@ unsafe fn weights<const F: u8>(p: *const u8) -> (__m256i, __m256i) {
 /// The dot product of one weight row (format `F`: 0 Q8_0, 1 Q4_0, 2
 /// Q4_1) with `x`. Per block: the weights widened to two vectors of 16
 /// `i16`, two `vpmaddwd`, one add, one conversion and one FMA by
-/// `d * step`, the FMAs of consecutive blocks rotating over four
-/// accumulators so they do not wait on each other. Q4_1's `m * sum(x)`
-/// goes to a second accumulator, lane 1 of `[d, m] * [step, sum]`.
+/// `d * step`, consecutive blocks rotating over four accumulators so
+/// their FMAs (and Q4_1's adds) do not wait on each other. Q4_1's
+/// `m * sum(x)` goes to a second set, lane 1 of `[d, m] * [step, sum]`.
 ///
 /// # Safety
 /// AVX2 as for [`dot_range`]; `w` is whole blocks of `F` and `x` holds
@@ -207,8 +207,11 @@ unsafe fn dot_row<const F: u8>(w: &[u8], x: &Rounded) -> f32 {
     let nb = w.len() / bb;
     debug_assert!(x.scales.len() >= nb);
     let mut acc = [_mm256_setzero_ps(); 4];
-    let mut offset = _mm_setzero_ps();
-    for b in 0..nb {
+    let mut offset = [_mm_setzero_ps(); 4];
+    // Block b into accumulator k: four blocks per step with constant k, so
+    // the accumulators stay in registers (an index computed per block sent
+    // them through the stack).
+    let mut step = |b: usize, k: usize| {
         // SAFETY: block b lies inside w; x holds 32 values and one
         // [step, sum] pair per block.
         unsafe {
@@ -223,19 +226,30 @@ unsafe fn dot_row<const F: u8>(w: &[u8], x: &Rounded) -> f32 {
             let ss = _mm_castpd_ps(_mm_load_sd(x.scales.as_ptr().add(b).cast()));
             let t = if F == 2 {
                 let t = _mm_mul_ps(dm, ss);
-                offset = _mm_add_ps(offset, t);
+                offset[k] = _mm_add_ps(offset[k], t);
                 t
             } else {
                 _mm_mul_ss(dm, ss)
             };
-            acc[b & 3] =
-                _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_broadcastss_ps(t), acc[b & 3]);
+            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_broadcastss_ps(t), acc[k]);
         }
+    };
+    for g in 0..nb / 4 {
+        for k in 0..4 {
+            step(4 * g + k, k);
+        }
+    }
+    for b in nb / 4 * 4..nb {
+        step(b, b % 4);
     }
     let a = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
     let mut out = super::x86::hsum(a);
     if F == 2 {
-        out += _mm_cvtss_f32(_mm_movehdup_ps(offset));
+        let o = _mm_add_ps(
+            _mm_add_ps(offset[0], offset[1]),
+            _mm_add_ps(offset[2], offset[3]),
+        );
+        out += _mm_cvtss_f32(_mm_movehdup_ps(o));
     }
     out
 }
