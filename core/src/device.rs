@@ -414,8 +414,11 @@ pub trait Device: Send + Sync + fmt::Debug + 'static {
 
     /// `y = x W^T` with f32 `x` and `y` and the weights `w` in their block
     /// layout (a `U8` buffer, see [`QuantMatmulSpec`]), dequantized inside
-    /// the kernel; `x` stays f32 (the device suite allows f32 summation's
-    /// error only, so results match the f32 path's).
+    /// the kernel. `x` may be rounded to 16-bit integers per 32 values
+    /// (step `max |x| / 32767` of the block) and no coarser: the device
+    /// suite allows f32 summation's error plus that rounding's, so results
+    /// match the f32 path's within a few thousandths of a logit (8-bit
+    /// rounding moved SmolLM2's logits by 0.1 and fails the suite).
     fn matmul_quant(
         &self,
         spec: &QuantMatmulSpec,
