@@ -166,8 +166,11 @@ fn host_split(path: &str, ranges: &[Range<usize>]) -> Result<(), Failed> {
         }
     }
     // Micro-batches change the row blocking of the quantized products,
-    // hence the order of some sums: rounding, not a different result.
-    if worst > 1e-3 {
+    // hence the order of some sums, and a one-row micro-batch takes
+    // activations rounded to 16 bits on AVX2-only CPUs (matmul_quant's
+    // contract; SmolLM2's logits within 0.006 of the f64 reference):
+    // rounding, not a different result.
+    if worst > 0.02 {
         return Err(format!("batched logits differ by up to {worst}").into());
     }
 
