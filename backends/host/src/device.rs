@@ -694,7 +694,7 @@ impl Device for HostDevice {
         check_same_shape(gate, up, "silu_mul")?;
         let u = up.typed::<f32>()?;
         let g = gate.typed_mut::<f32>()?;
-        llama::silu_mul(g, u);
+        llama::silu_mul(g, u, &self.inner.workers);
         Ok(())
     }
 

@@ -21,6 +21,8 @@ mod link;
 mod llama;
 mod quant;
 mod system;
+#[cfg(target_arch = "x86_64")]
+mod vexp;
 mod workers;
 
 pub use buffer::HostBuffer;

@@ -49,7 +49,7 @@ pub(crate) fn rope(spec: &RopeSpec, x: &mut [f32], positions: &[u32], inv_freq: 
 /// enough for the compiler to vectorize either way.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn attend_one(
+fn attend_one<const AVX2: bool>(
     spec: &CausalAttentionSpec,
     qrow: &[f32],
     k: &[f32],
@@ -68,11 +68,16 @@ fn attend_one(
         *score = dot8(qrow, krow) * scale;
         max = max.max(*score);
     }
-    let mut z = 0.0f32;
-    for score in &mut scores[..=pos] {
-        *score = (*score - max).exp();
-        z += *score;
-    }
+    #[cfg(target_arch = "x86_64")]
+    let z = if AVX2 {
+        // SAFETY: AVX2 is only set by attend_one_avx2, whose caller
+        // checked the CPU.
+        unsafe { exp_shifted_avx2(&mut scores[..=pos], max) }
+    } else {
+        exp_shifted(&mut scores[..=pos], max)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let z = exp_shifted(&mut scores[..=pos], max);
     o.iter_mut().for_each(|x| *x = 0.0);
     for (s, &p) in scores[..=pos].iter().enumerate() {
         let vrow = &v[(b * spec.max_len + s) * kw + kvh * dh..][..dh];
@@ -101,7 +106,43 @@ unsafe fn attend_one_avx2(
     scores: &mut [f32],
     o: &mut [f32],
 ) {
-    attend_one(spec, qrow, k, v, b, kvh, pos, scores, o);
+    attend_one::<true>(spec, qrow, k, v, b, kvh, pos, scores, o);
+}
+
+/// `s = e^(s - max)` for every score; returns their sum.
+fn exp_shifted(scores: &mut [f32], max: f32) -> f32 {
+    let mut z = 0.0f32;
+    for score in scores {
+        *score = (*score - max).exp();
+        z += *score;
+    }
+    z
+}
+
+/// [`exp_shifted`] eight scores at a time with [`crate::vexp::exp8`].
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_shifted_avx2(scores: &mut [f32], max: f32) -> f32 {
+    use std::arch::x86_64::*;
+    let n = scores.len();
+    let m = _mm256_set1_ps(max);
+    let mut acc = _mm256_setzero_ps();
+    for i in (0..n / 8 * 8).step_by(8) {
+        // SAFETY: i + 8 <= n.
+        unsafe {
+            let p = scores.as_mut_ptr().add(i);
+            let e = crate::vexp::exp8(_mm256_sub_ps(_mm256_loadu_ps(p), m));
+            _mm256_storeu_ps(p, e);
+            acc = _mm256_add_ps(acc, e);
+        }
+    }
+    let mut lanes = [0.0f32; 8];
+    // SAFETY: lanes holds eight f32.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+    lanes.iter().sum::<f32>() + exp_shifted(&mut scores[n / 8 * 8..], max)
 }
 
 /// Dot product with eight independent accumulators (the sum of
@@ -155,7 +196,7 @@ pub(crate) fn attention_causal(
                 unsafe { attend_one_avx2(spec, qh, k, v, b, kvh, pos, &mut scores, o) };
                 continue;
             }
-            attend_one(spec, qh, k, v, b, kvh, pos, &mut scores, o);
+            attend_one::<false>(spec, qh, k, v, b, kvh, pos, &mut scores, o);
         }
     };
     // Work grows with query rows x attended positions; the pool pays off
@@ -179,8 +220,63 @@ pub(crate) fn attention_causal(
 }
 
 /// `gate[i] = silu(gate[i]) * up[i]`.
-pub(crate) fn silu_mul(gate: &mut [f32], up: &[f32]) {
+/// Split over the device's thread pool from [`SILU_PARALLEL_MIN`] values
+/// (a batch of 8 sequences of SmolLM2 is 12,288: one `exp` each ran on the
+/// calling thread alone while the pool waited).
+pub(crate) fn silu_mul(gate: &mut [f32], up: &[f32], workers: &crate::workers::Workers) {
+    let n = gate.len();
+    let threads = workers.threads();
+    if threads == 1 || n < SILU_PARALLEL_MIN {
+        silu_mul_part(gate, up);
+        return;
+    }
+    let per = n.div_ceil(threads * 2);
+    let out = crate::workers::SharedOut::new(gate);
+    workers.run(n.div_ceil(per), |c| {
+        let (start, end) = (c * per, ((c + 1) * per).min(n));
+        // SAFETY: task c owns gate[start..end] alone (disjoint ranges),
+        // and `gate` is borrowed mutably for the whole run.
+        let g = unsafe { std::slice::from_raw_parts_mut(out.at(start), end - start) };
+        silu_mul_part(g, &up[start..end]);
+    });
+}
+
+/// Values of a [`silu_mul`] from which the pool shares the work.
+const SILU_PARALLEL_MIN: usize = 4096;
+
+fn silu_mul_part(gate: &mut [f32], up: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::vexp::available() {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        unsafe { silu_mul_avx2(gate, up) };
+        return;
+    }
     for (g, &u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// [`silu_mul_part`] eight values at a time with [`crate::vexp::exp8`].
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn silu_mul_avx2(gate: &mut [f32], up: &[f32]) {
+    use std::arch::x86_64::*;
+    let n = gate.len().min(up.len());
+    let one = _mm256_set1_ps(1.0);
+    for i in (0..n / 8 * 8).step_by(8) {
+        // SAFETY: i + 8 <= n, inside both slices.
+        unsafe {
+            let g = _mm256_loadu_ps(gate.as_ptr().add(i));
+            let u = _mm256_loadu_ps(up.as_ptr().add(i));
+            let e = crate::vexp::exp8(_mm256_sub_ps(_mm256_setzero_ps(), g));
+            let y = _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)), u);
+            _mm256_storeu_ps(gate.as_mut_ptr().add(i), y);
+        }
+    }
+    for (g, &u) in gate[n / 8 * 8..n].iter_mut().zip(&up[n / 8 * 8..n]) {
         *g = *g / (1.0 + (-*g).exp()) * u;
     }
 }

@@ -240,36 +240,11 @@ pub(crate) unsafe fn dot_block<const R: usize, const C: usize>(
         }
     }
     let mut out = [[0.0f32; C]; R];
-    if R == 4 {
-        // Four rows' sums of one column in one reduction (a horizontal
-        // sum per accumulator cost about a tenth of a 576-long call).
-        for c in 0..C {
-            let v = hsum4([acc[0][c], acc[1][c], acc[2][c], acc[3][c]]);
-            for (r, row) in out.iter_mut().enumerate() {
-                row[c] = v[r];
-            }
-        }
-        return out;
-    }
     for r in 0..R {
         for c in 0..C {
             out[r][c] = hsum(acc[r][c]);
         }
     }
-    out
-}
-
-/// The lane sums of four vectors, `[sum a[0], .., sum a[3]]`.
-#[target_feature(enable = "avx2,fma,f16c")]
-fn hsum4(a: [__m256; 4]) -> [f32; 4] {
-    // [a0 a1 b0 b1 | a2 a3 b2 b3] pairwise, then [a b c d] per half.
-    let ab = _mm256_hadd_ps(a[0], a[1]);
-    let cd = _mm256_hadd_ps(a[2], a[3]);
-    let abcd = _mm256_hadd_ps(ab, cd);
-    let s = _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
-    let mut out = [0.0f32; 4];
-    // SAFETY: out holds four f32.
-    unsafe { _mm_storeu_ps(out.as_mut_ptr(), s) };
     out
 }
 
