@@ -14,6 +14,8 @@
 //! What this crate must not do: depend on any other backend, or assume a link
 //! or throughput figure instead of measuring it.
 
+#[cfg(target_arch = "x86_64")]
+mod attention_x86;
 mod buffer;
 mod device;
 mod gemv;

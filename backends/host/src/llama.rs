@@ -44,12 +44,10 @@ pub(crate) fn rope(spec: &RopeSpec, x: &mut [f32], positions: &[u32], inv_freq: 
 
 /// Causal attention of one query row `qrow` (head `kvh`'s keys and values
 /// of sequence `b`, positions `0..=pos`) into `o`; `scores` is scratch.
-/// Compiled twice: for any x86-64 / other CPU, and with AVX2 and FMA
-/// where the CPU has them ([`attend_one_avx2`]), the loops being plain
-/// enough for the compiler to vectorize either way.
+/// The portable loop; AVX2 CPUs run `attention_x86::attend` instead
+/// where the head size is a multiple of 8.
 #[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn attend_one<const AVX2: bool>(
+fn attend_one(
     spec: &CausalAttentionSpec,
     qrow: &[f32],
     k: &[f32],
@@ -68,15 +66,6 @@ fn attend_one<const AVX2: bool>(
         *score = dot8(qrow, krow) * scale;
         max = max.max(*score);
     }
-    #[cfg(target_arch = "x86_64")]
-    let z = if AVX2 {
-        // SAFETY: AVX2 is only set by attend_one_avx2, whose caller
-        // checked the CPU.
-        unsafe { exp_shifted_avx2(&mut scores[..=pos], max) }
-    } else {
-        exp_shifted(&mut scores[..=pos], max)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
     let z = exp_shifted(&mut scores[..=pos], max);
     o.iter_mut().for_each(|x| *x = 0.0);
     for (s, &p) in scores[..=pos].iter().enumerate() {
@@ -86,27 +75,6 @@ fn attend_one<const AVX2: bool>(
             *x += w * y;
         }
     }
-}
-
-/// [`attend_one`] compiled with AVX2 and FMA.
-///
-/// # Safety
-/// The CPU must have AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn attend_one_avx2(
-    spec: &CausalAttentionSpec,
-    qrow: &[f32],
-    k: &[f32],
-    v: &[f32],
-    b: usize,
-    kvh: usize,
-    pos: usize,
-    scores: &mut [f32],
-    o: &mut [f32],
-) {
-    attend_one::<true>(spec, qrow, k, v, b, kvh, pos, scores, o);
 }
 
 /// `s = e^(s - max)` for every score; returns their sum.
@@ -119,35 +87,8 @@ fn exp_shifted(scores: &mut [f32], max: f32) -> f32 {
     z
 }
 
-/// [`exp_shifted`] eight scores at a time with [`crate::vexp::exp8`].
-///
-/// # Safety
-/// The CPU must have AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn exp_shifted_avx2(scores: &mut [f32], max: f32) -> f32 {
-    use std::arch::x86_64::*;
-    let n = scores.len();
-    let m = _mm256_set1_ps(max);
-    let mut acc = _mm256_setzero_ps();
-    for i in (0..n / 8 * 8).step_by(8) {
-        // SAFETY: i + 8 <= n.
-        unsafe {
-            let p = scores.as_mut_ptr().add(i);
-            let e = crate::vexp::exp8(_mm256_sub_ps(_mm256_loadu_ps(p), m));
-            _mm256_storeu_ps(p, e);
-            acc = _mm256_add_ps(acc, e);
-        }
-    }
-    let mut lanes = [0.0f32; 8];
-    // SAFETY: lanes holds eight f32.
-    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
-    lanes.iter().sum::<f32>() + exp_shifted(&mut scores[n / 8 * 8..], max)
-}
-
 /// Dot product with eight independent accumulators (the sum of
-/// `gemv::dot`), inlined into each compilation of [`attend_one`].
-#[inline(always)]
+/// `gemv::dot`).
 fn dot8(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let (a8, a_tail) = a.split_at(a.len() / 8 * 8);
@@ -181,7 +122,8 @@ pub(crate) fn attention_causal(
     // Units first..first + out.len() / dh; unit u is row u / heads, head
     // u % heads, and its output is out[u * dh..][..dh].
     #[cfg(target_arch = "x86_64")]
-    let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+    let avx2 = crate::vexp::available() && dh.is_multiple_of(8);
+    let scale = 1.0 / (dh as f32).sqrt();
     let work = |first: usize, out: &mut [f32]| {
         let mut scores = vec![0.0f32; spec.max_len];
         for (i, o) in out.chunks_mut(dh).enumerate() {
@@ -192,11 +134,20 @@ pub(crate) fn attention_causal(
             let kvh = h / spec.group();
             #[cfg(target_arch = "x86_64")]
             if avx2 {
-                // SAFETY: the CPU has AVX2 and FMA (checked above).
-                unsafe { attend_one_avx2(spec, qh, k, v, b, kvh, pos, &mut scores, o) };
+                let rows = crate::attention_x86::HeadRows {
+                    k,
+                    v,
+                    base: b * spec.max_len * spec.kv_width() + kvh * dh,
+                    stride: spec.kv_width(),
+                };
+                // SAFETY: the CPU has AVX2 and FMA and dh is a multiple
+                // of 8 (checked above); the spec was validated against
+                // the cache lengths, so rows 0..=pos of sequence b lie
+                // inside k and v.
+                unsafe { crate::attention_x86::attend(qh, &rows, pos + 1, scale, &mut scores, o) };
                 continue;
             }
-            attend_one::<false>(spec, qh, k, v, b, kvh, pos, &mut scores, o);
+            attend_one(spec, qh, k, v, b, kvh, pos, &mut scores, o);
         }
     };
     // Work grows with query rows x attended positions; the pool pays off
