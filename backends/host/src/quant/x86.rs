@@ -184,27 +184,31 @@ unsafe fn dequantized<const F: u8>(p: *const u8) -> [__m256; 4] {
 /// AVX2 as for [`dot_rows`]; `out` holds 32 values per block of `w`.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn dequantize(quant: QuantType, w: &[u8], out: &mut [f32]) {
-    let bb = quant.block_bytes();
+    // SAFETY: forwarded; each variant reads what dequantize_as documents.
+    unsafe {
+        match quant {
+            QuantType::Q8_0 => dequantize_as::<0>(w, out),
+            QuantType::Q4_0 => dequantize_as::<1>(w, out),
+            _ => dequantize_as::<2>(w, out),
+        }
+    }
+}
+
+/// [`dequantize`] for format `F` (0 Q8_0, 1 Q4_0, 2 Q4_1): one loop with
+/// no branch per block, both f16 scales converted in one op.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dequantize_as<const F: u8>(w: &[u8], out: &mut [f32]) {
+    let bb = block_bytes::<F>();
+    let eight = _mm256_set1_ps(8.0);
     for (blk, o) in w.chunks_exact(bb).zip(out.chunks_exact_mut(32)) {
-        let d = _mm256_set1_ps(f16_at(blk, 0));
         // SAFETY: blk is one whole block.
-        let q = unsafe {
-            match quant {
-                QuantType::Q8_0 => quants::<0>(blk.as_ptr()),
-                QuantType::Q4_0 => quants::<1>(blk.as_ptr()),
-                _ => quants::<2>(blk.as_ptr()),
-            }
-        };
-        let eight = _mm256_set1_ps(8.0);
-        let m = _mm256_set1_ps(if quant == QuantType::Q4_1 {
-            f16_at(blk, 2)
-        } else {
-            0.0
-        });
+        let (s, q) = unsafe { (scales(blk.as_ptr()), quants::<F>(blk.as_ptr())) };
+        let d = _mm256_broadcastss_ps(s);
+        let m = _mm256_broadcastss_ps(_mm_movehdup_ps(s));
         for (i, qi) in q.into_iter().enumerate() {
-            let v = match quant {
-                QuantType::Q4_0 => _mm256_mul_ps(_mm256_sub_ps(qi, eight), d),
-                QuantType::Q4_1 => _mm256_add_ps(_mm256_mul_ps(qi, d), m),
+            let v = match F {
+                1 => _mm256_mul_ps(_mm256_sub_ps(qi, eight), d),
+                2 => _mm256_add_ps(_mm256_mul_ps(qi, d), m),
                 _ => _mm256_mul_ps(qi, d),
             };
             // SAFETY: o holds 32 values.
@@ -246,13 +250,6 @@ pub(crate) unsafe fn dot_block<const R: usize, const C: usize>(
         }
     }
     out
-}
-
-/// The f16 at `b[at..at + 2]` as f32 (F16C).
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) fn f16_at(b: &[u8], at: usize) -> f32 {
-    let bits = u16::from_le_bytes([b[at], b[at + 1]]);
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
 }
 
 /// The sum of the eight lanes of `v`.
