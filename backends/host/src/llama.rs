@@ -63,7 +63,7 @@ fn attend_one(
     let mut max = f32::NEG_INFINITY;
     for (s, score) in scores[..=pos].iter_mut().enumerate() {
         let krow = &k[(b * spec.max_len + s) * kw + kvh * dh..][..dh];
-        *score = dot8(qrow, krow) * scale;
+        *score = crate::gemv::dot(qrow, krow) * scale;
         max = max.max(*score);
     }
     let z = exp_shifted(&mut scores[..=pos], max);
@@ -85,21 +85,6 @@ fn exp_shifted(scores: &mut [f32], max: f32) -> f32 {
         z += *score;
     }
     z
-}
-
-/// Dot product with eight independent accumulators (the sum of
-/// `gemv::dot`).
-fn dot8(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (a8, a_tail) = a.split_at(a.len() / 8 * 8);
-    let (b8, b_tail) = b.split_at(a8.len());
-    for (x, y) in a8.chunks_exact(8).zip(b8.chunks_exact(8)) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let tail: f32 = a_tail.iter().zip(b_tail).map(|(x, y)| x * y).sum();
-    (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]) + tail
 }
 
 /// Causal attention over grouped kv heads (see [`CausalAttentionSpec`]);

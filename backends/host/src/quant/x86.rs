@@ -97,7 +97,7 @@ unsafe fn dot_rows_as<const R: usize, const F: u8>(w: &[u8], xs: [&[f32]; R]) ->
 }
 
 /// Bytes of one block of format `F` (0 Q8_0, 1 Q4_0, 2 Q4_1).
-const fn block_bytes<const F: u8>() -> usize {
+pub(super) const fn block_bytes<const F: u8>() -> usize {
     match F {
         0 => 34,
         1 => 18,

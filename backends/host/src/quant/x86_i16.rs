@@ -24,6 +24,8 @@
 
 use std::arch::x86_64::*;
 
+use super::x86::block_bytes;
+
 /// One activation row rounded per 32-element block to
 /// `q = round(x / step)` with `step = max |x| / 32767`; beside each block
 /// its `step` and the exact f32 sum of its `x` (for Q4_1's offset `m`).
@@ -134,15 +136,6 @@ unsafe fn dot_range_as<const F: u8>(w: &[u8], row_bytes: usize, x: &Rounded, out
         let row = &w[j * row_bytes..(j + 1) * row_bytes];
         // SAFETY: the row is whole blocks of F, x one block per block.
         *o = unsafe { dot_row::<F>(row, x) };
-    }
-}
-
-/// Bytes of one block of format `F` (0 Q8_0, 1 Q4_0, 2 Q4_1).
-const fn block_bytes<const F: u8>() -> usize {
-    match F {
-        0 => 34,
-        1 => 18,
-        _ => 20,
     }
 }
 
