@@ -8,7 +8,11 @@
 //!
 //! Kernels: elementwise reduce and scale for every dtype (the loops of
 //! [`hetero_core::host_kernels`], split over the device's threads), GEMM
-//! through `matrixmultiply` for f32/f64 (and f16/bf16 computed in f32).
+//! through `matrixmultiply` for f32/f64 (and f16/bf16 computed in f32),
+//! matrix products with GGUF-quantized weights read in their blocks
+//! (`quant/`), and the Llama-family kernels (`llama.rs`; AVX2 attention
+//! and `exp` in `attention_x86.rs` and `vexp.rs`). SIMD paths are chosen
+//! at run time, and each is tested against an f64 reference.
 //! Links between host devices are real memory copies, measured.
 //!
 //! What this crate must not do: depend on any other backend, or assume a link
