@@ -75,7 +75,7 @@ pub(crate) unsafe fn attend(
                 );
             }
         }
-        *score = hsum(acc) * scale;
+        *score = crate::quant::x86::hsum(acc) * scale;
         max = max.max(*score);
     }
     // SAFETY: the CPU has AVX2 and FMA (this function's contract).
@@ -125,20 +125,7 @@ pub(crate) unsafe fn exp_shifted(scores: &mut [f32], max: f32) -> f32 {
     let mut lanes = [0.0f32; 8];
     // SAFETY: lanes holds eight f32.
     unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
-    let mut z = lanes.iter().sum::<f32>();
-    for score in &mut scores[n / 8 * 8..] {
-        *score = (*score - max).exp();
-        z += *score;
-    }
-    z
-}
-
-/// The sum of the eight lanes of `v`.
-#[target_feature(enable = "avx2,fma")]
-fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+    lanes.iter().sum::<f32>() + crate::llama::exp_shifted(&mut scores[n / 8 * 8..], max)
 }
 
 /// The lane sums of eight vectors, in order: `[sum a[0], .., sum a[7]]`.

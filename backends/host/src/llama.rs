@@ -78,7 +78,7 @@ fn attend_one(
 }
 
 /// `s = e^(s - max)` for every score; returns their sum.
-fn exp_shifted(scores: &mut [f32], max: f32) -> f32 {
+pub(crate) fn exp_shifted(scores: &mut [f32], max: f32) -> f32 {
     let mut z = 0.0f32;
     for score in scores {
         *score = (*score - max).exp();
@@ -144,15 +144,7 @@ pub(crate) fn attention_causal(
         return;
     }
     let per = units.div_ceil(threads * 2);
-    let (out_len, out_ptr) = (out.len(), crate::workers::SharedOut::new(out));
-    workers.run(units.div_ceil(per), |c| {
-        let start = c * per * dh;
-        let end = ((c + 1) * per * dh).min(out_len);
-        // SAFETY: task c owns out[start..end] alone (disjoint unit ranges),
-        // and `out` is borrowed mutably for the whole run.
-        let part = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(start), end - start) };
-        work(c * per, part);
-    });
+    workers.run_chunks(out, per * dh, |c, part| work(c * per, part));
 }
 
 /// `gate[i] = silu(gate[i]) * up[i]`.
@@ -167,13 +159,8 @@ pub(crate) fn silu_mul(gate: &mut [f32], up: &[f32], workers: &crate::workers::W
         return;
     }
     let per = n.div_ceil(threads * 2);
-    let out = crate::workers::SharedOut::new(gate);
-    workers.run(n.div_ceil(per), |c| {
-        let (start, end) = (c * per, ((c + 1) * per).min(n));
-        // SAFETY: task c owns gate[start..end] alone (disjoint ranges),
-        // and `gate` is borrowed mutably for the whole run.
-        let g = unsafe { std::slice::from_raw_parts_mut(out.at(start), end - start) };
-        silu_mul_part(g, &up[start..end]);
+    workers.run_chunks(gate, per, |c, g| {
+        silu_mul_part(g, &up[c * per..][..g.len()]);
     });
 }
 
@@ -187,6 +174,11 @@ fn silu_mul_part(gate: &mut [f32], up: &[f32]) {
         unsafe { silu_mul_avx2(gate, up) };
         return;
     }
+    silu_mul_scalar(gate, up);
+}
+
+/// `gate[i] = silu(gate[i]) * up[i]`, one value at a time.
+fn silu_mul_scalar(gate: &mut [f32], up: &[f32]) {
     for (g, &u) in gate.iter_mut().zip(up) {
         *g = *g / (1.0 + (-*g).exp()) * u;
     }
@@ -212,7 +204,5 @@ unsafe fn silu_mul_avx2(gate: &mut [f32], up: &[f32]) {
             _mm256_storeu_ps(gate.as_mut_ptr().add(i), y);
         }
     }
-    for (g, &u) in gate[n / 8 * 8..n].iter_mut().zip(&up[n / 8 * 8..n]) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
-    }
+    silu_mul_scalar(&mut gate[n / 8 * 8..n], &up[n / 8 * 8..n]);
 }

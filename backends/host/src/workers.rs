@@ -126,6 +126,26 @@ impl Workers {
         self.threads
     }
 
+    /// `task(c, part)` for the consecutive parts of `out` of `chunk`
+    /// values each (the last may be shorter), `c` counting from 0, run as
+    /// [`run`](Self::run) runs its tasks: each task owns its part alone.
+    pub(crate) fn run_chunks(
+        &self,
+        out: &mut [f32],
+        chunk: usize,
+        task: impl Fn(usize, &mut [f32]) + Sync,
+    ) {
+        let (len, ptr) = (out.len(), SharedOut::new(out));
+        let chunk = chunk.max(1);
+        self.run(len.div_ceil(chunk), |c| {
+            let (start, end) = (c * chunk, ((c + 1) * chunk).min(len));
+            // SAFETY: the parts of distinct tasks are disjoint ranges of
+            // `out`, which is borrowed mutably for the whole run.
+            let part = unsafe { std::slice::from_raw_parts_mut(ptr.at(start), end - start) };
+            task(c, part);
+        });
+    }
+
     /// `task(i)` for every `i` in `0..n`, on the workers and the calling
     /// thread; returns when all are done.
     pub(crate) fn run(&self, n: usize, task: impl Fn(usize) + Sync) {

@@ -252,9 +252,10 @@ pub(crate) unsafe fn dot_block<const R: usize, const C: usize>(
     out
 }
 
-/// The sum of the eight lanes of `v`.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn hsum(v: __m256) -> f32 {
+/// The sum of the eight lanes of `v` (AVX2 and FMA only, so every AVX2
+/// kernel of the crate may call it).
+#[target_feature(enable = "avx2,fma")]
+pub(crate) fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
