@@ -427,7 +427,7 @@ pub(crate) fn embedding(
 #[cfg(test)]
 mod tests {
     use hetero_core::rng::SplitMix64;
-    use hetero_core::testsuite::quant::random_quant_blocks;
+    use hetero_core::testsuite::quant::{i16_rounding_allowance, random_quant_blocks};
 
     use super::*;
 
@@ -617,15 +617,7 @@ mod tests {
                 let (want, abs) = reference(quant, wrow, &x);
                 let mut dense = Vec::new();
                 quant.dequantize(wrow, &mut dense);
-                let rounding: f64 = dense
-                    .chunks_exact(32)
-                    .zip(x.chunks_exact(32))
-                    .map(|(wb, xb)| {
-                        let amax = xb.iter().fold(0.0f64, |m, &v| m.max(f64::from(v).abs()));
-                        let w1: f64 = wb.iter().map(|&v| f64::from(v).abs()).sum();
-                        w1 * amax / 32767.0 * 0.5
-                    })
-                    .sum();
+                let rounding = i16_rounding_allowance(&x, &dense);
                 let g = f64::from(g);
                 assert!(
                     (g - want).abs() <= 1.01 * rounding + 1e-5 * abs + 1e-6,
