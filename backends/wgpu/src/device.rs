@@ -17,7 +17,7 @@ use hetero_core::{
     Activation, AttentionSpec, Backend, Capabilities, DType, Device, DeviceId, DeviceInfo,
     DeviceKind, Error, GemmSpec, HostSlice, HostSliceMut, MemoryUsage, ReduceOp, Result,
 };
-use hetero_core::{CausalAttentionSpec, RopeSpec};
+use hetero_core::{CausalAttentionSpec, QuantMatmulSpec, QuantType, RopeSpec};
 
 use crate::buffer::{WgpuBuffer, align4_up};
 use crate::error::WgpuError;
@@ -240,7 +240,7 @@ impl Device for WgpuDevice {
             gemm_dtypes: vec![DType::F32],
             decode_dtypes: vec![DType::F32],
             llama_dtypes: vec![DType::F32],
-            quant_types: Vec::new(),
+            quant_types: self.quant_types(),
         }
     }
 
@@ -477,6 +477,26 @@ impl Device for WgpuDevice {
 
     fn embedding(&self, table: &WgpuBuffer, ids: &[u32], out: &mut WgpuBuffer) -> Result<()> {
         self.embedding_gather(table, ids, out)
+    }
+
+    fn matmul_quant(
+        &self,
+        spec: &QuantMatmulSpec,
+        x: &WgpuBuffer,
+        w: &WgpuBuffer,
+        y: &mut WgpuBuffer,
+    ) -> Result<()> {
+        self.matmul_quant_blocks(spec, x, w, y)
+    }
+
+    fn embedding_quant(
+        &self,
+        quant: QuantType,
+        table: &WgpuBuffer,
+        ids: &[u32],
+        out: &mut WgpuBuffer,
+    ) -> Result<()> {
+        self.embedding_quant_blocks(quant, table, ids, out)
     }
 
     fn synchronize(&self) -> Result<()> {

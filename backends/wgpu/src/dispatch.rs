@@ -66,6 +66,19 @@ impl WgpuDevice {
         params: &[u8],
         groups: (u32, u32, u32),
     ) -> Result<()> {
+        self.dispatch_built(name, || source.to_string(), buffers, params, groups)
+    }
+
+    /// [`Self::dispatch`] for a kernel whose source is assembled at run
+    /// time (built only when `name` is not cached yet).
+    pub(crate) fn dispatch_built(
+        &self,
+        name: &str,
+        source: impl FnOnce() -> String,
+        buffers: &[&wgpu::Buffer],
+        params: &[u8],
+        groups: (u32, u32, u32),
+    ) -> Result<()> {
         let max = self.inner.limits.max_compute_workgroups_per_dimension;
         if groups.0 > max || groups.1 > max || groups.2 > max {
             return Err(Error::unsupported(
@@ -75,7 +88,7 @@ impl WgpuDevice {
                 ),
             ));
         }
-        let pipeline = self.pipeline(name, || source.to_string())?;
+        let pipeline = self.pipeline(name, source)?;
         let device = &self.inner.device;
         self.scoped("running a kernel", || {
             let uniform = self.uniform(params);

@@ -8,7 +8,9 @@ use crate::buffer::WgpuBuffer;
 use crate::device::WgpuDevice;
 use crate::kernels;
 
-/// Which WGSL GEMM kernel a device uses.
+/// Which WGSL GEMM kernel a device uses; the quantized product
+/// (`matmul_quant`) follows the same choice (a workgroup per weight row
+/// with a tree sum, or one invocation per weight row without barriers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GemmKernel {
     /// Register blocks on software (CPU) adapters, shared-memory tiles elsewhere.
@@ -21,6 +23,23 @@ pub enum GemmKernel {
 }
 
 impl WgpuDevice {
+    /// Whether the kernels that come in two forms (the GEMM, the quantized
+    /// product) run their form without workgroup barriers: on software
+    /// adapters unless [`Self::set_gemm_kernel`] chose otherwise.
+    pub(crate) fn barrier_free_kernels(&self) -> bool {
+        let chosen = self
+            .inner
+            .gemm_kernel
+            .lock()
+            .map(|k| *k)
+            .unwrap_or_default();
+        match chosen {
+            GemmKernel::Auto => self.inner.info.device_type == wgpu::DeviceType::Cpu,
+            GemmKernel::Tiled => false,
+            GemmKernel::Blocked => true,
+        }
+    }
+
     /// `c = alpha * op(a) * op(b) + beta * c` in f32; `spec` already
     /// validated against the buffers' lengths.
     pub(crate) fn gemm_f32(
@@ -40,17 +59,7 @@ impl WgpuDevice {
             .map_err(|_| Error::invalid("gemm shape", "dimensions must fit in a u32"))?;
         // Hardware GPUs: shared-memory tiles. Software adapters: register
         // blocks (their workgroup barriers are slow; measured in the README).
-        let chosen = self
-            .inner
-            .gemm_kernel
-            .lock()
-            .map(|k| *k)
-            .unwrap_or_default();
-        let blocked = match chosen {
-            GemmKernel::Auto => self.inner.info.device_type == wgpu::DeviceType::Cpu,
-            GemmKernel::Tiled => false,
-            GemmKernel::Blocked => true,
-        };
+        let blocked = self.barrier_free_kernels();
         let (per_group_x, per_group_y) = if blocked {
             (
                 kernels::BLOCK * kernels::BLOCKED_WG,

@@ -30,7 +30,11 @@
 //!   blocks on software adapters, whose barriers are slow; see
 //!   [`GemmKernel`]), the f32 decode-step kernels and the f32 Llama-family
 //!   ones (RMS norm, rotary embedding, causal attention with an online
-//!   softmax, SiLU-gated product, embedding gather). f64 / i64 (no 64-bit
+//!   softmax, SiLU-gated product, embedding gather), and products and
+//!   gathers with weights in GGUF's block formats (`quant_kernels.rs`: Q8_0,
+//!   Q4_0, Q4_1, Q4_K, Q5_K, Q6_K, dequantized inside the kernel; on
+//!   adapters with `SHADER_F16_IN_F32`, so a model keeps its file's size on
+//!   the adapter instead of 4-6x that in f32). f64 / i64 (no 64-bit
 //!   types in core WGSL) and integer scaling are `Error::Unsupported`.
 //! - Data path: `upload` is a queue write, `download` copies to a mapped
 //!   staging buffer; 8/16-bit ranges that do not start and end on a 4-byte
@@ -56,6 +60,8 @@ mod link;
 mod llama;
 mod llama_kernels;
 mod memory_size;
+mod quant;
+mod quant_kernels;
 
 pub use buffer::WgpuBuffer;
 pub use device::WgpuDevice;

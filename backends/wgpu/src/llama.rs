@@ -27,7 +27,7 @@ impl WgpuDevice {
     }
 
     /// `values` in a new storage buffer (read as `array<u32>` by the kernels).
-    fn upload_u32(&self, values: &[u32]) -> Result<WgpuBuffer> {
+    pub(crate) fn upload_u32(&self, values: &[u32]) -> Result<WgpuBuffer> {
         let words: Vec<i32> = values.iter().map(|&v| v as i32).collect();
         let mut buf = self.alloc(DType::I32, words.len())?;
         self.upload(&mut buf, 0, HostSlice::new(&words))?;
@@ -212,6 +212,7 @@ impl WgpuDevice {
     }
 }
 
-fn as_u32(what: &str, v: usize) -> Result<u32> {
+/// `v` as a kernel's u32 parameter; an error naming `what` past u32.
+pub(crate) fn as_u32(what: &str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::invalid(what, format!("{v} does not fit in a u32")))
 }

@@ -21,12 +21,28 @@ fn main() {
             for device in devices {
                 let label = format!("wgpu[{}]", device.label());
                 trials.extend(device_trials(&label, &device));
-                // The suite ran the kernel this adapter picks by default;
-                // check both kernels, each on a device of its own.
+                // The suite ran the kernels this adapter picks by default;
+                // check both forms of the GEMM and of the quantized
+                // products, each on a device of its own.
                 for kernel in [GemmKernel::Tiled, GemmKernel::Blocked] {
-                    let dev = device.clone();
-                    let name = format!("{label}::gemm_f32_with_{kernel:?}_kernel").to_lowercase();
-                    trials.push(Trial::test(name, move || gemm_with(&dev, kernel)));
+                    for test in ["gemm_f32", "matmul_quant_"] {
+                        let dev = device.clone();
+                        let name = format!(
+                            "{label}::{}_with_{kernel:?}_kernel",
+                            test.trim_end_matches('_')
+                        )
+                        .to_lowercase();
+                        let skip = device_tests(&Device::capabilities(&device))
+                            .into_iter()
+                            .filter(|t| t.name.starts_with(test))
+                            .find_map(|t| t.skip);
+                        trials.push(match skip {
+                            Some(reason) => Trial::test(name, || Ok(()))
+                                .with_ignored_flag(true)
+                                .with_kind(format!("skipped: {reason}")),
+                            None => Trial::test(name, move || suite_tests_with(&dev, kernel, test)),
+                        });
+                    }
                 }
                 let dev = device.clone();
                 trials.push(Trial::test(
@@ -75,18 +91,27 @@ fn main() {
     hetero_wgpu::exit_without_teardown(if failed { 101 } else { 0 });
 }
 
-fn gemm_with(device: &WgpuDevice, kernel: GemmKernel) -> Result<(), Failed> {
+/// The suite's tests whose names start with `prefix`, on a device of the
+/// same adapter that uses `kernel`.
+fn suite_tests_with(device: &WgpuDevice, kernel: GemmKernel, prefix: &str) -> Result<(), Failed> {
     let adapter = hetero_wgpu::adapters()
         .into_iter()
         .find(|a| a.get_info() == *device.adapter_info())
         .ok_or("the adapter disappeared")?;
     let own = WgpuDevice::new(&adapter, 98, None)?;
     own.set_gemm_kernel(kernel);
-    let gemm = device_tests(&Device::capabilities(&own))
+    let tests: Vec<_> = device_tests(&Device::capabilities(&own))
         .into_iter()
-        .find(|t| t.name == "gemm_f32")
-        .ok_or("the suite has no gemm_f32 test")?;
-    gemm.run(&own as &dyn DynDevice).map_err(Failed::from)
+        .filter(|t| t.name.starts_with(prefix))
+        .collect();
+    if tests.is_empty() {
+        return Err(format!("the suite has no {prefix}* test for this adapter").into());
+    }
+    for t in tests {
+        t.run(&own as &dyn DynDevice)
+            .map_err(|e| Failed::from(format!("{}: {e}", t.name)))?;
+    }
+    Ok(())
 }
 
 fn links(device: &WgpuDevice) -> Result<(), Failed> {
