@@ -2,6 +2,7 @@
 //! The Llama-family launchers are in `device/llama.rs`.
 
 mod llama;
+mod quant;
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +23,7 @@ use hetero_core::device::{
 use hetero_core::{
     Activation, AttentionSpec, Backend, Capabilities, CausalAttentionSpec, DType, Device,
     DeviceBuffer, DeviceId, DeviceInfo, DeviceKind, Error, GemmSpec, HostSlice, HostSliceMut,
-    LinkKind, MemoryUsage, ReduceOp, Result, RopeSpec,
+    LinkKind, MemoryUsage, QuantMatmulSpec, QuantType, ReduceOp, Result, RopeSpec,
 };
 
 use crate::error::CudaError;
@@ -484,7 +485,11 @@ impl Device for CudaDevice {
             },
             decode_dtypes: decode.clone(),
             llama_dtypes: decode,
-            quant_types: Vec::new(),
+            quant_types: if crate::nvrtc_present() {
+                QuantType::ALL.to_vec()
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -952,6 +957,26 @@ impl Device for CudaDevice {
 
     fn embedding(&self, table: &CudaBuffer, ids: &[u32], out: &mut CudaBuffer) -> Result<()> {
         self.launch_embedding(table, ids, out)
+    }
+
+    fn matmul_quant(
+        &self,
+        spec: &QuantMatmulSpec,
+        x: &CudaBuffer,
+        w: &CudaBuffer,
+        y: &mut CudaBuffer,
+    ) -> Result<()> {
+        self.launch_matmul_quant(spec, x, w, y)
+    }
+
+    fn embedding_quant(
+        &self,
+        quant: QuantType,
+        table: &CudaBuffer,
+        ids: &[u32],
+        out: &mut CudaBuffer,
+    ) -> Result<()> {
+        self.launch_embedding_quant(quant, table, ids, out)
     }
 
     fn synchronize(&self) -> Result<()> {

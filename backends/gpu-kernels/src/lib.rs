@@ -14,7 +14,8 @@
 //! - the decode-step kernels (layer norm, bias + activation, attention of
 //!   one decode step, argmax) and the Llama-family ones (RMS norm, rope,
 //!   causal attention, SiLU * up), f32;
-//! - a tiled GEMM for f32, f64, f16 and bf16 (for backends without a BLAS).
+//! - a tiled GEMM for f32, f64, f16 and bf16 (for backends without a BLAS);
+//! - products and gathers with GGUF's block-quantized weights (`quant.cu`).
 //!
 //! The arithmetic matches `hetero_core::host_kernels` and the host GEMM
 //! exactly where it can (integer wrapping, truncating averages, saturating
@@ -28,7 +29,7 @@
 
 mod elementwise;
 
-use hetero_core::{DType, ReduceOp};
+use hetero_core::{DType, QuantType, ReduceOp};
 
 pub use elementwise::{GATHER_SIZES, avg_name, gather_name, reduce_name, scale_name};
 
@@ -40,6 +41,35 @@ pub const DECODE: &str = include_str!("../kernels/decode.cu");
 pub const LLAMA: &str = include_str!("../kernels/llama.cu");
 /// The tiled GEMM.
 pub const GEMM: &str = include_str!("../kernels/gemm.cu");
+/// Products and gathers with block-quantized weights.
+pub const QUANT: &str = include_str!("../kernels/quant.cu");
+
+/// The quantized-weight kernels: `hetero_matmul_quant(x, w, y, rows, out,
+/// inp, row_bytes, fmt)` and `hetero_embedding_quant(w, ids, out, units in
+/// all, units per row, row_bytes, fmt)`, `fmt` from [`quant_format`].
+pub const QUANT_NAMES: [&str; 2] = ["hetero_matmul_quant", "hetero_embedding_quant"];
+
+/// Threads per `hetero_matmul_quant` block: 8 warps, one weight row each.
+pub const QUANT_THREADS: u32 = 256;
+
+/// Weight rows per `hetero_matmul_quant` block (one per warp).
+pub const QUANT_WEIGHT_ROWS: usize = 8;
+
+/// Rows of x per `hetero_matmul_quant` block (`HETERO_QUANT_ROWS`).
+pub const QUANT_ROWS: usize = 8;
+
+/// The `fmt` argument of the quantized kernels for `quant`: its index in
+/// [`QuantType::ALL`], the order `hetero_dequant32` tests.
+pub fn quant_format(quant: QuantType) -> i32 {
+    match quant {
+        QuantType::Q8_0 => 0,
+        QuantType::Q4_0 => 1,
+        QuantType::Q4_1 => 2,
+        QuantType::Q4K => 3,
+        QuantType::Q5K => 4,
+        QuantType::Q6K => 5,
+    }
+}
 
 /// The decode-step kernels (f32).
 pub const DECODE_NAMES: [&str; 4] = [
@@ -92,6 +122,7 @@ pub fn all_names() -> Vec<String> {
     names.extend(LLAMA_NAMES.iter().map(|s| s.to_string()));
     names.extend(GATHER_SIZES.iter().map(|&s| gather_name(s)));
     names.extend(GEMM_DTYPES.iter().filter_map(|&d| gemm_name(d)));
+    names.extend(QUANT_NAMES.iter().map(|s| s.to_string()));
     for dtype in DType::ALL {
         for op in [ReduceOp::Sum, ReduceOp::Prod, ReduceOp::Max, ReduceOp::Min] {
             names.push(reduce_name(op, dtype));
@@ -108,6 +139,7 @@ pub fn source() -> String {
     src += DECODE;
     src += LLAMA;
     src += GEMM;
+    src += QUANT;
     src += &elementwise::source();
     src
 }
@@ -130,6 +162,7 @@ mod tests {
                 + LLAMA_NAMES.len()
                 + GATHER_SIZES.len()
                 + GEMM_DTYPES.len()
+                + QUANT_NAMES.len()
         );
     }
 
@@ -140,6 +173,7 @@ mod tests {
             format!("#define HETERO_ATT_TILE {ATTENTION_TILE}\n"),
             format!("#define HETERO_GEMM_TILE {GEMM_TILE}\n"),
             format!("#define HETERO_GEMM_THREADS {GEMM_THREADS}\n"),
+            format!("#define HETERO_QUANT_ROWS {QUANT_ROWS}\n"),
         ] {
             assert!(src.contains(&define), "{define}");
         }
@@ -147,6 +181,11 @@ mod tests {
         // The GEMM's 16 x 16 thread layout with 4 x 4 outputs per thread.
         assert_eq!(GEMM_THREADS, 256);
         assert_eq!(GEMM_TILE, 16 * 4);
+        // One warp of 32 per weight row.
+        assert_eq!(QUANT_THREADS as usize, 32 * QUANT_WEIGHT_ROWS);
+        for (i, q) in QuantType::ALL.into_iter().enumerate() {
+            assert_eq!(quant_format(q), i as i32, "{q}");
+        }
     }
 
     #[test]

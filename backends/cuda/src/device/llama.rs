@@ -53,7 +53,7 @@ fn one_block_each(blocks: u32, shared_mem_bytes: u32) -> LaunchConfig {
 impl CudaDevice {
     /// `values` in a new buffer of this device, read by the kernels as
     /// `unsigned int` (stored as `I32`, bit for bit).
-    fn upload_u32(&self, values: &[u32]) -> Result<CudaBuffer> {
+    pub(super) fn upload_u32(&self, values: &[u32]) -> Result<CudaBuffer> {
         let bits: Vec<i32> = values.iter().map(|&v| v as i32).collect();
         let mut buf = self.alloc(DType::I32, bits.len())?;
         self.upload(&mut buf, 0, HostSlice::new(&bits))?;
