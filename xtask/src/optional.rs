@@ -86,6 +86,15 @@ pub const PIECES: &[Piece] = &[
         probe: probe_iproute,
     },
     Piece {
+        name: "clang",
+        adds: "the CUDA / HIP kernel source compiled to PTX with no GPU and no CUDA \
+               install (hetero-cuda's cuda::kernel_source_compiles_to_ptx_with_clang)",
+        features: &[],
+        packages: &["clang"],
+        install: "",
+        probe: probe_clang_nvptx,
+    },
+    Piece {
         name: "curl",
         adds: "curl as an independent client of the HTTP server's tests \
                (streamed and whole chat completions)",
@@ -269,6 +278,18 @@ fn probe_curl() -> Result<(), String> {
         Ok(())
     } else {
         Err("`curl` is not installed".into())
+    }
+}
+
+fn probe_clang_nvptx() -> Result<(), String> {
+    let out = Command::new("clang")
+        .arg("-print-targets")
+        .output()
+        .map_err(|e| format!("`clang` is not installed ({e})"))?;
+    if String::from_utf8_lossy(&out.stdout).contains("nvptx64") {
+        Ok(())
+    } else {
+        Err("`clang` has no NVPTX target".into())
     }
 }
 
