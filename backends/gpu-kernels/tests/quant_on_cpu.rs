@@ -17,15 +17,11 @@ use hetero_core::rng::SplitMix64;
 use hetero_core::testsuite::quant::random_quant_blocks;
 use libtest_mimic::{Arguments, Failed, Trial};
 
+mod emulation;
+
 fn main() {
     let args = Arguments::from_args();
-    let trial = Trial::test("quant_kernels_match_reference_on_cpu", run);
-    let trial = match Command::new("c++").arg("--version").output() {
-        Ok(out) if out.status.success() => trial,
-        _ => trial
-            .with_ignored_flag(true)
-            .with_kind("skipped: no C++ compiler (c++) on PATH"),
-    };
+    let trial = emulation::needs_cxx(Trial::test("quant_kernels_match_reference_on_cpu", run));
     libtest_mimic::run(&args, vec![trial]).exit();
 }
 
@@ -77,30 +73,12 @@ fn cases() -> Vec<Case> {
 }
 
 fn run() -> Result<(), Failed> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dir = std::env::temp_dir().join(format!("hetero-quant-emu-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let result = emulate_and_check(root, &dir);
-    let _ = std::fs::remove_dir_all(&dir);
-    result.map_err(Failed::from)
+    let scratch = emulation::Scratch::new("quant")?;
+    emulate_and_check(&scratch.0).map_err(Failed::from)
 }
 
-fn emulate_and_check(root: &Path, dir: &Path) -> Result<(), String> {
-    let exe = dir.join("quant");
-    let out = Command::new("c++")
-        .args(["-std=c++20", "-O2", "-pthread", "-I"])
-        .arg(root.join("kernels"))
-        .arg(root.join("tests/emulation/quant.cpp"))
-        .arg("-o")
-        .arg(&exe)
-        .output()
-        .map_err(|e| format!("running c++: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "c++ failed on the kernels:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
+fn emulate_and_check(dir: &Path) -> Result<(), String> {
+    let exe = emulation::build("quant", dir)?;
     let cases = cases();
     let mut input = Vec::new();
     for c in &cases {

@@ -372,6 +372,17 @@ fn main(@builtin(local_invocation_id) l: vec3<u32>, @builtin(workgroup_id) w: ve
 }
 "#;
 
+/// Parse and validate `src` with naga (panicking with the kernel's name
+/// and naga's message): the unit tests of every WGSL source file use it.
+#[cfg(test)]
+pub(crate) fn validate_wgsl(name: &str, src: &str, caps: wgpu::naga::valid::Capabilities) {
+    let module = wgpu::naga::front::wgsl::parse_str(src)
+        .unwrap_or_else(|e| panic!("{name}: {}\n{src}", e.emit_to_string(src)));
+    wgpu::naga::valid::Validator::new(wgpu::naga::valid::ValidationFlags::all(), caps)
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{name}: {e:?}\n{src}"));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,16 +416,13 @@ mod tests {
             ));
         }
         for (name, src) in sources {
-            let module = wgpu::naga::front::wgsl::parse_str(&src)
-                .unwrap_or_else(|e| panic!("{name}: {}\n{src}", e.emit_to_string(&src)));
-            wgpu::naga::valid::Validator::new(
-                wgpu::naga::valid::ValidationFlags::all(),
-                // unpack2x16float / pack2x16float; the device checks the
-                // adapter's SHADER_F16_IN_F32 downlevel flag before using them.
+            // unpack2x16float / pack2x16float; the device checks the
+            // adapter's SHADER_F16_IN_F32 downlevel flag before using them.
+            validate_wgsl(
+                &name,
+                &src,
                 wgpu::naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32,
-            )
-            .validate(&module)
-            .unwrap_or_else(|e| panic!("{name}: {e:?}\n{src}"));
+            );
         }
     }
 }

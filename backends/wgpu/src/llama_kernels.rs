@@ -204,14 +204,7 @@ mod tests {
             ("silu_mul_f32", SILU_MUL_F32),
             ("embedding_32", EMBEDDING_32),
         ] {
-            let module = wgpu::naga::front::wgsl::parse_str(src)
-                .unwrap_or_else(|e| panic!("{name}: {}\n{src}", e.emit_to_string(src)));
-            wgpu::naga::valid::Validator::new(
-                wgpu::naga::valid::ValidationFlags::all(),
-                wgpu::naga::valid::Capabilities::empty(),
-            )
-            .validate(&module)
-            .unwrap_or_else(|e| panic!("{name}: {e:?}\n{src}"));
+            crate::kernels::validate_wgsl(name, src, wgpu::naga::valid::Capabilities::empty());
         }
     }
 }

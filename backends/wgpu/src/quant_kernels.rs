@@ -323,16 +323,13 @@ mod tests {
                 ("matmul lanes", matmul_source(quant, true)),
                 ("embedding", embedding_source(quant)),
             ] {
-                let module = wgpu::naga::front::wgsl::parse_str(&src)
-                    .unwrap_or_else(|e| panic!("{name}: {}\n{src}", e.emit_to_string(&src)));
-                wgpu::naga::valid::Validator::new(
-                    wgpu::naga::valid::ValidationFlags::all(),
-                    // `unpack2x16float`: the device reports these formats
-                    // only where it has this capability.
+                // `unpack2x16float`: the device reports these formats
+                // only where it has this capability.
+                crate::kernels::validate_wgsl(
+                    name,
+                    &src,
                     wgpu::naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32,
-                )
-                .validate(&module)
-                .unwrap_or_else(|e| panic!("{name}: {e:?}\n{src}"));
+                );
             }
         }
     }

@@ -1,43 +1,15 @@
-// The tiled GEMM of gemm.cu run on the CPU: each block's 256 threads are
-// std::threads, __syncthreads() a barrier, __shared__ a function-local
-// static (blocks run one after another, so one copy per block is right),
-// and the HIP branch of prelude.h (_Float16) gives the 16-bit conversions.
+// The tiled GEMM of gemm.cu run on the CPU (emulate.h: each block's 256
+// threads are std::threads).
 // Checked against a double-precision reference over edge shapes (not
 // multiples of the tiles, k = 0), every transpose, beta 0 (C holds NaN,
 // which must not be read), 1 and -0.5, and f16 / bf16 rounded once.
 // Built and run by tests/gemm_on_cpu.rs; exit status 0 when every case passes.
-#include <barrier>
-#include <thread>
-#include <vector>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <random>
-struct D3 { unsigned x = 0, y = 0, z = 0; };
-thread_local D3 threadIdx;
-D3 blockIdx, blockDim, gridDim;
-std::barrier<>* bar;
-#define __syncthreads() bar->arrive_and_wait()
-#define __device__
-#define __global__
-#define __forceinline__ inline
-#define __shared__ static
-#define __HIP__ 1
-static float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
-static unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
-#include "prelude.h"
+#include "emulate.h"
 #include "gemm.cu"
 
-template <typename F>
-void run(unsigned gx, unsigned gy, F kernel) {
-    std::barrier<> b(256); bar = &b; blockDim.x = 256; gridDim.x = gx; gridDim.y = gy;
-    for (unsigned by = 0; by < gy; by++) for (unsigned bx = 0; bx < gx; bx++) {
-        blockIdx.x = bx; blockIdx.y = by;
-        std::vector<std::thread> ts;
-        for (unsigned t = 0; t < 256; t++) ts.emplace_back([&, t] { threadIdx.x = t; kernel(); });
-        for (auto& t : ts) t.join();
-    }
-}
 int main() {
     std::mt19937 rng(1);
     std::uniform_real_distribution<float> U(-1, 1);
@@ -50,7 +22,7 @@ int main() {
         for (auto& v : a) v = U(rng); for (auto& v : b) v = U(rng); for (auto& v : c) v = U(rng);
         if (beta == 0.0) for (auto& v : c) v = NAN;
         c0 = c;
-        run((n + 63) / 64, (m + 63) / 64, [&] { hetero_gemm_f32(a.data(), b.data(), c.data(), m, n, k, ta, tb, alpha, beta); });
+        run((n + 63) / 64, (m + 63) / 64, 256, [&] { hetero_gemm_f32(a.data(), b.data(), c.data(), m, n, k, ta, tb, alpha, beta); });
         double maxerr = 0;
         for (u64 i = 0; i < m; i++) for (u64 j = 0; j < n; j++) {
             double acc = 0;
@@ -70,7 +42,7 @@ int main() {
         auto dec = [&](unsigned short h) { return which ? b2f(h) : h2f(h); };
         for (auto& v : a) v = enc(U(rng)); for (auto& v : b) v = enc(U(rng)); for (auto& v : c) v = enc(U(rng));
         auto c0 = c;
-        run((n + 63) / 64, (m + 63) / 64, [&] {
+        run((n + 63) / 64, (m + 63) / 64, 256, [&] {
             if (which) hetero_gemm_bf16(a.data(), b.data(), c.data(), m, n, k, 1, 0, 2.0, 0.5);
             else hetero_gemm_f16(a.data(), b.data(), c.data(), m, n, k, 1, 0, 2.0, 0.5);
         });

@@ -1,8 +1,5 @@
-// The quantized-weight kernels of quant.cu run on the CPU: each block's
-// threads are std::threads, __syncthreads() a barrier, __shared__ a
-// function-local static (blocks run one after another), the HIP branch of
-// prelude.h (_Float16) converts the f16 scales, and the _rn intrinsics are
-// plain operations (ISO C++ mode does not contract them).
+// The quantized-weight kernels of quant.cu run on the CPU (emulate.h: each
+// block's threads are std::threads).
 //
 // Driven by tests/quant_on_cpu.rs, which holds the reference: argv[1] is a
 // file of cases, each a header of six u32 (format, rows, out, inp, bytes
@@ -11,40 +8,10 @@
 // hetero_matmul_quant and the gathered rows (ids x inp f32) from
 // hetero_embedding_quant. Grids are kept small so the kernels' grid-stride
 // loops run more than once.
-#include <barrier>
 #include <cstdint>
 #include <cstdio>
-#include <cstring>
-#include <thread>
-#include <vector>
-struct D3 { unsigned x = 0, y = 0, z = 0; };
-thread_local D3 threadIdx;
-D3 blockIdx, blockDim, gridDim;
-std::barrier<>* bar;
-#define __syncthreads() bar->arrive_and_wait()
-#define __device__
-#define __global__
-#define __forceinline__ inline
-#define __shared__ static
-#define __HIP__ 1
-static float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
-static unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
-static float __fmul_rn(float a, float b) { return a * b; }
-static float __fadd_rn(float a, float b) { return a + b; }
-static float __fsub_rn(float a, float b) { return a - b; }
-#include "prelude.h"
+#include "emulate.h"
 #include "quant.cu"
-
-template <typename F>
-void run(unsigned gx, unsigned gy, unsigned threads, F kernel) {
-    std::barrier<> b(threads); bar = &b; blockDim.x = threads; gridDim.x = gx; gridDim.y = gy;
-    for (unsigned by = 0; by < gy; by++) for (unsigned bx = 0; bx < gx; bx++) {
-        blockIdx.x = bx; blockIdx.y = by;
-        std::vector<std::thread> ts;
-        for (unsigned t = 0; t < threads; t++) ts.emplace_back([&, t] { threadIdx.x = t; kernel(); });
-        for (auto& t : ts) t.join();
-    }
-}
 
 template <typename T>
 static bool read_n(FILE* f, std::vector<T>& v, size_t n) {

@@ -1,0 +1,57 @@
+//! Building a CPU emulation driver (`tests/emulation/*.cpp` with
+//! `emulate.h`) of the kernels: shared by the tests that run them.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use libtest_mimic::Trial;
+
+/// `trial`, ignored with the reason when there is no C++ compiler.
+pub fn needs_cxx(trial: Trial) -> Trial {
+    match Command::new("c++").arg("--version").output() {
+        Ok(out) if out.status.success() => trial,
+        _ => trial
+            .with_ignored_flag(true)
+            .with_kind("skipped: no C++ compiler (c++) on PATH"),
+    }
+}
+
+/// A scratch folder removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(what: &str) -> Result<Scratch, String> {
+        let dir = std::env::temp_dir().join(format!("hetero-{what}-emu-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Compile `tests/emulation/{driver}.cpp` against the kernel sources into
+/// `dir`; the executable's path, or the compiler's errors.
+pub fn build(driver: &str, dir: &Path) -> Result<PathBuf, String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let exe = dir.join(driver);
+    let out = Command::new("c++")
+        .args(["-std=c++20", "-O2", "-pthread", "-I"])
+        .arg(root.join("kernels"))
+        .arg(root.join(format!("tests/emulation/{driver}.cpp")))
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .map_err(|e| format!("running c++: {e}"))?;
+    if out.status.success() {
+        Ok(exe)
+    } else {
+        Err(format!(
+            "c++ failed on the kernels:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
