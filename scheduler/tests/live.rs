@@ -18,11 +18,17 @@ use hetero_scheduler::live::{Engine, Event, LiveConfig, LiveDevice, LiveRequest,
 use hetero_scheduler::real_model::DEFAULT_PROMPTS;
 use libtest_mimic::{Arguments, Failed, Trial};
 
+/// A batch-invariant host: a request's logits are then bit for bit the
+/// same among others (batched rows, chunked prompts, cached prefixes) as
+/// alone, so seeded sampling can be compared exactly. On the default host
+/// a one-row step and a many-row step run different kernels, and the last
+/// bits of the logits could flip a sampled token.
 fn host() -> SharedDevice {
     Arc::new(
         HostDevice::builder()
             .threads(2)
             .memory_budget(1 << 30)
+            .batch_invariant(true)
             .build()
             .unwrap(),
     )

@@ -1,7 +1,9 @@
 //! `--device` specs and sizes, as the binaries take them on the command line.
 //!
 //! A spec is `host`, `host:threads=N,memory=SIZE` (a new host device with
-//! that many threads and that memory budget), or `BACKEND:INDEX` for a
+//! that many threads and that memory budget; `,batch_invariant` makes its
+//! quantized products compute every row as alone, for reproducible
+//! sampling under batching), or `BACKEND:INDEX` for a
 //! discovered device (`cuda:0`, `wgpu:1`, `rocm:0`), optionally
 //! `BACKEND:INDEX,memory=SIZE` to set the device's memory budget (wgpu:
 //! the adapter opened again with that budget instead of the one its own
@@ -23,6 +25,9 @@ pub enum DeviceSpec {
     Host {
         threads: Option<usize>,
         memory: Option<u64>,
+        /// `batch_invariant`: every row of a quantized product computed as
+        /// alone (`HostDeviceBuilder::batch_invariant`).
+        batch_invariant: bool,
     },
     /// A device the accelerator backend `backend` (its name, e.g. `cuda`)
     /// found, by index; `memory` (`wgpu:0,memory=2GiB`) sets its budget.
@@ -39,8 +44,12 @@ impl FromStr for DeviceSpec {
     fn from_str(spec: &str) -> Result<Self> {
         let (kind, rest) = spec.split_once(':').unwrap_or((spec, ""));
         if kind == "host" {
-            let (mut threads, mut memory) = (None, None);
+            let (mut threads, mut memory, mut batch_invariant) = (None, None, false);
             for kv in rest.split(',').filter(|s| !s.is_empty()) {
+                if kv == "batch_invariant" {
+                    batch_invariant = true;
+                    continue;
+                }
                 match kv.split_once('=') {
                     Some(("threads", v)) => {
                         let n: usize = v.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
@@ -55,12 +64,19 @@ impl FromStr for DeviceSpec {
                     _ => {
                         return Err(Error::invalid(
                             "device",
-                            format!("{kv:?} in {spec:?}: host takes threads=N and memory=SIZE"),
+                            format!(
+                                "{kv:?} in {spec:?}: host takes threads=N, memory=SIZE \
+                                 and batch_invariant"
+                            ),
                         ));
                     }
                 }
             }
-            return Ok(DeviceSpec::Host { threads, memory });
+            return Ok(DeviceSpec::Host {
+                threads,
+                memory,
+                batch_invariant,
+            });
         }
         let mut parts = rest.split(',');
         let index: u32 = parts
@@ -149,8 +165,14 @@ pub fn select_devices(specs: &[String], found: &[AnyDevice]) -> Result<Vec<AnyDe
     let mut out = Vec::new();
     for text in specs {
         match text.parse::<DeviceSpec>()? {
-            DeviceSpec::Host { threads, memory } => {
-                let mut b = hetero_host::HostDevice::builder().index(host_index);
+            DeviceSpec::Host {
+                threads,
+                memory,
+                batch_invariant,
+            } => {
+                let mut b = hetero_host::HostDevice::builder()
+                    .index(host_index)
+                    .batch_invariant(batch_invariant);
                 host_index += 1;
                 if let Some(n) = threads {
                     b = b.threads(n);
@@ -240,14 +262,26 @@ mod tests {
             "host".parse::<DeviceSpec>().unwrap(),
             DeviceSpec::Host {
                 threads: None,
-                memory: None
+                memory: None,
+                batch_invariant: false
             }
         );
         assert_eq!(
             "host:threads=4,memory=1GiB".parse::<DeviceSpec>().unwrap(),
             DeviceSpec::Host {
                 threads: Some(4),
-                memory: Some(1 << 30)
+                memory: Some(1 << 30),
+                batch_invariant: false
+            }
+        );
+        assert_eq!(
+            "host:threads=2,batch_invariant"
+                .parse::<DeviceSpec>()
+                .unwrap(),
+            DeviceSpec::Host {
+                threads: Some(2),
+                memory: None,
+                batch_invariant: true
             }
         );
         assert_eq!(

@@ -47,6 +47,8 @@ struct Inner {
     workers: Workers,
     /// The integer dot products this CPU runs (detected once).
     quant_kernel: quant::Kernel,
+    /// Quantized products compute every row as they would alone.
+    batch_invariant: bool,
     name: String,
     vendor: String,
 }
@@ -57,6 +59,7 @@ pub struct HostDeviceBuilder {
     index: u32,
     threads: Option<usize>,
     memory_budget: Option<u64>,
+    batch_invariant: bool,
 }
 
 impl HostDeviceBuilder {
@@ -75,6 +78,20 @@ impl HostDeviceBuilder {
     /// Memory budget in bytes (default: what the OS reports available).
     pub fn memory_budget(mut self, bytes: u64) -> Self {
         self.memory_budget = Some(bytes);
+        self
+    }
+
+    /// Compute every row of a quantized product exactly as it would be
+    /// computed alone (default: off). The products then take the
+    /// register-blocked f32 path for any number of rows: no 16-bit
+    /// activations for a single row, no dequantized tiles or packed GEMM
+    /// for many. A sequence's logits then do not depend on what else is
+    /// in its batch or on how its prompt was chunked (or found in a prefix
+    /// cache), so seeded sampling is reproducible under continuous
+    /// batching, at the cost of speed (prefill most). Products with f32
+    /// weights keep their row-count-dependent paths.
+    pub fn batch_invariant(mut self, on: bool) -> Self {
+        self.batch_invariant = on;
         self
     }
 
@@ -102,6 +119,7 @@ impl HostDeviceBuilder {
                 threads,
                 workers,
                 quant_kernel: quant::Kernel::detect(),
+                batch_invariant: self.batch_invariant,
                 name: format!(
                     "{cpu} ({threads} thread{})",
                     if threads == 1 { "" } else { "s" }
@@ -718,6 +736,7 @@ impl Device for HostDevice {
             ys,
             &self.inner.workers,
             self.inner.quant_kernel,
+            self.inner.batch_invariant,
         );
         Ok(())
     }

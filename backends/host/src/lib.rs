@@ -12,7 +12,10 @@
 //! matrix products with GGUF-quantized weights read in their blocks
 //! (`quant/`), and the Llama-family kernels (`llama.rs`; AVX2 attention
 //! and `exp` in `attention_x86.rs` and `vexp.rs`). SIMD paths are chosen
-//! at run time, and each is tested against an f64 reference.
+//! at run time, and each is tested against an f64 reference. The quantized
+//! product's kernel depends on the row count unless the device is built
+//! `batch_invariant`, which computes every row as alone (reproducible
+//! sampling under batching; slower).
 //! Links between host devices are real memory copies, measured.
 //!
 //! What this crate must not do: depend on any other backend, or assume a link

@@ -59,8 +59,10 @@ struct Args {
     /// Stop before this text, repeatable.
     #[arg(long = "stop", value_name = "TEXT")]
     stop: Vec<String>,
-    /// The device: `host`, `host:threads=4,memory=2GiB`, `cuda:0`, `wgpu:1`,
-    /// `wgpu:1,memory=2GiB` (a wgpu adapter with that budget), ...
+    /// The device: `host`, `host:threads=4,memory=2GiB`,
+    /// `host:batch_invariant` (each sequence's logits independent of its
+    /// batch, slower), `cuda:0`, `wgpu:1`, `wgpu:1,memory=2GiB` (a wgpu
+    /// adapter with that budget), ...
     /// Default: the fastest kind of device that can hold the model (a GPU,
     /// then the CPU, then software adapters). Repeat it to split the
     /// model's layers over several devices (see --split).

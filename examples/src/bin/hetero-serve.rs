@@ -46,7 +46,9 @@ use serde_json::json;
 struct Args {
     /// A device, repeatable: `host:threads=2,memory=2GiB`, `cuda:0`,
     /// `wgpu:1`, `wgpu:1,memory=2GiB` (a wgpu adapter with that budget),
-    /// `rocm:0`. Default: every device found.
+    /// `rocm:0`; `host:batch_invariant` makes a request's sampled text with
+    /// a seed independent of the other requests and of the prefix cache
+    /// (slower). Default: every device found.
     #[arg(long = "device", value_name = "SPEC")]
     devices: Vec<String>,
     /// With --http: how the model spreads over the devices. `replicate`

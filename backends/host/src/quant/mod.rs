@@ -90,7 +90,14 @@ pub(crate) fn matmul(
     y: &mut [f32],
     workers: &crate::workers::Workers,
     kernel: Kernel,
+    batch_invariant: bool,
 ) {
+    if batch_invariant {
+        // Every row through the register blocks, whatever the row count:
+        // each row's sums then take the same operations as alone.
+        run(spec, x, None, w, y, workers, kernel, false);
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if kernel == Kernel::Avx2 && spec.rows == 1 && spec.quant.block_elems() == 32 {
         // One sequence on an AVX2-only CPU: the activations rounded to 16
@@ -101,11 +108,11 @@ pub(crate) fn matmul(
         ROUNDED.with_borrow_mut(|x16| {
             // SAFETY: Kernel::Avx2 is only chosen when x86::available().
             unsafe { x16.quantize(x) };
-            run(spec, x, Some(x16), w, y, workers, kernel);
+            run(spec, x, Some(x16), w, y, workers, kernel, true);
         });
         return;
     }
-    run(spec, x, None, w, y, workers, kernel);
+    run(spec, x, None, w, y, workers, kernel, true);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -121,7 +128,9 @@ type RoundedRow<'a> = Option<&'a x86_i16::Rounded>;
 type RoundedRow<'a> = Option<&'a ()>;
 
 /// [`matmul`], with the one activation row also given rounded (`x16`,
-/// from `x`) where the 16-bit kernel runs.
+/// from `x`) where the 16-bit kernel runs; `by_rows` lets many rows take
+/// the dequantizing paths (off: the register blocks for every count).
+#[allow(clippy::too_many_arguments)] // the operands, the pool, and two choices
 fn run(
     spec: &QuantMatmulSpec,
     x: &[f32],
@@ -130,6 +139,7 @@ fn run(
     y: &mut [f32],
     workers: &crate::workers::Workers,
     kernel: Kernel,
+    by_rows: bool,
 ) {
     let (rows, out, inp) = (spec.rows, spec.out, spec.inp);
     if rows == 0 || out == 0 {
@@ -137,8 +147,8 @@ fn run(
     }
     let row_bytes = w.len() / out;
     let y_ptr = SharedOut::new(y);
-    let tiled = rows >= TILE_MIN_ROWS;
-    let dequant = !tiled && rows >= DEQUANT_MIN_ROWS;
+    let tiled = by_rows && rows >= TILE_MIN_ROWS;
+    let dequant = by_rows && !tiled && rows >= DEQUANT_MIN_ROWS;
     let task = |cols: std::ops::Range<usize>| {
         if tiled {
             tile(
@@ -187,7 +197,10 @@ fn run(
                 // and column j belongs to this task alone.
                 unsafe { *y_ptr.at(r * out + j) = v };
             };
-            dots(spec.quant, wrow, x, rows, inp, kernel, &mut put);
+            // Batch-invariant: at most two rows per call, where the AVX2
+            // kernel's accumulators are the ones it uses for one row.
+            let group = if by_rows { 4 } else { 2 };
+            dots(spec.quant, wrow, x, rows, inp, kernel, group, &mut put);
         }
     };
     let threads = workers.threads();
@@ -212,7 +225,9 @@ fn run(
     });
 }
 
-/// The dot products of weight row `wrow` with every activation row.
+/// The dot products of weight row `wrow` with every activation row, at
+/// most `group` (1 to 4) rows per kernel call.
+#[allow(clippy::too_many_arguments)] // the operands, the kernel, the grouping
 fn dots(
     quant: QuantType,
     wrow: &[u8],
@@ -220,12 +235,13 @@ fn dots(
     rows: usize,
     inp: usize,
     kernel: Kernel,
+    group: usize,
     put: &mut impl FnMut(usize, f32),
 ) {
     let small_blocks = quant.block_elems() == 32;
     let mut r = 0;
     while r < rows {
-        let n = (rows - r).min(4);
+        let n = (rows - r).min(group);
         match kernel {
             #[cfg(target_arch = "x86_64")]
             k @ (Kernel::Avx512 | Kernel::Avx2) if small_blocks => {
@@ -440,6 +456,66 @@ mod tests {
             .zip(x)
             .map(|(&a, &b)| f64::from(a) * f64::from(b));
         (exact.clone().sum(), exact.map(f64::abs).sum())
+    }
+
+    /// With `batch_invariant`, every row of a product is bit for bit the
+    /// row computed alone, for every format, kernel and row count (the
+    /// counts cross the 4-row groups, the 8-row dequantizing and the
+    /// 64-row tiled thresholds the normal mode switches at).
+    #[test]
+    fn batch_invariant_rows_equal_rows_alone() {
+        let workers = crate::workers::Workers::new(2, 0).unwrap_or_else(|e| panic!("{e}"));
+        let mut rng = SplitMix64::new(23);
+        let kernels: Vec<Kernel> =
+            [Kernel::Scalar, Kernel::detect()]
+                .into_iter()
+                .fold(Vec::new(), |mut v, k| {
+                    if !v.contains(&k) {
+                        v.push(k);
+                    }
+                    v
+                });
+        for kernel in kernels {
+            for (case, quant) in QuantType::ALL.into_iter().enumerate() {
+                let be = quant.block_elems();
+                let inp = be * (1 + case % 3);
+                let out = 37;
+                let w = random_quant_blocks(quant, out * inp / be, 900 + case as u64);
+                for rows in [1, 2, 3, 5, 8, 9, 17, 64, 70] {
+                    let x: Vec<f32> = (0..rows * inp)
+                        .map(|_| rng.signed_unit_f32() * 2.0)
+                        .collect();
+                    let spec = QuantMatmulSpec {
+                        rows,
+                        out,
+                        inp,
+                        quant,
+                    };
+                    let mut y = vec![0.0f32; rows * out];
+                    matmul(&spec, &x, &w, &mut y, &workers, kernel, true);
+                    for r in 0..rows {
+                        let one = QuantMatmulSpec { rows: 1, ..spec };
+                        let mut alone = vec![0.0f32; out];
+                        matmul(
+                            &one,
+                            &x[r * inp..(r + 1) * inp],
+                            &w,
+                            &mut alone,
+                            &workers,
+                            kernel,
+                            true,
+                        );
+                        for j in 0..out {
+                            assert_eq!(
+                                y[r * out + j].to_bits(),
+                                alone[j].to_bits(),
+                                "{quant} {kernel:?} {rows} rows: y[{r}][{j}]"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
