@@ -323,7 +323,7 @@ impl CudaDevice {
             if !crate::nvrtc_present() {
                 return Err(CudaError::MissingLibrary {
                     library: "libnvrtc",
-                    what: "compiling reduce and scale kernels",
+                    what: "compiling the kernels",
                 }
                 .to_string());
             }
@@ -465,7 +465,8 @@ impl Device for CudaDevice {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let kernels = if crate::nvrtc_present() {
+        let nvrtc = crate::nvrtc_present();
+        let kernels = if nvrtc {
             DType::ALL.to_vec()
         } else {
             Vec::new()
@@ -485,7 +486,7 @@ impl Device for CudaDevice {
             },
             decode_dtypes: decode.clone(),
             llama_dtypes: decode,
-            quant_types: if crate::nvrtc_present() {
+            quant_types: if nvrtc {
                 QuantType::ALL.to_vec()
             } else {
                 Vec::new()

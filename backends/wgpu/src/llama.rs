@@ -20,7 +20,7 @@ const WG: u32 = 256;
 
 impl WgpuDevice {
     /// `what` must be an f32 buffer of this device that one binding can hold.
-    fn check_f32_arg(&self, b: &WgpuBuffer, what: &str) -> Result<()> {
+    pub(crate) fn check_f32_arg(&self, b: &WgpuBuffer, what: &str) -> Result<()> {
         self.check_owned(b, what)?;
         check_decode_f32(Backend::Wgpu, what, b)?;
         self.check_binding(b)

@@ -4,7 +4,7 @@
 //! against the core specs, then runs the format's WGSL kernel
 //! (`quant_kernels.rs`) through `dispatch`.
 
-use hetero_core::device::{check_decode_f32, check_dtype};
+use hetero_core::device::check_dtype;
 use hetero_core::transformer::quant_embedding_width;
 use hetero_core::{Backend, DType, Error, QuantMatmulSpec, QuantType, Result};
 
@@ -43,15 +43,11 @@ impl WgpuDevice {
         }
     }
 
-    /// `what` must be a buffer of this device, of `dtype`, that one binding
-    /// can hold.
-    fn check_quant_arg(&self, b: &WgpuBuffer, dtype: DType, what: &str) -> Result<()> {
+    /// `what` must be a `U8` buffer of this device that one binding can
+    /// hold (the f32 operands go through `check_f32_arg`).
+    fn check_bytes_arg(&self, b: &WgpuBuffer, what: &str) -> Result<()> {
         self.check_owned(b, what)?;
-        if dtype == DType::F32 {
-            check_decode_f32(Backend::Wgpu, what, b)?;
-        } else {
-            check_dtype(what, dtype, b.dtype)?;
-        }
+        check_dtype(what, DType::U8, b.dtype)?;
         self.check_binding(b)
     }
 
@@ -63,9 +59,9 @@ impl WgpuDevice {
         y: &mut WgpuBuffer,
     ) -> Result<()> {
         self.check_quant(spec.quant, "matmul_quant")?;
-        self.check_quant_arg(x, DType::F32, "matmul_quant x")?;
-        self.check_quant_arg(w, DType::U8, "matmul_quant w")?;
-        self.check_quant_arg(y, DType::F32, "matmul_quant y")?;
+        self.check_f32_arg(x, "matmul_quant x")?;
+        self.check_bytes_arg(w, "matmul_quant w")?;
+        self.check_f32_arg(y, "matmul_quant y")?;
         spec.validate(x.len, w.len, y.len)?;
         if spec.rows == 0 || spec.out == 0 {
             return Ok(());
@@ -117,8 +113,8 @@ impl WgpuDevice {
         out: &mut WgpuBuffer,
     ) -> Result<()> {
         self.check_quant(quant, "embedding_quant")?;
-        self.check_quant_arg(table, DType::U8, "embedding_quant table")?;
-        self.check_quant_arg(out, DType::F32, "embedding_quant out")?;
+        self.check_bytes_arg(table, "embedding_quant table")?;
+        self.check_f32_arg(out, "embedding_quant out")?;
         let width = quant_embedding_width(quant, table.len, out.len, ids)?;
         as_u32("embedding_quant table bytes", table.len)?;
         let units = width / UNIT;

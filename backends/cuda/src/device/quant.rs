@@ -8,7 +8,7 @@
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use hetero_core::device::check_dtype;
 use hetero_core::transformer::quant_embedding_width;
-use hetero_core::{Backend, DType, DeviceBuffer, Error, QuantMatmulSpec, QuantType, Result};
+use hetero_core::{DType, DeviceBuffer, QuantMatmulSpec, QuantType, Result};
 
 use super::{CudaBuffer, CudaDevice, check_f32, launch_config};
 use crate::kernels;
@@ -20,9 +20,10 @@ const UNIT: usize = 32;
 const GRID_MAX: usize = 65_535;
 
 impl CudaDevice {
+    /// Owners and dtypes: `f32_args` f32, `bytes` the `U8` weights. Without
+    /// NVRTC, `function` is the `Unsupported` that says so.
     fn check_quant_args(
         &self,
-        op: &str,
         f32_args: &[(&CudaBuffer, &str)],
         bytes: (&CudaBuffer, &str),
     ) -> Result<()> {
@@ -32,14 +33,7 @@ impl CudaDevice {
         for (b, what) in f32_args {
             check_f32(what, *b)?;
         }
-        check_dtype(bytes.1, DType::U8, bytes.0.dtype())?;
-        if !crate::nvrtc_present() {
-            return Err(Error::unsupported(
-                Backend::Cuda,
-                format!("{op}: the kernels need NVRTC (libnvrtc), which was not found"),
-            ));
-        }
-        Ok(())
+        check_dtype(bytes.1, DType::U8, bytes.0.dtype())
     }
 
     pub(super) fn launch_matmul_quant(
@@ -50,7 +44,6 @@ impl CudaDevice {
         y: &mut CudaBuffer,
     ) -> Result<()> {
         self.check_quant_args(
-            "matmul_quant",
             &[(x, "matmul_quant x"), (&*y, "matmul_quant y")],
             (w, "matmul_quant w"),
         )?;
@@ -98,7 +91,6 @@ impl CudaDevice {
         out: &mut CudaBuffer,
     ) -> Result<()> {
         self.check_quant_args(
-            "embedding_quant",
             &[(&*out, "embedding_quant out")],
             (table, "embedding_quant table"),
         )?;
