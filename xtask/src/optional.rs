@@ -286,10 +286,24 @@ fn probe_clang_nvptx() -> Result<(), String> {
         .arg("-print-targets")
         .output()
         .map_err(|e| format!("`clang` is not installed ({e})"))?;
-    if String::from_utf8_lossy(&out.stdout).contains("nvptx64") {
+    if !String::from_utf8_lossy(&out.stdout).contains("nvptx64") {
+        return Err("`clang` has no NVPTX target".into());
+    }
+    // The PTX check includes clang's CUDA headers, packaged apart from the
+    // binary on Debian (libclang-common-*-dev).
+    let dir = Command::new("clang")
+        .arg("-print-resource-dir")
+        .output()
+        .map_err(|e| format!("`clang -print-resource-dir`: {e}"))?;
+    let header = Path::new(String::from_utf8_lossy(&dir.stdout).trim())
+        .join("include/__clang_cuda_builtin_vars.h");
+    if header.is_file() {
         Ok(())
     } else {
-        Err("`clang` has no NVPTX target".into())
+        Err(format!(
+            "clang's CUDA headers are missing ({})",
+            header.display()
+        ))
     }
 }
 

@@ -36,7 +36,9 @@ static __device__ __forceinline__ float __shfl_xor_sync(unsigned m, float v, int
 }
 "#;
 
-/// `clang` when it is on PATH and lists the NVPTX target; otherwise why not.
+/// `clang` when it is on PATH, lists the NVPTX target and has its CUDA
+/// headers (the shim includes them; Debian ships them apart from the
+/// binary, in libclang-common-*-dev); otherwise why not.
 pub fn clang_with_nvptx() -> Result<&'static str, String> {
     let out = Command::new("clang")
         .arg("-print-targets")
@@ -44,10 +46,23 @@ pub fn clang_with_nvptx() -> Result<&'static str, String> {
         .map_err(|e| {
             format!("clang is not on PATH ({e}); install clang to compile the kernels to PTX")
         })?;
-    if String::from_utf8_lossy(&out.stdout).contains("nvptx64") {
+    if !String::from_utf8_lossy(&out.stdout).contains("nvptx64") {
+        return Err("clang has no NVPTX target".into());
+    }
+    let dir = Command::new("clang")
+        .arg("-print-resource-dir")
+        .output()
+        .map_err(|e| format!("clang -print-resource-dir: {e}"))?;
+    let header = Path::new(String::from_utf8_lossy(&dir.stdout).trim())
+        .join("include/__clang_cuda_builtin_vars.h");
+    if header.is_file() {
         Ok("clang")
     } else {
-        Err("clang has no NVPTX target".into())
+        Err(format!(
+            "clang's CUDA headers are missing ({} not found; Debian: libclang-common-*-dev, \
+             which the clang package pulls in)",
+            header.display()
+        ))
     }
 }
 
