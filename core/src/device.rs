@@ -143,6 +143,11 @@ pub struct Capabilities {
     /// block layout (dequantized inside the kernel).
     #[serde(default)]
     pub quant_types: Vec<QuantType>,
+    /// Dtypes besides f32 that `attention_causal` reads its key and value
+    /// caches in (filled by `convert_copy` from f32 rows), e.g. `F16`
+    /// for a KV cache of half the bytes. F32 caches go with `llama_dtypes`.
+    #[serde(default)]
+    pub kv_cache_dtypes: Vec<DType>,
 }
 
 impl Capabilities {
@@ -156,6 +161,15 @@ impl Capabilities {
             decode_dtypes: DType::ALL.to_vec(),
             llama_dtypes: DType::ALL.to_vec(),
             quant_types: QuantType::ALL.to_vec(),
+            kv_cache_dtypes: vec![DType::F16],
+        }
+    }
+
+    /// Whether `attention_causal` takes key and value caches of `dtype`.
+    pub fn kv_cache_takes(&self, dtype: DType) -> bool {
+        match dtype {
+            DType::F32 => self.llama_dtypes.contains(&DType::F32),
+            other => self.kv_cache_dtypes.contains(&other),
         }
     }
 }
@@ -286,6 +300,27 @@ pub trait Device: Send + Sync + fmt::Debug + 'static {
         dst: &mut Self::Buffer,
         dst_offset: usize,
     ) -> Result<()>;
+
+    /// Copy `src[src_range]` into `dst[dst_offset..]` converting each element
+    /// to `dst`'s dtype (round to nearest even), e.g. f32 keys and values
+    /// into an f16 KV cache. The same dtype on both sides is a [`Device::copy`];
+    /// a backend lists the conversions it has in
+    /// [`Capabilities::kv_cache_dtypes`] and returns `Unsupported` for others.
+    fn convert_copy(
+        &self,
+        src: &Self::Buffer,
+        src_range: Range<usize>,
+        dst: &mut Self::Buffer,
+        dst_offset: usize,
+    ) -> Result<()> {
+        if src.dtype() == dst.dtype() {
+            return self.copy(src, src_range, dst, dst_offset);
+        }
+        Err(Error::unsupported(
+            self.id().backend,
+            format!("convert_copy from {} to {}", src.dtype(), dst.dtype()),
+        ))
+    }
 
     /// Elementwise `acc[i] = op(acc[i], src[i])`; `Avg` accumulates as `Sum`
     /// (finish with [`Device::finish_reduce`]).
@@ -582,6 +617,20 @@ pub fn check_copy(
     check_range("copy source", src_range, src.len())?;
     let dst_range = dst_offset..dst_offset.saturating_add(src_range.len());
     check_range("copy destination", &dst_range, dst.len())?;
+    Ok(dst_range)
+}
+
+/// Check a [`Device::convert_copy`]'s ranges (the dtypes may differ) and
+/// return the destination's range.
+pub fn check_convert_copy(
+    src: &dyn DeviceBuffer,
+    src_range: &Range<usize>,
+    dst: &dyn DeviceBuffer,
+    dst_offset: usize,
+) -> Result<Range<usize>> {
+    check_range("convert_copy source", src_range, src.len())?;
+    let dst_range = dst_offset..dst_offset.saturating_add(src_range.len());
+    check_range("convert_copy destination", &dst_range, dst.len())?;
     Ok(dst_range)
 }
 

@@ -57,6 +57,13 @@ pub trait DynDevice: Send + Sync + fmt::Debug {
         dst: &mut dyn DynBuffer,
         dst_offset: usize,
     ) -> Result<()>;
+    fn convert_copy(
+        &self,
+        src: &dyn DynBuffer,
+        src_range: Range<usize>,
+        dst: &mut dyn DynBuffer,
+        dst_offset: usize,
+    ) -> Result<()>;
     fn reduce(&self, op: ReduceOp, acc: &mut dyn DynBuffer, src: &dyn DynBuffer) -> Result<()>;
     fn finish_reduce(&self, op: ReduceOp, buf: &mut dyn DynBuffer, count: usize) -> Result<()>;
     fn scale(&self, buf: &mut dyn DynBuffer, alpha: f64) -> Result<()>;
@@ -199,6 +206,17 @@ impl<D: Device> DynDevice for D {
         let src = down(self, src, "copy source")?;
         let dst = down_mut(self, dst, "copy destination")?;
         Device::copy(self, src, src_range, dst, dst_offset)
+    }
+    fn convert_copy(
+        &self,
+        src: &dyn DynBuffer,
+        src_range: Range<usize>,
+        dst: &mut dyn DynBuffer,
+        dst_offset: usize,
+    ) -> Result<()> {
+        let src = down(self, src, "convert_copy source")?;
+        let dst = down_mut(self, dst, "convert_copy destination")?;
+        Device::convert_copy(self, src, src_range, dst, dst_offset)
     }
     fn reduce(&self, op: ReduceOp, acc: &mut dyn DynBuffer, src: &dyn DynBuffer) -> Result<()> {
         let src = down(self, src, "reduce source")?;

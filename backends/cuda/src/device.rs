@@ -491,6 +491,9 @@ impl Device for CudaDevice {
             } else {
                 Vec::new()
             },
+            // The attention kernel reads f32 caches only (f16 caches: not
+            // written yet; convert_copy says Unsupported).
+            kv_cache_dtypes: Vec::new(),
         }
     }
 

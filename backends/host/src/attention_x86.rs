@@ -6,29 +6,50 @@
 //! ([`crate::vexp::exp8`]), and the weighted sum of the values with the
 //! output held in registers, 64 dimensions at a time. The portable loop in
 //! `llama.rs` computes the same and the device suite compares both with
-//! f64 references.
+//! f64 references. Keys and values are f32 or f16 ([`KvElem`]): f16 rows
+//! are widened eight at a time by F16C as they are read.
 
 use std::arch::x86_64::*;
 
+use crate::llama::KvElem;
+
 /// Keys and values of one head: row `s` starts at `base + s * stride` of
 /// `k` and of `v`, and holds `q.len()` values.
-pub(crate) struct HeadRows<'a> {
-    pub k: &'a [f32],
-    pub v: &'a [f32],
+pub(crate) struct HeadRows<'a, T> {
+    pub k: &'a [T],
+    pub v: &'a [T],
     pub base: usize,
     pub stride: usize,
+}
+
+/// Eight cache values from `p` as f32 (f16 widened exactly by F16C).
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; `p..p + 8` is inside one slice.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn load8<T: KvElem>(p: *const T) -> __m256 {
+    // SAFETY: forwarded; T is f32 or f16 (KvElem's only impls), so eight
+    // of them are 32 or 16 bytes.
+    unsafe {
+        if T::HALF {
+            _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+        } else {
+            _mm256_loadu_ps(p.cast())
+        }
+    }
 }
 
 /// `o = softmax(scale * K q) V` over positions `0..n` (`n >= 1`);
 /// `scores` holds at least `n` values of scratch.
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA; `q.len() == o.len()` is a multiple of
-/// 8; rows `0..n` of `rows` lie inside `k` and `v`.
-#[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn attend(
+/// The CPU must have AVX2, FMA and F16C; `q.len() == o.len()` is a
+/// multiple of 8; rows `0..n` of `rows` lie inside `k` and `v`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn attend<T: KvElem>(
     q: &[f32],
-    rows: &HeadRows<'_>,
+    rows: &HeadRows<'_, T>,
     n: usize,
     scale: f32,
     scores: &mut [f32],
@@ -49,7 +70,7 @@ pub(crate) unsafe fn attend(
             unsafe {
                 let qc = _mm256_loadu_ps(qp.add(c));
                 for (p, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(qc, _mm256_loadu_ps(kp.add(row(s + p) + c)), *a);
+                    *a = _mm256_fmadd_ps(qc, load8(kp.add(row(s + p) + c)), *a);
                 }
             }
         }
@@ -68,11 +89,7 @@ pub(crate) unsafe fn attend(
         for c in (0..dh).step_by(8) {
             // SAFETY: c + 8 <= dh; row t < n is inside k.
             unsafe {
-                acc = _mm256_fmadd_ps(
-                    _mm256_loadu_ps(qp.add(c)),
-                    _mm256_loadu_ps(kp.add(row(t) + c)),
-                    acc,
-                );
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(c)), load8(kp.add(row(t) + c)), acc);
             }
         }
         *score = crate::quant::x86::hsum(acc) * scale;
@@ -89,11 +106,7 @@ pub(crate) unsafe fn attend(
             for (j, a) in acc.iter_mut().enumerate() {
                 if j < nc {
                     // SAFETY: c0 + 8 j + 8 <= dh; row t < n is inside v.
-                    *a = _mm256_fmadd_ps(
-                        w,
-                        unsafe { _mm256_loadu_ps(vp.add(row(t) + c0 + 8 * j)) },
-                        *a,
-                    );
+                    *a = _mm256_fmadd_ps(w, unsafe { load8(vp.add(row(t) + c0 + 8 * j)) }, *a);
                 }
             }
         }
@@ -154,8 +167,19 @@ mod tests {
     /// and 1..70 positions (so both the blocks of eight and the tail run).
     #[test]
     fn matches_f64_attention() {
-        if !crate::vexp::available() {
-            eprintln!("skipped: this CPU lacks AVX2/FMA");
+        matches_f64_attention_as::<f32>();
+    }
+
+    /// The same with f16 keys and values (the reference reads the same
+    /// rounded values).
+    #[test]
+    fn matches_f64_attention_f16_cache() {
+        matches_f64_attention_as::<hetero_core::half::f16>();
+    }
+
+    fn matches_f64_attention_as<T: KvElem + FromF32>() {
+        if !crate::quant::x86::available() {
+            eprintln!("skipped: this CPU lacks AVX2/FMA/F16C");
             return;
         }
         let mut rng = SplitMix64::new(9);
@@ -165,8 +189,11 @@ mod tests {
             let stride = dh * (1 + rng.below(3));
             let base = rng.below(stride - dh + 1);
             let len = base + (n - 1) * stride + dh;
-            let mut r =
-                |m: f32| -> Vec<f32> { (0..len).map(|_| rng.signed_unit_f32() * m).collect() };
+            let mut r = |m: f32| -> Vec<T> {
+                (0..len)
+                    .map(|_| T::from_f32(rng.signed_unit_f32() * m))
+                    .collect()
+            };
             let (k, v) = (r(2.0), r(1.0));
             let q: Vec<f32> = (0..dh).map(|_| rng.signed_unit_f32() * 2.0).collect();
             let scale = 1.0 / (dh as f32).sqrt();
@@ -185,7 +212,7 @@ mod tests {
                     let kr = &k[base + t * stride..][..dh];
                     q.iter()
                         .zip(kr)
-                        .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                        .map(|(&a, &b)| f64::from(a) * f64::from(b.get()))
                         .sum::<f64>()
                         * f64::from(scale)
                 })
@@ -195,13 +222,27 @@ mod tests {
             let z: f64 = e.iter().sum();
             for (d, &g) in o.iter().enumerate() {
                 let want: f64 = (0..n)
-                    .map(|t| e[t] / z * f64::from(v[base + t * stride + d]))
+                    .map(|t| e[t] / z * f64::from(v[base + t * stride + d].get()))
                     .sum();
                 assert!(
                     (f64::from(g) - want).abs() <= 1e-5,
                     "case {case} (dh {dh}, n {n}) dim {d}: {g} vs {want}"
                 );
             }
+        }
+    }
+
+    trait FromF32 {
+        fn from_f32(x: f32) -> Self;
+    }
+    impl FromF32 for f32 {
+        fn from_f32(x: f32) -> Self {
+            x
+        }
+    }
+    impl FromF32 for hetero_core::half::f16 {
+        fn from_f32(x: f32) -> Self {
+            hetero_core::half::f16::from_f32(x)
         }
     }
 }

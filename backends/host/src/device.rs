@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use hetero_core::device::{
-    argmax_cols, bias_rows, check_copy, check_download, check_dtype, check_owner, check_same_shape,
-    check_upload, layer_norm_rows,
+    argmax_cols, bias_rows, check_convert_copy, check_copy, check_download, check_dtype,
+    check_owner, check_same_shape, check_upload, layer_norm_rows,
 };
 use hetero_core::half::{bf16, f16};
 use hetero_core::host_kernels::{self, Arith};
@@ -414,6 +414,7 @@ impl Device for HostDevice {
             decode_dtypes: vec![DType::F32],
             llama_dtypes: vec![DType::F32],
             quant_types: QuantType::ALL.to_vec(),
+            kv_cache_dtypes: vec![DType::F16],
         }
     }
 
@@ -451,6 +452,38 @@ impl Device for HostDevice {
         let s = hetero_core::DeviceBuffer::dtype(src).size_bytes();
         dst.as_bytes_mut()[dst_range.start * s..dst_range.end * s]
             .copy_from_slice(&src.as_bytes()[src_range.start * s..src_range.end * s]);
+        Ok(())
+    }
+
+    fn convert_copy(
+        &self,
+        src: &HostBuffer,
+        src_range: Range<usize>,
+        dst: &mut HostBuffer,
+        dst_offset: usize,
+    ) -> Result<()> {
+        self.check_owned(src, "convert_copy source")?;
+        self.check_owned(dst, "convert_copy destination")?;
+        let dst_range = check_convert_copy(src, &src_range, dst, dst_offset)?;
+        // half's slice conversions round to nearest even, with F16C where
+        // the CPU has it.
+        use hetero_core::half::slice::HalfFloatSliceExt;
+        match (
+            hetero_core::DeviceBuffer::dtype(src),
+            hetero_core::DeviceBuffer::dtype(dst),
+        ) {
+            (a, b) if a == b => return self.copy(src, src_range, dst, dst_offset),
+            (DType::F32, DType::F16) => dst.typed_mut::<f16>()?[dst_range]
+                .convert_from_f32_slice(&src.typed::<f32>()?[src_range]),
+            (DType::F16, DType::F32) => src.typed::<f16>()?[src_range]
+                .convert_to_f32_slice(&mut dst.typed_mut::<f32>()?[dst_range]),
+            (a, b) => {
+                return Err(Error::unsupported(
+                    self.id().backend,
+                    format!("convert_copy from {a} to {b} (f32 <-> f16 only)"),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -700,9 +733,40 @@ impl Device for HostDevice {
         lens: &[u32],
         out: &mut HostBuffer,
     ) -> Result<()> {
-        let (q, k, v, out) = self.attention_operands(q, k_cache, v_cache, out)?;
-        spec.validate(q.len(), k.len(), v.len(), out.len(), lens)?;
-        llama::attention_causal(spec, q, k, v, lens, out, &self.inner.workers);
+        for (b, what) in [
+            (q, "attention q"),
+            (k_cache, "attention k cache"),
+            (v_cache, "attention v cache"),
+        ] {
+            self.check_owned(b, what)?;
+        }
+        self.check_owned(out, "attention out")?;
+        let kv = hetero_core::DeviceBuffer::dtype(k_cache);
+        check_dtype(
+            "attention v cache",
+            kv,
+            hetero_core::DeviceBuffer::dtype(v_cache),
+        )?;
+        let (q, out) = (q.typed::<f32>()?, out.typed_mut::<f32>()?);
+        let workers = &self.inner.workers;
+        match kv {
+            DType::F32 => {
+                let (k, v) = (k_cache.typed::<f32>()?, v_cache.typed::<f32>()?);
+                spec.validate(q.len(), k.len(), v.len(), out.len(), lens)?;
+                llama::attention_causal(spec, q, k, v, lens, out, workers);
+            }
+            DType::F16 => {
+                let (k, v) = (k_cache.typed::<f16>()?, v_cache.typed::<f16>()?);
+                spec.validate(q.len(), k.len(), v.len(), out.len(), lens)?;
+                llama::attention_causal(spec, q, k, v, lens, out, workers);
+            }
+            other => {
+                return Err(Error::unsupported(
+                    self.id().backend,
+                    format!("attention_causal with a {other} KV cache (f32 and f16 only)"),
+                ));
+            }
+        }
         Ok(())
     }
 

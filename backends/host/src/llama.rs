@@ -42,16 +42,47 @@ pub(crate) fn rope(spec: &RopeSpec, x: &mut [f32], positions: &[u32], inv_freq: 
     }
 }
 
+/// An element of a key/value cache the attention reads: f32, or f16 for a
+/// cache of half the bytes (widened to f32 as it is read; every product
+/// and sum stays f32).
+pub(crate) trait KvElem: Copy + Send + Sync + 'static {
+    /// f16 (two bytes), else f32.
+    const HALF: bool;
+    fn get(self) -> f32;
+    /// `dot(q, k)` (for f32 the shared [`crate::gemv::dot`]).
+    fn dot(q: &[f32], k: &[Self]) -> f32;
+}
+
+impl KvElem for f32 {
+    const HALF: bool = false;
+    fn get(self) -> f32 {
+        self
+    }
+    fn dot(q: &[f32], k: &[f32]) -> f32 {
+        crate::gemv::dot(q, k)
+    }
+}
+
+impl KvElem for hetero_core::half::f16 {
+    const HALF: bool = true;
+    fn get(self) -> f32 {
+        self.to_f32()
+    }
+    fn dot(q: &[f32], k: &[Self]) -> f32 {
+        q.iter().zip(k).map(|(&a, &b)| a * b.to_f32()).sum()
+    }
+}
+
 /// Causal attention of one query row `qrow` (head `kvh`'s keys and values
 /// of sequence `b`, positions `0..=pos`) into `o`; `scores` is scratch.
 /// The portable loop; AVX2 CPUs run `attention_x86::attend` instead
 /// where the head size is a multiple of 8.
 #[allow(clippy::too_many_arguments)]
-fn attend_one(
+fn attend_one<T: KvElem>(
     spec: &CausalAttentionSpec,
     qrow: &[f32],
-    k: &[f32],
-    v: &[f32],
+    k: &[T],
+    v: &[T],
     b: usize,
     kvh: usize,
     pos: usize,
@@ -63,7 +94,7 @@ fn attend_one(
     let mut max = f32::NEG_INFINITY;
     for (s, score) in scores[..=pos].iter_mut().enumerate() {
         let krow = &k[(b * spec.max_len + s) * kw + kvh * dh..][..dh];
-        *score = crate::gemv::dot(qrow, krow) * scale;
+        *score = T::dot(qrow, krow) * scale;
         max = max.max(*score);
     }
     let z = exp_shifted(&mut scores[..=pos], max);
@@ -72,7 +103,7 @@ fn attend_one(
         let vrow = &v[(b * spec.max_len + s) * kw + kvh * dh..][..dh];
         let w = p / z;
         for (x, &y) in o.iter_mut().zip(vrow) {
-            *x += w * y;
+            *x += w * y.get();
         }
     }
 }
@@ -92,11 +123,11 @@ pub(crate) fn exp_shifted(scores: &mut [f32], max: f32) -> f32 {
 /// split over the device's thread pool: a decode step of one sequence has
 /// a single query row, so splitting rows alone would leave the other
 /// threads waiting.
-pub(crate) fn attention_causal(
+pub(crate) fn attention_causal<T: KvElem>(
     spec: &CausalAttentionSpec,
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    k: &[T],
+    v: &[T],
     lens: &[u32],
     out: &mut [f32],
     workers: &crate::workers::Workers,
@@ -107,7 +138,7 @@ pub(crate) fn attention_causal(
     // Units first..first + out.len() / dh; unit u is row u / heads, head
     // u % heads, and its output is out[u * dh..][..dh].
     #[cfg(target_arch = "x86_64")]
-    let avx2 = crate::vexp::available() && dh.is_multiple_of(8);
+    let avx2 = crate::quant::x86::available() && dh.is_multiple_of(8);
     let scale = 1.0 / (dh as f32).sqrt();
     let work = |first: usize, out: &mut [f32]| {
         let mut scores = vec![0.0f32; spec.max_len];
@@ -125,7 +156,7 @@ pub(crate) fn attention_causal(
                     base: b * spec.max_len * spec.kv_width() + kvh * dh,
                     stride: spec.kv_width(),
                 };
-                // SAFETY: the CPU has AVX2 and FMA and dh is a multiple
+                // SAFETY: the CPU has AVX2, FMA and F16C and dh is a multiple
                 // of 8 (checked above); the spec was validated against
                 // the cache lengths, so rows 0..=pos of sequence b lie
                 // inside k and v.
@@ -205,4 +236,71 @@ unsafe fn silu_mul_avx2(gate: &mut [f32], up: &[f32]) {
         }
     }
     silu_mul_scalar(&mut gate[n / 8 * 8..n], &up[n / 8 * 8..n]);
+}
+
+#[cfg(test)]
+mod tests {
+    use hetero_core::half::f16;
+    use hetero_core::rng::SplitMix64;
+
+    use super::*;
+
+    /// The portable loop (what CPUs without AVX2 run) reads f16 caches as
+    /// their f32 values: against the same loop on the widened cache, over
+    /// grouped heads and every position of random sequences.
+    #[test]
+    fn portable_loop_reads_f16_caches_as_their_values() {
+        let mut rng = SplitMix64::new(31);
+        for case in 0..60 {
+            let (kv_heads, group) = (1 + rng.below(3), 1 + rng.below(3));
+            let head_dim = 1 + rng.below(40);
+            let max_len = 1 + rng.below(30);
+            let spec = CausalAttentionSpec {
+                batch: 1,
+                q_len: 1,
+                heads: kv_heads * group,
+                kv_heads,
+                head_dim,
+                max_len,
+            };
+            let n = max_len * spec.kv_width();
+            let halves: Vec<f16> = (0..n)
+                .map(|_| f16::from_f32(rng.signed_unit_f32() * 3.0))
+                .collect();
+            let widened: Vec<f32> = halves.iter().map(|h| h.to_f32()).collect();
+            let q: Vec<f32> = (0..spec.q_width()).map(|_| rng.signed_unit_f32()).collect();
+            let pos = rng.below(max_len);
+            let mut scores = vec![0.0f32; max_len];
+            for h in 0..spec.heads {
+                let qh = &q[h * head_dim..][..head_dim];
+                let (mut a, mut b) = (vec![0.0f32; head_dim], vec![0.0f32; head_dim]);
+                let kvh = h / group;
+                attend_one(
+                    &spec,
+                    qh,
+                    &halves,
+                    &halves,
+                    0,
+                    kvh,
+                    pos,
+                    &mut scores,
+                    &mut a,
+                );
+                attend_one(
+                    &spec,
+                    qh,
+                    &widened,
+                    &widened,
+                    0,
+                    kvh,
+                    pos,
+                    &mut scores,
+                    &mut b,
+                );
+                for (x, y) in a.iter().zip(&b) {
+                    assert!((x - y).abs() <= 1e-5, "case {case} head {h}: {x} vs {y}");
+                }
+            }
+        }
+    }
 }

@@ -327,6 +327,7 @@ impl Device for RocmDevice {
                 decode_dtypes: Vec::new(),
                 llama_dtypes: Vec::new(),
                 quant_types: Vec::new(),
+                kv_cache_dtypes: Vec::new(),
             };
         }
         Capabilities {
@@ -336,6 +337,8 @@ impl Device for RocmDevice {
             decode_dtypes: vec![DType::F32],
             llama_dtypes: vec![DType::F32],
             quant_types: Vec::new(),
+            // Its attention reads f32 caches only.
+            kv_cache_dtypes: Vec::new(),
         }
     }
 

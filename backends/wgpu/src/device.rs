@@ -241,6 +241,9 @@ impl Device for WgpuDevice {
             decode_dtypes: vec![DType::F32],
             llama_dtypes: vec![DType::F32],
             quant_types: self.quant_types(),
+            // The attention shaders read f32 caches only (f16 caches: not
+            // written yet; convert_copy says Unsupported).
+            kv_cache_dtypes: Vec::new(),
         }
     }
 

@@ -36,6 +36,19 @@ pub(super) fn tests(caps: &Capabilities) -> Vec<DeviceTest> {
             attention_causal_matches_reference(d, true)
         })
         .skip_unless(have, missing),
+        DeviceTest::new("attention_causal_decode_f16_cache", |d| {
+            attention_causal_matches_reference_as(d, false, DType::F16)
+        })
+        .skip_unless(caps.kv_cache_takes(DType::F16), no_f16_cache),
+        DeviceTest::new("attention_causal_prefill_f16_cache", |d| {
+            attention_causal_matches_reference_as(d, true, DType::F16)
+        })
+        .skip_unless(caps.kv_cache_takes(DType::F16), no_f16_cache),
+        DeviceTest::new(
+            "convert_copy_f32_f16_rounds_to_nearest",
+            convert_copy_rounds_to_nearest,
+        )
+        .skip_unless(caps.kv_cache_takes(DType::F16), no_f16_cache),
         DeviceTest::new("silu_mul_f32", silu_mul_matches_reference).skip_unless(have, missing),
         // The default gather is built on `copy`, so every device runs it.
         DeviceTest::new("embedding_f32", embedding_matches_reference),
@@ -46,7 +59,93 @@ pub(super) fn tests(caps: &Capabilities) -> Vec<DeviceTest> {
             missing_are_unsupported,
         ));
     }
+    if !caps.kv_cache_takes(DType::F16) {
+        tests.push(DeviceTest::new(
+            "missing_f16_cache_is_an_unsupported_error",
+            missing_f16_cache_is_unsupported,
+        ));
+    }
     tests
+}
+
+fn no_f16_cache() -> String {
+    "device reads no f16 KV caches (kv_cache_dtypes)".to_string()
+}
+
+/// `values` converted on the device into a new buffer of `dtype`.
+fn upload_as(
+    d: &dyn DynDevice,
+    values: &[f32],
+    dtype: DType,
+) -> Result<crate::BoxedBuffer, String> {
+    let src = upload(d, values)?;
+    let mut dst = d.alloc(dtype, values.len()).map_err(err("alloc"))?;
+    d.convert_copy(src.as_ref(), 0..values.len(), dst.as_mut(), 0)
+        .map_err(err("convert_copy"))?;
+    Ok(dst)
+}
+
+/// f32 -> f16 -> f32 on the device equals IEEE round to nearest even (the
+/// `half` crate's conversion), bit for bit, including at an offset, for
+/// values at f16's limits (overflow to infinity, subnormals, NaN).
+fn convert_copy_rounds_to_nearest(d: &dyn DynDevice) -> Result<(), String> {
+    let mut x = random_f32(1000, 990);
+    x.extend([
+        0.0,
+        -0.0,
+        65504.0,
+        65519.0,
+        65520.0,
+        -1e6,
+        6e-8,
+        3e-8,
+        1e-9,
+        1.0 + 1.0 / 2048.0,
+        1.0 + 3.0 / 2048.0,
+        f32::INFINITY,
+        f32::NAN,
+    ]);
+    let src = upload(d, &x)?;
+    let mut half = d.alloc(DType::F16, x.len() + 5).map_err(err("alloc"))?;
+    d.convert_copy(src.as_ref(), 3..x.len(), half.as_mut(), 5)
+        .map_err(err("convert_copy to f16"))?;
+    let mut back = d.alloc(DType::F32, x.len() + 5).map_err(err("alloc"))?;
+    d.convert_copy(half.as_ref(), 0..x.len() + 5, back.as_mut(), 0)
+        .map_err(err("convert_copy to f32"))?;
+    let got: Vec<f32> = d.to_vec(back.as_ref()).map_err(err("download"))?;
+    for (i, &v) in x.iter().enumerate().skip(3) {
+        let want = half::f16::from_f32(v).to_f32();
+        let g = got[i + 2];
+        if g.to_bits() != want.to_bits() && !(g.is_nan() && want.is_nan()) {
+            return Err(format!("element {i}: {v} became {g}, want {want}"));
+        }
+    }
+    if got[..5].iter().any(|&v| v != 0.0) {
+        return Err(format!(
+            "convert_copy wrote before its offset: {:?}",
+            &got[..5]
+        ));
+    }
+    match d.convert_copy(src.as_ref(), 0..x.len(), half.as_mut(), 6) {
+        Err(Error::InvalidInput { .. }) => Ok(()),
+        other => Err(format!("convert_copy past the destination gave {other:?}")),
+    }
+}
+
+fn missing_f16_cache_is_unsupported(d: &dyn DynDevice) -> Result<(), String> {
+    let src = upload(d, &[1.0; 8])?;
+    let mut dst = match d.alloc(DType::F16, 8) {
+        Ok(b) => b,
+        // A device without f16 buffers at all says so when allocating.
+        Err(Error::Unsupported { .. }) => return Ok(()),
+        Err(e) => return Err(format!("alloc of f16 gave {e}")),
+    };
+    match d.convert_copy(src.as_ref(), 0..8, dst.as_mut(), 0) {
+        Err(Error::Unsupported { .. }) => Ok(()),
+        other => Err(format!(
+            "convert_copy to f16 on a device without f16 caches gave {other:?}"
+        )),
+    }
 }
 
 fn upload(d: &dyn DynDevice, v: &[f32]) -> Result<crate::BoxedBuffer, String> {
@@ -196,6 +295,16 @@ fn reference_attention(
 }
 
 fn attention_causal_matches_reference(d: &dyn DynDevice, prefill: bool) -> Result<(), String> {
+    attention_causal_matches_reference_as(d, prefill, DType::F32)
+}
+
+/// The causal attention cases with key and value caches of `kv` (filled by
+/// `convert_copy`; the reference reads the same rounded values).
+fn attention_causal_matches_reference_as(
+    d: &dyn DynDevice,
+    prefill: bool,
+    kv: DType,
+) -> Result<(), String> {
     let spec = |batch, q_len, heads, kv_heads, head_dim, max_len| CausalAttentionSpec {
         batch,
         q_len,
@@ -226,10 +335,17 @@ fn attention_causal_matches_reference(d: &dyn DynDevice, prefill: bool) -> Resul
         let qn = spec.batch * spec.q_len * spec.q_width();
         let kn = spec.batch * spec.max_len * spec.kv_width();
         let q = random_f32(qn, seed);
+        let round = |x: Vec<f32>| -> Vec<f32> {
+            if kv == DType::F16 {
+                x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect()
+            } else {
+                x
+            }
+        };
         let k = random_f32(kn, seed + 1);
         let v = random_f32(kn, seed + 2);
-        let want = reference_attention(spec, &q, &k, &v, lens);
-        let (qb, kb, vb) = (upload(d, &q)?, upload(d, &k)?, upload(d, &v)?);
+        let want = reference_attention(spec, &q, &round(k.clone()), &round(v.clone()), lens);
+        let (qb, kb, vb) = (upload(d, &q)?, upload_as(d, &k, kv)?, upload_as(d, &v, kv)?);
         let mut out = d.alloc(DType::F32, qn).map_err(err("alloc"))?;
         d.attention_causal(
             spec,
