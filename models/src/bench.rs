@@ -156,6 +156,6 @@ pub fn bench(
         prefill_tokens_per_s,
         decode_tokens_per_s: decode,
         resident_weight_bytes: model.weight_bytes(),
-        kv_bytes_per_position: c.kv_bytes_per_position(),
+        kv_bytes_per_position: model.kv_bytes_per_position(),
     })
 }

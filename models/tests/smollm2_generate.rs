@@ -11,6 +11,7 @@ use std::path::Path;
 
 use hetero_backends::{AnyDevice, discover};
 use hetero_core::{DType, QuantType};
+use hetero_models::llama::KvCacheDtype;
 use hetero_models::{
     ChatTemplate, Checkpoint, FinishReason, GenerateOptions, LlamaModel, Logits, Message,
     WeightFormat, generate,
@@ -70,11 +71,23 @@ fn chat_and_tokens(path: &str) -> Result<(), Failed> {
     Ok(())
 }
 
-fn greedy(device: &AnyDevice, path: &str) -> Result<(), Failed> {
+/// The f32 path (f32 weights, KV cache in `kv`) against the float64
+/// reference: the top logits of the first steps within `tol`, and the
+/// greedy continuation token for token.
+fn greedy(device: &AnyDevice, path: &str, kv: KvCacheDtype) -> Result<(), Failed> {
     let r = reference()?;
     let ckpt = Checkpoint::open(path)?;
     let tok = ckpt.tokenizer()?;
-    let model = LlamaModel::load_as(&ckpt, device.shared(), WeightFormat::F32, &mut |_| {})?;
+    let mut model = LlamaModel::load_as(&ckpt, device.shared(), WeightFormat::F32, &mut |_| {})?;
+    model.set_kv_cache_dtype(kv)?;
+    // f32 sums against float64; an f16 cache adds its rounding of the keys
+    // and values (measured on these prompts: see F16_CACHE_TOL).
+    let tol = if kv == KvCacheDtype::F16 {
+        F16_CACHE_TOL
+    } else {
+        2e-3
+    };
+    let mut worst = 0.0f64;
     let stop_ids = ids(&r["stop_ids"]);
     for case in r["cases"].as_array().ok_or("no cases")? {
         let prompt = ids(&case["prompt_ids"]);
@@ -94,7 +107,8 @@ fn greedy(device: &AnyDevice, path: &str) -> Result<(), Failed> {
                     pair[1].as_f64().ok_or("bad logit")?,
                 );
                 let g = logits[id] as f64;
-                if (g - w).abs() > 2e-3 * w.abs().max(1.0) {
+                worst = worst.max((g - w).abs() / w.abs().max(1.0));
+                if (g - w).abs() > tol * w.abs().max(1.0) {
                     return Err(format!(
                         "{:?} step {s}: logit of {id} is {g}, reference {w}",
                         case["text"]
@@ -126,8 +140,13 @@ fn greedy(device: &AnyDevice, path: &str) -> Result<(), Failed> {
         }
         assert_eq!(streamed, g.text);
     }
+    eprintln!("{kv} cache: top logits within {worst:.2e} (relative) of the float64 reference");
     Ok(())
 }
+
+/// Relative error of the top logits with an f16 KV cache (f32 weights)
+/// against the float64 reference that the test allows.
+const F16_CACHE_TOL: f64 = 1e-2;
 
 /// The weights kept in their blocks (Q4_1, and the Q8_0 embedding / tied
 /// output) on a device with kernels for them: resident bytes equal the
@@ -258,10 +277,27 @@ fn main() {
             )),
             (_, false) => trials.push(skip(quant_name, "device has no Q4_1 / Q8_0 kernels".into())),
         }
+        let f16_name = format!("{name}::f16_cache");
+        let f16 = device.as_dyn().capabilities().kv_cache_takes(DType::F16);
+        match (&path, have && f16) {
+            (Some(p), true) => {
+                let (p, device) = (p.clone(), device.clone());
+                trials.push(Trial::test(f16_name, move || {
+                    greedy(&device, &p, KvCacheDtype::F16)
+                }));
+            }
+            (None, _) => trials.push(skip(
+                f16_name,
+                "HETERO_TEST_GGUF does not name a file".into(),
+            )),
+            (_, false) => trials.push(skip(f16_name, "device reads no f16 KV caches".into())),
+        }
         match (&path, have) {
             (Some(p), true) => {
                 let p = p.clone();
-                trials.push(Trial::test(name, move || greedy(&device, &p)));
+                trials.push(Trial::test(name, move || {
+                    greedy(&device, &p, KvCacheDtype::F32)
+                }));
             }
             (None, _) => trials.push(skip(name, "HETERO_TEST_GGUF does not name a file".into())),
             (_, false) => trials.push(skip(name, "device has no Llama-family kernels".into())),

@@ -13,6 +13,7 @@ use std::path::Path;
 use hetero_backends::host::HostDevice;
 use hetero_backends::{AnyDevice, discover};
 use hetero_core::{DType, SharedDevice};
+use hetero_models::llama::KvCacheDtype;
 use hetero_models::{Checkpoint, KvCache, LlamaModel, Logits, StageSpec, WeightFormat};
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::Value;
@@ -117,11 +118,17 @@ fn host_split(path: &str, ranges: &[Range<usize>]) -> Result<(), Failed> {
         .iter()
         .map(|r| r.start * layers / 30..r.end * layers / 30)
         .collect();
-    let one = LlamaModel::load_as(&ckpt, host(0)?, WeightFormat::Native, &mut |_| {})?;
+    let mut one = LlamaModel::load_as(&ckpt, host(0)?, WeightFormat::Native, &mut |_| {})?;
     let devices: Vec<SharedDevice> = (1..=ranges.len() as u32)
         .map(host)
         .collect::<Result<_, _>>()?;
-    let model = split(&ckpt, &devices, &ranges)?;
+    let mut model = split(&ckpt, &devices, &ranges)?;
+    // f32 caches: with f16 ones, the last-bit differences of the
+    // micro-batches' sums (below) can round a key or value to the next f16
+    // (2^-11 relative), which moved these logits by up to 0.08; the split
+    // is what this test checks, the f16 cache has tests of its own.
+    one.set_kv_cache_dtype(KvCacheDtype::F32)?;
+    model.set_kv_cache_dtype(KvCacheDtype::F32)?;
 
     // Every stage's bytes, the embedding's second copy on the last one.
     let stages = model.stages();
@@ -284,7 +291,9 @@ fn failing_stage(path: &str) -> Result<(), Failed> {
     let first = host(1)?;
     let keep = first.capabilities().quant_types;
     let second_bytes = ckpt.stage_weight_bytes(&keep, layers / 2..layers, false, true, true);
-    let caches = 8 * 2 * (layers - layers / 2) * 64 * c.kv_heads * c.head_dim * 4;
+    // The caches the model will make there (f16 on the host by default).
+    let kv = KvCacheDtype::Auto.resolve([first.as_ref()])?.size_bytes();
+    let caches = 8 * 2 * (layers - layers / 2) * 64 * c.kv_heads * c.head_dim * kv;
     let second = AnyDevice::Host(
         HostDevice::builder()
             .index(2)

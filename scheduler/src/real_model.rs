@@ -140,13 +140,14 @@ pub fn step_rows(batch: usize, prompt_rows: usize) -> usize {
 pub fn footprint(
     checkpoint: &Checkpoint,
     keep: &[QuantType],
+    kv: DType,
     batch: usize,
     max_len: usize,
     prompt_rows: usize,
 ) -> u64 {
     let c = checkpoint.config();
     resident_bytes(checkpoint, keep)
-        + batch as u64 * max_len as u64 * c.kv_bytes_per_position()
+        + batch as u64 * max_len as u64 * c.kv_bytes_per_position_as(kv)
         + if batch == 0 {
             0
         } else {
@@ -406,11 +407,13 @@ pub fn profile_device(
 /// Like [`Allocation::check_fits`] for a checkpoint: the out-of-memory
 /// error that serving the allocation would end in on the first device
 /// given more than its `B*`, with the bytes it would need (`kept[g]`:
-/// the block formats device `g` keeps, see [`kept_formats`]).
+/// the block formats device `g` keeps, see [`kept_formats`]; `kv[g]` its
+/// models' KV cache dtype, `LlamaModel::kv_cache_dtype`).
 pub fn check_fits(
     allocation: &Allocation,
     devices: &[DeviceProfile],
     kept: &[Vec<QuantType>],
+    kv: &[DType],
     checkpoint: &Checkpoint,
     max_len: usize,
     prompt_rows: usize,
@@ -429,6 +432,7 @@ pub fn check_fits(
         requested_bytes: footprint(
             checkpoint,
             kept.get(g).map_or(&[][..], Vec::as_slice),
+            kv.get(g).copied().unwrap_or(DType::F32),
             batch,
             max_len,
             prompt_rows,

@@ -273,6 +273,7 @@ fn split_model_serves(path: &str) -> Result<(), Failed> {
             prefill_chunk: 32,
             max_request_len: 100,
         },
+        kv_dtype: hetero_models::llama::KvCacheDtype::Auto,
     };
     let (engine, plan) = start_split(&checkpoint, &stages, &setup, &mut |_| {})?;
     if plan.devices.len() != 1 || !plan.devices[0].device.contains('+') {
@@ -311,6 +312,7 @@ fn pipelines_side_by_side_serve(path: &str) -> Result<(), Failed> {
             prefill_chunk: 32,
             max_request_len: 100,
         },
+        kv_dtype: hetero_models::llama::KvCacheDtype::Auto,
     };
     let (engine, plan) = start_pipelines(&checkpoint, &pipelines, &setup, &mut |_| {})?;
     if plan.devices.len() != 2

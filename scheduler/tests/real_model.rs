@@ -7,13 +7,17 @@
 
 use std::sync::Arc;
 
-use hetero_core::{QuantType, SharedDevice};
+use hetero_core::{DType, QuantType, SharedDevice};
 use hetero_host::HostDevice;
 use hetero_models::{Checkpoint, LlamaModel};
 use hetero_scheduler::real_model::{
     self, DEFAULT_PROMPTS, ModelInfo, fill_batch, footprint, greedy, prompt_lines, tokenize_prompts,
 };
 use hetero_scheduler::{AllocationPolicy, Policy, Uniform};
+
+/// The KV cache dtype a model on a host device holds by default (f16:
+/// the host reads f16 caches; `KvCacheDtype::Auto`).
+const HOST_KV: DType = DType::F16;
 
 fn fixture(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -45,13 +49,31 @@ fn b_star_is_exactly_what_fits_the_budget() {
     let (max_len, prompt_rows) = (40, 8);
     // Budgets putting the boundary at a few different batches.
     for want in [1usize, 3, 6, 13] {
-        let budget = footprint(&ck, &QuantType::ALL, want, max_len, prompt_rows) + 100;
+        let budget = footprint(&ck, &QuantType::ALL, HOST_KV, want, max_len, prompt_rows) + 100;
         let d = host(0, 1, budget);
         let model = real_model::load(&ck, d.clone()).unwrap();
         let p = real_model::profile_memory(&model, &info.name, max_len, prompt_rows, 1000).unwrap();
         assert_eq!(p.max_batch, want, "budget {budget}");
-        assert!(footprint(&ck, &QuantType::ALL, p.max_batch, max_len, prompt_rows) <= budget);
-        assert!(footprint(&ck, &QuantType::ALL, p.max_batch + 1, max_len, prompt_rows) > budget);
+        assert!(
+            footprint(
+                &ck,
+                &QuantType::ALL,
+                HOST_KV,
+                p.max_batch,
+                max_len,
+                prompt_rows
+            ) <= budget
+        );
+        assert!(
+            footprint(
+                &ck,
+                &QuantType::ALL,
+                HOST_KV,
+                p.max_batch + 1,
+                max_len,
+                prompt_rows
+            ) > budget
+        );
         assert!(p.failed_attempts > 0);
         // Only the weights stay allocated; the device still works.
         assert_eq!(
@@ -94,7 +116,7 @@ fn two_unequal_hosts_serve_the_tokens_of_a_single_device_greedy_run() {
         let prompt_rows = batch.iter().map(Vec::len).max().unwrap();
         let max_len = prompt_rows + gen_len;
         // A small device that holds 2 sequences and a larger one.
-        let small = footprint(&ck, &QuantType::ALL, 2, max_len, prompt_rows) + 10;
+        let small = footprint(&ck, &QuantType::ALL, HOST_KV, 2, max_len, prompt_rows) + 10;
         let devices = [host(0, 1, small), host(1, 2, 256 << 20)];
         let models: Vec<LlamaModel> = devices
             .iter()
@@ -128,7 +150,16 @@ fn two_unequal_hosts_serve_the_tokens_of_a_single_device_greedy_run() {
         for policy in [Policy::Hasc, Policy::Balanced] {
             let a = policy.allocate(&profiles, total).unwrap();
             assert!(a.overflows.is_empty());
-            real_model::check_fits(&a, &profiles, &kept, &ck, max_len, prompt_rows).unwrap();
+            real_model::check_fits(
+                &a,
+                &profiles,
+                &kept,
+                &[HOST_KV; 2],
+                &ck,
+                max_len,
+                prompt_rows,
+            )
+            .unwrap();
             let report = real_model::serve(&refs, &a.batches, &batch, gen_len).unwrap();
             assert_eq!(report.outputs, reference, "{name} {}", policy.name());
             assert!(report.tokens_per_s > 0.0);
@@ -142,8 +173,16 @@ fn two_unequal_hosts_serve_the_tokens_of_a_single_device_greedy_run() {
         // the bytes it would need.
         let a = Uniform.allocate(&profiles, total).unwrap();
         assert_eq!(a.overflows, vec![0]);
-        let err =
-            real_model::check_fits(&a, &profiles, &kept, &ck, max_len, prompt_rows).unwrap_err();
+        let err = real_model::check_fits(
+            &a,
+            &profiles,
+            &kept,
+            &[HOST_KV; 2],
+            &ck,
+            max_len,
+            prompt_rows,
+        )
+        .unwrap_err();
         assert!(err.is_out_of_memory(), "{err}");
         // Everything on the small device alone still matches when it fits.
         let one = real_model::serve(&refs[..1], &[2], &batch[..2], gen_len).unwrap();

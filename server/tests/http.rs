@@ -64,6 +64,7 @@ fn start(model: &str, slots: usize, max_len: usize, queue_limit: usize) -> Serve
             prefill_chunk: 64,
             max_request_len: max_len,
         },
+        kv_dtype: hetero_models::llama::KvCacheDtype::Auto,
     };
     let (engine, _) = live::start(&checkpoint, &[device], Vec::new(), &setup, &mut |_| {}).unwrap();
     let tokenizer = checkpoint.tokenizer().unwrap();

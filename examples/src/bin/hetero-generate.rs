@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use hetero_backends::{discover, select_devices};
 use hetero_collectives::transport::TransportKind;
-use hetero_core::{DeviceInfo, DynDevice, Error, Result, SharedDevice};
+use hetero_core::{DType, DeviceInfo, DynDevice, Error, Result, SharedDevice};
+use hetero_models::llama::KvCacheDtype;
 use hetero_models::{
     BenchOptions, Checkpoint, GenerateOptions, LlamaModel, SamplingParams, WeightFormat, bench,
     bytes_needed, choose_device, generate, prompt_ids,
@@ -84,6 +85,12 @@ struct Args {
     /// blocks where the device has kernels for them, `f32` widens all.
     #[arg(long, default_value = "native", value_parser = ["native", "f32"])]
     weights: String,
+    /// The KV cache's dtype: `f16` halves its bytes per position (keys
+    /// and values rounded to 11 significant bits; the attention still
+    /// sums in f32), `f32` keeps them exact, `auto` is f16 where every
+    /// device reads f16 caches (the host) and f32 elsewhere.
+    #[arg(long, default_value = "auto", value_name = "auto|f32|f16")]
+    kv_dtype: KvCacheDtype,
     /// Measure instead of generating: prefill tokens/s of a 128-token
     /// prompt, decode tokens/s (total) of 1, 8 and 32 sequences after a
     /// 32-token prompt over 64 tokens, and the resident weight bytes.
@@ -199,6 +206,7 @@ fn run_bench(
             "decode_tokens_per_s": report.decode_tokens_per_s,
             "resident_weight_bytes": report.resident_weight_bytes,
             "kv_bytes_per_position": report.kv_bytes_per_position,
+            "kv_cache_dtype": model.kv_cache_dtype().to_string(),
             "devices": stages,
         });
         print_json(&out)?;
@@ -312,7 +320,7 @@ fn run(args: &Args) -> Result<()> {
         ProgressStyle::with_template("loading {bar:40} {bytes}/{total_bytes} ({eta})")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let model = match (&split, &link) {
+    let mut model = match (&split, &link) {
         (_, Some(link)) => {
             let mine: Vec<SharedDevice> = if args.devices.is_empty() {
                 vec![
@@ -338,6 +346,7 @@ fn run(args: &Args) -> Result<()> {
             };
             let profile = ProfileOptions {
                 batch: 1,
+                kv_dtype: args.kv_dtype,
                 ..ProfileOptions::default()
             };
             let plan = PlanOptions {
@@ -354,11 +363,12 @@ fn run(args: &Args) -> Result<()> {
                 args.profile_cache.as_deref(),
                 &mut |m| eprintln!("{m}"),
             )?;
-            let part = LlamaModel::load_split(&checkpoint, &stages, format, &mut |p| {
+            let mut part = LlamaModel::load_split(&checkpoint, &stages, format, &mut |p| {
                 bar.set_length(p.total_bytes);
                 bar.set_position(p.done_bytes);
             })?;
             bar.finish_and_clear();
+            part.set_kv_cache_dtype(args.kv_dtype)?;
             match link.run(part)? {
                 RankRole::Head(model) => *model,
                 RankRole::Served(stats) => {
@@ -386,6 +396,7 @@ fn run(args: &Args) -> Result<()> {
             };
             let profile = ProfileOptions {
                 batch: 1,
+                kv_dtype: args.kv_dtype,
                 ..ProfileOptions::default()
             };
             let (stages, report) = choose_stages(
@@ -411,7 +422,11 @@ fn run(args: &Args) -> Result<()> {
             let need = |d: &dyn DynDevice| {
                 bytes_needed(
                     checkpoint.resident_weight_bytes(&format.kept_formats(d)),
-                    config.kv_bytes_per_position() * max_len as u64,
+                    // A device without f16 caches that is asked for them
+                    // fails when the model is loaded, with the reason.
+                    config
+                        .kv_bytes_per_position_as(args.kv_dtype.resolve([d]).unwrap_or(DType::F32))
+                        * max_len as u64,
                 )
             };
             let device = &devices[choose_device(&dyns, &need)?];
@@ -436,6 +451,12 @@ fn run(args: &Args) -> Result<()> {
         }
     };
     bar.finish_and_clear();
+    model.set_kv_cache_dtype(args.kv_dtype)?;
+    eprintln!(
+        "kv cache: {} ({:.1} KiB per position)",
+        model.kv_cache_dtype(),
+        model.kv_bytes_per_position() as f64 / 1024.0
+    );
     let stages = stage_json(&model);
     for s in model.stages() {
         eprintln!(

@@ -146,6 +146,13 @@ struct Args {
     /// long prompt delays the running requests by one chunk at most.
     #[arg(long, default_value_t = 256)]
     prefill_chunk: usize,
+    /// With --http: the KV cache's dtype. `f16` halves its bytes per
+    /// position (about twice the sequences in the same memory; keys and
+    /// values rounded to 11 significant bits, the attention still sums in
+    /// f32), `f32` keeps them exact, `auto` is f16 where every device
+    /// reads f16 caches (the host) and f32 elsewhere.
+    #[arg(long, default_value = "auto", value_name = "auto|f32|f16")]
+    kv_dtype: hetero_models::llama::KvCacheDtype,
     /// With --http: max_tokens of a request that gives none.
     #[arg(long, default_value_t = 256)]
     default_max_tokens: usize,
@@ -726,7 +733,8 @@ fn run_checkpoint(args: &Args, path: &std::path::Path) -> Result<()> {
         let allocation = p.allocate(&profiles, args.batch);
         predicted.push(allocation.as_ref().ok().map(|a| a.throughput()));
         let outcome = allocation.and_then(|a| {
-            real_model::check_fits(&a, &profiles, &kept, &checkpoint, max_len, prompt_rows)?;
+            let kv: Vec<_> = models.iter().map(|m| m.kv_cache_dtype()).collect();
+            real_model::check_fits(&a, &profiles, &kept, &kv, &checkpoint, max_len, prompt_rows)?;
             eprintln!("decoding with {name}: batches {:?}...", a.batches);
             real_model::serve(&models, &a.batches, &batch, args.gen_len)
         });
@@ -882,6 +890,7 @@ fn run_http(args: &Args, addr: &str) -> Result<()> {
             prefill_chunk: args.prefill_chunk,
             max_request_len: max_len,
         },
+        kv_dtype: args.kv_dtype,
     };
     let plan_options = PlanOptions {
         batch: args.slots,
@@ -894,6 +903,7 @@ fn run_http(args: &Args, addr: &str) -> Result<()> {
     };
     let profile = ProfileOptions {
         batch: args.slots.min(16),
+        kv_dtype: args.kv_dtype,
         ..ProfileOptions::default()
     };
     // `--split layers:...|auto` over ranks: a stage per rank; rank 0 runs
@@ -1088,12 +1098,13 @@ fn start_stage_rank(
         None,
         &mut |m| eprintln!("{m}"),
     )?;
-    let part = hetero_models::LlamaModel::load_split(
+    let mut part = hetero_models::LlamaModel::load_split(
         checkpoint,
         &stages,
         hetero_models::WeightFormat::Native,
         &mut |_| {},
     )?;
+    part.set_kv_cache_dtype(setup.kv_dtype)?;
     match link.run(part)? {
         RankRole::Head(model) => {
             let (engine, plan) =

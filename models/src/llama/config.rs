@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use hetero_core::RopeLayout;
+use hetero_core::{DType, RopeLayout};
 
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
@@ -188,12 +188,18 @@ impl LlamaConfig {
 
     /// Bytes of f32 KV cache per position of one sequence.
     pub fn kv_bytes_per_position(&self) -> u64 {
+        self.kv_bytes_per_position_as(DType::F32)
+    }
+
+    /// Bytes of KV cache per position of one sequence held in `dtype`
+    /// (see `LlamaModel::kv_cache_dtype`).
+    pub fn kv_bytes_per_position_as(&self, dtype: DType) -> u64 {
         [
             2,
             self.layers as u64,
             self.kv_heads as u64,
             self.head_dim as u64,
-            4,
+            dtype.size_bytes() as u64,
         ]
         .iter()
         .fold(1u64, |a, &x| a.saturating_mul(x))

@@ -512,13 +512,14 @@ impl LlamaModel {
         for (seq, &r0) in kv.iter_mut().zip(&m.offsets) {
             let n = seq.n;
             let rows_kv = r0 * kvw..(r0 + n) * kvw;
-            d.copy(
+            // Into the cache's dtype (f16 rounds here; a plain copy for f32).
+            d.convert_copy(
                 k.as_ref(),
                 rows_kv.clone(),
                 seq.k[i].as_mut(),
                 seq.len * kvw,
             )?;
-            d.copy(v.as_ref(), rows_kv, seq.v[i].as_mut(), seq.len * kvw)?;
+            d.convert_copy(v.as_ref(), rows_kv, seq.v[i].as_mut(), seq.len * kvw)?;
             let spec = CausalAttentionSpec {
                 batch: 1,
                 q_len: n,

@@ -12,6 +12,7 @@
 mod config;
 mod decode_pipeline;
 mod forward;
+mod kv_dtype;
 mod model;
 mod remote;
 mod timing;
@@ -19,6 +20,7 @@ mod weights;
 
 pub use config::{Architecture, LlamaConfig, RopeScaling};
 pub use decode_pipeline::PickFn;
+pub use kv_dtype::KvCacheDtype;
 pub use model::{KvCache, LlamaModel, LoadProgress, Logits, StageInfo, StageSpec, WeightFormat};
 pub use remote::{RemoteStage, RemoteTail, StagePeer, StageStats};
 pub use weights::Weight;

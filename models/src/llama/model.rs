@@ -17,6 +17,7 @@ use hetero_core::{
 };
 
 use super::config::LlamaConfig;
+use super::kv_dtype::KvCacheDtype;
 use super::remote::{RemoteTail, next_cache_id};
 use super::weights::Weight;
 use crate::checkpoint::{Checkpoint, StoredWeight};
@@ -191,6 +192,8 @@ pub struct LlamaModel {
     pub(super) micro_batches: usize,
     format: WeightFormat,
     weight_bytes: u64,
+    /// The dtype of the caches [`LlamaModel::new_cache`] makes.
+    kv_dtype: DType,
 }
 
 impl std::fmt::Debug for LlamaModel {
@@ -443,7 +446,9 @@ impl LlamaModel {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        let kv_dtype = KvCacheDtype::Auto.resolve(stages.iter().map(|s| s.device.as_ref()))?;
         Ok(LlamaModel {
+            kv_dtype,
             tail: None,
             micro_batches: stages.len(),
             format,
@@ -463,6 +468,25 @@ impl LlamaModel {
     /// How the weights are held.
     pub fn format(&self) -> WeightFormat {
         self.format
+    }
+
+    /// The dtype of the KV caches [`new_cache`](Self::new_cache) makes:
+    /// f16 where every device of the model reads f16 caches, unless set.
+    pub fn kv_cache_dtype(&self) -> DType {
+        self.kv_dtype
+    }
+
+    /// Hold the caches made from now on in `dtype` (caches made before
+    /// keep theirs); `F16` on a device without f16 caches is `Unsupported`.
+    pub fn set_kv_cache_dtype(&mut self, dtype: KvCacheDtype) -> Result<()> {
+        self.kv_dtype = dtype.resolve(self.stages.iter().map(|s| s.device.as_ref()))?;
+        Ok(())
+    }
+
+    /// Bytes of KV cache per position of one sequence, over every layer,
+    /// in this model's cache dtype.
+    pub fn kv_bytes_per_position(&self) -> u64 {
+        self.config.kv_bytes_per_position_as(self.kv_dtype)
     }
 
     /// Bytes of the weights on every device together (blocks as stored,
@@ -617,7 +641,7 @@ impl LlamaModel {
         let width = max_len
             .checked_mul(self.config.kv_heads * self.config.head_dim)
             .ok_or_else(|| Error::invalid("kv cache length", format!("{max_len} overflows")))?;
-        let alloc = |l: usize| self.stage_of(l).device.alloc(DType::F32, width);
+        let alloc = |l: usize| self.stage_of(l).device.alloc(self.kv_dtype, width);
         let k = self.layers_held().map(alloc).collect::<Result<_>>()?;
         let v = self.layers_held().map(alloc).collect::<Result<_>>()?;
         Ok(KvCache {

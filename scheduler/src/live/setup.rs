@@ -33,6 +33,10 @@ pub struct LiveSetup {
     pub max_len: usize,
     pub policy: Policy,
     pub config: LiveConfig,
+    /// The KV caches' dtype on every model the engine runs (`Auto`: f16
+    /// where the devices read f16 caches); the memory profile (`B*`)
+    /// measures caches of this dtype.
+    pub kv_dtype: hetero_models::llama::KvCacheDtype,
 }
 
 /// One device of the plan.
@@ -205,8 +209,12 @@ fn start_models(
     let several = loaded.len() > 1;
     let rows = setup.slots + setup.config.prefill_chunk;
     let mut measured = Vec::new();
-    for (id, name, model) in loaded {
-        log(&format!("measuring the KV memory of {id} ({name})..."));
+    for (id, name, mut model) in loaded {
+        model.set_kv_cache_dtype(setup.kv_dtype)?;
+        log(&format!(
+            "measuring the KV memory of {id} ({name}, {} cache)...",
+            model.kv_cache_dtype()
+        ));
         let memory =
             real_model::profile_memory(&model, &info.name, setup.max_len, rows, setup.slots)?;
         if memory.max_batch == 0 {

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use hetero_core::{Result, SharedDevice};
-use hetero_models::llama::Weight;
+use hetero_models::llama::{KvCacheDtype, Weight};
 use hetero_models::{Checkpoint, LlamaModel, StageSpec, WeightFormat};
 
 /// What to measure.
@@ -31,6 +31,11 @@ pub struct ProfileOptions {
     pub context: usize,
     /// Timed calls per measurement (best taken).
     pub repetitions: usize,
+    /// The KV cache the parts are timed with, and whose bytes the plan
+    /// counts (a profile cached before this option was measured on f32
+    /// caches; it reads as `auto`).
+    #[serde(default)]
+    pub kv_dtype: KvCacheDtype,
 }
 
 impl Default for ProfileOptions {
@@ -39,6 +44,7 @@ impl Default for ProfileOptions {
             batch: 8,
             context: 64,
             repetitions: 5,
+            kv_dtype: KvCacheDtype::Auto,
         }
     }
 }
@@ -90,6 +96,7 @@ pub fn profile_layers(
     let c = checkpoint.config();
     let n = c.layers;
     let keep = WeightFormat::Native.kept_formats(device.as_ref());
+    let kv_dtype = options.kv_dtype.resolve([device.as_ref()])?;
     let layer_bytes: Vec<u64> = (0..n)
         .map(|l| checkpoint.stage_weight_bytes(&keep, l..l + 1, false, false, false))
         .collect();
@@ -104,7 +111,7 @@ pub fn profile_layers(
         groups.entry(signature(l)).or_default().push(l);
     }
     let time = |layers: std::ops::Range<usize>| -> Result<f64> {
-        let part = LlamaModel::load_split(
+        let mut part = LlamaModel::load_split(
             checkpoint,
             &[StageSpec {
                 device: device.clone(),
@@ -113,6 +120,7 @@ pub fn profile_layers(
             WeightFormat::Native,
             &mut |_| {},
         )?;
+        part.set_kv_cache_dtype(options.kv_dtype)?;
         part.time_call(options.batch, 1, options.context, options.repetitions)
     };
     let mut layer_s = vec![0.0; n];
@@ -214,7 +222,7 @@ pub fn profile_layers(
         embed_bytes: checkpoint.weight_bytes(Weight::Embedding, &keep),
         head_bytes,
         tied_copy_bytes,
-        kv_bytes_per_position_layer: c.kv_bytes_per_position() / n.max(1) as u64,
+        kv_bytes_per_position_layer: c.kv_bytes_per_position_as(kv_dtype) / n.max(1) as u64,
     })
 }
 
