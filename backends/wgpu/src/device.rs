@@ -241,9 +241,8 @@ impl Device for WgpuDevice {
             decode_dtypes: vec![DType::F32],
             llama_dtypes: vec![DType::F32],
             quant_types: self.quant_types(),
-            // The attention shaders read f32 caches only (f16 caches: not
-            // written yet; convert_copy says Unsupported).
-            kv_cache_dtypes: Vec::new(),
+            // f16 caches converted by bit operations: every adapter.
+            kv_cache_dtypes: vec![DType::F16],
         }
     }
 
@@ -351,6 +350,16 @@ impl Device for WgpuDevice {
             src_range.len() as u64 * s,
         );
         self.copy_bytes(src, from, dst, to, n)
+    }
+
+    fn convert_copy(
+        &self,
+        src: &WgpuBuffer,
+        src_range: Range<usize>,
+        dst: &mut WgpuBuffer,
+        dst_offset: usize,
+    ) -> Result<()> {
+        self.convert_copy_kv(src, src_range, dst, dst_offset)
     }
 
     fn reduce(&self, op: ReduceOp, acc: &mut WgpuBuffer, src: &WgpuBuffer) -> Result<()> {

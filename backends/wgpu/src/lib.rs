@@ -56,6 +56,8 @@ mod exit;
 mod gemm;
 mod io;
 mod kernels;
+mod kv_cache;
+mod kv_kernels;
 mod link;
 mod llama;
 mod llama_kernels;

@@ -35,7 +35,7 @@ impl WgpuDevice {
     }
 
     /// Workgroups of a grid-stride kernel over `n` items.
-    fn stride_groups(&self, n: u32) -> u32 {
+    pub(crate) fn stride_groups(&self, n: u32) -> u32 {
         n.div_ceil(WG)
             .clamp(1, self.inner.limits.max_compute_workgroups_per_dimension)
     }
@@ -106,14 +106,27 @@ impl WgpuDevice {
         lens: &[u32],
         out: &mut WgpuBuffer,
     ) -> Result<()> {
+        self.check_f32_arg(q, "attention q")?;
+        self.check_f32_arg(out, "attention out")?;
+        // Key and value caches of f32, or of f16 (widened as read).
         for (b, what) in [
-            (q, "attention q"),
             (k_cache, "attention k cache"),
             (v_cache, "attention v cache"),
-            (&*out, "attention out"),
         ] {
-            self.check_f32_arg(b, what)?;
+            self.check_owned(b, what)?;
+            self.check_binding(b)?;
         }
+        check_dtype("attention v cache", k_cache.dtype, v_cache.dtype)?;
+        let half = match k_cache.dtype {
+            DType::F32 => false,
+            DType::F16 => true,
+            other => {
+                return Err(Error::unsupported(
+                    Backend::Wgpu,
+                    format!("attention_causal with a {other} KV cache (f32 and f16 only)"),
+                ));
+            }
+        };
         spec.validate(q.len, k_cache.len, v_cache.len, out.len, lens)?;
         if spec.head_dim > k::ATTENTION_MAX_HEAD_DIM {
             return Err(Error::unsupported(
@@ -147,9 +160,19 @@ impl WgpuDevice {
             as_u32("attention q_len", spec.q_len)?,
             as_u32("attention batch", spec.batch)?,
         );
-        self.dispatch(
-            "attention_causal_f32",
-            k::ATTENTION_CAUSAL_F32,
+        let (name, source): (&str, fn() -> String) = if half {
+            (
+                "attention_causal_f16",
+                crate::kv_kernels::attention_causal_f16,
+            )
+        } else {
+            ("attention_causal_f32", || {
+                k::ATTENTION_CAUSAL_F32.to_string()
+            })
+        };
+        self.dispatch_built(
+            name,
+            source,
             &[
                 &q.buffer,
                 &k_cache.buffer,
