@@ -145,8 +145,9 @@ fn greedy(device: &AnyDevice, path: &str, kv: KvCacheDtype) -> Result<(), Failed
 }
 
 /// Relative error of the top logits with an f16 KV cache (f32 weights)
-/// against the float64 reference that the test allows.
-const F16_CACHE_TOL: f64 = 1e-2;
+/// against the float64 reference that the test allows (measured on the
+/// host: 6.6e-4; with f32 caches 3.4e-6).
+const F16_CACHE_TOL: f64 = 2e-3;
 
 /// The weights kept in their blocks (Q4_1, and the Q8_0 embedding / tied
 /// output) on a device with kernels for them: resident bytes equal the

@@ -146,7 +146,7 @@ struct Args {
     /// long prompt delays the running requests by one chunk at most.
     #[arg(long, default_value_t = 256)]
     prefill_chunk: usize,
-    /// With --http: the KV cache's dtype. `f16` halves its bytes per
+    /// The KV cache's dtype. `f16` halves its bytes per
     /// position (about twice the sequences in the same memory; keys and
     /// values rounded to 11 significant bits, the attention still sums in
     /// f32), `f32` keeps them exact, `auto` is f16 where every device
@@ -651,12 +651,19 @@ fn run_checkpoint(args: &Args, path: &std::path::Path) -> Result<()> {
     );
     let devices = chosen_devices(args)?;
     let shared: Vec<_> = devices.iter().map(|d| d.shared()).collect();
-    let loaded = real_model::load_all(&checkpoint, &shared, &mut |g, e| {
+    let mut loaded = real_model::load_all(&checkpoint, &shared, &mut |g, e| {
         eprintln!("  {} skipped: {e}", shared[g].id());
     })?;
+    for (_, model) in &mut loaded {
+        model.set_kv_cache_dtype(args.kv_dtype)?;
+    }
     let mut cache = load_cache(args.profile_cache.as_deref())?;
-    // B* depends on the longest prompt too (the prefill's activations).
-    let key = format!("{} (prompt rows {prompt_rows})", info.name);
+    // B* depends on the longest prompt too (the prefill's activations),
+    // and on the KV cache's dtype.
+    let key = format!(
+        "{} (prompt rows {prompt_rows}, KV cache {})",
+        info.name, args.kv_dtype
+    );
     let context = prompt_rows + args.gen_len / 2;
     let mut models = Vec::new();
     let mut profiles: Vec<DeviceProfile> = Vec::new();
