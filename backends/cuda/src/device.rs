@@ -491,9 +491,8 @@ impl Device for CudaDevice {
             } else {
                 Vec::new()
             },
-            // The attention kernel reads f32 caches only (f16 caches: not
-            // written yet; convert_copy says Unsupported).
-            kv_cache_dtypes: Vec::new(),
+            // f16 caches: converted by cvt.rn, read by the f16 attention.
+            kv_cache_dtypes: if nvrtc { vec![DType::F16] } else { Vec::new() },
         }
     }
 
@@ -578,6 +577,16 @@ impl Device for CudaDevice {
             .stream
             .memcpy_dtod(&from, &mut to)
             .map_err(self.driver_err("cuMemcpyDtoDAsync"))
+    }
+
+    fn convert_copy(
+        &self,
+        src: &CudaBuffer,
+        src_range: Range<usize>,
+        dst: &mut CudaBuffer,
+        dst_offset: usize,
+    ) -> Result<()> {
+        self.launch_convert_copy(src, src_range, dst, dst_offset)
     }
 
     fn reduce(&self, op: ReduceOp, acc: &mut CudaBuffer, src: &CudaBuffer) -> Result<()> {

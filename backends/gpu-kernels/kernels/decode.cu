@@ -40,7 +40,7 @@ extern "C" __global__ void hetero_bias_act_f32(float* x, const float* bias, u64 
     }
 }
 extern "C" __global__ void hetero_attention_decode_f32(const float* q, const float* k, const float* v, const int* lens, float* out, u64 heads, u64 dh, u64 max_len) {
-    extern __shared__ float scores[];
+    HETERO_DYNAMIC_SHARED(float, scores);
     __shared__ float sh[256];
     u64 b = blockIdx.x / heads, h = blockIdx.x % heads, w = heads * dh;
     u64 len = (u64)lens[b];

@@ -13,8 +13,14 @@
 //   (online softmax), each thread owning output dims d = tid, tid +
 //   blockDim, ... The 32-lane groups are the CUDA warp; on AMD they are
 //   halves of a 64-wide wavefront or a whole 32-wide one (HETERO_SHFL_XOR).
+//   hetero_attention_causal_f16 is the same over f16 key/value caches
+//   (bits as unsigned short, widened by h2f as they are read).
 // - hetero_silu_mul_f32: elementwise (grid-stride).
+// - hetero_convert_f32_f16 / hetero_convert_f16_f32: convert_copy into and
+//   out of an f16 KV cache (f2h: round to nearest even, as the host).
 #define HETERO_ATT_TILE 256
+__device__ __forceinline__ float kv_at(const float* p, u64 i) { return p[i]; }
+__device__ __forceinline__ float kv_at(const unsigned short* p, u64 i) { return h2f(p[i]); }
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += HETERO_SHFL_XOR(v, o);
     return v;
@@ -42,8 +48,9 @@ extern "C" __global__ void hetero_rope_f32(float* x, const unsigned int* pos, co
         head[ib] = a * s + b * c;
     }
 }
-extern "C" __global__ void hetero_attention_causal_f32(const float* q, const float* k, const float* v, const unsigned int* lens, float* out, u64 q_len, u64 heads, u64 kv_heads, u64 dh, u64 max_len) {
-    extern __shared__ float dyn[];
+template <typename KV>
+__device__ void attention_causal(const float* q, const KV* k, const KV* v, const unsigned int* lens, float* out, u64 q_len, u64 heads, u64 kv_heads, u64 dh, u64 max_len) {
+    HETERO_DYNAMIC_SHARED(float, dyn);
     __shared__ float sh[256];
     float* qs = dyn;
     float* acc = dyn + dh;
@@ -54,8 +61,8 @@ extern "C" __global__ void hetero_attention_causal_f32(const float* q, const flo
     u64 qw = heads * dh, kw = kv_heads * dh;
     u64 pos = (u64)lens[b] - q_len + t;
     const float* qv = q + r * qw + h * dh;
-    const float* kb = k + b * max_len * kw + kvh * dh;
-    const float* vb = v + b * max_len * kw + kvh * dh;
+    const KV* kb = k + b * max_len * kw + kvh * dh;
+    const KV* vb = v + b * max_len * kw + kvh * dh;
     float scale = 1.0f / sqrtf((float)dh);
     for (u64 d = threadIdx.x; d < dh; d += blockDim.x) { qs[d] = qv[d]; acc[d] = 0.0f; }
     __syncthreads();
@@ -65,9 +72,9 @@ extern "C" __global__ void hetero_attention_causal_f32(const float* q, const flo
         u64 n = pos + 1 - s0;
         if (n > HETERO_ATT_TILE) n = HETERO_ATT_TILE;
         for (u64 j = warp; j < n; j += warps) {
-            const float* kr = kb + (s0 + j) * kw;
+            const KV* kr = kb + (s0 + j) * kw;
             float s = 0.0f;
-            for (u64 d = lane; d < dh; d += 32) s += qs[d] * kr[d];
+            for (u64 d = lane; d < dh; d += 32) s += qs[d] * kv_at(kr, d);
             s = warp_sum(s);
             if (lane == 0) p[j] = s * scale;
         }
@@ -82,14 +89,26 @@ extern "C" __global__ void hetero_attention_causal_f32(const float* q, const flo
         m = mn;
         for (u64 d = threadIdx.x; d < dh; d += blockDim.x) {
             float a = acc[d] * corr;
-            const float* vr = vb + s0 * kw + d;
-            for (u64 j = 0; j < n; j++) a += p[j] * vr[j * kw];
+            const KV* vr = vb + s0 * kw + d;
+            for (u64 j = 0; j < n; j++) a += p[j] * kv_at(vr, j * kw);
             acc[d] = a;
         }
         __syncthreads();
     }
     float* o = out + r * qw + h * dh;
     for (u64 d = threadIdx.x; d < dh; d += blockDim.x) o[d] = acc[d] / z;
+}
+extern "C" __global__ void hetero_attention_causal_f32(const float* q, const float* k, const float* v, const unsigned int* lens, float* out, u64 q_len, u64 heads, u64 kv_heads, u64 dh, u64 max_len) {
+    attention_causal(q, k, v, lens, out, q_len, heads, kv_heads, dh, max_len);
+}
+extern "C" __global__ void hetero_attention_causal_f16(const float* q, const unsigned short* k, const unsigned short* v, const unsigned int* lens, float* out, u64 q_len, u64 heads, u64 kv_heads, u64 dh, u64 max_len) {
+    attention_causal(q, k, v, lens, out, q_len, heads, kv_heads, dh, max_len);
+}
+extern "C" __global__ void hetero_convert_f32_f16(const float* src, unsigned short* dst, u64 n) {
+    GRID_STRIDE(n) dst[i] = f2h(src[i]);
+}
+extern "C" __global__ void hetero_convert_f16_f32(const unsigned short* src, float* dst, u64 n) {
+    GRID_STRIDE(n) dst[i] = h2f(src[i]);
 }
 extern "C" __global__ void hetero_silu_mul_f32(float* g, const float* u, u64 n) {
     GRID_STRIDE(n) { float x = g[i]; g[i] = x / (1.0f + expf(-x)) * u[i]; }

@@ -54,4 +54,9 @@ __device__ __forceinline__ unsigned char sat_u8(double v) {
     if (v >= 255.0) return 255;
     return (unsigned char)v;
 }
+// A kernel's dynamic shared memory (the CPU emulation of the kernels
+// defines it first, as a global array).
+#ifndef HETERO_DYNAMIC_SHARED
+#define HETERO_DYNAMIC_SHARED(T, name) extern __shared__ T name[]
+#endif
 #define GRID_STRIDE(n) for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (u64)gridDim.x * blockDim.x)

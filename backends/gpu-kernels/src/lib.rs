@@ -86,11 +86,15 @@ pub const DECODE_BLOCK: u32 = 256;
 /// Largest `max_len` `hetero_attention_decode_f32` holds in shared memory.
 pub const ATTENTION_MAX_LEN: usize = 11 * 1024;
 
-/// The Llama-family kernels (f32).
-pub const LLAMA_NAMES: [&str; 4] = [
+/// The Llama-family kernels (f32; the attention also over f16 KV caches,
+/// which the two conversions fill and read back).
+pub const LLAMA_NAMES: [&str; 7] = [
     "hetero_rms_norm_f32",
     "hetero_rope_f32",
     "hetero_attention_causal_f32",
+    "hetero_attention_causal_f16",
+    "hetero_convert_f32_f16",
+    "hetero_convert_f16_f32",
     "hetero_silu_mul_f32",
 ];
 

@@ -10,7 +10,7 @@
 //! stream (as `attention_decode` does).
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
-use hetero_core::device::{check_dtype, check_same_shape};
+use hetero_core::device::{check_convert_copy, check_dtype, check_same_shape};
 use hetero_core::transformer::{embedding_width, rms_norm_rows};
 use hetero_core::{
     Backend, CausalAttentionSpec, DType, Device, Error, HostSlice, Result, RopeLayout, RopeSpec,
@@ -150,14 +150,22 @@ impl CudaDevice {
         lens: &[u32],
         out: &mut CudaBuffer,
     ) -> Result<()> {
-        for (b, what) in [
-            (q, "attention q"),
-            (k_cache, "attention k cache"),
-            (v_cache, "attention v cache"),
-        ] {
-            self.check_owned(b, what)?;
-            check_f32(what, b)?;
-        }
+        self.check_owned(q, "attention q")?;
+        check_f32("attention q", q)?;
+        self.check_owned(k_cache, "attention k cache")?;
+        self.check_owned(v_cache, "attention v cache")?;
+        check_dtype("attention v cache", k_cache.dtype, v_cache.dtype)?;
+        // Caches of f32, or f16 (widened by the kernel as it reads).
+        let kernel = match k_cache.dtype {
+            DType::F32 => "hetero_attention_causal_f32",
+            DType::F16 => "hetero_attention_causal_f16",
+            other => {
+                return Err(Error::unsupported(
+                    Backend::Cuda,
+                    format!("attention_causal with a {other} KV cache (f32 and f16 only)"),
+                ));
+            }
+        };
         self.check_owned(out, "attention out")?;
         check_f32("attention out", out)?;
         spec.validate(q.len, k_cache.len, v_cache.len, out.len, lens)?;
@@ -180,7 +188,7 @@ impl CudaDevice {
         }
         let blocks = grid_blocks(items, "attention_causal (sequence, token, head)")?;
         let lens_buf = self.upload_u32(lens)?;
-        let f = self.function("hetero_attention_causal_f32")?;
+        let f = self.function(kernel)?;
         let [q_len, heads, kv_heads, dh, max_len] = [
             spec.q_len,
             spec.heads,
@@ -202,7 +210,7 @@ impl CudaDevice {
             .arg(&dh)
             .arg(&max_len);
         // SAFETY: (q, k, v, unsigned lens, out, u64 q_len, heads, kv_heads,
-        // dh, max_len) as in llama.cu; validate checked every buffer
+        // dh, max_len) as in llama.cu, k and v of the kernel's dtype; validate checked every buffer
         // against the spec, kv_heads > 0 dividing heads, and
         // q_len <= lens[b] <= max_len, so every position read is in the
         // cache. The dynamic shared memory holds 2 * dh + one tile floats.
@@ -211,6 +219,47 @@ impl CudaDevice {
             .map_err(self.driver_err("cuLaunchKernel"))?;
         // `lens_buf` is freed when dropped; the stream orders the free after the kernel.
         Ok(())
+    }
+
+    /// `convert_copy`: a plain copy for equal dtypes, a kernel for
+    /// f32 <-> f16 (`f2h`: round to nearest even), `Unsupported` otherwise.
+    pub(super) fn launch_convert_copy(
+        &self,
+        src: &CudaBuffer,
+        src_range: std::ops::Range<usize>,
+        dst: &mut CudaBuffer,
+        dst_offset: usize,
+    ) -> Result<()> {
+        self.check_owned(src, "convert_copy source")?;
+        self.check_owned(dst, "convert_copy destination")?;
+        if src.dtype == dst.dtype {
+            return self.copy(src, src_range, dst, dst_offset);
+        }
+        let dst_range = check_convert_copy(src, &src_range, dst, dst_offset)?;
+        let kernel = match (src.dtype, dst.dtype) {
+            (DType::F32, DType::F16) => "hetero_convert_f32_f16",
+            (DType::F16, DType::F32) => "hetero_convert_f16_f32",
+            (a, b) => {
+                return Err(Error::unsupported(
+                    Backend::Cuda,
+                    format!("convert_copy from {a} to {b} (f32 <-> f16 only)"),
+                ));
+            }
+        };
+        if src_range.is_empty() {
+            return Ok(());
+        }
+        let f = self.function(kernel)?;
+        let from = src.data.slice(Self::bytes_of(src.dtype, &src_range));
+        let mut to = dst.data.slice_mut(Self::bytes_of(dst.dtype, &dst_range));
+        let n = src_range.len() as u64;
+        let mut launch = self.inner.stream.launch_builder(&f);
+        launch.arg(&from).arg(&mut to).arg(&n);
+        // SAFETY: (src, dst, u64 n) as in llama.cu, of the kernel's dtypes;
+        // both views hold n elements (check_convert_copy checked the ranges).
+        unsafe { launch.launch(launch_config(src_range.len())) }
+            .map(|_| ())
+            .map_err(self.driver_err("cuLaunchKernel"))
     }
 
     pub(super) fn launch_silu_mul(&self, gate: &mut CudaBuffer, up: &CudaBuffer) -> Result<()> {
