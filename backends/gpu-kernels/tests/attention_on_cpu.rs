@@ -9,8 +9,6 @@
 //! Needs a C++20 compiler with `_Float16` (`c++`, GCC 12 or clang 15 and
 //! later); without one the trial is reported ignored with the reason.
 
-use std::process::Command;
-
 use libtest_mimic::{Arguments, Failed, Trial};
 
 mod emulation;
@@ -22,16 +20,5 @@ fn main() {
 }
 
 fn run() -> Result<(), Failed> {
-    let scratch = emulation::Scratch::new("attention")?;
-    let exe = emulation::build("attention", &scratch.0)?;
-    let out = Command::new(&exe)
-        .output()
-        .map_err(|e| format!("running {}: {e}", exe.display()))?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    if out.status.success() {
-        eprint!("{text}");
-        Ok(())
-    } else {
-        Err(format!("the emulated attention disagrees ({}):\n{text}", out.status).into())
-    }
+    emulation::build_and_run("attention", "attention")
 }

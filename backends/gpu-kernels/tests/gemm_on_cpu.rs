@@ -7,8 +7,6 @@
 //! Needs a C++20 compiler with `_Float16` (`c++`, GCC 12 or clang 15 and
 //! later); without one the trial is reported ignored with the reason.
 
-use std::process::Command;
-
 use libtest_mimic::{Arguments, Failed, Trial};
 
 mod emulation;
@@ -20,16 +18,5 @@ fn main() {
 }
 
 fn run() -> Result<(), Failed> {
-    let scratch = emulation::Scratch::new("gemm")?;
-    let exe = emulation::build("gemm", &scratch.0)?;
-    let out = Command::new(&exe)
-        .output()
-        .map_err(|e| format!("running {}: {e}", exe.display()))?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    if out.status.success() {
-        eprint!("{text}");
-        Ok(())
-    } else {
-        Err(format!("the emulated GEMM disagrees ({}):\n{text}", out.status).into())
-    }
+    emulation::build_and_run("gemm", "GEMM")
 }

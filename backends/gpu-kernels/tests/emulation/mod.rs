@@ -55,3 +55,22 @@ pub fn build(driver: &str, dir: &Path) -> Result<PathBuf, String> {
         ))
     }
 }
+
+/// Build `tests/emulation/{driver}.cpp` and run it: a driver that checks
+/// its kernels itself and exits 0 when every case passes (its report goes
+/// to the test's output); otherwise the report, naming `what` disagrees.
+#[allow(dead_code)] // quant_on_cpu checks its driver's output itself
+pub fn build_and_run(driver: &str, what: &str) -> Result<(), libtest_mimic::Failed> {
+    let scratch = Scratch::new(driver)?;
+    let exe = build(driver, &scratch.0)?;
+    let out = Command::new(&exe)
+        .output()
+        .map_err(|e| format!("running {}: {e}", exe.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        eprint!("{text}");
+        Ok(())
+    } else {
+        Err(format!("the emulated {what} disagrees ({}):\n{text}", out.status).into())
+    }
+}
