@@ -57,6 +57,15 @@ struct Args {
     /// With --model: cached positions when a decode step is timed.
     #[arg(long, value_name = "N", default_value_t = 64)]
     context: usize,
+    /// With --model: the KV cache's dtype the plan counts and --measure
+    /// runs (`auto`: f16 where every device reads f16 caches).
+    #[arg(
+        long,
+        value_name = "auto|f32|f16",
+        default_value = "auto",
+        requires = "model"
+    )]
+    kv_dtype: hetero_models::llama::KvCacheDtype,
     /// With --model: positions each sequence may reach (KV memory).
     #[arg(long, value_name = "N", default_value_t = 512)]
     max_len: usize,
@@ -414,6 +423,7 @@ fn run_model(args: &Args, path: &std::path::Path) -> hetero_core::Result<()> {
     let profile = ProfileOptions {
         batch: args.batch,
         context: args.context,
+        kv_dtype: args.kv_dtype,
         ..ProfileOptions::default()
     };
     let options = PlanOptions {
@@ -441,7 +451,7 @@ fn run_model(args: &Args, path: &std::path::Path) -> hetero_core::Result<()> {
         plans.extend(report.best_single.iter().cloned());
         for plan in plans.iter().filter(|p| p.fits) {
             eprintln!("measuring {}...", plan.name);
-            let model = load_plan(&checkpoint, &devices, plan, &mut |_| {})?;
+            let model = load_plan(&checkpoint, &devices, plan, args.kv_dtype, &mut |_| {})?;
             let rate = measure_decode(&model, args.batch, args.context, 64, 30.0)?;
             drop(model);
             measured.push((plan.name.clone(), rate, plan.predicted_tokens_per_s));
@@ -458,6 +468,7 @@ fn run_model(args: &Args, path: &std::path::Path) -> hetero_core::Result<()> {
                 &checkpoint,
                 &devices,
                 plan,
+                args.kv_dtype,
                 args.batch,
                 args.context,
                 64,

@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use hetero_core::{Error, Result, SharedDevice};
+use hetero_models::llama::KvCacheDtype;
 use hetero_models::{Checkpoint, KvCache, LlamaModel, StageSpec, WeightFormat};
 
 use super::plan::{SplitChoice, StageChoice};
@@ -29,15 +30,18 @@ pub fn stage_specs(stages: &[StageChoice], devices: &[SharedDevice]) -> Result<V
 }
 
 /// Load `checkpoint` as `choice` says over `devices` (the plan's devices,
-/// in the profiles' order).
+/// in the profiles' order), its KV caches in `kv`.
 pub fn load_plan(
     checkpoint: &Checkpoint,
     devices: &[SharedDevice],
     choice: &SplitChoice,
+    kv: KvCacheDtype,
     progress: &mut dyn FnMut(hetero_models::llama::LoadProgress),
 ) -> Result<LlamaModel> {
     let stages = stage_specs(&choice.stages, devices)?;
-    LlamaModel::load_split(checkpoint, &stages, WeightFormat::Native, progress)
+    let mut model = LlamaModel::load_split(checkpoint, &stages, WeightFormat::Native, progress)?;
+    model.set_kv_cache_dtype(kv)?;
+    Ok(model)
 }
 
 /// Decode tokens/s of `model` with one group of `batch` sequences per
@@ -102,6 +106,7 @@ pub fn measure_side_by_side(
     checkpoint: &Checkpoint,
     devices: &[SharedDevice],
     choice: &SplitChoice,
+    kv: KvCacheDtype,
     batch: usize,
     context: usize,
     steps: usize,
@@ -112,7 +117,10 @@ pub fn measure_side_by_side(
         .into_iter()
         .map(|group| {
             let stages = stage_specs(group, devices)?;
-            LlamaModel::load_split(checkpoint, &stages, WeightFormat::Native, &mut |_| {})
+            let mut model =
+                LlamaModel::load_split(checkpoint, &stages, WeightFormat::Native, &mut |_| {})?;
+            model.set_kv_cache_dtype(kv)?;
+            Ok(model)
         })
         .collect::<Result<Vec<_>>>()?;
     let rates = std::thread::scope(|scope| {
