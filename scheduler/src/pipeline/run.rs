@@ -102,6 +102,7 @@ pub fn measure_decode(
 /// pipeline loaded and measured as [`measure_decode`] does, all at once on
 /// threads of their own (they share the machine as they would serving),
 /// and their rates summed.
+#[allow(clippy::too_many_arguments)] // what to load, then measure_decode's four
 pub fn measure_side_by_side(
     checkpoint: &Checkpoint,
     devices: &[SharedDevice],
