@@ -634,6 +634,53 @@ pub fn check_convert_copy(
     Ok(dst_range)
 }
 
+/// A [`Device::convert_copy`] between two different dtypes that a backend
+/// with f16 KV caches converts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HalfConversion {
+    F32ToF16,
+    F16ToF32,
+}
+
+/// The conversion from `src` to `dst` (different dtypes), or `Unsupported`
+/// on `backend` for any pair but f32 <-> f16.
+pub fn half_conversion(backend: Backend, src: DType, dst: DType) -> Result<HalfConversion> {
+    match (src, dst) {
+        (DType::F32, DType::F16) => Ok(HalfConversion::F32ToF16),
+        (DType::F16, DType::F32) => Ok(HalfConversion::F16ToF32),
+        (a, b) => Err(Error::unsupported(
+            backend,
+            format!("convert_copy from {a} to {b} (f32 <-> f16 only)"),
+        )),
+    }
+}
+
+/// The element of the key and value caches `attention_causal` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvElement {
+    F32,
+    F16,
+}
+
+/// Check that the key and value caches share a dtype a backend's
+/// `attention_causal` reads (f32 or f16; others are `Unsupported` on
+/// `backend`).
+pub fn kv_cache_element(
+    backend: Backend,
+    k: &dyn DeviceBuffer,
+    v: &dyn DeviceBuffer,
+) -> Result<KvElement> {
+    check_dtype("attention v cache", k.dtype(), v.dtype())?;
+    match k.dtype() {
+        DType::F32 => Ok(KvElement::F32),
+        DType::F16 => Ok(KvElement::F16),
+        other => Err(Error::unsupported(
+            backend,
+            format!("attention_causal with a {other} KV cache (f32 and f16 only)"),
+        )),
+    }
+}
+
 /// Check that two buffers have the same dtype and length, as elementwise kernels need.
 pub fn check_same_shape(a: &dyn DeviceBuffer, b: &dyn DeviceBuffer, what: &str) -> Result<()> {
     if a.dtype() != b.dtype() {

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use hetero_core::device::{
-    argmax_cols, bias_rows, check_convert_copy, check_copy, check_download, check_dtype,
-    check_owner, check_same_shape, check_upload, layer_norm_rows,
+    HalfConversion, KvElement, argmax_cols, bias_rows, check_convert_copy, check_copy,
+    check_download, check_dtype, check_owner, check_same_shape, check_upload, half_conversion,
+    kv_cache_element, layer_norm_rows,
 };
 use hetero_core::half::{bf16, f16};
 use hetero_core::host_kernels::{self, Arith};
@@ -164,6 +165,25 @@ impl HostDevice {
 
     /// The f32 views of an attention kernel's operands, each checked to be
     /// this device's.
+    /// Every operand of an attention kernel belongs to this device.
+    fn check_attention_owners(
+        &self,
+        q: &HostBuffer,
+        k_cache: &HostBuffer,
+        v_cache: &HostBuffer,
+        out: &HostBuffer,
+    ) -> Result<()> {
+        for (b, what) in [
+            (q, "attention q"),
+            (k_cache, "attention k cache"),
+            (v_cache, "attention v cache"),
+            (out, "attention out"),
+        ] {
+            self.check_owned(b, what)?;
+        }
+        Ok(())
+    }
+
     fn attention_operands<'a>(
         &self,
         q: &'a HostBuffer,
@@ -171,14 +191,7 @@ impl HostDevice {
         v_cache: &'a HostBuffer,
         out: &'a mut HostBuffer,
     ) -> Result<AttentionViews<'a>> {
-        for (b, what) in [
-            (q, "attention q"),
-            (k_cache, "attention k cache"),
-            (v_cache, "attention v cache"),
-        ] {
-            self.check_owned(b, what)?;
-        }
-        self.check_owned(out, "attention out")?;
+        self.check_attention_owners(q, k_cache, v_cache, out)?;
         Ok((
             q.typed::<f32>()?,
             k_cache.typed::<f32>()?,
@@ -465,24 +478,21 @@ impl Device for HostDevice {
         self.check_owned(src, "convert_copy source")?;
         self.check_owned(dst, "convert_copy destination")?;
         let dst_range = check_convert_copy(src, &src_range, dst, dst_offset)?;
+        let (from, to) = (
+            hetero_core::DeviceBuffer::dtype(src),
+            hetero_core::DeviceBuffer::dtype(dst),
+        );
+        if from == to {
+            return self.copy(src, src_range, dst, dst_offset);
+        }
         // half's slice conversions round to nearest even, with F16C where
         // the CPU has it.
         use hetero_core::half::slice::HalfFloatSliceExt;
-        match (
-            hetero_core::DeviceBuffer::dtype(src),
-            hetero_core::DeviceBuffer::dtype(dst),
-        ) {
-            (a, b) if a == b => return self.copy(src, src_range, dst, dst_offset),
-            (DType::F32, DType::F16) => dst.typed_mut::<f16>()?[dst_range]
+        match half_conversion(self.id().backend, from, to)? {
+            HalfConversion::F32ToF16 => dst.typed_mut::<f16>()?[dst_range]
                 .convert_from_f32_slice(&src.typed::<f32>()?[src_range]),
-            (DType::F16, DType::F32) => src.typed::<f16>()?[src_range]
+            HalfConversion::F16ToF32 => src.typed::<f16>()?[src_range]
                 .convert_to_f32_slice(&mut dst.typed_mut::<f32>()?[dst_range]),
-            (a, b) => {
-                return Err(Error::unsupported(
-                    self.id().backend,
-                    format!("convert_copy from {a} to {b} (f32 <-> f16 only)"),
-                ));
-            }
         }
         Ok(())
     }
@@ -733,38 +743,20 @@ impl Device for HostDevice {
         lens: &[u32],
         out: &mut HostBuffer,
     ) -> Result<()> {
-        for (b, what) in [
-            (q, "attention q"),
-            (k_cache, "attention k cache"),
-            (v_cache, "attention v cache"),
-        ] {
-            self.check_owned(b, what)?;
-        }
-        self.check_owned(out, "attention out")?;
-        let kv = hetero_core::DeviceBuffer::dtype(k_cache);
-        check_dtype(
-            "attention v cache",
-            kv,
-            hetero_core::DeviceBuffer::dtype(v_cache),
-        )?;
+        self.check_attention_owners(q, k_cache, v_cache, out)?;
+        let element = kv_cache_element(self.id().backend, k_cache, v_cache)?;
         let (q, out) = (q.typed::<f32>()?, out.typed_mut::<f32>()?);
         let workers = &self.inner.workers;
-        match kv {
-            DType::F32 => {
+        match element {
+            KvElement::F32 => {
                 let (k, v) = (k_cache.typed::<f32>()?, v_cache.typed::<f32>()?);
                 spec.validate(q.len(), k.len(), v.len(), out.len(), lens)?;
                 llama::attention_causal(spec, q, k, v, lens, out, workers);
             }
-            DType::F16 => {
+            KvElement::F16 => {
                 let (k, v) = (k_cache.typed::<f16>()?, v_cache.typed::<f16>()?);
                 spec.validate(q.len(), k.len(), v.len(), out.len(), lens)?;
                 llama::attention_causal(spec, q, k, v, lens, out, workers);
-            }
-            other => {
-                return Err(Error::unsupported(
-                    self.id().backend,
-                    format!("attention_causal with a {other} KV cache (f32 and f16 only)"),
-                ));
             }
         }
         Ok(())

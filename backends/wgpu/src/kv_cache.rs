@@ -4,8 +4,8 @@
 
 use std::ops::Range;
 
-use hetero_core::device::check_convert_copy;
-use hetero_core::{Backend, DType, Device, Error, Result};
+use hetero_core::device::{HalfConversion, check_convert_copy, half_conversion};
+use hetero_core::{Backend, Device, Result};
 
 use crate::buffer::WgpuBuffer;
 use crate::device::WgpuDevice;
@@ -29,15 +29,10 @@ impl WgpuDevice {
             return self.copy(src, src_range, dst, dst_offset);
         }
         check_convert_copy(src, &src_range, dst, dst_offset)?;
-        let (name, source): (&str, fn() -> String) = match (src.dtype, dst.dtype) {
-            (DType::F32, DType::F16) => ("convert_f32_to_f16", k::convert_f32_to_f16),
-            (DType::F16, DType::F32) => ("convert_f16_to_f32", k::convert_f16_to_f32),
-            (a, b) => {
-                return Err(Error::unsupported(
-                    Backend::Wgpu,
-                    format!("convert_copy from {a} to {b} (f32 <-> f16 only)"),
-                ));
-            }
+        let conversion = half_conversion(Backend::Wgpu, src.dtype, dst.dtype)?;
+        let (name, source): (&str, fn() -> String) = match conversion {
+            HalfConversion::F32ToF16 => ("convert_f32_to_f16", k::convert_f32_to_f16),
+            HalfConversion::F16ToF32 => ("convert_f16_to_f32", k::convert_f16_to_f32),
         };
         if src_range.is_empty() {
             return Ok(());
@@ -47,23 +42,25 @@ impl WgpuDevice {
         let n = as_u32("convert_copy length", src_range.len())?;
         let start = as_u32("convert_copy source start", src_range.start)?;
         let off = as_u32("convert_copy destination offset", dst_offset)?;
-        // Words of the f16 destination the range touches (the last word
-        // index is at most len / 2: inside the buffer's padded words).
-        let end = off as u64 + n as u64;
-        let touched = as_u32(
-            "convert_copy words",
-            (end.div_ceil(2) - off as u64 / 2) as usize,
-        )?;
-        let (work, fourth) = if dst.dtype == DType::F16 {
-            (touched, touched)
-        } else {
-            (n, 0)
+        // Into f16: one invocation per destination word the range touches
+        // (the last word index is at most len / 2: inside the buffer's
+        // padded words), its count the kernel's fourth parameter. Into
+        // f32: one per element.
+        let work = match conversion {
+            HalfConversion::F32ToF16 => {
+                let end = off as u64 + n as u64;
+                as_u32(
+                    "convert_copy words",
+                    (end.div_ceil(2) - off as u64 / 2) as usize,
+                )?
+            }
+            HalfConversion::F16ToF32 => n,
         };
         self.dispatch_built(
             name,
             source,
             &[&src.buffer, &dst.buffer],
-            &words(&[n, start, off, fourth]),
+            &words(&[n, start, off, work]),
             (self.stride_groups(work), 1, 1),
         )
     }

@@ -84,7 +84,7 @@ pub(crate) fn convert_f16_to_f32() -> String {
     format!(
         "{F16_BITS}{}",
         r#"
-struct P { n: u32, src_start: u32, dst_off: u32, pad: u32 }
+struct P { n: u32, src_start: u32, dst_off: u32, invocations: u32 }
 @group(0) @binding(0) var<storage, read> src: array<u32>;
 @group(0) @binding(1) var<storage, read_write> dst: array<u32>;
 @group(0) @binding(2) var<uniform> p: P;

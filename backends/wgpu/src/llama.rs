@@ -4,7 +4,9 @@
 //! host positions / lengths into a small storage buffer, then runs its WGSL
 //! kernel (`llama_kernels.rs`) through `dispatch`.
 
-use hetero_core::device::{check_decode_f32, check_dtype, check_same_shape};
+use hetero_core::device::{
+    KvElement, check_decode_f32, check_dtype, check_same_shape, kv_cache_element,
+};
 use hetero_core::transformer::{embedding_width, rms_norm_rows};
 use hetero_core::{
     Backend, CausalAttentionSpec, DType, Device, Error, HostSlice, Result, RopeLayout, RopeSpec,
@@ -116,17 +118,7 @@ impl WgpuDevice {
             self.check_owned(b, what)?;
             self.check_binding(b)?;
         }
-        check_dtype("attention v cache", k_cache.dtype, v_cache.dtype)?;
-        let half = match k_cache.dtype {
-            DType::F32 => false,
-            DType::F16 => true,
-            other => {
-                return Err(Error::unsupported(
-                    Backend::Wgpu,
-                    format!("attention_causal with a {other} KV cache (f32 and f16 only)"),
-                ));
-            }
-        };
+        let element = kv_cache_element(Backend::Wgpu, k_cache, v_cache)?;
         spec.validate(q.len, k_cache.len, v_cache.len, out.len, lens)?;
         if spec.head_dim > k::ATTENTION_MAX_HEAD_DIM {
             return Err(Error::unsupported(
@@ -160,15 +152,14 @@ impl WgpuDevice {
             as_u32("attention q_len", spec.q_len)?,
             as_u32("attention batch", spec.batch)?,
         );
-        let (name, source): (&str, fn() -> String) = if half {
-            (
+        let (name, source): (&str, fn() -> String) = match element {
+            KvElement::F16 => (
                 "attention_causal_f16",
                 crate::kv_kernels::attention_causal_f16,
-            )
-        } else {
-            ("attention_causal_f32", || {
+            ),
+            KvElement::F32 => ("attention_causal_f32", || {
                 k::ATTENTION_CAUSAL_F32.to_string()
-            })
+            }),
         };
         self.dispatch_built(
             name,

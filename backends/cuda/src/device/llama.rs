@@ -10,7 +10,10 @@
 //! stream (as `attention_decode` does).
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
-use hetero_core::device::{check_convert_copy, check_dtype, check_same_shape};
+use hetero_core::device::{
+    HalfConversion, KvElement, check_convert_copy, check_dtype, check_same_shape, half_conversion,
+    kv_cache_element,
+};
 use hetero_core::transformer::{embedding_width, rms_norm_rows};
 use hetero_core::{
     Backend, CausalAttentionSpec, DType, Device, Error, HostSlice, Result, RopeLayout, RopeSpec,
@@ -154,17 +157,10 @@ impl CudaDevice {
         check_f32("attention q", q)?;
         self.check_owned(k_cache, "attention k cache")?;
         self.check_owned(v_cache, "attention v cache")?;
-        check_dtype("attention v cache", k_cache.dtype, v_cache.dtype)?;
         // Caches of f32, or f16 (widened by the kernel as it reads).
-        let kernel = match k_cache.dtype {
-            DType::F32 => "hetero_attention_causal_f32",
-            DType::F16 => "hetero_attention_causal_f16",
-            other => {
-                return Err(Error::unsupported(
-                    Backend::Cuda,
-                    format!("attention_causal with a {other} KV cache (f32 and f16 only)"),
-                ));
-            }
+        let kernel = match kv_cache_element(Backend::Cuda, k_cache, v_cache)? {
+            KvElement::F32 => "hetero_attention_causal_f32",
+            KvElement::F16 => "hetero_attention_causal_f16",
         };
         self.check_owned(out, "attention out")?;
         check_f32("attention out", out)?;
@@ -236,15 +232,9 @@ impl CudaDevice {
             return self.copy(src, src_range, dst, dst_offset);
         }
         let dst_range = check_convert_copy(src, &src_range, dst, dst_offset)?;
-        let kernel = match (src.dtype, dst.dtype) {
-            (DType::F32, DType::F16) => "hetero_convert_f32_f16",
-            (DType::F16, DType::F32) => "hetero_convert_f16_f32",
-            (a, b) => {
-                return Err(Error::unsupported(
-                    Backend::Cuda,
-                    format!("convert_copy from {a} to {b} (f32 <-> f16 only)"),
-                ));
-            }
+        let kernel = match half_conversion(Backend::Cuda, src.dtype, dst.dtype)? {
+            HalfConversion::F32ToF16 => "hetero_convert_f32_f16",
+            HalfConversion::F16ToF32 => "hetero_convert_f16_f32",
         };
         if src_range.is_empty() {
             return Ok(());
