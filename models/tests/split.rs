@@ -1,7 +1,8 @@
 //! A model split by layers over several devices computes what the same
 //! model computes on one: the greedy continuations of the reference
 //! prompts token for token and the logits of a batched call (the
-//! micro-batch pipeline) for splits over 2 and 3 host devices; over the
+//! micro-batch pipeline) for splits over 2 and 3 host devices, and
+//! batches in flight together on a standing line; over the
 //! host and a software GPU (lavapipe / llvmpipe) when one has the Llama
 //! kernels, the greedy continuation up to a near tie. A stage that fails
 //! mid-call fails the call, with nothing advanced. Skipped with the
@@ -217,6 +218,99 @@ fn host_split(path: &str, ranges: &[Range<usize>]) -> Result<(), Failed> {
     Ok(())
 }
 
+/// A standing line over two host stages (`LlamaModel::with_line`): every
+/// prompt its own batch, all in flight at once with a batch that cannot
+/// run among them, then the sequences decoded in two batches that travel
+/// down the line together: each sequence's greedy ids are its ids alone
+/// on one device, the bad batch comes back with its error and its cache
+/// untouched, and the others are not disturbed by it.
+fn line(path: &str) -> Result<(), Failed> {
+    let ckpt = Checkpoint::open(path)?;
+    let (layers, vocab) = (ckpt.config().layers, ckpt.config().vocab);
+    let mut one = LlamaModel::load_as(&ckpt, host(0)?, WeightFormat::Native, &mut |_| {})?;
+    let mut model = split(
+        &ckpt,
+        &[host(1)?, host(2)?],
+        &[0..layers / 2, layers / 2..layers],
+    )?;
+    // f32 caches, as in `host_split`: the split is what is checked here.
+    one.set_kv_cache_dtype(KvCacheDtype::F32)?;
+    model.set_kv_cache_dtype(KvCacheDtype::F32)?;
+    let prompts = prompts()?;
+    let steps = 8;
+    let bad_tag = u64::MAX - 1;
+    let got = model.with_line(|line| -> Result<Vec<Vec<u32>>, Failed> {
+        assert_eq!(line.stages(), 2);
+        for (i, p) in prompts.iter().enumerate() {
+            let cache = model.new_cache(p.len() + steps)?;
+            line.send(i as u64, vec![cache], &[p], Logits::Last);
+            if i == 0 {
+                let past = [vocab as u32];
+                line.send(bad_tag, vec![model.new_cache(4)?], &[&past], Logits::Last);
+            }
+        }
+        assert_eq!(line.in_flight(), prompts.len() + 1);
+        let mut caches: Vec<Option<KvCache>> = prompts.iter().map(|_| None).collect();
+        let mut ids: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
+        while let Some(landed) = line.recv() {
+            if landed.tag == bad_tag {
+                let err = landed.logits.expect_err("a token past the vocabulary ran");
+                assert!(err.to_string().contains("past the vocabulary"), "{err}");
+                assert_eq!(landed.caches.len(), 1);
+                assert!(
+                    landed.caches[0].is_empty(),
+                    "a refused batch advanced its cache"
+                );
+                continue;
+            }
+            let i = landed.tag as usize;
+            let logits = landed.logits?;
+            assert_eq!((logits.len(), landed.caches.len()), (1, 1));
+            ids[i].push(hetero_models::sampling::argmax(&logits[0]));
+            caches[i] = landed.caches.into_iter().next();
+        }
+        assert_eq!(line.in_flight(), 0);
+        for _ in 1..steps {
+            // Even and odd sequences: two batches in flight at once.
+            for parity in 0..2 {
+                let members: Vec<usize> = (0..prompts.len()).filter(|i| i % 2 == parity).collect();
+                let batch: Vec<KvCache> = members
+                    .iter()
+                    .map(|&i| caches[i].take().ok_or("a cache is missing"))
+                    .collect::<Result<_, _>>()?;
+                let tokens: Vec<[u32; 1]> = members
+                    .iter()
+                    .map(|&i| [ids[i][ids[i].len() - 1]])
+                    .collect();
+                let tokens: Vec<&[u32]> = tokens.iter().map(|t| t.as_slice()).collect();
+                line.send(parity as u64, batch, &tokens, Logits::Last);
+            }
+            while let Some(landed) = line.recv() {
+                let members: Vec<usize> = (0..prompts.len())
+                    .filter(|&i| i % 2 == landed.tag as usize)
+                    .collect();
+                let logits = landed.logits?;
+                for ((&i, l), c) in members.iter().zip(logits).zip(landed.caches) {
+                    ids[i].push(hetero_models::sampling::argmax(&l));
+                    caches[i] = Some(c);
+                }
+            }
+        }
+        for (c, p) in caches.iter().zip(&prompts) {
+            let len = c.as_ref().map(KvCache::len);
+            assert_eq!(len, Some(p.len() + steps - 1));
+        }
+        Ok(ids)
+    })??;
+    for (p, g) in prompts.iter().zip(&got) {
+        let want = greedy(&one, p, steps)?;
+        if *g != want {
+            return Err(format!("line after {p:?}: {g:?}, one device {want:?}").into());
+        }
+    }
+    Ok(())
+}
+
 /// A part (layers 5..10 on one device) holds no embedding or head: it
 /// cannot run tokens to logits, says so, and can be timed.
 fn part(path: &str) -> Result<(), Failed> {
@@ -325,6 +419,36 @@ fn failing_stage(path: &str) -> Result<(), Failed> {
         caches.iter_mut().map(|c| (c, &long[..2])).collect();
     let out = model.forward_batch(&mut seqs, Logits::Last)?;
     assert_eq!(out.len(), 8);
+
+    // The same on a standing line: the long batch comes back with the
+    // error and its caches as they were, and the line runs the next one.
+    let longs: Vec<&[u32]> = (0..8).map(|_| long.as_slice()).collect();
+    let shorts: Vec<&[u32]> = (0..4).map(|_| &long[..2]).collect();
+    model.with_line(|line| -> Result<(), Failed> {
+        line.send(0, caches, &longs, Logits::Last);
+        let back = line.recv().ok_or("the long batch did not come back")?;
+        match back.logits {
+            Err(e) if e.is_out_of_memory() => {}
+            other => {
+                return Err(
+                    format!("expected out of memory, got {:?}", other.map(|o| o.len())).into(),
+                );
+            }
+        }
+        if back.caches.iter().any(|c| c.len() != 2) {
+            return Err("a failed batch advanced a cache".into());
+        }
+        // Half of them: the device's spare megabyte holds the logits of
+        // four rows (forward_batch above cut the eight into two).
+        let mut caches = back.caches;
+        let rest = caches.split_off(4);
+        line.send(1, caches, &shorts[..4], Logits::Last);
+        let back = line.recv().ok_or("the short batch did not come back")?;
+        assert_eq!(back.logits?.len(), 4);
+        assert!(back.caches.iter().all(|c| c.len() == 4));
+        assert!(rest.iter().all(|c| c.len() == 2));
+        Ok(())
+    })??;
     Ok(())
 }
 
@@ -362,7 +486,8 @@ fn main() {
             None => trials.push(skip(name, no_file)),
         }
     }
-    let cases: [(&str, TrialFn); 2] = [
+    let cases: [(&str, TrialFn); 3] = [
+        ("split::line_keeps_batches_in_flight", line),
         ("split::failing_stage_fails_the_call", failing_stage),
         ("split::a_part_is_timed_not_run", part),
     ];

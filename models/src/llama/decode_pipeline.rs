@@ -15,27 +15,15 @@
 //! that it is done.
 
 use std::ops::Range;
-use std::sync::mpsc;
 
 use hetero_core::{Error, Result};
 
-use super::forward::{Micro, SeqKv};
+use super::line::Line;
 use super::model::{KvCache, LlamaModel, Logits};
-use super::remote::SeqStep;
 
 /// The sampler of [`LlamaModel::decode_pipelined`]: `(group, sequences,
 /// their logits)` to each sequence's next token, `None` when it is done.
 pub type PickFn<'a> = dyn FnMut(usize, &[usize], Vec<Vec<f32>>) -> Vec<Option<u32>> + 'a;
-
-/// What a stage thread receives: a group's sequences (indices into the
-/// caches) and its input (token ids for the first stage, hidden states
-/// for the others).
-struct Work {
-    group: usize,
-    seqs: Vec<usize>,
-    ids: Vec<u32>,
-    hidden: Option<Vec<f32>>,
-}
 
 impl LlamaModel {
     /// Decode `caches` (each already holding its prompt but its last
@@ -52,12 +40,7 @@ impl LlamaModel {
         groups: &[Range<usize>],
         pick: &mut PickFn<'_>,
     ) -> Result<()> {
-        if !self.is_whole() {
-            return Err(Error::invalid(
-                "model",
-                "is a part; decode needs the whole model",
-            ));
-        }
+        self.check_whole()?;
         if next.len() != caches.len() {
             return Err(Error::invalid(
                 "next tokens",
@@ -78,191 +61,76 @@ impl LlamaModel {
                 }
             }
         }
-        let stages = self.stages.len();
-        let ids: Vec<u64> = caches.iter().map(|c| c.id).collect();
-        let lens: Vec<usize> = caches.iter().map(|c| c.len).collect();
-        let maxes: Vec<usize> = caches.iter().map(|c| c.max_len).collect();
-        let mut fed = vec![0usize; caches.len()];
-        // Each stage's layers of every cache; each stage advances its
-        // own copy of a cache's length.
-        let mut kv = self.split_caches(caches.iter_mut(), std::iter::repeat(1));
-        let result = std::thread::scope(|scope| -> Result<()> {
-            let (first_tx, mut input) = mpsc::channel::<Work>();
-            let (out_tx, out_rx) = mpsc::channel::<(Work, Vec<f32>)>();
-            let mut handles = Vec::with_capacity(stages + 2);
-            // Only the thread that hands out logits holds `out_tx`, so the
-            // loop below sees the line closed as soon as it stops.
-            let mut out_tx = Some(out_tx);
-            for (s, kv_s) in kv.iter_mut().enumerate() {
-                let (tx, rx) = mpsc::channel::<Work>();
-                let from = std::mem::replace(&mut input, rx);
-                let last = s + 1 == stages && self.tail.is_none();
-                let out_tx = if last { out_tx.take() } else { None };
-                handles.push(scope.spawn(move || -> Result<()> {
-                    for mut work in from {
-                        let out = self.stage_step(s, &mut work, kv_s)?;
-                        if let Some(out_tx) = &out_tx {
-                            if out_tx.send((work, out)).is_err() {
-                                break;
-                            }
-                        } else if tx
-                            .send(Work {
-                                hidden: Some(out),
-                                ..work
-                            })
-                            .is_err()
-                        {
-                            break;
-                        }
-                    }
-                    Ok(())
-                }));
-            }
-            if let (Some(tail), Some(out_tx)) = (&self.tail, out_tx.take()) {
-                // The stages of other processes: one thread sends each
-                // group's step down the line, another takes the answers in
-                // the same order.
-                let from = std::mem::replace(&mut input, mpsc::channel().1);
-                let (sent_tx, sent_rx) = mpsc::channel::<(u64, Work)>();
-                let (ids, maxes) = (&ids, &maxes);
-                let mut tail_lens = lens.clone();
-                handles.push(scope.spawn(move || -> Result<()> {
-                    for mut work in from {
-                        let steps = work
-                            .seqs
-                            .iter()
-                            .map(|&i| SeqStep {
-                                id: ids[i],
-                                len: tail_lens[i],
-                                n: 1,
-                                max_len: maxes[i],
-                            })
-                            .collect();
-                        let hidden = work.hidden.take().unwrap_or_default();
-                        let tag = tail.send_step(steps, Logits::Last, &hidden)?;
-                        for &i in &work.seqs {
-                            tail_lens[i] += 1;
-                        }
-                        if sent_tx.send((tag, work)).is_err() {
-                            break;
-                        }
-                    }
-                    Ok(())
-                }));
-                handles.push(scope.spawn(move || -> Result<()> {
-                    for (tag, work) in sent_rx {
-                        let out = tail.recv_out(tag)?;
-                        if out_tx.send((work, out)).is_err() {
-                            break;
-                        }
-                    }
-                    Ok(())
-                }));
-            }
-            drop(out_tx);
-            drop(input);
-            let mut running = 0;
+        // The caches travel with their group's batches (see `line.rs`);
+        // each is back in its place when the call returns.
+        let mut held: Vec<Option<KvCache>> = caches
+            .iter_mut()
+            .map(|c| Some(std::mem::replace(c, KvCache::detached())))
+            .collect();
+        let room = |c: &KvCache| c.len < c.max_len;
+        let result = self.with_line(|line| -> Result<()> {
+            let mut members: Vec<Vec<usize>> = vec![Vec::new(); groups.len()];
+            // Group g's sequences `seqs` (all held here) with their next ids.
+            let send = |line: &mut Line<'_>,
+                        held: &mut [Option<KvCache>],
+                        g: usize,
+                        seqs: &[usize],
+                        ids: Vec<u32>| {
+                let batch = seqs.iter().filter_map(|&i| held[i].take()).collect();
+                let tokens: Vec<&[u32]> = ids.chunks(1).collect();
+                line.send(g as u64, batch, &tokens, Logits::Last);
+            };
             for (g, range) in groups.iter().enumerate() {
-                let seqs: Vec<usize> = range.clone().filter(|&i| lens[i] < maxes[i]).collect();
-                if seqs.is_empty() {
-                    continue;
+                let seqs: Vec<usize> = range
+                    .clone()
+                    .filter(|&i| held[i].as_ref().is_some_and(room))
+                    .collect();
+                if !seqs.is_empty() {
+                    let ids = seqs.iter().map(|&i| next[i]).collect();
+                    send(line, &mut held, g, &seqs, ids);
+                    members[g] = seqs;
                 }
-                let ids = seqs.iter().map(|&i| next[i]).collect();
-                running += 1;
-                let _ = first_tx.send(Work {
-                    group: g,
-                    seqs,
-                    ids,
-                    hidden: None,
-                });
             }
             let mut failed = None;
-            while running > 0 {
-                let Ok((work, logits)) = out_rx.recv() else {
-                    failed = Some(Error::invalid(
-                        "pipelined decode",
-                        "a stage stopped before the groups were done",
-                    ));
-                    break;
+            while let Some(landed) = line.recv() {
+                let g = landed.tag as usize;
+                let Some(seqs) = members.get_mut(g).map(std::mem::take) else {
+                    failed.get_or_insert(Error::invalid("pipelined decode", "lost a group"));
+                    continue;
                 };
-                for &i in &work.seqs {
-                    fed[i] += 1;
+                for (&i, cache) in seqs.iter().zip(landed.caches) {
+                    held[i] = Some(cache);
                 }
-                let vocab = self.config.vocab;
-                let rows: Vec<Vec<f32>> = logits.chunks(vocab).map(<[f32]>::to_vec).collect();
-                let picks = pick(work.group, &work.seqs, rows);
-                let mut seqs = Vec::new();
-                let mut ids = Vec::new();
-                for (&i, p) in work.seqs.iter().zip(picks) {
+                let rows = match landed.logits {
+                    Ok(rows) if failed.is_none() => rows,
+                    Ok(_) => continue,
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                        continue;
+                    }
+                };
+                let picks = pick(g, &seqs, rows);
+                let (mut again, mut ids) = (Vec::new(), Vec::new());
+                for (&i, p) in seqs.iter().zip(picks) {
                     if let Some(id) = p
-                        && lens[i] + fed[i] < maxes[i]
+                        && held[i].as_ref().is_some_and(room)
                     {
-                        seqs.push(i);
+                        again.push(i);
                         ids.push(id);
                     }
                 }
-                if seqs.is_empty() {
-                    running -= 1;
-                } else {
-                    let _ = first_tx.send(Work {
-                        group: work.group,
-                        seqs,
-                        ids,
-                        hidden: None,
-                    });
+                if !again.is_empty() {
+                    send(line, &mut held, g, &again, ids);
+                    members[g] = again;
                 }
             }
-            drop(first_tx);
-            let mut first_err = None;
-            for h in handles {
-                let r = h
-                    .join()
-                    .unwrap_or_else(|_| Err(Error::invalid("model stage", "its thread panicked")));
-                if let (Err(e), None) = (r, &first_err) {
-                    first_err = Some(e);
-                }
-            }
-            match first_err.or(failed) {
-                Some(e) => Err(e),
-                None => Ok(()),
-            }
+            failed.map_or(Ok(()), Err)
         });
-        drop(kv);
-        for (cache, n) in caches.iter_mut().zip(fed) {
-            cache.len += n;
-        }
-        result
-    }
-
-    /// Stage `s` on one group's step: its sequences' caches in this
-    /// stage, advanced by one position each.
-    fn stage_step(&self, s: usize, work: &mut Work, kv_s: &mut [SeqKv<'_>]) -> Result<Vec<f32>> {
-        let mut picked: Vec<SeqKv<'_>> = Vec::with_capacity(work.seqs.len());
-        let mut wanted = work.seqs.iter().peekable();
-        for (i, seq) in kv_s.iter_mut().enumerate() {
-            if wanted.peek() == Some(&&i) {
-                wanted.next();
-                picked.push(SeqKv {
-                    k: &mut *seq.k,
-                    v: &mut *seq.v,
-                    len: seq.len,
-                    max_len: seq.max_len,
-                    n: 1,
-                });
+        for (cache, back) in caches.iter_mut().zip(held) {
+            if let Some(back) = back {
+                *cache = back;
             }
         }
-        let micro = Micro {
-            seqs: 0..picked.len(),
-            ids: work.ids.clone(),
-            positions: picked.iter().map(|q| q.len as u32).collect(),
-            offsets: (0..picked.len()).collect(),
-            rows: picked.len(),
-        };
-        let out = self.run_stage(s, &micro, work.hidden.take(), &mut picked, Logits::Last)?;
-        drop(picked);
-        for &i in &work.seqs {
-            kv_s[i].len += 1;
-        }
-        Ok(out)
+        result?
     }
 }

@@ -72,7 +72,101 @@ fn cut(news: &[usize], parts: usize) -> Vec<Range<usize>> {
     runs
 }
 
+impl Micro {
+    /// The micro-batch of `seqs` (each cache with its new tokens), as
+    /// sequences `0..seqs.len()`.
+    pub(super) fn of<'a>(seqs: impl Iterator<Item = (&'a KvCache, &'a [u32])>) -> Micro {
+        let mut micro = Micro {
+            seqs: 0..0,
+            ids: Vec::new(),
+            positions: Vec::new(),
+            offsets: Vec::new(),
+            rows: 0,
+        };
+        for (cache, tokens) in seqs {
+            micro.seqs.end += 1;
+            micro.offsets.push(micro.rows);
+            micro.rows += tokens.len();
+            micro.ids.extend_from_slice(tokens);
+            micro
+                .positions
+                .extend((cache.len..cache.len + tokens.len()).map(|p| p as u32));
+        }
+        micro
+    }
+}
+
 impl LlamaModel {
+    /// An error unless the model runs from tokens to logits.
+    pub(super) fn check_whole(&self) -> Result<()> {
+        if self.is_whole() {
+            return Ok(());
+        }
+        Err(Error::invalid(
+            "model",
+            format!(
+                "holds layers {:?} of {} only: a part runs as one stage of a pipeline, \
+                 not from tokens to logits",
+                self.layers_held(),
+                self.config.layers
+            ),
+        ))
+    }
+
+    /// Why sequence `i` (`tokens` after what `cache` holds) cannot run,
+    /// if it cannot.
+    pub(super) fn check_new_tokens(&self, i: usize, cache: &KvCache, tokens: &[u32]) -> Result<()> {
+        let c = &self.config;
+        if tokens.is_empty() {
+            return Err(Error::invalid(format!("sequence {i}"), "has no new tokens"));
+        }
+        if cache.k.len() != self.layers.len() {
+            return Err(Error::invalid(
+                format!("sequence {i} cache"),
+                "belongs to another model",
+            ));
+        }
+        if cache.len + tokens.len() > cache.max_len {
+            return Err(Error::invalid(
+                format!("sequence {i}"),
+                format!(
+                    "{} cached + {} new positions exceed its KV cache of {}",
+                    cache.len,
+                    tokens.len(),
+                    cache.max_len
+                ),
+            ));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab) {
+            return Err(Error::invalid(
+                format!("sequence {i} tokens"),
+                format!("id {bad} is past the vocabulary of {}", c.vocab),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The last stage's output of micro-batch `m` (`news[j]` new rows of
+    /// its `j`-th sequence) cut into each sequence's logits.
+    pub(super) fn logits_per_sequence(
+        &self,
+        m: &Micro,
+        news: &[usize],
+        all: Vec<f32>,
+        which: Logits,
+    ) -> Vec<Vec<f32>> {
+        let vocab = self.config.vocab;
+        match which {
+            Logits::Last => all.chunks(vocab).map(<[f32]>::to_vec).collect(),
+            Logits::All => m
+                .offsets
+                .iter()
+                .zip(news)
+                .map(|(&r0, &n)| all[r0 * vocab..(r0 + n) * vocab].to_vec())
+                .collect(),
+        }
+    }
+
     /// Each stage's layers of every cache (with `news[i]` new tokens for
     /// cache `i`), borrowed apart so the stages can run at once:
     /// `[stage][sequence]`.
@@ -109,48 +203,12 @@ impl LlamaModel {
         seqs: &mut [(&mut KvCache, &[u32])],
         which: Logits,
     ) -> Result<Vec<Vec<f32>>> {
-        let c = &self.config;
-        if !self.is_whole() {
-            return Err(Error::invalid(
-                "model",
-                format!(
-                    "holds layers {:?} of {} only: a part runs as one stage of a pipeline, \
-                     not from tokens to logits",
-                    self.layers_held(),
-                    c.layers
-                ),
-            ));
-        }
+        self.check_whole()?;
         if seqs.is_empty() {
             return Ok(Vec::new());
         }
         for (i, (cache, tokens)) in seqs.iter().enumerate() {
-            if tokens.is_empty() {
-                return Err(Error::invalid(format!("sequence {i}"), "has no new tokens"));
-            }
-            if cache.k.len() != self.layers.len() {
-                return Err(Error::invalid(
-                    format!("sequence {i} cache"),
-                    "belongs to another model",
-                ));
-            }
-            if cache.len + tokens.len() > cache.max_len {
-                return Err(Error::invalid(
-                    format!("sequence {i}"),
-                    format!(
-                        "{} cached + {} new positions exceed its KV cache of {}",
-                        cache.len,
-                        tokens.len(),
-                        cache.max_len
-                    ),
-                ));
-            }
-            if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab) {
-                return Err(Error::invalid(
-                    format!("sequence {i} tokens"),
-                    format!("id {bad} is past the vocabulary of {}", c.vocab),
-                ));
-            }
+            self.check_new_tokens(i, cache, tokens)?;
         }
         let news: Vec<usize> = seqs.iter().map(|(_, t)| t.len()).collect();
         // Each sequence's step for the stages of other processes.
@@ -171,21 +229,8 @@ impl LlamaModel {
         let micros: Vec<Micro> = cut(&news, parts)
             .into_iter()
             .map(|run| {
-                let mut micro = Micro {
-                    seqs: run.clone(),
-                    ids: Vec::new(),
-                    positions: Vec::new(),
-                    offsets: Vec::new(),
-                    rows: 0,
-                };
-                for (cache, tokens) in &seqs[run] {
-                    micro.offsets.push(micro.rows);
-                    micro.rows += tokens.len();
-                    micro.ids.extend_from_slice(tokens);
-                    micro
-                        .positions
-                        .extend((cache.len..cache.len + tokens.len()).map(|p| p as u32));
-                }
+                let mut micro = Micro::of(seqs[run.clone()].iter().map(|(c, t)| (&**c, *t)));
+                micro.seqs = run;
                 micro
             })
             .collect();
@@ -221,14 +266,7 @@ impl LlamaModel {
 
         let mut logits = Vec::with_capacity(seqs.len());
         for (m, all) in micros.iter().zip(outs) {
-            match which {
-                Logits::Last => logits.extend(all.chunks(c.vocab).map(<[f32]>::to_vec)),
-                Logits::All => {
-                    for (&r0, &n) in m.offsets.iter().zip(&news[m.seqs.clone()]) {
-                        logits.push(all[r0 * c.vocab..(r0 + n) * c.vocab].to_vec());
-                    }
-                }
-            }
+            logits.extend(self.logits_per_sequence(m, &news[m.seqs.clone()], all, which));
         }
         Ok(logits)
     }

@@ -257,6 +257,19 @@ impl KvCache {
         self.max_len
     }
 
+    /// A cache of no layers, standing in for one that is away (in a
+    /// batch on a [`Line`](super::Line)).
+    pub(super) fn detached() -> KvCache {
+        KvCache {
+            k: Vec::new(),
+            v: Vec::new(),
+            len: 0,
+            max_len: 0,
+            id: 0,
+            release: None,
+        }
+    }
+
     /// Forget every position (the buffers stay allocated for the next sequence).
     pub fn clear(&mut self) {
         self.len = 0;
@@ -530,8 +543,9 @@ impl LlamaModel {
         local.chain(remote).collect()
     }
 
-    /// Stages of the pipeline, this process's and the others'.
-    pub(super) fn pipeline_len(&self) -> usize {
+    /// Stages of the pipeline, this process's and the others' (1 for a
+    /// model on one device).
+    pub fn pipeline_len(&self) -> usize {
         self.stages.len() + self.tail.as_ref().map_or(0, |t| t.stages().len())
     }
 

@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use hetero_core::{Error, Result};
+use hetero_models::llama::Line;
 use hetero_models::{
     Continuation, FinishReason, GenerateOptions, KvCache, LlamaModel, Logits, Step, Tokenizer,
 };
@@ -119,12 +120,19 @@ pub(crate) struct Queued {
 
 /// A request on a device.
 struct Running {
+    /// Names it to the batches in flight on a split model's line (its
+    /// index in `running` changes as others leave).
+    key: u64,
+    /// When its last batch came back (or it started): the batches of a
+    /// line take the requests that waited longest first.
+    ready: u64,
     prompt: Vec<u32>,
     /// Prompt tokens already in the cache.
     fed: usize,
     /// The token to feed next once the prompt is in.
     next: [u32; 1],
-    cache: KvCache,
+    /// `None` while it travels in a batch on the line.
+    cache: Option<KvCache>,
     continuation: Continuation,
     events: UnboundedSender<Event>,
     arrived: Instant,
@@ -601,24 +609,50 @@ impl Drop for Engine {
 /// One device's loop.
 struct Worker {
     g: usize,
-    model: LlamaModel,
+    model: Arc<LlamaModel>,
     shared: Arc<Shared>,
     running: Vec<Running>,
     prefixes: PrefixPool,
+    /// Batches on the line: tag, and each member's key and prompt tokens
+    /// fed (0: a decode step).
+    flights: Vec<(u64, Vec<(u64, usize)>)>,
+    /// Counts request keys, batch tags and `ready` times.
+    ticks: u64,
 }
 
 impl Worker {
     fn new(g: usize, model: LlamaModel, shared: Arc<Shared>) -> Self {
         Worker {
             g,
-            model,
+            model: Arc::new(model),
             shared,
             running: Vec::new(),
             prefixes: PrefixPool::default(),
+            flights: Vec::new(),
+            ticks: 0,
         }
     }
 
+    fn tick(&mut self) -> u64 {
+        self.ticks += 1;
+        self.ticks
+    }
+
+    /// Serve until stopped. A model split into a pipeline runs its rounds
+    /// as batches on a standing line, one batch per stage in flight, so
+    /// every stage works while the others' batches are sampled; a model
+    /// on one device runs one batch per round.
     fn run(mut self) {
+        if self.model.pipeline_len() > 1 {
+            let model = self.model.clone();
+            if model.with_line(|line| self.serve(Some(line))).is_ok() {
+                return;
+            }
+        }
+        self.serve(None);
+    }
+
+    fn serve(&mut self, mut line: Option<&mut Line<'_>>) {
         loop {
             let Some(admitted) = self.admit() else {
                 return;
@@ -631,10 +665,11 @@ impl Worker {
                 self.start(q);
             }
             self.drop_cancelled();
-            if self.running.is_empty() {
-                continue;
+            match line.as_deref_mut() {
+                Some(line) => self.line_round(line),
+                None if self.running.is_empty() => {}
+                None => self.round(),
             }
-            self.round();
         }
     }
 
@@ -672,6 +707,7 @@ impl Worker {
                 self.shared
                     .metrics
                     .prompt_tokens(q.request.prompt_ids.len());
+                let key = self.tick();
                 let mut fed = 0;
                 if let Some((from, n)) = self.prefixes.best(&q.request.prompt_ids) {
                     let n = n.min(cache.max_len());
@@ -683,10 +719,12 @@ impl Worker {
                     }
                 }
                 self.running.push(Running {
+                    key,
+                    ready: key,
                     prompt: q.request.prompt_ids,
                     fed,
                     next: [0],
-                    cache,
+                    cache: Some(cache),
                     continuation,
                     events: q.events,
                     arrived: q.arrived,
@@ -707,11 +745,13 @@ impl Worker {
         }
     }
 
-    /// Remove the requests whose client went away.
+    /// Remove the requests whose client went away (those on the line
+    /// once their batch is back).
     fn drop_cancelled(&mut self) {
         let mut i = 0;
         while i < self.running.len() {
-            if self.running[i].events.is_closed() {
+            let r = &self.running[i];
+            if r.events.is_closed() && r.cache.is_some() {
                 let r = self.running.swap_remove(i);
                 self.shared.metrics.outcome(Outcome::Cancelled);
                 self.release(r.reserve);
@@ -722,36 +762,123 @@ impl Worker {
         }
     }
 
+    /// The requests of the next batch, from `order` (at most `cap`, those
+    /// not on the line), and the prompt tokens each feeds (0: its next
+    /// token): every decoding request, and prompt tokens up to the chunk
+    /// for those being prefilled.
+    fn choose(&self, order: impl Iterator<Item = usize>, cap: usize) -> Vec<(usize, usize)> {
+        let mut budget = self.shared.config.prefill_chunk;
+        let mut included = Vec::new();
+        for i in order {
+            if included.len() == cap {
+                break;
+            }
+            let r = &self.running[i];
+            if r.cache.is_none() {
+                continue;
+            }
+            if r.prefilling() {
+                if budget == 0 {
+                    continue;
+                }
+                let n = budget.min(r.prompt.len() - r.fed);
+                budget -= n;
+                included.push((i, n));
+            } else {
+                included.push((i, 0));
+            }
+        }
+        included
+    }
+
     /// One forward pass: a token for every decoding sequence, and prompt
     /// tokens up to the chunk for those being prefilled; then a step of
     /// every sequence whose prompt is in.
     fn round(&mut self) {
-        let mut budget = self.shared.config.prefill_chunk;
-        let mut included = Vec::new();
+        let included = self.choose(0..self.running.len(), usize::MAX);
+        let mut wanted = included.iter().peekable();
         let mut batch: Vec<(&mut KvCache, &[u32])> = Vec::new();
         for (i, r) in self.running.iter_mut().enumerate() {
+            let Some(&(_, n)) = wanted.next_if(|&&(j, _)| j == i) else {
+                continue;
+            };
             let Running {
                 prompt,
                 fed,
                 next,
-                cache,
+                cache: Some(cache),
                 ..
-            } = r;
-            if *fed < prompt.len() {
-                if budget == 0 {
-                    continue;
-                }
-                let n = budget.min(prompt.len() - *fed);
-                budget -= n;
-                batch.push((cache, &prompt[*fed..*fed + n]));
-                included.push((i, n));
+            } = r
+            else {
+                continue;
+            };
+            let tokens = if n > 0 {
+                &prompt[*fed..*fed + n]
             } else {
-                batch.push((cache, &next[..]));
-                included.push((i, 0));
-            }
+                &next[..]
+            };
+            batch.push((cache, tokens));
         }
         let result = self.model.forward_batch(&mut batch, Logits::Last);
         drop(batch);
+        self.apply(included, result);
+    }
+
+    /// A round of a split model: batches sent down the line while fewer
+    /// than its stages are in flight (the requests that waited longest
+    /// first, each batch at most its share of the running ones), then the
+    /// next batch back applied.
+    fn line_round(&mut self, line: &mut Line<'_>) {
+        let stages = line.stages().max(1);
+        let cap = self.running.len().div_ceil(stages).max(1);
+        while line.in_flight() < stages {
+            let mut order: Vec<usize> = (0..self.running.len()).collect();
+            order.sort_by_key(|&i| self.running[i].ready);
+            let included = self.choose(order.into_iter(), cap);
+            if included.is_empty() {
+                break;
+            }
+            let mut caches = Vec::with_capacity(included.len());
+            let mut tokens = Vec::with_capacity(included.len());
+            let mut members = Vec::with_capacity(included.len());
+            for &(i, n) in &included {
+                let r = &mut self.running[i];
+                tokens.push(if n > 0 {
+                    r.prompt[r.fed..r.fed + n].to_vec()
+                } else {
+                    r.next.to_vec()
+                });
+                caches.extend(r.cache.take());
+                members.push((r.key, n));
+            }
+            let tag = self.tick();
+            self.flights.push((tag, members));
+            let tokens: Vec<&[u32]> = tokens.iter().map(Vec::as_slice).collect();
+            line.send(tag, caches, &tokens, Logits::Last);
+        }
+        let Some(landed) = line.recv() else {
+            return;
+        };
+        let Some(at) = self.flights.iter().position(|(t, _)| *t == landed.tag) else {
+            return;
+        };
+        let (_, members) = self.flights.swap_remove(at);
+        let ready = self.tick();
+        let mut included = Vec::with_capacity(members.len());
+        for ((key, n), cache) in members.into_iter().zip(landed.caches) {
+            if let Some(i) = self.running.iter().position(|r| r.key == key) {
+                self.running[i].cache = Some(cache);
+                self.running[i].ready = ready;
+                included.push((i, n));
+            }
+        }
+        self.apply(included, landed.logits);
+    }
+
+    /// A batch's outcome: `included` (request index, prompt tokens fed)
+    /// and its logits, one row per request; each request whose prompt is
+    /// in takes its step, and the finished or failed ones leave.
+    fn apply(&mut self, included: Vec<(usize, usize)>, result: Result<Vec<Vec<f32>>>) {
         self.shared.metrics.round(self.g, included.len());
         let logits = match result {
             Ok(l) => l,
@@ -776,7 +903,7 @@ impl Worker {
                     continue;
                 }
             }
-            let room = r.cache.len() < r.cache.max_len();
+            let room = r.cache.as_ref().is_some_and(|c| c.len() < c.max_len());
             let step = r.continuation.step(&self.shared.tokenizer, &logits, room);
             let now = Instant::now();
             match (r.first_token_s, r.last_token) {
@@ -855,14 +982,17 @@ impl Worker {
     /// Keep a finished request's cache for later requests that begin with
     /// the same tokens, within the room the running requests leave.
     fn keep_prefix(&mut self, r: Running) {
-        let fed = r.cache.len();
+        let Some(cache) = r.cache else {
+            return;
+        };
+        let fed = cache.len();
         let mut tokens: Vec<u32> = r.prompt.iter().copied().take(fed).collect();
         if fed > r.prompt.len() {
             let ids = r.continuation.ids();
             tokens.extend(ids.iter().take(fed - r.prompt.len()));
         }
         if tokens.len() == fed {
-            self.prefixes.insert(tokens, r.cache);
+            self.prefixes.insert(tokens, cache);
         }
         self.prefixes.evict_to(self.shared.kv_room(self.g));
     }
