@@ -21,6 +21,14 @@
 //!   token for each decoding sequence, plus at most `prefill_chunk` prompt
 //!   tokens of the sequences being prefilled, so a long prompt delays the
 //!   running sequences' next token by one bounded chunk at most.
+//! - **Split models.** A model split into a pipeline runs its rounds as
+//!   batches on a standing line ([`LlamaModel::with_line`]): up to one
+//!   batch per stage in flight, each at most its share of the running
+//!   requests, those that waited longest first; a request's cache travels
+//!   with its batch. Every stage then works while the others' batches are
+//!   sampled, instead of the pipeline filling and draining every round.
+//!
+//! [`LlamaModel::with_line`]: hetero_models::LlamaModel::with_line
 //! - **Prefix caching.** A finished request's cache stays on the device,
 //!   keyed by the tokens it was fed; a request whose prompt begins with
 //!   them copies those positions and prefills only the rest (see

@@ -89,8 +89,8 @@ pub fn start(
 }
 
 /// Like [`start`], with one model split by layers over `stages` (a
-/// pipeline) as the engine's one device: its rounds run through the
-/// stages, each call cut into one micro-batch per stage.
+/// pipeline) as the engine's one device: its rounds run as batches on
+/// the model's line, one batch per stage in flight.
 pub fn start_split(
     checkpoint: &Checkpoint,
     stages: &[hetero_models::StageSpec],
