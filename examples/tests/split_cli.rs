@@ -3,9 +3,11 @@
 //! `--json`; `hetero-place --model` profiles, plans and explains, and
 //! leaves out a device too small for any layer. Bad `--split` values are
 //! named errors. The same split over processes (`--rank-from-env`, one
-//! stage per rank over loopback TCP) gives the same ids, and a stage
-//! process killed mid-run ends the others with an error within the stage
-//! timeout. Skipped without `HETERO_TEST_GGUF`.
+//! stage per rank over loopback TCP) gives the same ids, also when the
+//! processes are started by `mpirun` (skipped with the reason where no
+//! MPI launcher is installed), and a stage process killed mid-run ends the
+//! others with an error within the stage timeout. Skipped without
+//! `HETERO_TEST_GGUF`.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -253,6 +255,110 @@ fn ranks_give_one_device_ids(model: &str) -> Result<(), Failed> {
     Ok(())
 }
 
+/// A launcher's arguments to start `n` processes, rank 0 at the port.
+type LaunchArgs = fn(usize, u16) -> Vec<String>;
+
+/// The MPI launcher on this machine: how to start `n` processes with
+/// rank 0's address passed to each, by flavour (Open MPI's `mpirun`,
+/// MPICH's `mpiexec`); `Err` says why there is none.
+fn mpi_launcher() -> Result<(&'static str, LaunchArgs), String> {
+    let version = |bin: &str| {
+        Command::new(bin)
+            .arg("--version")
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    if version("mpirun").is_some_and(|v| v.contains("Open MPI")) {
+        return Ok(("mpirun", |n, port| {
+            // Root in containers and CI; two processes on a 2-core machine.
+            let mut a: Vec<String> = ["--allow-run-as-root", "--oversubscribe", "-np"]
+                .map(String::from)
+                .to_vec();
+            a.push(n.to_string());
+            a.extend(["-x".into(), "MASTER_ADDR=127.0.0.1".into()]);
+            a.extend(["-x".into(), format!("MASTER_PORT={port}")]);
+            a
+        }));
+    }
+    if version("mpiexec").is_some_and(|v| v.contains("HYDRA") || v.contains("MPICH")) {
+        return Ok(("mpiexec", |n, port| {
+            let mut a = vec!["-n".to_string(), n.to_string()];
+            a.extend(["-genv", "MASTER_ADDR", "127.0.0.1"].map(String::from));
+            a.extend(["-genv".into(), "MASTER_PORT".into(), port.to_string()]);
+            a
+        }));
+    }
+    Err(
+        "no MPI launcher (Open MPI's mpirun or MPICH's mpiexec) on the PATH; \
+         install openmpi-bin to run it"
+            .into(),
+    )
+}
+
+/// The model split over 2 processes started by the MPI launcher (its rank
+/// variables, rank 0's address passed through it; the hidden states over
+/// TCP) gives the one-device greedy ids.
+fn mpirun_ranks_give_one_device_ids(model: &str) -> Result<(), Failed> {
+    let (launcher, launch_args) = mpi_launcher()?;
+    let prompt = [
+        "--prompt",
+        "The capital of Germany is",
+        "--max-tokens",
+        "12",
+    ];
+    let mut args = vec!["--model", model, "--json", "--device", "host"];
+    args.extend_from_slice(&prompt);
+    let one = json(GENERATE, &args)?;
+    let layers = one["devices"][0]["layers"][1].as_u64().ok_or("no layers")? as usize + 1;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let split = format!("layers:{},{}", layers / 2, layers - layers / 2);
+    let child = Command::new(launcher)
+        .args(launch_args(2, port))
+        .arg(GENERATE)
+        .args(["--model", model, "--rank-from-env", "--split", &split])
+        .args(["--json", "--device", "host:threads=1"])
+        .args(prompt)
+        // Only the launcher's variables say who is who.
+        .env_remove("RANK")
+        .env_remove("WORLD_SIZE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let outs = wait_all(vec![child], Instant::now() + Duration::from_secs(180));
+    let out = all_succeeded(&outs, launcher)?;
+    // Every rank's JSON on the launcher's stdout: rank 0's has the ids,
+    // the other's its stage's counts.
+    let printed = serde_json::Deserializer::from_slice(&out.stdout)
+        .into_iter::<serde_json::Value>()
+        .collect::<Result<Vec<_>, _>>()?;
+    let got = printed
+        .iter()
+        .find(|v| v.get("ids").is_some())
+        .ok_or("no rank printed ids")?;
+    if !printed
+        .iter()
+        .any(|v| v["rank"] == 1 && v["stage"]["steps"].as_u64() > Some(0))
+    {
+        return Err(format!("{launcher}: rank 1 ran no step: {printed:?}").into());
+    }
+    if got["ids"] != one["ids"] {
+        return Err(format!(
+            "{launcher}: ids {} vs one device {}",
+            got["ids"], one["ids"]
+        )
+        .into());
+    }
+    let stages = got["devices"].as_array().ok_or("no devices")?;
+    if stages.len() != 2 || stages[1]["rank"] != 1 {
+        return Err(format!("{launcher}: stages {stages:?}").into());
+    }
+    Ok(())
+}
+
 /// Every rank ended successfully (`label` names the case in the error);
 /// rank 0's output.
 fn all_succeeded<'a>(outs: &'a [Option<Output>], label: &str) -> Result<&'a Output, Failed> {
@@ -447,6 +553,25 @@ fn main() {
                     .with_kind("skipped: HETERO_TEST_GGUF does not name a file"),
             ),
         }
+    }
+    let name = "split_cli::mpirun_ranks_give_one_device_ids";
+    match (&path, mpi_launcher()) {
+        (Some(p), Ok(_)) => {
+            let p = p.clone();
+            trials.push(Trial::test(name, move || {
+                mpirun_ranks_give_one_device_ids(&p)
+            }));
+        }
+        (None, _) => trials.push(
+            Trial::test(name, || Ok(()))
+                .with_ignored_flag(true)
+                .with_kind("skipped: HETERO_TEST_GGUF does not name a file"),
+        ),
+        (_, Err(why)) => trials.push(
+            Trial::test(name, || Ok(()))
+                .with_ignored_flag(true)
+                .with_kind(format!("skipped: {why}")),
+        ),
     }
     libtest_mimic::run(&args, trials).exit();
 }

@@ -79,7 +79,9 @@ pub enum Ranks {
 impl Ranks {
     /// The ranks `kind` runs in this process, as the environment says: for
     /// TCP and shared memory, one rank of a job when `RANK` is set (the
-    /// rest of torchrun's variables are then required and checked), else
+    /// rest of torchrun's variables are then required and checked) or an
+    /// MPI launcher's rank variable is ([`Launcher`](super::tcp::Launcher):
+    /// `mpirun` starts the processes, TCP carries the messages), else
     /// `local` ranks over loopback; in-process always `local` ranks (it
     /// cannot span processes, so `RANK` does not concern it); MPI ignores
     /// both (its launcher decides).
@@ -94,7 +96,9 @@ impl Ranks {
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Self> {
         match kind {
-            TransportKind::Tcp | TransportKind::SharedMemory if lookup("RANK").is_some() => {
+            TransportKind::Tcp | TransportKind::SharedMemory
+                if super::tcp::Launcher::detect(&lookup).is_some() =>
+            {
                 Ok(Ranks::Job(TcpConfig::from_vars(lookup)?))
             }
             _ => Ok(Ranks::Local(local)),
@@ -184,7 +188,8 @@ pub async fn connect(
 }
 
 /// [`connect`] with the ranks [`Ranks::from_env`] finds: `local` ranks of
-/// this process unless torchrun's variables name one rank of a job.
+/// this process unless torchrun's or an MPI launcher's variables name one
+/// rank of a job.
 pub async fn connect_from_env(
     kind: TransportKind,
     local: usize,
@@ -343,6 +348,58 @@ mod tests {
         .expect("valid environment");
         assert_eq!((cfg.local_rank, cfg.local_world_size), (0, 2));
         assert_eq!(cfg.timeout, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn mpi_launchers_variables_stand_in_for_torchruns() {
+        let master = [("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500")];
+        let with_master = |pairs: &[(&'static str, &'static str)]| {
+            let mut v = pairs.to_vec();
+            v.extend(master);
+            v
+        };
+        let ompi = with_master(&[
+            ("OMPI_COMM_WORLD_RANK", "1"),
+            ("OMPI_COMM_WORLD_SIZE", "3"),
+            ("OMPI_COMM_WORLD_LOCAL_RANK", "1"),
+            ("OMPI_COMM_WORLD_LOCAL_SIZE", "2"),
+        ]);
+        let cfg = TcpConfig::from_vars(vars(&ompi)).expect("Open MPI's variables");
+        assert_eq!(
+            (
+                cfg.rank,
+                cfg.world_size,
+                cfg.local_rank,
+                cfg.local_world_size
+            ),
+            (1, 3, 1, 2)
+        );
+        assert!(matches!(
+            Ranks::from_vars(TransportKind::Tcp, 4, vars(&ompi)),
+            Ok(Ranks::Job(c)) if c.rank == 1
+        ));
+        let mpich = with_master(&[("PMI_RANK", "0"), ("PMI_SIZE", "2")]);
+        let cfg = TcpConfig::from_vars(vars(&mpich)).expect("MPICH's variables");
+        assert_eq!((cfg.rank, cfg.world_size, cfg.local_rank), (0, 2, 0));
+        // torchrun's RANK wins over a launcher's when both are set.
+        let mut both = ompi.clone();
+        both.extend([("RANK", "2"), ("WORLD_SIZE", "4")]);
+        let cfg = TcpConfig::from_vars(vars(&both)).expect("both");
+        assert_eq!((cfg.rank, cfg.world_size), (2, 4));
+        // Errors name the launcher's variable, and how to pass rank 0's
+        // address through it.
+        let e = env_error(&with_master(&[
+            ("OMPI_COMM_WORLD_RANK", "3"),
+            ("OMPI_COMM_WORLD_SIZE", "3"),
+        ]));
+        assert!(
+            e.contains("OMPI_COMM_WORLD_RANK") && e.contains("not below"),
+            "{e}"
+        );
+        let e = env_error(&[("PMI_RANK", "0"), ("PMI_SIZE", "2")]);
+        assert!(e.contains("MASTER_ADDR") && e.contains("mpirun -x"), "{e}");
+        let e = env_error(&[("PMI_RANK", "0")]);
+        assert!(e.contains("PMI_SIZE") && e.contains("not set"), "{e}");
     }
 
     #[test]

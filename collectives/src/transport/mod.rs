@@ -43,7 +43,7 @@ pub use inproc::InProcessTransport;
 pub use launch::{Endpoints, Ranks, TransportKind, connect, connect_from_env, finalize_mpi};
 pub use shaped::ShapedTransport;
 pub use sub::SubTransport;
-pub use tcp::{TcpConfig, TcpTransport};
+pub use tcp::{LAUNCHERS, Launcher, TcpConfig, TcpTransport};
 
 /// Default time a receive waits for a peer before giving up.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);

@@ -1,4 +1,7 @@
-//! TCP transport on tokio, started the way torchrun starts jobs.
+//! TCP transport on tokio, started the way torchrun starts jobs, or by an
+//! MPI launcher (`mpirun` / `mpiexec` of Open MPI, MPICH or Intel MPI:
+//! their rank variables stand in for torchrun's, see [`Launcher`]; MPI
+//! itself carries nothing here).
 //!
 //! ## Rendezvous
 //!
@@ -72,6 +75,53 @@ fn env_usize(
         })
 }
 
+/// A program that starts the ranks of a job and tells each its place
+/// through environment variables: torchrun's names, or an MPI launcher's.
+/// The first launcher whose rank variable is set is the one that started
+/// this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Launcher {
+    pub name: &'static str,
+    pub rank: &'static str,
+    pub world_size: &'static str,
+    pub local_rank: &'static str,
+    pub local_world_size: &'static str,
+}
+
+/// The launchers whose variables are read, in order of precedence.
+pub const LAUNCHERS: [Launcher; 3] = [
+    Launcher {
+        name: "torchrun",
+        rank: "RANK",
+        world_size: "WORLD_SIZE",
+        local_rank: "LOCAL_RANK",
+        local_world_size: "LOCAL_WORLD_SIZE",
+    },
+    Launcher {
+        name: "Open MPI's mpirun",
+        rank: "OMPI_COMM_WORLD_RANK",
+        world_size: "OMPI_COMM_WORLD_SIZE",
+        local_rank: "OMPI_COMM_WORLD_LOCAL_RANK",
+        local_world_size: "OMPI_COMM_WORLD_LOCAL_SIZE",
+    },
+    // MPICH's and Intel MPI's process manager (Hydra).
+    Launcher {
+        name: "MPICH's mpiexec",
+        rank: "PMI_RANK",
+        world_size: "PMI_SIZE",
+        local_rank: "MPI_LOCALRANKID",
+        local_world_size: "MPI_LOCALNRANKS",
+    },
+];
+
+impl Launcher {
+    /// The launcher that started this job, by the variables `lookup`
+    /// sees; `None` when no launcher's rank variable is set.
+    pub fn detect(lookup: impl Fn(&str) -> Option<String>) -> Option<Launcher> {
+        LAUNCHERS.into_iter().find(|l| lookup(l.rank).is_some())
+    }
+}
+
 /// Like [`env_usize`], for a variable the job cannot start without.
 fn required_usize(
     lookup: &dyn Fn(&str) -> Option<String>,
@@ -79,7 +129,7 @@ fn required_usize(
 ) -> std::result::Result<usize, CollectiveError> {
     env_usize(lookup, name)?.ok_or_else(|| CollectiveError::Env {
         name,
-        reason: "not set (start ranks with torchrun, or set it by hand)".into(),
+        reason: "not set (start ranks with torchrun or an MPI launcher, or set it by hand)".into(),
     })
 }
 
@@ -103,7 +153,10 @@ impl TcpConfig {
 
     /// Read `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `LOCAL_WORLD_SIZE` (the last
     /// two default to `RANK` / `WORLD_SIZE`), `MASTER_ADDR`, `MASTER_PORT`, and
-    /// optionally `HETERO_COLLECTIVE_TIMEOUT_S`.
+    /// optionally `HETERO_COLLECTIVE_TIMEOUT_S`. Under an MPI launcher
+    /// ([`LAUNCHERS`]) its rank variables stand in for the first four when
+    /// `RANK` is not set; `MASTER_ADDR` and `MASTER_PORT` are still needed
+    /// (`mpirun -x NAME=...` with Open MPI, `-genv NAME ...` with MPICH).
     pub fn from_env() -> Result<Self> {
         Self::from_vars(|name| std::env::var(name).ok())
     }
@@ -116,13 +169,23 @@ impl TcpConfig {
     /// a silent fallback to `RANK`), is [`CollectiveError::Env`] naming it.
     pub fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let lookup: &dyn Fn(&str) -> Option<String> = &lookup;
-        let rank = required_usize(lookup, "RANK")?;
-        let world_size = required_usize(lookup, "WORLD_SIZE")?;
-        let local_rank = env_usize(lookup, "LOCAL_RANK")?.unwrap_or(rank);
-        let local_world_size = env_usize(lookup, "LOCAL_WORLD_SIZE")?.unwrap_or(world_size);
+        let launcher = Launcher::detect(lookup).unwrap_or(LAUNCHERS[0]);
+        let rank = required_usize(lookup, launcher.rank)?;
+        let world_size = required_usize(lookup, launcher.world_size)?;
+        let local_rank = env_usize(lookup, launcher.local_rank)?.unwrap_or(rank);
+        let local_world_size = env_usize(lookup, launcher.local_world_size)?.unwrap_or(world_size);
+        let how_to_set = if launcher == LAUNCHERS[0] {
+            String::new()
+        } else {
+            format!(
+                " ({} gives ranks, not rank 0's address: pass it, e.g. `mpirun -x \
+                 MASTER_ADDR=HOST -x MASTER_PORT=PORT` or `mpiexec -genv MASTER_ADDR HOST`)",
+                launcher.name
+            )
+        };
         let addr = lookup("MASTER_ADDR").ok_or_else(|| CollectiveError::Env {
             name: "MASTER_ADDR",
-            reason: "not set".into(),
+            reason: format!("not set{how_to_set}"),
         })?;
         if addr.trim().is_empty() {
             return Err(CollectiveError::Env {
@@ -131,7 +194,10 @@ impl TcpConfig {
             }
             .into());
         }
-        let port = required_usize(lookup, "MASTER_PORT")?;
+        let port = env_usize(lookup, "MASTER_PORT")?.ok_or_else(|| CollectiveError::Env {
+            name: "MASTER_PORT",
+            reason: format!("not set{how_to_set}"),
+        })?;
         if port > 65535 {
             return Err(CollectiveError::Env {
                 name: "MASTER_PORT",
@@ -156,15 +222,15 @@ impl TcpConfig {
         // first (the order `from_env` always reported in).
         if world_size == 0 {
             return Err(CollectiveError::Env {
-                name: "WORLD_SIZE",
+                name: launcher.world_size,
                 reason: "is 0; a job has at least one rank".into(),
             }
             .into());
         }
         if rank >= world_size {
             return Err(CollectiveError::Env {
-                name: "RANK",
-                reason: format!("{rank} is not below WORLD_SIZE {world_size}"),
+                name: launcher.rank,
+                reason: format!("{rank} is not below {} {world_size}", launcher.world_size),
             }
             .into());
         }

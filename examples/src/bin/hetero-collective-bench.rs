@@ -388,7 +388,8 @@ fn run(args: Args) -> Result<()> {
         sizes.push(last);
     }
     let timeout = Duration::from_secs_f64(args.timeout_s.max(0.001));
-    let env_rank = std::env::var("RANK").is_ok();
+    // One rank of a job started by torchrun or an MPI launcher.
+    let env_rank = transport::Launcher::detect(|n| std::env::var(n).ok()).is_some();
     let ranks = args.ranks.max(1);
     let setup = Arc::new(Setup {
         dtype,
@@ -409,14 +410,15 @@ fn run(args: Args) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| Error::io("starting the tokio runtime", e))?;
-    let mut mpi_rank = None;
+    let mut job_rank = None;
     let (world, results) = rt.block_on(async {
         // In-process: `ranks` tasks; TCP and shared memory: the rank RANK
-        // names, or `ranks` tasks over loopback; MPI: mpirun's world.
+        // (or an MPI launcher's rank variable) names, or `ranks` tasks over
+        // loopback; MPI: mpirun's world.
         let endpoints = connect_from_env(args.transport.kind(), ranks, Some(timeout)).await?;
         let transports: Vec<Arc<dyn Transport>> = match endpoints {
             Endpoints::Mpi(comm) => {
-                mpi_rank = Some(comm.rank());
+                job_rank = Some(comm.rank());
                 let world = comm.size();
                 let out = bench_comm(&*comm, setup.clone(), &[]).await;
                 finalize_mpi()?;
@@ -425,6 +427,9 @@ fn run(args: Args) -> Result<()> {
             Endpoints::Transports(ts) => ts,
         };
         let world = transports.first().map_or(ranks, |t| t.size());
+        if let [one] = transports.as_slice() {
+            job_rank = Some(one.rank());
+        }
         let hs: Vec<_> = transports
             .into_iter()
             .map(|t| tokio::spawn(rank_main(t, setup.clone())))
@@ -446,12 +451,7 @@ fn run(args: Args) -> Result<()> {
     let Some((rows, explain)) = first else {
         return Err(Error::invalid("--ranks", "no rank ran"));
     };
-    let my_rank = mpi_rank.unwrap_or_else(|| {
-        std::env::var("RANK")
-            .ok()
-            .and_then(|r| r.parse::<usize>().ok())
-            .unwrap_or(0)
-    });
+    let my_rank = job_rank.unwrap_or(0);
     if my_rank != 0 {
         return Ok(());
     }

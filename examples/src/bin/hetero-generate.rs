@@ -104,7 +104,10 @@ struct Args {
     #[arg(long)]
     json: bool,
     /// Run as one stage of the model split over processes, in a job
-    /// started like torchrun (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT):
+    /// started like torchrun (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT)
+    /// or by mpirun / mpiexec (Open MPI's or MPICH's rank variables, with
+    /// MASTER_ADDR and MASTER_PORT passed: `mpirun -x MASTER_ADDR=HOST -x
+    /// MASTER_PORT=PORT`; the messages go over TCP, not MPI):
     /// rank i holds the i-th count of `--split layers:N0,N1,...` on its one
     /// --device (default: the host), or with `--split auto` (the default)
     /// what rank 0 placed on each of its --device (several allowed), every

@@ -103,7 +103,10 @@ struct Args {
     #[arg(long, value_name = "LENS", value_delimiter = ',')]
     buckets: Vec<usize>,
     /// Run as one rank of a multi-process job started like torchrun (RANK,
-    /// WORLD_SIZE, MASTER_ADDR, MASTER_PORT): this process serves its one
+    /// WORLD_SIZE, MASTER_ADDR, MASTER_PORT) or by mpirun / mpiexec (their
+    /// rank variables, with MASTER_ADDR and MASTER_PORT passed, e.g.
+    /// `mpirun -x MASTER_ADDR=HOST -x MASTER_PORT=PORT`; messages over
+    /// TCP): this process serves its one
     /// `--device`, the ranks exchange their profiles so every rank computes
     /// the same allocation, and each round's barrier is an all-gather over
     /// TCP. Rank 0 prints the report. Needs `--requests` (continuous

@@ -128,7 +128,10 @@ pub enum RankRole {
 
 impl StageRank {
     /// Join the job torchrun's variables describe (`RANK`, `WORLD_SIZE`,
-    /// `MASTER_ADDR`, `MASTER_PORT`) over `kind` (TCP or shared memory).
+    /// `MASTER_ADDR`, `MASTER_PORT`; or an MPI launcher's rank variables
+    /// with `MASTER_ADDR` and `MASTER_PORT`, see
+    /// [`Launcher`](hetero_collectives::transport::Launcher)) over `kind`
+    /// (TCP or shared memory).
     /// `timeout` bounds the rendezvous and every receive (default: the
     /// transport's, from the environment).
     pub fn join(kind: TransportKind, timeout: Option<Duration>) -> Result<Self> {
