@@ -27,6 +27,27 @@ impl LlamaModel {
         Ok(times.into_iter().fold(f64::INFINITY, f64::min))
     }
 
+    /// [`time_call`](Self::time_call)'s call, the median of `reps` timed
+    /// calls instead of the best: what a sustained run of such calls
+    /// takes per call on a machine that is not quiet (the best is the
+    /// call that met no interference, which a long run does not get).
+    pub fn time_call_median(
+        &self,
+        batch: usize,
+        new_tokens: usize,
+        context: usize,
+        reps: usize,
+    ) -> Result<f64> {
+        let mut times = self.time_calls(batch, new_tokens, context, reps)?;
+        times.sort_by(f64::total_cmp);
+        let n = times.len();
+        Ok(if n % 2 == 1 {
+            times[n / 2]
+        } else {
+            (times[n / 2 - 1] + times[n / 2]) / 2.0
+        })
+    }
+
     /// Every one of [`time_call`](Self::time_call)'s `reps` timed calls'
     /// seconds.
     fn time_calls(

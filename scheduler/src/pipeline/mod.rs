@@ -31,7 +31,7 @@ pub use choose::{
     SplitSpec, cached_profiles, choose_pipelines, choose_stages, free_bytes, plan_devices,
 };
 pub use plan::{PlanOptions, SplitChoice, SplitReport, plan_split, plan_split_in_order};
-pub use profile::{LayerProfile, ProfileOptions, profile_layers};
+pub use profile::{LayerProfile, ProfileOptions, Timing, profile_layers};
 pub use ranks::{
     DeviceOffer, RankRole, StageHello, StageRank, TransportPeer, device_offers, join_stage_ranks,
     model_identity, rank_device_layers, rank_layers, serve_stage_rank,

@@ -47,11 +47,12 @@ pub fn load_plan(
 /// Decode tokens/s of `model` with one group of `batch` sequences per
 /// stage in flight (`batch x stages` sequences; one group on a single
 /// device), so every stage call is a step of `batch` sequences, as in the
-/// profiles the plan was made from. Each sequence gets a `context`-token
-/// synthetic prompt, then `steps` greedy tokens are decoded with the
-/// groups circulating through the stages, until `steps` steps or, after
-/// four at least, `max_seconds`. Timed from the first decode step to the
-/// last.
+/// profiles the plan was made from. Each sequence gets a synthetic prompt
+/// of `context - steps / 2` tokens (at least one), then `steps` greedy
+/// tokens are decoded with the groups circulating through the stages,
+/// until `steps` steps or, after four at least, `max_seconds`: the steps
+/// see `context` cached positions on average, as the profiles' timed
+/// calls do. Timed from the first decode step to the last.
 pub fn measure_decode(
     model: &LlamaModel,
     batch: usize,
@@ -73,7 +74,7 @@ pub fn measure_decode(
         .collect::<Result<Vec<KvCache>>>()?;
     let mut next = Vec::with_capacity(total);
     for (i, c) in caches.iter_mut().enumerate() {
-        let prompt: Vec<u32> = (0..context.max(1))
+        let prompt: Vec<u32> = (0..context.saturating_sub(steps / 2).max(1))
             .map(|t| ((t * 7 + i * 13 + 1) % vocab) as u32)
             .collect();
         let logits = model.forward(c, &prompt, hetero_models::Logits::Last)?;
