@@ -156,9 +156,7 @@ fn spawn_job(
     devices: &[Vec<&str>],
     extra: &[&str],
 ) -> Result<Vec<Child>, Failed> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = free_port()?;
     let mut children = Vec::new();
     for (rank, specs) in devices.iter().enumerate() {
         let child = Command::new(GENERATE)
@@ -219,19 +217,36 @@ fn wait_all(children: Vec<Child>, deadline: Instant) -> Vec<Option<Output>> {
     outs
 }
 
+/// The prompt and token count the multi-process cases generate.
+const RANKS_PROMPT: [&str; 4] = [
+    "--prompt",
+    "The capital of Germany is",
+    "--max-tokens",
+    "12",
+];
+
+/// `hetero-generate --json` of [`RANKS_PROMPT`] on one host device, and
+/// the model's layer count.
+fn one_device_reference(model: &str) -> Result<(serde_json::Value, usize), Failed> {
+    let mut args = vec!["--model", model, "--json", "--device", "host"];
+    args.extend_from_slice(&RANKS_PROMPT);
+    let one = json(GENERATE, &args)?;
+    let layers = one["devices"][0]["layers"][1].as_u64().ok_or("no layers")? as usize + 1;
+    Ok((one, layers))
+}
+
+/// A loopback port free a moment ago, for rank 0's rendezvous.
+fn free_port() -> Result<u16, Failed> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 /// The model split over 2 and 3 processes (hidden states over loopback
 /// TCP) gives the one-device greedy ids; every rank exits cleanly.
 fn ranks_give_one_device_ids(model: &str) -> Result<(), Failed> {
-    let prompt = [
-        "--prompt",
-        "The capital of Germany is",
-        "--max-tokens",
-        "12",
-    ];
-    let mut args = vec!["--model", model, "--json", "--device", "host"];
-    args.extend_from_slice(&prompt);
-    let one = json(GENERATE, &args)?;
-    let layers = one["devices"][0]["layers"][1].as_u64().ok_or("no layers")? as usize + 1;
+    let prompt = RANKS_PROMPT;
+    let (one, layers) = one_device_reference(model)?;
     for counts in [
         vec![layers / 2, layers - layers / 2],
         vec![layers / 3, layers / 3, layers - 2 * (layers / 3)],
@@ -301,19 +316,9 @@ fn mpi_launcher() -> Result<(&'static str, LaunchArgs), String> {
 /// TCP) gives the one-device greedy ids.
 fn mpirun_ranks_give_one_device_ids(model: &str) -> Result<(), Failed> {
     let (launcher, launch_args) = mpi_launcher()?;
-    let prompt = [
-        "--prompt",
-        "The capital of Germany is",
-        "--max-tokens",
-        "12",
-    ];
-    let mut args = vec!["--model", model, "--json", "--device", "host"];
-    args.extend_from_slice(&prompt);
-    let one = json(GENERATE, &args)?;
-    let layers = one["devices"][0]["layers"][1].as_u64().ok_or("no layers")? as usize + 1;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let prompt = RANKS_PROMPT;
+    let (one, layers) = one_device_reference(model)?;
+    let port = free_port()?;
     let split = format!("layers:{},{}", layers / 2, layers - layers / 2);
     let child = Command::new(launcher)
         .args(launch_args(2, port))
