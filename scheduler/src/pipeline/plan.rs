@@ -83,7 +83,8 @@ pub struct SplitReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipelines: Option<SplitChoice>,
     /// The plan with the highest predicted tokens/s: "dp" (one pipeline),
-    /// "replicas" or "pipelines"; see [`SplitReport::explain`].
+    /// "replicas" or "pipelines"; "none" when no plan fits the devices'
+    /// memory. See [`SplitReport::explain`].
     pub recommended: String,
     /// Devices that cannot hold even one layer, with the reason.
     pub left_out: Vec<(String, String)>,
@@ -183,12 +184,20 @@ impl SplitReport {
             ),
             None => String::new(),
         };
-        out.push_str(&format!(
-            "recommended: {} (pipeline {:.1} tok/s, replicas {:.1} tok/s{pipelines} predicted)\n",
-            self.recommended,
-            rate(&self.dp),
-            rate(&self.replicas)
-        ));
+        if self.recommended == "none" {
+            out.push_str(
+                "recommended: none: no plan fits the devices' memory (lower --batch or \
+                 --max-len, or add a device)\n",
+            );
+        } else {
+            out.push_str(&format!(
+                "recommended: {} (pipeline {:.1} tok/s, replicas {:.1} tok/s{pipelines} \
+                 predicted)\n",
+                self.recommended,
+                rate(&self.dp),
+                rate(&self.replicas)
+            ));
+        }
         for (d, why) in &self.left_out {
             out.push_str(&format!("left out {d}: {why}\n"));
         }
@@ -471,6 +480,10 @@ fn plan(
         "pipelines"
     } else if r_rep > r_dp || (dp.is_none() && replicas.is_some()) {
         "replicas"
+    } else if dp.is_none() {
+        // No split fits: nothing to run, and the report says so rather
+        // than naming a plan that does not exist.
+        "none"
     } else {
         "dp"
     }
@@ -553,6 +566,23 @@ mod tests {
             }
         }
         assert!(r.explain().contains("left out c"));
+    }
+
+    #[test]
+    fn nothing_is_recommended_when_no_plan_fits() {
+        let profiles = [profile("a", 1.0), profile("b", 2.0)];
+        let options = PlanOptions {
+            batch: 2,
+            max_len: 5,
+            activation_bytes: 50,
+        };
+        // Two devices of 600 bytes cannot hold the 1410-byte model.
+        let r = plan_split(&profiles, &[600, 600], options).unwrap();
+        assert!(r.dp.is_none() && r.replicas.is_none() && r.pipelines.is_none());
+        assert_eq!(r.recommended, "none");
+        let text = r.explain();
+        assert!(text.contains("recommended: none: no plan fits"), "{text}");
+        assert!(!text.contains("recommended: dp"), "{text}");
     }
 
     #[test]
