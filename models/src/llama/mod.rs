@@ -2,7 +2,9 @@
 //! Hugging Face `config.json`), weights by role and their names in each
 //! format ([`Weight`]), and the model on a device ([`LlamaModel`]) with its
 //! per-sequence [`KvCache`], optionally split by layers over several
-//! devices ([`StageSpec`]) and run as a pipeline of micro-batches.
+//! devices ([`StageSpec`]) and run as a pipeline of micro-batches, or as
+//! a standing [`Line`] that whole batches travel down with their caches,
+//! one batch per stage in flight.
 //!
 //! Covers Llama 2/3, TinyLlama, SmolLM/SmolLM2, Mistral without sliding
 //! window, and Qwen2 (Q/K/V biases). The rotary layout follows the file:
