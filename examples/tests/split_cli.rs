@@ -235,6 +235,24 @@ fn one_device_reference(model: &str) -> Result<(serde_json::Value, usize), Faile
     Ok((one, layers))
 }
 
+/// Rank 0's `--json` (`got`) has the one-device ids and `ranks` stages,
+/// the last on rank `ranks - 1` (`label` names the case in the error).
+fn one_device_ids_over_ranks(
+    label: &str,
+    got: &serde_json::Value,
+    one: &serde_json::Value,
+    ranks: usize,
+) -> Result<(), Failed> {
+    if got["ids"] != one["ids"] {
+        return Err(format!("{label}: ids {} vs one device {}", got["ids"], one["ids"]).into());
+    }
+    let stages = got["devices"].as_array().ok_or("no devices")?;
+    if stages.len() != ranks || stages[ranks - 1]["rank"] != ranks - 1 {
+        return Err(format!("{label}: stages {stages:?}").into());
+    }
+    Ok(())
+}
+
 /// A loopback port free a moment ago, for rank 0's rendezvous.
 fn free_port() -> Result<u16, Failed> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -255,17 +273,7 @@ fn ranks_give_one_device_ids(model: &str) -> Result<(), Failed> {
         let outs = wait_all(children, Instant::now() + Duration::from_secs(180));
         let first = all_succeeded(&outs, &format!("{counts:?}"))?;
         let got: serde_json::Value = serde_json::from_slice(&first.stdout)?;
-        if got["ids"] != one["ids"] {
-            return Err(format!(
-                "{counts:?}: ids {} vs one device {}",
-                got["ids"], one["ids"]
-            )
-            .into());
-        }
-        let stages = got["devices"].as_array().ok_or("no devices")?;
-        if stages.len() != counts.len() || stages[counts.len() - 1]["rank"] != counts.len() - 1 {
-            return Err(format!("{counts:?}: stages {stages:?}").into());
-        }
+        one_device_ids_over_ranks(&format!("{counts:?}"), &got, &one, counts.len())?;
     }
     Ok(())
 }
@@ -350,18 +358,7 @@ fn mpirun_ranks_give_one_device_ids(model: &str) -> Result<(), Failed> {
     {
         return Err(format!("{launcher}: rank 1 ran no step: {printed:?}").into());
     }
-    if got["ids"] != one["ids"] {
-        return Err(format!(
-            "{launcher}: ids {} vs one device {}",
-            got["ids"], one["ids"]
-        )
-        .into());
-    }
-    let stages = got["devices"].as_array().ok_or("no devices")?;
-    if stages.len() != 2 || stages[1]["rank"] != 1 {
-        return Err(format!("{launcher}: stages {stages:?}").into());
-    }
-    Ok(())
+    one_device_ids_over_ranks(launcher, got, &one, 2)
 }
 
 /// Every rank ended successfully (`label` names the case in the error);

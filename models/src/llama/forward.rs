@@ -76,6 +76,19 @@ impl Micro {
     /// The micro-batch of `seqs` (each cache with its new tokens), as
     /// sequences `0..seqs.len()`.
     pub(super) fn of<'a>(seqs: impl Iterator<Item = (&'a KvCache, &'a [u32])>) -> Micro {
+        let mut ids = Vec::new();
+        let mut micro = Micro::of_rows(seqs.map(|(cache, tokens)| {
+            ids.extend_from_slice(tokens);
+            (cache, tokens.len())
+        }));
+        micro.ids = ids;
+        micro
+    }
+
+    /// The micro-batch of `seqs` (each cache with its number of new rows),
+    /// as sequences `0..seqs.len()`, without token ids (a part that takes
+    /// hidden states, or a caller that sets them).
+    pub(super) fn of_rows<'a>(seqs: impl Iterator<Item = (&'a KvCache, usize)>) -> Micro {
         let mut micro = Micro {
             seqs: 0..0,
             ids: Vec::new(),
@@ -83,14 +96,13 @@ impl Micro {
             offsets: Vec::new(),
             rows: 0,
         };
-        for (cache, tokens) in seqs {
+        for (cache, n) in seqs {
             micro.seqs.end += 1;
             micro.offsets.push(micro.rows);
-            micro.rows += tokens.len();
-            micro.ids.extend_from_slice(tokens);
+            micro.rows += n;
             micro
                 .positions
-                .extend((cache.len..cache.len + tokens.len()).map(|p| p as u32));
+                .extend((cache.len..cache.len + n).map(|p| p as u32));
         }
         micro
     }
@@ -397,19 +409,7 @@ impl LlamaModel {
                 ));
             }
         }
-        let mut micro = Micro {
-            seqs: 0..seqs.len(),
-            ids: Vec::new(),
-            positions: Vec::with_capacity(rows),
-            offsets: Vec::with_capacity(seqs.len()),
-            rows,
-        };
-        for (cache, n) in seqs.iter() {
-            micro.offsets.push(micro.positions.len());
-            micro
-                .positions
-                .extend((cache.len..cache.len + n).map(|p| p as u32));
-        }
+        let micro = Micro::of_rows(seqs.iter().map(|(cache, n)| (&**cache, *n)));
         let news: Vec<usize> = seqs.iter().map(|(_, n)| *n).collect();
         let mut x = Some(hidden);
         {

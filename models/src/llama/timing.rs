@@ -86,16 +86,8 @@ impl LlamaModel {
     fn call_synthetic(&self, caches: &mut [KvCache], n: usize) -> Result<()> {
         let c = &self.config;
         let rows = caches.len() * n;
-        let micro = Micro {
-            seqs: 0..caches.len(),
-            ids: (0..rows).map(|i| ((i * 7 + 1) % c.vocab) as u32).collect(),
-            positions: caches
-                .iter()
-                .flat_map(|cache| (cache.len..cache.len + n).map(|p| p as u32))
-                .collect(),
-            offsets: (0..caches.len()).map(|i| i * n).collect(),
-            rows,
-        };
+        let mut micro = Micro::of_rows(caches.iter().map(|cache| (cache, n)));
+        micro.ids = (0..rows).map(|i| ((i * 7 + 1) % c.vocab) as u32).collect();
         let mut x = if self.embedding.is_some() {
             None
         } else {
