@@ -404,6 +404,15 @@ fn progress_bar() -> (Arc<ProgressFn>, ProgressBar) {
     (Arc::new(tell), bar)
 }
 
+/// One plan's measurement as soon as it is taken (on stderr: a run with
+/// software adapters takes minutes, and the table comes at the end).
+fn tell_measured(plan: &str, rate: f64, predicted: f64) {
+    eprintln!(
+        "  {plan}: {rate:.1} tok/s measured, {predicted:.1} predicted ({:.2})",
+        rate / predicted
+    );
+}
+
 /// `--model`: profile, plan, report, and with `--measure` run every plan.
 fn run_model(args: &Args, path: &std::path::Path) -> hetero_core::Result<()> {
     use hetero_scheduler::pipeline::{
@@ -454,6 +463,7 @@ fn run_model(args: &Args, path: &std::path::Path) -> hetero_core::Result<()> {
             let model = load_plan(&checkpoint, &devices, plan, args.kv_dtype, &mut |_| {})?;
             let rate = measure_decode(&model, args.batch, args.context, 64, 30.0)?;
             drop(model);
+            tell_measured(&plan.name, rate, plan.predicted_tokens_per_s);
             measured.push((plan.name.clone(), rate, plan.predicted_tokens_per_s));
         }
         // Several pipelines (or copies) side by side: all at once.
@@ -474,6 +484,7 @@ fn run_model(args: &Args, path: &std::path::Path) -> hetero_core::Result<()> {
                 64,
                 30.0,
             )?;
+            tell_measured(&plan.name, rate, plan.predicted_tokens_per_s);
             measured.push((plan.name.clone(), rate, plan.predicted_tokens_per_s));
         }
     }
