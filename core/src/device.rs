@@ -57,6 +57,13 @@ pub struct DeviceInfo {
     /// Hardware threads / compute units this device uses, when meaningful.
     #[serde(default)]
     pub compute_units: Option<u32>,
+    /// Threads of the host's own processor this device keeps busy while it
+    /// works: a host device's threads, a software adapter's (lavapipe's
+    /// rasterizer) threads. `None` for a device with a processor of its
+    /// own. Devices that draw on the same processor slow each other when
+    /// they work at once (the placement's contention term reads this).
+    #[serde(default)]
+    pub host_threads: Option<u32>,
 }
 
 /// Memory figures of a device at one moment.

@@ -72,6 +72,7 @@ impl TopologyDevice {
                 memory_free_bytes: None,
                 driver: None,
                 compute_units: None,
+                host_threads: None,
             },
             gemm_flops_per_s: None,
         }

@@ -21,6 +21,7 @@ fn devices(n: usize) -> Vec<TopologyDevice> {
                 memory_free_bytes: None,
                 driver: None,
                 compute_units: None,
+                host_threads: None,
             },
             gemm_flops_per_s: Some(1e13),
         })

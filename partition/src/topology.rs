@@ -211,6 +211,7 @@ mod tests {
                 memory_free_bytes: None,
                 driver: None,
                 compute_units: None,
+                host_threads: None,
             },
             gemm_flops_per_s: flops,
         }

@@ -448,6 +448,7 @@ impl Device for CudaDevice {
                 .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
                 .ok()
                 .and_then(|n| u32::try_from(n).ok()),
+            host_threads: None,
         }
     }
 

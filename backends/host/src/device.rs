@@ -407,6 +407,7 @@ impl Device for HostDevice {
             memory_free_bytes: Some(self.inner.ledger.budget.saturating_sub(used)),
             driver: None,
             compute_units: u32::try_from(self.inner.threads).ok(),
+            host_threads: u32::try_from(self.inner.threads).ok(),
         }
     }
 

@@ -34,6 +34,10 @@ fn main() {
         "host::foreign_buffers_are_rejected",
         foreign_buffers,
     ));
+    trials.push(Trial::test(
+        "host::info_counts_its_threads_on_the_host_processor",
+        threads_on_the_host_processor,
+    ));
     libtest_mimic::run(&args, trials).exit();
 }
 
@@ -52,4 +56,21 @@ fn foreign_buffers() -> Result<(), Failed> {
         Err(Error::InvalidInput { reason, .. }) if reason.contains("host:1") => Ok(()),
         other => Err(format!("reduce with a buffer of another device gave {other:?}").into()),
     }
+}
+
+/// The placement's contention term reads which devices draw on the host's
+/// processor, and how many threads: a host device, its own thread count.
+fn threads_on_the_host_processor() -> Result<(), Failed> {
+    for threads in [1usize, 3] {
+        let d = HostDevice::builder()
+            .index(0)
+            .threads(threads)
+            .memory_budget(1 << 20)
+            .build()?;
+        let info = DynDevice::info(&d);
+        if info.host_threads != Some(threads as u32) {
+            return Err(format!("{threads} threads reported as {:?}", info.host_threads).into());
+        }
+    }
+    Ok(())
 }

@@ -298,6 +298,7 @@ impl Device for RocmDevice {
             memory_free_bytes: mem.and_then(|m| m.free_bytes),
             driver: runtime_version(),
             compute_units: None,
+            host_threads: None,
         }
     }
 

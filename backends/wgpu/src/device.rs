@@ -220,6 +220,10 @@ impl Device for WgpuDevice {
             driver: Some(format!("{} {}", i.driver, i.driver_info).trim().to_string())
                 .filter(|d| !d.is_empty()),
             compute_units: None,
+            host_threads: match i.device_type {
+                wgpu::DeviceType::Cpu => Some(software_adapter_threads()),
+                _ => None,
+            },
         }
     }
 
@@ -514,4 +518,16 @@ impl Device for WgpuDevice {
     fn synchronize(&self) -> Result<()> {
         self.wait()
     }
+}
+
+/// Threads a software adapter (`DeviceType::Cpu`: lavapipe, llvmpipe)
+/// runs its work on: Mesa's llvmpipe takes `LP_NUM_THREADS` (0: the
+/// calling thread alone), and otherwise one per processor thread.
+fn software_adapter_threads() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = std::env::var("LP_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .map_or(cores, |n| n.max(1));
+    u32::try_from(threads).unwrap_or(u32::MAX)
 }

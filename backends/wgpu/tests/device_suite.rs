@@ -74,6 +74,11 @@ fn main() {
                     format!("{label}::memory_source_is_reported"),
                     move || memory_source(&dev),
                 ));
+                let dev = device.clone();
+                trials.push(Trial::test(
+                    format!("{label}::software_adapters_count_host_threads"),
+                    move || host_threads(&dev),
+                ));
             }
         }
         Err(reason) => {
@@ -241,4 +246,26 @@ fn memory_source(device: &WgpuDevice) -> Result<(), Failed> {
         return Err(format!("a software adapter's host link is {kind}").into());
     }
     Ok(())
+}
+
+/// A software adapter (llvmpipe: lavapipe, or GL's) works on the host's
+/// processor and says with how many threads; a hardware adapter has its
+/// own processor (the placement's contention term reads this).
+fn host_threads(device: &WgpuDevice) -> Result<(), Failed> {
+    let info = Device::info(device);
+    let software = info.name.contains("llvmpipe");
+    let hardware = matches!(
+        info.kind,
+        hetero_core::DeviceKind::DiscreteGpu | hetero_core::DeviceKind::IntegratedGpu
+    );
+    match info.host_threads {
+        Some(n) if software && n >= 1 => Ok(()),
+        None if hardware => Ok(()),
+        None if !software => Ok(()),
+        other => Err(format!(
+            "{} ({}) reports {other:?} host threads",
+            info.name, info.kind
+        )
+        .into()),
+    }
 }

@@ -105,7 +105,11 @@ pub fn cached_profiles(
         match hit {
             Some(p) => {
                 progress(&format!("{id}: profile from the cache"));
-                out.push(Ok(p.clone()));
+                let mut p = p.clone();
+                // what the device draws on now, not when it was timed
+                p.host_threads = d.info().host_threads;
+                p.host_cores = super::profile::host_cores();
+                out.push(Ok(p));
             }
             None => match profile_layers(checkpoint, d, options, progress) {
                 Ok(p) => {

@@ -10,6 +10,9 @@
 //!   the DP chooses which consecutive layers each device holds, against
 //!   the equal split, llama.cpp's memory-proportional split and the best
 //!   single device, with the reasons for every device left out;
+//! - [`contention`]: devices that share the host's processor (host
+//!   devices, software adapters) slowed when a plan wants more of its
+//!   threads than it has;
 //! - [`choose`]: `--split auto|replicate|layers:N1,N2,...` into stages,
 //!   with the profile cache;
 //! - [`ranks`]: the same split over processes, one stage per rank of a
@@ -22,6 +25,7 @@
 //! `hetero_models`, devices through `hetero_core::DynDevice`.
 
 pub mod choose;
+pub mod contention;
 pub mod plan;
 pub mod profile;
 pub mod ranks;

@@ -9,6 +9,7 @@ use hetero_partition::{
     best_chain_split_stages, equal_split, evaluate_chain, memory_proportional_split,
 };
 
+use super::contention::share_host_processor;
 use super::profile::LayerProfile;
 
 /// The shapes a plan must hold.
@@ -46,6 +47,12 @@ pub struct SplitChoice {
     /// consecutive entries of `stages` each has. Empty: one pipeline.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<usize>,
+    /// How much the stages on the host's processor were slowed because
+    /// the plan wants more of its threads than it has (see
+    /// `contention.rs`); `None`: not oversubscribed. `seconds`,
+    /// `bottleneck_s` and the prediction include it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_contention: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,8 +149,15 @@ impl SplitReport {
                 .into_iter()
                 .map(|g| g.iter().map(stage).collect::<Vec<_>>().join(" | "))
                 .collect::<Vec<_>>();
+            // (a factor that would print as x1.00 is left unsaid)
+            let shared = match c.host_contention {
+                Some(f) if f >= 1.005 => {
+                    format!(" (host processor oversubscribed: its stages x{f:.2})")
+                }
+                _ => String::new(),
+            };
             format!(
-                "{:<20} {:>9.1} tok/s predicted, slowest stage {:.2} ms{}: {}\n",
+                "{:<20} {:>9.1} tok/s predicted, slowest stage {:.2} ms{}{shared}: {}\n",
                 c.name,
                 c.predicted_tokens_per_s,
                 c.bottleneck_s * 1e3,
@@ -321,6 +335,7 @@ fn choice(name: &str, plan: &ChainPlan, devices: &[String], batch: usize) -> Spl
         },
         fits: plan.fits,
         groups: Vec::new(),
+        host_contention: None,
     }
 }
 
@@ -406,7 +421,7 @@ fn plan(
         };
         Ok(plan.map(|p| choice("dp", &p, &devices, options.batch)))
     };
-    let dp = solve(in_order)?;
+    let mut dp = solve(in_order)?;
     let any_order = if in_order { solve(false)? } else { None };
     // the baselines use every device (those beyond the units get none)
     let all = &problems[dn.min(n).max(1) - 1];
@@ -435,7 +450,7 @@ fn plan(
         .iter()
         .filter(|p| p.fits && p.objective > 0.0)
         .collect();
-    let replicas = (!fitting.is_empty()).then(|| SplitChoice {
+    let mut replicas = (!fitting.is_empty()).then(|| SplitChoice {
         name: "replicas".into(),
         stages: fitting
             .iter()
@@ -448,8 +463,9 @@ fn plan(
             .sum(),
         fits: true,
         groups: vec![1; fitting.len()],
+        host_contention: None,
     });
-    let pipelines = if in_order {
+    let mut pipelines = if in_order {
         None
     } else {
         match best_chain_pipelines_sized(&problems) {
@@ -467,12 +483,39 @@ fn plan(
                         .sum(),
                     fits: true,
                     groups: plans.iter().map(|p| p.stages.len()).collect(),
+                    host_contention: None,
                 })
             }
             Ok(_) | Err(PartitionError::Infeasible(_)) => None,
             Err(e) => return Err(partition_error(e)),
         }
     };
+    let mut proportional = choice(
+        "memory-proportional",
+        &proportional,
+        &devices,
+        options.batch,
+    );
+    let mut equal = choice("equal", &equal, &devices, options.batch);
+    // Devices on this machine's processor share it (not across processes:
+    // their stages may be on other machines).
+    let cores = profiles
+        .iter()
+        .filter(|p| p.host_threads.is_some())
+        .filter_map(|p| p.host_cores)
+        .min();
+    if let (false, Some(cores)) = (in_order, cores) {
+        let threads: Vec<Option<u32>> = profiles.iter().map(|p| p.host_threads).collect();
+        for c in dp
+            .iter_mut()
+            .chain(replicas.iter_mut())
+            .chain(pipelines.iter_mut())
+            .chain(best_single.iter_mut())
+            .chain([&mut proportional, &mut equal])
+        {
+            share_host_processor(c, &threads, cores, options.batch);
+        }
+    }
     let rate = |c: &Option<SplitChoice>| c.as_ref().map_or(0.0, |c| c.predicted_tokens_per_s);
     let (r_dp, r_rep, r_pipes) = (rate(&dp), rate(&replicas), rate(&pipelines));
     // The simpler plan on a tie (within rounding).
@@ -495,13 +538,8 @@ fn plan(
         options,
         memory_bytes: memory.to_vec(),
         dp,
-        memory_proportional: choice(
-            "memory-proportional",
-            &proportional,
-            &devices,
-            options.batch,
-        ),
-        equal: choice("equal", &equal, &devices, options.batch),
+        memory_proportional: proportional,
+        equal,
         devices,
         best_single,
         left_out,
@@ -529,6 +567,8 @@ mod tests {
             head_bytes: 10,
             tied_copy_bytes: 300,
             kv_bytes_per_position_layer: 1,
+            host_threads: None,
+            host_cores: None,
         }
     }
 
@@ -583,6 +623,52 @@ mod tests {
         let text = r.explain();
         assert!(text.contains("recommended: none: no plan fits"), "{text}");
         assert!(!text.contains("recommended: dp"), "{text}");
+    }
+
+    /// The replicas of `replicas_are_recommended_...` plus a software
+    /// adapter on the same two cores: four busy threads of two halve
+    /// every copy, and the pipeline of the two hosts (two threads) wins.
+    #[test]
+    fn replicas_that_oversubscribe_the_host_processor_lose_to_the_pipeline() {
+        let on_host = |device: &str, layer_s: f64, threads: u32| LayerProfile {
+            host_threads: Some(threads),
+            host_cores: Some(2),
+            ..profile(device, layer_s)
+        };
+        let profiles = [
+            on_host("a", 1.0, 1),
+            on_host("b", 1.0, 1),
+            on_host("lavapipe", 100.0, 2),
+        ];
+        let options = PlanOptions {
+            batch: 4,
+            max_len: 5,
+            activation_bytes: 0,
+        };
+        let r = plan_split(&profiles, &[1 << 20; 3], options).unwrap();
+        let reps = r.replicas.as_ref().expect("every device holds it");
+        assert_eq!(reps.host_contention, Some(2.0));
+        let independent = 8.0 / 14.0 + 4.0 / 1400.0;
+        assert!((reps.predicted_tokens_per_s - independent / 2.0).abs() < 1e-9);
+        let dp = r.dp.as_ref().expect("a split fits");
+        assert_eq!(dp.host_contention, None, "{dp:?}");
+        assert!(dp.predicted_tokens_per_s > reps.predicted_tokens_per_s);
+        assert_eq!(r.recommended, "dp");
+        assert!(
+            r.explain()
+                .contains("host processor oversubscribed: its stages x2.00")
+        );
+        // Without the processor's figures (a profile cached before them),
+        // the devices count as independent, as before.
+        let bare: Vec<LayerProfile> = profiles
+            .iter()
+            .map(|p| LayerProfile {
+                host_threads: None,
+                ..p.clone()
+            })
+            .collect();
+        let r = plan_split(&bare, &[1 << 20; 3], options).unwrap();
+        assert!((r.replicas.unwrap().predicted_tokens_per_s - independent).abs() < 1e-9);
     }
 
     #[test]

@@ -98,6 +98,15 @@ pub struct LayerProfile {
     pub tied_copy_bytes: u64,
     /// KV cache bytes of one position of one sequence in one layer.
     pub kv_bytes_per_position_layer: u64,
+    /// Threads of the host's processor the device keeps busy while it
+    /// works ([`hetero_core::DeviceInfo::host_threads`]), and how many the
+    /// processor has: devices that share it slow each other (see
+    /// `contention.rs`). Not measurements: refreshed from the device when
+    /// a profile comes from a cache.
+    #[serde(default)]
+    pub host_threads: Option<u32>,
+    #[serde(default)]
+    pub host_cores: Option<u32>,
 }
 
 impl LayerProfile {
@@ -251,7 +260,16 @@ pub fn profile_layers(
         head_bytes,
         tied_copy_bytes,
         kv_bytes_per_position_layer: c.kv_bytes_per_position_as(kv_dtype) / n.max(1) as u64,
+        host_threads: device.info().host_threads,
+        host_cores: host_cores(),
     })
+}
+
+/// Processor threads of this machine, as the contention term counts them.
+pub(crate) fn host_cores() -> Option<u32> {
+    std::thread::available_parallelism()
+        .ok()
+        .and_then(|n| u32::try_from(n.get()).ok())
 }
 
 /// The weights of layer `l` (biases too; absent ones cost nothing).
