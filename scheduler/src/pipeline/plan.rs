@@ -421,7 +421,7 @@ fn plan(
         };
         Ok(plan.map(|p| choice("dp", &p, &devices, options.batch)))
     };
-    let mut dp = solve(in_order)?;
+    let dp = solve(in_order)?;
     let any_order = if in_order { solve(false)? } else { None };
     // the baselines use every device (those beyond the units get none)
     let all = &problems[dn.min(n).max(1) - 1];
@@ -490,15 +490,9 @@ fn plan(
             Err(e) => return Err(partition_error(e)),
         }
     };
-    let mut proportional = choice(
-        "memory-proportional",
-        &proportional,
-        &devices,
-        options.batch,
-    );
-    let mut equal = choice("equal", &equal, &devices, options.batch);
-    // Devices on this machine's processor share it (not across processes:
-    // their stages may be on other machines).
+    // Side-by-side plans on this machine's processor share it (see
+    // contention.rs for why single pipelines are not rescored; not across
+    // processes either: their stages may be on other machines).
     let cores = profiles
         .iter()
         .filter(|p| p.host_threads.is_some())
@@ -506,13 +500,7 @@ fn plan(
         .min();
     if let (false, Some(cores)) = (in_order, cores) {
         let threads: Vec<Option<u32>> = profiles.iter().map(|p| p.host_threads).collect();
-        for c in dp
-            .iter_mut()
-            .chain(replicas.iter_mut())
-            .chain(pipelines.iter_mut())
-            .chain(best_single.iter_mut())
-            .chain([&mut proportional, &mut equal])
-        {
+        for c in replicas.iter_mut().chain(pipelines.iter_mut()) {
             share_host_processor(c, &threads, cores, options.batch);
         }
     }
@@ -538,8 +526,13 @@ fn plan(
         options,
         memory_bytes: memory.to_vec(),
         dp,
-        memory_proportional: proportional,
-        equal,
+        memory_proportional: choice(
+            "memory-proportional",
+            &proportional,
+            &devices,
+            options.batch,
+        ),
+        equal: choice("equal", &equal, &devices, options.batch),
         devices,
         best_single,
         left_out,
