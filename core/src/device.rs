@@ -10,6 +10,7 @@ use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
+use crate::append_attend::{AppendAttendSeq, AppendAttendSpec, check_append_attend, seq_shapes};
 use crate::dtype::{DType, HostSlice, HostSliceMut, ReduceOp};
 use crate::error::{Error, Result};
 use crate::quant::{QuantMatmulSpec, QuantType};
@@ -434,6 +435,54 @@ pub trait Device: Send + Sync + fmt::Debug + 'static {
     ) -> Result<()> {
         let _ = (spec, q, k_cache, v_cache, lens, out);
         Err(Error::unsupported(self.id().backend, "attention_causal"))
+    }
+
+    /// One attention step over sequences with their own caches (see
+    /// [`crate::append_attend`]): each sequence's new keys and values are
+    /// written into its caches (rounded to the caches' dtype), then its new
+    /// rows attend causally to positions `0..=cached + t`.
+    ///
+    /// The default is one sequence at a time (`convert_copy` twice, then
+    /// `attention_causal`, staging the sequence's rows when the step holds
+    /// several), so a GPU backend pays a few launches per sequence; a
+    /// backend that can reach every cache from one kernel overrides it.
+    fn append_and_attend(
+        &self,
+        spec: &AppendAttendSpec,
+        q: &Self::Buffer,
+        k_new: &Self::Buffer,
+        v_new: &Self::Buffer,
+        seqs: &mut [AppendAttendSeq<'_, Self::Buffer>],
+        out: &mut Self::Buffer,
+    ) -> Result<()> {
+        let shape = check_append_attend(
+            spec,
+            q.len(),
+            k_new.len(),
+            v_new.len(),
+            out.len(),
+            &seq_shapes(seqs),
+        )?;
+        let (qw, kw) = (spec.q_width(), spec.kv_width());
+        for (seq, &max_len) in seqs.iter_mut().zip(&shape.max_lens) {
+            let (rows, cached) = (seq.rows.clone(), seq.cached);
+            let new = rows.start * kw..rows.end * kw;
+            self.convert_copy(k_new, new.clone(), seq.k, cached * kw)?;
+            self.convert_copy(v_new, new, seq.v, cached * kw)?;
+            let causal = spec.causal(rows.len(), max_len);
+            let lens = [(cached + rows.len()) as u32];
+            if rows.len() == shape.rows {
+                self.attention_causal(&causal, q, seq.k, seq.v, &lens, out)?;
+                continue;
+            }
+            // attention_causal reads one sequence's rows: stage them.
+            let mut qi = self.alloc(DType::F32, rows.len() * qw)?;
+            self.copy(q, rows.start * qw..rows.end * qw, &mut qi, 0)?;
+            let mut oi = self.alloc(DType::F32, rows.len() * qw)?;
+            self.attention_causal(&causal, &qi, seq.k, seq.v, &lens, &mut oi)?;
+            self.copy(&oi, 0..rows.len() * qw, out, rows.start * qw)?;
+        }
+        Ok(())
     }
 
     /// SiLU-gated product in place: `gate[i] = gate[i] / (1 + exp(-gate[i])) * up[i]`.

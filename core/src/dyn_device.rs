@@ -11,6 +11,7 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
 
+use crate::append_attend::{AppendAttendSeq, AppendAttendSpec};
 use crate::device::{
     Activation, AttentionSpec, Capabilities, Device, DeviceBuffer, DeviceId, DeviceInfo, GemmSpec,
     MemoryUsage,
@@ -119,6 +120,15 @@ pub trait DynDevice: Send + Sync + fmt::Debug {
         k_cache: &dyn DynBuffer,
         v_cache: &dyn DynBuffer,
         lens: &[u32],
+        out: &mut dyn DynBuffer,
+    ) -> Result<()>;
+    fn append_and_attend(
+        &self,
+        spec: &AppendAttendSpec,
+        q: &dyn DynBuffer,
+        k_new: &dyn DynBuffer,
+        v_new: &dyn DynBuffer,
+        seqs: &mut [AppendAttendSeq<'_, dyn DynBuffer>],
         out: &mut dyn DynBuffer,
     ) -> Result<()>;
     fn silu_mul(&self, gate: &mut dyn DynBuffer, up: &dyn DynBuffer) -> Result<()>;
@@ -320,6 +330,30 @@ impl<D: Device> DynDevice for D {
         let v = down(self, v_cache, "attention v cache")?;
         let out = down_mut(self, out, "attention out")?;
         Device::attention_causal(self, spec, q, k, v, lens, out)
+    }
+    fn append_and_attend(
+        &self,
+        spec: &AppendAttendSpec,
+        q: &dyn DynBuffer,
+        k_new: &dyn DynBuffer,
+        v_new: &dyn DynBuffer,
+        seqs: &mut [AppendAttendSeq<'_, dyn DynBuffer>],
+        out: &mut dyn DynBuffer,
+    ) -> Result<()> {
+        let q = down(self, q, "append_and_attend q")?;
+        let k_new = down(self, k_new, "append_and_attend k_new")?;
+        let v_new = down(self, v_new, "append_and_attend v_new")?;
+        let out = down_mut(self, out, "append_and_attend out")?;
+        let mut own = Vec::with_capacity(seqs.len());
+        for seq in seqs.iter_mut() {
+            own.push(AppendAttendSeq {
+                k: down_mut(self, &mut *seq.k, "append_and_attend k cache")?,
+                v: down_mut(self, &mut *seq.v, "append_and_attend v cache")?,
+                cached: seq.cached,
+                rows: seq.rows.clone(),
+            });
+        }
+        Device::append_and_attend(self, spec, q, k_new, v_new, &mut own, out)
     }
     fn silu_mul(&self, gate: &mut dyn DynBuffer, up: &dyn DynBuffer) -> Result<()> {
         let up = down(self, up, "silu_mul up")?;

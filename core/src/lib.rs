@@ -16,6 +16,7 @@
 //! defines them and the backend-neutral helpers (host kernels, probes, the
 //! device test suite behind the `testsuite` feature).
 
+pub mod append_attend;
 pub mod collective;
 pub mod device;
 pub mod dtype;
@@ -34,6 +35,7 @@ pub mod testsuite;
 pub mod topology;
 pub mod transformer;
 
+pub use append_attend::{AppendAttendSeq, AppendAttendSpec};
 pub use collective::{Collective, Tensor, TensorMut, chunk_range};
 pub use device::{
     Activation, AttentionSpec, Capabilities, Device, DeviceBuffer, DeviceInfo, DeviceKind,

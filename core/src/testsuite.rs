@@ -23,6 +23,7 @@ use crate::rng::SplitMix64;
 use crate::with_dtype;
 use libtest_mimic::{Failed, Trial};
 
+mod append_attend;
 mod llama;
 pub mod quant;
 
@@ -210,6 +211,7 @@ pub fn device_tests(caps: &Capabilities) -> Vec<DeviceTest> {
         DeviceTest::new("argmax_rows_f32", argmax_matches_reference).skip_unless(decode, no_decode),
     );
     tests.extend(llama::tests(caps));
+    tests.extend(append_attend::tests(caps));
     tests.extend(quant::tests(caps));
     let unsupported: Vec<DType> = DType::ALL
         .into_iter()

@@ -21,9 +21,10 @@ use hetero_core::device::{
     check_same_shape, check_upload, layer_norm_rows,
 };
 use hetero_core::{
-    Activation, AttentionSpec, Backend, Capabilities, CausalAttentionSpec, DType, Device,
-    DeviceBuffer, DeviceId, DeviceInfo, DeviceKind, Error, GemmSpec, HostSlice, HostSliceMut,
-    LinkKind, MemoryUsage, QuantMatmulSpec, QuantType, ReduceOp, Result, RopeSpec,
+    Activation, AppendAttendSeq, AppendAttendSpec, AttentionSpec, Backend, Capabilities,
+    CausalAttentionSpec, DType, Device, DeviceBuffer, DeviceId, DeviceInfo, DeviceKind, Error,
+    GemmSpec, HostSlice, HostSliceMut, LinkKind, MemoryUsage, QuantMatmulSpec, QuantType, ReduceOp,
+    Result, RopeSpec,
 };
 
 use crate::error::CudaError;
@@ -963,6 +964,18 @@ impl Device for CudaDevice {
         out: &mut CudaBuffer,
     ) -> Result<()> {
         self.launch_attention_causal(spec, q, k_cache, v_cache, lens, out)
+    }
+
+    fn append_and_attend(
+        &self,
+        spec: &AppendAttendSpec,
+        q: &CudaBuffer,
+        k_new: &CudaBuffer,
+        v_new: &CudaBuffer,
+        seqs: &mut [AppendAttendSeq<'_, CudaBuffer>],
+        out: &mut CudaBuffer,
+    ) -> Result<()> {
+        self.launch_append_and_attend(spec, q, k_new, v_new, seqs, out)
     }
 
     fn silu_mul(&self, gate: &mut CudaBuffer, up: &CudaBuffer) -> Result<()> {

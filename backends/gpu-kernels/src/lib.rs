@@ -87,16 +87,28 @@ pub const DECODE_BLOCK: u32 = 256;
 pub const ATTENTION_MAX_LEN: usize = 11 * 1024;
 
 /// The Llama-family kernels (f32; the attention also over f16 KV caches,
-/// which the two conversions fill and read back).
-pub const LLAMA_NAMES: [&str; 7] = [
+/// which the two conversions fill and read back; the step kernels append
+/// to and attend over many sequences' caches through a table of their
+/// addresses, [`STEP_TABLE_WORDS`]).
+pub const LLAMA_NAMES: [&str; 11] = [
     "hetero_rms_norm_f32",
     "hetero_rope_f32",
     "hetero_attention_causal_f32",
     "hetero_attention_causal_f16",
+    "hetero_attention_step_f32",
+    "hetero_attention_step_f16",
+    "hetero_kv_append_f32",
+    "hetero_kv_append_f16",
     "hetero_convert_f32_f16",
     "hetero_convert_f16_f32",
     "hetero_silu_mul_f32",
 ];
+
+/// u64 words per sequence at the head of the step table of
+/// `hetero_kv_append_*` / `hetero_attention_step_*`: key cache address,
+/// value cache address, positions cached, first row. The sequence index of
+/// every row follows (one u64 each).
+pub const STEP_TABLE_WORDS: usize = 4;
 
 /// Keys per shared-memory tile of `hetero_attention_causal_f32` (its
 /// `HETERO_ATT_TILE`): the scores of one tile live in shared memory, the

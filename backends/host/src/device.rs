@@ -4,6 +4,9 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use hetero_core::append_attend::{
+    AppendAttendSeq, AppendAttendSpec, check_append_attend, seq_shapes,
+};
 use hetero_core::device::{
     HalfConversion, KvElement, argmax_cols, bias_rows, check_convert_copy, check_copy,
     check_download, check_dtype, check_owner, check_same_shape, check_upload, half_conversion,
@@ -18,6 +21,7 @@ use hetero_core::{
     QuantType, ReduceOp, Result, RopeSpec, with_dtype,
 };
 
+use crate::attention_step::{self, StepCache};
 use crate::buffer::{HostBuffer, Ledger};
 use crate::gemv;
 use crate::llama;
@@ -763,6 +767,63 @@ impl Device for HostDevice {
         Ok(())
     }
 
+    fn append_and_attend(
+        &self,
+        spec: &AppendAttendSpec,
+        q: &HostBuffer,
+        k_new: &HostBuffer,
+        v_new: &HostBuffer,
+        seqs: &mut [AppendAttendSeq<'_, HostBuffer>],
+        out: &mut HostBuffer,
+    ) -> Result<()> {
+        for (b, what) in [
+            (q, "append_and_attend q"),
+            (k_new, "append_and_attend k_new"),
+            (v_new, "append_and_attend v_new"),
+            (&*out, "append_and_attend out"),
+        ] {
+            self.check_owned(b, what)?;
+        }
+        for seq in seqs.iter() {
+            self.check_owned(seq.k, "append_and_attend k cache")?;
+            self.check_owned(seq.v, "append_and_attend v cache")?;
+        }
+        let shape = check_append_attend(
+            spec,
+            hetero_core::DeviceBuffer::len(q),
+            hetero_core::DeviceBuffer::len(k_new),
+            hetero_core::DeviceBuffer::len(v_new),
+            hetero_core::DeviceBuffer::len(out),
+            &seq_shapes(seqs),
+        )?;
+        let Some(first) = seqs.first() else {
+            return Ok(());
+        };
+        let element = kv_cache_element(self.id().backend, first.k, first.v)?;
+        let (q, out) = (q.typed::<f32>()?, out.typed_mut::<f32>()?);
+        k_new.typed::<f32>()?;
+        v_new.typed::<f32>()?;
+        let kw = spec.kv_width();
+        for seq in seqs.iter_mut() {
+            let new = seq.rows.start * kw..seq.rows.end * kw;
+            self.convert_copy(k_new, new.clone(), seq.k, seq.cached * kw)?;
+            self.convert_copy(v_new, new, seq.v, seq.cached * kw)?;
+        }
+        debug_assert_eq!(shape.rows * spec.q_width(), q.len());
+        let workers = &self.inner.workers;
+        match element {
+            KvElement::F32 => {
+                let caches = step_caches::<f32>(seqs)?;
+                attention_step::attention_step(spec, q, &caches, out, workers);
+            }
+            KvElement::F16 => {
+                let caches = step_caches::<f16>(seqs)?;
+                attention_step::attention_step(spec, q, &caches, out, workers);
+            }
+        }
+        Ok(())
+    }
+
     fn silu_mul(&self, gate: &mut HostBuffer, up: &HostBuffer) -> Result<()> {
         self.check_owned(gate, "silu_mul gate")?;
         self.check_owned(up, "silu_mul up")?;
@@ -837,4 +898,20 @@ impl HostDevice {
         }
         Ok(())
     }
+}
+
+/// The step's caches as typed slices (every cache of `T`, checked).
+fn step_caches<'a, T: hetero_core::Element>(
+    seqs: &'a [AppendAttendSeq<'_, HostBuffer>],
+) -> Result<Vec<StepCache<'a, T>>> {
+    seqs.iter()
+        .map(|s| {
+            Ok(StepCache {
+                k: s.k.typed::<T>()?,
+                v: s.v.typed::<T>()?,
+                cached: s.cached,
+                rows: s.rows.clone(),
+            })
+        })
+        .collect()
 }

@@ -22,6 +22,7 @@
 //! or throughput figure instead of measuring it.
 
 #[cfg(target_arch = "x86_64")]
+mod attention_step;
 mod attention_x86;
 mod buffer;
 mod device;

@@ -78,7 +78,7 @@ impl KvElem for hetero_core::half::f16 {
 /// The portable loop; AVX2 CPUs run `attention_x86::attend` instead
 /// where the head size is a multiple of 8.
 #[allow(clippy::too_many_arguments)]
-fn attend_one<T: KvElem>(
+pub(crate) fn attend_one<T: KvElem>(
     spec: &CausalAttentionSpec,
     qrow: &[f32],
     k: &[T],

@@ -73,7 +73,7 @@ fn no_f16_cache() -> String {
 }
 
 /// `values` converted on the device into a new buffer of `dtype`.
-fn upload_as(
+pub(super) fn upload_as(
     d: &dyn DynDevice,
     values: &[f32],
     dtype: DType,
@@ -148,7 +148,7 @@ fn missing_f16_cache_is_unsupported(d: &dyn DynDevice) -> Result<(), String> {
     }
 }
 
-fn upload(d: &dyn DynDevice, v: &[f32]) -> Result<crate::BoxedBuffer, String> {
+pub(super) fn upload(d: &dyn DynDevice, v: &[f32]) -> Result<crate::BoxedBuffer, String> {
     d.alloc_from(HostSlice::new(v)).map_err(err("alloc"))
 }
 
@@ -254,7 +254,7 @@ fn rope_matches_reference(d: &dyn DynDevice, layout: RopeLayout) -> Result<(), S
 }
 
 /// Naive causal attention in f64.
-fn reference_attention(
+pub(super) fn reference_attention(
     spec: &CausalAttentionSpec,
     q: &[f32],
     k: &[f32],

@@ -20,8 +20,8 @@ use std::ops::Range;
 use std::sync::mpsc;
 
 use hetero_core::{
-    Activation, BoxedBuffer, CausalAttentionSpec, DType, DynDevice, DynDeviceExt, Error, HostSlice,
-    ReduceOp, Result, RopeSpec,
+    Activation, AppendAttendSeq, AppendAttendSpec, BoxedBuffer, DType, DynBuffer, DynDevice,
+    DynDeviceExt, Error, HostSlice, ReduceOp, Result, RopeSpec,
 };
 
 use super::model::{KvCache, LlamaModel, Logits};
@@ -33,7 +33,6 @@ pub(super) struct SeqKv<'a> {
     pub(super) v: &'a mut [BoxedBuffer],
     /// Positions cached before this call.
     pub(super) len: usize,
-    pub(super) max_len: usize,
     /// New tokens in this call.
     pub(super) n: usize,
 }
@@ -189,7 +188,7 @@ impl LlamaModel {
     ) -> Vec<Vec<SeqKv<'c>>> {
         let mut kv: Vec<Vec<SeqKv<'c>>> = self.stages.iter().map(|_| Vec::new()).collect();
         for (cache, n) in caches.zip(news) {
-            let (len, max_len) = (cache.len, cache.max_len);
+            let len = cache.len;
             let (mut k, mut v) = (&mut cache.k[..], &mut cache.v[..]);
             for (s, stage) in self.stages.iter().enumerate() {
                 let (ks, k_rest) = std::mem::take(&mut k).split_at_mut(stage.layers.len());
@@ -199,7 +198,6 @@ impl LlamaModel {
                     k: ks,
                     v: vs,
                     len,
-                    max_len,
                     n,
                 });
             }
@@ -468,11 +466,15 @@ impl LlamaModel {
             Logits::All => (x, rows),
             Logits::Last if kv.len() == 1 && rows == 1 => (x, 1),
             Logits::Last => {
+                // Each sequence's last row, gathered in one call (one
+                // launch where the backend has a gather kernel).
                 let mut last = d.alloc(DType::F32, kv.len() * h)?;
-                for (i, (seq, &r0)) in kv.iter().zip(&m.offsets).enumerate() {
-                    let r = r0 + seq.n - 1;
-                    d.copy(x.as_ref(), r * h..(r + 1) * h, last.as_mut(), i * h)?;
-                }
+                let rows: Vec<u32> = kv
+                    .iter()
+                    .zip(&m.offsets)
+                    .map(|(seq, &r0)| (r0 + seq.n - 1) as u32)
+                    .collect();
+                d.embedding(x.as_ref(), &rows, last.as_mut())?;
                 (last, kv.len())
             }
         };
@@ -546,52 +548,35 @@ impl LlamaModel {
         }
         rope(&mut q, c.heads)?;
         rope(&mut k, c.kv_heads)?;
+        // Every sequence's new keys and values into its caches (rounded to
+        // their dtype) and its rows' attention, in one device call: a
+        // backend that reaches all caches from one kernel (CUDA) launches a
+        // fixed number of kernels whatever the batch.
         let mut att = alloc(rows * qw)?;
-        for (seq, &r0) in kv.iter_mut().zip(&m.offsets) {
-            let n = seq.n;
-            let rows_kv = r0 * kvw..(r0 + n) * kvw;
-            // Into the cache's dtype (f16 rounds here; a plain copy for f32).
-            d.convert_copy(
-                k.as_ref(),
-                rows_kv.clone(),
-                seq.k[i].as_mut(),
-                seq.len * kvw,
-            )?;
-            d.convert_copy(v.as_ref(), rows_kv, seq.v[i].as_mut(), seq.len * kvw)?;
-            let spec = CausalAttentionSpec {
-                batch: 1,
-                q_len: n,
-                heads: c.heads,
-                kv_heads: c.kv_heads,
-                head_dim: c.head_dim,
-                max_len: seq.max_len,
-            };
-            let lens = [(seq.len + n) as u32];
-            if n == rows {
-                d.attention_causal(
-                    &spec,
-                    q.as_ref(),
-                    seq.k[i].as_ref(),
-                    seq.v[i].as_ref(),
-                    &lens,
-                    att.as_mut(),
-                )?;
-            } else {
-                // The kernel reads one sequence's rows: stage them.
-                let mut qi = alloc(n * qw)?;
-                d.copy(q.as_ref(), r0 * qw..(r0 + n) * qw, qi.as_mut(), 0)?;
-                let mut oi = alloc(n * qw)?;
-                d.attention_causal(
-                    &spec,
-                    qi.as_ref(),
-                    seq.k[i].as_ref(),
-                    seq.v[i].as_ref(),
-                    &lens,
-                    oi.as_mut(),
-                )?;
-                d.copy(oi.as_ref(), 0..n * qw, att.as_mut(), r0 * qw)?;
-            }
-        }
+        let mut step: Vec<AppendAttendSeq<'_, dyn DynBuffer>> = kv
+            .iter_mut()
+            .zip(&m.offsets)
+            .map(|(seq, &r0)| AppendAttendSeq {
+                k: seq.k[i].as_mut(),
+                v: seq.v[i].as_mut(),
+                cached: seq.len,
+                rows: r0..r0 + seq.n,
+            })
+            .collect();
+        let spec = AppendAttendSpec {
+            heads: c.heads,
+            kv_heads: c.kv_heads,
+            head_dim: c.head_dim,
+        };
+        d.append_and_attend(
+            &spec,
+            q.as_ref(),
+            k.as_ref(),
+            v.as_ref(),
+            &mut step,
+            att.as_mut(),
+        )?;
+        drop(step);
         let o = linear(&att, &layer.o, h, qw)?;
         d.reduce(ReduceOp::Sum, x.as_mut(), o.as_ref())?;
         d.rms_norm(

@@ -1,5 +1,5 @@
 //! Launchers of the Llama-family kernels (`rms_norm`, `rope`,
-//! `attention_causal`, `silu_mul`) and of the one-launch embedding gather;
+//! `attention_causal`, `append_and_attend`, `silu_mul`) and of the one-launch embedding gather;
 //! the kernels are CUDA C in hetero-gpu-kernels (`llama.cu`), the `Device`
 //! impl delegates here.
 //!
@@ -9,7 +9,10 @@
 //! u32 in an `I32` buffer of this device, freed after the kernel on the
 //! stream (as `attention_decode` does).
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::{DevicePtrMut, LaunchConfig, PushKernelArg};
+use hetero_core::append_attend::{
+    AppendAttendSeq, AppendAttendSpec, check_append_attend, row_sequences, seq_shapes,
+};
 use hetero_core::device::{
     HalfConversion, KvElement, check_convert_copy, check_dtype, check_same_shape, half_conversion,
     kv_cache_element,
@@ -214,6 +217,127 @@ impl CudaDevice {
             .map(|_| ())
             .map_err(self.driver_err("cuLaunchKernel"))?;
         // `lens_buf` is freed when dropped; the stream orders the free after the kernel.
+        Ok(())
+    }
+
+    /// `append_and_attend` in two launches whatever the batch: the step
+    /// table (each sequence's cache addresses, positions cached and first
+    /// row, then every row's sequence) goes up in one copy, then
+    /// `hetero_kv_append_*` writes every new key and value and
+    /// `hetero_attention_step_*` runs one block per (row, head), each row
+    /// reading its own sequence's caches. Without NVRTC (no kernels) it is
+    /// `Unsupported`, as `attention_causal` is.
+    pub(super) fn launch_append_and_attend(
+        &self,
+        spec: &AppendAttendSpec,
+        q: &CudaBuffer,
+        k_new: &CudaBuffer,
+        v_new: &CudaBuffer,
+        seqs: &mut [AppendAttendSeq<'_, CudaBuffer>],
+        out: &mut CudaBuffer,
+    ) -> Result<()> {
+        for (b, what) in [
+            (q, "append_and_attend q"),
+            (k_new, "append_and_attend k_new"),
+            (v_new, "append_and_attend v_new"),
+            (&*out, "append_and_attend out"),
+        ] {
+            self.check_owned(b, what)?;
+            check_f32(what, b)?;
+        }
+        for seq in seqs.iter() {
+            self.check_owned(seq.k, "append_and_attend k cache")?;
+            self.check_owned(seq.v, "append_and_attend v cache")?;
+        }
+        let shape = check_append_attend(
+            spec,
+            q.len,
+            k_new.len,
+            v_new.len,
+            out.len,
+            &seq_shapes(seqs),
+        )?;
+        let Some(first) = seqs.first() else {
+            return Ok(());
+        };
+        let (append, attend) = match kv_cache_element(Backend::Cuda, first.k, first.v)? {
+            KvElement::F32 => ("hetero_kv_append_f32", "hetero_attention_step_f32"),
+            KvElement::F16 => ("hetero_kv_append_f16", "hetero_attention_step_f16"),
+        };
+        let shared = attention_shared_bytes(spec.head_dim);
+        if shared + ATTENTION_STATIC_SHARED > SHARED_LIMIT {
+            return Err(Error::unsupported(
+                Backend::Cuda,
+                format!(
+                    "attention with head_dim {}: {} bytes of shared memory, past the {} a block has",
+                    spec.head_dim,
+                    shared + ATTENTION_STATIC_SHARED,
+                    SHARED_LIMIT
+                ),
+            ));
+        }
+        let blocks = grid_blocks(shape.rows * spec.heads, "append_and_attend (row, head)")?;
+        let (fa, ft) = (self.function(append)?, self.function(attend)?);
+        let stream = &self.inner.stream;
+        // The caches' addresses; each guard orders this stream after the
+        // cache's earlier use and records the kernels' use when dropped,
+        // after both launches.
+        let rows: Vec<_> = seqs.iter().map(|s| s.rows.clone()).collect();
+        let nseq = seqs.len() as u64;
+        let mut guards = Vec::with_capacity(2 * seqs.len());
+        let mut table = Vec::with_capacity(kernels::STEP_TABLE_WORDS * seqs.len() + shape.rows);
+        for seq in seqs.iter_mut() {
+            let (k, gk) = seq.k.data.device_ptr_mut(stream);
+            let (v, gv) = seq.v.data.device_ptr_mut(stream);
+            guards.push(gk);
+            guards.push(gv);
+            table.extend([k, v, seq.cached as u64, seq.rows.start as u64]);
+        }
+        table.extend(row_sequences(&rows).into_iter().map(u64::from));
+        let words: Vec<i64> = table.iter().map(|&w| w as i64).collect();
+        let mut table_buf = self.alloc(DType::I64, words.len())?;
+        self.upload(&mut table_buf, 0, HostSlice::new(&words))?;
+        let kw = spec.kv_width() as u64;
+        let n = (shape.rows * spec.kv_width()) as u64;
+        let mut launch = stream.launch_builder(&fa);
+        launch
+            .arg(&k_new.data)
+            .arg(&v_new.data)
+            .arg(&table_buf.data)
+            .arg(&nseq)
+            .arg(&n)
+            .arg(&kw);
+        // SAFETY: (k_new, v_new, table, u64 nseq, u64 n, u64 kw) as in
+        // llama.cu. check_append_attend checked k_new and v_new hold rows
+        // * kw floats (n), the sequences' rows are consecutive and cover
+        // every row, and each sequence's caches (of the kernel's dtype,
+        // kv_cache_element) hold cached + rows positions of kw values, so
+        // every address the table yields is inside its cache; the table
+        // holds 4 words per sequence and one per row.
+        unsafe { launch.launch(launch_config(n as usize)) }
+            .map(|_| ())
+            .map_err(self.driver_err("cuLaunchKernel"))?;
+        let [heads, kv_heads, dh] = [spec.heads, spec.kv_heads, spec.head_dim].map(|v| v as u64);
+        let mut launch = stream.launch_builder(&ft);
+        launch
+            .arg(&q.data)
+            .arg(&table_buf.data)
+            .arg(&nseq)
+            .arg(&mut out.data)
+            .arg(&heads)
+            .arg(&kv_heads)
+            .arg(&dh);
+        // SAFETY: (q, table, u64 nseq, out, u64 heads, kv_heads, dh) as in
+        // llama.cu; q and out hold rows * heads * dh floats, one block per
+        // (row, head); kv_heads > 0 divides heads (checked); row r reads
+        // positions 0..=cached + (r - first row) of its sequence's caches,
+        // all written (the append kernel ran before on this stream). The
+        // dynamic shared memory holds 2 * dh + one tile floats.
+        unsafe { launch.launch(one_block_each(blocks, shared as u32)) }
+            .map(|_| ())
+            .map_err(self.driver_err("cuLaunchKernel"))?;
+        drop(guards);
+        // `table_buf` is freed when dropped; the stream orders the free after the kernels.
         Ok(())
     }
 

@@ -6,9 +6,14 @@
 // 32-lane shuffles exchange through a slot per thread between two
 // barriers of the lane group. Cases: grouped heads, prompts after a cached
 // prefix, several sequences, more positions than one tile of scores.
+// Then the append_and_attend step kernels (hetero_kv_append_*,
+// hetero_attention_step_*) over sequences with caches of their own,
+// addressed through the step table: caches compared bit for bit, outputs
+// against the same double-precision reference.
 // Built and run by tests/attention_on_cpu.rs; exit status 0 when every
 // case passes.
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <memory>
 #include <random>
@@ -102,6 +107,100 @@ int main() {
             fails++;
             printf("FAIL %s batch=%llu q_len=%llu heads=%llu kv_heads=%llu dh=%llu max_len=%llu\n",
                    half ? "f16" : "f32", c.batch, c.q_len, c.heads, c.kv_heads, c.dh, c.max_len);
+        }
+    }
+    // append_and_attend's step kernels: sequences with caches of their own
+    // (cached positions, new rows, cache positions), the new keys and
+    // values appended through the step table, then every row's attention.
+    struct Seq { u64 cached, rows, max_len; };
+    std::vector<std::vector<Seq>> steps = {
+        {{5, 1, 9}},
+        {{0, 1, 1}, {3, 1, 8}, {16, 1, 17}, {299, 1, 300}},
+        {{0, 3, 3}, {7, 1, 12}, {2, 5, 7}},
+    };
+    const u64 heads = 6, kv_heads = 2, dh = 64, qw = heads * dh, kw = kv_heads * dh;
+    for (auto& seqs : steps) for (int half = 0; half < 2; half++) {
+        u64 rows = 0;
+        for (auto& s : seqs) rows += s.rows;
+        std::vector<float> q(rows * qw), kn(rows * kw), vn(rows * kw), out(rows * qw, -12345.0f);
+        for (auto& x : q) x = U(rng);
+        for (auto& x : kn) x = U(rng);
+        for (auto& x : vn) x = U(rng);
+        auto rd = [&](float x) { return half ? (float)(_Float16)x : x; };
+        // Caches start full of their own (rounded) values.
+        std::vector<std::vector<float>> kf, vf, kwant, vwant;
+        std::vector<std::vector<unsigned short>> kh, vh;
+        std::vector<u64> table;
+        u64 row = 0;
+        for (auto& s : seqs) {
+            std::vector<float> k(s.max_len * kw), v(s.max_len * kw);
+            for (auto& x : k) x = rd(U(rng));
+            for (auto& x : v) x = rd(U(rng));
+            std::vector<unsigned short> k16(k.size()), v16(v.size());
+            for (size_t i = 0; i < k.size(); i++) {
+                _Float16 a = (_Float16)k[i], b = (_Float16)v[i];
+                memcpy(&k16[i], &a, 2); memcpy(&v16[i], &b, 2);
+            }
+            kwant.push_back(k); vwant.push_back(v);
+            for (u64 i = 0; i < s.rows * kw; i++) {
+                kwant.back()[s.cached * kw + i] = rd(kn[row * kw + i]);
+                vwant.back()[s.cached * kw + i] = rd(vn[row * kw + i]);
+            }
+            kf.push_back(std::move(k)); vf.push_back(std::move(v));
+            kh.push_back(std::move(k16)); vh.push_back(std::move(v16));
+            row += s.rows;
+        }
+        row = 0;
+        for (size_t i = 0; i < seqs.size(); i++) {
+            u64 kp = half ? (u64)(uintptr_t)kh[i].data() : (u64)(uintptr_t)kf[i].data();
+            u64 vp = half ? (u64)(uintptr_t)vh[i].data() : (u64)(uintptr_t)vf[i].data();
+            table.insert(table.end(), {kp, vp, seqs[i].cached, row});
+            row += seqs[i].rows;
+        }
+        for (size_t i = 0; i < seqs.size(); i++) for (u64 r = 0; r < seqs[i].rows; r++) table.push_back(i);
+        u64 nseq = seqs.size(), n = rows * kw;
+        unsigned blocks = (unsigned)std::min<u64>((n + threads - 1) / threads, 3);
+        run(blocks, 1, threads, [&] {
+            if (half) hetero_kv_append_f16(kn.data(), vn.data(), table.data(), nseq, n, kw);
+            else hetero_kv_append_f32(kn.data(), vn.data(), table.data(), nseq, n, kw);
+        });
+        run((unsigned)(rows * heads), 1, threads, [&] {
+            if (half) hetero_attention_step_f16(q.data(), table.data(), nseq, out.data(), heads, kv_heads, dh);
+            else hetero_attention_step_f32(q.data(), table.data(), nseq, out.data(), heads, kv_heads, dh);
+        });
+        runs++;
+        bool ok = true;
+        row = 0;
+        for (size_t i = 0; i < seqs.size(); i++) {
+            for (u64 j = 0; j < seqs[i].max_len * kw; j++) {
+                float gk = half ? (float)h2f(kh[i][j]) : kf[i][j];
+                float gv = half ? (float)h2f(vh[i][j]) : vf[i][j];
+                if (memcmp(&gk, &kwant[i][j], 4) != 0 || memcmp(&gv, &vwant[i][j], 4) != 0) ok = false;
+            }
+            for (u64 t = 0; t < seqs[i].rows; t++) for (u64 h = 0; h < heads; h++) {
+                u64 kvh = h / (heads / kv_heads), pos = seqs[i].cached + t, r = row + t;
+                const float* qv = &q[r * qw + h * dh];
+                std::vector<double> s(pos + 1);
+                double m = -INFINITY, z = 0;
+                for (u64 j = 0; j <= pos; j++) {
+                    double d = 0;
+                    for (u64 x = 0; x < dh; x++) d += (double)qv[x] * kwant[i][j * kw + kvh * dh + x];
+                    s[j] = d / std::sqrt((double)dh);
+                    m = std::max(m, s[j]);
+                }
+                for (auto& x : s) { x = std::exp(x - m); z += x; }
+                for (u64 x = 0; x < dh; x++) {
+                    double want = 0;
+                    for (u64 j = 0; j <= pos; j++) want += s[j] / z * vwant[i][j * kw + kvh * dh + x];
+                    double got = out[r * qw + h * dh + x];
+                    if (!(std::fabs(got - want) <= 1e-4 * std::max(1.0, std::fabs(want)))) ok = false;
+                }
+            }
+            row += seqs[i].rows;
+        }
+        if (!ok) {
+            fails++;
+            printf("FAIL step %s of %zu sequences, %llu rows\n", half ? "f16" : "f32", seqs.size(), rows);
         }
     }
     printf("%d runs, %d failed\n", runs, fails);
