@@ -18,6 +18,7 @@
 
 pub mod append_attend;
 pub mod collective;
+pub mod counting_device;
 pub mod device;
 pub mod dtype;
 pub mod dyn_device;
@@ -37,6 +38,7 @@ pub mod transformer;
 
 pub use append_attend::{AppendAttendSeq, AppendAttendSpec};
 pub use collective::{Collective, Tensor, TensorMut, chunk_range};
+pub use counting_device::CountingDevice;
 pub use device::{
     Activation, AttentionSpec, Capabilities, Device, DeviceBuffer, DeviceInfo, DeviceKind,
     GemmSpec, MemoryUsage,
