@@ -45,10 +45,12 @@ fn step_calls(
     n: usize,
     decode: bool,
 ) -> (BTreeMap<&'static str, u64>, Vec<Vec<f32>>) {
-    let mut caches: Vec<KvCache> = (0..n).map(|_| model.new_cache(16).unwrap()).collect();
+    let mut caches: Vec<KvCache> = (0..n)
+        .map(|_| model.new_cache(16).expect("a cache"))
+        .collect();
     if decode {
         for (cache, prompt) in caches.iter_mut().zip(PROMPTS) {
-            model.forward(cache, prompt, Logits::Last).unwrap();
+            model.forward(cache, prompt, Logits::Last).expect("prefill");
         }
     }
     let next: Vec<[u32; 1]> = (0..n).map(|i| [(i as u32 * 3 + 1) % 10]).collect();
@@ -58,7 +60,9 @@ fn step_calls(
         .map(|(c, i)| (c, if decode { &next[i][..] } else { PROMPTS[i] }))
         .collect();
     counting.reset();
-    let logits = model.forward_batch(&mut seqs, Logits::Last).unwrap();
+    let logits = model
+        .forward_batch(&mut seqs, Logits::Last)
+        .expect("the batched step");
     (counting.calls(), logits)
 }
 
@@ -81,11 +85,13 @@ fn decode_step_calls_do_not_grow_with_the_batch() {
         assert_eq!(calls, two, "a decode step of {n} sequences against two");
         // Each sequence's logits as if it ran alone.
         for (i, got) in logits.iter().enumerate() {
-            let mut cache = model.new_cache(16).unwrap();
-            model.forward(&mut cache, PROMPTS[i], Logits::Last).unwrap();
+            let mut cache = model.new_cache(16).expect("a cache");
+            model
+                .forward(&mut cache, PROMPTS[i], Logits::Last)
+                .expect("prefill");
             let alone = model
                 .forward(&mut cache, &[(i as u32 * 3 + 1) % 10], Logits::Last)
-                .unwrap();
+                .expect("the step alone");
             let worst = got
                 .iter()
                 .zip(&alone)
