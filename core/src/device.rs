@@ -455,34 +455,7 @@ pub trait Device: Send + Sync + fmt::Debug + 'static {
         seqs: &mut [AppendAttendSeq<'_, Self::Buffer>],
         out: &mut Self::Buffer,
     ) -> Result<()> {
-        let shape = check_append_attend(
-            spec,
-            q.len(),
-            k_new.len(),
-            v_new.len(),
-            out.len(),
-            &seq_shapes(seqs),
-        )?;
-        let (qw, kw) = (spec.q_width(), spec.kv_width());
-        for (seq, &max_len) in seqs.iter_mut().zip(&shape.max_lens) {
-            let (rows, cached) = (seq.rows.clone(), seq.cached);
-            let new = rows.start * kw..rows.end * kw;
-            self.convert_copy(k_new, new.clone(), seq.k, cached * kw)?;
-            self.convert_copy(v_new, new, seq.v, cached * kw)?;
-            let causal = spec.causal(rows.len(), max_len);
-            let lens = [(cached + rows.len()) as u32];
-            if rows.len() == shape.rows {
-                self.attention_causal(&causal, q, seq.k, seq.v, &lens, out)?;
-                continue;
-            }
-            // attention_causal reads one sequence's rows: stage them.
-            let mut qi = self.alloc(DType::F32, rows.len() * qw)?;
-            self.copy(q, rows.start * qw..rows.end * qw, &mut qi, 0)?;
-            let mut oi = self.alloc(DType::F32, rows.len() * qw)?;
-            self.attention_causal(&causal, &qi, seq.k, seq.v, &lens, &mut oi)?;
-            self.copy(&oi, 0..rows.len() * qw, out, rows.start * qw)?;
-        }
-        Ok(())
+        append_attend_per_sequence(self, spec, q, k_new, v_new, seqs, out)
     }
 
     /// SiLU-gated product in place: `gate[i] = gate[i] / (1 + exp(-gate[i])) * up[i]`.
@@ -751,5 +724,50 @@ pub fn check_same_shape(a: &dyn DeviceBuffer, b: &dyn DeviceBuffer, what: &str) 
             format!("lengths differ: {} and {} elements", a.len(), b.len()),
         ));
     }
+    Ok(())
+}
+
+/// [`Device::append_and_attend`]'s default, callable by a backend that
+/// overrides it only to wrap the loop (say, to record it into one
+/// submission) or to fall back to it: per sequence, `convert_copy` of its keys and values into
+/// its caches, then `attention_causal` over its rows (staged through
+/// buffers of their own when the step holds several sequences).
+pub fn append_attend_per_sequence<D: Device + ?Sized>(
+    d: &D,
+    spec: &AppendAttendSpec,
+    q: &D::Buffer,
+    k_new: &D::Buffer,
+    v_new: &D::Buffer,
+    seqs: &mut [AppendAttendSeq<'_, D::Buffer>],
+    out: &mut D::Buffer,
+) -> Result<()> {
+    let shape = check_append_attend(
+        spec,
+        q.len(),
+        k_new.len(),
+        v_new.len(),
+        out.len(),
+        &seq_shapes(seqs),
+    )?;
+    let (qw, kw) = (spec.q_width(), spec.kv_width());
+    for (seq, &max_len) in seqs.iter_mut().zip(&shape.max_lens) {
+        let (rows, cached) = (seq.rows.clone(), seq.cached);
+        let new = rows.start * kw..rows.end * kw;
+        d.convert_copy(k_new, new.clone(), seq.k, cached * kw)?;
+        d.convert_copy(v_new, new, seq.v, cached * kw)?;
+        let causal = spec.causal(rows.len(), max_len);
+        let lens = [(cached + rows.len()) as u32];
+        if rows.len() == shape.rows {
+            d.attention_causal(&causal, q, seq.k, seq.v, &lens, out)?;
+            continue;
+        }
+        // attention_causal reads one sequence's rows: stage them.
+        let mut qi = d.alloc(DType::F32, rows.len() * qw)?;
+        d.copy(q, rows.start * qw..rows.end * qw, &mut qi, 0)?;
+        let mut oi = d.alloc(DType::F32, rows.len() * qw)?;
+        d.attention_causal(&causal, &qi, seq.k, seq.v, &lens, &mut oi)?;
+        d.copy(&oi, 0..rows.len() * qw, out, rows.start * qw)?;
+    }
+
     Ok(())
 }

@@ -527,6 +527,18 @@ impl Device for RocmDevice {
         self.launch_attention_causal(spec, q, k_cache, v_cache, lens, out)
     }
 
+    fn append_and_attend(
+        &self,
+        spec: &hetero_core::AppendAttendSpec,
+        q: &RocmBuffer,
+        k_new: &RocmBuffer,
+        v_new: &RocmBuffer,
+        seqs: &mut [hetero_core::AppendAttendSeq<'_, RocmBuffer>],
+        out: &mut RocmBuffer,
+    ) -> Result<()> {
+        self.launch_append_and_attend(spec, q, k_new, v_new, seqs, out)
+    }
+
     fn silu_mul(&self, gate: &mut RocmBuffer, up: &RocmBuffer) -> Result<()> {
         self.launch_silu_mul(gate, up)
     }

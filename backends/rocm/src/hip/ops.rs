@@ -13,6 +13,9 @@
 
 use std::ffi::c_void;
 
+use hetero_core::append_attend::{
+    AppendAttendSeq, AppendAttendSpec, check_append_attend, row_sequences, seq_shapes,
+};
 use hetero_core::device::{
     argmax_cols, bias_rows, check_decode_f32, check_dtype, check_same_shape, layer_norm_rows,
 };
@@ -510,6 +513,108 @@ impl RocmDevice {
         // the spec, kv_heads > 0 dividing heads and q_len <= lens[b] <=
         // max_len, so every position read is in the cache.
         unsafe { self.run("hetero_attention_causal_f32", shape, args)? };
+        self.synchronize()
+    }
+
+    /// `append_and_attend` in two launches whatever the batch, as on CUDA:
+    /// the step table (each sequence's cache addresses, positions cached
+    /// and first row, then every row's sequence) goes up in one copy, then
+    /// `hetero_kv_append_f32` and `hetero_attention_step_f32`. f32 caches
+    /// only, as `attention_causal` here.
+    pub(super) fn launch_append_and_attend(
+        &self,
+        spec: &AppendAttendSpec,
+        q: &RocmBuffer,
+        k_new: &RocmBuffer,
+        v_new: &RocmBuffer,
+        seqs: &mut [AppendAttendSeq<'_, RocmBuffer>],
+        out: &mut RocmBuffer,
+    ) -> Result<()> {
+        for (b, what) in [
+            (q, "append_and_attend q"),
+            (k_new, "append_and_attend k_new"),
+            (v_new, "append_and_attend v_new"),
+            (&*out, "append_and_attend out"),
+        ] {
+            self.check_owned(b, what)?;
+            check_f32(what, b)?;
+        }
+        for seq in seqs.iter() {
+            self.check_owned(seq.k, "append_and_attend k cache")?;
+            self.check_owned(seq.v, "append_and_attend v cache")?;
+            check_f32("append_and_attend k cache", seq.k)?;
+            check_f32("append_and_attend v cache", seq.v)?;
+        }
+        let shape = check_append_attend(
+            spec,
+            q.len,
+            k_new.len,
+            v_new.len,
+            out.len,
+            &seq_shapes(seqs),
+        )?;
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let shared = (2 * spec.head_dim + kernels::ATTENTION_TILE) * 4;
+        if shared + ATTENTION_STATIC_SHARED > SHARED_LIMIT {
+            return Err(Error::unsupported(
+                Backend::Rocm,
+                format!(
+                    "attention with head_dim {}: {} bytes of shared memory, past the {} a block has",
+                    spec.head_dim,
+                    shared + ATTENTION_STATIC_SHARED,
+                    SHARED_LIMIT
+                ),
+            ));
+        }
+        let blocks = one_block_each(
+            shape.rows * spec.heads,
+            shared,
+            "append_and_attend (row, head)",
+        )?;
+        let mut table = Vec::with_capacity(kernels::STEP_TABLE_WORDS * seqs.len() + shape.rows);
+        for seq in seqs.iter() {
+            table.extend([
+                seq.k.arg() as usize as u64,
+                seq.v.arg() as usize as u64,
+                seq.cached as u64,
+                seq.rows.start as u64,
+            ]);
+        }
+        let rows: Vec<_> = seqs.iter().map(|s| s.rows.clone()).collect();
+        table.extend(row_sequences(&rows).into_iter().map(u64::from));
+        let words: Vec<i64> = table.iter().map(|&w| w as i64).collect();
+        let mut table_buf = self.alloc(DType::I64, words.len())?;
+        self.upload(&mut table_buf, 0, HostSlice::new(&words))?;
+        let n = shape.rows * spec.kv_width();
+        let args = Args::default()
+            .ptr(k_new.arg())
+            .ptr(v_new.arg())
+            .ptr(table_buf.arg())
+            .u64(seqs.len() as u64)
+            .u64(n as u64)
+            .u64(spec.kv_width() as u64);
+        // SAFETY: (k_new, v_new, table, u64 nseq, u64 n, u64 kw) as in
+        // llama.cu; check_append_attend checked k_new and v_new hold n
+        // floats, the rows are consecutive and cover the step, and each
+        // sequence's f32 caches hold cached + rows positions of kw values,
+        // so every address the table yields is inside its cache.
+        unsafe { self.run("hetero_kv_append_f32", elementwise(n), args)? };
+        let args = Args::default()
+            .ptr(q.arg())
+            .ptr(table_buf.arg())
+            .u64(seqs.len() as u64)
+            .ptr(out.arg())
+            .u64(spec.heads as u64)
+            .u64(spec.kv_heads as u64)
+            .u64(spec.head_dim as u64);
+        // SAFETY: (q, table, u64 nseq, out, u64 heads, kv_heads, dh) as in
+        // llama.cu; q and out hold rows * heads * dh floats, one block per
+        // (row, head), kv_heads > 0 divides heads (checked); row r reads
+        // positions 0..=cached + (r - first row) of its own caches, written
+        // by the append kernel before it.
+        unsafe { self.run("hetero_attention_step_f32", blocks, args)? };
         self.synchronize()
     }
 
