@@ -16,6 +16,9 @@ pub struct WgpuBuffer {
     pub(crate) allocated: Arc<AtomicU64>,
     /// What this buffer counts against the budget (its size in whole words).
     pub(crate) reserved: u64,
+    /// The device's open recording: a buffer dropped while commands that
+    /// may use it wait for their submission is destroyed after it.
+    pub(crate) recording: crate::recording::RecordingSlot,
 }
 
 impl std::fmt::Debug for WgpuBuffer {
@@ -30,7 +33,7 @@ impl std::fmt::Debug for WgpuBuffer {
 
 impl Drop for WgpuBuffer {
     fn drop(&mut self) {
-        self.buffer.destroy();
+        crate::recording::destroy_when_unused(&self.recording, &self.buffer);
         self.allocated.fetch_sub(self.reserved, Ordering::AcqRel);
     }
 }

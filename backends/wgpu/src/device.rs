@@ -53,6 +53,8 @@ pub(crate) struct Inner {
     pub(crate) uncaptured: Arc<Mutex<Option<String>>>,
     pub(crate) pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     pub(crate) gemm_kernel: Mutex<GemmKernel>,
+    /// Commands recorded for one submission (`recording.rs`).
+    pub(crate) recording: crate::recording::RecordingSlot,
 }
 
 impl std::fmt::Debug for Inner {
@@ -125,6 +127,7 @@ impl WgpuDevice {
                 uncaptured,
                 pipelines: Mutex::new(HashMap::new()),
                 gemm_kernel: Mutex::new(GemmKernel::Auto),
+                recording: Arc::new(Mutex::new(None)),
             }),
         })
     }
@@ -306,6 +309,7 @@ impl Device for WgpuDevice {
                 device: id,
                 allocated: Arc::clone(&self.inner.allocated),
                 reserved: size,
+                recording: Arc::clone(&self.inner.recording),
             }),
             Err(e) => {
                 self.inner.allocated.fetch_sub(size, Ordering::AcqRel);
@@ -473,6 +477,22 @@ impl Device for WgpuDevice {
         inv_freq: &WgpuBuffer,
     ) -> Result<()> {
         self.rope_f32(spec, x, positions, inv_freq)
+    }
+
+    /// The per-sequence loop, recorded into one submission
+    /// (`recording.rs`).
+    fn append_and_attend(
+        &self,
+        spec: &hetero_core::AppendAttendSpec,
+        q: &WgpuBuffer,
+        k_new: &WgpuBuffer,
+        v_new: &WgpuBuffer,
+        seqs: &mut [hetero_core::AppendAttendSeq<'_, WgpuBuffer>],
+        out: &mut WgpuBuffer,
+    ) -> Result<()> {
+        self.recorded(|| {
+            hetero_core::device::append_attend_per_sequence(self, spec, q, k_new, v_new, seqs, out)
+        })
     }
 
     fn attention_causal(

@@ -109,14 +109,12 @@ impl WgpuDevice {
                 layout: &pipeline.get_bind_group_layout(0),
                 entries: &entries,
             });
-            let mut encoder = device.create_command_encoder(&Default::default());
-            {
+            self.encode(|encoder| {
                 let mut pass = encoder.begin_compute_pass(&Default::default());
                 pass.set_pipeline(&pipeline);
                 pass.set_bind_group(0, &bind, &[]);
                 pass.dispatch_workgroups(groups.0, groups.1, groups.2);
-            }
-            self.inner.queue.submit([encoder.finish()]);
+            });
         })
     }
 
@@ -203,8 +201,7 @@ impl WgpuDevice {
                 layout: &pipeline.get_bind_group_layout(0),
                 entries: &entries,
             });
-            let mut encoder = device.create_command_encoder(&Default::default());
-            {
+            self.encode(|encoder| {
                 let mut pass = encoder.begin_compute_pass(&Default::default());
                 pass.set_pipeline(&pipeline);
                 pass.set_bind_group(0, &bind, &[]);
@@ -212,8 +209,7 @@ impl WgpuDevice {
                     .div_ceil(kernels::WORKGROUP)
                     .clamp(1, self.inner.limits.max_compute_workgroups_per_dimension);
                 pass.dispatch_workgroups(groups, 1, 1);
-            }
-            self.inner.queue.submit([encoder.finish()]);
+            });
         })
     }
 }

@@ -67,6 +67,7 @@ impl WgpuDevice {
 
     /// Wait until the queue is idle, then report a lost device.
     pub(crate) fn wait(&self) -> Result<()> {
+        self.flush();
         self.inner
             .device
             .poll(wgpu::PollType::wait_indefinitely())

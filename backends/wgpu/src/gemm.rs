@@ -126,14 +126,12 @@ impl WgpuDevice {
                     },
                 ],
             });
-            let mut encoder = device.create_command_encoder(&Default::default());
-            {
+            self.encode(|encoder| {
                 let mut pass = encoder.begin_compute_pass(&Default::default());
                 pass.set_pipeline(&pipeline);
                 pass.set_bind_group(0, &bind, &[]);
                 pass.dispatch_workgroups(groups_x, groups_y, 1);
-            }
-            self.inner.queue.submit([encoder.finish()]);
+            });
         })
     }
 }

@@ -14,6 +14,8 @@ impl WgpuDevice {
         if out.is_empty() {
             return Ok(());
         }
+        // The host reads after every command recorded so far.
+        self.flush();
         let start = align4_down(offset);
         let end = align4_up(offset + out.len() as u64);
         let device = &self.inner.device;
@@ -68,18 +70,15 @@ impl WgpuDevice {
         }
         let start = align4_down(offset);
         let end = align4_up(offset + data.len() as u64);
-        let queue = &self.inner.queue;
         if start == offset && end == offset + data.len() as u64 {
-            return self.scoped("uploading", || {
-                queue.write_buffer(&buf.buffer, offset, data)
-            });
+            return self.scoped("uploading", || self.write_words(&buf.buffer, offset, data));
         }
         let mut window = vec![0u8; (end - start) as usize];
         self.read_bytes(buf, start, &mut window)?;
         let skip = (offset - start) as usize;
         window[skip..skip + data.len()].copy_from_slice(data);
         self.scoped("uploading", || {
-            queue.write_buffer(&buf.buffer, start, &window)
+            self.write_words(&buf.buffer, start, &window)
         })
     }
 
@@ -94,11 +93,10 @@ impl WgpuDevice {
         n: u64,
     ) -> Result<()> {
         if from.is_multiple_of(4) && to.is_multiple_of(4) && n.is_multiple_of(4) {
-            let device = &self.inner.device;
             return self.scoped("copying", || {
-                let mut encoder = device.create_command_encoder(&Default::default());
-                encoder.copy_buffer_to_buffer(&src.buffer, from, &dst.buffer, to, n);
-                self.inner.queue.submit([encoder.finish()]);
+                self.encode(|encoder| {
+                    encoder.copy_buffer_to_buffer(&src.buffer, from, &dst.buffer, to, n)
+                })
             });
         }
         // wgpu copies whole words: unaligned 8/16-bit ranges go through the host.

@@ -64,6 +64,7 @@ mod llama_kernels;
 mod memory_size;
 mod quant;
 mod quant_kernels;
+mod recording;
 
 pub use buffer::WgpuBuffer;
 pub use device::WgpuDevice;

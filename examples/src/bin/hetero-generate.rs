@@ -100,6 +100,18 @@ struct Args {
     /// Measured runs per benchmark figure (the median is reported).
     #[arg(long, default_value_t = 3, requires = "bench")]
     bench_repeats: usize,
+    /// Sequence counts of the decode measurements (the table is
+    /// 1,8,32; fewer or smaller ones make a slow device's run short).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,8,32",
+        requires = "bench"
+    )]
+    bench_batches: Vec<usize>,
+    /// Tokens generated per sequence in the decode measurements.
+    #[arg(long, default_value_t = 64, requires = "bench")]
+    bench_decode_tokens: usize,
     /// Print one JSON object (ids, text, speeds, device) instead of streaming.
     #[arg(long)]
     json: bool,
@@ -192,8 +204,16 @@ fn run_bench(
     info: &DeviceInfo,
     stages: serde_json::Value,
 ) -> Result<()> {
+    if args.bench_batches.contains(&0) {
+        return Err(Error::invalid(
+            "--bench-batches",
+            "a decode measurement needs at least one sequence",
+        ));
+    }
     let options = BenchOptions {
         repeats: args.bench_repeats,
+        decode_batches: args.bench_batches.clone(),
+        decode_tokens: args.bench_decode_tokens,
         ..BenchOptions::default()
     };
     let report = bench(model, &options, &mut |phase| {
