@@ -110,6 +110,31 @@ pub const LLAMA_NAMES: [&str; 11] = [
 /// every row follows (one u64 each).
 pub const STEP_TABLE_WORDS: usize = 4;
 
+/// One sequence of a step table: its caches' device addresses, positions
+/// cached before the step, its consecutive rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepSeq {
+    pub k: u64,
+    pub v: u64,
+    pub cached: usize,
+    pub rows: std::ops::Range<usize>,
+}
+
+/// The step table the step kernels read, as the words to upload: per
+/// sequence [`STEP_TABLE_WORDS`] words, then the sequence of every row
+/// (the rows checked consecutive by `check_append_attend` first).
+pub fn step_table(seqs: &[StepSeq]) -> Vec<u64> {
+    let rows = seqs.last().map_or(0, |s| s.rows.end);
+    let mut table = Vec::with_capacity(STEP_TABLE_WORDS * seqs.len() + rows);
+    for s in seqs {
+        table.extend([s.k, s.v, s.cached as u64, s.rows.start as u64]);
+    }
+    for (i, s) in seqs.iter().enumerate() {
+        table.extend(std::iter::repeat_n(i as u64, s.rows.len()));
+    }
+    table
+}
+
 /// Keys per shared-memory tile of `hetero_attention_causal_f32` (its
 /// `HETERO_ATT_TILE`): the scores of one tile live in shared memory, the
 /// softmax runs online over the tiles, so any `max_len` works.
@@ -163,6 +188,29 @@ pub fn source() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn step_table_lists_sequences_then_each_rows_sequence() {
+        let seqs = [
+            StepSeq {
+                k: 0x1000,
+                v: 0x2000,
+                cached: 7,
+                rows: 0..1,
+            },
+            StepSeq {
+                k: 0x3000,
+                v: 0x4000,
+                cached: 0,
+                rows: 1..4,
+            },
+        ];
+        assert_eq!(
+            step_table(&seqs),
+            [0x1000, 0x2000, 7, 0, 0x3000, 0x4000, 0, 1, 0, 1, 1, 1]
+        );
+        assert!(step_table(&[]).is_empty());
+    }
 
     #[test]
     fn source_defines_every_kernel_once() {

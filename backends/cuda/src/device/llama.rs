@@ -11,7 +11,7 @@
 
 use cudarc::driver::{DevicePtrMut, LaunchConfig, PushKernelArg};
 use hetero_core::append_attend::{
-    AppendAttendSeq, AppendAttendSpec, check_append_attend, row_sequences, seq_shapes,
+    AppendAttendSeq, AppendAttendSpec, check_append_attend, seq_shapes,
 };
 use hetero_core::device::{
     HalfConversion, KvElement, check_convert_copy, check_dtype, check_same_shape, half_conversion,
@@ -282,18 +282,22 @@ impl CudaDevice {
         // The caches' addresses; each guard orders this stream after the
         // cache's earlier use and records the kernels' use when dropped,
         // after both launches.
-        let rows: Vec<_> = seqs.iter().map(|s| s.rows.clone()).collect();
         let nseq = seqs.len() as u64;
         let mut guards = Vec::with_capacity(2 * seqs.len());
-        let mut table = Vec::with_capacity(kernels::STEP_TABLE_WORDS * seqs.len() + shape.rows);
+        let mut entries = Vec::with_capacity(seqs.len());
         for seq in seqs.iter_mut() {
             let (k, gk) = seq.k.data.device_ptr_mut(stream);
             let (v, gv) = seq.v.data.device_ptr_mut(stream);
             guards.push(gk);
             guards.push(gv);
-            table.extend([k, v, seq.cached as u64, seq.rows.start as u64]);
+            entries.push(kernels::StepSeq {
+                k,
+                v,
+                cached: seq.cached,
+                rows: seq.rows.clone(),
+            });
         }
-        table.extend(row_sequences(&rows).into_iter().map(u64::from));
+        let table = kernels::step_table(&entries);
         let words: Vec<i64> = table.iter().map(|&w| w as i64).collect();
         let mut table_buf = self.alloc(DType::I64, words.len())?;
         self.upload(&mut table_buf, 0, HostSlice::new(&words))?;

@@ -14,7 +14,7 @@
 use std::ffi::c_void;
 
 use hetero_core::append_attend::{
-    AppendAttendSeq, AppendAttendSpec, check_append_attend, row_sequences, seq_shapes,
+    AppendAttendSeq, AppendAttendSpec, check_append_attend, seq_shapes,
 };
 use hetero_core::device::{
     argmax_cols, bias_rows, check_decode_f32, check_dtype, check_same_shape, layer_norm_rows,
@@ -573,17 +573,16 @@ impl RocmDevice {
             shared,
             "append_and_attend (row, head)",
         )?;
-        let mut table = Vec::with_capacity(kernels::STEP_TABLE_WORDS * seqs.len() + shape.rows);
-        for seq in seqs.iter() {
-            table.extend([
-                seq.k.arg() as usize as u64,
-                seq.v.arg() as usize as u64,
-                seq.cached as u64,
-                seq.rows.start as u64,
-            ]);
-        }
-        let rows: Vec<_> = seqs.iter().map(|s| s.rows.clone()).collect();
-        table.extend(row_sequences(&rows).into_iter().map(u64::from));
+        let entries: Vec<kernels::StepSeq> = seqs
+            .iter()
+            .map(|seq| kernels::StepSeq {
+                k: seq.k.arg() as usize as u64,
+                v: seq.v.arg() as usize as u64,
+                cached: seq.cached,
+                rows: seq.rows.clone(),
+            })
+            .collect();
+        let table = kernels::step_table(&entries);
         let words: Vec<i64> = table.iter().map(|&w| w as i64).collect();
         let mut table_buf = self.alloc(DType::I64, words.len())?;
         self.upload(&mut table_buf, 0, HostSlice::new(&words))?;
