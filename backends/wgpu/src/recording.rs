@@ -7,6 +7,10 @@
 //! driver; a WGSL kernel cannot reach every sequence's cache from one
 //! dispatch without binding arrays).
 //!
+//! The recording is the device's, not a thread's: commands other threads
+//! issue meanwhile join it, in the order they take its lock, and it is
+//! submitted under that lock.
+//!
 //! Invariants that keep the order of effects: writes from the host go into
 //! the recording as copies from a staging buffer (a queue write would land
 //! before the recorded commands that precede it); reads to the host submit
@@ -115,8 +119,12 @@ impl WgpuDevice {
             });
         }
         let out = f();
-        let recording = lock(&self.inner.recording).take();
-        if let Some(recording) = recording {
+        // The slot stays locked until the submission is made: another
+        // thread's commands may be in it, and that thread must neither
+        // destroy a buffer they use nor submit work that follows them
+        // before they are submitted.
+        let mut slot = lock(&self.inner.recording);
+        if let Some(recording) = slot.take() {
             // Submitted even when `f` failed: what it recorded is valid
             // work that ran in the unrecorded order too.
             let submitted = self.scoped("submitting recorded kernels", || {
@@ -125,10 +133,12 @@ impl WgpuDevice {
             for b in recording.destroy_after {
                 b.destroy();
             }
+            drop(slot);
             let out = out?;
             submitted?;
             return Ok(out);
         }
+        drop(slot);
         out
     }
 }
