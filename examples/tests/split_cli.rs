@@ -295,9 +295,16 @@ fn mpi_launcher() -> Result<(&'static str, LaunchArgs), String> {
     if version("mpirun").is_some_and(|v| v.contains("Open MPI")) {
         return Ok(("mpirun", |n, port| {
             // Root in containers and CI; two processes on a 2-core machine.
-            let mut a: Vec<String> = ["--allow-run-as-root", "--oversubscribe", "-np"]
-                .map(String::from)
-                .to_vec();
+            // Each line tagged with its rank: the ranks' multi-line JSON
+            // interleaves on the launcher's stdout.
+            let mut a: Vec<String> = [
+                "--allow-run-as-root",
+                "--oversubscribe",
+                "--tag-output",
+                "-np",
+            ]
+            .map(String::from)
+            .to_vec();
             a.push(n.to_string());
             a.extend(["-x".into(), "MASTER_ADDR=127.0.0.1".into()]);
             a.extend(["-x".into(), format!("MASTER_PORT={port}")]);
@@ -306,7 +313,7 @@ fn mpi_launcher() -> Result<(&'static str, LaunchArgs), String> {
     }
     if version("mpiexec").is_some_and(|v| v.contains("HYDRA") || v.contains("MPICH")) {
         return Ok(("mpiexec", |n, port| {
-            let mut a = vec!["-n".to_string(), n.to_string()];
+            let mut a = vec!["-prepend-rank".to_string(), "-n".to_string(), n.to_string()];
             a.extend(["-genv", "MASTER_ADDR", "127.0.0.1"].map(String::from));
             a.extend(["-genv".into(), "MASTER_PORT".into(), port.to_string()]);
             a
@@ -345,9 +352,12 @@ fn mpirun_ranks_give_one_device_ids(model: &str) -> Result<(), Failed> {
     let out = all_succeeded(&outs, launcher)?;
     // Every rank's JSON on the launcher's stdout: rank 0's has the ids,
     // the other's its stage's counts.
-    let printed = serde_json::Deserializer::from_slice(&out.stdout)
-        .into_iter::<serde_json::Value>()
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut printed = Vec::new();
+    for text in lines_by_rank(&out.stdout).values() {
+        for v in serde_json::Deserializer::from_str(text).into_iter::<serde_json::Value>() {
+            printed.push(v?);
+        }
+    }
     let got = printed
         .iter()
         .find(|v| v.get("ids").is_some())
@@ -359,6 +369,28 @@ fn mpirun_ranks_give_one_device_ids(model: &str) -> Result<(), Failed> {
         return Err(format!("{launcher}: rank 1 ran no step: {printed:?}").into());
     }
     one_device_ids_over_ranks(launcher, got, &one, 2)
+}
+
+/// The launcher's stdout split by rank: Open MPI's `--tag-output` prefixes
+/// each line with `[job,rank]<stdout>:`, MPICH's `-prepend-rank` with
+/// `[rank] `; the ranks' lines interleave, so each rank's text is gathered
+/// before it is parsed.
+fn lines_by_rank(stdout: &[u8]) -> std::collections::BTreeMap<String, String> {
+    let mut by_rank = std::collections::BTreeMap::<String, String>::new();
+    for line in String::from_utf8_lossy(stdout).lines() {
+        let (rank, rest) = match line.strip_prefix('[').and_then(|l| l.split_once(']')) {
+            Some((tag, rest)) => {
+                let rank = tag.rsplit(',').next().unwrap_or(tag).trim().to_string();
+                let rest = rest.strip_prefix("<stdout>:").unwrap_or(rest);
+                (rank, rest.strip_prefix(' ').unwrap_or(rest))
+            }
+            None => (String::new(), line),
+        };
+        let text = by_rank.entry(rank).or_default();
+        text.push_str(rest);
+        text.push('\n');
+    }
+    by_rank
 }
 
 /// Every rank ended successfully (`label` names the case in the error);
