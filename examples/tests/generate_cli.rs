@@ -146,6 +146,11 @@ fn real_model(model: &str) -> Result<(), Failed> {
     )?;
     assert_eq!(j["text"].as_str(), Some(" Berlin."));
     assert_eq!(j["finish_reason"]["stop_string"].as_str(), Some("\n"));
+    // A decode batch of 0 is refused before anything is measured.
+    fails_with(
+        &["--model", model, "--bench", "--bench-batches", "8,0"],
+        "decode batch of 0",
+    )?;
     Ok(())
 }
 

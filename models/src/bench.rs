@@ -83,6 +83,13 @@ pub fn bench(
             "every token count must be at least 1",
         ));
     }
+    // Before any measurement: the prefill alone takes minutes on a slow device.
+    if options.decode_batches.contains(&0) {
+        return Err(Error::invalid(
+            "benchmark",
+            "a decode batch of 0 sequences was asked for; every decode batch needs at least 1",
+        ));
+    }
     if longest > c.max_positions {
         return Err(Error::invalid(
             "benchmark",
@@ -112,9 +119,6 @@ pub fn bench(
 
     let mut decode = BTreeMap::new();
     for &batch in &options.decode_batches {
-        if batch == 0 {
-            return Err(Error::invalid("benchmark", "a decode batch of 0 sequences"));
-        }
         progress(&format!(
             "decode of {batch} sequence{} x {} tokens",
             if batch == 1 { "" } else { "s" },

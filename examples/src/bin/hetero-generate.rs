@@ -204,12 +204,6 @@ fn run_bench(
     info: &DeviceInfo,
     stages: serde_json::Value,
 ) -> Result<()> {
-    if args.bench_batches.contains(&0) {
-        return Err(Error::invalid(
-            "--bench-batches",
-            "a decode measurement needs at least one sequence",
-        ));
-    }
     let options = BenchOptions {
         repeats: args.bench_repeats,
         decode_batches: args.bench_batches.clone(),
