@@ -1,9 +1,11 @@
 //! Host kernel throughput: reduce GB/s per dtype and thread count, GEMM
-//! GFLOP/s per size and thread count. The baseline in each group is the
-//! single-threaded device, measured in the same run.
+//! GFLOP/s per size and thread count, quantized products per row count
+//! with and without the AMX tile unit. The baseline in each group is the
+//! single-threaded device (quantized products: the SIMD kernels), measured
+//! in the same run.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use hetero_core::{DType, Device, GemmSpec, HostSlice, ReduceOp};
+use hetero_core::{DType, Device, GemmSpec, HostSlice, QuantMatmulSpec, QuantType, ReduceOp};
 use hetero_host::HostDevice;
 
 fn devices() -> Vec<HostDevice> {
@@ -60,5 +62,54 @@ fn gemm(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, reduce, gemm);
+/// Q4_1 products of SmolLM2-135M's shapes (576 -> 1536, the MLP's up
+/// projection) at decode and prefill row counts, all threads: the AVX-512
+/// (or AVX2) kernels against the AMX tile unit where the CPU has one.
+fn quant_matmul(c: &mut Criterion) {
+    let (inp, out) = (576usize, 1536usize);
+    let quant = QuantType::Q4_1;
+    let weights = hetero_core::testsuite::quant::random_quant_blocks(quant, out * inp / 32, 7);
+    let all = hetero_host::hardware_threads();
+    let mut devices = vec![("simd", false)];
+    let with_amx = HostDevice::builder()
+        .threads(all)
+        .build()
+        .expect("host device");
+    if with_amx.uses_amx() {
+        devices.push(("amx", true));
+    }
+    for rows in [1usize, 8, 16, 32, 64, 128] {
+        let mut group = c.benchmark_group(format!("matmul_q4_1_576x1536_rows_{rows}"));
+        let spec = QuantMatmulSpec {
+            rows,
+            out,
+            inp,
+            quant,
+        };
+        group.throughput(Throughput::Elements((2 * rows * inp * out) as u64));
+        let x: Vec<f32> = (0..rows * inp)
+            .map(|i| ((i % 13) as f32 - 6.0) * 0.1)
+            .collect();
+        for (label, amx) in &devices {
+            let d = HostDevice::builder()
+                .threads(all)
+                .memory_budget(2 << 30)
+                .amx(*amx)
+                .build()
+                .expect("host device");
+            let mut xb = d.alloc(DType::F32, x.len()).expect("alloc");
+            d.upload(&mut xb, 0, HostSlice::new(&x)).expect("upload");
+            let mut wb = d.alloc(DType::U8, weights.len()).expect("alloc");
+            d.upload(&mut wb, 0, HostSlice::new(&weights))
+                .expect("upload");
+            let mut yb = d.alloc(DType::F32, rows * out).expect("alloc");
+            group.bench_function(BenchmarkId::new(*label, all), |b| {
+                b.iter(|| d.matmul_quant(&spec, &xb, &wb, &mut yb).expect("matmul"))
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, reduce, gemm, quant_matmul);
 criterion_main!(benches);

@@ -50,10 +50,9 @@ struct Inner {
     /// Persistent workers of the kernels (a decode step's kernels are too
     /// short to spawn threads for).
     workers: Workers,
-    /// The integer dot products this CPU runs (detected once).
-    quant_kernel: quant::Kernel,
-    /// Quantized products compute every row as they would alone.
-    batch_invariant: bool,
+    /// How quantized products run: this CPU's kernels (detected once),
+    /// batch invariance, the AMX tile unit.
+    quant_paths: quant::Paths,
     name: String,
     vendor: String,
 }
@@ -65,6 +64,8 @@ pub struct HostDeviceBuilder {
     threads: Option<usize>,
     memory_budget: Option<u64>,
     batch_invariant: bool,
+    /// `None`: the default (on).
+    amx: Option<bool>,
 }
 
 impl HostDeviceBuilder {
@@ -100,6 +101,18 @@ impl HostDeviceBuilder {
         self
     }
 
+    /// Run quantized products of many rows (prefill, decode of 32 or
+    /// more sequences) on Intel AMX's tile unit where the CPU has
+    /// AMX-BF16 and the OS grants it (default: on; `HETERO_HOST_AMX=off`
+    /// turns it off for the whole process). Each f32 operand is split
+    /// into two bf16, so a product keeps about 16 bits of each operand
+    /// instead of f32's 24 (the error bound is in the crate README).
+    /// Ignored on other CPUs and with [`batch_invariant`](Self::batch_invariant).
+    pub fn amx(mut self, on: bool) -> Self {
+        self.amx = Some(on);
+        self
+    }
+
     pub fn build(self) -> Result<HostDevice> {
         let threads = self.threads.unwrap_or_else(system::hardware_threads);
         if threads == 0 {
@@ -123,8 +136,7 @@ impl HostDeviceBuilder {
                 }),
                 threads,
                 workers,
-                quant_kernel: quant::Kernel::detect(),
-                batch_invariant: self.batch_invariant,
+                quant_paths: quant::Paths::detect(self.batch_invariant, self.amx.unwrap_or(true)),
                 name: format!(
                     "{cpu} ({threads} thread{})",
                     if threads == 1 { "" } else { "s" }
@@ -147,6 +159,12 @@ impl HostDevice {
 
     pub fn threads(&self) -> usize {
         self.inner.threads
+    }
+
+    /// Whether quantized products of many rows run on the AMX tile unit
+    /// (see [`HostDeviceBuilder::amx`]).
+    pub fn uses_amx(&self) -> bool {
+        self.inner.quant_paths.amx
     }
 
     pub fn memory_budget(&self) -> u64 {
@@ -853,8 +871,7 @@ impl Device for HostDevice {
             ws,
             ys,
             &self.inner.workers,
-            self.inner.quant_kernel,
-            self.inner.batch_invariant,
+            self.inner.quant_paths,
         );
         Ok(())
     }

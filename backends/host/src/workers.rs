@@ -68,6 +68,22 @@ pub(crate) struct SharedOut(*mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
+/// [`Workers::run_chunks`]'s view of its buffer (any element type).
+struct SharedParts<T>(*mut T);
+// SAFETY: as SharedOut: each task gets a disjoint part of the buffer, which
+// run_chunks borrows mutably for the whole run; T: Send, so a part may be
+// written on another thread.
+unsafe impl<T: Send> Send for SharedParts<T> {}
+unsafe impl<T: Send> Sync for SharedParts<T> {}
+
+impl<T> SharedParts<T> {
+    /// Element `i`'s address (a method, so closures capture the `Sync`
+    /// wrapper, not its raw pointer field).
+    fn at(&self, i: usize) -> *mut T {
+        self.0.wrapping_add(i)
+    }
+}
+
 impl SharedOut {
     pub(crate) fn new(out: &mut [f32]) -> Self {
         SharedOut(out.as_mut_ptr())
@@ -129,13 +145,13 @@ impl Workers {
     /// `task(c, part)` for the consecutive parts of `out` of `chunk`
     /// values each (the last may be shorter), `c` counting from 0, run as
     /// [`run`](Self::run) runs its tasks: each task owns its part alone.
-    pub(crate) fn run_chunks(
+    pub(crate) fn run_chunks<T: Send>(
         &self,
-        out: &mut [f32],
+        out: &mut [T],
         chunk: usize,
-        task: impl Fn(usize, &mut [f32]) + Sync,
+        task: impl Fn(usize, &mut [T]) + Sync,
     ) {
-        let (len, ptr) = (out.len(), SharedOut::new(out));
+        let (len, ptr) = (out.len(), SharedParts(out.as_mut_ptr()));
         let chunk = chunk.max(1);
         self.run(len.div_ceil(chunk), |c| {
             let (start, end) = (c * chunk, ((c + 1) * chunk).min(len));

@@ -4,13 +4,14 @@
 //! activations stay f32, so the results equal the f32 path's up to the
 //! order of the additions (no 8-bit rounding of the activations: it moved
 //! SmolLM2's logits by up to 0.1, enough to change a greedy answer) --
-//! except for one activation row on AVX2-only CPUs:
+//! except for one activation row on x86 CPUs with AVX2, and many rows on
+//! CPUs with AMX:
 //!
-//! - One activation row (decode of one sequence) on AVX2-only CPUs: the
-//!   row is rounded to 16 bits per block once, and each task runs its
-//!   range of weight rows through `vpmaddwd` in one call ([`x86_i16`]:
-//!   about a third fewer instructions per block; logits move by at most
-//!   a few thousandths).
+//! - One activation row (decode of one sequence) with AVX2 (AVX-512 CPUs
+//!   included): the row is rounded to 16 bits per block once, and each
+//!   task runs its range of weight rows through `vpmaddwd` in one call
+//!   ([`x86_i16`]: about a third fewer instructions per block; logits
+//!   move by at most a few thousandths).
 //! - Few activation rows (decode): each task takes a range of weight rows
 //!   and computes their dot products with up to four activation rows at
 //!   a time, so each block is widened once for four sequences (AVX2 for
@@ -22,9 +23,15 @@
 //! - Many rows (prefill): each task dequantizes its range of weight rows
 //!   into an f32 tile once and multiplies it with matrixmultiply's packed
 //!   GEMM (packing pays from about 64 rows).
+//! - 16 rows or more on CPUs with AMX-BF16 (Sapphire Rapids and later,
+//!   where Linux grants the tile state): the AMX tile unit, each operand
+//!   split into two bf16 so about 16 of f32's 24 bits are kept ([`amx`]:
+//!   the error bound and why there).
 //!
 //! Tasks run on the device's persistent workers and the calling thread.
 
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod amx;
 pub(crate) mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
@@ -44,6 +51,9 @@ const PARALLEL_MIN_MACS: usize = 1 << 16;
 const DEQUANT_MIN_ROWS: usize = 8;
 /// Activation rows from which the packed GEMM beats the register blocks.
 const TILE_MIN_ROWS: usize = 64;
+/// Activation rows from which AMX CPUs use the tile unit ([`amx`]).
+#[cfg(target_arch = "x86_64")]
+const AMX_MIN_ROWS: usize = 4;
 /// Bytes of f32 tile a task dequantizes at most (one GEMM call per tile:
 /// the packed GEMM re-packs the activations on every call, so tiles are as
 /// large as this allows, one per thread where it fits).
@@ -82,6 +92,47 @@ impl Kernel {
     }
 }
 
+/// How a device runs its quantized products (chosen when it is built).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Paths {
+    pub(crate) kernel: Kernel,
+    /// Every row computed as it would be alone
+    /// (`HostDeviceBuilder::batch_invariant`).
+    pub(crate) batch_invariant: bool,
+    /// Many rows on the AMX tile unit (`HostDeviceBuilder::amx`; only
+    /// with [`Kernel::Avx512`] where `amx::available()`).
+    pub(crate) amx: bool,
+}
+
+impl Paths {
+    /// The fastest paths of this CPU; `amx` off turns the tile unit off.
+    pub(crate) fn detect(batch_invariant: bool, amx: bool) -> Paths {
+        let kernel = Kernel::detect();
+        #[cfg(target_arch = "x86_64")]
+        let amx = amx && kernel == Kernel::Avx512 && amx::available();
+        #[cfg(not(target_arch = "x86_64"))]
+        let amx = {
+            let _ = amx;
+            false
+        };
+        Paths {
+            kernel,
+            batch_invariant,
+            amx,
+        }
+    }
+
+    /// `kernel` alone: no tile unit, rows as the row count suggests.
+    #[cfg(test)]
+    fn plain(kernel: Kernel) -> Paths {
+        Paths {
+            kernel,
+            batch_invariant: false,
+            amx: false,
+        }
+    }
+}
+
 /// `y = x W^T` (lengths validated by the caller).
 pub(crate) fn matmul(
     spec: &QuantMatmulSpec,
@@ -89,30 +140,90 @@ pub(crate) fn matmul(
     w: &[u8],
     y: &mut [f32],
     workers: &crate::workers::Workers,
-    kernel: Kernel,
-    batch_invariant: bool,
+    paths: Paths,
 ) {
-    if batch_invariant {
+    let kernel = paths.kernel;
+    if paths.batch_invariant {
         // Every row through the register blocks, whatever the row count:
         // each row's sums then take the same operations as alone.
         run(spec, x, None, w, y, workers, kernel, false);
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if kernel == Kernel::Avx2 && spec.rows == 1 && spec.quant.block_elems() == 32 {
-        // One sequence on an AVX2-only CPU: the activations rounded to 16
-        // bits (x86_i16), once here for all tasks, into a buffer this
-        // thread keeps. AVX-512 CPUs keep f32 activations (16-bit
-        // products there are unmeasured), and so do two or more rows
-        // (measured slower rounded).
+    if kernel.avx2() && spec.rows == 1 && spec.quant.block_elems() == 32 {
+        // One sequence: the activations rounded to 16 bits (x86_i16),
+        // once here for all tasks, into a buffer this thread keeps. Two or
+        // more rows keep f32 activations (measured slower rounded). On
+        // AVX-512 CPUs too (an Intel Xeon: 96 -> 121 tokens/s decoding
+        // one sequence of SmolLM2-135M Q4_1; not measured on AMD's).
         ROUNDED.with_borrow_mut(|x16| {
-            // SAFETY: Kernel::Avx2 is only chosen when x86::available().
+            // SAFETY: Avx2 and Avx512 are only chosen when x86::available().
             unsafe { x16.quantize(x) };
             run(spec, x, Some(x16), w, y, workers, kernel, true);
         });
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if paths.amx && spec.rows >= AMX_MIN_ROWS && spec.inp.is_multiple_of(32) {
+        PACKED.with_borrow_mut(|packed| {
+            // SAFETY: amx::available() was checked; x holds rows x inp.
+            unsafe { packed.pack(x, spec.rows, spec.inp, workers) };
+            run_amx(spec, packed, w, y, workers);
+        });
+        return;
+    }
     run(spec, x, None, w, y, workers, kernel, true);
+}
+
+/// [`matmul`] on the tile unit: the output features split into tasks of
+/// whole 16-feature tiles.
+#[cfg(target_arch = "x86_64")]
+fn run_amx(
+    spec: &QuantMatmulSpec,
+    packed: &amx::PackedRows,
+    w: &[u8],
+    y: &mut [f32],
+    workers: &crate::workers::Workers,
+) {
+    let out = spec.out;
+    if out == 0 {
+        return;
+    }
+    let row_bytes = w.len() / out;
+    let y_ptr = SharedOut::new(y);
+    let task = |cols: std::ops::Range<usize>| {
+        // SAFETY: amx::available() was checked by the caller; packed holds
+        // spec.rows rows of spec.inp values; y is rows x out and the
+        // columns `cols` are this task's alone.
+        unsafe {
+            amx::matmul_cols(
+                spec.quant,
+                &w[cols.start * row_bytes..cols.end * row_bytes],
+                row_bytes,
+                packed,
+                spec.rows,
+                out,
+                cols.start,
+                y_ptr.at(0),
+            );
+        }
+    };
+    let threads = workers.threads();
+    if threads == 1 {
+        task(0..out);
+        return;
+    }
+    // Whole tiles, a few tasks per thread so uneven progress evens out.
+    let per = out.div_ceil(threads * 4).next_multiple_of(16);
+    workers.run(out.div_ceil(per), |c| {
+        task(c * per..((c + 1) * per).min(out))
+    });
+}
+
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    /// The activations of this thread's last product on the tile unit.
+    static PACKED: std::cell::RefCell<amx::PackedRows> = Default::default();
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -176,8 +287,8 @@ fn run(
             // SAFETY: cols lies inside 0..out = y, and belongs to this
             // task alone while y is borrowed mutably for the whole run.
             let ys = unsafe { std::slice::from_raw_parts_mut(y_ptr.at(cols.start), cols.len()) };
-            // SAFETY: x16 is only given for Kernel::Avx2, chosen only when
-            // x86::available(); it was rounded from x, one block of
+            // SAFETY: x16 is only given for Kernel::Avx2 / Avx512, chosen
+            // only when x86::available(); it was rounded from x, one block of
             // activations per block of each weight row.
             unsafe {
                 x86_i16::dot_range(
@@ -492,7 +603,13 @@ mod tests {
                         quant,
                     };
                     let mut y = vec![0.0f32; rows * out];
-                    matmul(&spec, &x, &w, &mut y, &workers, kernel, true);
+                    // The tile unit asked for too: invariance takes precedence.
+                    let paths = Paths {
+                        batch_invariant: true,
+                        amx: true,
+                        ..Paths::plain(kernel)
+                    };
+                    matmul(&spec, &x, &w, &mut y, &workers, paths);
                     for r in 0..rows {
                         let one = QuantMatmulSpec { rows: 1, ..spec };
                         let mut alone = vec![0.0f32; out];
@@ -502,8 +619,7 @@ mod tests {
                             &w,
                             &mut alone,
                             &workers,
-                            kernel,
-                            true,
+                            paths,
                         );
                         for j in 0..out {
                             assert_eq!(
@@ -513,6 +629,63 @@ mod tests {
                             );
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// The tile-unit product (through [`matmul`], as the device calls it)
+    /// against the f64 reference, for every format, with row counts
+    /// across the 16-row tiles and their pairs and feature counts that
+    /// are not whole tiles; within the split-bf16 bound of the `amx`
+    /// module docs (about 3 * 2^-16 of the sum of |x w|).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn amx_matches_f64_reference() {
+        if !amx::available() {
+            eprintln!(
+                "skipped: this CPU or kernel gives no AMX-BF16 (or {} turns it off)",
+                amx::DISABLE_ENV
+            );
+            return;
+        }
+        let workers = crate::workers::Workers::new(2, 0).unwrap_or_else(|e| panic!("{e}"));
+        let mut rng = SplitMix64::new(41);
+        for case in 0..60 {
+            let quant = QuantType::ALL[case % QuantType::ALL.len()];
+            let nb = 1 + rng.below(if quant.block_elems() == 32 { 24 } else { 3 });
+            let inp = nb * quant.block_elems();
+            let rows = AMX_MIN_ROWS + rng.below(60);
+            let out = 1 + rng.below(70);
+            let w = random_quant_blocks(quant, nb * out, rng.next_u64());
+            let x: Vec<f32> = (0..rows * inp)
+                .map(|_| rng.signed_unit_f32() * 3.0)
+                .collect();
+            let spec = QuantMatmulSpec {
+                quant,
+                rows,
+                inp,
+                out,
+            };
+            let mut y = vec![f32::NAN; rows * out];
+            let paths = Paths {
+                amx: true,
+                ..Paths::plain(Kernel::Avx512)
+            };
+            matmul(&spec, &x, &w, &mut y, &workers, paths);
+            let row_bytes = w.len() / out;
+            for r in 0..rows {
+                for j in 0..out {
+                    let (want, abs) = reference(
+                        quant,
+                        &w[j * row_bytes..(j + 1) * row_bytes],
+                        &x[r * inp..(r + 1) * inp],
+                    );
+                    let got = f64::from(y[r * out + j]);
+                    assert!(
+                        (got - want).abs() <= 5e-5 * abs + 1e-6,
+                        "case {case}: {quant} {rows}x{inp} by {out}: y[{r}][{j}] = {got}, want {want}"
+                    );
                 }
             }
         }

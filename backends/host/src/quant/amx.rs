@@ -1,0 +1,518 @@
+//! Products with many activation rows on Intel AMX (Sapphire Rapids and
+//! later): the tile unit's `tdpbf16ps` multiplies 16 x 32 by 32 x 16 bf16
+//! tiles into 16 x 16 f32 in about 16 cycles, where AVX-512 FMAs need
+//! about 256.
+//!
+//! bf16 keeps 8 significant bits of an f32's 24, which alone would move
+//! SmolLM2's logits as the 8-bit activations the module refuses do. So
+//! every operand (activation, and weight as dequantized exactly) is split
+//! into two bf16: `hi = bf16(v)` (round to nearest: `|v - hi| <= 2^-8
+//! |v|`) and `lo = bf16(v - hi)` (`v - hi` is exact in f32), so the pair
+//! misses `v` by at most `2^-16 |v|`. The product takes `hi_x hi_w + hi_x lo_w + lo_x
+//! hi_w` (three tile products, each product exact in the tiles' f32
+//! sums; the dropped `lo_x lo_w` is at most `2^-16 |x w|`), so a dot
+//! product is off by at most about `3 * 2^-16` of the sum of `|x w|`
+//! (checked against an f64 reference on random blocks; the f32 path's
+//! bound is about `2^-24` times the length). Measured on SmolLM2-135M
+//! Q4_1: the top logits stay within 0.0144 of the float64 reference
+//! (0.0081 without the tile unit; 8-bit activations: 0.1) and the greedy
+//! continuations of the test prompts are unchanged. Denormal bf16 inputs
+//! are flushed by the unit; they only occur as `lo` of values under 1e-33.
+//!
+//! Layout: the weights are the tiles' A operand (16 output features by 32
+//! inputs, a row per feature: the dequantized rows as they are), the
+//! activations the B operand (16 pairs of inputs by 16 activation rows,
+//! packed once per product by [`PackedRows`]); the 16 x 16 result is
+//! (feature, activation row) and is transposed into `y` when stored.
+//!
+//! The instructions are written with `asm!` (the AMX intrinsics are not
+//! stable Rust); Linux hands a process the tile state only after
+//! `arch_prctl(ARCH_REQ_XCOMP_PERM)`, asked once in [`available`].
+
+use std::arch::asm;
+use std::arch::x86_64::*;
+use std::sync::OnceLock;
+
+use hetero_core::QuantType;
+
+/// Inputs per tile row (32 bf16 = 64 bytes, the tiles' widest row).
+const K_TILE: usize = 32;
+/// Rows and columns of a result tile.
+const N_TILE: usize = 16;
+/// Environment variable that turns the AMX kernels off (`0` or `off`).
+pub(crate) const DISABLE_ENV: &str = "HETERO_HOST_AMX";
+
+/// Whether this process may run the kernels of this module: the CPU has
+/// AMX-TILE, AMX-BF16 and AVX-512 BF16, the kernel granted the tile state,
+/// and `HETERO_HOST_AMX` does not turn them off. Decided once.
+pub(crate) fn available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        let off = std::env::var(DISABLE_ENV)
+            .map(|v| matches!(v.trim(), "0" | "off" | "false" | "no"))
+            .unwrap_or(false);
+        !off && cpu_has_amx_bf16() && request_tile_state()
+    })
+}
+
+/// CPUID leaf 7: EDX bit 22 AMX-BF16, bit 24 AMX-TILE; and the AVX-512
+/// instructions the packing uses.
+fn cpu_has_amx_bf16() -> bool {
+    if !(is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512bf16"))
+    {
+        return false;
+    }
+    // Leaf 7 is valid when the maximum leaf (leaf 0's EAX) reaches it.
+    if __cpuid(0).eax < 7 {
+        return false;
+    }
+    let leaf7 = __cpuid_count(7, 0);
+    leaf7.edx & (1 << 22) != 0 && leaf7.edx & (1 << 24) != 0
+}
+
+/// Ask Linux for the tile data state (`arch_prctl(ARCH_REQ_XCOMP_PERM,
+/// XFEATURE_XTILEDATA)`): granted to the whole process, including threads
+/// that already run; refused where the kernel or hypervisor does not
+/// enable AMX (then the tile instructions would fault).
+#[cfg(target_os = "linux")]
+fn request_tile_state() -> bool {
+    const SYS_ARCH_PRCTL: i64 = 158;
+    const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+    const XFEATURE_XTILEDATA: i64 = 18;
+    let ret: i64;
+    // SAFETY: the arch_prctl system call with these arguments only changes
+    // which extended states this process may use; it reads and writes no
+    // memory of ours. The syscall instruction clobbers rcx and r11.
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") SYS_ARCH_PRCTL => ret,
+            in("rdi") ARCH_REQ_XCOMP_PERM,
+            in("rsi") XFEATURE_XTILEDATA,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret == 0
+}
+
+/// Other systems: no tile state is requested, so AMX is not used.
+#[cfg(not(target_os = "linux"))]
+fn request_tile_state() -> bool {
+    false
+}
+
+/// Activation rows in the tiles' B layout: for each block of 16 rows and
+/// each 32 inputs, a `hi` tile then a `lo` tile, each 16 tile rows (one
+/// per pair of inputs) of 16 bf16 pairs (one per activation row), so a
+/// block of rows is one contiguous part (packed by one task). Rows past
+/// the last are zero.
+#[derive(Default)]
+pub(crate) struct PackedRows {
+    data: Vec<u32>,
+    /// Blocks of 16 activation rows.
+    row_tiles: usize,
+    /// Chunks of 32 inputs.
+    chunks: usize,
+}
+
+/// u32 (bf16 pairs) in one tile of 16 rows of 64 bytes.
+const TILE_U32: usize = N_TILE * N_TILE;
+
+impl PackedRows {
+    /// Pack `rows` rows of `inp` values (`inp` a multiple of 32), a block
+    /// of 16 rows per task on `workers`.
+    ///
+    /// # Safety
+    /// [`available`] returned true.
+    pub(crate) unsafe fn pack(
+        &mut self,
+        x: &[f32],
+        rows: usize,
+        inp: usize,
+        workers: &crate::workers::Workers,
+    ) {
+        debug_assert!(inp.is_multiple_of(K_TILE) && x.len() >= rows * inp);
+        self.row_tiles = rows.div_ceil(N_TILE);
+        self.chunks = inp / K_TILE;
+        let part = self.chunks * 2 * TILE_U32;
+        // Every element is written below (rows or zero padding): only
+        // growth is filled.
+        if self.data.len() < self.row_tiles * part {
+            self.data.resize(self.row_tiles * part, 0);
+        }
+        let chunks = self.chunks;
+        workers.run_chunks(&mut self.data[..self.row_tiles * part], part, |t, dst| {
+            for m in 0..N_TILE {
+                let r = t * N_TILE + m;
+                for c in 0..chunks {
+                    let (mut hi, mut lo) = ([0u32; 16], [0u32; 16]);
+                    if r < rows {
+                        // SAFETY: available() (caller) gives AVX-512
+                        // BF16; row r holds inp values, chunk c inside.
+                        unsafe {
+                            split32(
+                                x.as_ptr().add(r * inp + c * K_TILE),
+                                hi.as_mut_ptr().cast(),
+                                lo.as_mut_ptr().cast(),
+                            )
+                        };
+                    }
+                    let tile = c * 2 * TILE_U32 + m;
+                    for k2 in 0..16 {
+                        dst[tile + k2 * N_TILE] = hi[k2];
+                        dst[tile + TILE_U32 + k2 * N_TILE] = lo[k2];
+                    }
+                }
+            }
+        });
+    }
+
+    /// The `hi` tile of row block `t`, chunk `c` (the `lo` tile follows).
+    fn tile(&self, t: usize, c: usize) -> *const u32 {
+        self.data[(t * self.chunks + c) * 2 * TILE_U32..].as_ptr()
+    }
+}
+
+/// 32 f32 values split into bf16 `hi` and `lo` (see the module docs),
+/// each as 16 pairs of consecutive values (the first in the low half).
+///
+/// # Safety
+/// AVX-512F/BW/BF16; `src` points at 32 readable f32.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn split32(src: *const f32, hi: *mut u8, lo: *mut u8) {
+    // SAFETY: 32 values readable at src, 64 bytes writable at hi and lo
+    // (caller).
+    unsafe {
+        let (a, b) = (_mm512_loadu_ps(src), _mm512_loadu_ps(src.add(16)));
+        store_split(a, b, hi, lo);
+    }
+}
+
+/// Values 0..16 (`a`) and 16..32 (`b`) split into `hi` and `lo` as
+/// [`split32`].
+///
+/// # Safety
+/// AVX-512F/BW/BF16; 64 bytes writable at `hi` and at `lo`.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn store_split(a: __m512, b: __m512, hi: *mut u8, lo: *mut u8) {
+    let (ha, la) = split16(a);
+    let (hb, lb) = split16(b);
+    // Pairs of consecutive values: the 16-bit halves in order, a's 16
+    // then b's 16.
+    let hi_v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(ha), hb);
+    let lo_v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(la), lb);
+    // SAFETY: 64 bytes writable at each (caller).
+    unsafe {
+        _mm512_storeu_si512(hi.cast(), hi_v);
+        _mm512_storeu_si512(lo.cast(), lo_v);
+    }
+}
+
+/// 16 f32 as bf16 `hi` (nearest) and `lo` (nearest of the exact rest).
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+fn split16(v: __m512) -> (__m256i, __m256i) {
+    let hi: __m256i = unsafe { std::mem::transmute(_mm512_cvtneps_pbh(v)) };
+    let back = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(hi)));
+    let lo: __m256i = unsafe { std::mem::transmute(_mm512_cvtneps_pbh(_mm512_sub_ps(v, back))) };
+    (hi, lo)
+}
+
+/// 64-byte tile configuration: palette 1, the 8 tiles 16 rows of 64 bytes.
+#[repr(C, align(64))]
+struct TileConfig([u8; 64]);
+
+impl TileConfig {
+    fn all_16_by_64() -> TileConfig {
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        for t in 0..8 {
+            c[16 + 2 * t..18 + 2 * t].copy_from_slice(&64u16.to_le_bytes());
+            c[48 + t] = 16;
+        }
+        TileConfig(c)
+    }
+}
+
+thread_local! {
+    /// The weight panel of one task: for each chunk of 32 inputs, the `hi`
+    /// tile then the `lo` tile of 16 features (rows of 32 bf16).
+    static PANEL: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// bf16 in one tile of 16 rows of 64 bytes.
+const TILE_U16: usize = N_TILE * K_TILE;
+
+/// `y[r][col0 + j] = x[r] . w[j]` for the weight rows `w` (quantized,
+/// `row_bytes` each; any count) and every activation row of `x`, packed
+/// by [`PackedRows::pack`] from `rows` rows; `y` has rows of `out`.
+///
+/// # Safety
+/// [`available`]; `x` packed from `rows` rows of `inp = w row's elements`
+/// values; `y` points at `rows x out` f32 of which the columns
+/// `col0..col0 + w.len() / row_bytes` are this caller's alone.
+#[allow(clippy::too_many_arguments)] // the operands and the output's shape
+pub(crate) unsafe fn matmul_cols(
+    quant: QuantType,
+    w: &[u8],
+    row_bytes: usize,
+    x: &PackedRows,
+    rows: usize,
+    out: usize,
+    col0: usize,
+    y: *mut f32,
+) {
+    PANEL.with_borrow_mut(|panel| {
+        let len = x.chunks * 2 * TILE_U16;
+        if panel.len() < len {
+            panel.resize(len, 0);
+        }
+        // SAFETY: forwarded; the panel holds two tiles per chunk.
+        unsafe {
+            matmul_cols_with(
+                quant,
+                w,
+                row_bytes,
+                x,
+                rows,
+                out,
+                col0,
+                y,
+                &mut panel[..len],
+            )
+        }
+    });
+}
+
+/// The `nc` (at most 16) weight rows `w` into `panel`, split; the panel's
+/// other features zero.
+///
+/// # Safety
+/// [`available`]; `panel` holds two tiles per chunk; each row of `w`
+/// holds `chunks` chunks of 32 values in whole blocks.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx2,fma,f16c")]
+unsafe fn fill_panel(
+    quant: QuantType,
+    w: &[u8],
+    row_bytes: usize,
+    nc: usize,
+    chunks: usize,
+    panel: &mut [u16],
+) {
+    debug_assert!(panel.len() >= chunks * 2 * TILE_U16);
+    let base = panel.as_mut_ptr();
+    // Where feature f's 32 values of chunk c go: the hi tile, then lo.
+    let at = |f: usize, c: usize| {
+        let hi = base.wrapping_add(c * 2 * TILE_U16 + f * K_TILE);
+        (hi.cast::<u8>(), hi.wrapping_add(TILE_U16).cast::<u8>())
+    };
+    for f in 0..nc {
+        let row = &w[f * row_bytes..(f + 1) * row_bytes];
+        // SAFETY (all arms): the row holds `chunks` chunks in whole blocks
+        // (caller); each destination is 64 bytes inside the panel.
+        unsafe {
+            match quant {
+                QuantType::Q8_0 => fill_row::<0>(row, chunks, |c| at(f, c)),
+                QuantType::Q4_0 => fill_row::<1>(row, chunks, |c| at(f, c)),
+                QuantType::Q4_1 => fill_row::<2>(row, chunks, |c| at(f, c)),
+                _ => {
+                    // 256-value blocks, dequantized exactly, one at a time.
+                    let mut dense = [0.0f32; 256];
+                    let (bb, be) = (quant.block_bytes(), quant.block_elems());
+                    for (b, blk) in row.chunks_exact(bb).enumerate() {
+                        quant.dequantize_block(blk, &mut dense[..be]);
+                        for i in 0..be / K_TILE {
+                            let (hi, lo) = at(f, b * be / K_TILE + i);
+                            split32(dense.as_ptr().add(i * K_TILE), hi, lo);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for f in nc..N_TILE {
+        for c in 0..chunks {
+            let (hi, lo) = at(f, c);
+            // SAFETY: 64 bytes inside the panel at each.
+            unsafe {
+                std::ptr::write_bytes(hi, 0, 64);
+                std::ptr::write_bytes(lo, 0, 64);
+            }
+        }
+    }
+}
+
+/// One weight row of 32-value blocks (format `F`: 0 Q8_0, 1 Q4_0, 2
+/// Q4_1), each dequantized exactly in registers and split as
+/// [`split32`] to `dest(chunk)`.
+///
+/// # Safety
+/// AVX2/F16C/AVX-512 BF16; `row` holds `chunks` whole blocks; each
+/// `dest(c)` is 64 writable bytes for hi and for lo.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx2,fma,f16c")]
+unsafe fn fill_row<const F: u8>(
+    row: &[u8],
+    chunks: usize,
+    dest: impl Fn(usize) -> (*mut u8, *mut u8),
+) {
+    let bb = super::x86::block_bytes::<F>();
+    debug_assert!(row.len() >= chunks * bb);
+    let join = |lo: __m256, hi: __m256| {
+        _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+            _mm512_castpd256_pd512(_mm256_castps_pd(lo)),
+            _mm256_castps_pd(hi),
+        ))
+    };
+    for c in 0..chunks {
+        let (hi, lo) = dest(c);
+        // SAFETY: block c lies inside the row; dest's bytes (caller).
+        unsafe {
+            let v = super::x86::exact_block::<F>(row.as_ptr().add(c * bb));
+            store_split(join(v[0], v[1]), join(v[2], v[3]), hi, lo);
+        }
+    }
+}
+
+/// [`matmul_cols`] with the task's panel.
+///
+/// # Safety
+/// As [`matmul_cols`]; `panel` holds two tiles per chunk of `x`.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)] // the operands, the output's shape, the panel
+unsafe fn matmul_cols_with(
+    quant: QuantType,
+    w: &[u8],
+    row_bytes: usize,
+    x: &PackedRows,
+    rows: usize,
+    out: usize,
+    col0: usize,
+    y: *mut f32,
+    panel: &mut [u16],
+) {
+    let chunks = x.chunks;
+    debug_assert_eq!(
+        row_bytes / quant.block_bytes() * quant.block_elems(),
+        chunks * K_TILE
+    );
+    let n = w.len() / row_bytes;
+    let mut result = [0.0f32; N_TILE * N_TILE];
+    let mut cross = [0.0f32; N_TILE * N_TILE];
+    let config = TileConfig::all_16_by_64();
+    // SAFETY: available() granted the tile state; the configuration is
+    // valid for palette 1 (8 tiles of at most 16 rows of 64 bytes).
+    unsafe { asm!("ldtilecfg [{0}]", in(reg) config.0.as_ptr(), options(nostack, readonly)) };
+    let mut j = 0;
+    while j < n {
+        let nc = (n - j).min(N_TILE);
+        // SAFETY: the caller's contract.
+        unsafe {
+            fill_panel(
+                quant,
+                &w[j * row_bytes..(j + nc) * row_bytes],
+                row_bytes,
+                nc,
+                chunks,
+                panel,
+            )
+        };
+        let mut t = 0;
+        while t < x.row_tiles {
+            let two = t + 1 < x.row_tiles;
+            // Four accumulators, so that no chain of dependent tile
+            // products is longer than two per chunk (a product's latency
+            // is about three times its issue interval): tmm0 / tmm2 take
+            // hi x hi of row tiles t / t + 1, tmm1 / tmm3 the two cross
+            // terms; summed when stored.
+            // SAFETY: tiles configured above; every load reads 16 rows of
+            // 64 bytes at a stride of 64 inside the panel (chunk c) and
+            // the packed activations (row tiles t and t + 1, chunk c).
+            unsafe {
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    options(nostack, nomem)
+                );
+                for c in 0..chunks {
+                    let a = panel.as_ptr().add(c * 2 * TILE_U16);
+                    let b0 = x.tile(t, c);
+                    asm!(
+                        "tileloadd tmm4, [{ahi} + {s}]",
+                        "tileloadd tmm5, [{alo} + {s}]",
+                        "tileloadd tmm6, [{bhi} + {s}]",
+                        "tileloadd tmm7, [{blo} + {s}]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        "tdpbf16ps tmm1, tmm5, tmm6",
+                        ahi = in(reg) a,
+                        alo = in(reg) a.add(TILE_U16),
+                        bhi = in(reg) b0,
+                        blo = in(reg) b0.add(TILE_U32),
+                        s = in(reg) 64usize,
+                        options(nostack, readonly),
+                    );
+                    if two {
+                        let b1 = x.tile(t + 1, c);
+                        asm!(
+                            "tileloadd tmm6, [{bhi} + {s}]",
+                            "tileloadd tmm7, [{blo} + {s}]",
+                            "tdpbf16ps tmm2, tmm4, tmm6",
+                            "tdpbf16ps tmm3, tmm4, tmm7",
+                            "tdpbf16ps tmm3, tmm5, tmm6",
+                            bhi = in(reg) b1,
+                            blo = in(reg) b1.add(TILE_U32),
+                            s = in(reg) 64usize,
+                            options(nostack, readonly),
+                        );
+                    }
+                }
+            }
+            for (tile, first) in [(t, true), (t + 1, false)] {
+                if tile >= x.row_tiles {
+                    break;
+                }
+                // SAFETY: result and cross hold 16 rows of 64 bytes.
+                unsafe {
+                    if first {
+                        asm!(
+                            "tilestored [{r} + {s}], tmm0",
+                            "tilestored [{x} + {s}], tmm1",
+                            r = in(reg) result.as_mut_ptr(),
+                            x = in(reg) cross.as_mut_ptr(),
+                            s = in(reg) 64usize,
+                            options(nostack)
+                        );
+                    } else {
+                        asm!(
+                            "tilestored [{r} + {s}], tmm2",
+                            "tilestored [{x} + {s}], tmm3",
+                            r = in(reg) result.as_mut_ptr(),
+                            x = in(reg) cross.as_mut_ptr(),
+                            s = in(reg) 64usize,
+                            options(nostack)
+                        );
+                    }
+                }
+                let valid = (rows - tile * N_TILE).min(N_TILE);
+                for m in 0..valid {
+                    let r = tile * N_TILE + m;
+                    for f in 0..nc {
+                        let v = result[f * N_TILE + m] + cross[f * N_TILE + m];
+                        // SAFETY: r < rows, col0 + j + f < col0 + n <= out:
+                        // inside y, a column of this caller's (contract).
+                        unsafe { *y.add(r * out + col0 + j + f) = v };
+                    }
+                }
+            }
+            t += 2;
+        }
+        j += nc;
+    }
+    // SAFETY: releases the tile state configured above.
+    unsafe { asm!("tilerelease", options(nostack, nomem)) };
+}
