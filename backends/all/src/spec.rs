@@ -3,7 +3,8 @@
 //! A spec is `host`, `host:threads=N,memory=SIZE` (a new host device with
 //! that many threads and that memory budget; `,batch_invariant` makes its
 //! quantized products compute every row as alone, for reproducible
-//! sampling under batching), or `BACKEND:INDEX` for a
+//! sampling under batching; `,no_amx` keeps them off Intel AMX's tile
+//! unit), or `BACKEND:INDEX` for a
 //! discovered device (`cuda:0`, `wgpu:1`, `rocm:0`), optionally
 //! `BACKEND:INDEX,memory=SIZE` to set the device's memory budget (wgpu:
 //! the adapter opened again with that budget instead of the one its own
@@ -28,6 +29,9 @@ pub enum DeviceSpec {
         /// `batch_invariant`: every row of a quantized product computed as
         /// alone (`HostDeviceBuilder::batch_invariant`).
         batch_invariant: bool,
+        /// `no_amx` sets this false: quantized products stay off the AMX
+        /// tile unit (`HostDeviceBuilder::amx`).
+        amx: bool,
     },
     /// A device the accelerator backend `backend` (its name, e.g. `cuda`)
     /// found, by index; `memory` (`wgpu:0,memory=2GiB`) sets its budget.
@@ -44,10 +48,14 @@ impl FromStr for DeviceSpec {
     fn from_str(spec: &str) -> Result<Self> {
         let (kind, rest) = spec.split_once(':').unwrap_or((spec, ""));
         if kind == "host" {
-            let (mut threads, mut memory, mut batch_invariant) = (None, None, false);
+            let (mut threads, mut memory, mut batch_invariant, mut amx) = (None, None, false, true);
             for kv in rest.split(',').filter(|s| !s.is_empty()) {
                 if kv == "batch_invariant" {
                     batch_invariant = true;
+                    continue;
+                }
+                if kv == "no_amx" {
+                    amx = false;
                     continue;
                 }
                 match kv.split_once('=') {
@@ -65,8 +73,8 @@ impl FromStr for DeviceSpec {
                         return Err(Error::invalid(
                             "device",
                             format!(
-                                "{kv:?} in {spec:?}: host takes threads=N, memory=SIZE \
-                                 and batch_invariant"
+                                "{kv:?} in {spec:?}: host takes threads=N, memory=SIZE, \
+                                 batch_invariant and no_amx"
                             ),
                         ));
                     }
@@ -76,6 +84,7 @@ impl FromStr for DeviceSpec {
                 threads,
                 memory,
                 batch_invariant,
+                amx,
             });
         }
         let mut parts = rest.split(',');
@@ -169,10 +178,12 @@ pub fn select_devices(specs: &[String], found: &[AnyDevice]) -> Result<Vec<AnyDe
                 threads,
                 memory,
                 batch_invariant,
+                amx,
             } => {
                 let mut b = hetero_host::HostDevice::builder()
                     .index(host_index)
-                    .batch_invariant(batch_invariant);
+                    .batch_invariant(batch_invariant)
+                    .amx(amx);
                 host_index += 1;
                 if let Some(n) = threads {
                     b = b.threads(n);
@@ -263,7 +274,8 @@ mod tests {
             DeviceSpec::Host {
                 threads: None,
                 memory: None,
-                batch_invariant: false
+                batch_invariant: false,
+                amx: true
             }
         );
         assert_eq!(
@@ -271,7 +283,8 @@ mod tests {
             DeviceSpec::Host {
                 threads: Some(4),
                 memory: Some(1 << 30),
-                batch_invariant: false
+                batch_invariant: false,
+                amx: true
             }
         );
         assert_eq!(
@@ -281,7 +294,17 @@ mod tests {
             DeviceSpec::Host {
                 threads: Some(2),
                 memory: None,
-                batch_invariant: true
+                batch_invariant: true,
+                amx: true
+            }
+        );
+        assert_eq!(
+            "host:no_amx".parse::<DeviceSpec>().unwrap(),
+            DeviceSpec::Host {
+                threads: None,
+                memory: None,
+                batch_invariant: false,
+                amx: false
             }
         );
         assert_eq!(

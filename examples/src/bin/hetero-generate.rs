@@ -62,7 +62,8 @@ struct Args {
     stop: Vec<String>,
     /// The device: `host`, `host:threads=4,memory=2GiB`,
     /// `host:batch_invariant` (each sequence's logits independent of its
-    /// batch, slower), `cuda:0`, `wgpu:1`, `wgpu:1,memory=2GiB` (a wgpu
+    /// batch, slower), `host:no_amx` (Intel AMX's tile unit left unused,
+    /// f32 precision kept for 16+ rows), `cuda:0`, `wgpu:1`, `wgpu:1,memory=2GiB` (a wgpu
     /// adapter with that budget), ...
     /// Default: the fastest kind of device that can hold the model (a GPU,
     /// then the CPU, then software adapters). Repeat it to split the

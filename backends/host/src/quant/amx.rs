@@ -193,32 +193,29 @@ unsafe fn split32(src: *const f32, hi: *mut u8, lo: *mut u8) {
 }
 
 /// Values 0..16 (`a`) and 16..32 (`b`) split into `hi` and `lo` as
-/// [`split32`].
+/// [`split32`]: both halves rounded to bf16 by one instruction, widened
+/// back to f32 to take the exact rest, which one more rounds.
 ///
 /// # Safety
 /// AVX-512F/BW/BF16; 64 bytes writable at `hi` and at `lo`.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn store_split(a: __m512, b: __m512, hi: *mut u8, lo: *mut u8) {
-    let (ha, la) = split16(a);
-    let (hb, lb) = split16(b);
-    // Pairs of consecutive values: the 16-bit halves in order, a's 16
-    // then b's 16.
-    let hi_v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(ha), hb);
-    let lo_v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(la), lb);
+    // bf16 0..16 from a, 16..32 from b (the second operand is the low half).
+    let hi_v: __m512i = unsafe { std::mem::transmute(_mm512_cvtne2ps_pbh(b, a)) };
+    let widen = |h: __m256i| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)));
+    let ha = widen(_mm512_castsi512_si256(hi_v));
+    let hb = widen(_mm512_extracti64x4_epi64::<1>(hi_v));
+    let lo_v: __m512i = unsafe {
+        std::mem::transmute(_mm512_cvtne2ps_pbh(
+            _mm512_sub_ps(b, hb),
+            _mm512_sub_ps(a, ha),
+        ))
+    };
     // SAFETY: 64 bytes writable at each (caller).
     unsafe {
         _mm512_storeu_si512(hi.cast(), hi_v);
         _mm512_storeu_si512(lo.cast(), lo_v);
     }
-}
-
-/// 16 f32 as bf16 `hi` (nearest) and `lo` (nearest of the exact rest).
-#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-fn split16(v: __m512) -> (__m256i, __m256i) {
-    let hi: __m256i = unsafe { std::mem::transmute(_mm512_cvtneps_pbh(v)) };
-    let back = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(hi)));
-    let lo: __m256i = unsafe { std::mem::transmute(_mm512_cvtneps_pbh(_mm512_sub_ps(v, back))) };
-    (hi, lo)
 }
 
 /// 64-byte tile configuration: palette 1, the 8 tiles 16 rows of 64 bytes.
@@ -309,25 +306,25 @@ unsafe fn fill_panel(
         let hi = base.wrapping_add(c * 2 * TILE_U16 + f * K_TILE);
         (hi.cast::<u8>(), hi.wrapping_add(TILE_U16).cast::<u8>())
     };
-    for f in 0..nc {
-        let row = &w[f * row_bytes..(f + 1) * row_bytes];
-        // SAFETY (all arms): the row holds `chunks` chunks in whole blocks
+    match quant {
+        // SAFETY (the three): w holds nc rows of `chunks` whole blocks
         // (caller); each destination is 64 bytes inside the panel.
-        unsafe {
-            match quant {
-                QuantType::Q8_0 => fill_row::<0>(row, chunks, |c| at(f, c)),
-                QuantType::Q4_0 => fill_row::<1>(row, chunks, |c| at(f, c)),
-                QuantType::Q4_1 => fill_row::<2>(row, chunks, |c| at(f, c)),
-                _ => {
-                    // 256-value blocks, dequantized exactly, one at a time.
-                    let mut dense = [0.0f32; 256];
-                    let (bb, be) = (quant.block_bytes(), quant.block_elems());
-                    for (b, blk) in row.chunks_exact(bb).enumerate() {
-                        quant.dequantize_block(blk, &mut dense[..be]);
-                        for i in 0..be / K_TILE {
-                            let (hi, lo) = at(f, b * be / K_TILE + i);
-                            split32(dense.as_ptr().add(i * K_TILE), hi, lo);
-                        }
+        QuantType::Q8_0 => unsafe { fill_rows::<0>(w, row_bytes, nc, chunks, at) },
+        QuantType::Q4_0 => unsafe { fill_rows::<1>(w, row_bytes, nc, chunks, at) },
+        QuantType::Q4_1 => unsafe { fill_rows::<2>(w, row_bytes, nc, chunks, at) },
+        _ => {
+            // 256-value blocks, dequantized exactly, one at a time.
+            let mut dense = [0.0f32; 256];
+            let (bb, be) = (quant.block_bytes(), quant.block_elems());
+            for f in 0..nc {
+                let row = &w[f * row_bytes..(f + 1) * row_bytes];
+                for (b, blk) in row.chunks_exact(bb).enumerate() {
+                    quant.dequantize_block(blk, &mut dense[..be]);
+                    for i in 0..be / K_TILE {
+                        let (hi, lo) = at(f, b * be / K_TILE + i);
+                        // SAFETY: 32 values of dense; 64 bytes inside the
+                        // panel at each destination.
+                        unsafe { split32(dense.as_ptr().add(i * K_TILE), hi, lo) };
                     }
                 }
             }
@@ -345,33 +342,62 @@ unsafe fn fill_panel(
     }
 }
 
-/// One weight row of 32-value blocks (format `F`: 0 Q8_0, 1 Q4_0, 2
-/// Q4_1), each dequantized exactly in registers and split as
-/// [`split32`] to `dest(chunk)`.
+/// `nc` weight rows of 32-value blocks (format `F`: 0 Q8_0, 1 Q4_0, 2
+/// Q4_1), each block dequantized in AVX-512 registers bit for bit as
+/// core's reference and split as [`split32`] to `dest(row, chunk)`.
 ///
 /// # Safety
-/// AVX2/F16C/AVX-512 BF16; `row` holds `chunks` whole blocks; each
-/// `dest(c)` is 64 writable bytes for hi and for lo.
+/// AVX2/F16C/AVX-512 BF16; `w` holds `nc` rows of `row_bytes`, each with
+/// `chunks` whole blocks; each `dest(f, c)` is 64 writable bytes for hi
+/// and for lo.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx2,fma,f16c")]
-unsafe fn fill_row<const F: u8>(
-    row: &[u8],
+unsafe fn fill_rows<const F: u8>(
+    w: &[u8],
+    row_bytes: usize,
+    nc: usize,
     chunks: usize,
-    dest: impl Fn(usize) -> (*mut u8, *mut u8),
+    dest: impl Fn(usize, usize) -> (*mut u8, *mut u8),
 ) {
     let bb = super::x86::block_bytes::<F>();
-    debug_assert!(row.len() >= chunks * bb);
-    let join = |lo: __m256, hi: __m256| {
-        _mm512_castpd_ps(_mm512_insertf64x4::<1>(
-            _mm512_castpd256_pd512(_mm256_castps_pd(lo)),
-            _mm256_castps_pd(hi),
-        ))
-    };
-    for c in 0..chunks {
-        let (hi, lo) = dest(c);
-        // SAFETY: block c lies inside the row; dest's bytes (caller).
+    debug_assert!(w.len() >= nc * row_bytes && row_bytes >= chunks * bb);
+    let (mask, eight) = (_mm512_set1_epi32(0x0F), _mm512_set1_ps(8.0));
+    // Row by row: reading the rows one after the other measured faster
+    // than chunk by chunk across them (16 and 32 rows: 1.2-1.4x).
+    for (f, c) in (0..nc).flat_map(|f| (0..chunks).map(move |c| (f, c))) {
+        let (hi, lo) = dest(f, c);
+        // SAFETY: block c of row f lies inside w (its scales first, its 16
+        // or 32 quant bytes last); dest's bytes (caller).
         unsafe {
-            let v = super::x86::exact_block::<F>(row.as_ptr().add(c * bb));
-            store_split(join(v[0], v[1]), join(v[2], v[3]), hi, lo);
+            let p = w.as_ptr().add(f * row_bytes + c * bb);
+            // d (and Q4_1's m) as f32, in lanes 0 and 1.
+            let s = _mm_cvtph_ps(_mm_cvtsi32_si128(p.cast::<i32>().read_unaligned()));
+            let d = _mm512_broadcastss_ps(s);
+            // Values 0..16 and 16..32, as core's reference computes them
+            // (`q * d`, `(q - 8) * d`, `q * d + m`; no fused multiply-add).
+            let (a, b) = if F == 0 {
+                let q = |at: usize| {
+                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(at).cast())))
+                };
+                (_mm512_mul_ps(q(2), d), _mm512_mul_ps(q(18), d))
+            } else {
+                // Byte j holds value j (low nibble) and j + 16 (high).
+                let bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(p.add(bb - 16).cast()));
+                let qa = _mm512_cvtepi32_ps(_mm512_and_si512(bytes, mask));
+                let qb = _mm512_cvtepi32_ps(_mm512_srli_epi32::<4>(bytes));
+                if F == 1 {
+                    (
+                        _mm512_mul_ps(_mm512_sub_ps(qa, eight), d),
+                        _mm512_mul_ps(_mm512_sub_ps(qb, eight), d),
+                    )
+                } else {
+                    let m = _mm512_broadcastss_ps(_mm_movehdup_ps(s));
+                    (
+                        _mm512_add_ps(_mm512_mul_ps(qa, d), m),
+                        _mm512_add_ps(_mm512_mul_ps(qb, d), m),
+                    )
+                }
+            };
+            store_split(a, b, hi, lo);
         }
     }
 }
