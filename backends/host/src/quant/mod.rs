@@ -429,6 +429,12 @@ fn dequantized_rows(
         let dense = &mut scratch[..nc * inp];
         match kernel {
             #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 if quant.block_elems() == 32 => {
+                // SAFETY: chosen only when x86_512::available(); dense
+                // holds 32 values per block of wb.
+                unsafe { x86_512::dequantize(quant, wb, dense) }
+            }
+            #[cfg(target_arch = "x86_64")]
             k if k.avx2() && quant.block_elems() == 32 => {
                 // SAFETY: chosen only when x86::available(); dense holds 32
                 // values per block of wb.
@@ -506,9 +512,15 @@ fn tile(spec: &QuantMatmulSpec, x: &[f32], w: &[u8], y: SharedOut, col0: usize, 
         #[cfg(target_arch = "x86_64")]
         k if k.avx2() && quant.block_elems() == 32 => {
             t.resize(w.len() / quant.block_bytes() * 32, 0.0);
-            // SAFETY: chosen only when x86::available(); t holds 32 values
-            // per block of w.
-            unsafe { x86::dequantize(quant, w, &mut t) };
+            // SAFETY: chosen only when x86(_512)::available(); t holds 32
+            // values per block of w.
+            unsafe {
+                if k == Kernel::Avx512 {
+                    x86_512::dequantize(quant, w, &mut t)
+                } else {
+                    x86::dequantize(quant, w, &mut t)
+                }
+            };
         }
         _ => quant.dequantize(w, &mut t),
     }
@@ -733,6 +745,20 @@ mod tests {
             unsafe { x86::dequantize(quant, &w, &mut got) };
             for (k, (g, r)) in got.iter().zip(&want).enumerate() {
                 assert_eq!(g.to_bits(), r.to_bits(), "{quant} element {k}: {g} vs {r}");
+            }
+            if x86_512::available() {
+                got.fill(f32::NAN);
+                // SAFETY: checked available(); got holds 32 per block.
+                unsafe { x86_512::dequantize(quant, &w, &mut got) };
+                for (k, (g, r)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(
+                        g.to_bits(),
+                        r.to_bits(),
+                        "avx512 {quant} element {k}: {g} vs {r}"
+                    );
+                }
+            } else {
+                eprintln!("the AVX-512 dequantization skipped: this CPU lacks AVX-512F");
             }
         }
     }
