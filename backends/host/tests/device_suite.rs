@@ -6,7 +6,7 @@
 
 use hetero_core::rng::SplitMix64;
 use hetero_core::testsuite::device_trials;
-use hetero_core::testsuite::quant::random_quant_blocks;
+use hetero_core::testsuite::quant::{f64_dot, random_quant_blocks};
 use hetero_core::{
     DType, Device, DynDevice, Error, HostSlice, HostSliceMut, QuantMatmulSpec, QuantType,
 };
@@ -130,11 +130,8 @@ fn amx_products(d: &HostDevice) -> Result<(), Failed> {
         quant.dequantize(&w, &mut dense);
         for r in 0..rows {
             for j in 0..out {
-                let terms = x[r * inp..(r + 1) * inp]
-                    .iter()
-                    .zip(&dense[j * inp..(j + 1) * inp])
-                    .map(|(&a, &b)| f64::from(a) * f64::from(b));
-                let (want, abs): (f64, f64) = (terms.clone().sum(), terms.map(f64::abs).sum());
+                let (want, abs) =
+                    f64_dot(&x[r * inp..(r + 1) * inp], &dense[j * inp..(j + 1) * inp]);
                 let got = f64::from(y[r * out + j]);
                 if (got - want).abs() > 5e-5 * abs + 1e-6 {
                     return Err(format!(

@@ -243,24 +243,30 @@ thread_local! {
 /// bf16 in one tile of 16 rows of 64 bytes.
 const TILE_U16: usize = N_TILE * K_TILE;
 
-/// `y[r][col0 + j] = x[r] . w[j]` for the weight rows `w` (quantized,
-/// `row_bytes` each; any count) and every activation row of `x`, packed
-/// by [`PackedRows::pack`] from `rows` rows; `y` has rows of `out`.
+/// Where a task's products go: `y` points at `rows x out` f32 (row
+/// stride `out`), and the task's features are the columns from `col0`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Output {
+    pub(crate) y: *mut f32,
+    pub(crate) rows: usize,
+    pub(crate) out: usize,
+    pub(crate) col0: usize,
+}
+
+/// `y[r][col0 + j] = x[r] . w[j]` (`dst`) for the weight rows `w`
+/// (quantized, `row_bytes` each; any count) and every activation row of
+/// `x`, packed by [`PackedRows::pack`] from `dst.rows` rows.
 ///
 /// # Safety
-/// [`available`]; `x` packed from `rows` rows of `inp = w row's elements`
-/// values; `y` points at `rows x out` f32 of which the columns
-/// `col0..col0 + w.len() / row_bytes` are this caller's alone.
-#[allow(clippy::too_many_arguments)] // the operands and the output's shape
+/// [`available`]; `x` packed from `dst.rows` rows of `inp = w row's
+/// elements` values; `dst.y` points at `rows x out` f32 of which the
+/// columns `col0..col0 + w.len() / row_bytes` are this caller's alone.
 pub(crate) unsafe fn matmul_cols(
     quant: QuantType,
     w: &[u8],
     row_bytes: usize,
     x: &PackedRows,
-    rows: usize,
-    out: usize,
-    col0: usize,
-    y: *mut f32,
+    dst: Output,
 ) {
     PANEL.with_borrow_mut(|panel| {
         let len = x.chunks * 2 * TILE_U16;
@@ -268,19 +274,7 @@ pub(crate) unsafe fn matmul_cols(
             panel.resize(len, 0);
         }
         // SAFETY: forwarded; the panel holds two tiles per chunk.
-        unsafe {
-            matmul_cols_with(
-                quant,
-                w,
-                row_bytes,
-                x,
-                rows,
-                out,
-                col0,
-                y,
-                &mut panel[..len],
-            )
-        }
+        unsafe { matmul_cols_with(quant, w, row_bytes, x, dst, &mut panel[..len]) }
     });
 }
 
@@ -380,18 +374,15 @@ unsafe fn fill_rows<const F: u8>(
 /// # Safety
 /// As [`matmul_cols`]; `panel` holds two tiles per chunk of `x`.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)] // the operands, the output's shape, the panel
 unsafe fn matmul_cols_with(
     quant: QuantType,
     w: &[u8],
     row_bytes: usize,
     x: &PackedRows,
-    rows: usize,
-    out: usize,
-    col0: usize,
-    y: *mut f32,
+    dst: Output,
     panel: &mut [u16],
 ) {
+    let Output { y, rows, out, col0 } = dst;
     let chunks = x.chunks;
     debug_assert_eq!(
         row_bytes / quant.block_bytes() * quant.block_elems(),

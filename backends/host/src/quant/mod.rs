@@ -205,10 +205,12 @@ fn run_amx(
                 &w[cols.start * row_bytes..cols.end * row_bytes],
                 row_bytes,
                 packed,
-                spec.rows,
-                out,
-                cols.start,
-                y_ptr.at(0),
+                amx::Output {
+                    y: y_ptr.at(0),
+                    rows: spec.rows,
+                    out,
+                    col0: cols.start,
+                },
             );
         }
     };
@@ -570,19 +572,16 @@ pub(crate) fn embedding(
 #[cfg(test)]
 mod tests {
     use hetero_core::rng::SplitMix64;
-    use hetero_core::testsuite::quant::{i16_rounding_allowance, random_quant_blocks};
+    use hetero_core::testsuite::quant::{f64_dot, i16_rounding_allowance, random_quant_blocks};
 
     use super::*;
 
-    /// f64 dot product of the exactly dequantized row with x.
+    /// f64 dot product of the exactly dequantized row with x, and the sum
+    /// of the absolute products.
     fn reference(quant: QuantType, w: &[u8], x: &[f32]) -> (f64, f64) {
         let mut dense = Vec::new();
         quant.dequantize(w, &mut dense);
-        let exact = dense
-            .iter()
-            .zip(x)
-            .map(|(&a, &b)| f64::from(a) * f64::from(b));
-        (exact.clone().sum(), exact.map(f64::abs).sum())
+        f64_dot(x, &dense)
     }
 
     /// With `batch_invariant`, every row of a product is bit for bit the
@@ -775,12 +774,7 @@ mod tests {
             let check = |got: &[f32], cols: usize, what: &str| {
                 for r in 0..4 {
                     for c in 0..cols {
-                        let exact = xs[r]
-                            .iter()
-                            .zip(&ws[c])
-                            .map(|(&a, &b)| f64::from(a) * f64::from(b));
-                        let (want, abs): (f64, f64) =
-                            (exact.clone().sum(), exact.map(f64::abs).sum());
+                        let (want, abs) = f64_dot(&xs[r], &ws[c]);
                         let g = f64::from(got[r * cols + c]);
                         assert!(
                             (g - want).abs() <= 1e-5 * abs + 1e-6,
