@@ -4,7 +4,7 @@
 //! what the OS reports available) and a **thread count** (default: all
 //! hardware threads). Both are settable, so tests can emulate a small device
 //! and several host devices can emulate devices of unequal speed. Allocation
-//! past the budget is [`Error::OutOfMemory`]; the device keeps working.
+//! past the budget is [`Error::OutOfMemory`](hetero_core::Error::OutOfMemory); the device keeps working.
 //!
 //! Kernels: elementwise reduce and scale for every dtype (the loops of
 //! [`hetero_core::host_kernels`], split over the device's threads), GEMM
