@@ -61,37 +61,29 @@ struct Shared {
 
 /// An output buffer shared by the tasks of one `run`, each writing only
 /// elements no other task writes (its own rows or columns).
-#[derive(Clone, Copy)]
-pub(crate) struct SharedOut(*mut f32);
+pub(crate) struct SharedOut<T = f32>(*mut T);
 // SAFETY: tasks write disjoint elements while the kernel holds the unique
-// borrow of the buffer for the whole `run`.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-/// [`Workers::run_chunks`]'s view of its buffer (any element type).
-struct SharedParts<T>(*mut T);
-// SAFETY: as SharedOut: each task gets a disjoint part of the buffer, which
-// run_chunks borrows mutably for the whole run; T: Send, so a part may be
+// borrow of the buffer for the whole `run`; T: Send, so an element may be
 // written on another thread.
-unsafe impl<T: Send> Send for SharedParts<T> {}
-unsafe impl<T: Send> Sync for SharedParts<T> {}
+unsafe impl<T: Send> Send for SharedOut<T> {}
+unsafe impl<T: Send> Sync for SharedOut<T> {}
 
-impl<T> SharedParts<T> {
-    /// Element `i`'s address (a method, so closures capture the `Sync`
-    /// wrapper, not its raw pointer field).
-    fn at(&self, i: usize) -> *mut T {
-        self.0.wrapping_add(i)
+// Copy whatever T is (a derive would ask T: Copy).
+impl<T> Clone for SharedOut<T> {
+    fn clone(&self) -> Self {
+        *self
     }
 }
+impl<T> Copy for SharedOut<T> {}
 
-impl SharedOut {
-    pub(crate) fn new(out: &mut [f32]) -> Self {
+impl<T> SharedOut<T> {
+    pub(crate) fn new(out: &mut [T]) -> Self {
         SharedOut(out.as_mut_ptr())
     }
 
     /// Element `i`'s address (a method, so closures capture the `Sync`
     /// wrapper, not its raw pointer field).
-    pub(crate) fn at(self, i: usize) -> *mut f32 {
+    pub(crate) fn at(self, i: usize) -> *mut T {
         self.0.wrapping_add(i)
     }
 }
@@ -151,7 +143,7 @@ impl Workers {
         chunk: usize,
         task: impl Fn(usize, &mut [T]) + Sync,
     ) {
-        let (len, ptr) = (out.len(), SharedParts(out.as_mut_ptr()));
+        let (len, ptr) = (out.len(), SharedOut::new(out));
         let chunk = chunk.max(1);
         self.run(len.div_ceil(chunk), |c| {
             let (start, end) = (c * chunk, ((c + 1) * chunk).min(len));

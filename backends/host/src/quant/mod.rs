@@ -168,7 +168,9 @@ pub(crate) fn matmul(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if paths.amx && spec.rows >= AMX_MIN_ROWS && spec.inp.is_multiple_of(32) {
+    // inp is a whole number of blocks of 32 or 256 (spec.validate), as
+    // the tiles' 32-value chunks need.
+    if paths.amx && spec.rows >= AMX_MIN_ROWS {
         PACKED.with_borrow_mut(|packed| {
             // SAFETY: amx::available() was checked; x holds rows x inp.
             unsafe { packed.pack(x, spec.rows, spec.inp, workers) };
@@ -429,29 +431,7 @@ fn dequantized_rows(
         let nc = (cols.end - j).min(group);
         let wb = &w[j * row_bytes..(j + nc) * row_bytes];
         let dense = &mut scratch[..nc * inp];
-        match kernel {
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 if quant.block_elems() == 32 => {
-                // SAFETY: chosen only when x86_512::available(); dense
-                // holds 32 values per block of wb.
-                unsafe { x86_512::dequantize(quant, wb, dense) }
-            }
-            #[cfg(target_arch = "x86_64")]
-            k if k.avx2() && quant.block_elems() == 32 => {
-                // SAFETY: chosen only when x86::available(); dense holds 32
-                // values per block of wb.
-                unsafe { x86::dequantize(quant, wb, dense) }
-            }
-            _ => {
-                let be = quant.block_elems();
-                for (blk, o) in wb
-                    .chunks_exact(quant.block_bytes())
-                    .zip(dense.chunks_exact_mut(be))
-                {
-                    quant.dequantize_block(blk, o);
-                }
-            }
-        }
+        dequantize_blocks(quant, wb, dense, kernel);
         let wr = |c: usize| &scratch[c * inp..(c + 1) * inp];
         let xr = |r: usize| &x[r * inp..(r + 1) * inp];
         let mut r = 0;
@@ -504,28 +484,41 @@ fn dequantized_rows(
     }
 }
 
+/// Whole blocks `w` of `quant` dequantized onto `out` (its values per
+/// block), bit for bit as core's reference, by this CPU's fastest kernel.
+fn dequantize_blocks(quant: QuantType, w: &[u8], out: &mut [f32], kernel: Kernel) {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 if quant.block_elems() == 32 => {
+            // SAFETY: chosen only when x86_512::available(); out holds 32
+            // values per block of w.
+            unsafe { x86_512::dequantize(quant, w, out) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        k if k.avx2() && quant.block_elems() == 32 => {
+            // SAFETY: chosen only when x86::available(); out holds 32
+            // values per block of w.
+            unsafe { x86::dequantize(quant, w, out) }
+        }
+        _ => {
+            let be = quant.block_elems();
+            for (blk, o) in w
+                .chunks_exact(quant.block_bytes())
+                .zip(out.chunks_exact_mut(be))
+            {
+                quant.dequantize_block(blk, o);
+            }
+        }
+    }
+}
+
 /// Columns `col0..col0 + w.len() / row_bytes` of `y`: the weight rows `w`
 /// dequantized into an f32 tile, then one packed GEMM.
 fn tile(spec: &QuantMatmulSpec, x: &[f32], w: &[u8], y: SharedOut, col0: usize, kernel: Kernel) {
     let (rows, out, inp) = (spec.rows, spec.out, spec.inp);
     let quant = spec.quant;
-    let mut t = Vec::new();
-    match kernel {
-        #[cfg(target_arch = "x86_64")]
-        k if k.avx2() && quant.block_elems() == 32 => {
-            t.resize(w.len() / quant.block_bytes() * 32, 0.0);
-            // SAFETY: chosen only when x86(_512)::available(); t holds 32
-            // values per block of w.
-            unsafe {
-                if k == Kernel::Avx512 {
-                    x86_512::dequantize(quant, w, &mut t)
-                } else {
-                    x86::dequantize(quant, w, &mut t)
-                }
-            };
-        }
-        _ => quant.dequantize(w, &mut t),
-    }
+    let mut t = vec![0.0f32; w.len() / quant.block_bytes() * quant.block_elems()];
+    dequantize_blocks(quant, w, &mut t, kernel);
     let n = t.len() / inp;
     // SAFETY: x is rows x inp, t is n x inp (read as its transpose, inp x
     // n), and C starts at column col0 of y (rows x out, row stride out)

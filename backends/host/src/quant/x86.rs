@@ -199,36 +199,22 @@ pub(crate) unsafe fn dequantize(quant: QuantType, w: &[u8], out: &mut [f32]) {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dequantize_as<const F: u8>(w: &[u8], out: &mut [f32]) {
     let bb = block_bytes::<F>();
+    let eight = _mm256_set1_ps(8.0);
     for (blk, o) in w.chunks_exact(bb).zip(out.chunks_exact_mut(32)) {
         // SAFETY: blk is one whole block.
-        let values = unsafe { exact_block::<F>(blk.as_ptr()) };
-        for (i, v) in values.into_iter().enumerate() {
+        let (s, q) = unsafe { (scales(blk.as_ptr()), quants::<F>(blk.as_ptr())) };
+        let d = _mm256_broadcastss_ps(s);
+        let m = _mm256_broadcastss_ps(_mm_movehdup_ps(s));
+        for (i, qi) in q.into_iter().enumerate() {
+            let v = match F {
+                1 => _mm256_mul_ps(_mm256_sub_ps(qi, eight), d),
+                2 => _mm256_add_ps(_mm256_mul_ps(qi, d), m),
+                _ => _mm256_mul_ps(qi, d),
+            };
             // SAFETY: o holds 32 values.
             unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(8 * i), v) };
         }
     }
-}
-
-/// The block at `p` (format `F`: 0 Q8_0, 1 Q4_0, 2 Q4_1) dequantized in
-/// registers bit for bit as core's reference (`q * d`, `(q - 8) * d`,
-/// `q * d + m`, no fused multiply-add): elements 0..8, 8..16, 16..24,
-/// 24..32.
-///
-/// # Safety
-/// AVX2 as for [`dot_rows`]; `p..p + block_bytes::<F>()` is one block.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-pub(super) unsafe fn exact_block<const F: u8>(p: *const u8) -> [__m256; 4] {
-    // SAFETY: the caller's contract.
-    let (s, q) = unsafe { (scales(p), quants::<F>(p)) };
-    let d = _mm256_broadcastss_ps(s);
-    let m = _mm256_broadcastss_ps(_mm_movehdup_ps(s));
-    let eight = _mm256_set1_ps(8.0);
-    q.map(|qi| match F {
-        1 => _mm256_mul_ps(_mm256_sub_ps(qi, eight), d),
-        2 => _mm256_add_ps(_mm256_mul_ps(qi, d), m),
-        _ => _mm256_mul_ps(qi, d),
-    })
 }
 
 /// Dot products of `R` activation rows with `C` dequantized weight rows
