@@ -146,27 +146,19 @@ impl PackedRows {
         }
         let chunks = self.chunks;
         workers.run_chunks(&mut self.data[..self.row_tiles * part], part, |t, dst| {
-            for m in 0..N_TILE {
-                let r = t * N_TILE + m;
-                for c in 0..chunks {
-                    let (mut hi, mut lo) = ([0u32; 16], [0u32; 16]);
-                    if r < rows {
-                        // SAFETY: available() (caller) gives AVX-512
-                        // BF16; row r holds inp values, chunk c inside.
-                        unsafe {
-                            split32(
-                                x.as_ptr().add(r * inp + c * K_TILE),
-                                hi.as_mut_ptr().cast(),
-                                lo.as_mut_ptr().cast(),
-                            )
-                        };
-                    }
-                    let tile = c * 2 * TILE_U32 + m;
-                    for k2 in 0..16 {
-                        dst[tile + k2 * N_TILE] = hi[k2];
-                        dst[tile + TILE_U32 + k2 * N_TILE] = lo[k2];
-                    }
-                }
+            let valid = rows.saturating_sub(t * N_TILE).min(N_TILE);
+            for c in 0..chunks {
+                // SAFETY: available() (caller) gives AVX-512 BF16; rows
+                // t * 16 .. + valid hold inp values with chunk c inside;
+                // dst holds this row block's two tiles of every chunk.
+                unsafe {
+                    pack_tiles(
+                        x.as_ptr().add(t * N_TILE * inp + c * K_TILE),
+                        inp,
+                        valid,
+                        dst[c * 2 * TILE_U32..(c + 1) * 2 * TILE_U32].as_mut_ptr(),
+                    )
+                };
             }
         });
     }
@@ -200,7 +192,20 @@ unsafe fn split32(src: *const f32, hi: *mut u8, lo: *mut u8) {
 /// AVX-512F/BW/BF16; 64 bytes writable at `hi` and at `lo`.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn store_split(a: __m512, b: __m512, hi: *mut u8, lo: *mut u8) {
+    let (hi_v, lo_v) = split_regs(a, b);
+    // SAFETY: 64 bytes writable at each (caller).
+    unsafe {
+        _mm512_storeu_si512(hi.cast(), hi_v);
+        _mm512_storeu_si512(lo.cast(), lo_v);
+    }
+}
+
+/// [`store_split`] into registers: (`hi`, `lo`), each 16 bf16 pairs.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+fn split_regs(a: __m512, b: __m512) -> (__m512i, __m512i) {
     // bf16 0..16 from a, 16..32 from b (the second operand is the low half).
+    // SAFETY (both transmutes): __m512bh and __m512i are 64 bytes of plain
+    // bits.
     let hi_v: __m512i = unsafe { std::mem::transmute(_mm512_cvtne2ps_pbh(b, a)) };
     let widen = |h: __m256i| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)));
     let ha = widen(_mm512_castsi512_si256(hi_v));
@@ -211,10 +216,80 @@ unsafe fn store_split(a: __m512, b: __m512, hi: *mut u8, lo: *mut u8) {
             _mm512_sub_ps(a, ha),
         ))
     };
-    // SAFETY: 64 bytes writable at each (caller).
-    unsafe {
-        _mm512_storeu_si512(hi.cast(), hi_v);
-        _mm512_storeu_si512(lo.cast(), lo_v);
+    (hi_v, lo_v)
+}
+
+/// 16 x 16 32-bit elements transposed in registers: `out[j][i] =
+/// r[i][j]` (32-, 64- and 128-bit interleaves).
+#[target_feature(enable = "avx512f")]
+fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+    // a[2i] / a[2i + 1]: rows 2i and 2i + 1 interleaved by 32 bits.
+    let a: [__m512; 16] = std::array::from_fn(|k| {
+        let (x, z) = (r[k & !1], r[k | 1]);
+        if k % 2 == 0 {
+            _mm512_unpacklo_ps(x, z)
+        } else {
+            _mm512_unpackhi_ps(x, z)
+        }
+    });
+    // b[4i + c]: in each 128-bit lane L, column 4L + c of rows 4i..4i + 4.
+    let b: [__m512; 16] = std::array::from_fn(|k| {
+        let (i, c) = (k / 4, k % 4);
+        let (x, z) = (
+            _mm512_castps_pd(a[4 * i + (c / 2)]),
+            _mm512_castps_pd(a[4 * i + 2 + (c / 2)]),
+        );
+        _mm512_castpd_ps(if c % 2 == 0 {
+            _mm512_unpacklo_pd(x, z)
+        } else {
+            _mm512_unpackhi_pd(x, z)
+        })
+    });
+    // Columns c, c + 4, c + 8, c + 12: lane L of b[c], b[4 + c], b[8 +
+    // c], b[12 + c] for L = 0, 1, 2, 3.
+    let mut out = [_mm512_setzero_ps(); 16];
+    for c in 0..4 {
+        let c0 = _mm512_shuffle_f32x4::<0x88>(b[c], b[4 + c]);
+        let c1 = _mm512_shuffle_f32x4::<0xdd>(b[c], b[4 + c]);
+        let c2 = _mm512_shuffle_f32x4::<0x88>(b[8 + c], b[12 + c]);
+        let c3 = _mm512_shuffle_f32x4::<0xdd>(b[8 + c], b[12 + c]);
+        out[c] = _mm512_shuffle_f32x4::<0x88>(c0, c2);
+        out[c + 4] = _mm512_shuffle_f32x4::<0x88>(c1, c3);
+        out[c + 8] = _mm512_shuffle_f32x4::<0xdd>(c0, c2);
+        out[c + 12] = _mm512_shuffle_f32x4::<0xdd>(c1, c3);
+    }
+    out
+}
+
+/// One chunk of a block of 16 activation rows in the B layout of
+/// [`PackedRows`]: each row's 32 values split, then the `hi` and the `lo`
+/// pairs transposed so that tile row `k` holds pair `k` of every
+/// activation row. Rows from `valid` on are zero.
+///
+/// # Safety
+/// AVX-512F/BW/BF16; `x` points at `valid` (at most 16) rows of stride
+/// `inp` with 32 readable values each; `dst` at two tiles (512 u32).
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn pack_tiles(x: *const f32, inp: usize, valid: usize, dst: *mut u32) {
+    let mut hi = [_mm512_setzero_ps(); 16];
+    let mut lo = [_mm512_setzero_ps(); 16];
+    for m in 0..valid {
+        // SAFETY: row m's 32 values are readable (caller).
+        let (a, b) = unsafe {
+            (
+                _mm512_loadu_ps(x.add(m * inp)),
+                _mm512_loadu_ps(x.add(m * inp + 16)),
+            )
+        };
+        let (h, l) = split_regs(a, b);
+        hi[m] = _mm512_castsi512_ps(h);
+        lo[m] = _mm512_castsi512_ps(l);
+    }
+    for (tile, rows) in [transpose16(hi), transpose16(lo)].iter().enumerate() {
+        for (k, v) in rows.iter().enumerate() {
+            // SAFETY: tile row k of tile `tile` is inside dst's 512 u32.
+            unsafe { _mm512_storeu_ps(dst.add(tile * TILE_U32 + k * N_TILE).cast(), *v) };
+        }
     }
 }
 
@@ -800,49 +875,13 @@ unsafe fn store_transposed(tile: &Aligned, y: *mut f32, out: usize, rows: usize,
         // SAFETY: row f of the tile is 16 f32 inside it.
         unsafe { _mm512_load_ps(t.as_ptr().add(f * N_TILE)) }
     });
-    // a[2i] / a[2i + 1]: rows 2i and 2i + 1 interleaved by 32 bits.
-    let a: [__m512; 16] = std::array::from_fn(|k| {
-        let (x, z) = (r[k & !1], r[k | 1]);
-        if k % 2 == 0 {
-            _mm512_unpacklo_ps(x, z)
-        } else {
-            _mm512_unpackhi_ps(x, z)
-        }
-    });
-    // b[4i + c]: in each 128-bit lane L, column 4L + c of rows 4i..4i + 4.
-    let b: [__m512; 16] = std::array::from_fn(|k| {
-        let (i, c) = (k / 4, k % 4);
-        let (x, z) = (
-            _mm512_castps_pd(a[4 * i + (c / 2)]),
-            _mm512_castps_pd(a[4 * i + 2 + (c / 2)]),
-        );
-        _mm512_castpd_ps(if c % 2 == 0 {
-            _mm512_unpacklo_pd(x, z)
-        } else {
-            _mm512_unpackhi_pd(x, z)
-        })
-    });
     let mask: __mmask16 = if features >= N_TILE {
         0xffff
     } else {
         (1u16 << features) - 1
     };
-    for c in 0..4 {
-        let c0 = _mm512_shuffle_f32x4::<0x88>(b[c], b[4 + c]);
-        let c1 = _mm512_shuffle_f32x4::<0xdd>(b[c], b[4 + c]);
-        let c2 = _mm512_shuffle_f32x4::<0x88>(b[8 + c], b[12 + c]);
-        let c3 = _mm512_shuffle_f32x4::<0xdd>(b[8 + c], b[12 + c]);
-        let cols = [
-            (c, _mm512_shuffle_f32x4::<0x88>(c0, c2)),
-            (c + 4, _mm512_shuffle_f32x4::<0x88>(c1, c3)),
-            (c + 8, _mm512_shuffle_f32x4::<0xdd>(c0, c2)),
-            (c + 12, _mm512_shuffle_f32x4::<0xdd>(c1, c3)),
-        ];
-        for (m, v) in cols {
-            if m < rows {
-                // SAFETY: row m < rows of y, `features` values (caller).
-                unsafe { _mm512_mask_storeu_ps(y.add(m * out), mask, v) };
-            }
-        }
+    for (m, v) in transpose16(r).into_iter().enumerate().take(rows) {
+        // SAFETY: row m < rows of y, `features` values (caller).
+        unsafe { _mm512_mask_storeu_ps(y.add(m * out), mask, v) };
     }
 }
