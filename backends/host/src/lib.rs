@@ -13,7 +13,7 @@
 //! (`quant/`), and the Llama-family kernels (`llama.rs`; AVX2 attention
 //! and `exp` in `attention_x86.rs` and `vexp.rs`). SIMD paths are chosen
 //! at run time, and each is tested against an f64 reference; so is Intel
-//! AMX's tile unit, which takes quantized products of 32 rows and more
+//! AMX's tile unit, which takes quantized products of 12 rows and more
 //! where the CPU and OS allow it (`quant/amx.rs`; off with
 //! [`HostDeviceBuilder::amx`]). The quantized
 //! product's kernel depends on the row count unless the device is built

@@ -23,7 +23,7 @@
 //! - Many rows (prefill): each task dequantizes its range of weight rows
 //!   into an f32 tile once and multiplies it with matrixmultiply's packed
 //!   GEMM (packing pays from about 64 rows).
-//! - 32 rows or more on CPUs with AMX-BF16 (Sapphire Rapids and later,
+//! - 12 rows or more on CPUs with AMX-BF16 (Sapphire Rapids and later,
 //!   where Linux grants the tile state): the AMX tile unit, each operand
 //!   split into two bf16 so about 16 of f32's 24 bits are kept ([`amx`]:
 //!   the error bound and why there).
@@ -53,11 +53,11 @@ const DEQUANT_MIN_ROWS: usize = 8;
 const TILE_MIN_ROWS: usize = 64;
 /// Activation rows from which AMX CPUs use the tile unit ([`amx`]): below,
 /// splitting each weight into two bf16 costs more than the tile products
-/// save (criterion, Q4_1 576 x 1536 on a 2-core Xeon, same runs: 8 rows
-/// 86 vs 187 us, 16 rows 140 vs 137-172 us, 32 rows 252 vs 178-212 us,
-/// 128 rows 951 vs 587-619 us, SIMD vs AMX).
+/// save (criterion, Q4_1 576 x 1536 on a 2-core Xeon, same runs, SIMD vs
+/// AMX: 8 rows 78 vs 102 us, 16 rows 138 vs 107 us, 32 rows 281 vs 121-125
+/// us; the two lines cross at about 12 rows).
 #[cfg(target_arch = "x86_64")]
-const AMX_MIN_ROWS: usize = 32;
+const AMX_MIN_ROWS: usize = 12;
 /// Bytes of f32 tile a task dequantizes at most (one GEMM call per tile:
 /// the packed GEMM re-packs the activations on every call, so tiles are as
 /// large as this allows, one per thread where it fits).
