@@ -60,7 +60,35 @@ pub struct Sampler {
 }
 
 /// The index of the largest value (ties: the lowest index); NaN is never chosen over a number.
+///
+/// Two passes: the largest number in 16 running maxima (a compare and a
+/// select per value, which the compiler vectorizes), then the first index
+/// holding it, instead of one pass that compares every value with the best
+/// so far (a chain through every value). perf over a 32-sequence decode
+/// benchmark of SmolLM2-135M (vocabulary 49,152): 1.6% of the samples
+/// before, 0.41% after. Equal to [`argmax_by_scan`] (test).
 pub fn argmax(logits: &[f32]) -> u32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let mut blocks = logits.chunks_exact(16);
+    for block in &mut blocks {
+        for (m, &x) in lanes.iter_mut().zip(block) {
+            // NaN compares false: it never replaces a number.
+            *m = if x > *m { x } else { *m };
+        }
+    }
+    for (m, &x) in lanes.iter_mut().zip(blocks.remainder()) {
+        *m = if x > *m { x } else { *m };
+    }
+    let best = lanes
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    // No number above -inf: the first -inf if any, else (all NaN) 0.
+    logits.iter().position(|&x| x == best).unwrap_or(0) as u32
+}
+
+/// [`argmax`] as one scan, the reference its tests compare with.
+#[cfg(test)]
+fn argmax_by_scan(logits: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &x) in logits.iter().enumerate() {
         if x > logits[best] || logits[best].is_nan() && !x.is_nan() {
@@ -155,6 +183,30 @@ mod tests {
             seed,
         })
         .unwrap()
+    }
+
+    #[test]
+    fn argmax_equals_one_scan() {
+        let mut rng = SplitMix64::new(5);
+        let special = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 1.0];
+        for case in 0..3000 {
+            let len = 1 + rng.below(100);
+            let logits: Vec<f32> = (0..len)
+                .map(|_| match rng.below(8) {
+                    0 => special[rng.below(special.len())],
+                    // few distinct values, so ties are common
+                    1..=3 => rng.below(4) as f32,
+                    _ => rng.signed_unit_f32() * 10.0,
+                })
+                .map(|v| if case % 7 == 0 { f32::NAN } else { v })
+                .collect();
+            assert_eq!(argmax(&logits), argmax_by_scan(&logits), "{logits:?}");
+        }
+        for v in [f32::NAN, f32::NEG_INFINITY, f32::INFINITY] {
+            let all = vec![v; 40];
+            assert_eq!(argmax(&all), argmax_by_scan(&all));
+        }
+        assert_eq!(argmax(&[]), argmax_by_scan(&[]));
     }
 
     #[test]
