@@ -181,19 +181,16 @@ unsafe fn split32(src: *const f32, hi: *mut u8, lo: *mut u8) {
     // (caller).
     unsafe {
         let (a, b) = (_mm512_loadu_ps(src), _mm512_loadu_ps(src.add(16)));
-        store_split(a, b, hi, lo);
+        store_pair(split_regs(a, b), hi, lo);
     }
 }
 
-/// Values 0..16 (`a`) and 16..32 (`b`) split into `hi` and `lo` as
-/// [`split32`]: both halves rounded to bf16 by one instruction, widened
-/// back to f32 to take the exact rest, which one more rounds.
+/// A split block's `hi` and `lo` (64 bytes each) stored at `hi` and `lo`.
 ///
 /// # Safety
-/// AVX-512F/BW/BF16; 64 bytes writable at `hi` and at `lo`.
-#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn store_split(a: __m512, b: __m512, hi: *mut u8, lo: *mut u8) {
-    let (hi_v, lo_v) = split_regs(a, b);
+/// AVX-512F; 64 bytes writable at `hi` and at `lo`.
+#[target_feature(enable = "avx512f")]
+unsafe fn store_pair((hi_v, lo_v): (__m512i, __m512i), hi: *mut u8, lo: *mut u8) {
     // SAFETY: 64 bytes writable at each (caller).
     unsafe {
         _mm512_storeu_si512(hi.cast(), hi_v);
@@ -201,7 +198,10 @@ unsafe fn store_split(a: __m512, b: __m512, hi: *mut u8, lo: *mut u8) {
     }
 }
 
-/// [`store_split`] into registers: (`hi`, `lo`), each 16 bf16 pairs.
+/// Values 0..16 (`a`) and 16..32 (`b`) split as [`split32`], into
+/// registers: (`hi`, `lo`), each 16 bf16 pairs. Both halves are rounded to
+/// bf16 by one instruction, widened back to f32 to take the exact rest,
+/// which one more rounds.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 fn split_regs(a: __m512, b: __m512) -> (__m512i, __m512i) {
     // bf16 0..16 from a, 16..32 from b (the second operand is the low half).
@@ -490,14 +490,13 @@ unsafe fn fill_chunk(
                 // and at l inside the panel (caller).
                 unsafe {
                     let block = w.as_ptr().add(feature * row_bytes + c * bb);
-                    let (hi, lo) = if $f == 0 {
+                    let split = if $f == 0 {
                         let (a, b) = super::x86_512::exact_block::<$f>(block);
                         split_regs(a, b)
                     } else {
                         split_by_table::<$f>(block)
                     };
-                    _mm512_storeu_si512(h.cast(), hi);
-                    _mm512_storeu_si512(l.cast(), lo);
+                    store_pair(split, h, l);
                 }
             }
         }};
@@ -539,7 +538,7 @@ fn chunks_per_pass(row_tiles: usize) -> usize {
 
 thread_local! {
     /// The partial sums of a task's products between passes: per panel
-    /// and row tile, the two accumulator tiles (16 x 16 f32 each).
+    /// and row tile, its accumulator tile (16 x 16 f32).
     static PARTIAL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
