@@ -157,6 +157,10 @@ struct Args {
     /// depend on the DP.
     #[arg(long, requires = "ip")]
     ip_without_dp_bound: bool,
+    /// With --ip (Cbc builds): also write the IP, with its bound, as
+    /// gzip-compressed MPS (`FILE.mps.gz`) for another MILP solver.
+    #[arg(long, value_name = "FILE.mps", requires = "ip")]
+    write_mps: Option<PathBuf>,
     /// Only this graph (a name that --list prints).
     #[arg(long, value_name = "NAME", value_parser = graph_name, conflicts_with = "synthetic")]
     graph: Option<String>,
@@ -307,6 +311,7 @@ fn main() -> std::process::ExitCode {
             args.memory,
             limit,
             !args.ip_without_dp_bound,
+            args.write_mps.clone(),
         );
     }
     if run_synthetic {
@@ -347,6 +352,7 @@ fn check_with_ip(
     memory: Option<u64>,
     limit: f64,
     dp_bound: bool,
+    write_mps: Option<PathBuf>,
 ) -> bool {
     use hetero_partition::{IntegerProgram, IpSolver};
     let Ok(pg) = PaperGraph::from_path(&dir.join(format!("{name}.json"))) else {
@@ -374,6 +380,7 @@ fn check_with_ip(
     let mut ip = IntegerProgram::contiguous()
         .with_time_limit(limit)
         .with_solver(solver);
+    ip.write_mps = write_mps;
     if dp_bound {
         // A cutoff: the IP keeps every split of at most the DP's value
         // (so its optimum if the DP is right; none if the DP's value were

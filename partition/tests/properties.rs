@@ -438,6 +438,54 @@ fn binding_case() -> impl Strategy<Value = Case> {
         })
 }
 
+/// `binding_case` with chains forced in: the first `a` nodes and the last
+/// `n - b` nodes are paths, the prefix's last node feeds every node of the
+/// middle and every node of the middle feeds the suffix's first (so the
+/// prefix and the suffix are runs of units comparable to all, as a CNN's
+/// stem and head, which the contiguous IP's segment rows are for); random
+/// skip edges stay.
+fn chained_case() -> impl Strategy<Value = Case> {
+    (binding_case(), 0usize..=6, 0usize..=6).prop_map(|(mut c, a, b)| {
+        let n = c.graph.nodes.len();
+        let a = a.min(n);
+        let b = b.clamp(a, n);
+        let mut extra = Vec::new();
+        for i in 0..n.saturating_sub(1) {
+            if i + 1 < a || i >= b {
+                extra.push((i, i + 1));
+            }
+        }
+        if a > 0 && b < n {
+            for m in a..b {
+                extra.push((a - 1, m));
+                extra.push((m, b));
+            }
+            if a == b {
+                extra.push((a - 1, b));
+            }
+        }
+        for (i, j) in extra {
+            if c.graph.edges.iter().any(|e| e.src == i && e.dst == j) {
+                continue;
+            }
+            // all out-edges of a node carry one cost
+            let cost = c
+                .graph
+                .edges
+                .iter()
+                .find(|e| e.src == i)
+                .map_or(0.5, |e| e.transfer_time);
+            c.graph.edges.push(Edge {
+                src: i,
+                dst: j,
+                transfer_time: cost,
+                bytes: None,
+            });
+        }
+        c
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(1500))]
 
@@ -543,6 +591,36 @@ proptest! {
         ignore = "skipped: built without hetero-partition's `cbc` feature (needs COIN-OR Cbc: Debian coinor-libcbc-dev; `cargo xtask setup` installs it)"
     )]
     fn contiguous_ip_equals_brute_force_with_cpus_and_binding_memory_cbc(c in binding_case()) {
+        contiguous_ip_equals_brute_force(&c, IpSolver::Cbc)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(150))]
+
+    /// Graphs with a stem and a head (runs of units comparable to all):
+    /// the contiguous IP with its segment rows equals brute force, with the
+    /// optimum as bound, and a bound below the optimum leaves no split.
+    #[test]
+    fn contiguous_ip_equals_brute_force_on_stems_and_heads_microlp(c in chained_case()) {
+        contiguous_ip_equals_brute_force(&c, IpSolver::MicroLp)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 150,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x22),
+        ..ProptestConfig::default()
+    })]
+
+    /// As above, with COIN-OR Cbc (the `cbc` feature).
+    #[test]
+    #[cfg_attr(
+        not(feature = "cbc"),
+        ignore = "skipped: built without hetero-partition's `cbc` feature (needs COIN-OR Cbc: Debian coinor-libcbc-dev; `cargo xtask setup` installs it)"
+    )]
+    fn contiguous_ip_equals_brute_force_on_stems_and_heads_cbc(c in chained_case()) {
         contiguous_ip_equals_brute_force(&c, IpSolver::Cbc)?;
     }
 }
