@@ -55,8 +55,8 @@ use crate::eval::{checked_interconnect, evaluate_with};
 use crate::problem::{Indexed, Kind};
 use crate::{PartitionError, Result};
 
-mod runs;
 mod solver;
+mod spine;
 
 pub use solver::IpSolver;
 use solver::{Model, Solved};
@@ -493,26 +493,29 @@ impl IntegerProgram {
     ///   kind with it) at the end keeps a chain of ideals, every set, every
     ///   load and the count of positions per kind.
     ///
-    /// - Run segments (`runs.rs`; with an upper bound `B`): for each run of
-    ///   adjacent units comparable to all (a CNN's stem), position and kind,
-    ///   continuous `s[q][seg][t]` for every segment of the run whose time on
-    ///   kind `t` is at most `B`, with `sum over seg containing u =
-    ///   z[u][q][t]` for every run unit `u` and `sum over seg <= k[q][t]`. At
-    ///   integer `x` and `k` a position's run units of its kind are one
-    ///   segment (a device's set is convex), so exactly that segment's
-    ///   variable is 1 (the rows leave no other choice), and a segment longer
-    ///   than `B` cannot be held, which no split of at most `B` does. A
-    ///   *closed* segment's device holds nothing else (`runs.rs`), so its
-    ///   load is exactly the segment's time and transfers; its position's
-    ///   row becomes `L[q][t] + lost s[q][seg][t] <= B k[q][t]` with `lost =
-    ///   B - load` (what the device cannot use; the row holds with equality
-    ///   there and is the old row elsewhere). The LP can no longer spread
-    ///   a stem's large units over the positions to fill every device.
-    ///
-    ///   Its transfers are written per segment too: `out >= sum of the
-    ///   segments ending just before the run's next unit` (the sender's
-    ///   output leaves) and `in >=` those starting just after the
-    ///   previous unit, so a spread relaxation pays the stem's transfers.
+    /// - Spine segments (`spine.rs`; with an upper bound `B`): for each
+    ///   position and kind, continuous `s[q][seg][t]` for every segment of
+    ///   the spine (units comparable to all: a CNN's stem, its blocks'
+    ///   concatenations, its head) whose time on kind `t` is at most `B`,
+    ///   with `sum over seg containing a = z[a][q][t]` for every spine unit
+    ///   `a`, `sum over seg <= k[q][t]`, and `z[v][q][t] >= sum over seg
+    ///   holding v inside`. At integer `x` and `k` a position's spine units
+    ///   of its kind are one segment (a device's set is convex), so exactly
+    ///   that segment's variable is 1 (the rows leave no other choice), a
+    ///   segment longer than `B` cannot be held (no split of at most `B`
+    ///   does), and the device holds the blocks inside the segment. Its
+    ///   load is at least the segment's time plus the least transfers of
+    ///   any set with that segment (`L[q][t] >= sum (time + transfers) s`).
+    ///   A *closed* segment's device holds nothing else, so its load is
+    ///   known; its position's row becomes `L[q][t] + lost s[q][seg][t] <=
+    ///   B k[q][t]` with `lost = B - load` (what the device cannot use; the
+    ///   row holds with equality there and is the old row elsewhere). The
+    ///   LP can no longer spread a stem's large units over the positions
+    ///   to fill every device for free.
+    ///   Between adjacent spine units the transfer variables get rows per
+    ///   segment too: `out >= sum of the segments ending just before the
+    ///   next spine unit` (the sender's output leaves) and `in >=` those
+    ///   starting just after the previous one.
     ///
     /// `strong: false` leaves out the last four items (the per-kind rows,
     /// the bound, the floor and the symmetry breaking), all of them valid
@@ -567,14 +570,11 @@ impl IntegerProgram {
             Vec::new()
         };
         let tr = transfers(&p.ix, &units.unit_of);
-        let run_list = if bound.is_some() {
-            runs::runs(units)
-        } else {
-            Vec::new()
-        };
-        let segs = match bound {
-            Some(b) => segments(&run_list, units, &kinds, &tr, b),
-            None => Vec::new(),
+        let segs = match (bound, bound.and_then(|_| spine::spine(units))) {
+            (Some(b), Some(sp)) => spine::segments(&sp, units, &kinds, &tr, b, |t, u| {
+                unit_time(&kinds[t], units.cpu_time[u], units.accelerator_time[u])
+            }),
+            _ => Vec::new(),
         };
         let sigma: Vec<Vec<Variable>> = (0..positions)
             .map(|_| {
@@ -680,8 +680,8 @@ impl IntegerProgram {
                         let held = |u: &usize| pos[*u] == q;
                         let here = kind_of[q] == seg.kind
                             && seg.units.iter().all(held)
-                            && seg.before.is_none_or(|u| !held(&u))
-                            && seg.after.is_none_or(|u| !held(&u));
+                            && seg.prev.is_none_or(|u| !held(&u))
+                            && seg.next.is_none_or(|u| !held(&u));
                         v.insert(sigma[q][s], b(here));
                     }
                 }
@@ -740,31 +740,47 @@ impl IntegerProgram {
                 }
             }
         }
-        // run segments (see runs.rs): each run unit at a position of a kind
-        // is covered by that position's segments of the kind, at most one
-        // per run and position, and only segments that fit the bound exist
-        for q in 0..positions {
+        // spine segments (see spine.rs): each spine unit at a position of
+        // a kind is covered by that position's segments of the kind, one at
+        // most per position, only segments that fit the bound exist, and a
+        // segment's inner blocks are held with it
+        let spine_units: Vec<usize> = {
+            let mut v: Vec<usize> = segs.iter().flat_map(|s| s.units.iter().copied()).collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        for q in (0..positions).filter(|_| !segs.is_empty()) {
             for t in 0..nk {
+                let of_kind: Vec<usize> = (0..segs.len()).filter(|&s| segs[s].kind == t).collect();
                 let cap = if nk > 1 {
                     Expression::from(kind_at[q][t])
                 } else {
                     Expression::from(1.0)
                 };
-                for (r, run) in run_list.iter().enumerate() {
-                    let of_run = || {
-                        segs.iter()
-                            .enumerate()
-                            .filter(move |(_, s)| s.run == r && s.kind == t)
-                    };
-                    let all: Expression = of_run().map(|(s, _)| sigma[q][s]).sum();
-                    model.add(constraint!(all <= cap.clone()));
-                    for &u in run.units.iter().filter(|&&u| allowed(u, t)) {
-                        let covering: Expression = of_run()
-                            .filter(|(_, s)| s.units.contains(&u))
-                            .map(|(s, _)| sigma[q][s])
-                            .sum();
-                        model.add(constraint!(covering == zx(u, q, t)));
-                    }
+                let all: Expression = of_kind.iter().map(|&s| sigma[q][s]).sum();
+                model.add(constraint!(all <= cap));
+                for &u in spine_units.iter().filter(|&&u| allowed(u, t)) {
+                    let covering: Expression = of_kind
+                        .iter()
+                        .filter(|&&s| segs[s].units.contains(&u))
+                        .map(|&s| sigma[q][s])
+                        .sum();
+                    model.add(constraint!(covering == zx(u, q, t)));
+                }
+                let mut inner: Vec<usize> = of_kind
+                    .iter()
+                    .flat_map(|&s| segs[s].inner.iter().copied())
+                    .collect();
+                inner.sort_unstable();
+                inner.dedup();
+                for u in inner {
+                    let holding: Expression = of_kind
+                        .iter()
+                        .filter(|&&s| segs[s].inner.contains(&u))
+                        .map(|&s| sigma[q][s])
+                        .sum();
+                    model.add(constraint!(zx(u, q, t) >= holding));
                 }
             }
         }
@@ -809,19 +825,20 @@ impl IntegerProgram {
                 }
             }
         }
-        // Run segments and transfers: a segment that stops before the run's
-        // next unit sends that unit its output, one that starts after the
-        // run's previous unit receives that unit's output (adjacent units
-        // of a run are joined by an order edge). The rows above price a
+        // Spine segments and transfers: a segment that stops just before
+        // an adjacent spine unit sends it its output, one that starts just
+        // after one receives its output (adjacent spine units are joined
+        // by an order edge). The rows above price a
         // transfer only as far as the two units' fractions differ, which a
         // relaxation spreading whole segments evenly makes zero.
         for (k, (_, u, rec)) in tr.iter().enumerate().filter(|_| !segs.is_empty()) {
-            let ends_here = |s: &Segment| {
+            let ends_here = |s: &spine::Segment| {
                 s.units.last() == Some(u) && s.after.is_some_and(|a| rec.contains(&a))
             };
-            let starts_after = |s: &Segment| s.before == Some(*u) && rec.contains(&s.units[0]);
+            let starts_after =
+                |s: &spine::Segment| s.before == Some(*u) && rec.contains(&s.units[0]);
             for (i, &t) in acc_kinds.iter().enumerate() {
-                let of_kind = |f: &dyn Fn(&Segment) -> bool| -> Vec<usize> {
+                let of_kind = |f: &dyn Fn(&spine::Segment) -> bool| -> Vec<usize> {
                     (0..segs.len())
                         .filter(|&s| segs[s].kind == t && f(&segs[s]))
                         .collect()
@@ -868,8 +885,19 @@ impl IntegerProgram {
                         model.add(constraint!(mem <= kind.memory as f64));
                     }
                 }
+                // a segment's device pays at least its transfer bound
+                // (spine.rs)
+                if acc.is_some() && !segs.is_empty() {
+                    let least: Expression = segs
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, s)| s.kind == t)
+                        .map(|(s, seg)| (seg.time + seg.transfers) * sigma[q][s])
+                        .sum();
+                    model.add(constraint!(load.clone() >= least));
+                }
                 // a closed segment's device holds nothing else: what its
-                // load leaves of the bound is lost (runs.rs)
+                // load leaves of the bound is lost (spine.rs)
                 let lost: Expression = segs
                     .iter()
                     .enumerate()
@@ -959,80 +987,6 @@ impl IntegerProgram {
         let stats = self.finish(&solution, objective, nvars, constraints);
         Ok((assignment, stats))
     }
-}
-
-/// A segment of a run for the contiguous IP (see runs.rs).
-struct Segment {
-    /// Index of its run.
-    run: usize,
-    /// The device kind it is for.
-    kind: usize,
-    /// Its units, and the run's units just before and after it (a device
-    /// holding exactly the segment holds neither).
-    units: Vec<usize>,
-    before: Option<usize>,
-    after: Option<usize>,
-    /// For a closed segment, the bound minus its load (time and
-    /// transfers) when positive: capacity its device cannot use; else 0.
-    lost: f64,
-}
-
-/// Every segment of every run, per kind, whose units that kind can hold
-/// and whose time fits the bound `b` (a longer one would make its device's
-/// load exceed every split the IP looks for). Transfers are priced for
-/// accelerator kinds (a CPU pays none), as the evaluator does.
-fn segments(
-    runs: &[runs::Run],
-    units: &crate::problem::Units,
-    kinds: &[Kind],
-    tr: &[(f64, usize, Vec<usize>)],
-    b: f64,
-) -> Vec<Segment> {
-    let mut out = Vec::new();
-    for (r, run) in runs.iter().enumerate() {
-        let n = run.units.len();
-        for (t, kind) in kinds.iter().enumerate() {
-            for i in 0..n {
-                let mut time = 0.0;
-                for j in i..n {
-                    let u = run.units[j];
-                    if !(kind.is_cpu || units.accelerator_ok[u]) {
-                        break;
-                    }
-                    time += unit_time(kind, units.cpu_time[u], units.accelerator_time[u]);
-                    if time > b {
-                        break;
-                    }
-                    let held = &run.units[i..=j];
-                    let comm: f64 = if kind.is_cpu {
-                        0.0
-                    } else {
-                        tr.iter()
-                            .filter(|(_, s, rec)| {
-                                let inside = held.contains(s);
-                                rec.iter().any(|w| held.contains(w) != inside)
-                            })
-                            .map(|(c, _, _)| c)
-                            .sum()
-                    };
-                    let lost = if run.closed(i, j) {
-                        (b - time - comm).max(0.0)
-                    } else {
-                        0.0
-                    };
-                    out.push(Segment {
-                        run: r,
-                        kind: t,
-                        units: held.to_vec(),
-                        before: i.checked_sub(1).map(|k| run.units[k]),
-                        after: run.units.get(j + 1).copied(),
-                        lost,
-                    });
-                }
-            }
-        }
-    }
-    out
 }
 
 /// A split as a chain: each unit's position and each position's kind, the
