@@ -138,7 +138,11 @@ pub(super) type Transfer = (f64, usize, Vec<usize>);
 /// block's own order, as membership vectors over `block`; `None` past
 /// `MAX_DOWN_SETS`.
 fn down_sets(units: &Units, block: &[usize]) -> Option<Vec<Vec<bool>>> {
-    let pos = |u: usize| block.iter().position(|&b| b == u);
+    let mut index = std::collections::HashMap::new();
+    for (i, &u) in block.iter().enumerate() {
+        index.insert(u, i);
+    }
+    let pos = |u: usize| index.get(&u).copied();
     let preds: Vec<Vec<usize>> = block
         .iter()
         .map(|&u| units.preds[u].iter().filter_map(|&p| pos(p)).collect())
@@ -174,6 +178,28 @@ fn down_sets(units: &Units, block: &[usize]) -> Option<Vec<Vec<bool>>> {
     walk(0, &preds, &mut current, &mut out).then_some(out)
 }
 
+/// The transfers whose sender or some receiver is `a` or in `block`, and
+/// a map from units to their index in `block` (`usize::MAX` elsewhere):
+/// the only transfers that can cross the boundary of a set of `a` and
+/// part of the block, for the two bounds below.
+fn near<'a>(
+    units: &Units,
+    tr: &'a [Transfer],
+    block: &[usize],
+    a: usize,
+) -> (Vec<&'a Transfer>, Vec<usize>) {
+    let mut index = vec![usize::MAX; units.succs.len()];
+    for (i, &u) in block.iter().enumerate() {
+        index[u] = i;
+    }
+    let touches = |u: usize| u == a || index[u] != usize::MAX;
+    let near = tr
+        .iter()
+        .filter(|(_, s, rec)| touches(*s) || rec.iter().any(|&w| touches(w)))
+        .collect();
+    (near, index)
+}
+
 /// The cheapest incoming transfers of a set holding `a` and an up-set of
 /// `block` (the block before `a`) and nothing else before `a`; 0 when the
 /// block is too large to enumerate.
@@ -181,13 +207,13 @@ fn in_lower_bound(units: &Units, tr: &[Transfer], block: &[usize], a: usize) -> 
     let Some(downs) = down_sets(units, block) else {
         return 0.0;
     };
+    let (near, index) = near(units, tr, block, a);
     downs
         .iter()
         .map(|down| {
             // the set's part here: a and the block's units not in `down`
-            let inside =
-                |u: usize| u == a || block.iter().position(|&b| b == u).is_some_and(|i| !down[i]);
-            tr.iter()
+            let inside = |u: usize| u == a || (index[u] != usize::MAX && !down[index[u]]);
+            near.iter()
                 .filter(|(_, s, rec)| !inside(*s) && rec.iter().any(|&w| inside(w)))
                 .map(|(c, _, _)| c)
                 .sum::<f64>()
@@ -201,12 +227,12 @@ fn out_lower_bound(units: &Units, tr: &[Transfer], block: &[usize], a: usize) ->
     let Some(downs) = down_sets(units, block) else {
         return 0.0;
     };
+    let (near, index) = near(units, tr, block, a);
     downs
         .iter()
         .map(|down| {
-            let inside =
-                |u: usize| u == a || block.iter().position(|&b| b == u).is_some_and(|i| down[i]);
-            tr.iter()
+            let inside = |u: usize| u == a || (index[u] != usize::MAX && down[index[u]]);
+            near.iter()
                 .filter(|(_, s, rec)| inside(*s) && rec.iter().any(|&w| !inside(w)))
                 .map(|(c, _, _)| c)
                 .sum::<f64>()
