@@ -27,6 +27,7 @@ pub mod paper;
 pub mod pipedream;
 pub mod problem;
 pub(crate) mod satellite;
+pub(crate) mod spine;
 pub mod topology;
 
 pub use chain::{

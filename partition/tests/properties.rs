@@ -512,6 +512,27 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1500))]
+
+    /// Graphs with a stem (the DP's viable cells count what the stem's
+    /// closed segments leave unused): the exact DP equals brute force.
+    #[test]
+    fn exact_dp_equals_brute_force_on_stems_and_heads(c in chained_case()) {
+        let brute = brute::best_contiguous(&c.graph, &c.cluster).unwrap();
+        let exact = ExactDp::default().solve(&c.graph, &c.cluster);
+        match (brute, exact) {
+            (None, Err(PartitionError::Infeasible(_))) => {}
+            (Some((best, _)), Ok((plan, _))) => {
+                consistent(&c, &plan);
+                prop_assert!((plan.objective - best).abs() <= 1e-9 * best.max(1.0),
+                    "DP {} vs brute force {}", plan.objective, best);
+            }
+            (b, e) => prop_assert!(false, "brute force {b:?} but DP {e:?}"),
+        }
+    }
+}
+
 /// The contiguous IP on random DAGs with several CPUs and binding memory
 /// (issue 21: the strengthened model, its symmetry breaking among empty
 /// positions, the per-kind capacity rows and the upper bound): it equals

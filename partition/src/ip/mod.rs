@@ -56,7 +56,6 @@ use crate::problem::{Indexed, Kind};
 use crate::{PartitionError, Result};
 
 mod solver;
-mod spine;
 
 pub use solver::IpSolver;
 use solver::{Model, Solved};
@@ -570,8 +569,8 @@ impl IntegerProgram {
             Vec::new()
         };
         let tr = transfers(&p.ix, &units.unit_of);
-        let segs = match (bound, bound.and_then(|_| spine::spine(units))) {
-            (Some(b), Some(sp)) => spine::segments(&sp, units, &kinds, &tr, b, |t, u| {
+        let segs = match (bound, bound.and_then(|_| crate::spine::spine(units))) {
+            (Some(b), Some(sp)) => crate::spine::segments(&sp, units, &kinds, &tr, b, |t, u| {
                 unit_time(&kinds[t], units.cpu_time[u], units.accelerator_time[u])
             }),
             _ => Vec::new(),
@@ -832,13 +831,13 @@ impl IntegerProgram {
         // transfer only as far as the two units' fractions differ, which a
         // relaxation spreading whole segments evenly makes zero.
         for (k, (_, u, rec)) in tr.iter().enumerate().filter(|_| !segs.is_empty()) {
-            let ends_here = |s: &spine::Segment| {
+            let ends_here = |s: &crate::spine::Segment| {
                 s.units.last() == Some(u) && s.after.is_some_and(|a| rec.contains(&a))
             };
             let starts_after =
-                |s: &spine::Segment| s.before == Some(*u) && rec.contains(&s.units[0]);
+                |s: &crate::spine::Segment| s.before == Some(*u) && rec.contains(&s.units[0]);
             for (i, &t) in acc_kinds.iter().enumerate() {
-                let of_kind = |f: &dyn Fn(&spine::Segment) -> bool| -> Vec<usize> {
+                let of_kind = |f: &dyn Fn(&crate::spine::Segment) -> bool| -> Vec<usize> {
                     (0..segs.len())
                         .filter(|&s| segs[s].kind == t && f(&segs[s]))
                         .collect()

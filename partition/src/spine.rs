@@ -31,6 +31,12 @@
 //!
 //! The LP relaxation of the plain model spreads the stem's large units over
 //! all positions and pays no transfer; the segment rows take that away.
+//!
+//! The exact DP uses the *stem* (the spine units before the first
+//! non-empty block, when nothing precedes them) the same way: every
+//! device holding part of it but not its end holds a closed segment, so
+//! the accelerator time such devices leave unused is at least
+//! [`StemWaste`]'s figure, which narrows the DP's viable cells.
 
 use crate::problem::Units;
 
@@ -44,7 +50,7 @@ const MAX_DOWN_SETS: usize = 1 << 14;
 
 /// The spine and its blocks (see the module docs).
 #[derive(Debug, Clone, PartialEq)]
-pub(super) struct Spine {
+pub(crate) struct Spine {
     /// The spine units in order.
     pub units: Vec<usize>,
     /// `units.len() + 1` blocks: before, between and after the spine units.
@@ -53,7 +59,7 @@ pub(super) struct Spine {
 
 /// The spine of `units`' order graph; `None` when it has fewer than two
 /// units (no segment can say anything then), a cycle, or too many units.
-pub(super) fn spine(units: &Units) -> Option<Spine> {
+pub(crate) fn spine(units: &Units) -> Option<Spine> {
     let n = units.succs.len();
     if !(2..=MAX_UNITS).contains(&n) {
         return None;
@@ -132,7 +138,7 @@ fn topological_order(units: &Units) -> Option<Vec<usize>> {
 
 /// A transfer: its cost, the sender's unit, the distinct other units
 /// receiving it (one per sending node, as the IP prices them).
-pub(super) type Transfer = (f64, usize, Vec<usize>);
+pub(crate) type Transfer = (f64, usize, Vec<usize>);
 
 /// Every down-set of `block` (units in topological order) inside the
 /// block's own order, as membership vectors over `block`; `None` past
@@ -242,7 +248,7 @@ fn out_lower_bound(units: &Units, tr: &[Transfer], block: &[usize], a: usize) ->
 
 /// A segment of the spine for one device kind.
 #[derive(Debug, Clone, PartialEq)]
-pub(super) struct Segment {
+pub(crate) struct Segment {
     /// The device kind it is for.
     pub kind: usize,
     /// Its spine units, and the blocks' units strictly inside it.
@@ -268,7 +274,7 @@ pub(super) struct Segment {
 /// time fits the bound `b` (a longer one would take its device past every
 /// split the IP looks for). `unit_time(kind, u)` is a unit's time on a
 /// kind; transfers are priced for accelerator kinds, as the evaluator does.
-pub(super) fn segments(
+pub(crate) fn segments(
     spine: &Spine,
     units: &Units,
     kinds: &[crate::problem::Kind],
@@ -437,4 +443,97 @@ mod tests {
         // one comparable unit is not enough
         assert!(spine(&units(5, &[(0, 2), (1, 2), (2, 3), (2, 4)])).is_none());
     }
+}
+
+/// What the stem leaves unused, for the exact DP's viable cells.
+///
+/// The stem is `r_1..r_n`: the spine units up to the first non-empty
+/// block, when the first spine unit has no ancestors (`blocks[0]` empty).
+/// An ideal either is a stem prefix `r_1..r_k` or holds the whole stem
+/// (every other unit descends from `r_n`). In a chain of devices, the
+/// devices holding stem units hold consecutive segments; each but the one
+/// holding `r_n` holds exactly its segment (a closed segment, see the
+/// module docs), and so does the one holding `r_k` when the ideal is the
+/// prefix `r_1..r_k` (the prefix's devices hold the prefix and nothing
+/// else). A closed segment on an accelerator of speed `σ` within the bound
+/// `B` leaves `σ B - T` of its accelerator time unused (`T` the segment's
+/// accelerator time; its load `T / σ + transfers <= B`); on a CPU we count
+/// nothing. So the devices holding an ideal leave at least the least such
+/// sum over all cuts of its stem part into segments that some kind can
+/// hold (time within `B`, supported, memory within the kind's).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StemWaste {
+    /// The stem's units in order.
+    pub units: Vec<usize>,
+    /// `prefix[k]`: the least unused accelerator time of the ideal
+    /// `r_1..r_k` (every segment closed); `prefix[0] = 0`.
+    pub prefix: Vec<f64>,
+    /// The least for an ideal holding the whole stem (the segment with
+    /// `r_n` not counted).
+    pub whole: f64,
+}
+
+/// The stem's unused accelerator time under the bound `b` (see
+/// [`StemWaste`]); `None` without a stem of two units or more.
+pub(crate) fn stem_waste(
+    units: &Units,
+    kinds: &[crate::problem::Kind],
+    b: f64,
+) -> Option<StemWaste> {
+    let sp = spine(units)?;
+    if !sp.blocks[0].is_empty() {
+        return None;
+    }
+    let n = (1..sp.blocks.len())
+        .find(|&i| !sp.blocks[i].is_empty())
+        .unwrap_or(sp.units.len())
+        .min(sp.units.len());
+    if n < 2 {
+        return None;
+    }
+    let stem = sp.units[..n].to_vec();
+    // the least unused accelerator time of a closed segment i..=j, or
+    // infinity when no kind can hold it
+    let unused = |i: usize, j: usize| -> f64 {
+        let seg = &stem[i..=j];
+        let cpu: f64 = seg.iter().map(|&u| units.cpu_time[u]).sum();
+        let acc: f64 = seg.iter().map(|&u| units.accelerator_time[u]).sum();
+        let memory: u64 = seg
+            .iter()
+            .map(|&u| units.memory[u])
+            .fold(0, u64::saturating_add);
+        let supported = seg.iter().all(|&u| units.accelerator_ok[u]);
+        kinds
+            .iter()
+            .filter_map(|k| {
+                if k.is_cpu {
+                    (cpu <= b).then_some(0.0)
+                } else {
+                    (supported && memory <= k.memory && acc / k.speed <= b)
+                        .then(|| (k.speed * b - acc).max(0.0))
+                }
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    let mut prefix = vec![f64::INFINITY; n + 1];
+    prefix[0] = 0.0;
+    for k in 1..=n {
+        for j in 0..k {
+            let v = prefix[j] + unused(j, k - 1);
+            if v < prefix[k] {
+                prefix[k] = v;
+            }
+        }
+    }
+    // the segment holding r_n may hold more: it costs nothing here, but
+    // some kind must hold at least the segment
+    let whole = (0..n)
+        .filter(|&j| unused(j, n - 1).is_finite())
+        .map(|j| prefix[j])
+        .fold(f64::INFINITY, f64::min);
+    Some(StemWaste {
+        units: stem,
+        prefix,
+        whole,
+    })
 }
