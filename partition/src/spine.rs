@@ -206,30 +206,28 @@ fn near<'a>(
     (near, index)
 }
 
-/// The cheapest incoming transfers of a set holding `a` and an up-set of
-/// `block` (the block before `a`) and nothing else before `a`; 0 when the
-/// block is too large to enumerate.
-fn in_lower_bound(units: &Units, tr: &[Transfer], block: &[usize], a: usize) -> f64 {
-    let Some(downs) = down_sets(units, block) else {
-        return 0.0;
-    };
-    let (near, index) = near(units, tr, block, a);
-    downs
-        .iter()
-        .map(|down| {
-            // the set's part here: a and the block's units not in `down`
-            let inside = |u: usize| u == a || (index[u] != usize::MAX && !down[index[u]]);
-            near.iter()
-                .filter(|(_, s, rec)| !inside(*s) && rec.iter().any(|&w| inside(w)))
-                .map(|(c, _, _)| c)
-                .sum::<f64>()
-        })
-        .fold(f64::INFINITY, f64::min)
+/// Which side of the spine unit a block lies on.
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    /// The block before `a`: a set holding `a` holds an up-set of it.
+    Before,
+    /// The block after `a`: a set holding `a` holds a down-set of it.
+    After,
 }
 
-/// The cheapest outgoing transfers of a set holding `a` and a down-set of
-/// `block` (the block after `a`) and nothing after; 0 when too large.
-fn out_lower_bound(units: &Units, tr: &[Transfer], block: &[usize], a: usize) -> f64 {
+/// The cheapest transfers across the boundary of a set holding `a` and
+/// part of `block` (nothing else on that side of `a`): incoming ones for
+/// the block before `a` (a sender outside with a receiver inside), outgoing
+/// ones for the block after (a sender inside with a receiver outside),
+/// least over every part the set can hold; 0 when the block is too large
+/// to enumerate.
+fn transfer_lower_bound(
+    units: &Units,
+    tr: &[Transfer],
+    block: &[usize],
+    a: usize,
+    side: Side,
+) -> f64 {
     let Some(downs) = down_sets(units, block) else {
         return 0.0;
     };
@@ -237,9 +235,16 @@ fn out_lower_bound(units: &Units, tr: &[Transfer], block: &[usize], a: usize) ->
     downs
         .iter()
         .map(|down| {
-            let inside = |u: usize| u == a || (index[u] != usize::MAX && down[index[u]]);
+            // the set's part here: `a` and, of the block, the up-set left
+            // by `down` (before) or `down` itself (after)
+            let inside = |u: usize| {
+                u == a || (index[u] != usize::MAX && down[index[u]] == (side == Side::After))
+            };
             near.iter()
-                .filter(|(_, s, rec)| inside(*s) && rec.iter().any(|&w| !inside(w)))
+                .filter(|(_, s, rec)| {
+                    let sent_inside = inside(*s) == (side == Side::After);
+                    sent_inside && rec.iter().any(|&w| inside(w) != inside(*s))
+                })
                 .map(|(c, _, _)| c)
                 .sum::<f64>()
         })
@@ -285,10 +290,10 @@ pub(crate) fn segments(
     let m = spine.units.len();
     let a = &spine.units;
     let in_lb: Vec<f64> = (0..m)
-        .map(|i| in_lower_bound(units, tr, &spine.blocks[i], a[i]))
+        .map(|i| transfer_lower_bound(units, tr, &spine.blocks[i], a[i], Side::Before))
         .collect();
     let out_lb: Vec<f64> = (0..m)
-        .map(|j| out_lower_bound(units, tr, &spine.blocks[j + 1], a[j]))
+        .map(|j| transfer_lower_bound(units, tr, &spine.blocks[j + 1], a[j], Side::After))
         .collect();
     let mut out = Vec::new();
     for (t, kind) in kinds.iter().enumerate() {
