@@ -23,6 +23,7 @@ mod device;
 mod error;
 mod link;
 mod nccl;
+mod nccl_wait;
 mod nvml;
 pub mod ptx_check;
 
@@ -32,7 +33,7 @@ use hetero_gpu_kernels as kernels;
 pub use device::{CudaBuffer, CudaDevice, PeerPath};
 pub use error::CudaError;
 pub use link::{CudaHostLink, CudaPeerLink, Direction};
-pub use nccl::{NCCL_UNIQUE_ID_BYTES, NcclCollective};
+pub use nccl::{DEFAULT_NCCL_TIMEOUT, NCCL_UNIQUE_ID_BYTES, NcclCollective};
 pub use nvml::{Nvml, PciAddress, PcieLink};
 
 use hetero_core::Result;

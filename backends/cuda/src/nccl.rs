@@ -17,6 +17,7 @@
 //! calling thread blocks while it waits).
 
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use cudarc::driver::{DevicePtr, DevicePtrMut};
@@ -29,23 +30,61 @@ use hetero_core::{
 
 use crate::device::{CudaBuffer, CudaDevice};
 use crate::error::CudaError;
+use crate::nccl_wait;
 
 /// Size of an NCCL unique id in bytes.
 pub const NCCL_UNIQUE_ID_BYTES: usize = 128;
 
-struct RawComm(ncclComm_t);
+/// A communicator handle and whether it was aborted (then NCCL has freed
+/// it, and it must be neither used nor destroyed).
+struct RawComm {
+    comm: ncclComm_t,
+    aborted: bool,
+}
 
 // SAFETY: an NCCL communicator may be used from any thread as long as calls
 // on it are not concurrent; `NcclCollective` keeps it behind a mutex.
 unsafe impl Send for RawComm {}
 
-impl Drop for RawComm {
-    fn drop(&mut self) {
-        // SAFETY: the communicator was initialised and is dropped once.
-        // Errors cannot be reported from drop; destroy waits for pending work.
-        let _ = unsafe { nccl::comm_destroy(self.0) };
+impl RawComm {
+    fn abort(&mut self) {
+        if !self.aborted {
+            nccl_wait::abort(self.comm);
+            self.aborted = true;
+        }
     }
 }
+
+/// How long dropping a communicator waits for NCCL to finalize it (its
+/// last collectives to drain) before aborting it instead.
+const DROP_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Drop for RawComm {
+    fn drop(&mut self) {
+        if self.aborted {
+            return;
+        }
+        // Finalize is non-blocking on these communicators: wait a bounded
+        // time, then destroy; a peer that went away makes it abort instead,
+        // so dropping never blocks forever.
+        // SAFETY: the communicator is live and finalized once.
+        let finalized = unsafe { nccl::comm_finalize(self.comm) }.is_ok()
+            && nccl_wait::wait_ready(self.comm, Instant::now() + DROP_TIMEOUT).is_ok();
+        if finalized {
+            // SAFETY: finalized above; destroyed once.
+            let _ = unsafe { nccl::comm_destroy(self.comm) };
+        } else {
+            self.abort();
+        }
+    }
+}
+
+/// How long an NCCL call (init, or one collective with its stream work)
+/// may take before the communicator is aborted and the call returns
+/// [`Error::Timeout`]; [`NcclCollective::set_timeout`] changes it. Ten
+/// minutes, as PyTorch's NCCL watchdog: long enough for a first collective
+/// that sets up connections across nodes.
+pub const DEFAULT_NCCL_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// One rank of an NCCL communicator, on one GPU.
 pub struct NcclCollective {
@@ -53,6 +92,7 @@ pub struct NcclCollective {
     comm: Mutex<RawComm>,
     rank: usize,
     size: usize,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for NcclCollective {
@@ -90,6 +130,15 @@ fn nccl_err(call: &'static str, rank: usize) -> impl Fn(nccl::NcclError) -> Erro
     }
 }
 
+/// Make `device`'s context current on this thread (NCCL and the stream
+/// queries work on the current context).
+fn bind(device: &CudaDevice) -> Result<()> {
+    device
+        .context()
+        .bind_to_thread()
+        .map_err(|e| CudaError::driver(Device::id(device), "cuCtxSetCurrent", e).into())
+}
+
 fn nccl_dtype(dtype: DType) -> ncclDataType_t {
     match dtype {
         DType::F32 => ncclDataType_t::ncclFloat32,
@@ -120,8 +169,24 @@ impl NcclCollective {
     }
 
     /// Join the communicator named by `id` as `rank` of `size`, on `device`.
-    /// Blocks until all `size` ranks have joined.
+    /// Waits until all `size` ranks have joined, at most
+    /// [`DEFAULT_NCCL_TIMEOUT`]; see [`Self::from_unique_id_with_timeout`].
     pub fn from_unique_id(device: CudaDevice, id: &[u8], rank: usize, size: usize) -> Result<Self> {
+        Self::from_unique_id_with_timeout(device, id, rank, size, DEFAULT_NCCL_TIMEOUT)
+    }
+
+    /// As [`Self::from_unique_id`], with `timeout` bounding the join and,
+    /// afterwards, every collective. The communicator is non-blocking: a
+    /// rank that never joins makes this return [`Error::Timeout`] (the
+    /// half-made communicator aborted), and an error NCCL finds while
+    /// joining (two ranks on one GPU, say) returns [`Error::PeerFailure`].
+    pub fn from_unique_id_with_timeout(
+        device: CudaDevice,
+        id: &[u8],
+        rank: usize,
+        size: usize,
+        timeout: Duration,
+    ) -> Result<Self> {
         check_nccl()?;
         let internal: [u8; NCCL_UNIQUE_ID_BYTES] = id.try_into().map_err(|_| {
             Error::invalid(
@@ -143,47 +208,114 @@ impl NcclCollective {
         for (dst, src) in uid.internal.iter_mut().zip(internal) {
             *dst = src as _;
         }
-        device.context().bind_to_thread().map_err(|e| {
-            Error::from(CudaError::driver(Device::id(&device), "cuCtxSetCurrent", e))
-        })?;
+        bind(&device)?;
+        let start = Instant::now();
+        let mut config = nccl_wait::nonblocking_config();
         let mut comm: ncclComm_t = std::ptr::null_mut();
-        // SAFETY: `comm` is a valid out-pointer; the id is 128 bytes.
-        unsafe { nccl::comm_init_rank(&mut comm, world, uid, rank as i32) }
-            .map_err(nccl_err("ncclCommInitRank", rank))?;
+        // SAFETY: `comm` and `config` are valid pointers; the id is 128 bytes.
+        let r =
+            unsafe { nccl::comm_init_rank_config(&mut comm, world, uid, rank as i32, &mut config) };
+        let mut raw = RawComm {
+            comm,
+            aborted: comm.is_null(),
+        };
+        if let Err(e) = r {
+            raw.abort();
+            return Err(nccl_err("ncclCommInitRankConfig", rank)(e));
+        }
+        if let Err(failure) = nccl_wait::wait_ready(raw.comm, start + timeout) {
+            raw.abort();
+            return Err(failure.into_error("ncclCommInitRankConfig", rank, start.elapsed()));
+        }
         Ok(NcclCollective {
             device,
-            comm: Mutex::new(RawComm(comm)),
+            comm: Mutex::new(raw),
             rank,
             size,
+            timeout,
         })
     }
 
-    /// One communicator over these local GPUs, rank `i` on `devices[i]`.
-    /// NCCL needs every rank's call in flight at once: drive each returned
-    /// rank from its own thread.
+    /// One communicator over these local GPUs, rank `i` on `devices[i]`,
+    /// each non-blocking and bounded by [`DEFAULT_NCCL_TIMEOUT`] (change it
+    /// with [`Self::set_timeout`]). NCCL needs every rank's call in flight
+    /// at once: drive each returned rank from its own thread.
     pub fn all_local(devices: &[CudaDevice]) -> Result<Vec<Self>> {
         check_nccl()?;
         if devices.is_empty() {
             return Err(Error::invalid("devices", "need at least one GPU"));
         }
-        let ordinals: Vec<i32> = devices.iter().map(|d| d.ordinal() as i32).collect();
-        let mut comms: Vec<ncclComm_t> = vec![std::ptr::null_mut(); devices.len()];
-        // SAFETY: `comms` holds one out-slot per device ordinal.
-        unsafe {
-            nccl::comm_init_all(comms.as_mut_ptr(), ordinals.len() as i32, ordinals.as_ptr())
+        let world = i32::try_from(devices.len())
+            .map_err(|_| Error::invalid("devices", "too many GPUs for one communicator"))?;
+        let uid = nccl::get_uniqueid().map_err(nccl_err("ncclGetUniqueId", 0))?;
+        let start = Instant::now();
+        // One group of per-rank inits from this thread, as NCCL documents
+        // for several GPUs per thread (`ncclCommInitAll` takes no config, so
+        // its communicators could only block).
+        nccl::group_start().map_err(nccl_err("ncclGroupStart", 0))?;
+        let mut raws: Vec<RawComm> = Vec::with_capacity(devices.len());
+        let mut first_error = None;
+        for (rank, device) in devices.iter().enumerate() {
+            if let Err(e) = bind(device) {
+                first_error = Some(e);
+                break;
+            }
+            let mut config = nccl_wait::nonblocking_config();
+            let mut comm: ncclComm_t = std::ptr::null_mut();
+            // SAFETY: valid out-pointers; inside a group, so this only queues
+            // the init until `ncclGroupEnd`.
+            let r = unsafe {
+                nccl::comm_init_rank_config(&mut comm, world, uid, rank as i32, &mut config)
+            };
+            raws.push(RawComm {
+                comm,
+                aborted: comm.is_null(),
+            });
+            if let Err(e) = r {
+                first_error = Some(nccl_err("ncclCommInitRankConfig", rank)(e));
+                break;
+            }
         }
-        .map_err(nccl_err("ncclCommInitAll", 0))?;
+        let ended = nccl::group_end().map_err(nccl_err("ncclGroupEnd", 0));
+        let mut failed = first_error.or(ended.err());
+        if failed.is_none() {
+            for (rank, raw) in raws.iter().enumerate() {
+                if let Err(f) = nccl_wait::wait_ready(raw.comm, start + DEFAULT_NCCL_TIMEOUT) {
+                    failed = Some(f.into_error("ncclCommInitRankConfig", rank, start.elapsed()));
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failed {
+            for raw in &mut raws {
+                raw.abort();
+            }
+            return Err(e);
+        }
         Ok(devices
             .iter()
-            .zip(comms)
+            .zip(raws)
             .enumerate()
-            .map(|(rank, (device, comm))| NcclCollective {
+            .map(|(rank, (device, raw))| NcclCollective {
                 device: device.clone(),
-                comm: Mutex::new(RawComm(comm)),
+                comm: Mutex::new(raw),
                 rank,
                 size: devices.len(),
+                timeout: DEFAULT_NCCL_TIMEOUT,
             })
             .collect())
+    }
+
+    /// The bound on every later collective of this rank (at least a
+    /// millisecond): past it the communicator is aborted and the call
+    /// returns [`Error::Timeout`].
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout.max(Duration::from_millis(1));
+    }
+
+    /// The bound on each collective of this rank.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     pub fn device(&self) -> &CudaDevice {
@@ -204,7 +336,10 @@ impl NcclCollective {
         }
     }
 
-    /// Run one NCCL call under the communicator lock, then wait for the stream.
+    /// Run one NCCL call under the communicator lock, then wait for its
+    /// enqueueing and for the stream, at most [`Self::timeout`] in all.
+    /// On an error or a timeout the communicator is aborted, and every later
+    /// call fails at once.
     fn call(
         &self,
         name: &'static str,
@@ -213,13 +348,34 @@ impl NcclCollective {
             cudarc::nccl::sys::cudaStream_t,
         ) -> std::result::Result<nccl::NcclStatus, nccl::NcclError>,
     ) -> Result<()> {
-        let comm = self.comm.lock().map_err(|_| Error::PeerFailure {
+        let mut comm = self.comm.lock().map_err(|_| Error::PeerFailure {
             rank: self.rank,
             reason: "an earlier NCCL call on this rank panicked".into(),
         })?;
-        f(comm.0, self.device.stream().cu_stream() as _).map_err(nccl_err(name, self.rank))?;
-        drop(comm);
-        self.device.synchronize()
+        if comm.aborted {
+            return Err(Error::PeerFailure {
+                rank: self.rank,
+                reason: format!(
+                    "NCCL {name}: this communicator was aborted after an earlier \
+                     timeout or peer failure; make a new one"
+                ),
+            });
+        }
+        bind(&self.device)?;
+        let start = Instant::now();
+        let deadline = start + self.timeout;
+        let stream = self.device.stream().cu_stream();
+        if let Err(e) = f(comm.comm, stream as _) {
+            comm.abort();
+            return Err(nccl_err(name, self.rank)(e));
+        }
+        let waited = nccl_wait::wait_ready(comm.comm, deadline)
+            .and_then(|()| nccl_wait::wait_stream(comm.comm, stream, deadline));
+        if let Err(failure) = waited {
+            comm.abort();
+            return Err(failure.into_error(name, self.rank, start.elapsed()));
+        }
+        Ok(())
     }
 
     /// A buffer of this GPU holding `t`'s contents (the tensor's own buffer

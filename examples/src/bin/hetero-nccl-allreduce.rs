@@ -3,7 +3,7 @@
 //! all-reduce GPU buffers and check the result.
 
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use hetero_collectives::transport::{Ranks, TransportKind, connect};
@@ -30,6 +30,11 @@ struct Args {
     /// Timed repetitions.
     #[arg(long, default_value_t = 10)]
     repetitions: usize,
+    /// Seconds the NCCL join and each all-reduce may take before the
+    /// communicator is aborted and this rank exits with a timeout error
+    /// (a rank that died or stalled never hangs the others).
+    #[arg(long, default_value_t = hetero_cuda::DEFAULT_NCCL_TIMEOUT.as_secs_f64())]
+    timeout: f64,
 }
 
 fn main() -> ExitCode {
@@ -54,6 +59,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: &Args) -> Result<()> {
+    let timeout = Duration::try_from_secs_f64(args.timeout)
+        .ok()
+        .filter(|t| !t.is_zero())
+        .ok_or_else(|| Error::invalid("--timeout", "must be a positive number of seconds"))?;
     let cfg = TcpConfig::from_env()?;
     let (rank, size) = (cfg.rank, cfg.world_size);
     let tcp = connect(TransportKind::Tcp, Ranks::Job(cfg.clone()), None)
@@ -70,7 +79,7 @@ async fn run(args: &Args) -> Result<()> {
         .broadcast(TensorMut::Host(HostSliceMut::new(&mut id)), 0)
         .await?;
     let gpu = CudaDevice::new(cfg.local_rank)?;
-    let nccl = NcclCollective::from_unique_id(gpu.clone(), &id, rank, size)?;
+    let nccl = NcclCollective::from_unique_id_with_timeout(gpu.clone(), &id, rank, size, timeout)?;
     eprintln!("rank {rank}/{size}: {}", nccl.explain());
     let d: &dyn DynDevice = &gpu;
     let n = args.elements;
