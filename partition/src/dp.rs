@@ -41,6 +41,7 @@
 //! zero-time units that hold memory out of the lattice when memory binds.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use hetero_core::placement::{Cluster, Graph, Placement, Plan, Slot, TwoLevelInterconnect};
@@ -177,9 +178,19 @@ pub(crate) struct Prepared<'g> {
     pub(crate) interconnect: Option<TwoLevelInterconnect>,
     /// Set on the exact DP's core problem only (see [`crate::satellite`]).
     pub(crate) satellites: Option<Satellites>,
+    /// The stem of `units` ([`crate::spine::stem_units`]), computed on
+    /// first use: the DP prices it under every bound it tries.
+    pub(crate) stem: OnceLock<Option<Vec<usize>>>,
 }
 
 impl Prepared<'_> {
+    /// The units' stem, if they have one ([`crate::spine::stem_units`]).
+    pub(crate) fn stem(&self) -> Option<&[usize]> {
+        self.stem
+            .get_or_init(|| crate::spine::stem_units(&self.units))
+            .as_deref()
+    }
+
     /// The first CPU's slot (if any) and every accelerator as (slot, speed,
     /// memory), in kind order: what the order-based baselines fill.
     pub(crate) fn first_cpu_and_accelerators(&self) -> (Option<Slot>, Vec<(Slot, f64, u64)>) {
@@ -215,6 +226,7 @@ pub(crate) fn prepare_any_interconnect<'g>(
         kinds,
         interconnect,
         satellites: None,
+        stem: OnceLock::new(),
     })
 }
 
@@ -686,7 +698,10 @@ fn trial_bounds(p: &Prepared<'_>, ub: f64) -> Vec<f64> {
     // CPUs before the stem: 216.6M pairs under the optimum, 219.4M under
     // 48.62), and failed trials cost more than they save (GNMT: 6.8M
     // pairs at `ub`, 21.4M with the trials).
-    if crate::spine::stem_waste(&p.units, &p.kinds, ub).is_none_or(|s| s.whole <= 0.0) {
+    if p.stem()
+        .map(|stem| crate::spine::stem_waste(stem, &p.units, &p.kinds, ub))
+        .is_none_or(|s| s.whole <= 0.0)
+    {
         return Vec::new();
     }
     let Ok((ns, strides, _)) = state_space(&p.kinds, 1) else {
@@ -1324,7 +1339,10 @@ impl Viability {
         // what the stem's closed segments leave unused (spine.rs): its
         // prefixes are the ideals with no other unit
         let mut unused = Vec::new();
-        if let Some(stem) = crate::spine::stem_waste(u, &p.kinds, bound) {
+        if let Some(stem) = p
+            .stem()
+            .map(|stem| crate::spine::stem_waste(stem, u, &p.kinds, bound))
+        {
             let mut in_stem = vec![false; u.len()];
             for &x in &stem.units {
                 in_stem[x] = true;

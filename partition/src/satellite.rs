@@ -233,6 +233,7 @@ pub(crate) fn split<'g>(p: &Prepared<'g>) -> Option<Prepared<'g>> {
             core_outdeg,
             count,
         }),
+        stem: std::sync::OnceLock::new(),
     })
 }
 

@@ -478,13 +478,11 @@ pub(crate) struct StemWaste {
     pub whole: f64,
 }
 
-/// The stem's unused accelerator time under the bound `b` (see
-/// [`StemWaste`]); `None` without a stem of two units or more.
-pub(crate) fn stem_waste(
-    units: &Units,
-    kinds: &[crate::problem::Kind],
-    b: f64,
-) -> Option<StemWaste> {
+/// The stem's units in order: the spine's units before its first block;
+/// `None` without a stem of two units or more. It depends on the graph
+/// only, so a solver computes it once (`Prepared::stem`) and prices it per
+/// bound with [`stem_waste`].
+pub(crate) fn stem_units(units: &Units) -> Option<Vec<usize>> {
     let sp = spine(units)?;
     if !sp.blocks[0].is_empty() {
         return None;
@@ -493,10 +491,18 @@ pub(crate) fn stem_waste(
         .find(|&i| !sp.blocks[i].is_empty())
         .unwrap_or(sp.units.len())
         .min(sp.units.len());
-    if n < 2 {
-        return None;
-    }
-    let stem = sp.units[..n].to_vec();
+    (n >= 2).then(|| sp.units[..n].to_vec())
+}
+
+/// The unused accelerator time of the stem `stem` ([`stem_units`]) under
+/// the bound `b` (see [`StemWaste`]).
+pub(crate) fn stem_waste(
+    stem: &[usize],
+    units: &Units,
+    kinds: &[crate::problem::Kind],
+    b: f64,
+) -> StemWaste {
+    let n = stem.len();
     // the least unused accelerator time of a closed segment i..=j, or
     // infinity when no kind can hold it
     let unused = |i: usize, j: usize| -> f64 {
@@ -536,9 +542,9 @@ pub(crate) fn stem_waste(
         .filter(|&j| unused(j, n - 1).is_finite())
         .map(|j| prefix[j])
         .fold(f64::INFINITY, f64::min);
-    Some(StemWaste {
-        units: stem,
+    StemWaste {
+        units: stem.to_vec(),
         prefix,
         whole,
-    })
+    }
 }
