@@ -27,7 +27,7 @@ mod spec;
 pub use any_device::AnyDevice;
 pub use discover::discover;
 pub use link::link_between;
-pub use spec::{DeviceSpec, parse_bytes, select_devices};
+pub use spec::{DeviceSpec, default_host_threads, parse_bytes, select_devices};
 
 pub use hetero_host as host;
 

@@ -67,7 +67,9 @@ struct Args {
     /// adapter with that budget), ...
     /// Default: the fastest kind of device that can hold the model (a GPU,
     /// then the CPU, then software adapters). Repeat it to split the
-    /// model's layers over several devices (see --split).
+    /// model's layers over several devices (see --split); a `host` without
+    /// `threads=` then leaves one core to each other device in the list
+    /// (the thread that drives it).
     #[arg(long = "device", value_name = "SPEC")]
     devices: Vec<String>,
     /// How the model spreads over the --device list: `auto` (the default

@@ -48,7 +48,8 @@ struct Args {
     model: Option<PathBuf>,
     /// With --model: a device of the pipeline (repeatable): `host`,
     /// `host:threads=1,memory=200MiB`, `wgpu:0`, `wgpu:0,memory=1GiB`,
-    /// `cuda:0`, ...
+    /// `cuda:0`, ...; a `host` without `threads=` leaves one core to each
+    /// other device in the list (the thread that drives it).
     #[arg(long = "device", value_name = "SPEC", requires = "model")]
     devices: Vec<String>,
     /// With --model: sequences decoded together (profile and KV memory).

@@ -48,8 +48,9 @@ struct Args {
     /// `wgpu:1`, `wgpu:1,memory=2GiB` (a wgpu adapter with that budget),
     /// `rocm:0`; `host:batch_invariant` makes a request's sampled text with
     /// a seed independent of the other requests and of the prefix cache
-    /// (slower); `host:no_amx` leaves Intel AMX's tile unit unused.
-    /// Default: every device found.
+    /// (slower); `host:no_amx` leaves Intel AMX's tile unit unused. A
+    /// `host` without `threads=` leaves one core to each other device in
+    /// the list (the thread that drives it). Default: every device found.
     #[arg(long = "device", value_name = "SPEC")]
     devices: Vec<String>,
     /// With --http: how the model spreads over the devices. `replicate`
