@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 use cudarc::nccl::result as nccl;
-use cudarc::nccl::sys::{ncclComm_t, ncclDataType_t, ncclRedOp_t};
+use cudarc::nccl::sys::{ncclComm_t, ncclDataType_t, ncclRedOp_t, ncclUniqueId};
 use hetero_core::{
     Collective, DType, Device, DeviceBuffer, Error, HostSlice, HostSliceMut, ReduceOp, Result,
     Tensor, TensorMut, chunk_range, collective::check_len, with_dtype,
@@ -130,6 +130,25 @@ fn nccl_err(call: &'static str, rank: usize) -> impl Fn(nccl::NcclError) -> Erro
     }
 }
 
+/// Start joining the communicator `uid` as `rank` of `world`, non-blocking,
+/// on the device current on this thread; the caller waits for it with
+/// [`nccl_wait::wait_ready`]. A failed start is aborted here.
+fn start_init(world: i32, uid: ncclUniqueId, rank: usize) -> Result<RawComm> {
+    let mut config = nccl_wait::nonblocking_config();
+    let mut comm: ncclComm_t = std::ptr::null_mut();
+    // SAFETY: `comm` and `config` are valid pointers; the id is 128 bytes.
+    let r = unsafe { nccl::comm_init_rank_config(&mut comm, world, uid, rank as i32, &mut config) };
+    let mut raw = RawComm {
+        comm,
+        aborted: comm.is_null(),
+    };
+    if let Err(e) = r {
+        raw.abort();
+        return Err(nccl_err("ncclCommInitRankConfig", rank)(e));
+    }
+    Ok(raw)
+}
+
 /// Make `device`'s context current on this thread (NCCL and the stream
 /// queries work on the current context).
 fn bind(device: &CudaDevice) -> Result<()> {
@@ -202,7 +221,7 @@ impl NcclCollective {
         }
         let world = i32::try_from(size)
             .map_err(|_| Error::invalid("size", "world size must fit in an i32"))?;
-        let mut uid = cudarc::nccl::sys::ncclUniqueId {
+        let mut uid = ncclUniqueId {
             internal: [0; NCCL_UNIQUE_ID_BYTES],
         };
         for (dst, src) in uid.internal.iter_mut().zip(internal) {
@@ -210,19 +229,7 @@ impl NcclCollective {
         }
         bind(&device)?;
         let start = Instant::now();
-        let mut config = nccl_wait::nonblocking_config();
-        let mut comm: ncclComm_t = std::ptr::null_mut();
-        // SAFETY: `comm` and `config` are valid pointers; the id is 128 bytes.
-        let r =
-            unsafe { nccl::comm_init_rank_config(&mut comm, world, uid, rank as i32, &mut config) };
-        let mut raw = RawComm {
-            comm,
-            aborted: comm.is_null(),
-        };
-        if let Err(e) = r {
-            raw.abort();
-            return Err(nccl_err("ncclCommInitRankConfig", rank)(e));
-        }
+        let mut raw = start_init(world, uid, rank)?;
         if let Err(failure) = nccl_wait::wait_ready(raw.comm, start + timeout) {
             raw.abort();
             return Err(failure.into_error("ncclCommInitRankConfig", rank, start.elapsed()));
@@ -260,20 +267,13 @@ impl NcclCollective {
                 first_error = Some(e);
                 break;
             }
-            let mut config = nccl_wait::nonblocking_config();
-            let mut comm: ncclComm_t = std::ptr::null_mut();
-            // SAFETY: valid out-pointers; inside a group, so this only queues
-            // the init until `ncclGroupEnd`.
-            let r = unsafe {
-                nccl::comm_init_rank_config(&mut comm, world, uid, rank as i32, &mut config)
-            };
-            raws.push(RawComm {
-                comm,
-                aborted: comm.is_null(),
-            });
-            if let Err(e) = r {
-                first_error = Some(nccl_err("ncclCommInitRankConfig", rank)(e));
-                break;
+            // inside a group, this only queues the init until `ncclGroupEnd`
+            match start_init(world, uid, rank) {
+                Ok(raw) => raws.push(raw),
+                Err(e) => {
+                    first_error = Some(e);
+                    break;
+                }
             }
         }
         let ended = nccl::group_end().map_err(nccl_err("ncclGroupEnd", 0));
