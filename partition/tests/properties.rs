@@ -133,6 +133,34 @@ proptest! {
     }
 }
 
+/// The exact DP equals brute force on `c` (infeasible exactly when brute
+/// force finds nothing), reports its DP objective, and the linearized DP
+/// is never better.
+fn exact_dp_equals_brute_force_on(c: &Case) -> Result<(), TestCaseError> {
+    let brute = brute::best_contiguous(&c.graph, &c.cluster).unwrap();
+    let exact = ExactDp::default().solve(&c.graph, &c.cluster);
+    match (brute, exact) {
+        (None, Err(PartitionError::Infeasible(_))) => {}
+        (Some((best, _)), Ok((plan, stats))) => {
+            consistent(c, &plan);
+            prop_assert!(
+                (plan.objective - best).abs() <= 1e-9 * best.max(1.0),
+                "DP {} vs brute force {} ({} satellites)",
+                plan.objective,
+                best,
+                stats.satellites
+            );
+            prop_assert!((stats.dp_objective - plan.objective).abs() <= 1e-9 * best.max(1.0));
+            if let Ok((lin, _)) = LinearDp.solve(&c.graph, &c.cluster) {
+                consistent(c, &lin);
+                prop_assert!(lin.objective >= best - 1e-9);
+            }
+        }
+        (b, e) => prop_assert!(false, "brute force {b:?} but DP {e:?}"),
+    }
+    Ok(())
+}
+
 /// The contiguous IP reaches the DP's optimum; the non-contiguous IP is
 /// never worse; both report the evaluator's objective of their split; the
 /// same with a two-level interconnect against brute force.
@@ -493,22 +521,7 @@ proptest! {
     /// priced per set, or its fallback to every unit) equals brute force.
     #[test]
     fn exact_dp_equals_brute_force_with_cpus_and_binding_memory(c in binding_case()) {
-        let brute = brute::best_contiguous(&c.graph, &c.cluster).unwrap();
-        let exact = ExactDp::default().solve(&c.graph, &c.cluster);
-        match (brute, exact) {
-            (None, Err(PartitionError::Infeasible(_))) => {}
-            (Some((best, _)), Ok((plan, stats))) => {
-                consistent(&c, &plan);
-                prop_assert!((plan.objective - best).abs() <= 1e-9 * best.max(1.0),
-                    "DP {} vs brute force {} ({} satellites)", plan.objective, best, stats.satellites);
-                prop_assert!((stats.dp_objective - plan.objective).abs() <= 1e-9 * best.max(1.0));
-                if let Ok((lin, _)) = LinearDp.solve(&c.graph, &c.cluster) {
-                    consistent(&c, &lin);
-                    prop_assert!(lin.objective >= best - 1e-9);
-                }
-            }
-            (b, e) => prop_assert!(false, "brute force {b:?} but DP {e:?}"),
-        }
+        exact_dp_equals_brute_force_on(&c)?;
     }
 }
 
@@ -519,17 +532,7 @@ proptest! {
     /// closed segments leave unused): the exact DP equals brute force.
     #[test]
     fn exact_dp_equals_brute_force_on_stems_and_heads(c in chained_case()) {
-        let brute = brute::best_contiguous(&c.graph, &c.cluster).unwrap();
-        let exact = ExactDp::default().solve(&c.graph, &c.cluster);
-        match (brute, exact) {
-            (None, Err(PartitionError::Infeasible(_))) => {}
-            (Some((best, _)), Ok((plan, _))) => {
-                consistent(&c, &plan);
-                prop_assert!((plan.objective - best).abs() <= 1e-9 * best.max(1.0),
-                    "DP {} vs brute force {}", plan.objective, best);
-            }
-            (b, e) => prop_assert!(false, "brute force {b:?} but DP {e:?}"),
-        }
+        exact_dp_equals_brute_force_on(&c)?;
     }
 }
 
