@@ -11,7 +11,7 @@
 //!                  min over I ⊂ J, kind t of max(dp[I][s - t], cost_t(J \ I)) )`.
 //!
 //! The pairs `I ⊂ J` are walked by a depth-first search down the Hasse
-//! diagram from `J` (each sub-ideal once, marked by a stamp, no hashing), and
+//! diagram from `J` (each sub-ideal once: units removed in decreasing order), and
 //! the costs of `J \ I` are kept incrementally: times, memory and support are
 //! sums, and the communication term is kept per node from the number of its
 //! successors inside the set. Times and memory only grow as `I` shrinks, so
@@ -470,7 +470,7 @@ impl Lattice {
     /// Bytes per ideal besides its bitset (two copies of it, in the table
     /// and the hash index) and the DP table: the hash index's entry, the
     /// Hasse diagram's edges (about four per ideal on the shipped graphs,
-    /// 12 bytes while built, 8 after) and the stamps.
+    /// 12 bytes while built, 8 after) and the viable states' bits.
     const BYTES_PER_IDEAL: usize = 48 + 4 * 12 + 8;
 
     fn ideals(units: &Units, limit: usize, tick: &mut dyn FnMut(usize, usize)) -> Result<Self> {
@@ -516,7 +516,9 @@ impl Lattice {
             return Err(PartitionError::TooManyIdeals { limit });
         }
         let count = data.len() / words;
-        up.sort_unstable();
+        // per ideal, its down edges by the unit removed (the walk in
+        // `row_dp` relies on it)
+        up.sort_unstable_by_key(|&(j, i, v)| (j, v, i));
         let mut down_start = vec![0u32; count + 1];
         for &(j, _, _) in &up {
             down_start[j as usize + 1] += 1;
@@ -590,14 +592,23 @@ struct SetState {
 }
 
 impl SetState {
-    fn pays(&self, u: usize) -> bool {
-        if self.in_set[u] {
-            self.succ_in[u] < self.outdeg[u]
-        } else {
-            self.succ_in[u] > 0
+    /// The sums, saved before a unit is added and put back when it is
+    /// removed (exactly: no rounding left behind by adding and subtracting).
+    fn totals(&self) -> Totals {
+        Totals {
+            comm: self.comm,
+            acc_time: self.acc_time,
+            cpu_time: self.cpu_time,
+            memory: self.memory,
+            satellite_memory: self.satellite_memory,
+            unsupported: self.unsupported,
         }
     }
 
+    /// Add `unit`'s members. A node pays its output's transfer when it is
+    /// in the set with a successor outside, or outside with a successor
+    /// in; only the members and their predecessors change, by the deltas
+    /// written out below.
     fn add(&mut self, p: &Prepared<'_>, unit: usize) {
         let u = &p.units;
         self.acc_time += u.accelerator_time[unit];
@@ -608,45 +619,58 @@ impl SetState {
         }
         self.unsupported += u32::from(!u.accelerator_ok[unit]);
         for &x in &u.members[unit] {
-            let before = self.pays(x);
+            // outside: paid if a successor is in; inside: if one is out
+            let (si, d) = (self.succ_in[x], self.outdeg[x]);
+            let before = si > 0;
+            let after = si < d;
+            if after != before {
+                let out = p.ix.out_cost[x];
+                self.comm += if after { out } else { -out };
+            }
             self.in_set[x] = true;
-            let after = self.pays(x);
-            self.comm +=
-                (f64::from(u8::from(after)) - f64::from(u8::from(before))) * p.ix.out_cost[x];
             for &y in p.ix.pred.row(x) {
-                let before = self.pays(y);
-                self.succ_in[y] += 1;
-                let after = self.pays(y);
-                self.comm +=
-                    (f64::from(u8::from(after)) - f64::from(u8::from(before))) * p.ix.out_cost[y];
+                let si = self.succ_in[y];
+                self.succ_in[y] = si + 1;
+                if self.in_set[y] {
+                    // its last successor outside comes in
+                    if si + 1 == self.outdeg[y] {
+                        self.comm -= p.ix.out_cost[y];
+                    }
+                } else if si == 0 {
+                    // its first successor inside
+                    self.comm += p.ix.out_cost[y];
+                }
             }
         }
     }
 
-    fn remove(&mut self, p: &Prepared<'_>, unit: usize) {
-        let u = &p.units;
-        self.acc_time -= u.accelerator_time[unit];
-        self.cpu_time -= u.cpu_time[unit];
-        self.memory = self.memory.saturating_sub(u.memory[unit]);
-        if let Some(sat) = &p.satellites {
-            self.satellite_memory = self.satellite_memory.saturating_sub(sat.memory[unit]);
-        }
-        self.unsupported -= u32::from(!u.accelerator_ok[unit]);
-        for &x in u.members[unit].iter().rev() {
+    /// Take `unit`'s members out again (the counters only; `saved` are the
+    /// sums from before it was added).
+    fn remove(&mut self, p: &Prepared<'_>, unit: usize, saved: Totals) {
+        for &x in p.units.members[unit].iter().rev() {
             for &y in p.ix.pred.row(x) {
-                let before = self.pays(y);
                 self.succ_in[y] -= 1;
-                let after = self.pays(y);
-                self.comm +=
-                    (f64::from(u8::from(after)) - f64::from(u8::from(before))) * p.ix.out_cost[y];
             }
-            let before = self.pays(x);
             self.in_set[x] = false;
-            let after = self.pays(x);
-            self.comm +=
-                (f64::from(u8::from(after)) - f64::from(u8::from(before))) * p.ix.out_cost[x];
         }
+        self.comm = saved.comm;
+        self.acc_time = saved.acc_time;
+        self.cpu_time = saved.cpu_time;
+        self.memory = saved.memory;
+        self.satellite_memory = saved.satellite_memory;
+        self.unsupported = saved.unsupported;
     }
+}
+
+/// [`SetState`]'s sums.
+#[derive(Clone, Copy)]
+struct Totals {
+    comm: f64,
+    acc_time: f64,
+    cpu_time: f64,
+    memory: u64,
+    satellite_memory: u64,
+    unsupported: u32,
 }
 
 /// One step of the optimal chain: `J \ I` on a device of kind `kind`
@@ -841,9 +865,7 @@ fn run_dp_bounded(
         viability: viability.as_ref(),
     };
     let threads = threads.max(1);
-    let mut workers: Vec<Worker> = (0..threads)
-        .map(|_| Worker::new(p, lat.count, ns))
-        .collect();
+    let mut workers: Vec<Worker> = (0..threads).map(|_| Worker::new(p, ns)).collect();
     // Ideals of one size do not depend on each other: each level is split
     // over the workers (rows of one level are contiguous, ids grow with size).
     let levels = lat.levels();
@@ -942,12 +964,15 @@ struct RowCtx<'a, 'g> {
 
 /// The states of one row that one kind's device can reach from a
 /// sub-ideal's row, as lines: a line starts at a state with none of the
-/// kind and adds one device of it at a time.
+/// kind and adds one device of it at a time. Only the part of each line
+/// from its first to its last live state is walked (`spans`, built per
+/// row by [`live_spans`]).
 struct Lines<'a> {
-    bases: &'a [u32],
+    /// Per line with a live state: its first live state and how many
+    /// states (one device of the kind more each) up to its last live one.
+    spans: &'a [(u32, u32)],
     live: &'a [bool],
     back: usize,
-    count: usize,
     /// The set's cost on this kind and the sub-ideal's id.
     c: f64,
     sub: u32,
@@ -963,6 +988,16 @@ impl Lines<'_> {
     /// there, and the row's "device left empty" pass carries `c` to the
     /// rest of it. (That state is written even when it is not live; any
     /// value the DP writes is a real chain's, so this only adds one.)
+    ///
+    /// States before a line's first live state and after its last are
+    /// not written: a complete split within the bound passes only through
+    /// viable cells (see [`Viability`]), and the one live cell it reaches on
+    /// this line comes from its own viable predecessor, so the DP's best
+    /// complete split is the same. What is skipped could only feed chains
+    /// through cells that no split within the bound crosses. (InceptionV3
+    /// training with 8 CPUs: most lines of the 63 states have no live
+    /// state, and every line read the sub-ideal's row at least once: a
+    /// cache miss per line and pair.)
     #[inline]
     fn relax(
         &self,
@@ -971,10 +1006,9 @@ impl Lines<'_> {
         to: usize,
         from: impl Fn(usize) -> (f64, u8),
     ) {
-        for &s0 in self.bases {
-            let mut s = s0 as usize;
-            for _ in 0..self.count {
-                s += self.back;
+        for &(first, steps) in self.spans {
+            let mut s = first as usize;
+            for _ in 0..steps {
                 let (v, code) = from(s - self.back);
                 let x = to + s;
                 if v <= self.c {
@@ -988,7 +1022,28 @@ impl Lines<'_> {
                     row[x] = v;
                     crow[x] = (self.sub, code);
                 }
+                s += self.back;
             }
+        }
+    }
+}
+
+/// Per line of `bases` (a kind's lines: stride `back`, `count` steps), the
+/// span from its first to its last live state, for lines with one.
+fn live_spans(bases: &[u32], live: &[bool], back: usize, count: usize, out: &mut Vec<(u32, u32)>) {
+    out.clear();
+    for &s0 in bases {
+        let s0 = s0 as usize;
+        let mut first = None;
+        let mut last = 0;
+        for k in 1..=count {
+            if live[s0 + k * back] {
+                first.get_or_insert(k);
+                last = k;
+            }
+        }
+        if let Some(first) = first {
+            out.push(((s0 + first * back) as u32, (last - first + 1) as u32));
         }
     }
 }
@@ -1002,9 +1057,10 @@ impl Lines<'_> {
 #[repr(align(128))]
 struct Worker {
     st: SetState,
-    stamp: Vec<u32>,
     /// (ideal, next down edge, unit added to reach it)
     stack: Vec<(u32, u32, u32)>,
+    /// The set's sums before each unit of the stack was added.
+    saved: Vec<Totals>,
     cost: Vec<f64>,
     /// Per kind: whether the set detaches satellites on it.
     detach: Vec<bool>,
@@ -1014,11 +1070,13 @@ struct Worker {
     items: Vec<Item>,
     /// Per kind: the sub-ideal states this row's live states come from.
     need: Vec<u64>,
+    /// Per kind: the live part of each of its lines in this row.
+    spans: Vec<Vec<(u32, u32)>>,
     pairs: u64,
 }
 
 impl Worker {
-    fn new(p: &Prepared<'_>, ideals: usize, ns: usize) -> Self {
+    fn new(p: &Prepared<'_>, ns: usize) -> Self {
         let n = p.ix.graph.nodes.len();
         let outdeg = match &p.satellites {
             Some(sat) => sat.core_outdeg.clone(),
@@ -1036,13 +1094,14 @@ impl Worker {
                 satellite_memory: 0,
                 unsupported: 0,
             },
-            stamp: vec![u32::MAX; ideals],
             stack: Vec::with_capacity(p.units.len() + 2),
+            saved: Vec::with_capacity(p.units.len() + 2),
             cost: padded(vec![0.0; p.kinds.len()]),
             detach: vec![false; p.kinds.len().max(32)],
             live_mask: vec![false; ns],
             items: Vec::new(),
             need: vec![0; p.kinds.len()],
+            spans: vec![Vec::new(); p.kinds.len()],
             pairs: 0,
         }
     }
@@ -1125,25 +1184,32 @@ fn row_dp(
             need = u64::MAX;
         }
         w.need[t] = need;
+        live_spans(&ctx.bases[t], &w.live_mask, back, k.count, &mut w.spans[t]);
     }
     let sub_bits = ctx.viability.and_then(|v| v.bits.as_deref());
-    w.stamp[j] = j as u32;
+    // Each set `J \ I` is reached once, by removing its units from `J` in
+    // decreasing order (a unit's down edges are sorted by unit, and past
+    // the unit removed last the walk stops): units are numbered in a
+    // topological order, so the largest unit of an up-set of `J` is maximal
+    // in `J`, and after it is removed the next largest is maximal in what is
+    // left. No mark per visited ideal is needed (a cache miss per edge) and
+    // no edge leads to a set seen before.
     w.stack.push((j as u32, lat.down_start[j], u32::MAX));
     while let Some(top) = w.stack.last_mut() {
         let (ideal, pos, added) = *top;
-        if pos == lat.down_start[ideal as usize + 1] {
+        let edge = (pos < lat.down_start[ideal as usize + 1])
+            .then(|| lat.down[pos as usize])
+            .filter(|&(_, unit)| unit < added);
+        let Some((sub, unit)) = edge else {
             w.stack.pop();
             if added != u32::MAX {
-                w.st.remove(p, added as usize);
+                let saved = w.saved.pop().expect("one saved sum per unit added");
+                w.st.remove(p, added as usize, saved);
             }
             continue;
-        }
+        };
         top.1 += 1;
-        let (sub, unit) = lat.down[pos as usize];
-        if w.stamp[sub as usize] == j as u32 {
-            continue;
-        }
-        w.stamp[sub as usize] = j as u32;
+        let saved = w.st.totals();
         w.st.add(p, unit as usize);
         let st = &w.st;
         let mut any = false;
@@ -1183,7 +1249,7 @@ fn row_dp(
         }
         if !any {
             // every superset of this set is too slow or too big as well
-            w.st.remove(p, unit as usize);
+            w.st.remove(p, unit as usize, saved);
             continue;
         }
         w.pairs += 1;
@@ -1193,6 +1259,7 @@ fn row_dp(
             .filter(|&t| w.cost[t] <= bound)
             .fold(0u64, |a, t| a | w.need[t]);
         if sub_bits.is_some_and(|b| b[sub as usize] & need == 0) {
+            w.saved.push(saved);
             w.stack.push((sub, lat.down_start[sub as usize], unit));
             continue;
         }
@@ -1210,12 +1277,10 @@ fn row_dp(
                 if c > bound {
                     continue;
                 }
-                let (back, count) = (ctx.strides[t], kinds[t].count);
                 let lines = Lines {
-                    bases: &ctx.bases[t],
+                    spans: &w.spans[t],
                     live: &w.live_mask,
-                    back,
-                    count,
+                    back: ctx.strides[t],
                     c,
                     sub,
                 };
@@ -1240,6 +1305,7 @@ fn row_dp(
                 }
             }
         }
+        w.saved.push(saved);
         w.stack.push((sub, lat.down_start[sub as usize], unit));
     }
     // leaving a device empty (an empty CPU houses what waits)
