@@ -582,6 +582,13 @@ struct SetState {
     in_set: Vec<bool>,
     succ_in: Vec<u32>,
     outdeg: Vec<u32>,
+    /// Per unit, in one run from `ops_start[unit]`: for each member `x`,
+    /// `x`, its number of predecessors `k`, and the `k` predecessors (what
+    /// adding and removing the unit touches, contiguous).
+    ops_start: Vec<u32>,
+    ops: Vec<u32>,
+    /// Per unit: its sums' terms, side by side.
+    terms: Vec<Totals>,
     comm: f64,
     acc_time: f64,
     cpu_time: f64,
@@ -592,6 +599,48 @@ struct SetState {
 }
 
 impl SetState {
+    /// The empty set over `p`'s units; `outdeg` counts each node's
+    /// successors that matter for the transfer term.
+    fn new(p: &Prepared<'_>, outdeg: Vec<u32>) -> Self {
+        let n = p.ix.graph.nodes.len();
+        let u = &p.units;
+        let mut ops_start = Vec::with_capacity(u.len() + 1);
+        let mut ops = Vec::new();
+        let mut terms = Vec::with_capacity(u.len());
+        for unit in 0..u.len() {
+            ops_start.push(ops.len() as u32);
+            for &x in &u.members[unit] {
+                let preds = p.ix.pred.row(x);
+                ops.push(x as u32);
+                ops.push(preds.len() as u32);
+                ops.extend(preds.iter().map(|&y| y as u32));
+            }
+            terms.push(Totals {
+                comm: 0.0,
+                acc_time: u.accelerator_time[unit],
+                cpu_time: u.cpu_time[unit],
+                memory: u.memory[unit],
+                satellite_memory: p.satellites.as_ref().map_or(0, |sat| sat.memory[unit]),
+                unsupported: u32::from(!u.accelerator_ok[unit]),
+            });
+        }
+        ops_start.push(ops.len() as u32);
+        SetState {
+            in_set: vec![false; n],
+            succ_in: vec![0; n],
+            outdeg,
+            ops_start,
+            ops,
+            terms,
+            comm: 0.0,
+            acc_time: 0.0,
+            cpu_time: 0.0,
+            memory: 0,
+            satellite_memory: 0,
+            unsupported: 0,
+        }
+    }
+
     /// The sums, saved before a unit is added and put back when it is
     /// removed (exactly: no rounding left behind by adding and subtracting).
     fn totals(&self) -> Totals {
@@ -610,48 +659,61 @@ impl SetState {
     /// in; only the members and their predecessors change, by the deltas
     /// written out below.
     fn add(&mut self, p: &Prepared<'_>, unit: usize) {
-        let u = &p.units;
-        self.acc_time += u.accelerator_time[unit];
-        self.cpu_time += u.cpu_time[unit];
-        self.memory = self.memory.saturating_add(u.memory[unit]);
-        if let Some(sat) = &p.satellites {
-            self.satellite_memory = self.satellite_memory.saturating_add(sat.memory[unit]);
-        }
-        self.unsupported += u32::from(!u.accelerator_ok[unit]);
-        for &x in &u.members[unit] {
+        let t = self.terms[unit];
+        self.acc_time += t.acc_time;
+        self.cpu_time += t.cpu_time;
+        self.memory = self.memory.saturating_add(t.memory);
+        self.satellite_memory = self.satellite_memory.saturating_add(t.satellite_memory);
+        self.unsupported += t.unsupported;
+        let out_cost = &p.ix.out_cost;
+        let (mut k, end) = (
+            self.ops_start[unit] as usize,
+            self.ops_start[unit + 1] as usize,
+        );
+        while k < end {
+            let (x, preds) = (self.ops[k] as usize, self.ops[k + 1] as usize);
+            k += 2;
             // outside: paid if a successor is in; inside: if one is out
             let (si, d) = (self.succ_in[x], self.outdeg[x]);
             let before = si > 0;
             let after = si < d;
             if after != before {
-                let out = p.ix.out_cost[x];
-                self.comm += if after { out } else { -out };
+                self.comm += if after { out_cost[x] } else { -out_cost[x] };
             }
             self.in_set[x] = true;
-            for &y in p.ix.pred.row(x) {
+            for &y in &self.ops[k..k + preds] {
+                let y = y as usize;
                 let si = self.succ_in[y];
                 self.succ_in[y] = si + 1;
                 if self.in_set[y] {
                     // its last successor outside comes in
                     if si + 1 == self.outdeg[y] {
-                        self.comm -= p.ix.out_cost[y];
+                        self.comm -= out_cost[y];
                     }
                 } else if si == 0 {
                     // its first successor inside
-                    self.comm += p.ix.out_cost[y];
+                    self.comm += out_cost[y];
                 }
             }
+            k += preds;
         }
     }
 
     /// Take `unit`'s members out again (the counters only; `saved` are the
     /// sums from before it was added).
-    fn remove(&mut self, p: &Prepared<'_>, unit: usize, saved: Totals) {
-        for &x in p.units.members[unit].iter().rev() {
-            for &y in p.ix.pred.row(x) {
-                self.succ_in[y] -= 1;
+    fn remove(&mut self, unit: usize, saved: Totals) {
+        let (mut k, end) = (
+            self.ops_start[unit] as usize,
+            self.ops_start[unit + 1] as usize,
+        );
+        while k < end {
+            let (x, preds) = (self.ops[k] as usize, self.ops[k + 1] as usize);
+            k += 2;
+            for &y in &self.ops[k..k + preds] {
+                self.succ_in[y as usize] -= 1;
             }
             self.in_set[x] = false;
+            k += preds;
         }
         self.comm = saved.comm;
         self.acc_time = saved.acc_time;
@@ -948,6 +1010,19 @@ fn run_dp_bounded(
     })
 }
 
+/// Ask the CPU to bring `at`'s cache line in (a hint: no effect on results;
+/// `at` need not be in bounds, it is never read here).
+#[inline(always)]
+fn prefetch<T>(at: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching is a hint that never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(at.cast::<i8>(), std::arch::x86_64::_MM_HINT_T0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
+}
+
 /// One row of a level: the ideal, its dp row, its back-link row.
 type Job<'a> = (usize, &'a mut [f64], &'a mut [(u32, u8)]);
 
@@ -1083,17 +1158,7 @@ impl Worker {
             None => (0..n).map(|i| p.ix.succ.row(i).len() as u32).collect(),
         };
         Worker {
-            st: SetState {
-                in_set: vec![false; n],
-                succ_in: vec![0; n],
-                outdeg,
-                comm: 0.0,
-                acc_time: 0.0,
-                cpu_time: 0.0,
-                memory: 0,
-                satellite_memory: 0,
-                unsupported: 0,
-            },
+            st: SetState::new(p, outdeg),
             stack: Vec::with_capacity(p.units.len() + 2),
             saved: Vec::with_capacity(p.units.len() + 2),
             cost: padded(vec![0.0; p.kinds.len()]),
@@ -1204,11 +1269,19 @@ fn row_dp(
             w.stack.pop();
             if added != u32::MAX {
                 let saved = w.saved.pop().expect("one saved sum per unit added");
-                w.st.remove(p, added as usize, saved);
+                w.st.remove(added as usize, saved);
             }
             continue;
         };
         top.1 += 1;
+        // What the next steps read of `sub` (its down edges, its viable
+        // states) is far apart in memory and missed the cache on most
+        // pairs; asked for now, it arrives while the unit is added.
+        let sub_down = lat.down_start[sub as usize];
+        prefetch(lat.down.as_ptr().wrapping_add(sub_down as usize));
+        if let Some(b) = sub_bits {
+            prefetch(b.as_ptr().wrapping_add(sub as usize));
+        }
         let saved = w.st.totals();
         w.st.add(p, unit as usize);
         let st = &w.st;
@@ -1249,7 +1322,7 @@ fn row_dp(
         }
         if !any {
             // every superset of this set is too slow or too big as well
-            w.st.remove(p, unit as usize, saved);
+            w.st.remove(unit as usize, saved);
             continue;
         }
         w.pairs += 1;
@@ -1260,7 +1333,7 @@ fn row_dp(
             .fold(0u64, |a, t| a | w.need[t]);
         if sub_bits.is_some_and(|b| b[sub as usize] & need == 0) {
             w.saved.push(saved);
-            w.stack.push((sub, lat.down_start[sub as usize], unit));
+            w.stack.push((sub, sub_down, unit));
             continue;
         }
         let irow = &done[sub as usize * nst..sub as usize * nst + nst];
@@ -1306,7 +1379,7 @@ fn row_dp(
             }
         }
         w.saved.push(saved);
-        w.stack.push((sub, lat.down_start[sub as usize], unit));
+        w.stack.push((sub, sub_down, unit));
     }
     // leaving a device empty (an empty CPU houses what waits)
     for s in 0..ns {
@@ -1575,17 +1648,7 @@ fn finish(
                 .fold(memory, |a, &u| a.saturating_add(sat.memory[u]));
             if !kind.is_cpu && all > kind.memory {
                 // the set's costs as the DP priced them
-                let mut st = SetState {
-                    in_set: vec![false; n],
-                    succ_in: vec![0; n],
-                    outdeg: sat.core_outdeg.clone(),
-                    comm: 0.0,
-                    acc_time: 0.0,
-                    cpu_time: 0.0,
-                    memory: 0,
-                    satellite_memory: 0,
-                    unsupported: 0,
-                };
+                let mut st = SetState::new(p, sat.core_outdeg.clone());
                 for &u in &units {
                     st.add(p, u);
                 }
