@@ -589,13 +589,10 @@ struct SetState {
     ops: Vec<u32>,
     /// Per unit: its sums' terms, side by side.
     terms: Vec<Totals>,
-    comm: f64,
-    acc_time: f64,
-    cpu_time: f64,
-    memory: u64,
-    /// Memory of the satellites of the set's feeders (see [`crate::satellite`]).
-    satellite_memory: u64,
-    unsupported: u32,
+    /// The set's sums: saved before a unit is added, put back when it is
+    /// removed (exactly: no rounding left behind by adding and
+    /// subtracting).
+    sums: Totals,
 }
 
 impl SetState {
@@ -632,25 +629,14 @@ impl SetState {
             ops_start,
             ops,
             terms,
-            comm: 0.0,
-            acc_time: 0.0,
-            cpu_time: 0.0,
-            memory: 0,
-            satellite_memory: 0,
-            unsupported: 0,
-        }
-    }
-
-    /// The sums, saved before a unit is added and put back when it is
-    /// removed (exactly: no rounding left behind by adding and subtracting).
-    fn totals(&self) -> Totals {
-        Totals {
-            comm: self.comm,
-            acc_time: self.acc_time,
-            cpu_time: self.cpu_time,
-            memory: self.memory,
-            satellite_memory: self.satellite_memory,
-            unsupported: self.unsupported,
+            sums: Totals {
+                comm: 0.0,
+                acc_time: 0.0,
+                cpu_time: 0.0,
+                memory: 0,
+                satellite_memory: 0,
+                unsupported: 0,
+            },
         }
     }
 
@@ -660,68 +646,69 @@ impl SetState {
     /// written out below.
     fn add(&mut self, p: &Prepared<'_>, unit: usize) {
         let t = self.terms[unit];
-        self.acc_time += t.acc_time;
-        self.cpu_time += t.cpu_time;
-        self.memory = self.memory.saturating_add(t.memory);
-        self.satellite_memory = self.satellite_memory.saturating_add(t.satellite_memory);
-        self.unsupported += t.unsupported;
+        let sums = &mut self.sums;
+        sums.acc_time += t.acc_time;
+        sums.cpu_time += t.cpu_time;
+        sums.memory = sums.memory.saturating_add(t.memory);
+        sums.satellite_memory = sums.satellite_memory.saturating_add(t.satellite_memory);
+        sums.unsupported += t.unsupported;
         let out_cost = &p.ix.out_cost;
-        let (mut k, end) = (
-            self.ops_start[unit] as usize,
-            self.ops_start[unit + 1] as usize,
-        );
-        while k < end {
-            let (x, preds) = (self.ops[k] as usize, self.ops[k + 1] as usize);
-            k += 2;
+        let mut comm = self.sums.comm;
+        let (succ_in, in_set, outdeg) = (&mut self.succ_in, &mut self.in_set, &self.outdeg);
+        let members = {
+            let (start, end) = (self.ops_start[unit], self.ops_start[unit + 1]);
+            &self.ops[start as usize..end as usize]
+        };
+        for (x, preds) in member_runs(members) {
             // outside: paid if a successor is in; inside: if one is out
-            let (si, d) = (self.succ_in[x], self.outdeg[x]);
+            let (si, d) = (succ_in[x], outdeg[x]);
             let before = si > 0;
             let after = si < d;
             if after != before {
-                self.comm += if after { out_cost[x] } else { -out_cost[x] };
+                comm += if after { out_cost[x] } else { -out_cost[x] };
             }
-            self.in_set[x] = true;
-            for &y in &self.ops[k..k + preds] {
+            in_set[x] = true;
+            for &y in preds {
                 let y = y as usize;
-                let si = self.succ_in[y];
-                self.succ_in[y] = si + 1;
-                if self.in_set[y] {
+                let si = succ_in[y];
+                succ_in[y] = si + 1;
+                if in_set[y] {
                     // its last successor outside comes in
-                    if si + 1 == self.outdeg[y] {
-                        self.comm -= out_cost[y];
+                    if si + 1 == outdeg[y] {
+                        comm -= out_cost[y];
                     }
                 } else if si == 0 {
                     // its first successor inside
-                    self.comm += out_cost[y];
+                    comm += out_cost[y];
                 }
             }
-            k += preds;
         }
+        self.sums.comm = comm;
     }
 
     /// Take `unit`'s members out again (the counters only; `saved` are the
     /// sums from before it was added).
     fn remove(&mut self, unit: usize, saved: Totals) {
-        let (mut k, end) = (
-            self.ops_start[unit] as usize,
-            self.ops_start[unit + 1] as usize,
-        );
-        while k < end {
-            let (x, preds) = (self.ops[k] as usize, self.ops[k + 1] as usize);
-            k += 2;
-            for &y in &self.ops[k..k + preds] {
+        let (start, end) = (self.ops_start[unit], self.ops_start[unit + 1]);
+        for (x, preds) in member_runs(&self.ops[start as usize..end as usize]) {
+            for &y in preds {
                 self.succ_in[y as usize] -= 1;
             }
             self.in_set[x] = false;
-            k += preds;
         }
-        self.comm = saved.comm;
-        self.acc_time = saved.acc_time;
-        self.cpu_time = saved.cpu_time;
-        self.memory = saved.memory;
-        self.satellite_memory = saved.satellite_memory;
-        self.unsupported = saved.unsupported;
+        self.sums = saved;
     }
+}
+
+/// The runs of [`SetState::ops`] for one unit: each member with its
+/// predecessors.
+fn member_runs(mut run: &[u32]) -> impl Iterator<Item = (usize, &[u32])> {
+    std::iter::from_fn(move || {
+        let (&[x, k], rest) = run.split_first_chunk::<2>()?;
+        let (preds, rest) = rest.split_at(k as usize);
+        run = rest;
+        Some((x as usize, preds))
+    })
 }
 
 /// [`SetState`]'s sums.
@@ -1282,9 +1269,9 @@ fn row_dp(
         if let Some(b) = sub_bits {
             prefetch(b.as_ptr().wrapping_add(sub as usize));
         }
-        let saved = w.st.totals();
+        let saved = w.st.sums;
         w.st.add(p, unit as usize);
-        let st = &w.st;
+        let st = &w.st.sums;
         let mut any = false;
         let mut items_ready = false;
         for (t, k) in kinds.iter().enumerate() {
@@ -1310,7 +1297,7 @@ fn row_dp(
                             .filter(|&u| u != u32::MAX)
                             .chain(std::iter::once(unit))
                             .collect();
-                        satellite_items(p, st, &units, &mut w.items);
+                        satellite_items(p, &w.st, &units, &mut w.items);
                         items_ready = true;
                     }
                     c += cover(&mut w.items, all - k.memory, None);
