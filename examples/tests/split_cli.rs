@@ -132,6 +132,77 @@ fn place_model(model: &str) -> Result<(), Failed> {
     Ok(())
 }
 
+/// `hetero-place --model --measure --measure-rounds 2 --json`: every plan
+/// that fits measured twice, its reported rate the upper of the two (the
+/// median of an even count), and each of its stages' calls, seconds and
+/// busy fraction reported beside the plan's predicted seconds.
+fn place_model_measured(model: &str) -> Result<(), Failed> {
+    let r = json(
+        PLACE,
+        &[
+            "--model",
+            model,
+            "--device",
+            "host:threads=1",
+            "--device",
+            "host:threads=1",
+            "--batch",
+            "2",
+            "--context",
+            "8",
+            "--max-len",
+            "96",
+            "--measure",
+            "--measure-rounds",
+            "2",
+            "--measure-seconds",
+            "2",
+            "--json",
+        ],
+    )?;
+    let measured = r["measured"].as_array().ok_or("no measured plans")?;
+    let report = &r["report"];
+    let dp_name = report["dp"]["name"].as_str().ok_or("no DP plan")?;
+    if !measured.iter().any(|m| m["plan"].as_str() == Some(dp_name)) {
+        return Err(format!("the DP's plan {dp_name} was not measured: {measured:?}").into());
+    }
+    for m in measured {
+        let rounds: Vec<f64> = m["rounds_tokens_per_s"]
+            .as_array()
+            .ok_or("no rounds")?
+            .iter()
+            .filter_map(serde_json::Value::as_f64)
+            .collect();
+        let rate = m["tokens_per_s"].as_f64().ok_or("no rate")?;
+        if rounds.len() != 2 || rounds.iter().any(|&x| x <= 0.0) || rate != rounds[0].max(rounds[1])
+        {
+            return Err(format!("rounds {rounds:?}, reported {rate}: {m}").into());
+        }
+        let stages = m["stages"].as_array().ok_or("no stages")?;
+        if stages.is_empty() {
+            return Err(format!("no stage measured: {m}").into());
+        }
+        for s in stages {
+            let calls = s["calls"].as_u64().ok_or("no calls")?;
+            let mean = s["mean_step_s"].as_f64().ok_or("no mean step")?;
+            let predicted = s["predicted_step_s"].as_f64().ok_or("no predicted step")?;
+            let busy = s["busy_fraction"].as_f64().ok_or("no busy fraction")?;
+            // At least four steps of a group per stage (the measurement's
+            // floor), each of which took time; busy at most the whole run
+            // (a little over 1 is the clocks' granularity).
+            if calls < 4
+                || mean <= 0.0
+                || predicted <= 0.0
+                || !(0.0..=1.01).contains(&busy)
+                || busy == 0.0
+            {
+                return Err(format!("stage {s} of {}", m["plan"]).into());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Start `counts.len()` processes of hetero-generate as the ranks of one
 /// job (torchrun's variables), each holding its count of layers on a
 /// one-thread host device.
@@ -559,7 +630,7 @@ fn main() {
         .ok()
         .filter(|p| Path::new(p).is_file());
     let mut trials = Vec::new();
-    let cases: [(&str, TrialFn); 5] = [
+    let cases: [(&str, TrialFn); 6] = [
         ("split_cli::auto_split_over_ranks", auto_split_over_ranks),
         (
             "split_cli::ranks_give_one_device_ids",
@@ -574,6 +645,10 @@ fn main() {
             generate_split,
         ),
         ("split_cli::place_model_plans_and_leaves_out", place_model),
+        (
+            "split_cli::place_model_measures_every_plan_and_stage",
+            place_model_measured,
+        ),
     ];
     for (name, f) in cases {
         match &path {

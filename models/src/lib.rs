@@ -51,8 +51,8 @@ pub use error::{ModelError, Result};
 pub use generate::{Continuation, FinishReason, GenerateOptions, Generation, Step, generate};
 pub use gguf::GgufFile;
 pub use llama::{
-    KvCache, LlamaConfig, LlamaModel, Logits, RemoteStage, RemoteTail, StageInfo, StagePeer,
-    StageSpec, StageStats, WeightFormat,
+    KvCache, LlamaConfig, LlamaModel, Logits, RemoteStage, RemoteTail, StageBusy, StageInfo,
+    StagePeer, StageSpec, StageStats, WeightFormat,
 };
 pub use prompt::{adds_bos, prompt_ids};
 pub use sampling::{Sampler, SamplingParams};

@@ -196,7 +196,7 @@ fn host_split(path: &str, ranges: &[Range<usize>]) -> Result<(), Failed> {
     }
     let mut got: Vec<Vec<u32>> = next.iter().map(|&t| vec![t]).collect();
     let groups = [0..prompts.len() / 2, prompts.len() / 2..prompts.len()];
-    model.decode_pipelined(&mut caches, &next, &groups, &mut |_, seqs, logits| {
+    let busy = model.decode_pipelined(&mut caches, &next, &groups, &mut |_, seqs, logits| {
         seqs.iter()
             .zip(logits)
             .map(|(&i, l)| {
@@ -206,6 +206,20 @@ fn host_split(path: &str, ranges: &[Range<usize>]) -> Result<(), Failed> {
             })
             .collect()
     })?;
+    // Every stage ran each group's every step (the first token came from
+    // the prompt's call), and took time doing so.
+    let want_calls = (groups.len() * (steps - 1)) as u64;
+    if busy.len() != stages.len()
+        || busy
+            .iter()
+            .any(|b| b.calls != want_calls || b.busy_s <= 0.0 || b.mean_call_s() <= 0.0)
+    {
+        return Err(format!(
+            "stage work {busy:?}: want {} stages of {want_calls} calls each",
+            stages.len()
+        )
+        .into());
+    }
     for (p, g) in prompts.iter().zip(&got) {
         let want = greedy(&one, p, steps)?;
         if *g != want {

@@ -74,11 +74,21 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     profile_cache: Option<PathBuf>,
     /// With --model: load every plan that fits and measure its decode
-    /// tokens/s (64 steps, or 30 s after 4 steps; one group of --batch sequences per stage in
+    /// tokens/s (64 steps, or --measure-seconds after 4 steps; one group of --batch sequences per stage in
     /// flight, so each stage call is a step of --batch sequences, as
     /// profiled).
     #[arg(long, requires = "model")]
     measure: bool,
+    /// With --measure: measure every plan this many times, the plans taking
+    /// turns (round-robin), and report each plan's median round: on a
+    /// shared machine whose speed drifts over minutes, turns spread the
+    /// drift over the plans instead of charging it to one.
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "measure")]
+    measure_rounds: usize,
+    /// With --measure: seconds after which a plan's measurement stops
+    /// (once every sequence has taken four steps; at most 64 steps).
+    #[arg(long, value_name = "S", default_value_t = 30.0, requires = "measure")]
+    measure_seconds: f64,
     /// With --model: print the report as one JSON object.
     #[arg(long, requires = "model")]
     json: bool,
@@ -406,19 +416,58 @@ fn progress_bar() -> (Arc<ProgressFn>, ProgressBar) {
 }
 
 /// One plan's measurement as soon as it is taken (on stderr: a run with
-/// software adapters takes minutes, and the table comes at the end).
-fn tell_measured(plan: &str, rate: f64, predicted: f64) {
+/// software adapters takes minutes, and the table comes at the end), with
+/// each stage's mean call against the plan's seconds for it.
+fn tell_measured(
+    plan: &hetero_scheduler::pipeline::SplitChoice,
+    m: &hetero_scheduler::pipeline::DecodeMeasurement,
+) {
+    let predicted = plan.predicted_tokens_per_s;
     eprintln!(
-        "  {plan}: {rate:.1} tok/s measured, {predicted:.1} predicted ({:.2})",
-        rate / predicted
+        "  {}: {:.1} tok/s measured, {predicted:.1} predicted ({:.2})",
+        plan.name,
+        m.tokens_per_s,
+        m.tokens_per_s / predicted
     );
+    for (s, w) in plan.stages.iter().zip(&m.stages) {
+        eprintln!(
+            "    {} layers {}-{}: {:.2} ms a step ({:.2} predicted, {:.2}x), busy {:.0}%",
+            s.device,
+            s.layers[0],
+            s.layers[1],
+            w.mean_call_s * 1e3,
+            s.seconds * 1e3,
+            if s.seconds > 0.0 {
+                w.mean_call_s / s.seconds
+            } else {
+                0.0
+            },
+            w.busy_fraction * 100.0
+        );
+    }
 }
 
 /// `--model`: profile, plan, report, and with `--measure` run every plan.
 fn run_model(args: &Args, path: &std::path::Path) -> hetero_core::Result<()> {
     use hetero_scheduler::pipeline::{
-        PlanOptions, ProfileOptions, load_plan, measure_decode, measure_side_by_side, plan_devices,
+        DecodeMeasurement, PlanOptions, ProfileOptions, SplitChoice, measure_side_by_side,
+        plan_devices,
     };
+    if args.measure_rounds == 0 {
+        return Err(hetero_core::Error::invalid(
+            "--measure-rounds",
+            "0 rounds measure nothing; give 1 or more",
+        ));
+    }
+    if !(args.measure_seconds.is_finite() && args.measure_seconds >= 0.0) {
+        return Err(hetero_core::Error::invalid(
+            "--measure-seconds",
+            format!(
+                "{} is not a number of seconds (0 or more)",
+                args.measure_seconds
+            ),
+        ));
+    }
     let checkpoint = hetero_models::Checkpoint::open(path)?;
     let found = hetero_backends::discover(1, &mut |_| {})?;
     let specs = if args.devices.is_empty() {
@@ -453,52 +502,84 @@ fn run_model(args: &Args, path: &std::path::Path) -> hetero_core::Result<()> {
         args.profile_cache.as_deref(),
         &mut |m| eprintln!("{m}"),
     )?;
-    let mut measured = Vec::new();
+    let mut measured: Vec<(SplitChoice, Vec<DecodeMeasurement>)> = Vec::new();
     if args.measure {
-        let mut plans: Vec<_> = report.dp.iter().cloned().collect();
+        let mut plans: Vec<SplitChoice> = report.dp.iter().cloned().collect();
         plans.push(report.memory_proportional.clone());
         plans.push(report.equal.clone());
         plans.extend(report.best_single.iter().cloned());
-        for plan in plans.iter().filter(|p| p.fits) {
-            eprintln!("measuring {}...", plan.name);
-            let model = load_plan(&checkpoint, &devices, plan, args.kv_dtype, &mut |_| {})?;
-            let rate = measure_decode(&model, args.batch, args.context, 64, 30.0)?;
-            drop(model);
-            tell_measured(&plan.name, rate, plan.predicted_tokens_per_s);
-            measured.push((plan.name.clone(), rate, plan.predicted_tokens_per_s));
-        }
-        // Several pipelines (or copies) side by side: all at once.
-        let side_by_side = report
-            .replicas
-            .iter()
-            .filter(|r| r.stages.len() > 1)
-            .chain(report.pipelines.iter());
-        for plan in side_by_side {
-            eprintln!("measuring {}...", plan.name);
-            let rate = measure_side_by_side(
-                &checkpoint,
-                &devices,
-                plan,
-                args.kv_dtype,
-                args.batch,
-                args.context,
-                64,
-                30.0,
-            )?;
-            tell_measured(&plan.name, rate, plan.predicted_tokens_per_s);
-            measured.push((plan.name.clone(), rate, plan.predicted_tokens_per_s));
+        // Several pipelines (or copies) side by side run all at once; a
+        // replica plan of one copy is the single device, measured above.
+        plans.extend(
+            report
+                .replicas
+                .iter()
+                .filter(|r| r.stages.len() > 1)
+                .cloned(),
+        );
+        plans.extend(report.pipelines.iter().cloned());
+        measured = plans
+            .into_iter()
+            .filter(|p| p.fits)
+            .map(|p| (p, Vec::new()))
+            .collect();
+        let rounds = args.measure_rounds;
+        for round in 1..=rounds {
+            for (plan, runs) in &mut measured {
+                if rounds > 1 {
+                    eprintln!("measuring {} (round {round} of {rounds})...", plan.name);
+                } else {
+                    eprintln!("measuring {}...", plan.name);
+                }
+                let m = measure_side_by_side(
+                    &checkpoint,
+                    &devices,
+                    plan,
+                    args.kv_dtype,
+                    args.batch,
+                    args.context,
+                    64,
+                    args.measure_seconds,
+                )?;
+                tell_measured(plan, &m);
+                runs.push(m);
+            }
         }
     }
+    // Each plan's median round (the upper middle of an even count).
+    let median = |runs: &[DecodeMeasurement]| -> DecodeMeasurement {
+        let mut sorted: Vec<&DecodeMeasurement> = runs.iter().collect();
+        sorted.sort_by(|a, b| a.tokens_per_s.total_cmp(&b.tokens_per_s));
+        sorted[sorted.len() / 2].clone()
+    };
+    let measured: Vec<(SplitChoice, DecodeMeasurement, Vec<f64>)> = measured
+        .into_iter()
+        .filter(|(_, runs)| !runs.is_empty())
+        .map(|(plan, runs)| {
+            let rates = runs.iter().map(|r| r.tokens_per_s).collect();
+            (plan, median(&runs), rates)
+        })
+        .collect();
     if args.json {
         let out = serde_json::json!({
             "model": path.display().to_string(),
             "profiles": profiles,
             "report": report,
-            "measured": measured.iter().map(|(name, rate, predicted)| serde_json::json!({
-                "plan": name,
-                "tokens_per_s": rate,
-                "predicted_tokens_per_s": predicted,
-                "measured_over_predicted": rate / predicted,
+            "measured": measured.iter().map(|(plan, m, rounds)| serde_json::json!({
+                "plan": plan.name,
+                "tokens_per_s": m.tokens_per_s,
+                "rounds_tokens_per_s": rounds,
+                "predicted_tokens_per_s": plan.predicted_tokens_per_s,
+                "measured_over_predicted": m.tokens_per_s / plan.predicted_tokens_per_s,
+                "seconds": m.seconds,
+                "stages": plan.stages.iter().zip(&m.stages).map(|(s, w)| serde_json::json!({
+                    "device": s.device,
+                    "layers": s.layers,
+                    "calls": w.calls,
+                    "mean_step_s": w.mean_call_s,
+                    "predicted_step_s": s.seconds,
+                    "busy_fraction": w.busy_fraction,
+                })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         });
         println!(
@@ -527,12 +608,36 @@ fn run_model(args: &Args, path: &std::path::Path) -> hetero_core::Result<()> {
     }
     print!("{}", report.explain());
     if !measured.is_empty() {
-        println!("| plan | measured tok/s | predicted tok/s | measured / predicted |");
-        println!("|---|---|---|---|");
-        for (name, rate, predicted) in &measured {
+        if args.measure_rounds > 1 {
             println!(
-                "| {name} | {rate:.1} | {predicted:.1} | {:.2} |",
-                rate / predicted
+                "measured: each plan's median of {} rounds",
+                args.measure_rounds
+            );
+        }
+        println!(
+            "| plan | measured tok/s | predicted tok/s | measured / predicted | each stage's step, measured / predicted | each stage busy |"
+        );
+        println!("|---|---|---|---|---|---|");
+        for (plan, m, _) in &measured {
+            let steps: Vec<String> = plan
+                .stages
+                .iter()
+                .zip(&m.stages)
+                .map(|(s, w)| format!("{:.2}", w.mean_call_s / s.seconds.max(f64::MIN_POSITIVE)))
+                .collect();
+            let busy: Vec<String> = m
+                .stages
+                .iter()
+                .map(|w| format!("{:.0}%", w.busy_fraction * 100.0))
+                .collect();
+            println!(
+                "| {} | {:.1} | {:.1} | {:.2} | {} | {} |",
+                plan.name,
+                m.tokens_per_s,
+                plan.predicted_tokens_per_s,
+                m.tokens_per_s / plan.predicted_tokens_per_s,
+                steps.join(", "),
+                busy.join(", ")
             );
         }
     }

@@ -18,7 +18,7 @@ use std::ops::Range;
 
 use hetero_core::{Error, Result};
 
-use super::line::Line;
+use super::line::{Line, StageBusy};
 use super::model::{KvCache, LlamaModel, Logits};
 
 /// The sampler of [`LlamaModel::decode_pipelined`]: `(group, sequences,
@@ -33,13 +33,15 @@ impl LlamaModel {
     /// (logits in the same order), its next token or `None` when it is
     /// done; a group ends when all its sequences are. Every cache advances
     /// by the tokens it was fed, also when the call fails part way.
+    /// Returns how much each of this process's stages worked
+    /// ([`Line::stage_busy`]).
     pub fn decode_pipelined(
         &self,
         caches: &mut [KvCache],
         next: &[u32],
         groups: &[Range<usize>],
         pick: &mut PickFn<'_>,
-    ) -> Result<()> {
+    ) -> Result<Vec<StageBusy>> {
         self.check_whole()?;
         if next.len() != caches.len() {
             return Err(Error::invalid(
@@ -68,7 +70,7 @@ impl LlamaModel {
             .map(|c| Some(std::mem::replace(c, KvCache::detached())))
             .collect();
         let room = |c: &KvCache| c.len < c.max_len;
-        let result = self.with_line(|line| -> Result<()> {
+        let result = self.with_line(|line| -> Result<Vec<StageBusy>> {
             let mut members: Vec<Vec<usize>> = vec![Vec::new(); groups.len()];
             // Group g's sequences `seqs` (all held here) with their next ids.
             let send = |line: &mut Line<'_>,
@@ -124,7 +126,7 @@ impl LlamaModel {
                     members[g] = again;
                 }
             }
-            failed.map_or(Ok(()), Err)
+            failed.map_or_else(|| Ok(line.stage_busy()), Err)
         });
         for (cache, back) in caches.iter_mut().zip(held) {
             if let Some(back) = back {

@@ -19,7 +19,9 @@
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, mpsc};
+use std::time::Instant;
 
 use hetero_core::{Error, Result};
 
@@ -65,10 +67,56 @@ impl Batch {
     }
 }
 
+/// How much one of this process's stages worked on a [`Line`] so far: its
+/// calls and the seconds they took. Set against the time the line ran, it
+/// says how busy the stage was; set against the profile's prediction, it
+/// says whether the stage ran at its profiled speed while the others ran
+/// (devices that share a processor slow each other).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageBusy {
+    pub calls: u64,
+    pub busy_s: f64,
+}
+
+impl StageBusy {
+    /// Mean seconds of one call (0 before the first).
+    pub fn mean_call_s(&self) -> f64 {
+        if self.calls == 0 {
+            0.0
+        } else {
+            self.busy_s / self.calls as f64
+        }
+    }
+}
+
+/// A stage thread's counters, read by the caller while the line runs.
+#[derive(Default)]
+struct StageClock {
+    calls: AtomicU64,
+    busy_ns: AtomicU64,
+}
+
+impl StageClock {
+    fn add(&self, since: Instant) {
+        let ns = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.busy_ns.fetch_add(ns, Relaxed);
+        self.calls.fetch_add(1, Relaxed);
+    }
+
+    fn read(&self) -> StageBusy {
+        StageBusy {
+            calls: self.calls.load(Relaxed),
+            busy_s: self.busy_ns.load(Relaxed) as f64 * 1e-9,
+        }
+    }
+}
+
 /// The stages of a model as a standing line (see the module docs); made
 /// by [`LlamaModel::with_line`].
 pub struct Line<'m> {
     model: &'m LlamaModel,
+    /// One per stage of this process, in order.
+    clocks: Arc<[StageClock]>,
     first: Option<mpsc::Sender<Batch>>,
     out: mpsc::Receiver<Landed>,
     /// Batches refused at `send`, to be received in turn.
@@ -95,6 +143,12 @@ impl Line<'_> {
     /// Batches sent and not received yet.
     pub fn in_flight(&self) -> usize {
         self.in_flight
+    }
+
+    /// Work of each of this process's stages so far, in order (the stages
+    /// of other processes are not counted here: they keep their own).
+    pub fn stage_busy(&self) -> Vec<StageBusy> {
+        self.clocks.iter().map(StageClock::read).collect()
     }
 
     /// Send a batch: `tokens[i]` new tokens after what `caches[i]` holds
@@ -183,18 +237,22 @@ impl LlamaModel {
         Ok(std::thread::scope(|scope| {
             let (out_tx, out) = mpsc::channel::<Landed>();
             let (first, mut input) = mpsc::channel::<Batch>();
+            let clocks: Arc<[StageClock]> = (0..stages).map(|_| StageClock::default()).collect();
             for s in 0..stages {
                 let (tx, rx) = mpsc::channel::<Batch>();
                 let from = std::mem::replace(&mut input, rx);
                 let last = s + 1 == stages && self.tail.is_none();
                 let out_tx = out_tx.clone();
+                let clocks = clocks.clone();
                 scope.spawn(move || {
                     for mut batch in from {
+                        let started = Instant::now();
                         let step =
                             catch_unwind(AssertUnwindSafe(|| self.line_stage(s, &mut batch)))
                                 .unwrap_or_else(|_| {
                                     Err(Error::invalid(format!("model stage {s}"), "panicked"))
                                 });
+                        clocks[s].add(started);
                         let passed = match step {
                             Ok(out) if !last => {
                                 batch.hidden = Some(out);
@@ -261,6 +319,7 @@ impl LlamaModel {
             drop(input);
             let mut line = Line {
                 model: self,
+                clocks,
                 first: Some(first),
                 out,
                 pending: VecDeque::new(),

@@ -24,7 +24,7 @@ mod weights;
 pub use config::{Architecture, LlamaConfig, RopeScaling};
 pub use decode_pipeline::PickFn;
 pub use kv_dtype::KvCacheDtype;
-pub use line::{Landed, Line};
+pub use line::{Landed, Line, StageBusy};
 pub use model::{KvCache, LlamaModel, LoadProgress, Logits, StageInfo, StageSpec, WeightFormat};
 pub use remote::{RemoteStage, RemoteTail, StagePeer, StageStats};
 pub use weights::Weight;

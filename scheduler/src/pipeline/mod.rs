@@ -40,4 +40,6 @@ pub use ranks::{
     DeviceOffer, RankRole, StageHello, StageRank, TransportPeer, device_offers, join_stage_ranks,
     model_identity, rank_device_layers, rank_layers, serve_stage_rank,
 };
-pub use run::{load_plan, measure_decode, measure_side_by_side, stage_specs};
+pub use run::{
+    DecodeMeasurement, StageWork, load_plan, measure_decode, measure_side_by_side, stage_specs,
+};

@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use hetero_core::{Error, Result, SharedDevice};
 use hetero_models::llama::KvCacheDtype;
-use hetero_models::{Checkpoint, KvCache, LlamaModel, StageSpec, WeightFormat};
+use hetero_models::{Checkpoint, KvCache, LlamaModel, StageBusy, StageSpec, WeightFormat};
+use serde::Serialize;
 
 use super::plan::{SplitChoice, StageChoice};
 
@@ -44,6 +45,45 @@ pub fn load_plan(
     Ok(model)
 }
 
+/// A pipeline's measured decode: its rate, and how each stage worked,
+/// to set against the plan's per-stage seconds (a stage slower than its
+/// profile while the others run points at devices that share a
+/// processor; a stage idle much of the time, at imbalance or hand-offs).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DecodeMeasurement {
+    pub tokens_per_s: f64,
+    /// Seconds from the first decode step to the last.
+    pub seconds: f64,
+    /// Each stage of the pipeline, in order: its calls (steps of one
+    /// group), the seconds they took, the mean call and the fraction of
+    /// `seconds` it worked.
+    pub stages: Vec<StageWork>,
+}
+
+/// One stage's share of a [`DecodeMeasurement`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct StageWork {
+    pub calls: u64,
+    pub busy_s: f64,
+    pub mean_call_s: f64,
+    pub busy_fraction: f64,
+}
+
+impl StageWork {
+    fn of(busy: StageBusy, seconds: f64) -> Self {
+        StageWork {
+            calls: busy.calls,
+            busy_s: busy.busy_s,
+            mean_call_s: busy.mean_call_s(),
+            busy_fraction: if seconds > 0.0 {
+                busy.busy_s / seconds
+            } else {
+                0.0
+            },
+        }
+    }
+}
+
 /// Decode tokens/s of `model` with one group of `batch` sequences per
 /// stage in flight (`batch x stages` sequences; one group on a single
 /// device), so every stage call is a step of `batch` sequences, as in the
@@ -52,14 +92,15 @@ pub fn load_plan(
 /// tokens are decoded with the groups circulating through the stages,
 /// until `steps` steps or, after four at least, `max_seconds`: the steps
 /// see `context` cached positions on average, as the profiles' timed
-/// calls do. Timed from the first decode step to the last.
+/// calls do. Timed from the first decode step to the last, with each
+/// stage's work (see [`DecodeMeasurement`]).
 pub fn measure_decode(
     model: &LlamaModel,
     batch: usize,
     context: usize,
     steps: usize,
     max_seconds: f64,
-) -> Result<f64> {
+) -> Result<DecodeMeasurement> {
     if batch == 0 || steps == 0 {
         return Err(Error::invalid(
             "decode measurement",
@@ -84,7 +125,7 @@ pub fn measure_decode(
         (0..groups_n).map(|g| g * batch..(g + 1) * batch).collect();
     let mut fed = vec![0usize; total];
     let start = Instant::now();
-    model.decode_pipelined(&mut caches, &next, &groups, &mut |_, seqs, logits| {
+    let busy = model.decode_pipelined(&mut caches, &next, &groups, &mut |_, seqs, logits| {
         seqs.iter()
             .zip(logits)
             .map(|(&i, l)| {
@@ -94,15 +135,25 @@ pub fn measure_decode(
             })
             .collect()
     })?;
-    let secs = start.elapsed().as_secs_f64();
-    Ok(fed.iter().sum::<usize>() as f64 / secs)
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(DecodeMeasurement {
+        tokens_per_s: fed.iter().sum::<usize>() as f64 / seconds,
+        seconds,
+        stages: busy
+            .into_iter()
+            .map(|b| StageWork::of(b, seconds))
+            .collect(),
+    })
 }
 
 /// Decode tokens/s of a plan of several pipelines side by side
 /// (`choice.groups`: "replicas", "pipelines"; one group when empty): each
 /// pipeline loaded and measured as [`measure_decode`] does, all at once on
 /// threads of their own (they share the machine as they would serving),
-/// and their rates summed.
+/// and their rates summed (a plan of one pipeline: that pipeline, as
+/// [`measure_decode`] measures it); the stages are every pipeline's in the plan's
+/// order (each busy fraction of its own pipeline's run), the seconds the
+/// longest run's.
 #[allow(clippy::too_many_arguments)] // what to load, then measure_decode's four
 pub fn measure_side_by_side(
     checkpoint: &Checkpoint,
@@ -113,7 +164,7 @@ pub fn measure_side_by_side(
     context: usize,
     steps: usize,
     max_seconds: f64,
-) -> Result<f64> {
+) -> Result<DecodeMeasurement> {
     let models = choice
         .pipelines()?
         .into_iter()
@@ -136,7 +187,11 @@ pub fn measure_side_by_side(
                 h.join()
                     .unwrap_or_else(|_| Err(Error::invalid("pipeline", "its thread panicked")))
             })
-            .collect::<Result<Vec<f64>>>()
+            .collect::<Result<Vec<DecodeMeasurement>>>()
     })?;
-    Ok(rates.iter().sum())
+    Ok(DecodeMeasurement {
+        tokens_per_s: rates.iter().map(|r| r.tokens_per_s).sum(),
+        seconds: rates.iter().map(|r| r.seconds).fold(0.0, f64::max),
+        stages: rates.into_iter().flat_map(|r| r.stages).collect(),
+    })
 }
