@@ -87,22 +87,25 @@ fn generate_split(model: &str) -> Result<(), Failed> {
     Ok(())
 }
 
+/// `hetero-place --model MODEL --json` on two one-thread hosts, then `extra`.
+fn place_on_two_hosts(model: &str, extra: &[&str]) -> Result<serde_json::Value, Failed> {
+    let mut args = vec![
+        "--model",
+        model,
+        "--json",
+        "--device",
+        "host:threads=1",
+        "--device",
+        "host:threads=1",
+    ];
+    args.extend_from_slice(extra);
+    json(PLACE, &args)
+}
+
 fn place_model(model: &str) -> Result<(), Failed> {
-    let r = json(
-        PLACE,
-        &[
-            "--model",
-            model,
-            "--device",
-            "host:threads=1",
-            "--device",
-            "host:threads=1",
-            "--device",
-            "host:threads=1,memory=1MiB",
-            "--batch",
-            "2",
-            "--json",
-        ],
+    let r = place_on_two_hosts(
+        model,
+        &["--device", "host:threads=1,memory=1MiB", "--batch", "2"],
     )?;
     let report = &r["report"];
     let dp = &report["dp"];
@@ -137,15 +140,9 @@ fn place_model(model: &str) -> Result<(), Failed> {
 /// median of an even count), and each of its stages' calls, seconds and
 /// busy fraction reported beside the plan's predicted seconds.
 fn place_model_measured(model: &str) -> Result<(), Failed> {
-    let r = json(
-        PLACE,
+    let r = place_on_two_hosts(
+        model,
         &[
-            "--model",
-            model,
-            "--device",
-            "host:threads=1",
-            "--device",
-            "host:threads=1",
             "--batch",
             "2",
             "--context",
@@ -157,7 +154,6 @@ fn place_model_measured(model: &str) -> Result<(), Failed> {
             "2",
             "--measure-seconds",
             "2",
-            "--json",
         ],
     )?;
     let measured = r["measured"].as_array().ok_or("no measured plans")?;
