@@ -31,7 +31,9 @@ pub fn stage_specs(stages: &[StageChoice], devices: &[SharedDevice]) -> Result<V
 }
 
 /// Load `checkpoint` as `choice` says over `devices` (the plan's devices,
-/// in the profiles' order), its KV caches in `kv`.
+/// in the profiles' order), its KV caches in `kv`: one pipeline of all the
+/// plan's stages (a plan of pipelines side by side loads each of
+/// [`SplitChoice::pipelines`] as [`measure_side_by_side`] does).
 pub fn load_plan(
     checkpoint: &Checkpoint,
     devices: &[SharedDevice],
@@ -39,8 +41,19 @@ pub fn load_plan(
     kv: KvCacheDtype,
     progress: &mut dyn FnMut(hetero_models::llama::LoadProgress),
 ) -> Result<LlamaModel> {
-    let stages = stage_specs(&choice.stages, devices)?;
-    let mut model = LlamaModel::load_split(checkpoint, &stages, WeightFormat::Native, progress)?;
+    load_pipeline(checkpoint, devices, &choice.stages, kv, progress)
+}
+
+/// One pipeline of `stages` over `devices`, its KV caches in `kv`.
+fn load_pipeline(
+    checkpoint: &Checkpoint,
+    devices: &[SharedDevice],
+    stages: &[StageChoice],
+    kv: KvCacheDtype,
+    progress: &mut dyn FnMut(hetero_models::llama::LoadProgress),
+) -> Result<LlamaModel> {
+    let specs = stage_specs(stages, devices)?;
+    let mut model = LlamaModel::load_split(checkpoint, &specs, WeightFormat::Native, progress)?;
     model.set_kv_cache_dtype(kv)?;
     Ok(model)
 }
@@ -168,13 +181,7 @@ pub fn measure_side_by_side(
     let models = choice
         .pipelines()?
         .into_iter()
-        .map(|group| {
-            let stages = stage_specs(group, devices)?;
-            let mut model =
-                LlamaModel::load_split(checkpoint, &stages, WeightFormat::Native, &mut |_| {})?;
-            model.set_kv_cache_dtype(kv)?;
-            Ok(model)
-        })
+        .map(|group| load_pipeline(checkpoint, devices, group, kv, &mut |_| {}))
         .collect::<Result<Vec<_>>>()?;
     let rates = std::thread::scope(|scope| {
         let handles: Vec<_> = models
