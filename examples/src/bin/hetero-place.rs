@@ -437,13 +437,22 @@ fn tell_measured(
             s.layers[1],
             w.mean_call_s * 1e3,
             s.seconds * 1e3,
-            if s.seconds > 0.0 {
-                w.mean_call_s / s.seconds
-            } else {
-                0.0
-            },
+            step_ratio(s, w),
             w.busy_fraction * 100.0
         );
+    }
+}
+
+/// A stage's measured mean step over the step its plan predicted (0 for
+/// a stage predicted to take no time).
+fn step_ratio(
+    s: &hetero_scheduler::pipeline::plan::StageChoice,
+    w: &hetero_scheduler::pipeline::StageWork,
+) -> f64 {
+    if s.seconds > 0.0 {
+        w.mean_call_s / s.seconds
+    } else {
+        0.0
     }
 }
 
@@ -623,7 +632,7 @@ fn run_model(args: &Args, path: &std::path::Path) -> hetero_core::Result<()> {
                 .stages
                 .iter()
                 .zip(&m.stages)
-                .map(|(s, w)| format!("{:.2}", w.mean_call_s / s.seconds.max(f64::MIN_POSITIVE)))
+                .map(|(s, w)| format!("{:.2}", step_ratio(s, w)))
                 .collect();
             let busy: Vec<String> = m
                 .stages
