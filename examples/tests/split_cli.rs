@@ -137,8 +137,9 @@ fn place_model(model: &str) -> Result<(), Failed> {
 
 /// `hetero-place --model --measure --measure-rounds 2 --json`: every plan
 /// that fits measured twice, its reported rate the upper of the two (the
-/// median of an even count), and each of its stages' calls, seconds and
-/// busy fraction reported beside the plan's predicted seconds.
+/// median of an even count), each of its stages' calls, seconds and
+/// busy fraction reported beside the plan's predicted seconds, and the
+/// plan predicted again from its stages timed alone (the default).
 fn place_model_measured(model: &str) -> Result<(), Failed> {
     let r = place_on_two_hosts(
         model,
@@ -178,6 +179,45 @@ fn place_model_measured(model: &str) -> Result<(), Failed> {
         if stages.is_empty() {
             return Err(format!("no stage measured: {m}").into());
         }
+        // Each stage timed alone just before (the default), and the plan
+        // predicted again from those seconds: a pipeline's batch over its
+        // slowest stage, summed over the pipelines side by side.
+        let alone: Vec<f64> = stages
+            .iter()
+            .filter_map(|s| s["alone_now_step_s"].as_f64())
+            .collect();
+        let now = m["predicted_now_tokens_per_s"]
+            .as_f64()
+            .ok_or("no prediction from the stages timed alone")?;
+        let groups: Vec<usize> = match report_plan(report, m)?["groups"].as_array() {
+            Some(g) => g
+                .iter()
+                .filter_map(|n| n.as_u64())
+                .map(|n| n as usize)
+                .collect(),
+            None => vec![stages.len()],
+        };
+        let mut want = 0.0;
+        let mut next = 0;
+        for g in groups {
+            let slowest = alone
+                .get(next..next + g)
+                .ok_or("fewer timings than stages")?;
+            want += 2.0 / slowest.iter().copied().fold(0.0, f64::max);
+            next += g;
+        }
+        let against = m["measured_over_predicted_now"]
+            .as_f64()
+            .unwrap_or(f64::NAN);
+        if alone.len() != stages.len()
+            || alone.iter().any(|&t| t <= 0.0)
+            || (now - want).abs() > 1e-9 * want
+            || (against - rate / now).abs() > 1e-9
+        {
+            return Err(
+                format!("stages alone {alone:?}, predicted now {now} (want {want}): {m}").into(),
+            );
+        }
         for s in stages {
             let calls = s["calls"].as_u64().ok_or("no calls")?;
             let mean = s["mean_step_s"].as_f64().ok_or("no mean step")?;
@@ -197,6 +237,26 @@ fn place_model_measured(model: &str) -> Result<(), Failed> {
         }
     }
     Ok(())
+}
+
+/// The report's plan that measurement `m` names.
+fn report_plan<'a>(
+    report: &'a serde_json::Value,
+    m: &serde_json::Value,
+) -> Result<&'a serde_json::Value, Failed> {
+    let name = m["plan"].as_str().ok_or("a measurement names no plan")?;
+    [
+        "dp",
+        "memory_proportional",
+        "equal",
+        "best_single",
+        "replicas",
+        "pipelines",
+    ]
+    .iter()
+    .map(|k| &report[k])
+    .find(|p| p["name"].as_str() == Some(name))
+    .ok_or_else(|| format!("no plan {name} in the report").into())
 }
 
 /// Start `counts.len()` processes of hetero-generate as the ranks of one

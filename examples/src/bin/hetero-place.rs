@@ -89,6 +89,17 @@ struct Args {
     /// (once every sequence has taken four steps; at most 64 steps).
     #[arg(long, value_name = "S", default_value_t = 30.0, requires = "measure")]
     measure_seconds: f64,
+    /// With --measure: do not time each plan's stages alone before it
+    /// runs. By default, right before each measurement, every stage is
+    /// loaded by itself and timed as the profiles time a part (the median
+    /// of 7 calls), and the plan's prediction is taken again from these
+    /// seconds ("predicted now"): on a machine whose speed drifts (a
+    /// shared VM), stages slower alone than profiled are the machine, and
+    /// measured / predicted now is what running the stages as a pipeline
+    /// costs. Costs 8 calls of every stage a round (a minute or more for
+    /// a stage on a software adapter).
+    #[arg(long, requires = "measure")]
+    no_retime: bool,
     /// With --model: print the report as one JSON object.
     #[arg(long, requires = "model")]
     json: bool,
@@ -421,17 +432,34 @@ fn progress_bar() -> (Arc<ProgressFn>, ProgressBar) {
 fn tell_measured(
     plan: &hetero_scheduler::pipeline::SplitChoice,
     m: &hetero_scheduler::pipeline::DecodeMeasurement,
+    now: Option<&hetero_scheduler::pipeline::Retimed>,
 ) {
     let predicted = plan.predicted_tokens_per_s;
+    let against_now = now.map_or(String::new(), |r| {
+        format!(
+            "; {:.1} predicted from the stages timed alone just before ({:.2})",
+            r.predicted_tokens_per_s,
+            ratio(m.tokens_per_s, r.predicted_tokens_per_s)
+        )
+    });
     eprintln!(
-        "  {}: {:.1} tok/s measured, {predicted:.1} predicted ({:.2})",
+        "  {}: {:.1} tok/s measured, {predicted:.1} predicted ({:.2}){against_now}",
         plan.name,
         m.tokens_per_s,
         m.tokens_per_s / predicted
     );
-    for (s, w) in plan.stages.iter().zip(&m.stages) {
+    for (i, (s, w)) in plan.stages.iter().zip(&m.stages).enumerate() {
+        let alone = now
+            .and_then(|r| r.stage_s.get(i))
+            .map_or(String::new(), |&t| {
+                format!(
+                    "; alone now {:.2} ms ({:.2}x profile)",
+                    t * 1e3,
+                    ratio(t, s.seconds)
+                )
+            });
         eprintln!(
-            "    {} layers {}-{}: {:.2} ms a step ({:.2} predicted, {:.2}x), busy {:.0}%",
+            "    {} layers {}-{}: {:.2} ms a step ({:.2} predicted, {:.2}x), busy {:.0}%{alone}",
             s.device,
             s.layers[0],
             s.layers[1],
@@ -443,24 +471,26 @@ fn tell_measured(
     }
 }
 
+/// `a / b`, 0 where `b` is not positive (a stage or plan predicted to
+/// take no time, or to produce nothing).
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { 0.0 }
+}
+
 /// A stage's measured mean step over the step its plan predicted (0 for
 /// a stage predicted to take no time).
 fn step_ratio(
     s: &hetero_scheduler::pipeline::plan::StageChoice,
     w: &hetero_scheduler::pipeline::StageWork,
 ) -> f64 {
-    if s.seconds > 0.0 {
-        w.mean_call_s / s.seconds
-    } else {
-        0.0
-    }
+    ratio(w.mean_call_s, s.seconds)
 }
 
 /// `--model`: profile, plan, report, and with `--measure` run every plan.
 fn run_model(args: &Args, path: &std::path::Path) -> hetero_core::Result<()> {
     use hetero_scheduler::pipeline::{
-        DecodeMeasurement, PlanOptions, ProfileOptions, SplitChoice, measure_side_by_side,
-        plan_devices,
+        DecodeMeasurement, PlanOptions, ProfileOptions, Retimed, SplitChoice, measure_side_by_side,
+        plan_devices, retime_stages,
     };
     if args.measure_rounds == 0 {
         return Err(hetero_core::Error::invalid(
@@ -511,7 +541,10 @@ fn run_model(args: &Args, path: &std::path::Path) -> hetero_core::Result<()> {
         args.profile_cache.as_deref(),
         &mut |m| eprintln!("{m}"),
     )?;
-    let mut measured: Vec<(SplitChoice, Vec<DecodeMeasurement>)> = Vec::new();
+    // Each plan's rounds: the measurement, and its stages timed alone
+    // just before (unless --no-retime).
+    type Round = (DecodeMeasurement, Option<Retimed>);
+    let mut measured: Vec<(SplitChoice, Vec<Round>)> = Vec::new();
     if args.measure {
         let mut plans: Vec<SplitChoice> = report.dp.iter().cloned().collect();
         plans.push(report.memory_proportional.clone());
@@ -540,6 +573,19 @@ fn run_model(args: &Args, path: &std::path::Path) -> hetero_core::Result<()> {
                 } else {
                     eprintln!("measuring {}...", plan.name);
                 }
+                let now = if args.no_retime {
+                    None
+                } else {
+                    Some(retime_stages(
+                        &checkpoint,
+                        &devices,
+                        plan,
+                        args.kv_dtype,
+                        args.batch,
+                        args.context,
+                        profile.repetitions,
+                    )?)
+                };
                 let m = measure_side_by_side(
                     &checkpoint,
                     &devices,
@@ -550,22 +596,22 @@ fn run_model(args: &Args, path: &std::path::Path) -> hetero_core::Result<()> {
                     64,
                     args.measure_seconds,
                 )?;
-                tell_measured(plan, &m);
-                runs.push(m);
+                tell_measured(plan, &m, now.as_ref());
+                runs.push((m, now));
             }
         }
     }
     // Each plan's median round (the upper middle of an even count).
-    let median = |runs: &[DecodeMeasurement]| -> DecodeMeasurement {
-        let mut sorted: Vec<&DecodeMeasurement> = runs.iter().collect();
-        sorted.sort_by(|a, b| a.tokens_per_s.total_cmp(&b.tokens_per_s));
+    let median = |runs: &[Round]| -> Round {
+        let mut sorted: Vec<&Round> = runs.iter().collect();
+        sorted.sort_by(|a, b| a.0.tokens_per_s.total_cmp(&b.0.tokens_per_s));
         sorted[sorted.len() / 2].clone()
     };
-    let measured: Vec<(SplitChoice, DecodeMeasurement, Vec<f64>)> = measured
+    let measured: Vec<(SplitChoice, Round, Vec<f64>)> = measured
         .into_iter()
         .filter(|(_, runs)| !runs.is_empty())
         .map(|(plan, runs)| {
-            let rates = runs.iter().map(|r| r.tokens_per_s).collect();
+            let rates = runs.iter().map(|r| r.0.tokens_per_s).collect();
             (plan, median(&runs), rates)
         })
         .collect();
@@ -574,19 +620,24 @@ fn run_model(args: &Args, path: &std::path::Path) -> hetero_core::Result<()> {
             "model": path.display().to_string(),
             "profiles": profiles,
             "report": report,
-            "measured": measured.iter().map(|(plan, m, rounds)| serde_json::json!({
+            "measured": measured.iter().map(|(plan, (m, now), rounds)| serde_json::json!({
                 "plan": plan.name,
                 "tokens_per_s": m.tokens_per_s,
                 "rounds_tokens_per_s": rounds,
                 "predicted_tokens_per_s": plan.predicted_tokens_per_s,
                 "measured_over_predicted": m.tokens_per_s / plan.predicted_tokens_per_s,
+                "predicted_now_tokens_per_s": now.as_ref().map(|r| r.predicted_tokens_per_s),
+                "measured_over_predicted_now": now
+                    .as_ref()
+                    .map(|r| ratio(m.tokens_per_s, r.predicted_tokens_per_s)),
                 "seconds": m.seconds,
-                "stages": plan.stages.iter().zip(&m.stages).map(|(s, w)| serde_json::json!({
+                "stages": plan.stages.iter().zip(&m.stages).enumerate().map(|(i, (s, w))| serde_json::json!({
                     "device": s.device,
                     "layers": s.layers,
                     "calls": w.calls,
                     "mean_step_s": w.mean_call_s,
                     "predicted_step_s": s.seconds,
+                    "alone_now_step_s": now.as_ref().and_then(|r| r.stage_s.get(i)),
                     "busy_fraction": w.busy_fraction,
                 })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
@@ -624,10 +675,10 @@ fn run_model(args: &Args, path: &std::path::Path) -> hetero_core::Result<()> {
             );
         }
         println!(
-            "| plan | measured tok/s | predicted tok/s | measured / predicted | each stage's step, measured / predicted | each stage busy |"
+            "| plan | measured tok/s | predicted tok/s | measured / predicted | each stage's step, measured / predicted | each stage busy | predicted now tok/s | measured / predicted now | each stage alone now / predicted |"
         );
-        println!("|---|---|---|---|---|---|");
-        for (plan, m, _) in &measured {
+        println!("|---|---|---|---|---|---|---|---|---|");
+        for (plan, (m, now), _) in &measured {
             let steps: Vec<String> = plan
                 .stages
                 .iter()
@@ -639,8 +690,22 @@ fn run_model(args: &Args, path: &std::path::Path) -> hetero_core::Result<()> {
                 .iter()
                 .map(|w| format!("{:.0}%", w.busy_fraction * 100.0))
                 .collect();
+            // With --no-retime, nothing was timed alone: a dash in each column.
+            let (predicted_now, against_now, alone) = match now {
+                Some(r) => (
+                    format!("{:.1}", r.predicted_tokens_per_s),
+                    format!("{:.2}", ratio(m.tokens_per_s, r.predicted_tokens_per_s)),
+                    plan.stages
+                        .iter()
+                        .zip(&r.stage_s)
+                        .map(|(s, &t)| format!("{:.2}", ratio(t, s.seconds)))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ),
+                None => ("-".into(), "-".into(), "-".into()),
+            };
             println!(
-                "| {} | {:.1} | {:.1} | {:.2} | {} | {} |",
+                "| {} | {:.1} | {:.1} | {:.2} | {} | {} | {predicted_now} | {against_now} | {alone} |",
                 plan.name,
                 m.tokens_per_s,
                 plan.predicted_tokens_per_s,

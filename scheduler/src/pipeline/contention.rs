@@ -64,26 +64,21 @@ pub fn share_host_processor(
     if factor <= 1.0 {
         return 1.0;
     }
-    for s in &mut choice.stages {
-        if on_host(s.device_index).is_some() {
-            s.seconds *= factor;
-        }
+    let seconds: Vec<f64> = choice
+        .stages
+        .iter()
+        .map(|s| match on_host(s.device_index) {
+            Some(_) => s.seconds * factor,
+            None => s.seconds,
+        })
+        .collect();
+    let Ok(rate) = choice.rate_with(&seconds, batch) else {
+        return 1.0;
+    };
+    for (s, &t) in choice.stages.iter_mut().zip(&seconds) {
+        s.seconds = t;
     }
-    let mut rate = 0.0;
-    let mut bottleneck: f64 = 0.0;
-    let mut next = 0;
-    for &n in &sizes {
-        let slowest = choice.stages[next..next + n]
-            .iter()
-            .map(|s| s.seconds)
-            .fold(0.0, f64::max);
-        if slowest > 0.0 {
-            rate += batch as f64 / slowest;
-        }
-        bottleneck = bottleneck.max(slowest);
-        next += n;
-    }
-    choice.bottleneck_s = bottleneck;
+    choice.bottleneck_s = seconds.iter().copied().fold(0.0, f64::max);
     choice.predicted_tokens_per_s = rate;
     choice.host_contention = Some(factor);
     factor

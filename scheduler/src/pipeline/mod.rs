@@ -41,5 +41,6 @@ pub use ranks::{
     model_identity, rank_device_layers, rank_layers, serve_stage_rank,
 };
 pub use run::{
-    DecodeMeasurement, StageWork, load_plan, measure_decode, measure_side_by_side, stage_specs,
+    DecodeMeasurement, Retimed, StageWork, load_plan, measure_decode, measure_side_by_side,
+    retime_stages, stage_specs,
 };

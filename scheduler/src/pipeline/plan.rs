@@ -124,6 +124,37 @@ impl SplitChoice {
             })
             .collect()
     }
+
+    /// Decode tokens/s of this plan if its stages took `seconds` a step
+    /// (one figure per stage, in order): each pipeline `batch` over its
+    /// slowest stage, summed over the pipelines side by side, as
+    /// `predicted_tokens_per_s` is from the stages' `seconds`.
+    pub fn rate_with(&self, seconds: &[f64], batch: usize) -> Result<f64> {
+        if seconds.len() != self.stages.len() {
+            return Err(Error::invalid(
+                "plan",
+                format!(
+                    "{:?} has {} stages, not {}",
+                    self.name,
+                    self.stages.len(),
+                    seconds.len()
+                ),
+            ));
+        }
+        let mut rate = 0.0;
+        let mut next = 0;
+        for group in self.pipelines()? {
+            let slowest = seconds[next..next + group.len()]
+                .iter()
+                .copied()
+                .fold(0.0, f64::max);
+            if slowest > 0.0 {
+                rate += batch as f64 / slowest;
+            }
+            next += group.len();
+        }
+        Ok(rate)
+    }
 }
 
 impl SplitReport {
@@ -739,6 +770,55 @@ mod tests {
         let r = plan_split(&profiles, &[1 << 20; 4], options).unwrap();
         assert!(r.pipelines.is_none());
         assert_eq!(r.recommended, "replicas");
+    }
+
+    /// `rate_with` the stages' own seconds is every plan's prediction,
+    /// however the planner computed it (the DP's objective, replicas'
+    /// sum, pipelines' set partition); other seconds give the same rule
+    /// by hand; a count of seconds that is not the stages' is an error.
+    #[test]
+    fn rate_with_the_stages_own_seconds_is_the_prediction() {
+        let profiles = [
+            profile("a", 1.0),
+            profile("b", 2.0),
+            profile("c", 1.5),
+            profile("d", 1.0),
+        ];
+        let options = PlanOptions {
+            batch: 2,
+            max_len: 5,
+            activation_bytes: 50,
+        };
+        for memory in [[1000; 4], [1 << 20; 4], [1 << 20, 1000, 1000, 1000]] {
+            let r = plan_split(&profiles, &memory, options).unwrap();
+            let plans = [
+                r.dp.clone(),
+                Some(r.memory_proportional.clone()),
+                Some(r.equal.clone()),
+                r.best_single.clone(),
+                r.replicas.clone(),
+                r.pipelines.clone(),
+            ];
+            for c in plans.into_iter().flatten().filter(|c| c.fits) {
+                let own: Vec<f64> = c.stages.iter().map(|s| s.seconds).collect();
+                let rate = c.rate_with(&own, 2).unwrap();
+                assert!(
+                    (rate - c.predicted_tokens_per_s).abs() <= 1e-9 * rate,
+                    "{c:?}: {rate}"
+                );
+                // Stage i takes i + 1 seconds: each pipeline is bound by
+                // its last stage.
+                let ramp: Vec<f64> = (1..=own.len()).map(|i| i as f64).collect();
+                let mut want = 0.0;
+                let mut last = 0;
+                for g in c.pipelines().unwrap() {
+                    last += g.len();
+                    want += 2.0 / last as f64;
+                }
+                assert!((c.rate_with(&ramp, 2).unwrap() - want).abs() < 1e-12);
+                assert!(c.rate_with(&own[1..], 2).is_err());
+            }
+        }
     }
 
     #[test]

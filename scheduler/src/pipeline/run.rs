@@ -202,3 +202,63 @@ pub fn measure_side_by_side(
         stages: rates.into_iter().flat_map(|r| r.stages).collect(),
     })
 }
+
+/// A plan's stages each timed alone on its device just before the plan
+/// is measured, and the plan's prediction taken again from them: on a
+/// machine whose speed drifts (a shared VM), the measured rate set
+/// against this prediction tells what running the stages as a pipeline
+/// costs, apart from how far the machine has drifted since the profiles
+/// (each stage's `stage_s` over its profiled `seconds`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Retimed {
+    /// Each stage's seconds a step of `batch` sequences, alone, in the
+    /// plan's order; stages on the host's processor times the plan's
+    /// `host_contention`, as its prediction counts them.
+    pub stage_s: Vec<f64>,
+    /// [`SplitChoice::rate_with`] these seconds.
+    pub predicted_tokens_per_s: f64,
+}
+
+/// Time each stage of `choice` alone on its device (loaded by itself,
+/// the median of `repetitions` calls of `batch` sequences at `context`
+/// cached positions, as [`super::profile_layers`] times a part: a stage
+/// with the first layer embeds, one with the last runs the head), and
+/// the plan's prediction from these seconds (see [`Retimed`]).
+#[allow(clippy::too_many_arguments)] // what to load, then how to time it
+pub fn retime_stages(
+    checkpoint: &Checkpoint,
+    devices: &[SharedDevice],
+    choice: &SplitChoice,
+    kv: KvCacheDtype,
+    batch: usize,
+    context: usize,
+    repetitions: usize,
+) -> Result<Retimed> {
+    let factor = choice.host_contention.unwrap_or(1.0);
+    let stage_s = choice
+        .stages
+        .iter()
+        .map(|s| {
+            let part = load_pipeline(
+                checkpoint,
+                devices,
+                std::slice::from_ref(s),
+                kv,
+                &mut |_| {},
+            )?;
+            let alone = part.time_call_median(batch, 1, context, repetitions)?;
+            // stage_specs found the device, so the index is in range.
+            let shares_processor = devices[s.device_index].info().host_threads.is_some();
+            Ok(if shares_processor {
+                alone * factor
+            } else {
+                alone
+            })
+        })
+        .collect::<Result<Vec<f64>>>()?;
+    let predicted_tokens_per_s = choice.rate_with(&stage_s, batch)?;
+    Ok(Retimed {
+        stage_s,
+        predicted_tokens_per_s,
+    })
+}
