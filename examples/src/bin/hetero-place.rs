@@ -96,8 +96,9 @@ struct Args {
     /// seconds ("predicted now"): on a machine whose speed drifts (a
     /// shared VM), stages slower alone than profiled are the machine, and
     /// measured / predicted now is what running the stages as a pipeline
-    /// costs. Costs 8 calls of every stage a round (a minute or more for
-    /// a stage on a software adapter).
+    /// costs. Costs, every round, each stage's prefill of --context
+    /// positions for the --batch sequences and 8 decode calls (a minute or
+    /// more for a stage on a software adapter).
     #[arg(long, requires = "measure")]
     no_retime: bool,
     /// With --model: print the report as one JSON object.
